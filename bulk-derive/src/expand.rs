@@ -1,0 +1,153 @@
+//! Code generation; assumes the input passed `check.rs`.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
+use syn::{Lifetime, Type};
+
+use crate::ast::{Input, unraw};
+
+/// The impl of `::bulk_runtime::BulkCreateNew` for a valid input.
+pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
+    let ident = input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let stored: Vec<_> = input.stored_fields().collect();
+    let n = stored.len();
+
+    let columns = stored.iter().map(|f| {
+        let field = unraw(f.ident);
+        let column = f.column();
+        let ty = static_type(f.ty);
+        let sql_type = match f.attrs.sql_type.get() {
+            Some(lit) => quote!(::core::option::Option::Some(#lit)),
+            None => quote!(::core::option::Option::None),
+        };
+        let index = f.attrs.index.get().is_some();
+        let pg_type = quote_spanned!(f.ty.span()=> <#ty as ::bulk_runtime::__private::BulkColumn>::PG_TYPE);
+        let nullable = quote_spanned!(f.ty.span()=> <#ty as ::bulk_runtime::__private::BulkColumn>::NULLABLE);
+        quote! {
+            ::bulk_runtime::__private::Column::__new(#field, #column, #pg_type, #nullable, #sql_type, #index)
+        }
+    });
+
+    let values = stored.iter().map(|f| {
+        let name = f.ident;
+        let ty = f.ty;
+        quote_spanned!(f.ty.span()=> ::bulk_runtime::__private::value::<#ty>(&self.#name))
+    });
+
+    let key_fields: Vec<_> = input
+        .attrs
+        .unique
+        .get()
+        .map(|key| key.iter().filter_map(|k| stored.iter().find(|f| f.ident == k)).collect())
+        .unwrap_or_default();
+    let key_indices = key_fields.iter().map(|k| {
+        let i = stored.iter().position(|f| f.ident == k.ident).unwrap_or_default();
+        quote!(#i)
+    });
+    let non_null_asserts = if input.attrs.nulls_not_distinct.get().is_some() {
+        Vec::new()
+    } else {
+        key_fields
+            .iter()
+            .map(|f| {
+                let ty = static_type(f.ty);
+                quote_spanned!(f.ty.span()=> ::bulk_runtime::__private::assert_non_null::<#ty>();)
+            })
+            .collect()
+    };
+
+    let struct_name = ident.to_string();
+    let schema = match input.attrs.schema.get() {
+        Some(lit) => quote!(::core::option::Option::Some(#lit)),
+        None => quote!(::core::option::Option::None),
+    };
+    let table = input.table();
+    let id = match input.id_column() {
+        Some(id) => quote!(::core::option::Option::Some(#id)),
+        None => quote!(::core::option::Option::None),
+    };
+    let nulls_not_distinct = input.attrs.nulls_not_distinct.get().is_some();
+
+    quote! {
+        #[automatically_derived]
+        const _: () = {
+            impl #impl_generics ::bulk_runtime::BulkCreateNew for #ident #ty_generics #where_clause {
+                type CopyValues<'__bulk_row> = [&'__bulk_row dyn ::bulk_runtime::__private::BulkValue; #n]
+                where
+                    Self: '__bulk_row;
+
+                fn model() -> &'static ::bulk_runtime::__private::Model {
+                    static COLUMNS: [::bulk_runtime::__private::Column; #n] = [#(#columns),*];
+                    static MODEL: ::bulk_runtime::__private::Model = ::bulk_runtime::__private::Model::__new(
+                        #struct_name,
+                        #schema,
+                        #table,
+                        #id,
+                        #nulls_not_distinct,
+                        &COLUMNS,
+                        &[#(#key_indices),*],
+                    );
+                    &MODEL
+                }
+
+                #[inline]
+                fn copy_values(&self) -> Self::CopyValues<'_> {
+                    [#(#values),*]
+                }
+            }
+
+            const _: () = {
+                #(#non_null_asserts)*
+            };
+        };
+    }
+}
+
+/// What to emit when the input is invalid: the errors, plus a stub impl so
+/// that uses of the trait elsewhere do not add a cascade of secondary errors.
+pub(crate) fn fallback(input: Option<&Input<'_>>, errors: syn::Error) -> TokenStream {
+    let errors = errors.into_compile_error();
+    let Some(input) = input else { return errors };
+    if input.generics.type_params().next().is_some() || input.generics.const_params().next().is_some() {
+        return errors;
+    }
+    let ident = input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    quote! {
+        #errors
+        #[automatically_derived]
+        const _: () = {
+            impl #impl_generics ::bulk_runtime::BulkCreateNew for #ident #ty_generics #where_clause {
+                type CopyValues<'__bulk_row> = [&'__bulk_row dyn ::bulk_runtime::__private::BulkValue; 0]
+                where
+                    Self: '__bulk_row;
+                fn model() -> &'static ::bulk_runtime::__private::Model {
+                    ::core::unreachable!()
+                }
+                fn copy_values(&self) -> Self::CopyValues<'_> {
+                    []
+                }
+            }
+        };
+    }
+}
+
+/// The field type with every named lifetime replaced by `'static`, for use in
+/// `static` items (which cannot name the impl's lifetimes). The column
+/// metadata of `&'a str` and `&'static str` is the same.
+fn static_type(ty: &Type) -> Type {
+    struct Staticize;
+    impl VisitMut for Staticize {
+        fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
+            if lifetime.ident != "static" {
+                *lifetime = Lifetime::new("'static", lifetime.span());
+            }
+        }
+    }
+    let mut ty = ty.clone();
+    Staticize.visit_type_mut(&mut ty);
+    ty
+}

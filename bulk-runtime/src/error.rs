@@ -1,0 +1,275 @@
+//! The error type of the bulk call.
+
+use std::fmt;
+
+use tokio_postgres::error::{DbError, SqlState};
+
+use crate::types::ValueError;
+
+/// Which step of the protocol failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// Opening the transaction (or the savepoint inside the caller's).
+    Begin,
+    /// Verifying the live table against the model.
+    SchemaCheck,
+    /// Creating the session-local scratch table.
+    Scratch,
+    /// Streaming the rows with binary `COPY`.
+    Copy,
+    /// The anti-join `INSERT ... SELECT ... ON CONFLICT DO NOTHING`.
+    Insert,
+    /// Committing (or releasing the savepoint).
+    Commit,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Begin => "begin",
+            Step::SchemaCheck => "schema check",
+            Step::Scratch => "scratch table",
+            Step::Copy => "copy",
+            Step::Insert => "insert",
+            Step::Commit => "commit",
+        })
+    }
+}
+
+/// One way in which the live table differs from the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SchemaProblem {
+    /// The table does not exist (or is not visible through `search_path`).
+    TableMissing,
+    /// A model column is absent from the table.
+    ColumnMissing {
+        /// The column name.
+        column: String,
+        /// The type the model expects.
+        expected: String,
+    },
+    /// A column's type cannot hold the model's values.
+    ColumnType {
+        /// The column name.
+        column: String,
+        /// The types the model accepts.
+        expected: String,
+        /// The live column's type.
+        found: String,
+    },
+    /// The model field is an `Option` but the column is `NOT NULL`.
+    ColumnNotNull {
+        /// The column name.
+        column: String,
+    },
+    /// A `NOT NULL` column without a default that the model does not write.
+    RequiredColumnNotInModel {
+        /// The column name.
+        column: String,
+    },
+    /// No usable unique constraint or index on exactly the unique key.
+    UniqueKeyMissing {
+        /// The key columns the model declares.
+        key: Vec<String>,
+        /// Unique indexes found that are close but unusable, and why.
+        rejected: Vec<String>,
+    },
+}
+
+impl fmt::Display for SchemaProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchemaProblem::TableMissing => f.write_str("the table does not exist (run the model's migration first)"),
+            SchemaProblem::ColumnMissing { column, expected } => {
+                write!(f, "column \"{column}\" is missing (expected {expected})")
+            }
+            SchemaProblem::ColumnType { column, expected, found } => {
+                write!(f, "column \"{column}\" has type {found}, expected {expected}")
+            }
+            SchemaProblem::ColumnNotNull { column } => {
+                write!(f, "column \"{column}\" is NOT NULL but the model field is an Option")
+            }
+            SchemaProblem::RequiredColumnNotInModel { column } => {
+                write!(f, "column \"{column}\" is NOT NULL without a default and the model does not write it")
+            }
+            SchemaProblem::UniqueKeyMissing { key, rejected } => {
+                write!(f, "no unique constraint or unique index on exactly ({})", key.join(", "))?;
+                if !rejected.is_empty() {
+                    write!(f, "; found {}", rejected.join("; "))?;
+                }
+                f.write_str(" (ON CONFLICT needs one)")
+            }
+        }
+    }
+}
+
+/// What went wrong in a bulk call. Nothing of the batch is written when a
+/// call returns an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A value was refused on the client, before anything was sent.
+    #[error("row {row}, field `{field}`: {source}")]
+    InvalidValue {
+        /// Index of the row in the batch (0-based).
+        row: usize,
+        /// The Rust field name.
+        field: &'static str,
+        /// Why the value was refused.
+        source: ValueError,
+    },
+    /// The live table does not match the model; nothing was written.
+    #[error("table {table} does not match model `{model}`: {}", join(problems))]
+    SchemaMismatch {
+        /// The qualified table name.
+        table: String,
+        /// The model struct.
+        model: &'static str,
+        /// Every difference found.
+        problems: Vec<SchemaProblem>,
+    },
+    /// PostgreSQL (or the connection) reported an error.
+    #[error("bulk insert into {table} failed at {step}{}: {}", at(*row, field.as_deref()), describe(source))]
+    Database {
+        /// The qualified table name.
+        table: String,
+        /// The protocol step that failed.
+        step: Step,
+        /// Index of the offending row in the batch, when known.
+        row: Option<usize>,
+        /// The offending field (or column), when known.
+        field: Option<String>,
+        /// The error from tokio-postgres.
+        source: tokio_postgres::Error,
+    },
+}
+
+fn join(problems: &[SchemaProblem]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+fn at(row: Option<usize>, field: Option<&str>) -> String {
+    match (row, field) {
+        (Some(r), Some(f)) => format!(" (row {r}, field `{f}`)"),
+        (Some(r), None) => format!(" (row {r})"),
+        (None, Some(f)) => format!(" (field `{f}`)"),
+        (None, None) => String::new(),
+    }
+}
+
+/// tokio-postgres's `Display` says only "db error"; spell out the server's message.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => describe_db(db),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(cause) = src {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                src = cause.source();
+            }
+            s
+        }
+    }
+}
+
+fn describe_db(db: &DbError) -> String {
+    let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    if let Some(d) = db.detail() {
+        s.push_str("; ");
+        s.push_str(d);
+    }
+    if let Some(h) = db.hint() {
+        s.push_str("; hint: ");
+        s.push_str(h);
+    }
+    s
+}
+
+impl Error {
+    /// The SQLSTATE the server reported, if the error came from the server.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match self {
+            Error::Database { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// The server's error details, if the error came from the server.
+    pub fn db_error(&self) -> Option<&DbError> {
+        match self {
+            Error::Database { source, .. } => source.as_db_error(),
+            _ => None,
+        }
+    }
+
+    /// Index (0-based) of the offending row in the batch, when the client or
+    /// the server could tell.
+    pub fn row(&self) -> Option<usize> {
+        match self {
+            Error::InvalidValue { row, .. } => Some(*row),
+            Error::Database { row, .. } => *row,
+            Error::SchemaMismatch { .. } => None,
+        }
+    }
+
+    /// The offending field (or column), when known.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::InvalidValue { field, .. } => Some(field),
+            Error::Database { field, .. } => field.as_deref(),
+            Error::SchemaMismatch { .. } => None,
+        }
+    }
+
+    /// The step of the protocol that failed, for database errors.
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            Error::Database { step, .. } => Some(*step),
+            _ => None,
+        }
+    }
+
+    /// Whether running the same batch again (on a fresh transaction, and a new
+    /// connection if this one is closed) may succeed.
+    ///
+    /// True for serialization failures, deadlocks, lock timeouts, server
+    /// shutdowns and lost connections. Retrying is always *safe*: the call
+    /// skips keys already stored, so a retry never duplicates rows.
+    pub fn is_retryable(&self) -> bool {
+        let Error::Database { source, .. } = self else { return false };
+        if source.is_closed() {
+            return true;
+        }
+        match source.code() {
+            Some(code) => {
+                let c = code.code();
+                c.starts_with("08")
+                    || c.starts_with("40")
+                    || *code == SqlState::LOCK_NOT_AVAILABLE
+                    || *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CRASH_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW
+                    || *code == SqlState::TOO_MANY_CONNECTIONS
+            }
+            // No SQLSTATE and not closed: an I/O error on the socket.
+            None => {
+                source.as_db_error().is_none()
+                    && std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>())
+            }
+        }
+    }
+
+    /// Whether the connection can be used for the next batch. False after a
+    /// lost connection, or a failure inside `COPY` setup (tokio-postgres may
+    /// leave that connection unusable).
+    pub fn connection_usable(&self) -> bool {
+        match self {
+            Error::Database { source, .. } => !source.is_closed(),
+            _ => true,
+        }
+    }
+}

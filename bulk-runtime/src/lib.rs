@@ -1,0 +1,167 @@
+//! Insert a batch of rows into PostgreSQL, skipping every row whose unique key
+//! is already stored or repeats in the batch, at the speed of binary `COPY`.
+//!
+//! ```no_run
+//! use bulk_runtime::BulkCreateNew;
+//!
+//! #[derive(BulkCreateNew)]
+//! #[bulk(table = "retweeter", unique(tweet, retweeter))]
+//! pub struct Retweet {
+//!     pub tweet: i64,
+//!     #[bulk(index)]
+//!     pub retweeter: i64,
+//!     #[bulk(index)]
+//!     pub original_author: i64,
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (mut client, connection) =
+//!     tokio_postgres::connect("host=127.0.0.1 user=postgres", tokio_postgres::NoTls).await?;
+//! tokio::spawn(connection);
+//!
+//! // Once, or in a migration file: the table, its unique key and indexes.
+//! client.batch_execute(&Retweet::model().migration_sql()).await?;
+//!
+//! let batch = vec![
+//!     Retweet { tweet: 1, retweeter: 10, original_author: 100 },
+//!     Retweet { tweet: 1, retweeter: 11, original_author: 100 },
+//! ];
+//! let outcome = Retweet::bulk_create_new(&mut client, &batch).await?;
+//! println!("{outcome}"); // "2 of 2 records added"
+//! let again = Retweet::bulk_create_new(&mut client, &batch).await?;
+//! assert_eq!(again.inserted, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! # How a call works
+//! Inside one transaction (its own on a [`Client`](tokio_postgres::Client); a
+//! savepoint inside a caller's [`Transaction`](tokio_postgres::Transaction)):
+//!
+//! 1. a session-local scratch table for the model is created the first time a
+//!    backend session sees the model (after checking the live table against
+//!    the model), and reused after that;
+//! 2. the rows stream into it with `COPY ... FROM STDIN (FORMAT binary)`, one
+//!    at a time from the iterator, so client memory stays flat;
+//! 3. one `INSERT ... SELECT` keeps the first offered row of each key, drops
+//!    keys already stored (anti-join), inserts in key order and ends with
+//!    `ON CONFLICT (key) DO NOTHING`, which keeps concurrent writers correct
+//!    and deadlock-free without any table lock;
+//! 4. the [`Outcome`] reports rows offered, inserted and skipped.
+//!
+//! The supported field types are listed in [`types`]; the attributes in
+//! [`BulkCreateNew`](derive@BulkCreateNew).
+
+mod error;
+mod model;
+mod protocol;
+mod schema;
+mod sql;
+pub mod types;
+
+use std::borrow::Borrow;
+use std::future::Future;
+
+pub use error::{Error, SchemaProblem, Step};
+pub use model::{Column, Model, quote_ident};
+pub use protocol::{Connection, Outcome, bulk_create_new};
+pub use types::{BulkColumn, BulkValue, NonNullColumn, PgType, ValueError};
+
+/// Derives [`BulkCreateNew`](trait@BulkCreateNew) for a struct with named fields.
+///
+/// # Attributes
+///
+/// On the struct, in `#[bulk(...)]`:
+///
+/// | attribute | meaning | default |
+/// | --- | --- | --- |
+/// | `unique(field, ...)` | the fields forming the unique key (required) | |
+/// | `table = "name"` | the table name | the struct name in snake_case |
+/// | `schema = "name"` | the schema | none: the connection's `search_path` |
+/// | `id = "name"` | name of the surrogate `bigint` identity primary key the DDL adds | `id = "id"` |
+/// | `id = false` | no surrogate key in the DDL | |
+/// | `nulls_not_distinct` | NULLs in the key compare equal (needed for `Option` key fields; PostgreSQL 15+) | NULLs distinct |
+///
+/// On a field, in `#[bulk(...)]`:
+///
+/// | attribute | meaning | default |
+/// | --- | --- | --- |
+/// | `rename = "name"` | the column name | the field name |
+/// | `index` | add a plain index on the column in the DDL | no index |
+/// | `sql_type = "type"` | the column type written in the DDL (e.g. `"varchar(40)"`) | from the Rust type |
+/// | `skip` | the field is not stored | stored |
+///
+/// Names are used as written (quoted in SQL), must be non-empty and at most
+/// 63 bytes. Every mistake is a compile error on its span.
+pub use bulk_derive::BulkCreateNew;
+
+/// A model struct that can be bulk-inserted. Implement it with
+/// `#[derive(BulkCreateNew)]`.
+pub trait BulkCreateNew: Sized + Sync {
+    /// The row's values in column order, for binary COPY.
+    #[doc(hidden)]
+    type CopyValues<'r>: AsRef<[&'r dyn BulkValue]>
+    where
+        Self: 'r;
+
+    /// The table, columns and unique key of the model.
+    fn model() -> &'static Model;
+
+    /// The row's values in column order, for binary COPY.
+    #[doc(hidden)]
+    fn copy_values(&self) -> Self::CopyValues<'_>;
+
+    /// Inserts every row of `rows` whose unique key is not stored yet and
+    /// skips the others (already stored, or repeated earlier in the batch:
+    /// the first offered row of a key wins).
+    ///
+    /// `conn` is a [`Client`](tokio_postgres::Client) (the call commits its own
+    /// transaction) or a [`Transaction`](tokio_postgres::Transaction) (the
+    /// call runs in a savepoint; the caller commits or rolls back). `rows` is
+    /// any iterator of rows or references to rows; it is consumed lazily.
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] for a value refused on the client,
+    /// [`Error::SchemaMismatch`] when the live table does not fit the model,
+    /// [`Error::Database`] for anything PostgreSQL reports. Nothing of the
+    /// batch is written when an error is returned.
+    fn bulk_create_new<C, I>(conn: &mut C, rows: I) -> impl Future<Output = Result<Outcome, Error>>
+    where
+        C: Connection + ?Sized,
+        I: IntoIterator,
+        I::Item: Borrow<Self>,
+    {
+        protocol::bulk_create_new::<Self, C, I>(conn, rows)
+    }
+}
+
+/// Checks that the live table matches the model `T` and returns every
+/// difference found (an empty list when it matches).
+///
+/// The bulk call runs this check itself the first time a backend session
+/// sees the model; call it directly to check a deployment up front.
+///
+/// # Errors
+/// A database error from the catalog queries.
+pub async fn verify_schema<T: BulkCreateNew>(
+    client: &mut tokio_postgres::Client,
+) -> Result<Vec<SchemaProblem>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    schema::problems(&tx, T::model()).await
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::model::{Column, Model};
+    pub use crate::types::{BulkColumn, BulkValue, NonNullColumn, PgType};
+
+    /// Coerces a field to the COPY value object; the bound names the field's
+    /// type in the error when it is unsupported.
+    #[inline(always)]
+    pub fn value<T: BulkColumn>(v: &T) -> &dyn BulkValue {
+        v
+    }
+
+    /// Asserts at compile time that a unique key field is not nullable.
+    #[inline(always)]
+    pub const fn assert_non_null<T: NonNullColumn + ?Sized>() {}
+}

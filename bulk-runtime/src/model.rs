@@ -1,0 +1,308 @@
+//! What the derive knows about a model: table, columns, unique key.
+//!
+//! The derive emits a [`Model`] per struct; the runtime turns it into SQL.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use sea_query::{
+    Alias, ColumnDef, ColumnType, Index, IndexCreateStatement, PostgresQueryBuilder, Table, TableCreateStatement,
+    TableRef,
+};
+
+use crate::sql::Plan;
+use crate::types::PgType;
+
+/// One stored field of a model.
+#[derive(Debug)]
+pub struct Column {
+    field: &'static str,
+    name: &'static str,
+    pg_type: PgType,
+    nullable: bool,
+    sql_type: Option<&'static str>,
+    index: bool,
+}
+
+impl Column {
+    #[doc(hidden)]
+    pub const fn __new(
+        field: &'static str,
+        name: &'static str,
+        pg_type: PgType,
+        nullable: bool,
+        sql_type: Option<&'static str>,
+        index: bool,
+    ) -> Self {
+        Column { field, name, pg_type, nullable, sql_type, index }
+    }
+
+    /// The Rust field name.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// The column name in the table.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The PostgreSQL type the field's Rust type maps to (used on the wire).
+    pub fn pg_type(&self) -> PgType {
+        self.pg_type
+    }
+
+    /// Whether the field is an `Option` (the column may hold NULL).
+    pub fn nullable(&self) -> bool {
+        self.nullable
+    }
+
+    /// The explicit DDL type from `#[bulk(sql_type = "...")]`, if any.
+    pub fn sql_type(&self) -> Option<&'static str> {
+        self.sql_type
+    }
+
+    /// Whether `#[bulk(index)]` asks for a plain index on the column.
+    pub fn indexed(&self) -> bool {
+        self.index
+    }
+
+    /// The type written in the table DDL.
+    pub fn ddl_type(&self) -> &'static str {
+        self.sql_type.unwrap_or(self.pg_type.sql_name())
+    }
+}
+
+/// Everything the derive knows about a model struct.
+///
+/// Obtain it with [`BulkCreateNew::model`](crate::BulkCreateNew::model).
+#[derive(Debug)]
+pub struct Model {
+    struct_name: &'static str,
+    schema: Option<&'static str>,
+    table: &'static str,
+    id: Option<&'static str>,
+    nulls_not_distinct: bool,
+    columns: &'static [Column],
+    unique: &'static [usize],
+    plan: OnceLock<Plan>,
+}
+
+impl Model {
+    #[doc(hidden)]
+    pub const fn __new(
+        struct_name: &'static str,
+        schema: Option<&'static str>,
+        table: &'static str,
+        id: Option<&'static str>,
+        nulls_not_distinct: bool,
+        columns: &'static [Column],
+        unique: &'static [usize],
+    ) -> Self {
+        Model { struct_name, schema, table, id, nulls_not_distinct, columns, unique, plan: OnceLock::new() }
+    }
+
+    /// The Rust struct name.
+    pub fn struct_name(&self) -> &'static str {
+        self.struct_name
+    }
+
+    /// The schema from `#[bulk(schema = "...")]`; `None` means the connection's `search_path`.
+    pub fn schema(&self) -> Option<&'static str> {
+        self.schema
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &'static str {
+        self.table
+    }
+
+    /// The surrogate `bigint` identity primary key the DDL adds, if any.
+    pub fn id_column(&self) -> Option<&'static str> {
+        self.id
+    }
+
+    /// Whether NULLs in the unique key compare equal (`NULLS NOT DISTINCT`).
+    pub fn nulls_not_distinct(&self) -> bool {
+        self.nulls_not_distinct
+    }
+
+    /// The stored columns, in field order (skipped fields are absent).
+    pub fn columns(&self) -> &'static [Column] {
+        self.columns
+    }
+
+    /// The columns of the unique key, in declaration order.
+    pub fn unique_key(&self) -> impl ExactSizeIterator<Item = &'static Column> + Clone {
+        let columns = self.columns;
+        self.unique.iter().map(move |&i| &columns[i])
+    }
+
+    /// The table name, schema-qualified when a schema is set, quoted for display.
+    pub fn qualified_name(&self) -> String {
+        match self.schema {
+            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(self.table)),
+            None => quote_ident(self.table),
+        }
+    }
+
+    pub(crate) fn table_ref(&self) -> TableRef {
+        match self.schema {
+            Some(s) => (Alias::new(s), Alias::new(self.table)).into(),
+            None => Alias::new(self.table).into(),
+        }
+    }
+
+    pub(crate) fn plan(&'static self) -> &'static Plan {
+        self.plan.get_or_init(|| Plan::new(self))
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` for the model: the columns, NOT NULL for
+    /// non-`Option` fields, and the surrogate identity key unless disabled.
+    ///
+    /// The unique key and the indexes are separate statements
+    /// ([`create_index_statements`](Self::create_index_statements)).
+    pub fn create_table_statement(&self) -> TableCreateStatement {
+        let mut table = Table::create();
+        table.table(self.table_ref()).if_not_exists();
+        if let Some(id) = self.id {
+            table.col(
+                ColumnDef::new(Alias::new(id))
+                    .big_integer()
+                    .not_null()
+                    .primary_key()
+                    .extra("GENERATED BY DEFAULT AS IDENTITY"),
+            );
+        }
+        for c in self.columns {
+            let mut def = ColumnDef::new_with_type(Alias::new(c.name), ColumnType::custom(c.ddl_type()));
+            if !c.nullable {
+                def.not_null();
+            }
+            table.col(&mut def);
+        }
+        table.to_owned()
+    }
+
+    /// The unique index on the key (what `ON CONFLICT` needs), then one plain
+    /// index per `#[bulk(index)]` column; all `IF NOT EXISTS`.
+    pub fn create_index_statements(&self) -> Vec<IndexCreateStatement> {
+        let mut out = Vec::new();
+        let key: Vec<&str> = self.unique_key().map(|c| c.name).collect();
+        let mut unique = Index::create();
+        unique.if_not_exists().unique().name(index_name(self.table, &key, "key")).table(self.table_ref());
+        for k in &key {
+            unique.col(Alias::new(*k));
+        }
+        if self.nulls_not_distinct {
+            unique.nulls_not_distinct();
+        }
+        out.push(unique.to_owned());
+        for c in self.columns.iter().filter(|c| c.index) {
+            out.push(
+                Index::create()
+                    .if_not_exists()
+                    .name(index_name(self.table, &[c.name], "idx"))
+                    .table(self.table_ref())
+                    .col(Alias::new(c.name))
+                    .to_owned(),
+            );
+        }
+        out
+    }
+
+    /// The statements of [`migration_sql`](Self::migration_sql), one SQL string each.
+    pub fn migration_statements(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(schema) = self.schema {
+            out.push(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)));
+        }
+        out.push(self.create_table_statement().build(PostgresQueryBuilder));
+        out.extend(self.create_index_statements().iter().map(|s| s.build(PostgresQueryBuilder)));
+        out
+    }
+
+    /// The whole DDL for the model as one SQL script (schema, table, unique
+    /// index, indexes), each statement ending in `;`. Applying it twice is harmless.
+    pub fn migration_sql(&self) -> String {
+        let mut sql = String::new();
+        for s in self.migration_statements() {
+            let _ = writeln!(sql, "{s};");
+        }
+        sql
+    }
+}
+
+/// Quotes an identifier for PostgreSQL: wraps it in double quotes and doubles
+/// any double quote inside.
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for ch in name.chars() {
+        if ch == '"' {
+            s.push('"');
+        }
+        s.push(ch);
+    }
+    s.push('"');
+    s
+}
+
+/// FNV-1a: a stable hash for generated names (not for security).
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// An index name made only of `[a-z0-9_]`, at most 63 bytes, unique per
+/// table and columns. sea-query writes index names without escaping, so the
+/// name must never contain a quote: anything outside the safe set is replaced
+/// and a hash of the real names is appended.
+pub(crate) fn index_name(table: &str, columns: &[&str], suffix: &str) -> String {
+    let mut raw = String::from(table);
+    for c in columns {
+        raw.push('_');
+        raw.push_str(c);
+    }
+    let clean: String =
+        raw.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' }).collect();
+    let mut parts = vec![table];
+    parts.extend_from_slice(columns);
+    let plain = clean == raw && clean.len() + suffix.len() < 63;
+    if plain {
+        format!("{clean}_{suffix}")
+    } else {
+        let hash = format!("{:08x}", fnv1a(&parts) as u32);
+        let room = 63 - suffix.len() - hash.len() - 2;
+        let head: String = clean.chars().take(room).collect();
+        format!("{head}_{hash}_{suffix}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(quote_ident("select"), r#""select""#);
+    }
+
+    #[test]
+    fn index_names_are_safe_and_bounded() {
+        assert_eq!(index_name("retweeter", &["tweet", "retweeter"], "key"), "retweeter_tweet_retweeter_key");
+        let n = index_name(r#"my "table"; drop"#, &["a b"], "idx");
+        assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{n}");
+        let long = "x".repeat(63);
+        let n = index_name(&long, &[&long, &long], "key");
+        assert!(n.len() <= 63, "{n}");
+        assert_ne!(index_name(&long, &["a"], "key"), index_name(&long, &["b"], "key"));
+    }
+}

@@ -1,0 +1,327 @@
+//! The mapping from Rust field types to PostgreSQL column types.
+//!
+//! Every field of a `#[derive(BulkCreateNew)]` struct must implement [`BulkColumn`].
+//! The derive asks the trait, never the spelling of the type, so aliases and
+//! fully qualified paths (`std::option::Option<i64>`) work.
+//!
+//! | Rust type | PostgreSQL type | feature |
+//! | --- | --- | --- |
+//! | `i16` | `smallint` | |
+//! | `i32` | `integer` | |
+//! | `i64` | `bigint` | |
+//! | `f32` | `real` | |
+//! | `f64` | `double precision` | |
+//! | `bool` | `boolean` | |
+//! | `String`, `&str`, `Cow<str>`, `Box<str>` | `text` | |
+//! | `Vec<u8>`, `&[u8]`, `Cow<[u8]>` | `bytea` | |
+//! | `chrono::NaiveDate` | `date` | `chrono` |
+//! | `chrono::NaiveDateTime` | `timestamp` | `chrono` |
+//! | `chrono::DateTime<Utc>` | `timestamptz` | `chrono` |
+//! | `uuid::Uuid` | `uuid` | `uuid` |
+//! | `serde_json::Value` | `jsonb` | `json` |
+//! | `Option<T>` of any of the above | the same type, nullable | |
+
+use std::borrow::Cow;
+use std::fmt;
+
+use tokio_postgres::types::{ToSql, Type};
+
+/// A PostgreSQL column type that a model field can be stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PgType {
+    /// `smallint` (`int2`).
+    Int2,
+    /// `integer` (`int4`).
+    Int4,
+    /// `bigint` (`int8`).
+    Int8,
+    /// `real` (`float4`).
+    Float4,
+    /// `double precision` (`float8`).
+    Float8,
+    /// `boolean`.
+    Bool,
+    /// `text`.
+    Text,
+    /// `bytea`.
+    Bytea,
+    /// `date`.
+    Date,
+    /// `timestamp` (without time zone).
+    Timestamp,
+    /// `timestamptz` (with time zone).
+    Timestamptz,
+    /// `uuid`.
+    Uuid,
+    /// `jsonb`.
+    Jsonb,
+}
+
+impl PgType {
+    /// The type's name as PostgreSQL's `format_type` prints it, used in DDL.
+    pub const fn sql_name(self) -> &'static str {
+        match self {
+            PgType::Int2 => "smallint",
+            PgType::Int4 => "integer",
+            PgType::Int8 => "bigint",
+            PgType::Float4 => "real",
+            PgType::Float8 => "double precision",
+            PgType::Bool => "boolean",
+            PgType::Text => "text",
+            PgType::Bytea => "bytea",
+            PgType::Date => "date",
+            PgType::Timestamp => "timestamp without time zone",
+            PgType::Timestamptz => "timestamp with time zone",
+            PgType::Uuid => "uuid",
+            PgType::Jsonb => "jsonb",
+        }
+    }
+
+    /// The tokio-postgres type used on the wire (binary COPY).
+    pub fn wire_type(self) -> Type {
+        match self {
+            PgType::Int2 => Type::INT2,
+            PgType::Int4 => Type::INT4,
+            PgType::Int8 => Type::INT8,
+            PgType::Float4 => Type::FLOAT4,
+            PgType::Float8 => Type::FLOAT8,
+            PgType::Bool => Type::BOOL,
+            PgType::Text => Type::TEXT,
+            PgType::Bytea => Type::BYTEA,
+            PgType::Date => Type::DATE,
+            PgType::Timestamp => Type::TIMESTAMP,
+            PgType::Timestamptz => Type::TIMESTAMPTZ,
+            PgType::Uuid => Type::UUID,
+            PgType::Jsonb => Type::JSONB,
+        }
+    }
+
+    /// Live column types (as `format_type(atttypid, NULL)` prints them) that
+    /// accept this type through PostgreSQL's assignment casts without losing data.
+    pub(crate) fn compatible_sql_names(self) -> &'static [&'static str] {
+        match self {
+            PgType::Int2 => &["smallint", "integer", "bigint", "numeric"],
+            PgType::Int4 => &["integer", "bigint", "numeric"],
+            PgType::Int8 => &["bigint", "numeric"],
+            PgType::Float4 => &["real", "double precision"],
+            PgType::Float8 => &["double precision"],
+            PgType::Bool => &["boolean"],
+            PgType::Text => &["text", "character varying", "character", "citext"],
+            PgType::Bytea => &["bytea"],
+            PgType::Date => &["date"],
+            PgType::Timestamp => &["timestamp without time zone"],
+            PgType::Timestamptz => &["timestamp with time zone"],
+            PgType::Uuid => &["uuid"],
+            PgType::Jsonb => &["jsonb", "json"],
+        }
+    }
+}
+
+impl fmt::Display for PgType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.sql_name())
+    }
+}
+
+/// Why a value cannot be stored, found on the client before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// A text value contains a NUL byte, which PostgreSQL `text` cannot hold.
+    NulByte {
+        /// Byte offset of the first NUL in the value.
+        offset: usize,
+    },
+    /// The value could not be encoded for its column type.
+    Encode(String),
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueError::NulByte { offset } => {
+                write!(f, "text contains a NUL byte at byte offset {offset}, which PostgreSQL text cannot store")
+            }
+            ValueError::Encode(msg) => write!(f, "cannot encode value: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+/// A value the binary COPY stream can carry: object-safe half of [`BulkColumn`].
+///
+/// Implemented for every [`BulkColumn`] type; you never implement it yourself.
+pub trait BulkValue: ToSql + Sync {
+    /// Checks the value on the client, before it is sent.
+    ///
+    /// # Errors
+    /// A [`ValueError`] saying why PostgreSQL would refuse the value.
+    fn check(&self) -> Result<(), ValueError>;
+
+    /// Upcast to the tokio-postgres trait object the COPY writer takes.
+    fn as_to_sql(&self) -> &(dyn ToSql + Sync);
+}
+
+/// A Rust type that can be stored in a column by the bulk insert.
+///
+/// See the [module documentation](self) for the supported types. The derive
+/// uses this trait to choose each column's PostgreSQL type; a field whose type
+/// does not implement it is a compile error on that field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored by `#[derive(BulkCreateNew)]`",
+    label = "unsupported column type",
+    note = "supported: i16, i32, i64, f32, f64, bool, String, &str, Cow<str>, Box<str>, Vec<u8>, &[u8], Cow<[u8]>, and Option<T> of each",
+    note = "with cargo features of bulk-runtime: chrono (NaiveDate, NaiveDateTime, DateTime<Utc>), uuid (Uuid), json (serde_json::Value)",
+    note = "mark the field `#[bulk(skip)]` if it is not stored"
+)]
+pub trait BulkColumn: BulkValue {
+    /// The PostgreSQL type of the column.
+    const PG_TYPE: PgType;
+    /// Whether the column may hold NULL (`Option<T>`).
+    const NULLABLE: bool;
+}
+
+/// A [`BulkColumn`] that is never NULL: every supported type except `Option<T>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is nullable, so it cannot be part of the unique key",
+    label = "nullable unique key field",
+    note = "NULL never equals NULL: rows with a NULL key would never be recognised as duplicates",
+    note = "add `nulls_not_distinct` to `#[bulk(...)]` on the struct to treat NULLs as equal (PostgreSQL 15 or later)"
+)]
+pub trait NonNullColumn: BulkColumn {}
+
+fn check_text(s: &str) -> Result<(), ValueError> {
+    match s.as_bytes().iter().position(|&b| b == 0) {
+        Some(offset) => Err(ValueError::NulByte { offset }),
+        None => Ok(()),
+    }
+}
+
+macro_rules! scalar {
+    ($pg:ident => $($t:ty),+ $(,)?) => {$(
+        impl BulkValue for $t {
+            #[inline]
+            fn check(&self) -> Result<(), ValueError> { Ok(()) }
+            #[inline]
+            fn as_to_sql(&self) -> &(dyn ToSql + Sync) { self }
+        }
+        impl BulkColumn for $t {
+            const PG_TYPE: PgType = PgType::$pg;
+            const NULLABLE: bool = false;
+        }
+        impl NonNullColumn for $t {}
+    )+};
+}
+
+macro_rules! text {
+    ($($t:ty),+ $(,)?) => {$(
+        impl BulkValue for $t {
+            #[inline]
+            fn check(&self) -> Result<(), ValueError> { check_text(self) }
+            #[inline]
+            fn as_to_sql(&self) -> &(dyn ToSql + Sync) { self }
+        }
+        impl BulkColumn for $t {
+            const PG_TYPE: PgType = PgType::Text;
+            const NULLABLE: bool = false;
+        }
+        impl NonNullColumn for $t {}
+    )+};
+}
+
+scalar!(Int2 => i16);
+scalar!(Int4 => i32);
+scalar!(Int8 => i64);
+scalar!(Float4 => f32);
+scalar!(Float8 => f64);
+scalar!(Bool => bool);
+scalar!(Bytea => Vec<u8>, &[u8], Cow<'_, [u8]>);
+text!(String, &str, Cow<'_, str>, Box<str>);
+
+#[cfg(feature = "chrono")]
+scalar!(Date => chrono::NaiveDate);
+#[cfg(feature = "chrono")]
+scalar!(Timestamp => chrono::NaiveDateTime);
+#[cfg(feature = "chrono")]
+scalar!(Timestamptz => chrono::DateTime<chrono::Utc>);
+#[cfg(feature = "uuid")]
+scalar!(Uuid => uuid::Uuid);
+
+#[cfg(feature = "json")]
+impl BulkValue for serde_json::Value {
+    fn check(&self) -> Result<(), ValueError> {
+        Ok(())
+    }
+    fn as_to_sql(&self) -> &(dyn ToSql + Sync) {
+        self
+    }
+}
+#[cfg(feature = "json")]
+impl BulkColumn for serde_json::Value {
+    const PG_TYPE: PgType = PgType::Jsonb;
+    const NULLABLE: bool = false;
+}
+#[cfg(feature = "json")]
+impl NonNullColumn for serde_json::Value {}
+
+impl<T: NonNullColumn> BulkValue for Option<T> {
+    #[inline]
+    fn check(&self) -> Result<(), ValueError> {
+        match self {
+            Some(v) => v.check(),
+            None => Ok(()),
+        }
+    }
+    #[inline]
+    fn as_to_sql(&self) -> &(dyn ToSql + Sync) {
+        self
+    }
+}
+
+impl<T: NonNullColumn> BulkColumn for Option<T> {
+    const PG_TYPE: PgType = T::PG_TYPE;
+    const NULLABLE: bool = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_bytes_are_found_with_their_offset() {
+        assert_eq!("ab\0c".check(), Err(ValueError::NulByte { offset: 2 }));
+        assert_eq!(Some(String::from("\0")).check(), Err(ValueError::NulByte { offset: 0 }));
+        assert_eq!(Option::<String>::None.check(), Ok(()));
+        assert_eq!("plain ünïcode".check(), Ok(()));
+    }
+
+    #[test]
+    fn option_keeps_the_inner_type_and_is_nullable() {
+        assert_eq!(<Option<i64> as BulkColumn>::PG_TYPE, PgType::Int8);
+        const { assert!(<Option<i64> as BulkColumn>::NULLABLE) };
+        const { assert!(!<i64 as BulkColumn>::NULLABLE) };
+    }
+
+    #[test]
+    fn every_type_is_compatible_with_itself() {
+        for t in [
+            PgType::Int2,
+            PgType::Int4,
+            PgType::Int8,
+            PgType::Float4,
+            PgType::Float8,
+            PgType::Bool,
+            PgType::Text,
+            PgType::Bytea,
+            PgType::Date,
+            PgType::Timestamp,
+            PgType::Timestamptz,
+            PgType::Uuid,
+            PgType::Jsonb,
+        ] {
+            assert!(t.compatible_sql_names().contains(&t.sql_name()), "{t:?}");
+        }
+    }
+}
