@@ -5,6 +5,9 @@ use syn::{Data, DeriveInput, Fields, Generics, Ident, Type};
 use crate::attr::{ContainerAttrs, FieldAttrs};
 use crate::ctxt::Ctxt;
 
+pub(crate) const NOT_NAMED_STRUCT: &str =
+    "`BulkCreateNew` needs a struct with named fields, one per column: `struct Name { field: Type, ... }`";
+
 /// The struct being derived.
 pub(crate) struct Input<'a> {
     pub ident: &'a Ident,
@@ -56,23 +59,21 @@ impl<'a> Input<'a> {
                         attrs: FieldAttrs::from_syn(cx, &f.attrs),
                     })
                     .collect(),
-                _ => {
-                    cx.error_spanned_by(
-                        &node.ident,
-                        "`BulkCreateNew` needs a struct with named fields, one per column",
-                    );
+                Fields::Unnamed(unnamed) => {
+                    cx.error_spanned_by(unnamed, NOT_NAMED_STRUCT);
+                    return None;
+                }
+                Fields::Unit => {
+                    cx.error_spanned_by(&node.ident, NOT_NAMED_STRUCT);
                     return None;
                 }
             },
             Data::Enum(e) => {
-                cx.error_spanned_by(e.enum_token, "`BulkCreateNew` can only be derived for a struct with named fields");
+                cx.error_spanned_by(e.enum_token, NOT_NAMED_STRUCT);
                 return None;
             }
             Data::Union(u) => {
-                cx.error_spanned_by(
-                    u.union_token,
-                    "`BulkCreateNew` can only be derived for a struct with named fields",
-                );
+                cx.error_spanned_by(u.union_token, NOT_NAMED_STRUCT);
                 return None;
             }
         };
@@ -94,6 +95,12 @@ impl<'a> Input<'a> {
             Some(crate::attr::IdAttr::Named(lit)) => Some(lit.value()),
             Some(crate::attr::IdAttr::Disabled) => None,
         }
+    }
+
+    /// The field a `unique(...)` name refers to (`type` names `r#type`).
+    pub(crate) fn field_named(&self, name: &Ident) -> Option<&Field<'a>> {
+        let name = unraw(name);
+        self.fields.iter().find(|f| unraw(f.ident) == name)
     }
 
     pub(crate) fn stored_fields(&self) -> impl Iterator<Item = &Field<'a>> {

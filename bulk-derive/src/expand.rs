@@ -4,9 +4,9 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{Lifetime, Type};
+use syn::{DeriveInput, Lifetime, Type};
 
-use crate::ast::{Input, unraw};
+use crate::ast::{Field, Input, unraw};
 
 /// The impl of `::bulk_runtime::BulkCreateNew` for a valid input.
 pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
@@ -18,14 +18,13 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
     let columns = stored.iter().map(|f| {
         let field = unraw(f.ident);
         let column = f.column();
-        let ty = static_type(f.ty);
         let sql_type = match f.attrs.sql_type.get() {
             Some(lit) => quote!(::core::option::Option::Some(#lit)),
             None => quote!(::core::option::Option::None),
         };
         let index = f.attrs.index.get().is_some();
-        let pg_type = quote_spanned!(f.ty.span()=> <#ty as ::bulk_runtime::__private::BulkColumn>::PG_TYPE);
-        let nullable = quote_spanned!(f.ty.span()=> <#ty as ::bulk_runtime::__private::BulkColumn>::NULLABLE);
+        let pg_type = column_item(f, quote!(PG_TYPE));
+        let nullable = column_item(f, quote!(NULLABLE));
         quote! {
             ::bulk_runtime::__private::Column::__new(#field, #column, #pg_type, #nullable, #sql_type, #index)
         }
@@ -33,15 +32,14 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
 
     let values = stored.iter().map(|f| {
         let name = f.ident;
-        let ty = f.ty;
-        quote_spanned!(f.ty.span()=> ::bulk_runtime::__private::value::<#ty>(&self.#name))
+        column_item(f, quote!(__bulk_value(&self.#name)))
     });
 
     let key_fields: Vec<_> = input
         .attrs
         .unique
         .get()
-        .map(|key| key.iter().filter_map(|k| stored.iter().find(|f| f.ident == k)).collect())
+        .map(|key| key.iter().filter_map(|k| input.field_named(k)).collect())
         .unwrap_or_default();
     let key_indices = key_fields.iter().map(|k| {
         let i = stored.iter().position(|f| f.ident == k.ident).unwrap_or_default();
@@ -53,7 +51,7 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
         key_fields
             .iter()
             .map(|f| {
-                let ty = static_type(f.ty);
+                let ty = erase_lifetimes(f.ty);
                 quote_spanned!(f.ty.span()=> ::bulk_runtime::__private::assert_non_null::<#ty>();)
             })
             .collect()
@@ -93,8 +91,10 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
                     &MODEL
                 }
 
+                // The concrete type rather than `Self::CopyValues<'_>`: the
+                // projection would make a non-`Sync` struct fail a second time.
                 #[inline]
-                fn copy_values(&self) -> Self::CopyValues<'_> {
+                fn copy_values(&self) -> [&dyn ::bulk_runtime::__private::BulkValue; #n] {
                     [#(#values),*]
                 }
             }
@@ -108,14 +108,15 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
 
 /// What to emit when the input is invalid: the errors, plus a stub impl so
 /// that uses of the trait elsewhere do not add a cascade of secondary errors.
-pub(crate) fn fallback(input: Option<&Input<'_>>, errors: syn::Error) -> TokenStream {
+/// Works for any item the derive was put on (an enum gets a stub too), but
+/// not for generic ones, whose stub could add errors of its own.
+pub(crate) fn fallback(node: &DeriveInput, errors: syn::Error) -> TokenStream {
     let errors = errors.into_compile_error();
-    let Some(input) = input else { return errors };
-    if input.generics.type_params().next().is_some() || input.generics.const_params().next().is_some() {
+    if node.generics.type_params().next().is_some() || node.generics.const_params().next().is_some() {
         return errors;
     }
-    let ident = input.ident;
-    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let ident = &node.ident;
+    let (impl_generics, ty_generics, where_clause) = node.generics.split_for_impl();
     quote! {
         #errors
         #[automatically_derived]
@@ -127,7 +128,7 @@ pub(crate) fn fallback(input: Option<&Input<'_>>, errors: syn::Error) -> TokenSt
                 fn model() -> &'static ::bulk_runtime::__private::Model {
                     ::core::unreachable!()
                 }
-                fn copy_values(&self) -> Self::CopyValues<'_> {
+                fn copy_values(&self) -> [&dyn ::bulk_runtime::__private::BulkValue; 0] {
                     []
                 }
             }
@@ -135,19 +136,30 @@ pub(crate) fn fallback(input: Option<&Input<'_>>, errors: syn::Error) -> TokenSt
     }
 }
 
-/// The field type with every named lifetime replaced by `'static`, for use in
-/// `static` items (which cannot name the impl's lifetimes). The column
+/// `<T as BulkColumn>::item` for a field's type `T`, spanned at the type.
+///
+/// Every use of the field's type goes through this one path with the same
+/// tokens, so an unsupported type gives rustc the same diagnostic at each use,
+/// which it reports once.
+fn column_item(f: &Field<'_>, item: TokenStream) -> TokenStream {
+    let ty = erase_lifetimes(f.ty);
+    quote_spanned!(f.ty.span()=> <#ty as ::bulk_runtime::__private::BulkColumn>::#item)
+}
+
+/// The field type with every named lifetime but `'static` replaced by `'_`,
+/// so that it can be written inside `static` and `const` items (which cannot
+/// name the impl's lifetimes) as well as in the impl's methods. The column
 /// metadata of `&'a str` and `&'static str` is the same.
-fn static_type(ty: &Type) -> Type {
-    struct Staticize;
-    impl VisitMut for Staticize {
+fn erase_lifetimes(ty: &Type) -> Type {
+    struct Erase;
+    impl VisitMut for Erase {
         fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
             if lifetime.ident != "static" {
-                *lifetime = Lifetime::new("'static", lifetime.span());
+                *lifetime = Lifetime::new("'_", lifetime.span());
             }
         }
     }
     let mut ty = ty.clone();
-    Staticize.visit_type_mut(&mut ty);
+    Erase.visit_type_mut(&mut ty);
     ty
 }

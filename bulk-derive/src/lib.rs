@@ -8,6 +8,7 @@ mod attr;
 mod check;
 mod ctxt;
 mod expand;
+mod suggest;
 
 use proc_macro::TokenStream;
 
@@ -30,9 +31,9 @@ fn derive_inner(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
     }
     match (cx.check(), &input) {
         (Ok(()), Some(input)) => expand::impl_struct(input),
-        (Err(errors), input) => expand::fallback(input.as_ref(), errors),
-        (Ok(()), None) => syn::Error::new_spanned(&node.ident, "`BulkCreateNew` needs a struct with named fields")
-            .into_compile_error(),
+        (Err(errors), _) => expand::fallback(&node, errors),
+        // `from_syn` records an error whenever it returns `None`.
+        (Ok(()), None) => expand::fallback(&node, syn::Error::new_spanned(&node.ident, ast::NOT_NAMED_STRUCT)),
     }
 }
 

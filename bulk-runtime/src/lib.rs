@@ -152,13 +152,14 @@ pub async fn verify_schema<T: BulkCreateNew>(
 #[doc(hidden)]
 pub mod __private {
     pub use crate::model::{Column, Model};
+    pub use crate::protocol::SMALL_BATCH;
     pub use crate::types::{BulkColumn, BulkValue, NonNullColumn, PgType};
 
-    /// Coerces a field to the COPY value object; the bound names the field's
-    /// type in the error when it is unsupported.
-    #[inline(always)]
-    pub fn value<T: BulkColumn>(v: &T) -> &dyn BulkValue {
-        v
+    /// The protocol's SQL for a model (create scratch, copy, insert), for the
+    /// benchmark's `EXPLAIN` runs.
+    pub fn protocol_sql(model: &'static Model) -> [&'static str; 3] {
+        let plan = model.plan();
+        [&plan.create_scratch, &plan.copy, &plan.insert]
     }
 
     /// Asserts at compile time that a unique key field is not nullable.

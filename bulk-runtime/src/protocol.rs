@@ -4,15 +4,16 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 
-use bytes::BytesMut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
 
+use crate::BulkCreateNew;
 use crate::error::{Error, Step};
 use crate::model::Model;
 use crate::schema;
-use crate::{BulkCreateNew, BulkValue};
+use crate::types::ValueError;
 
 /// What a bulk call did.
 ///
@@ -52,6 +53,9 @@ mod sealed {
 /// savepoint, so a failed call leaves the caller's transaction usable, and the
 /// caller's rollback undoes a successful one).
 pub trait Connection: sealed::Sealed + Send + Sync {
+    /// The client the call runs on.
+    #[doc(hidden)]
+    fn client(&self) -> &Client;
     /// Opens the call's transaction, or a savepoint in the caller's.
     #[doc(hidden)]
     fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_>, tokio_postgres::Error>> + Send;
@@ -61,6 +65,9 @@ pub trait Connection: sealed::Sealed + Send + Sync {
 }
 
 impl Connection for Client {
+    fn client(&self) -> &Client {
+        self
+    }
     fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_>, tokio_postgres::Error>> + Send {
         self.transaction()
     }
@@ -70,6 +77,9 @@ impl Connection for Client {
 }
 
 impl Connection for Transaction<'_> {
+    fn client(&self) -> &Client {
+        Transaction::client(self)
+    }
     fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_>, tokio_postgres::Error>> + Send {
         self.savepoint("bulk_create_new")
     }
@@ -77,6 +87,10 @@ impl Connection for Transaction<'_> {
         true
     }
 }
+
+/// Batches shorter than this take the one-statement path (arrays bound as
+/// parameters, one round trip); longer ones stream through binary COPY.
+pub const SMALL_BATCH: usize = 5000;
 
 /// Inserts every row whose unique key is not stored yet; see
 /// [`BulkCreateNew::bulk_create_new`].
@@ -88,16 +102,127 @@ where
     I::Item: Borrow<T>,
 {
     let model: &'static Model = T::model();
-    let plan = model.plan();
-    let db = |step: Step| {
-        move |source: tokio_postgres::Error| Error::Database {
-            table: model.qualified_name(),
-            step,
-            row: None,
-            field: None,
-            source,
+    let mut rows = rows.into_iter();
+    let mut head: Vec<I::Item> = Vec::new();
+    while head.len() < SMALL_BATCH {
+        match rows.next() {
+            Some(row) => head.push(row),
+            None => break,
         }
+    }
+    if head.is_empty() {
+        return Ok(Outcome::default());
+    }
+    if head.len() < SMALL_BATCH {
+        let offered = head.len() as u64;
+        let arrays = encode_arrays::<T>(model, head.iter().map(|r| r.borrow()))?;
+        drop(head);
+        return small_batch(conn, model, offered, arrays).await;
+    }
+    copy_batch::<T, C, _>(conn, model, head.into_iter().chain(rows)).await
+}
+
+fn db_error(model: &Model, step: Step) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    move |source| Error::Database { table: model.qualified_name(), step, row: None, field: None, source }
+}
+
+/// Checks the live table against the model and creates the session's scratch
+/// table (which also marks the session as checked).
+async fn ensure_scratch(tx: &Transaction<'_>, model: &'static Model) -> Result<(), Error> {
+    schema::verify(tx, model).await?;
+    tx.batch_execute(&model.plan().create_scratch).await.map_err(db_error(model, Step::Scratch))
+}
+
+/// The one-statement path: the batch's columns as array parameters.
+async fn small_batch<C: Connection + ?Sized>(
+    conn: &mut C,
+    model: &'static Model,
+    offered: u64,
+    arrays: Vec<Encoded>,
+) -> Result<Outcome, Error> {
+    let plan = model.plan();
+    let guard = plan.scratch_regclass.as_str();
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+        arrays.iter().zip(&plan.small_types).map(|(a, t)| (a as &(dyn ToSql + Sync), t.clone())).collect();
+    params.push((&guard, Type::TEXT));
+    let result = small_batch_inner(conn, model, &params).await;
+    let inserted = match result {
+        Ok(inserted) => inserted,
+        Err(e) => return Err(explain_failure(conn, model, e).await),
     };
+    Ok(Outcome { offered, inserted, skipped: offered - inserted })
+}
+
+/// When a statement fails because the table does not fit the model (missing
+/// table, column or unique index, wrong type), a session that has not been
+/// checked yet reports the schema check's explanation instead of the raw error.
+async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, error: Error) -> Error {
+    let schema_related = error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
+    if !schema_related || !error.connection_usable() {
+        return error;
+    }
+    let Ok(tx) = conn.begin().await else { return error };
+    match schema::verify(&tx, model).await {
+        Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,
+        _ => error,
+    }
+}
+
+async fn small_batch_inner<C: Connection + ?Sized>(
+    conn: &mut C,
+    model: &'static Model,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<u64, Error> {
+    let inserted = if conn.nested() {
+        let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
+        let (checked, mut inserted) = run_small(tx.client(), model, params).await?;
+        if !checked {
+            ensure_scratch(&tx, model).await?;
+            (_, inserted) = run_small(tx.client(), model, params).await?;
+        }
+        tx.commit().await.map_err(db_error(model, Step::Commit))?;
+        inserted
+    } else {
+        // Autocommit: the statement is its own transaction.
+        let (checked, mut inserted) = run_small(conn.client(), model, params).await?;
+        if !checked {
+            let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
+            ensure_scratch(&tx, model).await?;
+            tx.commit().await.map_err(db_error(model, Step::Commit))?;
+            (_, inserted) = run_small(conn.client(), model, params).await?;
+        }
+        inserted
+    };
+    Ok(inserted)
+}
+
+/// Runs the small-batch statement; returns whether the session was already
+/// checked (if not, nothing was inserted) and the rows inserted.
+async fn run_small(
+    client: &Client,
+    model: &'static Model,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<(bool, u64), Error> {
+    let row = client
+        .query_typed(&model.plan().small_insert, params)
+        .await
+        .map_err(|source| insert_error(model, source))?
+        .into_iter()
+        .next();
+    let (checked, inserted) = row.map_or((false, 0), |r| (r.get::<_, bool>(0), r.get::<_, i64>(1)));
+    Ok((checked, inserted as u64))
+}
+
+/// The streaming path: binary COPY into the scratch table, then the insert.
+async fn copy_batch<T, C, I>(conn: &mut C, model: &'static Model, rows: I) -> Result<Outcome, Error>
+where
+    T: BulkCreateNew,
+    C: Connection + ?Sized,
+    I: Iterator,
+    I::Item: Borrow<T>,
+{
+    let plan = model.plan();
+    let db = |step: Step| db_error(model, step);
     let nested = conn.nested();
     let tx = conn.begin().await.map_err(db(Step::Begin))?;
 
@@ -105,99 +230,175 @@ where
     //    this backend session sees the model. A pooler that switches backends,
     //    or DISCARD ALL, simply makes it absent again.
     let scratch_exists = tx
-        .query_typed("SELECT to_regclass($1) IS NOT NULL", &[(&format!("pg_temp.{}", plan.scratch), Type::TEXT)])
+        .query_typed("SELECT to_regclass($1) IS NOT NULL", &[(&plan.scratch_regclass, Type::TEXT)])
         .await
         .map_err(db(Step::Scratch))?
         .first()
         .is_some_and(|r| r.get::<_, bool>(0));
     if !scratch_exists {
-        schema::verify(&tx, model).await?;
-        tx.batch_execute(&plan.create_scratch).await.map_err(db(Step::Scratch))?;
+        ensure_scratch(&tx, model).await?;
     }
 
-    // 2. Binary COPY, streaming row by row.
-    let sink = tx.copy_in(&plan.copy).await.map_err(db(Step::Copy))?;
-    let mut writer = Box::pin(BinaryCopyInWriter::new(sink, &plan.copy_types));
+    // 2. Binary COPY, streaming: rows are encoded synchronously into a buffer
+    //    that is sent whenever it passes CHUNK bytes, so no borrow of a row is
+    //    held across an await (the future stays Send) and memory stays flat.
+    let sink = tx.copy_in::<_, Bytes>(&plan.copy).await.map_err(db(Step::Copy))?;
+    let mut sink = Box::pin(sink);
+    let mut buf = BytesMut::with_capacity(CHUNK + 4096);
+    buf.put_slice(COPY_HEADER);
     let mut offered: u64 = 0;
-    for (index, row) in rows.into_iter().enumerate() {
-        let row: &T = row.borrow();
-        let values = row.copy_values();
-        let values = values.as_ref();
-        for (field, value) in values.iter().enumerate() {
-            value.check().map_err(|source| Error::InvalidValue {
-                row: index,
-                field: model.columns()[field].field(),
-                source,
-            })?;
-        }
-        let ord = index as i64;
-        if let Err(source) = writer.as_mut().write_raw(RowValues { ord: Some(&ord), values: values.iter() }).await {
-            return Err(encode_error(model, plan.copy_types.as_slice(), index, values, source));
-        }
+    for row in rows {
+        encode_row::<T>(model, &plan.copy_types, offered as usize, row.borrow(), &mut buf)?;
+        drop(row);
         offered += 1;
+        if buf.len() >= CHUNK {
+            sink.as_mut().send(buf.split().freeze()).await.map_err(|source| copy_error(model, source))?;
+        }
     }
-    let copied = writer.as_mut().finish().await.map_err(|source| copy_error(model, source))?;
-    drop(writer);
+    buf.put_i16(-1);
+    sink.as_mut().send(buf.split().freeze()).await.map_err(|source| copy_error(model, source))?;
+    let copied = sink.as_mut().finish().await.map_err(|source| copy_error(model, source))?;
+    drop(sink);
     debug_assert_eq!(copied, offered);
 
     // 3. The anti-join insert (and, inside a caller's transaction, emptying the
     //    scratch table, which ON COMMIT DELETE ROWS would only do at its commit).
-    let sql = if nested { format!("{}; {}", plan.insert, plan.clear) } else { plan.insert.clone() };
+    //    In its own transaction the call also gives the sort of the batch
+    //    enough memory to stay off disk (SET LOCAL ends with the transaction).
+    let sql = if nested {
+        format!("{}; {}", plan.insert, plan.clear)
+    } else {
+        format!("SET LOCAL work_mem = '{SORT_MEMORY}'; {}", plan.insert)
+    };
     let messages = tx.simple_query(&sql).await.map_err(|source| insert_error(model, source))?;
     let inserted = messages
         .iter()
-        .find_map(|m| match m {
+        .filter_map(|m| match m {
             SimpleQueryMessage::CommandComplete(n) => Some(*n),
             _ => None,
         })
+        .nth(usize::from(!nested))
         .unwrap_or(0);
-
     tx.commit().await.map_err(db(Step::Commit))?;
     Ok(Outcome { offered, inserted, skipped: offered - inserted })
 }
 
-/// The values of one COPY row: the ordinal, then the model's columns.
-struct RowValues<'r, I> {
-    ord: Option<&'r i64>,
-    values: I,
+/// A parameter encoded ahead of time (a binary array), so nothing borrowed
+/// from the rows lives across an await.
+#[derive(Debug)]
+struct Encoded(Bytes);
+
+impl ToSql for Encoded {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
-impl<'r, I> Iterator for RowValues<'r, I>
-where
-    I: ExactSizeIterator<Item = &'r &'r dyn BulkValue>,
-{
-    type Item = &'r (dyn ToSql + Sync);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self.ord.take() {
-            Some(ord) => Some(ord),
-            None => self.values.next().map(|v| v.as_to_sql()),
+/// One binary array per column (and one for the ordinals), in PostgreSQL's
+/// array wire format: dimensions, null flag, element type, length, lower
+/// bound, then each element length-prefixed (-1 for NULL).
+fn encode_arrays<'r, T: BulkCreateNew + 'r>(
+    model: &Model,
+    rows: impl ExactSizeIterator<Item = &'r T>,
+) -> Result<Vec<Encoded>, Error> {
+    let n = rows.len();
+    let columns = model.columns();
+    let types: Vec<Type> = columns.iter().map(|c| c.pg_type().wire_type()).collect();
+    let mut elements: Vec<BytesMut> = columns.iter().map(|_| BytesMut::new()).collect();
+    let mut has_null = vec![false; columns.len()];
+    for (index, row) in rows.enumerate() {
+        let values = row.copy_values();
+        for (c, value) in values.as_ref().iter().enumerate() {
+            let fail = |source| Error::InvalidValue { row: index, field: columns[c].field(), source };
+            value.check().map_err(fail)?;
+            let buf = &mut elements[c];
+            let at = buf.len();
+            buf.put_i32(0);
+            let len = match value.as_to_sql().to_sql_checked(&types[c], buf) {
+                Ok(IsNull::Yes) => {
+                    has_null[c] = true;
+                    -1
+                }
+                Ok(IsNull::No) => i32::try_from(buf.len() - at - 4)
+                    .map_err(|_| fail(ValueError::Encode("value larger than 2 GiB".into())))?,
+                Err(e) => return Err(fail(ValueError::Encode(e.to_string()))),
+            };
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
     }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.values.len() + usize::from(self.ord.is_some());
-        (n, Some(n))
+    let array = |elem: &Type, has_null: bool, body: &[u8]| {
+        let mut out = BytesMut::with_capacity(20 + body.len());
+        out.put_i32(1);
+        out.put_i32(i32::from(has_null));
+        out.put_u32(elem.oid());
+        out.put_i32(n as i32);
+        out.put_i32(1);
+        out.put_slice(body);
+        Encoded(out.freeze())
+    };
+    let mut ords = BytesMut::with_capacity(12 * n);
+    for i in 0..n {
+        ords.put_i32(8);
+        ords.put_i64(i as i64);
     }
+    let mut out = vec![array(&Type::INT8, false, &ords)];
+    out.extend(elements.iter().zip(&types).zip(&has_null).map(|((body, ty), &null)| array(ty, null, body)));
+    Ok(out)
 }
 
-impl<'r, I> ExactSizeIterator for RowValues<'r, I> where I: ExactSizeIterator<Item = &'r &'r dyn BulkValue> {}
+/// `work_mem` for the insert's sort in the call's own transaction.
+const SORT_MEMORY: &str = "64MB";
 
-/// A row failed to encode (or the connection failed while sending it): find
-/// which field by encoding each value alone.
-fn encode_error(
+/// Bytes per message sent to the server during COPY.
+const CHUNK: usize = 128 * 1024;
+
+/// The binary COPY header: signature, flags, header extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Appends one row in binary COPY format: the field count, the ordinal, then
+/// each value as a length-prefixed encoding. Values are checked on the client
+/// first, and an error names the row and the field.
+fn encode_row<T: BulkCreateNew>(
     model: &Model,
     types: &[Type],
-    row: usize,
-    values: &[&dyn BulkValue],
-    source: tokio_postgres::Error,
-) -> Error {
-    let mut scratch = BytesMut::new();
-    let field = values.iter().zip(&types[1..]).zip(model.columns()).find_map(|((value, ty), column)| {
-        scratch.clear();
-        value.as_to_sql().to_sql_checked(ty, &mut scratch).err().map(|_| column.field().to_owned())
-    });
-    Error::Database { table: model.qualified_name(), step: Step::Copy, row: Some(row), field, source }
+    index: usize,
+    row: &T,
+    buf: &mut BytesMut,
+) -> Result<(), Error> {
+    let values = row.copy_values();
+    let values = values.as_ref();
+    let start = buf.len();
+    buf.put_i16(types.len() as i16);
+    buf.put_i32(8);
+    buf.put_i64(index as i64);
+    for ((value, ty), column) in values.iter().zip(&types[1..]).zip(model.columns()) {
+        let fail = |buf: &mut BytesMut, source: ValueError| {
+            buf.truncate(start);
+            Error::InvalidValue { row: index, field: column.field(), source }
+        };
+        if let Err(source) = value.check() {
+            return Err(fail(buf, source));
+        }
+        let at = buf.len();
+        buf.put_i32(0);
+        let len = match value.as_to_sql().to_sql_checked(ty, buf) {
+            Ok(IsNull::Yes) => -1,
+            Ok(IsNull::No) => match i32::try_from(buf.len() - at - 4) {
+                Ok(len) => len,
+                Err(_) => return Err(fail(buf, ValueError::Encode("value larger than 2 GiB".into()))),
+            },
+            Err(e) => return Err(fail(buf, ValueError::Encode(e.to_string()))),
+        };
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
 }
 
 /// The server rejected COPY data: its context reads

@@ -19,6 +19,7 @@ pub(crate) const ORD: &str = "__bulk_ord";
 #[derive(Debug)]
 pub(crate) struct Plan {
     /// Name of the session-local scratch table (only `[a-z0-9_]`).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub scratch: String,
     /// `CREATE TEMP TABLE IF NOT EXISTS ... ON COMMIT DELETE ROWS`.
     pub create_scratch: String,
@@ -33,6 +34,15 @@ pub(crate) struct Plan {
     pub clear: String,
     /// The target's qualified name, quoted, as a text value for `to_regclass($1)`.
     pub target_regclass: String,
+    /// `pg_temp.<scratch>`, as a text value for `to_regclass`: whether this
+    /// backend session has seen (and checked) the model.
+    pub scratch_regclass: String,
+    /// The one-statement path for small batches: the same insert, reading
+    /// `unnest` of one array per column instead of the scratch table; see [`small_insert_sql`].
+    pub small_insert: String,
+    /// Parameter types of `small_insert`: the ordinal array, one array per
+    /// column, then the guard's text.
+    pub small_types: Vec<Type>,
 }
 
 impl Plan {
@@ -59,19 +69,103 @@ impl Plan {
         let insert = insert_sql(model, scratch_ref.clone());
         let clear = Query::delete().from_table(scratch_ref).to_string(PostgresQueryBuilder);
 
-        Plan { scratch, create_scratch, copy, copy_types, insert, clear, target_regclass: model.qualified_name() }
+        let small_insert = small_insert_sql(model);
+        let mut small_types = vec![Type::INT8_ARRAY];
+        small_types.extend(model.columns().iter().map(|c| c.pg_type().array_wire_type()));
+        small_types.push(Type::TEXT);
+        Plan {
+            scratch_regclass: format!("pg_temp.{scratch}"),
+            scratch,
+            create_scratch,
+            copy,
+            copy_types,
+            insert,
+            clear,
+            target_regclass: model.qualified_name(),
+            small_insert,
+            small_types,
+        }
     }
 }
 
-/// `__bulk_` and a hash of everything the scratch table's shape depends on, so
-/// two models (or two versions of one model) never share a scratch table.
+/// `__bulk_` and a hash of everything the scratch table's shape and the schema
+/// check depend on, so two models (or two versions of one model) never share a
+/// scratch table: its existence tells the call that *this* model was checked.
 fn scratch_name(model: &Model) -> String {
     let mut parts = vec![model.schema().unwrap_or(""), model.table()];
     for c in model.columns() {
         parts.push(c.name());
         parts.push(c.pg_type().sql_name());
+        parts.push(if c.nullable() { "null" } else { "not null" });
+        parts.push(c.sql_type().unwrap_or(""));
     }
+    parts.push(if model.nulls_not_distinct() { "nulls not distinct" } else { "nulls distinct" });
+    parts.extend(model.unique_key().map(|c| c.name()));
     format!("__bulk_{:016x}", fnv1a(&parts))
+}
+
+/// The small-batch statement: one round trip, no scratch table.
+///
+/// ```sql
+/// WITH __bulk_src AS (
+///     SELECT DISTINCT ON (key) cols
+///     FROM unnest($1::bigint[], $2::type[], ...) AS u(__bulk_ord, cols)
+///     ORDER BY key, __bulk_ord
+/// ), __bulk_ins AS (
+///     INSERT INTO target (cols)
+///     SELECT s.cols FROM __bulk_src AS s
+///     WHERE (SELECT to_regclass($n) IS NOT NULL)
+///       AND NOT EXISTS (SELECT 1 FROM target AS t WHERE t.key = s.key)
+///     ORDER BY s.key
+///     ON CONFLICT (key) DO NOTHING
+///     RETURNING 1
+/// )
+/// SELECT (SELECT to_regclass($n) IS NOT NULL), (SELECT count(*) FROM __bulk_ins)
+/// ```
+///
+/// The guard (`$n` is `pg_temp.<scratch>`) makes the statement insert nothing
+/// until this backend session has checked the schema (and created the
+/// scratch table); the first column tells the caller to do that and rerun.
+/// sea-query cannot express `unnest(...) AS u(cols)`, so this text is
+/// assembled here, with every identifier through [`quote_ident`] and
+/// nothing but static type names besides; no value is ever in the text.
+fn small_insert_sql(model: &Model) -> String {
+    let q = |name: &str| quote_ident(name);
+    let target = model.qualified_name();
+    let cols: Vec<String> = model.columns().iter().map(|c| q(c.name())).collect();
+    let key: Vec<String> = model.unique_key().map(|c| q(c.name())).collect();
+    let s_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
+    let s_key: Vec<String> = key.iter().map(|k| format!("s.{k}")).collect();
+    let mut arrays = vec!["$1::bigint[]".to_owned()];
+    arrays.extend(model.columns().iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 2, c.pg_type().sql_name())));
+    let guard = format!("${}::text", model.columns().len() + 2);
+    let matches: Vec<String> = model
+        .unique_key()
+        .map(|c| {
+            let k = q(c.name());
+            if c.nullable() {
+                format!("(t.{k} = s.{k} OR (t.{k} IS NULL AND s.{k} IS NULL))")
+            } else {
+                format!("t.{k} = s.{k}")
+            }
+        })
+        .collect();
+    format!(
+        "WITH \"__bulk_src\" AS (SELECT DISTINCT ON ({key}) {cols} FROM unnest({arrays}) AS u({ord}, {cols}) \
+         ORDER BY {key}, {ord}), \
+         \"__bulk_ins\" AS (INSERT INTO {target} ({cols}) SELECT {s_cols} FROM \"__bulk_src\" AS s \
+         WHERE (SELECT to_regclass({guard}) IS NOT NULL) \
+         AND NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {matches}) \
+         ORDER BY {s_key} ON CONFLICT ({key}) DO NOTHING RETURNING 1) \
+         SELECT (SELECT to_regclass({guard}) IS NOT NULL), (SELECT count(*) FROM \"__bulk_ins\")",
+        key = key.join(", "),
+        cols = cols.join(", "),
+        arrays = arrays.join(", "),
+        ord = q(ORD),
+        s_cols = s_cols.join(", "),
+        s_key = s_key.join(", "),
+        matches = matches.join(" AND "),
+    )
 }
 
 /// ```sql
@@ -126,4 +220,272 @@ fn insert_sql(model: &Model, scratch_ref: TableRef) -> String {
         .expect("the select lists exactly the inserted columns")
         .on_conflict(OnConflict::columns(key).do_nothing().to_owned())
         .to_string(PostgresQueryBuilder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Column;
+    use crate::types::PgType;
+
+    /// A model with a schema, and table and column names that need quoting.
+    static COLUMNS: [Column; 3] = [
+        Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
+        Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
+        Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+    ];
+    static MODEL: Model =
+        Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0, 1]);
+
+    /// A `nulls_not_distinct` model whose key has a nullable column, no schema, no id.
+    static NULLABLE_COLUMNS: [Column; 3] = [
+        Column::__new("owner", "owner", PgType::Int4, false, None, false),
+        Column::__new("label", "label", PgType::Text, true, None, false),
+        Column::__new("note", "note", PgType::Bytea, false, None, false),
+    ];
+    static NULLABLE_MODEL: Model = Model::__new("Tag", None, "tag", None, true, &NULLABLE_COLUMNS, &[1, 0]);
+
+    /// Names built to break out of a quoted identifier if quotes were not doubled.
+    static EVIL_COLUMNS: [Column; 2] = [
+        Column::__new("key", r#"k"; DROP TABLE victim; --"#, PgType::Int8, false, None, false),
+        Column::__new("select", "select", PgType::Text, false, None, true),
+    ];
+    static EVIL_MODEL: Model = Model::__new(
+        "Evil",
+        Some(r#"s"; DROP SCHEMA x; --"#),
+        r#"t"; DROP TABLE victim; --"#,
+        Some("order"),
+        false,
+        &EVIL_COLUMNS,
+        &[0],
+    );
+
+    /// The byte offset of `needle` in `hay`, failing the test when absent.
+    fn at(hay: &str, needle: &str) -> usize {
+        hay.find(needle).unwrap_or_else(|| panic!("`{needle}` not found in:\n{hay}"))
+    }
+
+    #[test]
+    fn insert_keeps_the_first_row_per_key_and_skips_stored_keys() {
+        let plan = Plan::new(&MODEL);
+        let sql = plan.insert.as_str();
+        let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
+        assert_eq!(insert, 0, "{sql}");
+        let distinct = at(sql, r#"SELECT DISTINCT ON ("tweet", "re""tweeter") "tweet", "re""tweeter", "author" FROM "#);
+        let scratch = at(sql, &format!(r#"FROM "pg_temp"."{}""#, plan.scratch));
+        let inner_order = at(sql, r#"ORDER BY "tweet" ASC, "re""tweeter" ASC, "__bulk_ord" ASC)"#);
+        let not_exists = at(sql, r#"NOT EXISTS(SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+        at(sql, r#""t"."tweet" = "s"."tweet""#);
+        at(sql, r#""t"."re""tweeter" = "s"."re""tweeter""#);
+        let outer_order = at(sql, r#"ORDER BY "s"."tweet" ASC, "s"."re""tweeter" ASC"#);
+        let conflict = at(sql, r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
+        assert!(distinct < scratch && scratch < inner_order, "{sql}");
+        assert!(inner_order < not_exists && not_exists < outer_order && outer_order < conflict, "{sql}");
+        assert!(sql.ends_with("DO NOTHING"), "{sql}");
+        assert!(!sql.contains("IS NULL"), "a non-null key needs no NULL matching: {sql}");
+        assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
+        assert!(!sql.contains('$'), "no parameters: {sql}");
+    }
+
+    #[test]
+    fn small_batch_statement_has_the_same_shape() {
+        let plan = Plan::new(&MODEL);
+        let sql = plan.small_insert.as_str();
+        let distinct = at(sql, r#"SELECT DISTINCT ON ("tweet", "re""tweeter") "tweet", "re""tweeter", "author" FROM "#);
+        let arrays = at(sql, "unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])");
+        let inner_order = at(sql, r#"ORDER BY "tweet", "re""tweeter", "__bulk_ord""#);
+        let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
+        let not_exists = at(sql, r#"NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS t WHERE "#);
+        at(sql, r#"t."tweet" = s."tweet" AND t."re""tweeter" = s."re""tweeter""#);
+        let conflict = at(sql, r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
+        assert!(distinct < arrays && arrays < inner_order && inner_order < insert, "{sql}");
+        assert!(insert < not_exists && not_exists < conflict, "{sql}");
+        // The guard parameter comes after the ordinal and one array per column.
+        at(sql, "to_regclass($5::text)");
+        assert_eq!(plan.small_types.len(), 5);
+        assert_eq!(plan.scratch_regclass, format!("pg_temp.{}", plan.scratch));
+        assert!(!sql.contains("IS NULL AND"), "{sql}");
+
+        let sql = Plan::new(&NULLABLE_MODEL).small_insert;
+        at(&sql, r#"(t."label" = s."label" OR (t."label" IS NULL AND s."label" IS NULL))"#);
+        at(&sql, r#"ON CONFLICT ("label", "owner") DO NOTHING"#);
+    }
+
+    #[test]
+    fn nullable_key_columns_match_null_to_null() {
+        let plan = Plan::new(&NULLABLE_MODEL);
+        let sql = plan.insert.as_str();
+        // The key in declaration order (label, owner), not column order.
+        at(sql, r#"SELECT DISTINCT ON ("label", "owner") "owner", "label", "note" FROM "#);
+        at(sql, r#"ORDER BY "label" ASC, "owner" ASC, "__bulk_ord" ASC"#);
+        at(sql, r#"ON CONFLICT ("label", "owner") DO NOTHING"#);
+        at(sql, r#"INSERT INTO "tag" ("owner", "label", "note")"#);
+        let eq = at(sql, r#""t"."label" = "s"."label" OR ("t"."label" IS NULL AND "s"."label" IS NULL)"#);
+        assert!(eq > at(sql, "NOT EXISTS"), "{sql}");
+        // The non-null key column is compared plainly.
+        at(sql, r#""t"."owner" = "s"."owner""#);
+        assert!(!sql.contains(r#""t"."owner" IS NULL"#), "{sql}");
+    }
+
+    #[test]
+    fn scratch_table_is_temporary_unconstrained_and_emptied_on_commit() {
+        let plan = Plan::new(&MODEL);
+        assert!(plan.scratch.starts_with("__bulk_"), "{}", plan.scratch);
+        assert!(
+            plan.scratch.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{}",
+            plan.scratch
+        );
+        let create = plan.create_scratch.as_str();
+        assert!(
+            create.starts_with(&format!(r#"CREATE TEMPORARY TABLE IF NOT EXISTS "{}" ("#, plan.scratch)),
+            "{create}"
+        );
+        assert!(create.ends_with("ON COMMIT DELETE ROWS"), "{create}");
+        // The ordinal, then the columns with their wire types (not the DDL override).
+        let ord = at(create, r#""__bulk_ord" bigint"#);
+        let tweet = at(create, r#""tweet" bigint"#);
+        let retweeter = at(create, r#""re""tweeter" bigint"#);
+        let author = at(create, r#""author" text"#);
+        assert!(ord < tweet && tweet < retweeter && retweeter < author, "{create}");
+        for word in ["NOT NULL", "PRIMARY KEY", "UNIQUE", "REFERENCES", "varchar"] {
+            assert!(!create.contains(word), "{word} in {create}");
+        }
+        assert_eq!(plan.clear, format!(r#"DELETE FROM "pg_temp"."{}""#, plan.scratch));
+    }
+
+    #[test]
+    fn copy_lists_the_ordinal_then_every_column() {
+        let plan = Plan::new(&MODEL);
+        assert_eq!(
+            plan.copy,
+            format!(
+                r#"COPY pg_temp."{}" ("__bulk_ord", "tweet", "re""tweeter", "author") FROM STDIN (FORMAT binary)"#,
+                plan.scratch
+            )
+        );
+        assert_eq!(plan.copy_types, [Type::INT8, Type::INT8, Type::INT8, Type::TEXT]);
+        let plan = Plan::new(&NULLABLE_MODEL);
+        assert_eq!(plan.copy_types, [Type::INT8, Type::INT4, Type::TEXT, Type::BYTEA]);
+        assert_eq!(plan.target_regclass, r#""tag""#);
+        assert_eq!(Plan::new(&MODEL).target_regclass, r#""my schema"."re""tweet""#);
+    }
+
+    #[test]
+    fn scratch_names_differ_per_model_and_are_stable() {
+        assert_eq!(Plan::new(&MODEL).scratch, Plan::new(&MODEL).scratch);
+        assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&NULLABLE_MODEL).scratch);
+        // Same table and column names, one column type changed: another scratch table.
+        static RETYPED: [Column; 3] = [
+            Column::__new("tweet", "tweet", PgType::Int4, false, None, false),
+            Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
+            Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+        ];
+        static RETYPED_MODEL: Model =
+            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &RETYPED, &[0, 1]);
+        assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&RETYPED_MODEL).scratch);
+        // Same columns, another key: the schema check must run for it too.
+        static REKEYED_MODEL: Model =
+            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0]);
+        assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&REKEYED_MODEL).scratch);
+        // Same columns and key, one field now an Option.
+        static NULLABLE_TWEET: [Column; 3] = [
+            Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
+            Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, true, None, true),
+            Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+        ];
+        static NULLABLE_TWEET_MODEL: Model =
+            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), true, &NULLABLE_TWEET, &[0, 1]);
+        assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&NULLABLE_TWEET_MODEL).scratch);
+    }
+
+    #[test]
+    fn hostile_names_stay_inside_their_quotes() {
+        let plan = Plan::new(&EVIL_MODEL);
+        let table = r#""s""; DROP SCHEMA x; --"."t""; DROP TABLE victim; --""#;
+        let key = r#""k""; DROP TABLE victim; --""#;
+        at(&plan.insert, &format!("INSERT INTO {table} ({key}, \"select\") SELECT "));
+        at(&plan.insert, &format!("NOT EXISTS(SELECT 1 FROM {table} AS \"t\""));
+        at(&plan.insert, &format!("ON CONFLICT ({key}) DO NOTHING"));
+        at(&plan.copy, &format!("(\"__bulk_ord\", {key}, \"select\")"));
+        at(&plan.create_scratch, &format!("{key} bigint"));
+        assert_eq!(plan.target_regclass, table);
+        at(&plan.small_insert, &format!("INSERT INTO {table} ({key}, \"select\") SELECT "));
+        for sql in [&plan.insert, &plan.copy, &plan.create_scratch, &plan.small_insert] {
+            // Remove every properly quoted identifier: no quote, and no `;`, may remain.
+            assert_eq!(strip_identifiers(sql).matches(['"', ';']).count(), 0, "{sql}");
+        }
+        for sql in EVIL_MODEL.migration_statements() {
+            assert_eq!(strip_identifiers(&sql).matches(['"', ';']).count(), 0, "{sql}");
+        }
+    }
+
+    /// `sql` with every `"..."` identifier (with `""` escapes) removed; panics
+    /// on an unterminated one.
+    fn strip_identifiers(sql: &str) -> String {
+        let mut out = String::new();
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '"' {
+                out.push(c);
+                continue;
+            }
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                    }
+                    Some('"') => break,
+                    Some(_) => {}
+                    None => panic!("unterminated identifier in {sql}"),
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn migration_creates_schema_table_unique_key_and_indexes() {
+        let ddl = MODEL.migration_statements();
+        assert_eq!(ddl.len(), 4, "{ddl:#?}");
+        assert_eq!(ddl[0], r#"CREATE SCHEMA IF NOT EXISTS "my schema""#);
+        let table = &ddl[1];
+        assert!(table.starts_with(r#"CREATE TABLE IF NOT EXISTS "my schema"."re""tweet" ("#), "{table}");
+        at(table, r#""id" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY"#);
+        at(table, r#""tweet" bigint NOT NULL"#);
+        at(table, r#""re""tweeter" bigint NOT NULL"#);
+        // The sql_type override, and nullable: no NOT NULL after it.
+        let author = at(table, r#""author" varchar(40)"#);
+        assert!(!table[author..].contains("NOT NULL"), "{table}");
+        let unique = &ddl[2];
+        assert!(unique.starts_with("CREATE UNIQUE INDEX IF NOT EXISTS "), "{unique}");
+        assert!(unique.ends_with(r#" ON "my schema"."re""tweet" ("tweet", "re""tweeter")"#), "{unique}");
+        assert!(!unique.contains("NULLS NOT DISTINCT"), "{unique}");
+        let index = &ddl[3];
+        assert!(index.starts_with("CREATE INDEX IF NOT EXISTS "), "{index}");
+        assert!(index.ends_with(r#" ON "my schema"."re""tweet" ("re""tweeter")"#), "{index}");
+        let script = MODEL.migration_sql();
+        assert_eq!(script.matches(";\n").count(), 4, "{script}");
+    }
+
+    #[test]
+    fn migration_without_id_or_schema_and_with_nulls_not_distinct() {
+        let ddl = NULLABLE_MODEL.migration_statements();
+        assert_eq!(ddl.len(), 2, "{ddl:#?}");
+        let table = &ddl[0];
+        assert!(table.starts_with(r#"CREATE TABLE IF NOT EXISTS "tag" ("#), "{table}");
+        assert!(!table.contains("PRIMARY KEY") && !table.contains("IDENTITY"), "{table}");
+        at(table, r#""owner" integer NOT NULL"#);
+        at(table, r#""note" bytea NOT NULL"#);
+        let label = at(table, r#""label" text"#);
+        assert!(!table[label..].starts_with(r#""label" text NOT NULL"#), "{table}");
+        let unique = &ddl[1];
+        assert!(unique.starts_with("CREATE UNIQUE INDEX IF NOT EXISTS "), "{unique}");
+        at(unique, r#"ON "tag" ("label", "owner")"#);
+        assert!(unique.ends_with("NULLS NOT DISTINCT"), "{unique}");
+
+        // A custom id name.
+        let ddl = EVIL_MODEL.migration_statements();
+        at(&ddl[1], r#""order" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY"#);
+    }
 }

@@ -97,6 +97,25 @@ impl PgType {
         }
     }
 
+    /// The array type of [`wire_type`](Self::wire_type), for the small-batch path.
+    pub fn array_wire_type(self) -> Type {
+        match self {
+            PgType::Int2 => Type::INT2_ARRAY,
+            PgType::Int4 => Type::INT4_ARRAY,
+            PgType::Int8 => Type::INT8_ARRAY,
+            PgType::Float4 => Type::FLOAT4_ARRAY,
+            PgType::Float8 => Type::FLOAT8_ARRAY,
+            PgType::Bool => Type::BOOL_ARRAY,
+            PgType::Text => Type::TEXT_ARRAY,
+            PgType::Bytea => Type::BYTEA_ARRAY,
+            PgType::Date => Type::DATE_ARRAY,
+            PgType::Timestamp => Type::TIMESTAMP_ARRAY,
+            PgType::Timestamptz => Type::TIMESTAMPTZ_ARRAY,
+            PgType::Uuid => Type::UUID_ARRAY,
+            PgType::Jsonb => Type::JSONB_ARRAY,
+        }
+    }
+
     /// Live column types (as `format_type(atttypid, NULL)` prints them) that
     /// accept this type through PostgreSQL's assignment casts without losing data.
     pub(crate) fn compatible_sql_names(self) -> &'static [&'static str] {
@@ -181,14 +200,26 @@ pub trait BulkColumn: BulkValue {
     const PG_TYPE: PgType;
     /// Whether the column may hold NULL (`Option<T>`).
     const NULLABLE: bool;
+
+    /// The value for the COPY stream. The derive calls it as
+    /// `<T as BulkColumn>::__bulk_value`, the same path as [`Self::PG_TYPE`],
+    /// so an unsupported field type gives one error, not one per use.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn __bulk_value(&self) -> &dyn BulkValue
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 /// A [`BulkColumn`] that is never NULL: every supported type except `Option<T>`.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is nullable, so it cannot be part of the unique key",
-    label = "nullable unique key field",
+    message = "`{Self}` cannot be part of the unique key",
+    label = "a unique key field must have a non-`Option` column type",
     note = "NULL never equals NULL: rows with a NULL key would never be recognised as duplicates",
-    note = "add `nulls_not_distinct` to `#[bulk(...)]` on the struct to treat NULLs as equal (PostgreSQL 15 or later)"
+    note = "for an `Option` field, add `nulls_not_distinct` to `#[bulk(...)]` on the struct to treat NULLs as equal (PostgreSQL 15 or later)"
 )]
 pub trait NonNullColumn: BulkColumn {}
 

@@ -13,6 +13,12 @@ use tokio_postgres::{Client, Config, NoTls};
 /// The database the tests create their schemas in.
 pub const DATABASE: &str = "bulk_tests";
 
+/// A batch of at least this many rows takes the runtime's streaming path
+/// (binary COPY into the scratch table); shorter batches take its
+/// one-statement array path. Tests of behaviour both paths share run once
+/// with a short batch and once padded to this size.
+pub const COPY_BATCH: usize = bulk_runtime::__private::SMALL_BATCH + 100;
+
 const HOW_TO_START: &str = "the integration tests need PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), \
 or BULK_TEST_DATABASE_URL pointing at one; start the local server with \
 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`";

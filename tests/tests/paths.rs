@@ -1,0 +1,87 @@
+//! The call has two paths behind one API: batches under `SMALL_BATCH` rows go
+//! in one statement with array parameters, longer ones through binary COPY
+//! into the scratch table. Both must give the same results.
+
+use bulk_runtime::__private::SMALL_BATCH;
+use bulk_runtime::BulkCreateNew;
+use bulk_tests::{TestDb, count};
+
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(unique(k), id = false)]
+struct Item {
+    k: i64,
+    label: String,
+    note: Option<String>,
+}
+
+fn item(k: i64, label: &str) -> Item {
+    Item { k, label: label.to_owned(), note: (k % 3 == 0).then(|| format!("note {k}")) }
+}
+
+/// A batch of `n` rows: keys 0..n/2 stored before (even keys only), and every
+/// tenth row repeating the key of the row before it with another label.
+fn batch(n: usize) -> Vec<Item> {
+    (0..n as i64).map(|i| if i % 10 == 9 { item(i - 1, "repeat") } else { item(i, "first") }).collect()
+}
+
+async fn run(n: usize) -> (bulk_runtime::Outcome, Vec<(i64, String, Option<String>)>) {
+    let db = TestDb::new(&format!("paths_{n}")).await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Item::model().migration_sql()).await.unwrap();
+    let stored: Vec<Item> = (0..n as i64 / 2).filter(|k| k % 2 == 0).map(|k| item(k, "stored")).collect();
+    Item::bulk_create_new(&mut client, &stored).await.unwrap();
+    let outcome = Item::bulk_create_new(&mut client, &batch(n)).await.unwrap();
+    let rows = client
+        .query("SELECT k, label, note FROM item ORDER BY k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(count(&client, "item").await as u64, stored.len() as u64 + outcome.inserted);
+    db.drop().await;
+    (outcome, rows)
+}
+
+fn expected(n: usize) -> (u64, Vec<(i64, String, Option<String>)>) {
+    let mut rows = std::collections::BTreeMap::new();
+    for k in (0..n as i64 / 2).filter(|k| k % 2 == 0) {
+        rows.insert(k, item(k, "stored"));
+    }
+    let before = rows.len();
+    for it in batch(n) {
+        rows.entry(it.k).or_insert(it);
+    }
+    let inserted = (rows.len() - before) as u64;
+    (inserted, rows.into_values().map(|i| (i.k, i.label, i.note)).collect())
+}
+
+#[tokio::test]
+async fn small_and_copy_paths_agree_with_the_model() {
+    for n in [1, SMALL_BATCH - 1, SMALL_BATCH, SMALL_BATCH + 1, 3 * SMALL_BATCH] {
+        let (outcome, rows) = run(n).await;
+        let (inserted, want) = expected(n);
+        assert_eq!(outcome.offered, n as u64, "offered, n = {n}");
+        assert_eq!(outcome.inserted, inserted, "inserted, n = {n}");
+        assert_eq!(outcome.skipped, n as u64 - inserted, "skipped, n = {n}");
+        assert_eq!(rows, want, "table contents, n = {n}");
+    }
+}
+
+#[tokio::test]
+async fn the_call_is_send_and_runs_in_spawned_tasks() {
+    let db = TestDb::new("paths_spawn").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Item::model().migration_sql()).await.unwrap();
+    let rows: Vec<Item> = (0..(2 * SMALL_BATCH) as i64).map(|k| item(k, "x")).collect();
+    // Borrowed rows, both paths, inside tokio::spawn (which requires Send).
+    let handle = tokio::spawn(async move {
+        let small = Item::bulk_create_new(&mut client, &rows[..10]).await.unwrap();
+        let large = Item::bulk_create_new(&mut client, rows.iter()).await.unwrap();
+        (small, large)
+    });
+    let (small, large) = handle.await.unwrap();
+    assert_eq!(small.inserted, 10);
+    assert_eq!(large.inserted, 2 * SMALL_BATCH as u64 - 10);
+    db.drop().await;
+}

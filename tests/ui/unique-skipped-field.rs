@@ -1,0 +1,11 @@
+use bulk_runtime::BulkCreateNew;
+
+#[derive(BulkCreateNew)]
+#[bulk(unique(tweet, retweeter))]
+struct Retweet {
+    tweet: i64,
+    #[bulk(skip)]
+    retweeter: i64,
+}
+
+fn main() {}
