@@ -1,0 +1,446 @@
+//! End-to-end tests: the built binary against the real PostgreSQL, the
+//! simulator, and the `fake-api` across a loopback socket.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::{Background, Proxy, TempDir, TestSchema, app, fake_api, outcomes, run, run_command};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn args<'a>(schema: &'a TestSchema, rest: &[&'a str]) -> Vec<String> {
+    let mut all: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+    all.extend(schema.args());
+    all
+}
+
+#[test]
+fn help_for_every_subcommand() {
+    let top = run(["--help"]);
+    let text = top.ok();
+    for sub in ["migrate", "migrations", "poll", "watch", "report", "demo", "fake-api"] {
+        assert!(text.contains(sub), "{sub} missing from --help:\n{text}");
+        let help = run([sub, "--help"]);
+        assert!(help.ok().contains("Usage: retweeter-app"), "{sub} --help:\n{}", help.stdout);
+    }
+    let bad = run(["poll", "--count", "101", "1"]);
+    assert!(bad.failed().contains("101"), "{}", bad.stderr);
+}
+
+#[test]
+fn migrate_is_idempotent_and_migration_files_apply() {
+    let schema = TestSchema::new("migrate");
+    let first = run(args(&schema, &["migrate"]));
+    assert!(first.ok().contains("created table retweet"), "{}", first.stdout);
+    let second = run(args(&schema, &["migrate"]));
+    assert!(second.ok().contains("up to date"), "{}", second.stdout);
+
+    // The files a migration tool would apply, applied in order by hand.
+    let dir = TempDir::new("migrations");
+    let out = run(["migrations", "--out", dir.path().to_str().expect("utf-8 path")]);
+    out.ok();
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read the migrations directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["0001_create_retweet.down.sql", "0001_create_retweet.up.sql"]);
+    let up = std::fs::read_to_string(dir.path().join("0001_create_retweet.up.sql")).expect("up file");
+    let down = std::fs::read_to_string(dir.path().join("0001_create_retweet.down.sql")).expect("down file");
+
+    let applied = TestSchema::new("migrate_files");
+    applied.execute(&up);
+    applied.execute(&up); // applying twice is harmless
+    let polled = run(args(&applied, &["poll", "1", "2"]));
+    assert_eq!(outcomes(polled.ok(), "total"), [(2, 2)]);
+    let again = run(args(&applied, &["migrate"]));
+    assert!(again.ok().contains("up to date"), "the app accepts the tool-applied schema: {}", again.stdout);
+    applied.execute(&down);
+    assert!(
+        applied.query("SELECT to_regclass('retweet')::text").iter().all(|r| r.get::<_, Option<String>>(0).is_none())
+    );
+
+    let flyway = TempDir::new("flyway");
+    run(["migrations", "--layout", "flyway", "--out", flyway.path().to_str().expect("utf-8 path")]).ok();
+    assert!(flyway.path().join("V1__create_retweet.sql").is_file());
+}
+
+#[test]
+fn poll_over_http_adds_one_of_one_then_one_of_two_then_two_of_four() {
+    let schema = TestSchema::new("poll_http");
+    run(args(&schema, &["migrate"])).ok();
+    let (_api, url) = fake_api(&["--seed", "7", "--token", "sekrit"]);
+    let tweet = "1600000000000000042";
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let out = run_command(
+            app().env("TWITTER_BEARER_TOKEN", "sekrit").args(args(&schema, &["poll", "--api-url", &url, tweet])),
+        );
+        lines.push(out.ok().to_owned());
+    }
+    let seen: Vec<String> = lines.iter().flat_map(|o| o.lines().map(str::to_owned)).collect();
+    assert_eq!(
+        seen,
+        [
+            format!("tweet {tweet}: 1 of 1 records added"),
+            "total: 1 of 1 records added".to_owned(),
+            format!("tweet {tweet}: 1 of 2 records added"),
+            "total: 1 of 2 records added".to_owned(),
+            format!("tweet {tweet}: 2 of 4 records added"),
+            "total: 2 of 4 records added".to_owned(),
+        ]
+    );
+    // The stored ids are the API's, exactly (several exceed 2^53): compare
+    // with what a second fake API on the same seed answers at the third poll.
+    let (_twin, twin_url) = fake_api(&["--seed", "7"]);
+    let mut body = String::new();
+    for _ in 0..3 {
+        body = http_get(&format!("{twin_url}/statuses/retweets/{tweet}.json?count=100&trim_user=1"));
+    }
+    let answered: HashSet<(i64, i64, i64)> = serde_json::from_str::<Vec<serde_json::Value>>(&body)
+        .expect("JSON array")
+        .iter()
+        .map(|r| {
+            let id = |v: &serde_json::Value| v["id_str"].as_str().expect("id_str").parse::<i64>().expect("an id");
+            (id(&r["retweeted_status"]), id(&r["user"]), id(&r["retweeted_status"]["user"]))
+        })
+        .collect();
+    let stored: HashSet<(i64, i64, i64)> = schema.rows().into_iter().collect();
+    assert_eq!(stored, answered);
+    assert!(stored.iter().any(|(_, retweeter, _)| *retweeter > 1 << 53), "{stored:?}");
+
+    // A wrong token is refused by the API: an error for the tweet, nothing stored.
+    let refused = run_command(
+        app().env("TWITTER_BEARER_TOKEN", "wrong").args(args(&schema, &["poll", "--api-url", &url, tweet])),
+    );
+    assert!(refused.failed().contains("HTTP 401"), "{}", refused.stderr);
+    assert_eq!(schema.rows().len(), 4);
+}
+
+/// A bare HTTP/1.1 GET on loopback.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the fake API");
+    write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        // De-chunk.
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    }
+}
+
+#[test]
+fn api_failures_are_retried_or_reported_per_tweet() {
+    let schema = TestSchema::new("api_failures");
+    run(args(&schema, &["migrate"])).ok();
+    let (_api, url) = fake_api(&["--fail", "429:1", "--fail", "500:1", "--malformed", "7", "--unexpected", "8"]);
+    let out = run(args(&schema, &["poll", "--api-url", &url, "--backoff", "20ms", "5", "7", "8"]));
+    let stderr = out.failed();
+    assert!(stderr.contains("HTTP 429 rate limited; retrying"), "{stderr}");
+    assert!(stderr.contains("HTTP 500 server error; retrying"), "{stderr}");
+    assert!(stderr.contains("error: tweet 7:") && stderr.contains("malformed JSON"), "{stderr}");
+    assert!(stderr.contains("error: tweet 8:") && stderr.contains("unexpected response shape"), "{stderr}");
+    assert!(stderr.contains("2 of 3 tweets could not be fetched"), "{stderr}");
+    assert_eq!(outcomes(&out.stdout, "tweet 5"), [(1, 1)], "{}", out.stdout);
+    assert_eq!(outcomes(&out.stdout, "total"), [(1, 1)], "{}", out.stdout);
+    let tweets: HashSet<i64> = schema.rows().iter().map(|r| r.0).collect();
+    assert_eq!(tweets, HashSet::from([5]), "nothing of the failed tweets is stored");
+
+    // Retries are bounded.
+    let (_down, down_url) = fake_api(&["--fail", "503:100"]);
+    let out = run(args(&schema, &["poll", "--api-url", &down_url, "--backoff", "10ms", "--retries", "2", "9"]));
+    let stderr = out.failed();
+    assert!(stderr.contains("HTTP 503") && stderr.contains("gave up after 3 attempts"), "{stderr}");
+}
+
+#[test]
+fn report_formats_agree_with_counts_computed_here() {
+    let schema = TestSchema::new("report");
+    run(args(&schema, &["migrate"])).ok();
+    let empty = run(args(&schema, &["report"]));
+    assert!(empty.ok().contains("no retweets stored yet"), "{}", empty.stdout);
+    let tweets = ["11", "12", "13", "14", "15", "16", "17", "18", "19", "20", "21", "22"];
+    for start in ["5", "9"] {
+        let mut poll = vec!["poll", "--sim-start", start];
+        poll.extend(tweets);
+        run(args(&schema, &poll)).ok();
+    }
+    let counts = schema.counts();
+    let total: i64 = counts.values().sum();
+    assert!(total > 300, "enough data for a top-K table: {total}");
+    let mut retweeter_totals: HashMap<i64, i64> = HashMap::new();
+    let mut author_totals: HashMap<i64, i64> = HashMap::new();
+    for (&(r, a), &n) in &counts {
+        *retweeter_totals.entry(r).or_default() += n;
+        *author_totals.entry(a).or_default() += n;
+    }
+    let ranked = |totals: &HashMap<i64, i64>| {
+        let mut v: Vec<(i64, i64)> = totals.iter().map(|(&id, &n)| (id, n)).collect();
+        v.sort_by_key(|&(id, n)| (-n, id));
+        v.into_iter().map(|(id, _)| id).collect::<Vec<i64>>()
+    };
+    let retweeters = ranked(&retweeter_totals);
+    let authors = ranked(&author_totals);
+    assert!(authors.len() >= 3, "{authors:?}");
+    let cell = |r: i64, a: i64| counts.get(&(r, a)).copied().unwrap_or(0);
+
+    // CSV: everything.
+    let csv = run(args(&schema, &["report", "--format", "csv"]));
+    let lines: Vec<Vec<String>> = csv.ok().lines().map(|l| l.split(',').map(str::to_owned).collect()).collect();
+    let header: Vec<String> = std::iter::once("retweeter".to_owned())
+        .chain(authors.iter().map(i64::to_string))
+        .chain(std::iter::once("total".to_owned()))
+        .collect();
+    assert_eq!(lines[0], header);
+    assert_eq!(lines.len(), retweeters.len() + 2);
+    for (line, &r) in lines[1..].iter().zip(&retweeters) {
+        let mut expected = vec![r.to_string()];
+        expected.extend(authors.iter().map(|&a| cell(r, a).to_string()));
+        expected.push(retweeter_totals[&r].to_string());
+        assert_eq!(line, &expected);
+    }
+    let mut expected_total = vec!["total".to_owned()];
+    expected_total.extend(authors.iter().map(|a| author_totals[a].to_string()));
+    expected_total.push(total.to_string());
+    assert_eq!(lines.last(), Some(&expected_total));
+
+    // JSON with a limit: top K, the rest folded into "other", totals over everything.
+    let k = 3;
+    let json = run(args(&schema, &["report", "--format", "json", "--limit", "3"]));
+    let v: serde_json::Value = serde_json::from_str(json.ok()).expect("JSON report");
+    let top_a: Vec<i64> = authors[..k].to_vec();
+    let top_r: Vec<i64> = retweeters[..k].to_vec();
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array().expect("array").iter().map(|x| x.as_str().expect("string id").parse().expect("id")).collect()
+    };
+    assert_eq!(ids(&v["authors"]), top_a);
+    assert_eq!(v["other_authors"], (authors.len() - k) as i64);
+    assert_eq!(v["other_retweeters"], (retweeters.len() - k) as i64);
+    assert_eq!(v["totals"]["total"], total);
+    assert_eq!(v["retweeters"], retweeters.len() as i64);
+    for (row, &r) in v["rows"].as_array().expect("rows").iter().zip(&top_r) {
+        assert_eq!(row["retweeter"], r.to_string());
+        let expected: Vec<i64> = top_a.iter().map(|&a| cell(r, a)).collect();
+        assert_eq!(row["counts"], serde_json::json!(expected));
+        let other: i64 = authors[k..].iter().map(|&a| cell(r, a)).sum();
+        assert_eq!(row["other"], other);
+        assert_eq!(row["total"], retweeter_totals[&r]);
+    }
+    let other_row: Vec<i64> = top_a.iter().map(|&a| retweeters[k..].iter().map(|&r| cell(r, a)).sum()).collect();
+    assert_eq!(v["other"]["counts"], serde_json::json!(other_row));
+    let corner: i64 =
+        retweeters[k..].iter().flat_map(|&r| authors[k..].iter().map(move |&a| (r, a))).map(|(r, a)| cell(r, a)).sum();
+    assert_eq!(v["other"]["other"], corner);
+
+    // The terminal table with the same limit: same numbers, aligned.
+    let table = run(args(&schema, &["report", "--limit", "3"]));
+    let text = table.ok();
+    let mut lines = text.lines();
+    let caption = lines.next().expect("caption");
+    assert!(
+        caption.contains(&format!("{total} retweets"))
+            && caption.contains(&format!("3 of {} retweeters", retweeters.len())),
+        "{text}"
+    );
+    let head: Vec<&str> = lines.next().expect("header").split("  ").map(str::trim).filter(|s| !s.is_empty()).collect();
+    let mut expected_head = vec!["retweeter \\ author".to_owned()];
+    expected_head.extend(top_a.iter().map(i64::to_string));
+    expected_head.push(format!("{} others", authors.len() - k));
+    expected_head.push("total".to_owned());
+    assert_eq!(head, expected_head);
+    let body: Vec<Vec<&str>> = lines
+        .filter(|l| !l.trim().chars().all(|c| c == '─'))
+        .map(|l| l.split("  ").map(str::trim).filter(|s| !s.is_empty()).collect())
+        .collect();
+    assert_eq!(body.len(), k + 2, "{text}");
+    for (cells, &r) in body.iter().zip(&top_r) {
+        let mut expected = vec![r.to_string()];
+        expected.extend(top_a.iter().map(|&a| cell(r, a).to_string()));
+        expected.push(authors[k..].iter().map(|&a| cell(r, a)).sum::<i64>().to_string());
+        expected.push(retweeter_totals[&r].to_string());
+        assert_eq!(cells, &expected, "{text}");
+    }
+    assert_eq!(body[k][0], format!("{} other retweeters", retweeters.len() - k));
+    assert_eq!(body[k + 1][0], "total");
+    assert_eq!(body[k + 1].last().copied(), Some(total.to_string().as_str()));
+}
+
+#[test]
+fn watch_runs_ticks_and_stops_cleanly_on_interrupt() {
+    let schema = TestSchema::new("watch");
+    run(args(&schema, &["migrate"])).ok();
+    // Each answer takes 300ms, so the interrupt lands while tick 3 is in flight.
+    let (_api, url) = fake_api(&["--delay", "300ms"]);
+    let mut watch =
+        Background::start(app().args(args(&schema, &["watch", "--every", "100ms", "--api-url", &url, "77"])));
+    watch.wait_for_line(WAIT, |l| l == "tick 3: polling 1 tweet");
+    watch.interrupt();
+    let status = watch.finish();
+    let stdout = watch.seen.join("\n");
+    assert!(status.success(), "exit {status}\n{stdout}\n{}", watch.stderr());
+    assert_eq!(outcomes(&stdout, "tweet 77"), [(1, 1), (1, 2), (2, 4)], "{stdout}");
+    assert_eq!(watch.seen.last().map(String::as_str), Some("stopped after 3 polls: 4 of 7 records added"), "{stdout}");
+    assert!(watch.stderr().contains("interrupted: finishing the poll in flight"), "{}", watch.stderr());
+    assert_eq!(schema.rows().len(), 4);
+
+    // --ticks bounds it without a signal (simulator source).
+    let bounded = run(args(&schema, &["watch", "--every", "50ms", "--ticks", "2", "78"]));
+    assert_eq!(outcomes(bounded.ok(), "tweet 78"), [(1, 1), (1, 2)], "{}", bounded.stdout);
+}
+
+#[test]
+fn watch_keeps_going_when_the_api_is_down() {
+    let schema = TestSchema::new("watch_api_down");
+    run(args(&schema, &["migrate"])).ok();
+    let (_api, url) = fake_api(&["--fail", "503:2"]);
+    let out =
+        run(args(&schema, &["watch", "--every", "50ms", "--ticks", "4", "--retries", "0", "--api-url", &url, "5"]));
+    let stdout = out.ok();
+    assert_eq!(outcomes(stdout, "total"), [(0, 0), (0, 0), (1, 1), (1, 2)], "{stdout}");
+    assert!(out.stderr.matches("error: tweet 5: ").count() == 2 && out.stderr.contains("HTTP 503"), "{}", out.stderr);
+    assert!(stdout.ends_with("stopped after 4 polls: 2 of 3 records added\n"), "{stdout}");
+}
+
+#[test]
+fn watch_survives_a_database_restart() {
+    let schema = TestSchema::new("watch_db_restart");
+    run(args(&schema, &["migrate"])).ok();
+    let proxy = Proxy::start(common::server_addr());
+    let mut watch = Background::start(app().args([
+        "watch",
+        "--every",
+        "100ms",
+        "--database-url",
+        &proxy.url(),
+        "--schema",
+        &schema.name,
+        "31",
+    ]));
+    watch.wait_for_line(WAIT, |l| l.starts_with("  total:"));
+    proxy.set_up(false);
+    watch.wait_for_line(WAIT, |l| l.contains("failed; retrying at the next tick"));
+    proxy.set_up(true);
+    watch.wait_for_line(WAIT, |l| l.starts_with("  total:"));
+    watch.interrupt();
+    let status = watch.finish();
+    let stdout = watch.seen.join("\n");
+    assert!(status.success(), "exit {status}\n{stdout}\n{}", watch.stderr());
+    assert!(watch.stderr().contains("retrying at the next tick"), "{}", watch.stderr());
+    let printed: u64 = outcomes(&stdout, "total").iter().map(|(n, _)| n).sum();
+    let stored = schema.rows().len() as u64;
+    // A poll cut off after its commit but before its answer is stored yet not printed.
+    assert!(stored >= printed && printed > 0, "stored {stored}, printed {printed}\n{stdout}");
+}
+
+#[test]
+fn concurrent_polls_store_each_retweet_once() {
+    let schema = TestSchema::new("concurrent");
+    run(args(&schema, &["migrate"])).ok();
+    let poll = args(&schema, &["poll", "--sim-start", "6", "1", "2", "3", "4", "5", "6"]);
+    let children: Vec<_> = (0..3).map(|_| Background::start(app().args(&poll))).collect();
+    let mut inserted = 0;
+    let mut offered = 0;
+    for mut child in children {
+        let status = child.finish();
+        assert!(status.success(), "{}", child.stderr());
+        let stdout = child.seen.join("\n");
+        let per_tweet: u64 = outcomes(&stdout, "tweet").iter().map(|(n, _)| n).sum();
+        let totals = outcomes(&stdout, "total");
+        assert_eq!(totals.len(), 1);
+        assert_eq!(per_tweet, totals[0].0, "per-tweet counts add up to the total\n{stdout}");
+        inserted += totals[0].0;
+        offered = totals[0].1;
+    }
+    // Same seed and tick: the three offered the same rows, stored once.
+    assert_eq!(inserted, offered, "exactly one copy of each row was inserted");
+    assert_eq!(schema.rows().len() as u64, offered);
+}
+
+#[test]
+fn unreachable_database_is_a_clear_error() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let url = format!("host=127.0.0.1 port={port} user=postgres dbname=nothing connect_timeout=5");
+    let out = run(["poll", "--database-url", &url, "1"]);
+    let stderr = out.failed();
+    assert!(stderr.starts_with("error: could not connect to PostgreSQL at host=127.0.0.1"), "{stderr}");
+    assert!(stderr.contains("caused by:") && stderr.to_lowercase().contains("refused"), "{stderr}");
+
+    let bad = run(["report", "--database-url", "postgresql://postgres@127.0.0.1:1:2/x"]);
+    assert!(bad.failed().contains("invalid database URL"), "{}", bad.stderr);
+}
+
+#[test]
+fn missing_table_says_to_migrate() {
+    let schema = TestSchema::new("no_table");
+    let out = run(args(&schema, &["poll", "1"]));
+    assert!(out.failed().contains("run `retweeter-app migrate` first"), "{}", out.stderr);
+    let out = run(args(&schema, &["report"]));
+    assert!(out.failed().contains("run `retweeter-app migrate` first"), "{}", out.stderr);
+}
+
+#[test]
+fn no_postgresql_binaries_gives_the_install_hint() {
+    let empty = TempDir::new("nobin");
+    let out = run(["poll", "--embedded", "--pg-bin", empty.path().to_str().expect("utf-8"), "1"]);
+    let stderr = out.failed();
+    assert!(stderr.contains("initdb") && stderr.contains("apt-get install postgresql"), "{stderr}");
+}
+
+#[test]
+fn embedded_server_keeps_its_data_between_runs() {
+    let dir = TempDir::new("embedded");
+    let data = dir.path().join("pgdata");
+    let data = data.to_str().expect("utf-8 path");
+    run(["migrate", "--embedded", "--data-dir", data]).ok();
+    let first = run(["poll", "--embedded", "--data-dir", data, "3"]);
+    assert_eq!(outcomes(first.ok(), "tweet 3"), [(1, 1)]);
+    let second = run(["poll", "--embedded", "--data-dir", data, "--sim-start", "2", "3"]);
+    assert_eq!(outcomes(second.ok(), "tweet 3"), [(1, 2)]);
+    let csv = run(["report", "--embedded", "--data-dir", data, "--format", "csv"]);
+    assert_eq!(csv.ok().lines().last(), Some(format!("total,{0},{0}", 2).as_str()), "{}", csv.stdout);
+    // Each run stopped the server it started.
+    assert!(!std::path::Path::new(data).join("postmaster.pid").exists(), "the embedded server is still running");
+}
+
+#[test]
+fn demo_tells_the_story() {
+    let schema = TestSchema::new("demo");
+    let out = run(args(&schema, &["demo"]));
+    let stdout = out.ok();
+    let first = outcomes(stdout, "tweet 1600000000000000001");
+    assert_eq!(first[..3], [(1, 1), (1, 2), (2, 4)], "{stdout}");
+    assert!(stdout.contains("report:") && stdout.contains("retweeter \\ author"), "{stdout}");
+    let stored: i64 = schema.counts().values().sum();
+    assert!(stdout.contains(&format!("{stored} retweets")), "the report covers what was stored ({stored})\n{stdout}");
+
+    // On the embedded defaults: a throwaway cluster, gone afterwards.
+    let out = run(["demo", "--embedded", "--polls", "3"]);
+    let stdout = out.ok();
+    assert_eq!(outcomes(stdout, "tweet 1600000000000000001"), [(1, 1), (1, 2), (2, 4)], "{stdout}");
+    let place = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("database: a throwaway embedded PostgreSQL in "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(!std::path::Path::new(place).exists(), "{place} was not deleted");
+}
