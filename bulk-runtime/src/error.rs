@@ -263,6 +263,11 @@ impl Error {
         }
     }
 
+    /// The server no longer knows a prepared statement of the call.
+    pub(crate) fn is_stale_statement(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+    }
+
     /// Whether the connection can be used for the next batch. False after a
     /// lost connection, or a failure inside `COPY` setup (tokio-postgres may
     /// leave that connection unusable).

@@ -51,6 +51,7 @@
 //! The supported field types are listed in [`types`]; the attributes in
 //! [`BulkCreateNew`](derive@BulkCreateNew).
 
+mod cache;
 mod error;
 mod model;
 mod protocol;

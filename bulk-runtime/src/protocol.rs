@@ -6,10 +6,12 @@ use std::future::Future;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
 
 use crate::BulkCreateNew;
+use crate::cache;
 use crate::error::{Error, Step};
 use crate::model::Model;
 use crate::schema;
@@ -145,7 +147,10 @@ async fn small_batch<C: Connection + ?Sized>(
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
         arrays.iter().zip(&plan.small_types).map(|(a, t)| (a as &(dyn ToSql + Sync), t.clone())).collect();
     params.push((&guard, Type::TEXT));
-    let result = small_batch_inner(conn, model, &params).await;
+    let mut result = small_batch_inner(conn, model, &params, true).await;
+    if result.as_ref().is_err_and(Error::is_stale_statement) {
+        result = small_batch_inner(conn, model, &params, false).await;
+    }
     let inserted = match result {
         Ok(inserted) => inserted,
         Err(e) => return Err(explain_failure(conn, model, e).await),
@@ -172,24 +177,25 @@ async fn small_batch_inner<C: Connection + ?Sized>(
     conn: &mut C,
     model: &'static Model,
     params: &[(&(dyn ToSql + Sync), Type)],
+    prepared: bool,
 ) -> Result<u64, Error> {
     let inserted = if conn.nested() {
         let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
-        let (checked, mut inserted) = run_small(tx.client(), model, params).await?;
+        let (checked, mut inserted) = run_small(tx.client(), model, params, prepared).await?;
         if !checked {
             ensure_scratch(&tx, model).await?;
-            (_, inserted) = run_small(tx.client(), model, params).await?;
+            (_, inserted) = run_small(tx.client(), model, params, prepared).await?;
         }
         tx.commit().await.map_err(db_error(model, Step::Commit))?;
         inserted
     } else {
         // Autocommit: the statement is its own transaction.
-        let (checked, mut inserted) = run_small(conn.client(), model, params).await?;
+        let (checked, mut inserted) = run_small(conn.client(), model, params, prepared).await?;
         if !checked {
             let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
             ensure_scratch(&tx, model).await?;
             tx.commit().await.map_err(db_error(model, Step::Commit))?;
-            (_, inserted) = run_small(conn.client(), model, params).await?;
+            (_, inserted) = run_small(conn.client(), model, params, prepared).await?;
         }
         inserted
     };
@@ -198,18 +204,30 @@ async fn small_batch_inner<C: Connection + ?Sized>(
 
 /// Runs the small-batch statement; returns whether the session was already
 /// checked (if not, nothing was inserted) and the rows inserted.
+///
+/// With `prepared`, the statement is prepared once per connection and reused;
+/// if the server no longer knows it (SQLSTATE 26000: `DISCARD ALL`, another
+/// backend behind a pooler), it is evicted and [`Error::is_stale_statement`]
+/// tells the caller to run the batch again unprepared.
 async fn run_small(
     client: &Client,
     model: &'static Model,
     params: &[(&(dyn ToSql + Sync), Type)],
+    prepared: bool,
 ) -> Result<(bool, u64), Error> {
-    let row = client
-        .query_typed(&model.plan().small_insert, params)
-        .await
-        .map_err(|source| insert_error(model, source))?
-        .into_iter()
-        .next();
-    let (checked, inserted) = row.map_or((false, 0), |r| (r.get::<_, bool>(0), r.get::<_, i64>(1)));
+    let rows = if prepared {
+        let statement = cache::small_statement(client, model).await.map_err(|source| insert_error(model, source))?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+        client.query(&statement, &values).await.map_err(|source| {
+            if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+                cache::evict(client, model);
+            }
+            insert_error(model, source)
+        })?
+    } else {
+        client.query_typed(&model.plan().small_insert, params).await.map_err(|source| insert_error(model, source))?
+    };
+    let (checked, inserted) = rows.first().map_or((false, 0), |r| (r.get::<_, bool>(0), r.get::<_, i64>(1)));
     Ok((checked, inserted as u64))
 }
 

@@ -85,3 +85,45 @@ async fn the_call_is_send_and_runs_in_spawned_tasks() {
     assert_eq!(large.inserted, 2 * SMALL_BATCH as u64 - 10);
     db.drop().await;
 }
+
+/// The small path keeps a prepared statement per connection; when the server
+/// forgets it (`DEALLOCATE ALL`, `DISCARD ALL`, a new connection that took the
+/// old client's place), the call must still work, with exact counts.
+#[tokio::test]
+async fn forgotten_prepared_statements_are_replaced() {
+    let db = TestDb::new("paths_stale").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Item::model().migration_sql()).await.unwrap();
+    let mut next = 0i64;
+    let mut fresh = |n: i64| {
+        let rows: Vec<Item> = (next..next + n).map(|k| item(k, "x")).collect();
+        next += n;
+        rows
+    };
+    for reset in ["DEALLOCATE ALL", "DISCARD ALL", "DISCARD PLANS", "SELECT 1"] {
+        let o = Item::bulk_create_new(&mut client, &fresh(5)).await.unwrap();
+        assert_eq!(o.inserted, 5, "before {reset}");
+        client.batch_execute(reset).await.unwrap();
+        let o = Item::bulk_create_new(&mut client, &fresh(7)).await.unwrap();
+        assert_eq!(o.inserted, 7, "first call after {reset}");
+        let o = Item::bulk_create_new(&mut client, &fresh(3)).await.unwrap();
+        assert_eq!(o.inserted, 3, "second call after {reset}");
+        // Inside a caller's transaction too (the call runs in a savepoint).
+        client.batch_execute(reset).await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let mut tx = tx;
+        let o = Item::bulk_create_new(&mut tx, &fresh(4)).await.unwrap();
+        assert_eq!(o.inserted, 4, "in a transaction after {reset}");
+        tx.commit().await.unwrap();
+    }
+    // New clients, likely reusing the address of a dropped one.
+    drop(client);
+    for _ in 0..5 {
+        let mut client = db.connect().await;
+        let o = Item::bulk_create_new(&mut client, &fresh(2)).await.unwrap();
+        assert_eq!(o.inserted, 2);
+    }
+    let client = db.connect().await;
+    assert_eq!(count(&client, "item").await, next);
+    db.drop().await;
+}
