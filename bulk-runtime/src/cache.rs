@@ -27,20 +27,18 @@ fn key(client: &Client, model: &'static Model) -> Key {
     (std::ptr::from_ref(client) as usize, std::ptr::from_ref(model) as usize)
 }
 
-/// The prepared small-batch statement of `model` on `client`, preparing it
-/// on first use.
+/// The prepared small-batch statement of `model` on `client`, if this
+/// client has one (which also means the client has checked the model).
+pub(crate) fn get(client: &Client, model: &'static Model) -> Option<Statement> {
+    let map = STATEMENTS.lock().unwrap_or_else(PoisonError::into_inner);
+    map.as_ref().and_then(|m| m.get(&key(client, model)).cloned())
+}
+
+/// Prepares the small-batch statement of `model` on `client` and keeps it.
 ///
 /// # Errors
 /// The error of `prepare_typed`.
-pub(crate) async fn small_statement(
-    client: &Client,
-    model: &'static Model,
-) -> Result<Statement, tokio_postgres::Error> {
-    let k = key(client, model);
-    let cached = STATEMENTS.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(|m| m.get(&k).cloned());
-    if let Some(statement) = cached {
-        return Ok(statement);
-    }
+pub(crate) async fn prepare(client: &Client, model: &'static Model) -> Result<Statement, tokio_postgres::Error> {
     let plan = model.plan();
     let statement = client.prepare_typed(&plan.small_insert, &plan.small_types).await?;
     let mut guard = STATEMENTS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -48,7 +46,7 @@ pub(crate) async fn small_statement(
     if map.len() >= MAX_ENTRIES {
         map.clear();
     }
-    map.insert(k, statement.clone());
+    map.insert(key(client, model), statement.clone());
     Ok(statement)
 }
 

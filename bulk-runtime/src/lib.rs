@@ -144,10 +144,9 @@ pub trait BulkCreateNew: Sized + Sync {
 /// # Errors
 /// A database error from the catalog queries.
 pub async fn verify_schema<T: BulkCreateNew>(
-    client: &mut tokio_postgres::Client,
+    client: &tokio_postgres::Client,
 ) -> Result<Vec<SchemaProblem>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    schema::problems(&tx, T::model()).await
+    schema::problems(client, T::model()).await
 }
 
 #[doc(hidden)]

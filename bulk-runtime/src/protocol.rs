@@ -131,104 +131,105 @@ fn db_error(model: &Model, step: Step) -> impl Fn(tokio_postgres::Error) -> Erro
 /// Checks the live table against the model and creates the session's scratch
 /// table (which also marks the session as checked).
 async fn ensure_scratch(tx: &Transaction<'_>, model: &'static Model) -> Result<(), Error> {
-    schema::verify(tx, model).await?;
+    schema::verify(tx.client(), model).await?;
     tx.batch_execute(&model.plan().create_scratch).await.map_err(db_error(model, Step::Scratch))
 }
 
 /// The one-statement path: the batch's columns as array parameters.
+///
+/// The statement is prepared once per client, right after the client has
+/// checked the live table against the model (so "has a prepared statement"
+/// means "has checked"). When the server no longer knows the statement
+/// (`DISCARD ALL`, a new connection that took a dropped client's address, a
+/// pooler that switched backends), the client checks and prepares again; if
+/// that does not stick either, the batch runs unprepared after a fresh check.
 async fn small_batch<C: Connection + ?Sized>(
     conn: &mut C,
     model: &'static Model,
     offered: u64,
     arrays: Vec<Encoded>,
 ) -> Result<Outcome, Error> {
-    let plan = model.plan();
-    let guard = plan.scratch_regclass.as_str();
-    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
-        arrays.iter().zip(&plan.small_types).map(|(a, t)| (a as &(dyn ToSql + Sync), t.clone())).collect();
-    params.push((&guard, Type::TEXT));
-    let mut result = small_batch_inner(conn, model, &params, true).await;
-    if result.as_ref().is_err_and(Error::is_stale_statement) {
-        result = small_batch_inner(conn, model, &params, false).await;
+    let params: Vec<(&(dyn ToSql + Sync), Type)> =
+        arrays.iter().zip(&model.plan().small_types).map(|(a, t)| (a as &(dyn ToSql + Sync), t.clone())).collect();
+    let mut result = small_attempt(conn, model, &params, true).await;
+    for prepared in [true, false] {
+        if !result.as_ref().is_err_and(Error::is_stale_statement) {
+            break;
+        }
+        result = small_attempt(conn, model, &params, prepared).await;
     }
-    let inserted = match result {
-        Ok(inserted) => inserted,
-        Err(e) => return Err(explain_failure(conn, model, e).await),
-    };
-    Ok(Outcome { offered, inserted, skipped: offered - inserted })
+    match result {
+        Ok(inserted) => Ok(Outcome { offered, inserted, skipped: offered - inserted }),
+        Err(e) => Err(explain_failure(conn, model, e).await),
+    }
 }
 
 /// When a statement fails because the table does not fit the model (missing
-/// table, column or unique index, wrong type), a session that has not been
-/// checked yet reports the schema check's explanation instead of the raw error.
+/// table, column or unique index, wrong type), report the schema check's
+/// explanation instead of the raw error.
 async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, error: Error) -> Error {
     let schema_related = error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
     if !schema_related || !error.connection_usable() {
         return error;
     }
-    let Ok(tx) = conn.begin().await else { return error };
-    match schema::verify(&tx, model).await {
+    match schema::verify(conn.client(), model).await {
         Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,
         _ => error,
     }
 }
 
-async fn small_batch_inner<C: Connection + ?Sized>(
+/// One attempt at the small-batch statement: in a savepoint inside a
+/// caller's transaction, otherwise as its own (autocommit) transaction.
+async fn small_attempt<C: Connection + ?Sized>(
     conn: &mut C,
     model: &'static Model,
     params: &[(&(dyn ToSql + Sync), Type)],
     prepared: bool,
 ) -> Result<u64, Error> {
-    let inserted = if conn.nested() {
+    if conn.nested() {
         let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
-        let (checked, mut inserted) = run_small(tx.client(), model, params, prepared).await?;
-        if !checked {
-            ensure_scratch(&tx, model).await?;
-            (_, inserted) = run_small(tx.client(), model, params, prepared).await?;
-        }
+        let inserted = run_small(tx.client(), model, params, prepared).await?;
         tx.commit().await.map_err(db_error(model, Step::Commit))?;
-        inserted
+        Ok(inserted)
     } else {
-        // Autocommit: the statement is its own transaction.
-        let (checked, mut inserted) = run_small(conn.client(), model, params, prepared).await?;
-        if !checked {
-            let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
-            ensure_scratch(&tx, model).await?;
-            tx.commit().await.map_err(db_error(model, Step::Commit))?;
-            (_, inserted) = run_small(conn.client(), model, params, prepared).await?;
-        }
-        inserted
-    };
-    Ok(inserted)
+        run_small(conn.client(), model, params, prepared).await
+    }
 }
 
-/// Runs the small-batch statement; returns whether the session was already
-/// checked (if not, nothing was inserted) and the rows inserted.
-///
-/// With `prepared`, the statement is prepared once per connection and reused;
-/// if the server no longer knows it (SQLSTATE 26000: `DISCARD ALL`, another
-/// backend behind a pooler), it is evicted and [`Error::is_stale_statement`]
-/// tells the caller to run the batch again unprepared.
+/// Runs the small-batch statement and returns the rows inserted. A client
+/// without the prepared statement checks the schema first.
 async fn run_small(
     client: &Client,
     model: &'static Model,
     params: &[(&(dyn ToSql + Sync), Type)],
     prepared: bool,
-) -> Result<(bool, u64), Error> {
-    let rows = if prepared {
-        let statement = cache::small_statement(client, model).await.map_err(|source| insert_error(model, source))?;
-        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-        client.query(&statement, &values).await.map_err(|source| {
-            if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
-                cache::evict(client, model);
+) -> Result<u64, Error> {
+    let statement = if prepared { cache::get(client, model) } else { None };
+    let statement = match statement {
+        Some(statement) => Some(statement),
+        None => {
+            schema::verify(client, model).await?;
+            if prepared {
+                Some(cache::prepare(client, model).await.map_err(|source| insert_error(model, source))?)
+            } else {
+                None
             }
-            insert_error(model, source)
-        })?
-    } else {
-        client.query_typed(&model.plan().small_insert, params).await.map_err(|source| insert_error(model, source))?
+        }
     };
-    let (checked, inserted) = rows.first().map_or((false, 0), |r| (r.get::<_, bool>(0), r.get::<_, i64>(1)));
-    Ok((checked, inserted as u64))
+    match statement {
+        Some(statement) => {
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+            client.execute(&statement, &values).await.map_err(|source| {
+                if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+                    cache::evict(client, model);
+                }
+                insert_error(model, source)
+            })
+        }
+        None => {
+            client.execute_typed(&model.plan().small_insert, params).await.map_err(|source| insert_error(model, source))
+        }
+    }
 }
 
 /// The streaming path: binary COPY into the scratch table, then the insert.

@@ -1,6 +1,6 @@
 //! Verifying that the live table matches the model before the first write.
 
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use crate::error::{Error, SchemaProblem, Step};
@@ -28,7 +28,7 @@ SELECT ic.relname::text,
 const RESOLVE_TYPES: &str = "SELECT format_type(to_regtype(t), NULL) FROM unnest($1::text[]) AS t";
 
 /// Checks the live table against the model; returns every difference at once.
-pub(crate) async fn verify(tx: &Transaction<'_>, model: &'static Model) -> Result<(), Error> {
+pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<(), Error> {
     let problems = problems(tx, model).await.map_err(|source| Error::Database {
         table: model.qualified_name(),
         step: Step::SchemaCheck,
@@ -47,10 +47,7 @@ pub(crate) async fn verify(tx: &Transaction<'_>, model: &'static Model) -> Resul
 ///
 /// # Errors
 /// A database error from the catalog queries.
-pub(crate) async fn problems(
-    tx: &Transaction<'_>,
-    model: &'static Model,
-) -> Result<Vec<SchemaProblem>, tokio_postgres::Error> {
+pub(crate) async fn problems(tx: &Client, model: &'static Model) -> Result<Vec<SchemaProblem>, tokio_postgres::Error> {
     let name = model.plan().target_regclass.as_str();
     let live = tx.query_typed(COLUMNS, &[(&name, Type::TEXT)]).await?;
     if live.is_empty() {

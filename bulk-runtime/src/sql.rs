@@ -35,13 +35,12 @@ pub(crate) struct Plan {
     /// The target's qualified name, quoted, as a text value for `to_regclass($1)`.
     pub target_regclass: String,
     /// `pg_temp.<scratch>`, as a text value for `to_regclass`: whether this
-    /// backend session has seen (and checked) the model.
+    /// backend session has the scratch table (and has checked the model).
     pub scratch_regclass: String,
     /// The one-statement path for small batches: the same insert, reading
     /// `unnest` of one array per column instead of the scratch table; see [`small_insert_sql`].
     pub small_insert: String,
-    /// Parameter types of `small_insert`: the ordinal array, one array per
-    /// column, then the guard's text.
+    /// Parameter types of `small_insert`: the ordinal array, then one array per column.
     pub small_types: Vec<Type>,
 }
 
@@ -72,7 +71,6 @@ impl Plan {
         let small_insert = small_insert_sql(model);
         let mut small_types = vec![Type::INT8_ARRAY];
         small_types.extend(model.columns().iter().map(|c| c.pg_type().array_wire_type()));
-        small_types.push(Type::TEXT);
         Plan {
             scratch_regclass: format!("pg_temp.{scratch}"),
             scratch,
@@ -107,64 +105,41 @@ fn scratch_name(model: &Model) -> String {
 /// The small-batch statement: one round trip, no scratch table.
 ///
 /// ```sql
-/// WITH __bulk_src AS (
-///     SELECT DISTINCT ON (key) cols
-///     FROM unnest($1::bigint[], $2::type[], ...) AS u(__bulk_ord, cols)
-///     ORDER BY key, __bulk_ord
-/// ), __bulk_ins AS (
-///     INSERT INTO target (cols)
-///     SELECT s.cols FROM __bulk_src AS s
-///     WHERE (SELECT to_regclass($n) IS NOT NULL)
-///       AND NOT EXISTS (SELECT 1 FROM target AS t WHERE t.key = s.key)
-///     ORDER BY s.key
-///     ON CONFLICT (key) DO NOTHING
-///     RETURNING 1
-/// )
-/// SELECT (SELECT to_regclass($n) IS NOT NULL), (SELECT count(*) FROM __bulk_ins)
+/// INSERT INTO target (cols)
+/// SELECT u.cols FROM unnest($1::bigint[], $2::type[], ...) AS u(__bulk_ord, cols)
+/// ORDER BY u.key, u.__bulk_ord
+/// ON CONFLICT (key) DO NOTHING
 /// ```
 ///
-/// The guard (`$n` is `pg_temp.<scratch>`) makes the statement insert nothing
-/// until this backend session has checked the schema (and created the
-/// scratch table); the first column tells the caller to do that and rerun.
+/// Rows go in in key order, and within a key in offered order, so the first
+/// offered row of a key is inserted and its repeats meet `ON CONFLICT`; keys
+/// already stored are skipped by the same index probe that an anti-join would
+/// make (for a few thousand rows the planner picks a nested loop over the
+/// unique index for the anti-join anyway, so it would only add planning time).
+/// The guarantees are the scratch path's: first offered wins, exact counts
+/// from the command tag, key order against deadlocks, no table lock.
+///
 /// sea-query cannot express `unnest(...) AS u(cols)`, so this text is
 /// assembled here, with every identifier through [`quote_ident`] and
 /// nothing but static type names besides; no value is ever in the text.
 fn small_insert_sql(model: &Model) -> String {
     let q = |name: &str| quote_ident(name);
-    let target = model.qualified_name();
     let cols: Vec<String> = model.columns().iter().map(|c| q(c.name())).collect();
+    let u_cols: Vec<String> = cols.iter().map(|c| format!("u.{c}")).collect();
     let key: Vec<String> = model.unique_key().map(|c| q(c.name())).collect();
-    let s_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
-    let s_key: Vec<String> = key.iter().map(|k| format!("s.{k}")).collect();
+    let u_key: Vec<String> = key.iter().map(|k| format!("u.{k}")).collect();
     let mut arrays = vec!["$1::bigint[]".to_owned()];
     arrays.extend(model.columns().iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 2, c.pg_type().sql_name())));
-    let guard = format!("${}::text", model.columns().len() + 2);
-    let matches: Vec<String> = model
-        .unique_key()
-        .map(|c| {
-            let k = q(c.name());
-            if c.nullable() {
-                format!("(t.{k} = s.{k} OR (t.{k} IS NULL AND s.{k} IS NULL))")
-            } else {
-                format!("t.{k} = s.{k}")
-            }
-        })
-        .collect();
     format!(
-        "WITH \"__bulk_src\" AS (SELECT DISTINCT ON ({key}) {cols} FROM unnest({arrays}) AS u({ord}, {cols}) \
-         ORDER BY {key}, {ord}), \
-         \"__bulk_ins\" AS (INSERT INTO {target} ({cols}) SELECT {s_cols} FROM \"__bulk_src\" AS s \
-         WHERE (SELECT to_regclass({guard}) IS NOT NULL) \
-         AND NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {matches}) \
-         ORDER BY {s_key} ON CONFLICT ({key}) DO NOTHING RETURNING 1) \
-         SELECT (SELECT to_regclass({guard}) IS NOT NULL), (SELECT count(*) FROM \"__bulk_ins\")",
-        key = key.join(", "),
+        "INSERT INTO {target} ({cols}) SELECT {u_cols} FROM unnest({arrays}) AS u({ord}, {cols}) \
+         ORDER BY {u_key}, u.{ord} ON CONFLICT ({key}) DO NOTHING",
+        target = model.qualified_name(),
         cols = cols.join(", "),
+        u_cols = u_cols.join(", "),
         arrays = arrays.join(", "),
         ord = q(ORD),
-        s_cols = s_cols.join(", "),
-        s_key = s_key.join(", "),
-        matches = matches.join(" AND "),
+        u_key = u_key.join(", "),
+        key = key.join(", "),
     )
 }
 
@@ -288,26 +263,22 @@ mod tests {
     }
 
     #[test]
-    fn small_batch_statement_has_the_same_shape() {
+    fn small_batch_statement_inserts_in_key_then_offered_order() {
         let plan = Plan::new(&MODEL);
         let sql = plan.small_insert.as_str();
-        let distinct = at(sql, r#"SELECT DISTINCT ON ("tweet", "re""tweeter") "tweet", "re""tweeter", "author" FROM "#);
-        let arrays = at(sql, "unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])");
-        let inner_order = at(sql, r#"ORDER BY "tweet", "re""tweeter", "__bulk_ord""#);
         let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
-        let not_exists = at(sql, r#"NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS t WHERE "#);
-        at(sql, r#"t."tweet" = s."tweet" AND t."re""tweeter" = s."re""tweeter""#);
+        let arrays = at(sql, "unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])");
+        let names = at(sql, r#"AS u("__bulk_ord", "tweet", "re""tweeter", "author")"#);
+        let order = at(sql, r#"ORDER BY u."tweet", u."re""tweeter", u."__bulk_ord""#);
         let conflict = at(sql, r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
-        assert!(distinct < arrays && arrays < inner_order && inner_order < insert, "{sql}");
-        assert!(insert < not_exists && not_exists < conflict, "{sql}");
-        // The guard parameter comes after the ordinal and one array per column.
-        at(sql, "to_regclass($5::text)");
-        assert_eq!(plan.small_types.len(), 5);
+        assert!(insert < arrays && arrays < names && names < order && order < conflict, "{sql}");
+        assert!(sql.ends_with("DO NOTHING"), "{sql}");
+        assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
+        assert_eq!(plan.small_types, vec![Type::INT8_ARRAY, Type::INT8_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY]);
         assert_eq!(plan.scratch_regclass, format!("pg_temp.{}", plan.scratch));
-        assert!(!sql.contains("IS NULL AND"), "{sql}");
 
         let sql = Plan::new(&NULLABLE_MODEL).small_insert;
-        at(&sql, r#"(t."label" = s."label" OR (t."label" IS NULL AND s."label" IS NULL))"#);
+        at(&sql, r#"ORDER BY u."label", u."owner", u."__bulk_ord""#);
         at(&sql, r#"ON CONFLICT ("label", "owner") DO NOTHING"#);
     }
 

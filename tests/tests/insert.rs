@@ -468,14 +468,16 @@ async fn hash_partitioned_target_table() {
 #[tokio::test]
 async fn scratch_table_is_created_once_per_session() {
     let (db, mut client) = setup("scratch_reuse").await;
-    Entry::bulk_create_new(&mut client, [entry(1, 1, "a")]).await.unwrap();
-    let first = scratch_tables(&client).await;
-    assert_eq!(first.len(), 1, "{first:?}");
-    for i in 2..6 {
+    // Short batches take the one-statement path: no scratch table at all.
+    for i in 1..6 {
         Entry::bulk_create_new(&mut client, [entry(1, i, "a")]).await.unwrap();
     }
-    // A long batch (the COPY path) uses the same table.
+    assert_eq!(scratch_tables(&client).await, Vec::new(), "no scratch table for short batches");
+    // Long batches (the COPY path) create it once and reuse it.
     Entry::bulk_create_new(&mut client, (0..COPY_BATCH as i64).map(|i| entry(2, i, "long"))).await.unwrap();
+    let first = scratch_tables(&client).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    Entry::bulk_create_new(&mut client, (0..COPY_BATCH as i64).map(|i| entry(3, i, "long"))).await.unwrap();
     assert_eq!(scratch_tables(&client).await, first, "same table (same oid) reused");
     // Emptied by ON COMMIT DELETE ROWS after each call.
     let rows: i64 = client

@@ -120,7 +120,7 @@ async fn names_that_need_quoting_stay_names() {
         .collect();
     assert_eq!(columns, ["order", "select", r#"Kind "of"; DROP TABLE decoy; --"#, "with space", "semi;colon"]);
 
-    assert_eq!(verify_schema::<Weird>(&mut client).await.unwrap(), []);
+    assert_eq!(verify_schema::<Weird>(&client).await.unwrap(), []);
     let batch = [
         weird(1, "a", Some("one")),
         weird(1, "b", None),
@@ -174,7 +174,7 @@ async fn quoted_table_found_through_search_path() {
     client.batch_execute(&WeirdLocal::model().migration_sql()).await.unwrap();
     let local = relations(&client, &db.schema).await;
     assert!(local.contains(&("r".to_owned(), "a.B \"c\"".to_owned())), "{local:?}");
-    assert_eq!(verify_schema::<WeirdLocal>(&mut client).await.unwrap(), []);
+    assert_eq!(verify_schema::<WeirdLocal>(&client).await.unwrap(), []);
     let rows = [
         WeirdLocal { key: 1, value: "x".into() },
         WeirdLocal { key: 1, value: "y".into() },

@@ -59,7 +59,7 @@ async fn table_missing() {
     assert!(shown.contains(r#"table "item""#) && shown.contains("does not exist"), "{shown}");
     // After the migration, the same connection works (the check runs again).
     client.batch_execute(&Item::model().migration_sql()).await.unwrap();
-    assert_eq!(verify_schema::<Item>(&mut client).await.unwrap(), []);
+    assert_eq!(verify_schema::<Item>(&client).await.unwrap(), []);
     let o = Item::bulk_create_new(&mut client, &[item(1, "x")]).await.unwrap();
     assert_eq!(o.inserted, 1);
     db.drop().await;
@@ -335,7 +335,7 @@ async fn compatible_tables_pass() {
          )",
     )
     .await;
-    assert_eq!(verify_schema::<Wide>(&mut client).await.unwrap(), []);
+    assert_eq!(verify_schema::<Wide>(&client).await.unwrap(), []);
     let rows = [
         Wide {
             a: i32::MAX,
@@ -396,7 +396,7 @@ async fn compatible_unique_index_in_another_order() {
         ),
     )
     .await;
-    assert_eq!(verify_schema::<Item>(&mut client).await.unwrap(), []);
+    assert_eq!(verify_schema::<Item>(&client).await.unwrap(), []);
     let o = Item::bulk_create_new(&mut client, [item(1, "x"), item(1, "y"), item(1, "x")]).await.unwrap();
     assert_eq!((o.inserted, o.skipped), (2, 1));
     db.drop().await;
