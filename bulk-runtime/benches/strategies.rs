@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench -p bulk-runtime --bench strategies -- --quick   # sizes 10..10k
 //! cargo bench -p bulk-runtime --bench strategies              # sizes 10..1M
+//! cargo bench -p bulk-runtime --bench strategies -- --sizes 100000,1000000
 //! cargo bench -p bulk-runtime --bench strategies -- warm      # per-call cost, 10 existing rows
 //! cargo bench -p bulk-runtime --bench strategies -- concurrent
 //! cargo bench -p bulk-runtime --bench strategies -- explain 100000 stored50
@@ -384,11 +385,12 @@ fn ms(d: Duration) -> String {
     }
 }
 
-async fn table_run(quick: bool) {
+async fn table_run(quick: bool, only: Option<Vec<usize>>) {
     let mut client = connect().await;
     setup(&client).await;
     let mut prepared = prepare(&client).await;
     let sizes: &[usize] = if quick { &[10, 100, 1_000, 10_000] } else { &[10, 100, 1_000, 10_000, 100_000, 1_000_000] };
+    let sizes: &[usize] = only.as_deref().unwrap_or(sizes);
     let mut shuffle_rng = Rng(42);
     let mut summary = String::new();
     for mix in [Mix::Fresh, Mix::Stored50, Mix::InBatch10] {
@@ -621,13 +623,16 @@ async fn explain_run(size: usize, mix: Mix) {
     reset(&client, &case).await;
     let [create, copy, insert] = bulk_runtime::__private::protocol_sql(Retweet::model());
     client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute("SET LOCAL work_mem = '64MB'").await.unwrap();
     client.batch_execute(create).await.unwrap();
+    let t = Instant::now();
     let sink = client.copy_in(copy).await.unwrap();
     let mut w = Box::pin(BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::INT8, Type::INT8]));
     for (i, r) in case.batch.iter().enumerate() {
         w.as_mut().write(&[&(i as i64), &r.tweet, &r.retweeter, &r.original_author]).await.unwrap();
     }
     w.as_mut().finish().await.unwrap();
+    println!("COPY into the scratch table: {:.1} ms\n", t.elapsed().as_secs_f64() * 1e3);
     println!("{insert}\n");
     for row in client.query(&format!("EXPLAIN (ANALYZE, BUFFERS) {insert}"), &[]).await.unwrap() {
         println!("{}", row.get::<_, String>(0));
@@ -650,10 +655,14 @@ async fn main() {
             let mix = args.get(2).and_then(|s| Mix::parse(s)).unwrap_or(Mix::Fresh);
             explain_run(n, mix).await
         }
-        Some("--quick") => table_run(true).await,
-        None => table_run(false).await,
+        Some("--quick") => table_run(true, None).await,
+        Some("--sizes") => {
+            let sizes = args.get(1).map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect());
+            table_run(false, sizes).await
+        }
+        None => table_run(false, None).await,
         Some(other) => {
-            eprintln!("unknown mode {other}; expected --quick, warm, concurrent, stream N [--collect], explain N MIX");
+            eprintln!("unknown mode {other}; expected --quick, --sizes N,N, warm, concurrent, stream N [--collect], explain N MIX");
             std::process::exit(2);
         }
     }

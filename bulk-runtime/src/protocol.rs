@@ -266,14 +266,17 @@ where
     let mut buf = BytesMut::with_capacity(CHUNK + 4096);
     buf.put_slice(COPY_HEADER);
     let mut offered: u64 = 0;
+    let mut bytes_sent: u64 = 0;
     for row in rows {
         encode_row::<T>(model, &plan.copy_types, offered as usize, row.borrow(), &mut buf)?;
         drop(row);
         offered += 1;
         if buf.len() >= CHUNK {
+            bytes_sent += buf.len() as u64;
             sink.as_mut().send(buf.split().freeze()).await.map_err(|source| copy_error(model, source))?;
         }
     }
+    bytes_sent += buf.len() as u64;
     buf.put_i16(-1);
     sink.as_mut().send(buf.split().freeze()).await.map_err(|source| copy_error(model, source))?;
     let copied = sink.as_mut().finish().await.map_err(|source| copy_error(model, source))?;
@@ -283,11 +286,16 @@ where
     // 3. The anti-join insert (and, inside a caller's transaction, emptying the
     //    scratch table, which ON COMMIT DELETE ROWS would only do at its commit).
     //    In its own transaction the call also gives the sort of the batch
-    //    enough memory to stay off disk (SET LOCAL ends with the transaction).
+    //    enough memory to stay off disk (set_config(..., true) is SET LOCAL:
+    //    it ends with the transaction).
     let sql = if nested {
         format!("{}; {}", plan.insert, plan.clear)
     } else {
-        format!("SET LOCAL work_mem = '{SORT_MEMORY}'; {}", plan.insert)
+        let work_mem = sort_memory_kb(offered, bytes_sent).to_string();
+        tx.query_typed("SELECT set_config('work_mem', $1 || 'kB', true)", &[(&work_mem, Type::TEXT)])
+            .await
+            .map_err(db(Step::Insert))?;
+        plan.insert.clone()
     };
     let messages = tx.simple_query(&sql).await.map_err(|source| insert_error(model, source))?;
     let inserted = messages
@@ -296,7 +304,7 @@ where
             SimpleQueryMessage::CommandComplete(n) => Some(*n),
             _ => None,
         })
-        .nth(usize::from(!nested))
+        .next()
         .unwrap_or(0);
     tx.commit().await.map_err(db(Step::Commit))?;
     Ok(Outcome { offered, inserted, skipped: offered - inserted })
@@ -372,8 +380,13 @@ fn encode_arrays<'r, T: BulkCreateNew + 'r>(
     Ok(out)
 }
 
-/// `work_mem` for the insert's sort in the call's own transaction.
-const SORT_MEMORY: &str = "64MB";
+/// `work_mem` (in kB) for the insert's sort in the call's own transaction:
+/// room for the batch's tuples (their COPY bytes plus PostgreSQL's per-tuple
+/// overhead, twice over for the sort's slack), at least 64 MB, at most 1 GB.
+fn sort_memory_kb(rows: u64, bytes: u64) -> u64 {
+    let need = 2 * (bytes + 96 * rows) / 1024;
+    need.clamp(64 * 1024, 1024 * 1024)
+}
 
 /// Bytes per message sent to the server during COPY.
 const CHUNK: usize = 128 * 1024;
