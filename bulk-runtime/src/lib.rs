@@ -35,18 +35,21 @@
 //!
 //! # How a call works
 //! Inside one transaction (its own on a [`Client`](tokio_postgres::Client); a
-//! savepoint inside a caller's [`Transaction`](tokio_postgres::Transaction)):
+//! savepoint inside a caller's [`Transaction`](tokio_postgres::Transaction)),
+//! after the live table has been checked against the model once per
+//! connection:
 //!
-//! 1. a session-local scratch table for the model is created the first time a
-//!    backend session sees the model (after checking the live table against
-//!    the model), and reused after that;
-//! 2. the rows stream into it with `COPY ... FROM STDIN (FORMAT binary)`, one
-//!    at a time from the iterator, so client memory stays flat;
-//! 3. one `INSERT ... SELECT` keeps the first offered row of each key, drops
-//!    keys already stored (anti-join), inserts in key order and ends with
-//!    `ON CONFLICT (key) DO NOTHING`, which keeps concurrent writers correct
-//!    and deadlock-free without any table lock;
-//! 4. the [`Outcome`] reports rows offered, inserted and skipped.
+//! * a batch of 5,000 rows or more streams with `COPY ... FROM STDIN (FORMAT
+//!   binary)` into a session-local scratch table (created once per backend
+//!   session), one row at a time from the iterator, so client memory stays
+//!   flat; then one `INSERT ... SELECT` keeps the first offered row of each
+//!   key, drops keys already stored (anti-join), inserts in key order and
+//!   ends with `ON CONFLICT (key) DO NOTHING`, which keeps concurrent writers
+//!   correct and deadlock-free without any table lock;
+//! * a shorter batch goes in one round trip: a prepared `INSERT ... SELECT
+//!   FROM unnest(...) ORDER BY key, position ON CONFLICT (key) DO NOTHING`
+//!   with the columns bound as binary arrays, with the same guarantees;
+//! * the [`Outcome`] reports rows offered, inserted and skipped.
 //!
 //! The supported field types are listed in [`types`]; the attributes in
 //! [`BulkCreateNew`](derive@BulkCreateNew).
