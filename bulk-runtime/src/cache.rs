@@ -7,6 +7,14 @@
 //! (tokio-postgres names statements from a process-wide counter, so a stale
 //! name never matches another statement of this process); the caller then
 //! evicts it and runs the statement unprepared.
+//!
+//! Behind a pooler in transaction mode without prepared-statement support
+//! (PgBouncer before 1.21, or with `max_prepared_statements = 0`), a
+//! statement stays on the backend that prepared it while later transactions
+//! run on others: every re-prepare would leave one more statement behind on
+//! the pooler's backends. So a client re-prepares once; when its statement
+//! goes stale a second time, it stops preparing and runs the statement
+//! unnamed from then on ([`prepares`] is false), leaving nothing behind.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -21,7 +29,17 @@ const MAX_ENTRIES: usize = 4096;
 
 type Key = (usize, usize);
 
-static STATEMENTS: Mutex<Option<HashMap<Key, Statement>>> = Mutex::new(None);
+/// A client's statement of one model, and how often one went stale.
+#[derive(Default)]
+struct Entry {
+    statement: Option<Statement>,
+    stale: u8,
+}
+
+/// Stale statements after which a client stops preparing.
+const STALE_LIMIT: u8 = 2;
+
+static STATEMENTS: Mutex<Option<HashMap<Key, Entry>>> = Mutex::new(None);
 
 fn key(client: &Client, model: &'static Model) -> Key {
     (std::ptr::from_ref(client) as usize, std::ptr::from_ref(model) as usize)
@@ -31,7 +49,14 @@ fn key(client: &Client, model: &'static Model) -> Key {
 /// client has one (which also means the client has checked the model).
 pub(crate) fn get(client: &Client, model: &'static Model) -> Option<Statement> {
     let map = STATEMENTS.lock().unwrap_or_else(PoisonError::into_inner);
-    map.as_ref().and_then(|m| m.get(&key(client, model)).cloned())
+    map.as_ref().and_then(|m| m.get(&key(client, model))).and_then(|e| e.statement.clone())
+}
+
+/// Whether `client` prepares the statement of `model`: false once its
+/// statement went stale twice (a pooler in transaction mode).
+pub(crate) fn prepares(client: &Client, model: &'static Model) -> bool {
+    let map = STATEMENTS.lock().unwrap_or_else(PoisonError::into_inner);
+    map.as_ref().and_then(|m| m.get(&key(client, model))).is_none_or(|e| e.stale < STALE_LIMIT)
 }
 
 /// Prepares the small-batch statement of `model` on `client` and keeps it.
@@ -46,13 +71,17 @@ pub(crate) async fn prepare(client: &Client, model: &'static Model) -> Result<St
     if map.len() >= MAX_ENTRIES {
         map.clear();
     }
-    map.insert(key(client, model), statement.clone());
+    map.entry(key(client, model)).or_default().statement = Some(statement.clone());
     Ok(statement)
 }
 
-/// Forgets the statement of `model` on `client`.
+/// Forgets the statement of `model` on `client`, which the server no longer
+/// knows, and counts it as stale.
 pub(crate) fn evict(client: &Client, model: &'static Model) {
-    if let Some(map) = STATEMENTS.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-        map.remove(&key(client, model));
+    if let Some(entry) =
+        STATEMENTS.lock().unwrap_or_else(PoisonError::into_inner).as_mut().and_then(|m| m.get_mut(&key(client, model)))
+    {
+        entry.statement = None;
+        entry.stale = entry.stale.saturating_add(1);
     }
 }

@@ -22,6 +22,9 @@ pub enum Step {
     Insert,
     /// Committing (or releasing the savepoint).
     Commit,
+    /// Claiming or recording a batch id in the ledger table
+    /// ([`Bulk::batch_id`](crate::Bulk::batch_id)).
+    Ledger,
 }
 
 impl fmt::Display for Step {
@@ -33,6 +36,7 @@ impl fmt::Display for Step {
             Step::Copy => "copy",
             Step::Insert => "insert",
             Step::Commit => "commit",
+            Step::Ledger => "ledger",
         })
     }
 }
@@ -144,6 +148,25 @@ pub enum Error {
         /// The error from tokio-postgres.
         source: tokio_postgres::Error,
     },
+    /// The call's options do not fit the model (an upsert naming an unknown
+    /// or key column, a key type that does not match the unique key); found
+    /// before anything was sent.
+    #[error("{model}: {message}")]
+    Usage {
+        /// The model struct.
+        model: &'static str,
+        /// What does not fit, and how to fix it.
+        message: String,
+    },
+    /// The stream of rows yielded an error
+    /// ([`Bulk::try_run_stream`](crate::Bulk::try_run_stream)); nothing was written.
+    #[error("the row stream failed at row {row}: {source}")]
+    Stream {
+        /// Index of the row the stream failed to yield (the rows before it were read).
+        row: usize,
+        /// The stream's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn join(problems: &[SchemaProblem]) -> String {
@@ -212,7 +235,8 @@ impl Error {
         match self {
             Error::InvalidValue { row, .. } => Some(*row),
             Error::Database { row, .. } => *row,
-            Error::SchemaMismatch { .. } => None,
+            Error::Stream { row, .. } => Some(*row),
+            Error::SchemaMismatch { .. } | Error::Usage { .. } => None,
         }
     }
 
@@ -221,7 +245,7 @@ impl Error {
         match self {
             Error::InvalidValue { field, .. } => Some(field),
             Error::Database { field, .. } => field.as_deref(),
-            Error::SchemaMismatch { .. } => None,
+            Error::SchemaMismatch { .. } | Error::Usage { .. } | Error::Stream { .. } => None,
         }
     }
 
@@ -237,44 +261,60 @@ impl Error {
     /// connection if this one is closed) may succeed.
     ///
     /// True for serialization failures, deadlocks, lock timeouts, server
-    /// shutdowns and lost connections. Retrying is always *safe*: the call
-    /// skips keys already stored, so a retry never duplicates rows.
+    /// shutdowns and lost connections, and for a prepared statement name that
+    /// a pooler's backend already holds (the retry prepares under a new name).
+    /// Retrying is always *safe*: the call skips keys already stored, so a
+    /// retry never duplicates rows. [`retry`](crate::retry) reruns a batch on
+    /// these errors.
     pub fn is_retryable(&self) -> bool {
         let Error::Database { source, .. } = self else { return false };
-        if source.is_closed() {
-            return true;
-        }
-        match source.code() {
-            Some(code) => {
-                let c = code.code();
-                c.starts_with("08")
-                    || c.starts_with("40")
-                    || *code == SqlState::LOCK_NOT_AVAILABLE
-                    || *code == SqlState::ADMIN_SHUTDOWN
-                    || *code == SqlState::CRASH_SHUTDOWN
-                    || *code == SqlState::CANNOT_CONNECT_NOW
-                    || *code == SqlState::TOO_MANY_CONNECTIONS
-            }
-            // No SQLSTATE and not closed: an I/O error on the socket.
-            None => {
-                source.as_db_error().is_none()
-                    && std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>())
-            }
-        }
+        retryable(source)
     }
 
-    /// The server no longer knows a prepared statement of the call.
+    /// The server no longer knows a prepared statement of the call, or has
+    /// another one under its name (a pooler's backend kept one of another
+    /// process, whose statement names tokio-postgres counts the same way).
     pub(crate) fn is_stale_statement(&self) -> bool {
-        self.sqlstate() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+        matches!(self.sqlstate(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME | &SqlState::DUPLICATE_PSTATEMENT))
     }
 
     /// Whether the connection can be used for the next batch. False after a
-    /// lost connection, or a failure inside `COPY` setup (tokio-postgres may
-    /// leave that connection unusable).
+    /// lost connection (including a `FATAL` error, with which the server ends
+    /// the session, e.g. when the backend is terminated), or a failure inside
+    /// `COPY` setup (tokio-postgres may leave that connection unusable).
     pub fn connection_usable(&self) -> bool {
         match self {
-            Error::Database { source, .. } => !source.is_closed(),
+            Error::Database { source, .. } => {
+                let fatal = source.as_db_error().is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"));
+                !source.is_closed() && !fatal
+            }
             _ => true,
+        }
+    }
+}
+
+/// Whether an error of tokio-postgres is worth a retry of the batch; see
+/// [`Error::is_retryable`].
+pub(crate) fn retryable(source: &tokio_postgres::Error) -> bool {
+    if source.is_closed() {
+        return true;
+    }
+    match source.code() {
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("40")
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::DUPLICATE_PSTATEMENT
+        }
+        // No SQLSTATE and not closed: an I/O error on the socket.
+        None => {
+            source.as_db_error().is_none()
+                && std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>())
         }
     }
 }

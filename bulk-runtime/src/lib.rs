@@ -51,24 +51,84 @@
 //!   with the columns bound as binary arrays, with the same guarantees;
 //! * the [`Outcome`] reports rows offered, inserted and skipped.
 //!
+//! Concurrent writers need no retry under `READ COMMITTED`; for serialization
+//! failures, deadlocks with the caller's own statements and lost connections,
+//! [`retry`] reruns a batch.
+//!
 //! The supported field types are listed in [`types`]; the attributes in
 //! [`BulkCreateNew`](derive@BulkCreateNew).
+//!
+//! # Beyond the plain call
+//! [`BulkCreateNew::bulk`] configures a call with the same protocol and the
+//! same guarantees (no table lock, key-ordered writes, exact counts, flat
+//! memory on the COPY path, nothing written on error), on both paths:
+//!
+//! * [`returning_keys`](Bulk::returning_keys): which rows were new (their
+//!   batch position, generated id and key), or
+//!   [`returning_skipped`](Bulk::returning_skipped): the positions of the
+//!   rows that were not;
+//! * [`upsert`](Bulk::upsert): update chosen columns of stored keys
+//!   ([`Upsert`]), optionally only when a value changed, with inserted,
+//!   updated and unchanged counted apart, and repeated keys in a batch kept
+//!   first or last ([`Keep`]);
+//! * [`run_stream`](Bulk::run_stream): rows from an async `Stream`, with
+//!   [`on_progress`](Bulk::on_progress) reports;
+//! * [`batch_id`](Bulk::batch_id): exactly-once accounting across retries,
+//!   in a [`Ledger`] table written in the call's transaction.
+//!
+//! ```no_run
+//! # use bulk_runtime::{BulkCreateNew, Keep, Upsert};
+//! # #[derive(BulkCreateNew)]
+//! # #[bulk(table = "retweeter", unique(tweet, retweeter))]
+//! # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
+//! # async fn run(client: &mut tokio_postgres::Client, batch: Vec<Retweet>) -> Result<(), bulk_runtime::Error> {
+//! let report = Retweet::bulk(client)
+//!     .upsert(Upsert::columns(["original_author"]).only_if_changed().keep(Keep::Last))
+//!     .batch_id("poll 42")
+//!     .run(&batch)
+//!     .await?;
+//! println!("{} new, {} updated, {} unchanged", report.inserted, report.updated, report.unchanged);
+//! # Ok(()) }
+//! ```
+//!
+//! # Partitioned and distributed tables
+//! A target partitioned natively by part of its unique key (PostgreSQL
+//! requires a unique key of a partitioned table to contain the partition
+//! key) works with every call; this is tested on PostgreSQL 15 with a hash
+//! partitioned table, on both paths. For Citus, see the README's section
+//! "Partitioned and sharded tables": the statements stay within what Citus
+//! documents for distributed tables (`INSERT ... SELECT` from a
+//! coordinator-local temporary table, `ON CONFLICT` on a key containing the
+//! distribution column), but they were not run on Citus here.
 
+mod bulk;
 mod cache;
+mod engine;
 mod error;
+mod ledger;
 mod model;
 mod protocol;
+pub mod retry;
 mod schema;
 mod sql;
+mod statements;
 pub mod types;
+mod variants;
 
 use std::borrow::Borrow;
 use std::future::Future;
 
+pub use bulk::{
+    Bulk, CreateNew, FromKey, Mode, NewRow, Progress, Report, ReturningKeys, ReturningKeysWith, ReturningSkipped,
+    Upsert, Upserting,
+};
+pub use engine::BoxError;
 pub use error::{Error, SchemaProblem, Step};
+pub use ledger::Ledger;
 pub use model::{Column, Model, quote_ident};
 pub use protocol::{Connection, Outcome, bulk_create_new};
 pub use types::{BulkColumn, BulkValue, NonNullColumn, PgType, ValueError};
+pub use variants::Keep;
 
 /// Derives [`BulkCreateNew`](trait@BulkCreateNew) for a struct with named fields.
 ///
@@ -135,6 +195,34 @@ pub trait BulkCreateNew: Sized + Sync {
         I::Item: Borrow<Self>,
     {
         protocol::bulk_create_new::<Self, C, I>(conn, rows)
+    }
+
+    /// A configurable bulk call on `conn` (a [`Client`](tokio_postgres::Client)
+    /// or a [`Transaction`](tokio_postgres::Transaction), as for
+    /// [`bulk_create_new`](Self::bulk_create_new)): return the new rows' keys
+    /// or the skipped rows' positions, upsert, read a stream, report
+    /// progress, record a batch id. See [`Bulk`].
+    ///
+    /// `T::bulk(conn).run(rows)` without options is exactly
+    /// [`bulk_create_new`](Self::bulk_create_new).
+    ///
+    /// ```no_run
+    /// # use bulk_runtime::BulkCreateNew;
+    /// # #[derive(BulkCreateNew)]
+    /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
+    /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
+    /// # async fn run(client: &mut tokio_postgres::Client, batch: Vec<Retweet>) -> Result<(), bulk_runtime::Error> {
+    /// let report = Retweet::bulk(client).returning_skipped().run(&batch).await?;
+    /// for i in &report.returned {
+    ///     println!("row {i} of the batch was already stored or repeated");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn bulk<C>(conn: &mut C) -> Bulk<'_, Self, C>
+    where
+        C: Connection + ?Sized,
+    {
+        Bulk::new(conn)
     }
 }
 

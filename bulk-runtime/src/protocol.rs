@@ -124,13 +124,13 @@ where
     copy_batch::<T, C, _>(conn, model, head.into_iter().chain(rows)).await
 }
 
-fn db_error(model: &Model, step: Step) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+pub(crate) fn db_error(model: &Model, step: Step) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |source| Error::Database { table: model.qualified_name(), step, row: None, field: None, source }
 }
 
 /// Checks the live table against the model and creates the session's scratch
 /// table (which also marks the session as checked).
-async fn ensure_scratch(tx: &Transaction<'_>, model: &'static Model) -> Result<(), Error> {
+pub(crate) async fn ensure_scratch(tx: &Transaction<'_>, model: &'static Model) -> Result<(), Error> {
     schema::verify(tx.client(), model).await?;
     tx.batch_execute(&model.plan().create_scratch).await.map_err(db_error(model, Step::Scratch))
 }
@@ -143,6 +143,9 @@ async fn ensure_scratch(tx: &Transaction<'_>, model: &'static Model) -> Result<(
 /// (`DISCARD ALL`, a new connection that took a dropped client's address, a
 /// pooler that switched backends), the client checks and prepares again; if
 /// that does not stick either, the batch runs unprepared after a fresh check.
+/// A client whose statement went stale twice runs it unprepared for good, so
+/// a pooler in transaction mode is not left a statement on every backend
+/// (see `cache`).
 async fn small_batch<C: Connection + ?Sized>(
     conn: &mut C,
     model: &'static Model,
@@ -167,7 +170,11 @@ async fn small_batch<C: Connection + ?Sized>(
 /// When a statement fails because the table does not fit the model (missing
 /// table, column or unique index, wrong type), report the schema check's
 /// explanation instead of the raw error.
-async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, error: Error) -> Error {
+pub(crate) async fn explain_failure<C: Connection + ?Sized>(
+    conn: &mut C,
+    model: &'static Model,
+    error: Error,
+) -> Error {
     let schema_related = error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
     if !schema_related || !error.connection_usable() {
         return error;
@@ -198,12 +205,13 @@ async fn small_attempt<C: Connection + ?Sized>(
 
 /// Runs the small-batch statement and returns the rows inserted. A client
 /// without the prepared statement checks the schema first.
-async fn run_small(
+pub(crate) async fn run_small(
     client: &Client,
     model: &'static Model,
     params: &[(&(dyn ToSql + Sync), Type)],
     prepared: bool,
 ) -> Result<u64, Error> {
+    let prepared = prepared && cache::prepares(client, model);
     let statement = if prepared { cache::get(client, model) } else { None };
     let statement = match statement {
         Some(statement) => Some(statement),
@@ -313,7 +321,7 @@ where
 /// A parameter encoded ahead of time (a binary array), so nothing borrowed
 /// from the rows lives across an await.
 #[derive(Debug)]
-struct Encoded(Bytes);
+pub(crate) struct Encoded(Bytes);
 
 impl ToSql for Encoded {
     fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
@@ -331,7 +339,7 @@ impl ToSql for Encoded {
 /// One binary array per column (and one for the ordinals), in PostgreSQL's
 /// array wire format: dimensions, null flag, element type, length, lower
 /// bound, then each element length-prefixed (-1 for NULL).
-fn encode_arrays<'r, T: BulkCreateNew + 'r>(
+pub(crate) fn encode_arrays<'r, T: BulkCreateNew + 'r>(
     model: &Model,
     rows: impl ExactSizeIterator<Item = &'r T>,
 ) -> Result<Vec<Encoded>, Error> {
@@ -383,21 +391,21 @@ fn encode_arrays<'r, T: BulkCreateNew + 'r>(
 /// `work_mem` (in kB) for the insert's sort in the call's own transaction:
 /// room for the batch's tuples (their COPY bytes plus PostgreSQL's per-tuple
 /// overhead, twice over for the sort's slack), at least 64 MB, at most 1 GB.
-fn sort_memory_kb(rows: u64, bytes: u64) -> u64 {
+pub(crate) fn sort_memory_kb(rows: u64, bytes: u64) -> u64 {
     let need = 2 * (bytes + 96 * rows) / 1024;
     need.clamp(64 * 1024, 1024 * 1024)
 }
 
 /// Bytes per message sent to the server during COPY.
-const CHUNK: usize = 128 * 1024;
+pub(crate) const CHUNK: usize = 128 * 1024;
 
 /// The binary COPY header: signature, flags, header extension length.
-const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+pub(crate) const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 /// Appends one row in binary COPY format: the field count, the ordinal, then
 /// each value as a length-prefixed encoding. Values are checked on the client
 /// first, and an error names the row and the field.
-fn encode_row<T: BulkCreateNew>(
+pub(crate) fn encode_row<T: BulkCreateNew>(
     model: &Model,
     types: &[Type],
     index: usize,
@@ -435,7 +443,7 @@ fn encode_row<T: BulkCreateNew>(
 
 /// The server rejected COPY data: its context reads
 /// `COPY __bulk_..., line N, column c: ...`; line N is row N-1.
-fn copy_error(model: &Model, source: tokio_postgres::Error) -> Error {
+pub(crate) fn copy_error(model: &Model, source: tokio_postgres::Error) -> Error {
     let (row, field) = source
         .as_db_error()
         .and_then(|db| db.where_())
@@ -459,7 +467,7 @@ fn copy_error(model: &Model, source: tokio_postgres::Error) -> Error {
 
 /// The insert failed (NOT NULL, CHECK, out of range for the column's type...):
 /// the server names the column, not the row.
-fn insert_error(model: &Model, source: tokio_postgres::Error) -> Error {
+pub(crate) fn insert_error(model: &Model, source: tokio_postgres::Error) -> Error {
     let field = source.as_db_error().and_then(|db| db.column()).map(|col| {
         model.columns().iter().find(|c| c.name() == col).map_or_else(|| col.to_owned(), |c| c.field().to_owned())
     });

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_postgres::{Client, Config, NoTls};
 
+pub mod pgbouncer;
+pub mod recorder;
+
 /// The database the tests create their schemas in.
 pub const DATABASE: &str = "bulk_tests";
 
@@ -98,6 +101,12 @@ impl TestDb {
         TestDb { schema }
     }
 
+    /// The schema of a running test, made by another process (the test that
+    /// started a `bulk-writer`): neither created nor dropped here.
+    pub fn existing(schema: String) -> TestDb {
+        TestDb { schema }
+    }
+
     /// A new connection with `search_path` set to the test's schema.
     pub async fn connect(&self) -> Client {
         connect_config(&config(DATABASE, Some(&self.schema))).await
@@ -123,4 +132,134 @@ pub async fn count(client: &Client, table: &str) -> i64 {
         .await
         .expect("count rows")
         .get(0)
+}
+
+/// A small deterministic random number generator (SplitMix64), so that
+/// randomized tests can be replayed from their seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Shuffles `items` in place (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// The seed of a randomized test: `BULK_TEST_SEED` when set, else one taken
+/// from the clock. Printed (shown when the test fails) so a failure can be
+/// replayed with `BULK_TEST_SEED=<seed>`.
+pub fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("BULK_TEST_SEED") {
+        Ok(s) => s.parse().unwrap_or_else(|e| panic!("BULK_TEST_SEED={s}: {e}")),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    };
+    println!("{test}: BULK_TEST_SEED={seed}");
+    seed
+}
+
+/// The model the concurrency tests and the `bulk-writer` binary contend on:
+/// key `(a, b)`, and a payload naming the writer, round and position that
+/// offered the stored row.
+#[derive(bulk_runtime::BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "contended", unique(a, b))]
+pub struct Contended {
+    /// First key column.
+    pub a: i32,
+    /// Second key column.
+    pub b: i64,
+    /// Who offered the row: `w<writer> r<round> #<position>`.
+    pub payload: String,
+}
+
+impl Contended {
+    /// The row of key number `k` (keys are numbered densely from 0).
+    pub fn key(k: u64, payload: String) -> Contended {
+        Contended { a: (k % 7) as i32, b: (k / 7) as i64, payload }
+    }
+
+    /// The key number of this row (the inverse of [`Contended::key`]).
+    pub fn number(&self) -> u64 {
+        self.b as u64 * 7 + self.a as u64
+    }
+}
+
+/// The batch writer `writer` offers in `round` of a run seeded with `seed`:
+/// `len` rows whose keys are drawn from the round's `universe` keys (keys
+/// `round * universe / 2 ..`, so each round overlaps the one before by
+/// half), so every writer of a round overlaps the others and repeats keys
+/// inside its batch, in a random order of its own.
+pub fn contended_batch(seed: u64, round: u64, writer: u64, len: usize, universe: u64) -> Vec<Contended> {
+    let mut rng = Rng::new(seed ^ round.wrapping_mul(0x1000_0001) ^ writer.wrapping_mul(0x0100_0000_01b3));
+    let base = round * universe / 2;
+    (0..len).map(|i| Contended::key(base + rng.below(universe), format!("w{writer} r{round} #{i}"))).collect()
+}
+
+/// The distinct keys of some batches.
+pub fn distinct_keys<'a>(batches: impl IntoIterator<Item = &'a Vec<Contended>>) -> std::collections::BTreeSet<u64> {
+    batches.into_iter().flatten().map(Contended::number).collect()
+}
+
+/// Polls `probe` every few milliseconds until it returns `true`, at most
+/// `attempts` times; returns whether it did.
+pub async fn eventually<F, Fut>(attempts: u32, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..attempts {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// A connection to the test database on another host and port (a pooler in
+/// front of the server), without any startup options.
+pub async fn connect_at(host: &str, port: u16) -> Client {
+    let mut config = Config::new();
+    config.host(host).port(port).user(server_user()).dbname(DATABASE);
+    connect_config(&config).await
+}
+
+/// The test server's host and port.
+pub fn server_address() -> (String, u16) {
+    let config = config(DATABASE, None);
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// The server user of the test connections.
+pub fn server_user() -> String {
+    config(DATABASE, None).get_user().unwrap_or("postgres").to_owned()
 }

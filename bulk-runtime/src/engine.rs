@@ -1,0 +1,534 @@
+//! Running a call of the [`Bulk`](crate::Bulk) builder: the plain protocol's
+//! two paths (one statement on arrays for a short batch, binary COPY into the
+//! scratch table for a long one), for every statement kind, with rows from a
+//! stream, progress reports and the ledger of batch ids.
+//!
+//! The plain call without options does not come here: it runs
+//! [`protocol::bulk_create_new`](crate::protocol::bulk_create_new) as is.
+
+use std::borrow::Borrow;
+use std::pin::{Pin, pin};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt, TryStreamExt};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, CopyInSink, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
+
+use crate::BulkCreateNew;
+use crate::bulk::private::Run;
+use crate::bulk::{Progress, Report};
+use crate::error::{Error, Step};
+use crate::ledger::{self, Claim, Ledger};
+use crate::model::Model;
+use crate::protocol::{
+    CHUNK, COPY_HEADER, Connection, Encoded, SMALL_BATCH, copy_error, db_error, encode_arrays, encode_row,
+    ensure_scratch, explain_failure, insert_error, run_small, sort_memory_kb,
+};
+use crate::schema;
+use crate::statements;
+use crate::variants::{self, Keep, Returned, Source, UpdateSet};
+
+/// The error a stream of rows may yield.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the call's statement does.
+#[derive(Debug)]
+pub enum Kind {
+    /// Insert new keys, count them (the plain statement).
+    CreateNew,
+    /// Insert new keys, return their positions, ids and keys.
+    Keys,
+    /// Insert new keys, return their positions.
+    Positions,
+    /// Insert new keys, then update stored ones.
+    Upsert(UpdateSet),
+}
+
+/// One call: what it does, and where its results go.
+pub struct Call<'c> {
+    /// The statement kind.
+    pub kind: &'c Kind,
+    /// The ledger and the batch id, for an exactly-once call.
+    pub ledger: Option<(&'c Ledger, &'c str)>,
+    /// Progress reports.
+    pub progress: Option<&'c mut (dyn FnMut(Progress) + Send)>,
+    /// The returned rows.
+    pub receiver: &'c mut dyn Run,
+}
+
+impl Call<'_> {
+    fn tell(&mut self, progress: Progress) {
+        if let Some(f) = self.progress.as_mut() {
+            f(progress);
+        }
+    }
+}
+
+/// Runs the call on `rows`.
+pub(crate) async fn run<T, C, S, R>(conn: &mut C, rows: S, call: &mut Call<'_>) -> Result<Report, Error>
+where
+    T: BulkCreateNew,
+    C: Connection + ?Sized,
+    S: Stream<Item = Result<R, BoxError>>,
+    R: Borrow<T>,
+{
+    let model: &'static Model = T::model();
+    let mut rows = pin!(rows);
+    let mut head: Vec<R> = Vec::new();
+    while head.len() < SMALL_BATCH {
+        match rows.next().await {
+            Some(Ok(row)) => head.push(row),
+            Some(Err(source)) => return Err(Error::Stream { row: head.len(), source }),
+            None => break,
+        }
+    }
+    let report = if head.is_empty() {
+        Report::default()
+    } else if head.len() < SMALL_BATCH {
+        let offered = head.len() as u64;
+        let arrays = encode_arrays::<T>(model, head.iter().map(|r| r.borrow()))?;
+        drop(head);
+        small(conn, model, offered, &arrays, call).await?
+    } else {
+        copy::<T, C, S, R>(conn, model, head, rows, call).await?
+    };
+    call.tell(Progress { sent: report.offered, inserted: report.inserted, updated: report.updated, finished: true });
+    Ok(report)
+}
+
+/// The short-batch path: the statements on array parameters. As in the plain
+/// call, a statement the server forgot is prepared again, then run unprepared.
+async fn small<C: Connection + ?Sized>(
+    conn: &mut C,
+    model: &'static Model,
+    offered: u64,
+    arrays: &[Encoded],
+    call: &mut Call<'_>,
+) -> Result<Report, Error> {
+    let params: Vec<(&(dyn ToSql + Sync), Type)> =
+        arrays.iter().zip(variants::array_types(model, false)).map(|(a, t)| (a as &(dyn ToSql + Sync), t)).collect();
+    let mut result = small_attempt(conn, model, offered, &params, call, true).await;
+    for prepared in [true, false] {
+        if !result.as_ref().is_err_and(Error::is_stale_statement) {
+            break;
+        }
+        result = small_attempt(conn, model, offered, &params, call, prepared).await;
+    }
+    match result {
+        Ok(report) => Ok(report),
+        Err(e) => Err(explain_failure(conn, model, e).await),
+    }
+}
+
+/// One attempt: a single statement runs as its own transaction; with a batch
+/// id, an upsert (two statements), or inside a caller's transaction, the
+/// attempt opens a transaction (or savepoint) of its own.
+async fn small_attempt<C: Connection + ?Sized>(
+    conn: &mut C,
+    model: &'static Model,
+    offered: u64,
+    params: &[(&(dyn ToSql + Sync), Type)],
+    call: &mut Call<'_>,
+    prepared: bool,
+) -> Result<Report, Error> {
+    let transaction = conn.nested() || call.ledger.is_some() || matches!(call.kind, Kind::Upsert(_));
+    if !transaction {
+        return small_statements(conn.client(), model, offered, params, call, prepared).await;
+    }
+    let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
+    let claimed = match claim(&tx, model, call.ledger).await? {
+        Ok(claimed) => claimed,
+        Err(replay) => return Ok(replay),
+    };
+    let report = small_statements(tx.client(), model, offered, params, call, prepared).await?;
+    finish(tx, model, call.ledger, claimed, &report).await?;
+    Ok(report)
+}
+
+/// Claims the call's batch id, if it has one: `Ok(Ok(target))` when claimed
+/// (or no batch id), `Ok(Err(report))` for a replay (after committing the
+/// empty transaction).
+async fn claim(
+    tx: &Transaction<'_>,
+    model: &'static Model,
+    ledger: Option<(&Ledger, &str)>,
+) -> Result<Result<Option<String>, Report>, Error> {
+    let Some((ledger, batch_id)) = ledger else { return Ok(Ok(None)) };
+    match ledger::claim(tx.client(), model, ledger, batch_id).await? {
+        Claim::Claimed(target) => Ok(Ok(Some(target))),
+        Claim::Replay(report) => Ok(Err(report)),
+    }
+}
+
+/// Records the counts under the claimed batch id and commits.
+async fn finish(
+    tx: Transaction<'_>,
+    model: &'static Model,
+    ledger: Option<(&Ledger, &str)>,
+    claimed: Option<String>,
+    report: &Report,
+) -> Result<(), Error> {
+    if let (Some(target), Some((ledger, batch_id))) = (claimed, ledger) {
+        ledger::record(tx.client(), model, ledger, &target, batch_id, report).await?;
+    }
+    tx.commit().await.map_err(db_error(model, Step::Commit))
+}
+
+/// The statements of the short-batch path.
+async fn small_statements(
+    client: &Client,
+    model: &'static Model,
+    offered: u64,
+    params: &[(&(dyn ToSql + Sync), Type)],
+    call: &mut Call<'_>,
+    prepared: bool,
+) -> Result<Report, Error> {
+    let mut checked = false;
+    match call.kind {
+        Kind::CreateNew => {
+            let inserted = run_small(client, model, params, prepared).await?;
+            Ok(Report { offered, inserted, skipped: offered - inserted, ..Report::default() })
+        }
+        Kind::Keys | Kind::Positions => {
+            let keys = matches!(call.kind, Kind::Keys);
+            let label = if keys { "keys" } else { "positions" };
+            let types = variants::array_types(model, false);
+            let stmt = prepare(client, model, label.to_owned(), prepared, &mut checked, keys, &types, |with_id| {
+                let returned = if keys { Returned::Keys { with_id } } else { Returned::Positions };
+                variants::returning(model, Source::Arrays, Keep::First, returned)
+            })
+            .await?;
+            let rows = query(client, model, &stmt, params).await?;
+            let inserted = deliver(model, rows, offered, call.receiver).await?;
+            Ok(Report { offered, inserted, skipped: offered - inserted, ..Report::default() })
+        }
+        Kind::Upsert(set) => {
+            // 1. The new keys, and which kept rows they came from.
+            let types = variants::array_types(model, false);
+            let label = format!("upsert insert {:?}", set.keep);
+            let stmt = prepare(client, model, label, prepared, &mut checked, false, &types, |_| {
+                variants::returning(model, Source::Arrays, set.keep, Returned::Positions)
+            })
+            .await?;
+            let rows = query(client, model, &stmt, params).await?;
+            let mut done = Mask(vec![false; offered as usize]);
+            let inserted = deliver(model, rows, offered, &mut done).await?;
+
+            // 2. The stored keys, without the rows whose key step 1 inserted.
+            let types = variants::array_types(model, true);
+            let mut label = format!("upsert update {:?} {}", set.keep, set.only_if_changed);
+            for c in &set.columns {
+                label.push('\0');
+                label.push_str(c.name());
+            }
+            let stmt = prepare(client, model, label, prepared, &mut checked, false, &types, |_| {
+                variants::upsert_update(model, Source::Arrays, set)
+            })
+            .await?;
+            let mut params = params.to_vec();
+            params.push((&done.0, Type::BOOL_ARRAY));
+            let rows = query(client, model, &stmt, &params).await?;
+            let (remaining, updated) = counts(model, rows).await?;
+            Ok(upsert_report(offered, inserted, inserted + remaining, updated))
+        }
+    }
+}
+
+/// The counts of an upsert: `distinct` keys offered, of which `inserted`
+/// were new and `updated` were stored and rewritten.
+fn upsert_report(offered: u64, inserted: u64, distinct: u64, updated: u64) -> Report {
+    Report {
+        offered,
+        inserted,
+        updated,
+        unchanged: distinct.saturating_sub(inserted + updated),
+        skipped: offered.saturating_sub(distinct),
+        ..Report::default()
+    }
+}
+
+/// Marks the positions of the rows the upsert's first statement inserted.
+struct Mask(Vec<bool>);
+
+impl Run for Mask {
+    fn kind(&mut self, _: &'static Model) -> Result<Kind, Error> {
+        Ok(Kind::Positions)
+    }
+    fn receive(&mut self, index: usize, _: Option<i64>, _: &Row, _: usize) -> Result<(), tokio_postgres::Error> {
+        if let Some(done) = self.0.get_mut(index) {
+            *done = true;
+        }
+        Ok(())
+    }
+}
+
+/// A statement of the short-batch path: prepared (and kept per client), or
+/// its text when the client does not prepare.
+enum Prepared {
+    Statement(Statement, String),
+    Text(String),
+}
+
+/// The statement `label` of `model` on `client`. As for the plain call's
+/// statement, a client without it checks the live table against the model
+/// first (once per attempt: `checked`), so "has the statement" means "has
+/// checked". `build` gets whether the table has a usable id column (checked
+/// only when `wants_id`).
+#[allow(clippy::too_many_arguments)]
+async fn prepare(
+    client: &Client,
+    model: &'static Model,
+    label: String,
+    prepared: bool,
+    checked: &mut bool,
+    wants_id: bool,
+    types: &[Type],
+    build: impl FnOnce(bool) -> String,
+) -> Result<Prepared, Error> {
+    let prepared = prepared && statements::prepares(client, model, &label);
+    if prepared && let Some(statement) = statements::get(client, model, &label) {
+        return Ok(Prepared::Statement(statement, label));
+    }
+    if !*checked {
+        schema::verify(client, model).await?;
+        *checked = true;
+    }
+    let with_id = wants_id && id_usable(client, model).await?;
+    let sql = build(with_id);
+    if !prepared {
+        return Ok(Prepared::Text(sql));
+    }
+    let statement = client.prepare_typed(&sql, types).await.map_err(|source| insert_error(model, source))?;
+    statements::put(client, model, label.clone(), statement.clone());
+    Ok(Prepared::Statement(statement, label))
+}
+
+/// Whether the target has the model's id column with an integer type.
+async fn id_usable(client: &Client, model: &'static Model) -> Result<bool, Error> {
+    let Some(id) = model.id_column() else { return Ok(false) };
+    let target = model.plan().target_regclass.as_str();
+    let row = client
+        .query_typed(variants::ID_COLUMN_USABLE, &[(&target, Type::TEXT), (&id, Type::TEXT)])
+        .await
+        .map_err(db_error(model, Step::SchemaCheck))?;
+    Ok(row.first().is_some_and(|r| r.get(0)))
+}
+
+/// Runs a statement of the short-batch path; a prepared statement the server
+/// no longer knows is forgotten.
+async fn query(
+    client: &Client,
+    model: &'static Model,
+    statement: &Prepared,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<RowStream, Error> {
+    let result = match statement {
+        Prepared::Statement(statement, _) => client.query_raw(statement, params.iter().map(|(v, _)| *v)).await,
+        Prepared::Text(sql) => client.query_typed_raw(sql, params.iter().map(|(v, t)| (*v, t.clone()))).await,
+    };
+    result.map_err(|source| {
+        let error = insert_error(model, source);
+        if let (true, Prepared::Statement(_, label)) = (error.is_stale_statement(), statement) {
+            statements::evict(client, model, label);
+        }
+        error
+    })
+}
+
+/// Hands each returned row (position, id when present, key) to `receiver`;
+/// returns the number of rows.
+async fn deliver(model: &'static Model, rows: RowStream, offered: u64, receiver: &mut dyn Run) -> Result<u64, Error> {
+    let mut rows = pin!(rows);
+    let mut n = 0;
+    while let Some(row) = rows.try_next().await.map_err(|source| insert_error(model, source))? {
+        let index = row.try_get::<_, i64>(0).map_err(|source| insert_error(model, source))?;
+        let index = usize::try_from(index).unwrap_or(usize::MAX);
+        debug_assert!((index as u64) < offered, "position {index} of {offered}");
+        let (id, at) = match row.columns().get(1) {
+            Some(c) if c.name() == variants::ID => {
+                (row.try_get::<_, Option<i64>>(1).map_err(|source| insert_error(model, source))?, 2)
+            }
+            _ => (None, 1),
+        };
+        receiver.receive(index, id, &row, at).map_err(|source| Error::Database {
+            table: model.qualified_name(),
+            step: Step::Insert,
+            row: Some(index),
+            field: None,
+            source,
+        })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The two counts of a statement that returns one row of two `bigint`s.
+async fn counts(model: &'static Model, rows: RowStream) -> Result<(u64, u64), Error> {
+    let mut rows = pin!(rows);
+    let mut out = (0, 0);
+    while let Some(row) = rows.try_next().await.map_err(|source| insert_error(model, source))? {
+        let n = |i: usize| row.try_get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+        out = (n(0).map_err(|s| insert_error(model, s))?, n(1).map_err(|s| insert_error(model, s))?);
+    }
+    Ok(out)
+}
+
+/// The long-batch path: binary COPY into the scratch table, then the kind's
+/// statements, in one transaction (or savepoint) with the ledger's claim and
+/// record.
+async fn copy<T, C, S, R>(
+    conn: &mut C,
+    model: &'static Model,
+    head: Vec<R>,
+    mut rows: Pin<&mut S>,
+    call: &mut Call<'_>,
+) -> Result<Report, Error>
+where
+    T: BulkCreateNew,
+    C: Connection + ?Sized,
+    S: Stream<Item = Result<R, BoxError>>,
+    R: Borrow<T>,
+{
+    let plan = model.plan();
+    let db = |step: Step| db_error(model, step);
+    let nested = conn.nested();
+    let tx = conn.begin().await.map_err(db(Step::Begin))?;
+    let claimed = match claim(&tx, model, call.ledger).await? {
+        Ok(claimed) => claimed,
+        Err(replay) => {
+            tx.commit().await.map_err(db(Step::Commit))?;
+            return Ok(replay);
+        }
+    };
+
+    // 1. The scratch table (created after the schema check the first time the
+    //    session sees the model), and whether the id column is usable.
+    let id: Option<&str> = if matches!(call.kind, Kind::Keys) { model.id_column() } else { None };
+    let before = tx
+        .query_typed(
+            variants::BEFORE_COPY,
+            &[(&plan.scratch_regclass, Type::TEXT), (&plan.target_regclass, Type::TEXT), (&id, Type::TEXT)],
+        )
+        .await
+        .map_err(db(Step::Scratch))?;
+    let (scratch_exists, with_id) = before.first().map_or((false, false), |r| (r.get(0), r.get(1)));
+    if !scratch_exists {
+        ensure_scratch(&tx, model).await?;
+    }
+
+    // 2. Binary COPY: rows are encoded synchronously and sent in chunks, so no
+    //    borrow of a row lives across an await and memory stays flat. When the
+    //    stream has no row ready, what is buffered goes out first.
+    let sink = tx.copy_in::<_, Bytes>(&plan.copy).await.map_err(db(Step::Copy))?;
+    let mut sink = Box::pin(sink);
+    let mut buf = BytesMut::with_capacity(CHUNK + 4096);
+    buf.put_slice(COPY_HEADER);
+    let mut offered: u64 = 0;
+    let mut sent: u64 = 0;
+    let mut bytes_sent: u64 = 0;
+    for row in head {
+        encode_row::<T>(model, &plan.copy_types, offered as usize, row.borrow(), &mut buf)?;
+        drop(row);
+        offered += 1;
+        if buf.len() >= CHUNK {
+            send(&mut sink, &mut buf, &mut bytes_sent, model).await?;
+            sent = offered;
+            call.tell(Progress { sent, inserted: 0, updated: 0, finished: false });
+        }
+    }
+    loop {
+        let next = match rows.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if sent < offered {
+                    send(&mut sink, &mut buf, &mut bytes_sent, model).await?;
+                    sent = offered;
+                    call.tell(Progress { sent, inserted: 0, updated: 0, finished: false });
+                }
+                rows.next().await
+            }
+        };
+        let row = match next {
+            None => break,
+            Some(Ok(row)) => row,
+            Some(Err(source)) => return Err(Error::Stream { row: offered as usize, source }),
+        };
+        encode_row::<T>(model, &plan.copy_types, offered as usize, row.borrow(), &mut buf)?;
+        drop(row);
+        offered += 1;
+        if buf.len() >= CHUNK {
+            send(&mut sink, &mut buf, &mut bytes_sent, model).await?;
+            sent = offered;
+            call.tell(Progress { sent, inserted: 0, updated: 0, finished: false });
+        }
+    }
+    buf.put_i16(-1);
+    send(&mut sink, &mut buf, &mut bytes_sent, model).await?;
+    let copied = sink.as_mut().finish().await.map_err(|source| copy_error(model, source))?;
+    drop(sink);
+    debug_assert_eq!(copied, offered);
+    if sent < offered {
+        call.tell(Progress { sent: offered, inserted: 0, updated: 0, finished: false });
+    }
+
+    // 3. The statements (and, inside a caller's transaction, emptying the
+    //    scratch table, which ON COMMIT DELETE ROWS would only do at its commit).
+    //    In its own transaction the call sizes the sort's memory as the plain
+    //    call does (SET LOCAL: it ends with the transaction).
+    if !nested {
+        let work_mem = sort_memory_kb(offered, bytes_sent).to_string();
+        tx.query_typed("SELECT set_config('work_mem', $1 || 'kB', true)", &[(&work_mem, Type::TEXT)])
+            .await
+            .map_err(db(Step::Insert))?;
+    }
+    let insert = |source| insert_error(model, source);
+    let none = std::iter::empty::<(&(dyn ToSql + Sync), Type)>;
+    let report = match call.kind {
+        Kind::CreateNew => {
+            let sql = if nested { format!("{}; {}", plan.insert, plan.clear) } else { plan.insert.clone() };
+            let messages = tx.simple_query(&sql).await.map_err(insert)?;
+            let inserted = messages
+                .iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            Report { offered, inserted, skipped: offered - inserted, ..Report::default() }
+        }
+        Kind::Keys | Kind::Positions => {
+            let returned =
+                if matches!(call.kind, Kind::Keys) { Returned::Keys { with_id } } else { Returned::Positions };
+            let sql = variants::returning(model, Source::Scratch, Keep::First, returned);
+            let rows = tx.query_typed_raw(&sql, none()).await.map_err(insert)?;
+            let inserted = deliver(model, rows, offered, call.receiver).await?;
+            if nested {
+                tx.batch_execute(&plan.clear).await.map_err(insert)?;
+            }
+            Report { offered, inserted, skipped: offered - inserted, ..Report::default() }
+        }
+        Kind::Upsert(set) => {
+            let sql = variants::upsert_insert_from_scratch(model, set.keep);
+            let (inserted, distinct) = counts(model, tx.query_typed_raw(&sql, none()).await.map_err(insert)?).await?;
+            let sql = variants::upsert_update(model, Source::Scratch, set);
+            let (_, updated) = counts(model, tx.query_typed_raw(&sql, none()).await.map_err(insert)?).await?;
+            if nested {
+                tx.batch_execute(&plan.clear).await.map_err(insert)?;
+            }
+            upsert_report(offered, inserted, distinct, updated)
+        }
+    };
+    finish(tx, model, call.ledger, claimed, &report).await?;
+    Ok(report)
+}
+
+/// Sends the buffered COPY data.
+async fn send(
+    sink: &mut Pin<Box<CopyInSink<Bytes>>>,
+    buf: &mut BytesMut,
+    bytes_sent: &mut u64,
+    model: &'static Model,
+) -> Result<(), Error> {
+    *bytes_sent += buf.len() as u64;
+    sink.as_mut().send(buf.split().freeze()).await.map_err(|source| copy_error(model, source))
+}

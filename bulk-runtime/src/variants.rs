@@ -1,0 +1,472 @@
+//! The SQL of the call's variants: returning the inserted rows (their keys,
+//! ids and batch positions), and the two statements of an upsert.
+//!
+//! Each statement reads the batch from one of the two sources of the plain
+//! call (`unnest` of array parameters for a short batch, the session's scratch
+//! table for a long one), keeps one row per key (`DISTINCT ON (key) ... ORDER
+//! BY key, position`), and writes in key order with `ON CONFLICT (key)`, so
+//! the guarantees of the plain call hold: no table lock, no deadlock between
+//! overlapping batches, exact counts.
+//!
+//! sea-query cannot express `unnest(...) AS u(cols)` nor data-modifying
+//! `WITH` queries, so the text is assembled here, every identifier through
+//! [`quote_ident`] and nothing but static keywords and type names besides; no
+//! value is ever part of the text.
+
+use std::fmt::Write as _;
+
+use tokio_postgres::types::Type;
+
+use crate::model::{Column, Model, quote_ident};
+use crate::sql::ORD;
+
+/// Column of the statements' results (and of the arrays' mask) naming the
+/// generated id of an inserted row.
+pub(crate) const ID: &str = "__bulk_id";
+
+/// Column of the upsert's mask array: the row's key was inserted by the first
+/// statement.
+const DONE: &str = "__bulk_done";
+
+/// Which offered row of a repeated key is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Keep {
+    /// The first offered row of a key wins (the plain call's rule).
+    First,
+    /// The last offered row of a key wins.
+    Last,
+}
+
+impl Keep {
+    fn order(self) -> &'static str {
+        match self {
+            Keep::First => "ASC",
+            Keep::Last => "DESC",
+        }
+    }
+}
+
+/// Where a statement reads the batch from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// `unnest` of one array parameter per column (`$1` the positions).
+    Arrays,
+    /// The session's scratch table, filled by `COPY`.
+    Scratch,
+}
+
+/// What the returning insert sends back for each inserted row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Returned {
+    /// The row's position in the batch, the generated id when `with_id`, then
+    /// the key columns (as the model's types), in batch order.
+    Keys { with_id: bool },
+    /// Only the row's position in the batch.
+    Positions,
+}
+
+/// The update part of an upsert, validated against the model.
+#[derive(Debug, Clone)]
+pub struct UpdateSet {
+    /// The columns set from the offered row.
+    pub columns: Vec<&'static Column>,
+    /// Only rows whose value of one of `columns` differs are updated.
+    pub only_if_changed: bool,
+    /// Which offered row of a repeated key is written.
+    pub keep: Keep,
+}
+
+fn q(name: &str) -> String {
+    quote_ident(name)
+}
+
+/// `"a"."c1", "a"."c2", ...` for `columns`.
+fn list<'c>(alias: &str, columns: impl IntoIterator<Item = &'c Column>) -> String {
+    let mut out = String::new();
+    for (i, c) in columns.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{}.{}", q(alias), q(c.name()));
+    }
+    out
+}
+
+/// Parameter types of the array source: positions, one array per column, and
+/// (for the upsert's second statement) the mask.
+pub(crate) fn array_types(model: &Model, mask: bool) -> Vec<Type> {
+    let mut types = vec![Type::INT8_ARRAY];
+    types.extend(model.columns().iter().map(|c| c.pg_type().array_wire_type()));
+    if mask {
+        types.push(Type::BOOL_ARRAY);
+    }
+    types
+}
+
+/// The batch as the relation `"u"`: `unnest(...) AS "u"(...)` or the scratch table.
+fn source(model: &'static Model, source: Source, mask: bool) -> String {
+    match source {
+        Source::Arrays => {
+            let mut arrays = vec!["$1::bigint[]".to_owned()];
+            let mut names = vec![q(ORD)];
+            for (i, c) in model.columns().iter().enumerate() {
+                arrays.push(format!("${}::{}[]", i + 2, c.pg_type().sql_name()));
+                names.push(q(c.name()));
+            }
+            if mask {
+                arrays.push(format!("${}::boolean[]", model.columns().len() + 2));
+                names.push(q(DONE));
+            }
+            format!("unnest({}) AS \"u\"({})", arrays.join(", "), names.join(", "))
+        }
+        Source::Scratch => format!("pg_temp.{} AS \"u\"", q(&model.plan().scratch)),
+    }
+}
+
+/// `"src"`: one row per key, the kept one, with its position (and the mask).
+fn src_cte(model: &'static Model, from: Source, keep: Keep, mask: bool) -> String {
+    let key = list("u", model.unique_key());
+    let mut cols = format!("\"u\".{}, {}", q(ORD), list("u", model.columns()));
+    if mask {
+        let _ = write!(cols, ", \"u\".{}", q(DONE));
+    }
+    let distinct = format!(
+        "SELECT DISTINCT ON ({key}) {cols} FROM {source} ORDER BY {key}, \"u\".{ord} {order}",
+        source = source(model, from, mask),
+        ord = q(ORD),
+        order = keep.order(),
+    );
+    if mask {
+        format!("\"src\" AS (SELECT * FROM ({distinct}) AS \"d\" WHERE NOT \"d\".{})", q(DONE))
+    } else {
+        format!("\"src\" AS ({distinct})")
+    }
+}
+
+/// `a.k = b.k AND ...` over the key; a nullable key column (under
+/// `nulls_not_distinct`) compares `ARRAY[a.k] = ARRAY[b.k]`, which holds for
+/// two NULLs and, unlike `IS NOT DISTINCT FROM`, can be hashed.
+fn key_match(model: &Model, a: &str, b: &str) -> String {
+    model
+        .unique_key()
+        .map(|c| {
+            let (l, r) = (format!("{}.{}", q(a), q(c.name())), format!("{}.{}", q(b), q(c.name())));
+            if c.nullable() { format!("ARRAY[{l}] = ARRAY[{r}]") } else { format!("{l} = {r}") }
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `"ins"`: the conflict-skipping insert of the kept rows, in key order, that
+/// returns the key of each row it inserted (cast to the model's types, so a
+/// `varchar` or `numeric` column reads as the model's `text` or `bigint`),
+/// and the id when asked. From the scratch table, keys already stored are
+/// dropped first by the anti-join of the plain call.
+fn insert_cte(model: &'static Model, from: Source, with_id: bool) -> String {
+    let target = model.qualified_name();
+    let cols = model.columns().iter().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
+    let key = model.unique_key().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
+    let mut sql = format!(
+        "\"ins\" AS (INSERT INTO {target} ({cols}) SELECT {} FROM \"src\" AS \"s\"",
+        list("s", model.columns())
+    );
+    if from == Source::Scratch {
+        let stored = model
+            .unique_key()
+            .map(|c| {
+                let (t, s) = (format!("\"t\".{}", q(c.name())), format!("\"s\".{}", q(c.name())));
+                if c.nullable() {
+                    format!("({t} = {s} OR ({t} IS NULL AND {s} IS NULL))")
+                } else {
+                    format!("{t} = {s}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let _ = write!(sql, " WHERE NOT EXISTS (SELECT 1 FROM {target} AS \"t\" WHERE {stored})");
+    }
+    let returning = model
+        .unique_key()
+        .map(|c| format!("{name}::{ty} AS {name}", name = q(c.name()), ty = c.pg_type().sql_name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ =
+        write!(sql, " ORDER BY {} ON CONFLICT ({key}) DO NOTHING RETURNING {returning}", list("s", model.unique_key()));
+    if let (true, Some(id)) = (with_id, model.id_column()) {
+        let _ = write!(sql, ", {}::bigint AS {}", q(id), q(ID));
+    }
+    sql.push(')');
+    sql
+}
+
+/// The insert that reports which rows it inserted:
+///
+/// ```sql
+/// WITH "src" AS (SELECT DISTINCT ON (key) ord, cols FROM <batch> ORDER BY key, ord),
+///      "ins" AS (INSERT INTO target (cols) SELECT ... FROM "src" ORDER BY key
+///                ON CONFLICT (key) DO NOTHING RETURNING key [, id])
+/// SELECT "s".ord [, "i".id, "i".key] FROM "ins" AS "i" JOIN "src" AS "s" ON key
+/// ```
+///
+/// The join maps each inserted key back to the kept row's position; it is one
+/// to one (one kept row per key, one insert per key), so the number of rows
+/// returned is the number inserted.
+pub(crate) fn returning(model: &'static Model, from: Source, keep: Keep, returned: Returned) -> String {
+    let with_id = matches!(returned, Returned::Keys { with_id: true }) && model.id_column().is_some();
+    let mut sql = format!(
+        "WITH {}, {} SELECT \"s\".{}",
+        src_cte(model, from, keep, false),
+        insert_cte(model, from, with_id),
+        q(ORD)
+    );
+    if let Returned::Keys { .. } = returned {
+        if with_id {
+            let _ = write!(sql, ", \"i\".{}", q(ID));
+        }
+        let _ = write!(sql, ", {}", list("i", model.unique_key()));
+    }
+    let _ = write!(sql, " FROM \"ins\" AS \"i\" JOIN \"src\" AS \"s\" ON {}", key_match(model, "i", "s"));
+    if let Returned::Keys { .. } = returned {
+        let _ = write!(sql, " ORDER BY \"s\".{}", q(ORD));
+    }
+    sql
+}
+
+/// The upsert's first statement from the scratch table: insert the kept row
+/// of every key not stored yet, then delete every scratch row of those keys,
+/// so that the second statement sees only keys that were already stored.
+/// Returns `(inserted, distinct keys offered)`.
+pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep) -> String {
+    format!(
+        "WITH {}, {}, \"del\" AS (DELETE FROM pg_temp.{} AS \"x\" USING \"ins\" AS \"i\" WHERE {}) \
+         SELECT (SELECT count(*) FROM \"ins\"), (SELECT count(*) FROM \"src\")",
+        src_cte(model, Source::Scratch, keep, false),
+        insert_cte(model, Source::Scratch, false),
+        q(&model.plan().scratch),
+        key_match(model, "x", "i"),
+    )
+}
+
+/// The upsert's second statement: the kept row of every remaining key (from
+/// the scratch table, or from the arrays with the mask of keys the first
+/// statement inserted) goes in in key order with `ON CONFLICT (key) DO UPDATE
+/// SET c = EXCLUDED.c, ...`, optionally `WHERE ROW(t.c, ...) IS DISTINCT FROM
+/// ROW(EXCLUDED.c, ...)`. Returns `(keys considered, rows updated)`.
+pub(crate) fn upsert_update(model: &'static Model, from: Source, set: &UpdateSet) -> String {
+    let mask = from == Source::Arrays;
+    let cols = model.columns().iter().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
+    let key = model.unique_key().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
+    let assignments = set
+        .columns
+        .iter()
+        .map(|c| format!("{name} = EXCLUDED.{name}", name = q(c.name())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut up = format!(
+        "\"up\" AS (INSERT INTO {target} AS \"t\" ({cols}) SELECT {values} FROM \"src\" AS \"s\" ORDER BY {order} \
+         ON CONFLICT ({key}) DO UPDATE SET {assignments}",
+        target = model.qualified_name(),
+        values = list("s", model.columns()),
+        order = list("s", model.unique_key()),
+    );
+    if set.only_if_changed {
+        let old = list("t", set.columns.iter().copied());
+        let new = set.columns.iter().map(|c| format!("EXCLUDED.{}", q(c.name()))).collect::<Vec<_>>().join(", ");
+        let _ = write!(up, " WHERE ROW({old}) IS DISTINCT FROM ROW({new})");
+    }
+    up.push_str(" RETURNING 1)");
+    format!(
+        "WITH {}, {up} SELECT (SELECT count(*) FROM \"src\"), (SELECT count(*) FROM \"up\")",
+        src_cte(model, from, set.keep, mask)
+    )
+}
+
+/// Whether the target has the model's id column, of an integer type (so that
+/// the returning insert can send it back as a `bigint`): `$1` the target as
+/// for `to_regclass`, `$2` the id column's name.
+pub(crate) const ID_COLUMN_USABLE: &str = "\
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2::name
+                  AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{20,21,23}'::oid[]))";
+
+/// One round trip before the COPY of the call's variants: whether the scratch
+/// table exists (`$1`), and whether the id column is usable (`$2`, `$3` as in
+/// [`ID_COLUMN_USABLE`]; `$3` NULL when not asked).
+pub(crate) const BEFORE_COPY: &str = "\
+SELECT pg_catalog.to_regclass($1) IS NOT NULL,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $3::name
+                  AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{20,21,23}'::oid[]))";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::PgType;
+
+    static COLUMNS: [Column; 3] = [
+        Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
+        Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
+        Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+    ];
+    static MODEL: Model =
+        Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0, 1]);
+
+    static NULLABLE_COLUMNS: [Column; 2] = [
+        Column::__new("owner", "owner", PgType::Int4, false, None, false),
+        Column::__new("label", "label", PgType::Text, true, None, false),
+    ];
+    static NULLABLE_MODEL: Model = Model::__new("Tag", None, "tag", None, true, &NULLABLE_COLUMNS, &[1, 0]);
+
+    fn at(hay: &str, needle: &str) -> usize {
+        hay.find(needle).unwrap_or_else(|| panic!("`{needle}` not found in:\n{hay}"))
+    }
+
+    #[test]
+    fn returning_keys_inserts_in_key_order_and_maps_keys_back_to_positions() {
+        let sql = returning(&MODEL, Source::Arrays, Keep::First, Returned::Keys { with_id: true });
+        let src = at(
+            &sql,
+            r#"WITH "src" AS (SELECT DISTINCT ON ("u"."tweet", "u"."re""tweeter") "u"."__bulk_ord", "u"."tweet""#,
+        );
+        let arrays = at(
+            &sql,
+            r#"FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) AS "u"("__bulk_ord", "tweet", "re""tweeter", "author")"#,
+        );
+        let first = at(&sql, r#"ORDER BY "u"."tweet", "u"."re""tweeter", "u"."__bulk_ord" ASC)"#);
+        let insert = at(
+            &sql,
+            r#""ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet""#,
+        );
+        let order =
+            at(&sql, r#"ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
+        let ret = at(
+            &sql,
+            r#"RETURNING "tweet"::bigint AS "tweet", "re""tweeter"::bigint AS "re""tweeter", "id"::bigint AS "__bulk_id")"#,
+        );
+        let select = at(
+            &sql,
+            r#"SELECT "s"."__bulk_ord", "i"."__bulk_id", "i"."tweet", "i"."re""tweeter" FROM "ins" AS "i" JOIN "src" AS "s""#,
+        );
+        at(&sql, r#"ON "i"."tweet" = "s"."tweet" AND "i"."re""tweeter" = "s"."re""tweeter" ORDER BY "s"."__bulk_ord""#);
+        assert!(src < arrays && arrays < first && first < insert && insert < order && order < ret && ret < select);
+        assert!(!sql.contains("NOT EXISTS"), "no anti-join on the array path: {sql}");
+        assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
+
+        let sql = returning(&MODEL, Source::Scratch, Keep::First, Returned::Positions);
+        at(&sql, &format!(r#"FROM pg_temp."{}" AS "u""#, MODEL.plan().scratch));
+        at(&sql, r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "t"."tweet" = "s"."tweet""#);
+        at(&sql, r#"SELECT "s"."__bulk_ord" FROM "ins" AS "i" JOIN "src" AS "s" ON "#);
+        assert!(!sql.contains("__bulk_id") && !sql.ends_with("\"__bulk_ord\""), "{sql}");
+    }
+
+    #[test]
+    fn nullable_keys_match_null_to_null_with_a_hashable_condition() {
+        let sql = returning(&NULLABLE_MODEL, Source::Scratch, Keep::First, Returned::Keys { with_id: true });
+        at(&sql, r#"ON ARRAY["i"."label"] = ARRAY["s"."label"] AND "i"."owner" = "s"."owner""#);
+        at(&sql, r#"("t"."label" = "s"."label" OR ("t"."label" IS NULL AND "s"."label" IS NULL))"#);
+        assert!(!sql.contains("__bulk_id"), "no id column in the model: {sql}");
+    }
+
+    #[test]
+    fn upsert_keeps_the_chosen_row_and_updates_only_the_chosen_columns() {
+        let author = &COLUMNS[2];
+        let set = UpdateSet { columns: vec![author], only_if_changed: true, keep: Keep::Last };
+        let sql = upsert_update(&MODEL, Source::Arrays, &set);
+        at(&sql, r#"$5::boolean[]) AS "u"("__bulk_ord", "tweet", "re""tweeter", "author", "__bulk_done")"#);
+        at(&sql, r#""u"."__bulk_ord" DESC) AS "d" WHERE NOT "d"."__bulk_done")"#);
+        let order = at(
+            &sql,
+            r#"ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT ("tweet", "re""tweeter") DO UPDATE SET "author" = EXCLUDED."author""#,
+        );
+        let changed = at(&sql, r#"WHERE ROW("t"."author") IS DISTINCT FROM ROW(EXCLUDED."author") RETURNING 1)"#);
+        assert!(order < changed, "{sql}");
+        at(&sql, r#"SELECT (SELECT count(*) FROM "src"), (SELECT count(*) FROM "up")"#);
+
+        let set = UpdateSet { columns: vec![author], only_if_changed: false, keep: Keep::First };
+        let sql = upsert_update(&MODEL, Source::Scratch, &set);
+        assert!(!sql.contains("DISTINCT FROM") && !sql.contains("__bulk_done"), "{sql}");
+        at(&sql, r#""u"."__bulk_ord" ASC)"#);
+
+        let sql = upsert_insert_from_scratch(&MODEL, Keep::Last);
+        at(&sql, r#"DO NOTHING RETURNING "#);
+        at(
+            &sql,
+            &format!(
+                r#""del" AS (DELETE FROM pg_temp."{}" AS "x" USING "ins" AS "i" WHERE "x"."tweet" = "i"."tweet""#,
+                MODEL.plan().scratch
+            ),
+        );
+        at(&sql, r#"SELECT (SELECT count(*) FROM "ins"), (SELECT count(*) FROM "src")"#);
+    }
+
+    /// Names built to break out of a quoted identifier if quotes were not doubled.
+    static EVIL_COLUMNS: [Column; 3] = [
+        Column::__new("key", r#"k"; DROP TABLE victim; --"#, PgType::Int8, false, None, false),
+        Column::__new("nk", r#"n"k"#, PgType::Text, true, None, false),
+        Column::__new("select", "select", PgType::Text, false, None, true),
+    ];
+    static EVIL_MODEL: Model = Model::__new(
+        "Evil",
+        Some(r#"s"; DROP SCHEMA x; --"#),
+        r#"t"; DROP TABLE victim; --"#,
+        Some(r#"i"d"#),
+        true,
+        &EVIL_COLUMNS,
+        &[0, 1],
+    );
+
+    /// `sql` with every `"..."` identifier (with `""` escapes) and every
+    /// `'...'` literal removed; panics on an unterminated one.
+    fn strip_quoted(sql: &str) -> String {
+        let mut out = String::new();
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '"' && c != '\'' {
+                out.push(c);
+                continue;
+            }
+            loop {
+                match chars.next() {
+                    Some(q) if q == c && chars.peek() == Some(&c) => {
+                        chars.next();
+                    }
+                    Some(q) if q == c => break,
+                    Some(_) => {}
+                    None => panic!("unterminated quote in {sql}"),
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hostile_names_stay_inside_their_quotes() {
+        let evil = UpdateSet { columns: vec![&EVIL_COLUMNS[2]], only_if_changed: true, keep: Keep::Last };
+        let statements = [
+            returning(&EVIL_MODEL, Source::Arrays, Keep::First, Returned::Keys { with_id: true }),
+            returning(&EVIL_MODEL, Source::Scratch, Keep::First, Returned::Positions),
+            upsert_insert_from_scratch(&EVIL_MODEL, Keep::Last),
+            upsert_update(&EVIL_MODEL, Source::Arrays, &evil),
+            upsert_update(&EVIL_MODEL, Source::Scratch, &evil),
+        ];
+        for sql in &statements {
+            at(sql, r#""s""; DROP SCHEMA x; --"."t""; DROP TABLE victim; --""#);
+            // Remove every quoted identifier and literal: no quote, and no `;`, may remain.
+            assert_eq!(strip_quoted(sql).matches(['"', ';', '\'']).count(), 0, "{sql}");
+        }
+        at(&statements[0], r#""i""d"::bigint AS "__bulk_id""#);
+        let ledger = crate::ledger::Ledger::new(r#"l"; DROP TABLE victim; --"#).in_schema(r#"s"x"#);
+        for sql in ledger.migration_statements() {
+            assert_eq!(strip_quoted(&sql).matches(['"', ';']).count(), 0, "{sql}");
+        }
+    }
+
+    #[test]
+    fn array_types_list_positions_columns_and_the_mask() {
+        assert_eq!(
+            array_types(&MODEL, false),
+            [Type::INT8_ARRAY, Type::INT8_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY]
+        );
+        assert_eq!(array_types(&MODEL, true).last(), Some(&Type::BOOL_ARRAY));
+    }
+}

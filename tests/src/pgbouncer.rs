@@ -1,0 +1,103 @@
+//! A private PgBouncer in front of the test server, for the pooler tests.
+//!
+//! Each [`Pgbouncer`] is its own `pgbouncer` process on a free loopback port
+//! with a configuration file in a temporary directory; it is stopped when
+//! dropped. The Debian package `pgbouncer` provides the binary (`.ci/run`
+//! installs it).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use tokio_postgres::Client;
+
+use crate::{DATABASE, TestDb};
+
+/// A running PgBouncer whose one database, `bulk_tests`, leads to the test
+/// server with `search_path` set to a test's schema on every server connection.
+pub struct Pgbouncer {
+    child: Child,
+    dir: PathBuf,
+    /// The loopback port it listens on.
+    pub port: u16,
+}
+
+/// The pgbouncer binary: on `PATH`, or where the Debian package puts it.
+fn binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|p| p.join("pgbouncer")).find(|p| p.is_file()));
+    on_path.flatten().or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file())).unwrap_or_else(
+        || panic!("the pooler tests need pgbouncer: `apt-get install pgbouncer` (.ci/run installs it when missing)"),
+    )
+}
+
+/// Whether this process runs as root (pgbouncer then must switch user).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}
+
+impl Pgbouncer {
+    /// Starts a pgbouncer in `pool_mode` (`session` or `transaction`) with at
+    /// most `pool_size` server connections, in front of `db`'s schema.
+    pub async fn start(db: &TestDb, pool_mode: &str, pool_size: u32) -> Pgbouncer {
+        let (host, port) = crate::server_address();
+        let user = crate::server_user();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let free_port = listen.local_addr().unwrap().port();
+        drop(listen);
+        let dir = std::env::temp_dir().join(format!("bulk-pgbouncer-{}-{free_port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let schema = bulk_runtime::quote_ident(&db.schema);
+        assert!(!schema.contains('\''), "schema names of the pooler tests are plain");
+        let ini = format!(
+            "[databases]\n\
+             {DATABASE} = host={host} port={port} dbname={DATABASE} user={user} connect_query='SET search_path = {schema}'\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {free_port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {auth}\n\
+             pool_mode = {pool_mode}\n\
+             default_pool_size = {pool_size}\n\
+             max_client_conn = 200\n\
+             server_reset_query = DISCARD ALL\n",
+            auth = dir.join("users.txt").display(),
+        );
+        let config_path = dir.join("pgbouncer.ini");
+        std::fs::write(&config_path, ini).unwrap();
+        std::fs::write(dir.join("users.txt"), format!("\"{user}\" \"\"\n")).unwrap();
+        let mut command = Command::new(binary());
+        if is_root() {
+            // pgbouncer refuses to run as root.
+            command.arg("-u").arg("postgres");
+        }
+        let child = command
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let bouncer = Pgbouncer { child, dir, port: free_port };
+        let up = crate::eventually(2000, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", free_port)).await.is_ok()
+        })
+        .await;
+        assert!(up, "pgbouncer did not start listening on 127.0.0.1:{free_port}");
+        bouncer
+    }
+
+    /// A new client connection through the pooler.
+    pub async fn connect(&self) -> Client {
+        crate::connect_at("127.0.0.1", self.port).await
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,405 @@
+//! Exactly-once accounting with a batch id: the counts are recorded in the
+//! ledger in the call's transaction, so a retry after an ambiguous COMMIT (the
+//! server committed, the client never heard) reports the original counts
+//! instead of 0, and two calls with the same id insert once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bulk_runtime::{BulkCreateNew, Error, Ledger, Report, Step, Upsert};
+use bulk_tests::{COPY_BATCH, DATABASE, TestDb, count, server_url};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::{Client, Config, NoTls};
+
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "payment", unique(account, seq))]
+pub struct Payment {
+    pub account: i64,
+    pub seq: i64,
+    pub cents: i64,
+}
+
+fn pay(account: i64, seq: i64) -> Payment {
+    Payment { account, seq, cents: account * 1000 + seq }
+}
+
+/// `n` payments of account 1 (seq from `from`), plus a repeat of the first.
+fn batch(from: i64, n: usize) -> Vec<Payment> {
+    let mut rows: Vec<Payment> = (from..from + n as i64).map(|s| pay(1, s)).collect();
+    rows.push(pay(1, from));
+    rows
+}
+
+async fn setup(name: &str) -> (TestDb, Client) {
+    let db = TestDb::new(name).await;
+    let client = db.connect().await;
+    client.batch_execute(&Payment::model().migration_sql()).await.unwrap();
+    client.batch_execute(&Ledger::of::<Payment>().migration_sql()).await.unwrap();
+    (db, client)
+}
+
+fn counts(r: &Report) -> (u64, u64, u64, u64, u64) {
+    (r.offered, r.inserted, r.updated, r.unchanged, r.skipped)
+}
+
+/// The ledger's rows: `(batch_id, offered, inserted, skipped)`.
+async fn ledger_rows(client: &Client) -> Vec<(String, i64, i64, i64)> {
+    client
+        .query("SELECT batch_id, offered, inserted, skipped FROM bulk_batches ORDER BY batch_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_id_is_recorded_once_and_replayed() {
+    recorded_once(10).await;
+}
+
+#[tokio::test]
+async fn a_batch_id_is_recorded_once_and_replayed_through_copy() {
+    recorded_once(COPY_BATCH).await;
+}
+
+async fn recorded_once(n: usize) {
+    let (db, mut client) = setup(&format!("once_replay_{n}")).await;
+    let n64 = n as u64;
+    Payment::bulk_create_new(&mut client, [pay(1, 0)]).await.unwrap();
+    let rows = batch(0, n);
+
+    let first = Payment::bulk(&mut client).batch_id("import 7").run(&rows).await.unwrap();
+    assert_eq!(counts(&first), (n64 + 1, n64 - 1, 0, 0, 2));
+    assert!(!first.replayed);
+    // The same id again: nothing written, the recorded counts, flagged.
+    let again = Payment::bulk(&mut client).batch_id("import 7").run(&rows).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(counts(&again), counts(&first));
+    assert_eq!(again.to_string(), format!("{} of {} records added (recorded earlier)", n - 1, n + 1));
+    // Even with other rows under the same id: the id names the batch.
+    let other = Payment::bulk(&mut client).batch_id("import 7").run(batch(10_000, n)).await.unwrap();
+    assert!(other.replayed);
+    assert_eq!(count(&client, "payment").await as usize, n);
+    // Another id runs normally (and the plain call's answer for a retry is 0).
+    let fresh = Payment::bulk(&mut client).batch_id("import 8").run(&rows).await.unwrap();
+    assert_eq!((fresh.replayed, fresh.inserted), (false, 0));
+    assert_eq!(
+        ledger_rows(&client).await,
+        [
+            ("import 7".to_owned(), n as i64 + 1, n as i64 - 1, 2),
+            ("import 8".to_owned(), n as i64 + 1, 0, n as i64 + 1)
+        ]
+    );
+
+    // A replay of a returning call returns the counts only.
+    let keys = Payment::bulk(&mut client).returning_keys::<(i64, i64)>().batch_id("import 7").run(&rows).await.unwrap();
+    assert!(keys.replayed && keys.returned.is_empty());
+    assert_eq!(keys.inserted, n64 - 1);
+    let skipped = Payment::bulk(&mut client).returning_skipped().batch_id("import 7").run(&rows).await.unwrap();
+    assert!(skipped.replayed && skipped.returned.is_empty());
+    db.drop().await;
+}
+
+/// A TCP proxy to the server. Once armed, it forwards the client's next
+/// `COMMIT` to the server, waits for the server's answer (so the commit has
+/// happened), drops that answer and closes both connections: the client
+/// cannot know whether its transaction committed.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+}
+
+impl CommitCutter {
+    async fn start() -> CommitCutter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let (host, server_port) = server_address();
+        let arm = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect((host.as_str(), server_port)).await.unwrap();
+                tokio::spawn(pump(client, server, arm.clone()));
+            }
+        });
+        CommitCutter { port, armed }
+    }
+
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// A connection through the proxy, with `search_path` set to the test's schema.
+    async fn connect(&self, db: &TestDb) -> Client {
+        let server: Config = server_url().parse().unwrap();
+        let mut config = Config::new();
+        config.host("127.0.0.1").port(self.port).dbname(DATABASE).user(server.get_user().unwrap_or("postgres"));
+        if let Some(password) = server.get_password() {
+            config.password(password);
+        }
+        let quoted = bulk_runtime::quote_ident(&db.schema).replace('\\', "\\\\").replace(' ', "\\ ");
+        config.options(format!("-c search_path={quoted}"));
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}
+
+async fn pump(client: TcpStream, server: TcpStream, armed: Arc<AtomicBool>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_up = cut.clone();
+    let up = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            // A simple-protocol query message 'Q' with the text COMMIT.
+            if armed.load(Ordering::SeqCst) && buf[..n].windows(7).any(|w| w == b"COMMIT\0") {
+                armed.store(false, Ordering::SeqCst);
+                cut_up.store(true, Ordering::SeqCst);
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = server_read.read(&mut buf).await.unwrap_or(0);
+            if n == 0 || cut.load(Ordering::SeqCst) {
+                // The answer to COMMIT arrived: the server has committed. Drop it.
+                return;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+    }
+}
+
+/// The test server's host and port.
+fn server_address() -> (String, u16) {
+    let config: Config = server_url().parse().unwrap();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+#[tokio::test]
+async fn a_retry_after_an_ambiguous_commit_reports_the_original_counts() {
+    ambiguous_commit(20).await;
+}
+
+#[tokio::test]
+async fn a_retry_after_an_ambiguous_commit_reports_the_original_counts_through_copy() {
+    ambiguous_commit(COPY_BATCH).await;
+}
+
+async fn ambiguous_commit(n: usize) {
+    let (db, mut client) = setup(&format!("once_ambiguous_{n}")).await;
+    let proxy = CommitCutter::start().await;
+    let rows = batch(0, n);
+
+    // With a batch id: the commit's answer is lost...
+    let mut through = proxy.connect(&db).await;
+    proxy.arm();
+    let err = Payment::bulk(&mut through).batch_id("page 1").run(&rows).await.unwrap_err();
+    assert_eq!(err.step(), Some(Step::Commit), "{err}");
+    assert!(err.is_retryable() && !err.connection_usable(), "{err}");
+    // ...but the server committed the rows and the counts together.
+    assert_eq!(count(&client, "payment").await as usize, n);
+    assert_eq!(ledger_rows(&client).await, [("page 1".to_owned(), n as i64 + 1, n as i64, 1)]);
+    // The retry on a new connection reports what the lost attempt did.
+    let retry = Payment::bulk(&mut client).batch_id("page 1").run(&rows).await.unwrap();
+    assert!(retry.replayed);
+    assert_eq!(counts(&retry), (n as u64 + 1, n as u64, 0, 0, 1));
+    assert_eq!(count(&client, "payment").await as usize, n);
+
+    // Without a batch id the same retry cannot tell: it reports 0 new rows.
+    // (A long batch, so that the plain call commits with COMMIT.)
+    let rows = batch(100_000, COPY_BATCH);
+    let mut through = proxy.connect(&db).await;
+    proxy.arm();
+    let err = Payment::bulk_create_new(&mut through, &rows).await.unwrap_err();
+    assert_eq!(err.step(), Some(Step::Commit), "{err}");
+    let retry = Payment::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!(retry.inserted, 0, "the rows were committed by the lost attempt");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_with_one_batch_id_insert_once() {
+    one_id_two_writers(10).await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_with_one_batch_id_insert_once_through_copy() {
+    one_id_two_writers(COPY_BATCH).await;
+}
+
+async fn one_id_two_writers(n: usize) {
+    let (db, mut a) = setup(&format!("once_concurrent_{n}")).await;
+    for commit in [true, false] {
+        let id = format!("batch commit={commit}");
+        let rows = batch(if commit { 0 } else { 1_000_000 }, n);
+        // A claims the id inside its transaction and holds it...
+        let mut tx = a.transaction().await.unwrap();
+        let first = Payment::bulk(&mut tx).batch_id(id.clone()).run(&rows).await.unwrap();
+        assert_eq!(first.inserted, n as u64);
+        // ...B, with the same id, waits for A's transaction to end.
+        let mut b = db.connect().await;
+        let b_rows = rows.clone();
+        let b_id = id.clone();
+        let second =
+            tokio::spawn(async move { Payment::bulk(&mut b).batch_id(b_id).run(&b_rows).await.map(|r| (r, b)) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!second.is_finished(), "B must wait for A's claim");
+        if commit {
+            tx.commit().await.unwrap();
+            // A committed: B replays A's counts and writes nothing.
+            let (report, _) = second.await.unwrap().unwrap();
+            assert!(report.replayed);
+            assert_eq!(counts(&report), counts(&first));
+        } else {
+            tx.rollback().await.unwrap();
+            // A rolled back: B claims the id and inserts the batch itself.
+            let (report, _) = second.await.unwrap().unwrap();
+            assert!(!report.replayed);
+            assert_eq!(report.inserted, n as u64);
+        }
+    }
+    assert_eq!(count(&a, "payment").await as usize, 2 * n);
+    assert_eq!(ledger_rows(&a).await.len(), 2);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_failed_call_records_nothing_and_its_retry_runs() {
+    failed_call(10).await;
+}
+
+#[tokio::test]
+async fn a_failed_call_records_nothing_and_its_retry_runs_through_copy() {
+    failed_call(COPY_BATCH).await;
+}
+
+async fn failed_call(n: usize) {
+    let (db, mut client) = setup(&format!("once_failed_{n}")).await;
+    client.batch_execute("ALTER TABLE payment ADD CONSTRAINT positive CHECK (cents >= 0)").await.unwrap();
+    let mut rows = batch(0, n);
+    rows[n / 2].cents = -1;
+    let err = Payment::bulk(&mut client).batch_id("b").run(&rows).await.unwrap_err();
+    assert_eq!(err.step(), Some(Step::Insert), "{err}");
+    assert_eq!(count(&client, "payment").await, 0);
+    assert!(ledger_rows(&client).await.is_empty(), "the claim was rolled back with the rows");
+    rows[n / 2].cents = 1;
+    let retry = Payment::bulk(&mut client).batch_id("b").run(&rows).await.unwrap();
+    assert_eq!((retry.replayed, retry.inserted), (false, n as u64));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn batch_ids_in_a_callers_transaction_roll_back_with_it() {
+    let (db, mut client) = setup("once_tx").await;
+    for pad in [0, COPY_BATCH] {
+        let rows = batch(pad as i64 * 10, 5 + pad);
+        let mut tx = client.transaction().await.unwrap();
+        let r = Payment::bulk(&mut tx).batch_id(format!("t{pad}")).run(&rows).await.unwrap();
+        assert_eq!(r.inserted as usize, 5 + pad);
+        // Twice in the same transaction: the second call sees the claim.
+        let again = Payment::bulk(&mut tx).batch_id(format!("t{pad}")).run(&rows).await.unwrap();
+        assert!(again.replayed);
+        tx.rollback().await.unwrap();
+        assert!(!ledger_rows(&client).await.iter().any(|r| r.0 == format!("t{pad}")), "rolled back");
+        let r = Payment::bulk(&mut client).batch_id(format!("t{pad}")).run(&rows).await.unwrap();
+        assert_eq!((r.replayed, r.inserted as usize), (false, 5 + pad));
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn upsert_counts_are_replayed_too() {
+    let (db, mut client) = setup("once_upsert").await;
+    Payment::bulk_create_new(&mut client, [pay(1, 0), pay(1, 1)]).await.unwrap();
+    for (id, n, cents) in [("small", 10, 7), ("copy", COPY_BATCH, 8)] {
+        let rows: Vec<Payment> = (0..n as i64).map(|s| Payment { cents, ..pay(1, s) }).collect();
+        let upsert = || Upsert::columns(["cents"]).only_if_changed();
+        let first = Payment::bulk(&mut client).upsert(upsert()).batch_id(id).run(&rows).await.unwrap();
+        let again = Payment::bulk(&mut client).upsert(upsert()).batch_id(id).run(&rows).await.unwrap();
+        assert!(!first.replayed && again.replayed);
+        assert_eq!(counts(&again), counts(&first));
+        // Stored before: seq 0 and 1, then (after the short batch) 0..10.
+        let stored = if id == "small" { 2 } else { 10 };
+        assert_eq!((first.inserted, first.updated), (n as u64 - stored, stored));
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_empty_batch_is_not_recorded() {
+    let (db, mut client) = setup("once_empty").await;
+    let r = Payment::bulk(&mut client).batch_id("e").run(Vec::<Payment>::new()).await.unwrap();
+    assert_eq!(r, Report::default());
+    assert!(ledger_rows(&client).await.is_empty());
+    let r = Payment::bulk(&mut client).batch_id("e").run([pay(1, 1)]).await.unwrap();
+    assert_eq!((r.replayed, r.inserted), (false, 1));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_missing_ledger_is_reported_at_the_ledger_step() {
+    let db = TestDb::new("once_no_ledger").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Payment::model().migration_sql()).await.unwrap();
+    for n in [3, COPY_BATCH] {
+        let err = Payment::bulk(&mut client).batch_id("x").run(batch(0, n)).await.unwrap_err();
+        assert_eq!(err.step(), Some(Step::Ledger), "{err}");
+        assert!(err.to_string().contains(r#"relation "bulk_batches" does not exist"#), "{err}");
+        assert!(matches!(err, Error::Database { .. }));
+    }
+    assert_eq!(count(&client, "payment").await, 0);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_ledger_lives_in_the_models_schema_or_where_told() {
+    #[derive(BulkCreateNew)]
+    #[bulk(schema = "bulk once schema", table = "event", unique(k))]
+    struct Event {
+        k: i64,
+    }
+    let db = TestDb::with_schema("bulk once schema".to_owned()).await;
+    let mut client = db.connect_plain().await;
+    client.batch_execute(&Event::model().migration_sql()).await.unwrap();
+    assert_eq!(Ledger::of::<Event>().qualified_name(), r#""bulk once schema"."bulk_batches""#);
+    client.batch_execute(&Ledger::of::<Event>().migration_sql()).await.unwrap();
+    let r = Event::bulk(&mut client).batch_id("a").run((0..3).map(|k| Event { k })).await.unwrap();
+    assert_eq!(r.inserted, 3);
+    let target: String =
+        client.query_one(r#"SELECT target FROM "bulk once schema".bulk_batches"#, &[]).await.unwrap().get(0);
+    assert_eq!(target, r#""bulk once schema".event"#, "the target is recorded schema-qualified");
+
+    // Another ledger, named by the caller.
+    let custom = Ledger::new("Imports Done").in_schema("bulk once schema");
+    client.batch_execute(&custom.migration_sql()).await.unwrap();
+    let r =
+        Event::bulk(&mut client).ledger(custom.clone()).batch_id("a").run((0..5).map(|k| Event { k })).await.unwrap();
+    assert_eq!((r.replayed, r.inserted), (false, 2), "a different ledger: not a replay");
+    let r = Event::bulk(&mut client).ledger(custom).batch_id("a").run((0..5).map(|k| Event { k })).await.unwrap();
+    assert!(r.replayed);
+    db.drop().await;
+}

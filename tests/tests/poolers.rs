@@ -1,0 +1,175 @@
+//! Poolers and resets: a pooler in transaction mode hands each transaction
+//! a different backend, whose session has neither the scratch table nor the
+//! prepared statement; the call must notice and work with exact counts.
+
+use bulk_runtime::{BulkCreateNew, Outcome};
+use bulk_tests::pgbouncer::Pgbouncer;
+use bulk_tests::{COPY_BATCH, Contended, TestDb, contended_batch, count, distinct_keys};
+use tokio_postgres::Client;
+
+async fn setup(name: &str) -> TestDb {
+    let db = TestDb::new(name).await;
+    db.connect().await.batch_execute(&Contended::model().migration_sql()).await.unwrap();
+    db
+}
+
+fn rows(from: u64, n: usize, tag: &str) -> Vec<Contended> {
+    (0..n as u64).map(|k| Contended::key(from + k, format!("{tag} {k}"))).collect()
+}
+
+/// Pins one server connection of the pool: opens a transaction and returns
+/// the backend's pid.
+async fn pin(client: &Client) -> i32 {
+    client.batch_execute("BEGIN").await.unwrap();
+    client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+}
+
+async fn unpin(client: &Client) {
+    client.batch_execute("COMMIT").await.unwrap();
+}
+
+/// Prepared statements of the bulk call left on the pooler's `pool_size`
+/// backends: pins each of them and counts.
+async fn left_behind(bouncer: &Pgbouncer, pool_size: usize) -> usize {
+    let mut pins = Vec::new();
+    let mut pids = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for _ in 0..pool_size {
+        let pin_client = bouncer.connect().await;
+        pids.insert(pin(&pin_client).await);
+        let n: i64 = pin_client
+            .query_typed("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'INSERT%'", &[])
+            .await
+            .unwrap()[0]
+            .get(0);
+        total += n as usize;
+        pins.push(pin_client);
+    }
+    assert_eq!(pids.len(), pool_size, "each pin holds another backend");
+    for p in &pins {
+        unpin(p).await;
+    }
+    total
+}
+
+#[tokio::test]
+async fn transaction_pooler_switching_backends_between_calls() {
+    // A pool of two server connections. While a pinning client holds one in an
+    // open transaction, the writer's next transaction must take the other, so
+    // each call below runs on a known backend, alternating: every second call
+    // finds a backend whose session has never seen the model (no scratch
+    // table, no prepared statement) or has a stale one.
+    let db = setup("pooler_switch").await;
+    let bouncer = Pgbouncer::start(&db, "transaction", 2).await;
+    let mut writer = bouncer.connect().await;
+    let pins = [bouncer.connect().await, bouncer.connect().await];
+    let mut next = 0u64;
+    let mut last: Vec<Contended> = Vec::new();
+    let mut backends = Vec::new();
+    for step in 0..8usize {
+        // Pin the backend the writer did not use last.
+        let pinned = pin(&pins[step % 2]).await;
+        if step > 0 {
+            unpin(&pins[(step + 1) % 2]).await;
+        }
+        backends.push(pinned);
+        // Short batches (the prepared statement) and long ones (COPY into the
+        // scratch table), some inside a caller's transaction; each repeats
+        // half of the keys the call before stored.
+        let n = if step % 4 < 2 { 10 } else { COPY_BATCH };
+        let batch = rows(next, n, "p");
+        let repeats = &last[..last.len() / 2];
+        let offered: Vec<Contended> = repeats.iter().chain(&batch).cloned().collect();
+        let o = if step % 3 == 2 {
+            let mut tx = writer.transaction().await.unwrap();
+            let o = Contended::bulk_create_new(&mut tx, &offered).await.unwrap();
+            tx.commit().await.unwrap();
+            o
+        } else {
+            Contended::bulk_create_new(&mut writer, &offered).await.unwrap()
+        };
+        let skipped = repeats.len() as u64;
+        assert_eq!(o, Outcome { offered: n as u64 + skipped, inserted: n as u64, skipped }, "step {step}");
+        next += n as u64;
+        last = batch;
+    }
+    unpin(&pins[1]).await;
+    // The writer's statement went stale at each switch; it stopped preparing
+    // after the second time, so at most two statements were left behind.
+    let left = left_behind(&bouncer, 2).await;
+    assert!(left <= 2, "{left} statements left on the pooler's backends");
+    let distinct: std::collections::BTreeSet<i32> = backends.iter().copied().collect();
+    assert_eq!(distinct.len(), 2, "the pins held both server connections in turn: {backends:?}");
+    let direct = db.connect().await;
+    assert_eq!(count(&direct, "contended").await, next as i64);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_through_a_transaction_pooler() {
+    let db = setup("pooler_concurrent").await;
+    let bouncer = Pgbouncer::start(&db, "transaction", 3).await;
+    let seed = bulk_tests::seed("concurrent_writers_through_a_transaction_pooler");
+    let writers = 6u64;
+    let rounds = 4u64;
+    let mut tasks = Vec::new();
+    let mut batches = Vec::new();
+    for w in 0..writers {
+        let mine: Vec<Vec<Contended>> = (0..rounds)
+            .map(|r| contended_batch(seed, r, w, if (w + r) % 2 == 0 { 800 } else { COPY_BATCH }, 6_000))
+            .collect();
+        batches.extend(mine.clone());
+        let mut client = bouncer.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let mut total = Outcome::default();
+            for (r, batch) in mine.iter().enumerate() {
+                match Contended::bulk_create_new(&mut client, batch).await {
+                    Ok(o) => total += o,
+                    Err(e) => panic!("writer {w}, round {r}: {e}"),
+                }
+            }
+            total
+        }));
+    }
+    let mut total = Outcome::default();
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let keys = distinct_keys(&batches);
+    assert_eq!(total.offered, batches.iter().map(|b| b.len() as u64).sum::<u64>());
+    assert_eq!(total.inserted, keys.len() as u64);
+    assert_eq!(count(&db.connect().await, "contended").await, keys.len() as i64);
+    assert!(left_behind(&bouncer, 3).await <= 2 * writers as usize, "at most two per client");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn session_pooler_resets_the_backend_between_clients() {
+    // A session pooler with one server connection runs DISCARD ALL when a
+    // client leaves: the next client gets the same backend without the
+    // scratch table or the prepared statement, and the calls recreate both.
+    let db = setup("pooler_session").await;
+    let bouncer = Pgbouncer::start(&db, "session", 1).await;
+    let mut pids = Vec::new();
+    for round in 0..3u64 {
+        let mut client = bouncer.connect().await;
+        // DISCARD ALL also reset the search_path the pooler's connect_query set.
+        client.batch_execute(&format!("SET search_path = {}", bulk_runtime::quote_ident(&db.schema))).await.unwrap();
+        pids.push(client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get::<_, i32>(0));
+        let base = round * 100_000;
+        for (i, n) in [COPY_BATCH, 20, COPY_BATCH, 20].into_iter().enumerate() {
+            let batch = rows(base + i as u64 * 10_000, n, "s");
+            let o = Contended::bulk_create_new(&mut client, batch.iter().chain(&batch[..n / 2])).await.unwrap();
+            assert_eq!((o.inserted, o.skipped), (n as u64, (n / 2) as u64), "client {round}, call {i}");
+        }
+        let scratch: i64 = client
+            .query_one("SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(scratch, 1, "one scratch table in the session");
+    }
+    assert!(pids.windows(2).all(|w| w[0] == w[1]), "the same backend each time: {pids:?}");
+    assert_eq!(count(&db.connect().await, "contended").await, 3 * (2 * COPY_BATCH + 40) as i64);
+    db.drop().await;
+}
