@@ -407,9 +407,9 @@ async fn table_run(quick: bool, only: Option<Vec<usize>>) {
     for mix in [Mix::Fresh, Mix::Stored50, Mix::InBatch10] {
         for &size in sizes {
             let reps = match size {
-                s if s >= 1_000_000 => 3,
-                s if s >= 100_000 => 5,
-                _ => 7,
+                s if s >= 1_000_000 => 5,
+                s if s >= 100_000 => 9,
+                _ => 11,
             };
             let case = make_case(size, mix, size as u64 * 31 + mix as u64);
             let expected = case.new_rows.len() as u64;
