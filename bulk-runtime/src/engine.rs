@@ -9,10 +9,9 @@
 use std::borrow::Borrow;
 use std::pin::{Pin, pin};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{FutureExt, SinkExt, Stream, StreamExt, TryStreamExt};
+use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, CopyInSink, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
+use tokio_postgres::{Client, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
 
 use crate::BulkCreateNew;
 use crate::bulk::private::Run;
@@ -21,8 +20,8 @@ use crate::error::{Error, Step};
 use crate::ledger::{self, Claim, Ledger};
 use crate::model::Model;
 use crate::protocol::{
-    CHUNK, COPY_HEADER, Connection, Encoded, SMALL_BATCH, copy_error, db_error, encode_arrays, encode_row,
-    ensure_scratch, explain_failure, insert_error, run_small, sort_memory_kb,
+    Connection, CopyWriter, Encoded, SMALL_BATCH, db_error, encode_arrays, ensure_scratch, explain_failure,
+    insert_error, run_small, sort_memory_kb,
 };
 use crate::schema;
 use crate::statements;
@@ -419,31 +418,25 @@ where
     // 2. Binary COPY: rows are encoded synchronously and sent in chunks, so no
     //    borrow of a row lives across an await and memory stays flat. When the
     //    stream has no row ready, what is buffered goes out first.
-    let sink = tx.copy_in::<_, Bytes>(&plan.copy).await.map_err(db(Step::Copy))?;
-    let mut sink = Box::pin(sink);
-    let mut buf = BytesMut::with_capacity(CHUNK + 4096);
-    buf.put_slice(COPY_HEADER);
-    let mut offered: u64 = 0;
-    let mut sent: u64 = 0;
-    let mut bytes_sent: u64 = 0;
+    let mut copy = CopyWriter::start(&tx, model).await?;
+    let sent_all = |call: &mut Call<'_>, copy: &CopyWriter| {
+        call.tell(Progress { sent: copy.offered, inserted: 0, updated: 0, finished: false });
+    };
     for row in head {
-        encode_row::<T>(model, &plan.copy_types, offered as usize, row.borrow(), &mut buf)?;
+        let full = copy.push::<T>(model, row.borrow())?;
         drop(row);
-        offered += 1;
-        if buf.len() >= CHUNK {
-            send(&mut sink, &mut buf, &mut bytes_sent, model).await?;
-            sent = offered;
-            call.tell(Progress { sent, inserted: 0, updated: 0, finished: false });
+        if full {
+            copy.flush(model).await?;
+            sent_all(call, &copy);
         }
     }
     loop {
         let next = match rows.next().now_or_never() {
             Some(next) => next,
             None => {
-                if sent < offered {
-                    send(&mut sink, &mut buf, &mut bytes_sent, model).await?;
-                    sent = offered;
-                    call.tell(Progress { sent, inserted: 0, updated: 0, finished: false });
+                if copy.pending() {
+                    copy.flush(model).await?;
+                    sent_all(call, &copy);
                 }
                 rows.next().await
             }
@@ -451,23 +444,20 @@ where
         let row = match next {
             None => break,
             Some(Ok(row)) => row,
-            Some(Err(source)) => return Err(Error::Stream { row: offered as usize, source }),
+            Some(Err(source)) => return Err(Error::Stream { row: copy.offered as usize, source }),
         };
-        encode_row::<T>(model, &plan.copy_types, offered as usize, row.borrow(), &mut buf)?;
+        let full = copy.push::<T>(model, row.borrow())?;
         drop(row);
-        offered += 1;
-        if buf.len() >= CHUNK {
-            send(&mut sink, &mut buf, &mut bytes_sent, model).await?;
-            sent = offered;
-            call.tell(Progress { sent, inserted: 0, updated: 0, finished: false });
+        if full {
+            copy.flush(model).await?;
+            sent_all(call, &copy);
         }
     }
-    buf.put_i16(-1);
-    send(&mut sink, &mut buf, &mut bytes_sent, model).await?;
-    let copied = sink.as_mut().finish().await.map_err(|source| copy_error(model, source))?;
-    drop(sink);
+    let pending = copy.pending();
+    let (offered, bytes_sent) = (copy.offered, copy.bytes_sent());
+    let copied = copy.finish(model).await?;
     debug_assert_eq!(copied, offered);
-    if sent < offered {
+    if pending {
         call.tell(Progress { sent: offered, inserted: 0, updated: 0, finished: false });
     }
 
@@ -520,15 +510,4 @@ where
     };
     finish(tx, model, call.ledger, claimed, &report).await?;
     Ok(report)
-}
-
-/// Sends the buffered COPY data.
-async fn send(
-    sink: &mut Pin<Box<CopyInSink<Bytes>>>,
-    buf: &mut BytesMut,
-    bytes_sent: &mut u64,
-    model: &'static Model,
-) -> Result<(), Error> {
-    *bytes_sent += buf.len() as u64;
-    sink.as_mut().send(buf.split().freeze()).await.map_err(|source| copy_error(model, source))
 }

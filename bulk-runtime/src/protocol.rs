@@ -3,12 +3,13 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type};
-use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
+use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage, Transaction};
 
 use crate::BulkCreateNew;
 use crate::cache;
@@ -269,26 +270,16 @@ where
     // 2. Binary COPY, streaming: rows are encoded synchronously into a buffer
     //    that is sent whenever it passes CHUNK bytes, so no borrow of a row is
     //    held across an await (the future stays Send) and memory stays flat.
-    let sink = tx.copy_in::<_, Bytes>(&plan.copy).await.map_err(db(Step::Copy))?;
-    let mut sink = Box::pin(sink);
-    let mut buf = BytesMut::with_capacity(CHUNK + 4096);
-    buf.put_slice(COPY_HEADER);
-    let mut offered: u64 = 0;
-    let mut bytes_sent: u64 = 0;
+    let mut copy = CopyWriter::start(&tx, model).await?;
     for row in rows {
-        encode_row::<T>(model, &plan.copy_types, offered as usize, row.borrow(), &mut buf)?;
+        let full = copy.push::<T>(model, row.borrow())?;
         drop(row);
-        offered += 1;
-        if buf.len() >= CHUNK {
-            bytes_sent += buf.len() as u64;
-            sink.as_mut().send(buf.split().freeze()).await.map_err(|source| copy_error(model, source))?;
+        if full {
+            copy.flush(model).await?;
         }
     }
-    bytes_sent += buf.len() as u64;
-    buf.put_i16(-1);
-    sink.as_mut().send(buf.split().freeze()).await.map_err(|source| copy_error(model, source))?;
-    let copied = sink.as_mut().finish().await.map_err(|source| copy_error(model, source))?;
-    drop(sink);
+    let (offered, bytes_sent) = (copy.offered, copy.bytes_sent());
+    let copied = copy.finish(model).await?;
     debug_assert_eq!(copied, offered);
 
     // 3. The anti-join insert (and, inside a caller's transaction, emptying the
@@ -401,6 +392,62 @@ pub(crate) const CHUNK: usize = 128 * 1024;
 
 /// The binary COPY header: signature, flags, header extension length.
 pub(crate) const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Binary COPY into the session's scratch table: rows are encoded
+/// synchronously into a buffer, which goes to the connection in messages of
+/// about [`CHUNK`] bytes, so client memory stays flat and no borrow of a row
+/// needs to live across an await.
+pub(crate) struct CopyWriter {
+    sink: Pin<Box<CopyInSink<Bytes>>>,
+    buf: BytesMut,
+    /// Rows encoded so far.
+    pub(crate) offered: u64,
+    sent_bytes: u64,
+    unsent: bool,
+}
+
+impl CopyWriter {
+    /// Starts `COPY ... FROM STDIN (FORMAT binary)` into the scratch table.
+    pub(crate) async fn start(tx: &Transaction<'_>, model: &'static Model) -> Result<CopyWriter, Error> {
+        let sink = tx.copy_in::<_, Bytes>(&model.plan().copy).await.map_err(db_error(model, Step::Copy))?;
+        let mut buf = BytesMut::with_capacity(CHUNK + 4096);
+        buf.put_slice(COPY_HEADER);
+        Ok(CopyWriter { sink: Box::pin(sink), buf, offered: 0, sent_bytes: 0, unsent: false })
+    }
+
+    /// Encodes one row (its position in the batch is the count so far);
+    /// returns whether the buffer is full and should be [flushed](Self::flush).
+    pub(crate) fn push<T: BulkCreateNew>(&mut self, model: &'static Model, row: &T) -> Result<bool, Error> {
+        encode_row::<T>(model, &model.plan().copy_types, self.offered as usize, row, &mut self.buf)?;
+        self.offered += 1;
+        self.unsent = true;
+        Ok(self.buf.len() >= CHUNK)
+    }
+
+    /// Whether rows are buffered but not sent yet.
+    pub(crate) fn pending(&self) -> bool {
+        self.unsent
+    }
+
+    /// Bytes of COPY data sent or buffered so far.
+    pub(crate) fn bytes_sent(&self) -> u64 {
+        self.sent_bytes + self.buf.len() as u64
+    }
+
+    /// Sends what is buffered.
+    pub(crate) async fn flush(&mut self, model: &'static Model) -> Result<(), Error> {
+        self.sent_bytes += self.buf.len() as u64;
+        self.unsent = false;
+        self.sink.as_mut().send(self.buf.split().freeze()).await.map_err(|source| copy_error(model, source))
+    }
+
+    /// Ends the COPY; returns the rows the server received.
+    pub(crate) async fn finish(mut self, model: &'static Model) -> Result<u64, Error> {
+        self.buf.put_i16(-1);
+        self.flush(model).await?;
+        self.sink.as_mut().finish().await.map_err(|source| copy_error(model, source))
+    }
+}
 
 /// Appends one row in binary COPY format: the field count, the ordinal, then
 /// each value as a length-prefixed encoding. Values are checked on the client
