@@ -20,8 +20,8 @@ use crate::error::{Error, Step};
 use crate::ledger::{self, Claim, Ledger};
 use crate::model::Model;
 use crate::protocol::{
-    Connection, CopyWriter, Encoded, SMALL_BATCH, db_error, encode_arrays, ensure_scratch, explain_failure,
-    insert_error, run_small, sort_memory_kb,
+    Connection, CopyWriter, Encoded, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered, ensure_scratch,
+    explain_failure, insert_error, run_small, sort_memory_kb,
 };
 use crate::schema;
 use crate::statements;
@@ -85,7 +85,14 @@ where
         Report::default()
     } else if head.len() < SMALL_BATCH {
         let offered = head.len() as u64;
-        let arrays = encode_arrays::<T>(model, head.iter().map(|r| r.borrow()))?;
+        let rows = head.iter().map(|r| r.borrow());
+        // The plain statement of a client-ordered model takes the rows in key
+        // order and no ordinals (see `Plan::client_ordered`).
+        let arrays = if matches!(call.kind, Kind::CreateNew) && model.plan().client_ordered {
+            encode_arrays_key_ordered::<T>(model, rows)?
+        } else {
+            encode_arrays::<T>(model, rows)?
+        };
         drop(head);
         small(conn, model, offered, &arrays, call).await?
     } else {
@@ -104,8 +111,12 @@ async fn small<C: Connection + ?Sized>(
     arrays: &[Encoded],
     call: &mut Call<'_>,
 ) -> Result<Report, Error> {
+    let types = match call.kind {
+        Kind::CreateNew => model.plan().small_types.clone(),
+        _ => variants::array_types(model, false),
+    };
     let params: Vec<(&(dyn ToSql + Sync), Type)> =
-        arrays.iter().zip(variants::array_types(model, false)).map(|(a, t)| (a as &(dyn ToSql + Sync), t)).collect();
+        arrays.iter().zip(types).map(|(a, t)| (a as &(dyn ToSql + Sync), t)).collect();
     let mut result = small_attempt(conn, model, offered, &params, call, true).await;
     for prepared in [true, false] {
         if !result.as_ref().is_err_and(Error::is_stale_statement) {

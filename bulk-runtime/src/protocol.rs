@@ -118,7 +118,12 @@ where
     }
     if head.len() < SMALL_BATCH {
         let offered = head.len() as u64;
-        let arrays = encode_arrays::<T>(model, head.iter().map(|r| r.borrow()))?;
+        let rows = head.iter().map(|r| r.borrow());
+        let arrays = if model.plan().client_ordered {
+            encode_arrays_key_ordered::<T>(model, rows)?
+        } else {
+            encode_arrays::<T>(model, rows)?
+        };
         drop(head);
         return small_batch(conn, model, offered, arrays).await;
     }
@@ -327,17 +332,41 @@ impl ToSql for Encoded {
     tokio_postgres::types::to_sql_checked!();
 }
 
-/// One binary array per column (and one for the ordinals), in PostgreSQL's
-/// array wire format: dimensions, null flag, element type, length, lower
-/// bound, then each element length-prefixed (-1 for NULL).
-pub(crate) fn encode_arrays<'r, T: BulkCreateNew + 'r>(
+/// The batch's values, column by column, each element length-prefixed as in
+/// PostgreSQL's binary array format (-1 for NULL).
+struct ColumnBuffers {
+    types: Vec<Type>,
+    elements: Vec<BytesMut>,
+    /// Per column, per row: where the element's length prefix starts, and the length.
+    spans: Vec<Vec<(usize, i32)>>,
+    has_null: Vec<bool>,
+    rows: usize,
+}
+
+impl ColumnBuffers {
+    /// The value of column `c` in row `i` (without its length), `None` for NULL.
+    fn value(&self, c: usize, i: usize) -> Option<&[u8]> {
+        let (at, len) = self.spans[c][i];
+        usize::try_from(len).ok().map(|len| &self.elements[c][at + 4..at + 4 + len])
+    }
+
+    /// The element of column `c` in row `i`, with its length prefix.
+    fn element(&self, c: usize, i: usize) -> &[u8] {
+        let (at, len) = self.spans[c][i];
+        &self.elements[c][at..at + 4 + usize::try_from(len).unwrap_or(0)]
+    }
+}
+
+/// Encodes the batch column by column, checking every value on the client.
+fn encode_columns<'r, T: BulkCreateNew + 'r>(
     model: &Model,
     rows: impl ExactSizeIterator<Item = &'r T>,
-) -> Result<Vec<Encoded>, Error> {
+) -> Result<ColumnBuffers, Error> {
     let n = rows.len();
     let columns = model.columns();
     let types: Vec<Type> = columns.iter().map(|c| c.pg_type().wire_type()).collect();
     let mut elements: Vec<BytesMut> = columns.iter().map(|_| BytesMut::new()).collect();
+    let mut spans: Vec<Vec<(usize, i32)>> = columns.iter().map(|_| Vec::with_capacity(n)).collect();
     let mut has_null = vec![false; columns.len()];
     for (index, row) in rows.enumerate() {
         let values = row.copy_values();
@@ -357,26 +386,74 @@ pub(crate) fn encode_arrays<'r, T: BulkCreateNew + 'r>(
                 Err(e) => return Err(fail(ValueError::Encode(e.to_string()))),
             };
             buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            spans[c].push((at, len));
         }
     }
-    let array = |elem: &Type, has_null: bool, body: &[u8]| {
-        let mut out = BytesMut::with_capacity(20 + body.len());
-        out.put_i32(1);
-        out.put_i32(i32::from(has_null));
-        out.put_u32(elem.oid());
-        out.put_i32(n as i32);
-        out.put_i32(1);
-        out.put_slice(body);
-        Encoded(out.freeze())
-    };
+    Ok(ColumnBuffers { types, elements, spans, has_null, rows: n })
+}
+
+/// A one-dimensional binary array: dimensions, null flag, element type,
+/// length, lower bound, then the length-prefixed elements.
+fn array(elem: &Type, has_null: bool, n: usize, body: &[u8]) -> Encoded {
+    let mut out = BytesMut::with_capacity(20 + body.len());
+    out.put_i32(1);
+    out.put_i32(i32::from(has_null));
+    out.put_u32(elem.oid());
+    out.put_i32(n as i32);
+    out.put_i32(1);
+    out.put_slice(body);
+    Encoded(out.freeze())
+}
+
+/// One binary array per column (and one for the ordinals), in PostgreSQL's
+/// array wire format, rows in offered order.
+pub(crate) fn encode_arrays<'r, T: BulkCreateNew + 'r>(
+    model: &Model,
+    rows: impl ExactSizeIterator<Item = &'r T>,
+) -> Result<Vec<Encoded>, Error> {
+    let cols = encode_columns(model, rows)?;
+    let n = cols.rows;
     let mut ords = BytesMut::with_capacity(12 * n);
     for i in 0..n {
         ords.put_i32(8);
         ords.put_i64(i as i64);
     }
-    let mut out = vec![array(&Type::INT8, false, &ords)];
-    out.extend(elements.iter().zip(&types).zip(&has_null).map(|((body, ty), &null)| array(ty, null, body)));
+    let mut out = vec![array(&Type::INT8, false, n, &ords)];
+    out.extend(
+        cols.elements.iter().zip(&cols.types).zip(&cols.has_null).map(|((body, ty), &null)| array(ty, null, n, body)),
+    );
     Ok(out)
+}
+
+/// One binary array per column, rows sorted on the client into the order of
+/// PostgreSQL's `ORDER BY key` (stable: within a key, offered order), for a
+/// model whose key the client can order ([`Plan::client_ordered`](crate::sql::Plan)).
+pub(crate) fn encode_arrays_key_ordered<'r, T: BulkCreateNew + 'r>(
+    model: &Model,
+    rows: impl ExactSizeIterator<Item = &'r T>,
+) -> Result<Vec<Encoded>, Error> {
+    let cols = encode_columns(model, rows)?;
+    let columns = model.columns();
+    let key: Vec<(usize, crate::types::PgType)> = model
+        .unique_key()
+        .filter_map(|k| columns.iter().position(|c| std::ptr::eq(c, k)).map(|i| (i, k.pg_type())))
+        .collect();
+    let mut order: Vec<usize> = (0..cols.rows).collect();
+    order.sort_by(|&a, &b| {
+        key.iter()
+            .map(|&(c, ty)| crate::types::order_key(ty, cols.value(c, a), cols.value(c, b)))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    Ok((0..columns.len())
+        .map(|c| {
+            let mut body = BytesMut::with_capacity(cols.elements[c].len());
+            for &i in &order {
+                body.put_slice(cols.element(c, i));
+            }
+            array(&cols.types[c], cols.has_null[c], cols.rows, &body)
+        })
+        .collect())
 }
 
 /// `work_mem` (in kB) for the insert's sort in the call's own transaction:

@@ -40,8 +40,13 @@ pub(crate) struct Plan {
     /// The one-statement path for small batches: the same insert, reading
     /// `unnest` of one array per column instead of the scratch table; see [`small_insert_sql`].
     pub small_insert: String,
-    /// Parameter types of `small_insert`: the ordinal array, then one array per column.
+    /// Parameter types of `small_insert`: the ordinal array (unless
+    /// `client_ordered`), then one array per column.
     pub small_types: Vec<Type>,
+    /// Whether the short-batch path orders the rows on the client (every key
+    /// column's binary form sorts like PostgreSQL's `ORDER BY`), so its
+    /// statement needs neither the ordinal nor a sort.
+    pub client_ordered: bool,
 }
 
 impl Plan {
@@ -68,8 +73,9 @@ impl Plan {
         let insert = insert_sql(model, scratch_ref.clone());
         let clear = Query::delete().from_table(scratch_ref).to_string(PostgresQueryBuilder);
 
-        let small_insert = small_insert_sql(model);
-        let mut small_types = vec![Type::INT8_ARRAY];
+        let client_ordered = model.unique_key().all(|c| c.pg_type().client_orderable());
+        let small_insert = if client_ordered { small_insert_sorted_sql(model) } else { small_insert_sql(model) };
+        let mut small_types = if client_ordered { Vec::new() } else { vec![Type::INT8_ARRAY] };
         small_types.extend(model.columns().iter().map(|c| c.pg_type().array_wire_type()));
         Plan {
             scratch_regclass: format!("pg_temp.{scratch}"),
@@ -82,6 +88,7 @@ impl Plan {
             target_regclass: model.qualified_name(),
             small_insert,
             small_types,
+            client_ordered,
         }
     }
 }
@@ -139,6 +146,29 @@ fn small_insert_sql(model: &Model) -> String {
         arrays = arrays.join(", "),
         ord = q(ORD),
         u_key = u_key.join(", "),
+        key = key.join(", "),
+    )
+}
+
+/// The short-batch statement for a key the client can order (integers,
+/// dates, timestamps, booleans, uuids, bytea): the rows arrive already in
+/// key order, and within a key in offered order, so the statement is the bare
+/// `INSERT ... SELECT ... FROM unnest(...) ON CONFLICT (key) DO NOTHING` and
+/// the guarantees of [`small_insert_sql`] hold without a sort.
+fn small_insert_sorted_sql(model: &Model) -> String {
+    let q = |name: &str| quote_ident(name);
+    let cols: Vec<String> = model.columns().iter().map(|c| q(c.name())).collect();
+    let u_cols: Vec<String> = cols.iter().map(|c| format!("u.{c}")).collect();
+    let key: Vec<String> = model.unique_key().map(|c| q(c.name())).collect();
+    let arrays: Vec<String> =
+        model.columns().iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.pg_type().sql_name())).collect();
+    format!(
+        "INSERT INTO {target} ({cols}) SELECT {u_cols} FROM unnest({arrays}) AS u({cols}) \
+         ON CONFLICT ({key}) DO NOTHING",
+        target = model.qualified_name(),
+        cols = cols.join(", "),
+        u_cols = u_cols.join(", "),
+        arrays = arrays.join(", "),
         key = key.join(", "),
     )
 }
@@ -264,22 +294,32 @@ mod tests {
 
     #[test]
     fn small_batch_statement_inserts_in_key_then_offered_order() {
-        let plan = Plan::new(&MODEL);
+        // A text key: PostgreSQL orders it by collation, so the server sorts.
+        let plan = Plan::new(&NULLABLE_MODEL);
+        assert!(!plan.client_ordered);
         let sql = plan.small_insert.as_str();
-        let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
-        let arrays = at(sql, "unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])");
-        let names = at(sql, r#"AS u("__bulk_ord", "tweet", "re""tweeter", "author")"#);
-        let order = at(sql, r#"ORDER BY u."tweet", u."re""tweeter", u."__bulk_ord""#);
-        let conflict = at(sql, r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
+        let insert = at(sql, r#"INSERT INTO "tag" ("owner", "label", "note") SELECT "#);
+        let arrays = at(sql, "unnest($1::bigint[], $2::integer[], $3::text[], $4::bytea[])");
+        let names = at(sql, r#"AS u("__bulk_ord", "owner", "label", "note")"#);
+        let order = at(sql, r#"ORDER BY u."label", u."owner", u."__bulk_ord""#);
+        let conflict = at(sql, r#"ON CONFLICT ("label", "owner") DO NOTHING"#);
         assert!(insert < arrays && arrays < names && names < order && order < conflict, "{sql}");
         assert!(sql.ends_with("DO NOTHING"), "{sql}");
         assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
-        assert_eq!(plan.small_types, vec![Type::INT8_ARRAY, Type::INT8_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY]);
+        assert_eq!(plan.small_types, vec![Type::INT8_ARRAY, Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::BYTEA_ARRAY]);
         assert_eq!(plan.scratch_regclass, format!("pg_temp.{}", plan.scratch));
 
-        let sql = Plan::new(&NULLABLE_MODEL).small_insert;
-        at(&sql, r#"ORDER BY u."label", u."owner", u."__bulk_ord""#);
-        at(&sql, r#"ON CONFLICT ("label", "owner") DO NOTHING"#);
+        // An integer key: the client sends the rows in key order already.
+        let plan = Plan::new(&MODEL);
+        assert!(plan.client_ordered);
+        let sql = plan.small_insert.as_str();
+        let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
+        let arrays =
+            at(sql, r#"unnest($1::bigint[], $2::bigint[], $3::text[]) AS u("tweet", "re""tweeter", "author")"#);
+        let conflict = at(sql, r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
+        assert!(insert < arrays && arrays < conflict, "{sql}");
+        assert!(!sql.contains("ORDER BY") && !sql.contains(ORD), "{sql}");
+        assert_eq!(plan.small_types, vec![Type::INT8_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY]);
     }
 
     #[test]

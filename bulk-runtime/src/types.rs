@@ -97,6 +97,24 @@ impl PgType {
         }
     }
 
+    /// Whether the binary form of this type, compared as [`order_key`]
+    /// prepares it, sorts as PostgreSQL's `ORDER BY` does (no collation, no
+    /// special float values, no jsonb rules).
+    pub(crate) fn client_orderable(self) -> bool {
+        matches!(
+            self,
+            PgType::Int2
+                | PgType::Int4
+                | PgType::Int8
+                | PgType::Bool
+                | PgType::Date
+                | PgType::Timestamp
+                | PgType::Timestamptz
+                | PgType::Uuid
+                | PgType::Bytea
+        )
+    }
+
     /// The array type of [`wire_type`](Self::wire_type), for the small-batch path.
     pub fn array_wire_type(self) -> Type {
         match self {
@@ -140,6 +158,27 @@ impl PgType {
 impl fmt::Display for PgType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.sql_name())
+    }
+}
+
+/// Compares two binary-encoded values (without their length prefix; `None`
+/// is NULL) of a [`client_orderable`](PgType::client_orderable) type in
+/// PostgreSQL's ascending order, NULLs last. Signed integers (and dates and
+/// timestamps, which are integers on the wire) compare with the sign bit
+/// flipped; booleans, uuids and bytea compare bytewise, shorter first.
+pub(crate) fn order_key(ty: PgType, a: Option<&[u8]>, b: Option<&[u8]>) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(a), Some(b)) => match ty {
+            PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Date | PgType::Timestamp | PgType::Timestamptz => {
+                let flip = |v: &[u8]| v.first().map(|f| f ^ 0x80);
+                flip(a).cmp(&flip(b)).then_with(|| a.get(1..).cmp(&b.get(1..)))
+            }
+            _ => a.cmp(b),
+        },
     }
 }
 
@@ -326,6 +365,27 @@ mod tests {
         assert_eq!(Some(String::from("\0")).check(), Err(ValueError::NulByte { offset: 0 }));
         assert_eq!(Option::<String>::None.check(), Ok(()));
         assert_eq!("plain ünïcode".check(), Ok(()));
+    }
+
+    #[test]
+    fn client_order_matches_postgresql_order() {
+        use std::cmp::Ordering;
+        let i8 = |v: i64| v.to_be_bytes().to_vec();
+        let mut ints = [5i64, -1, i64::MIN, 0, i64::MAX, -300, 300];
+        let mut encoded: Vec<Vec<u8>> = ints.iter().map(|&v| i8(v)).collect();
+        encoded.sort_by(|a, b| order_key(PgType::Int8, Some(a), Some(b)));
+        ints.sort();
+        assert_eq!(encoded, ints.iter().map(|&v| i8(v)).collect::<Vec<_>>());
+        let i2 = |v: i16| v.to_be_bytes();
+        assert_eq!(order_key(PgType::Int2, Some(&i2(-2)), Some(&i2(1))), Ordering::Less);
+        assert_eq!(order_key(PgType::Int4, Some(&7i32.to_be_bytes()), Some(&7i32.to_be_bytes())), Ordering::Equal);
+        // bytea: bytewise, a prefix first; NULLs last.
+        assert_eq!(order_key(PgType::Bytea, Some(b"ab"), Some(b"abc")), Ordering::Less);
+        assert_eq!(order_key(PgType::Bytea, Some(b"\xff"), Some(b"\x00\x01")), Ordering::Greater);
+        assert_eq!(order_key(PgType::Int8, None, Some(&i8(i64::MAX))), Ordering::Greater);
+        assert_eq!(order_key(PgType::Int8, None, None), Ordering::Equal);
+        assert!(!PgType::Text.client_orderable() && !PgType::Float8.client_orderable());
+        assert!(!PgType::Jsonb.client_orderable());
     }
 
     #[test]
