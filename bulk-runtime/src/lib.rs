@@ -47,8 +47,10 @@
 //!   ends with `ON CONFLICT (key) DO NOTHING`, which keeps concurrent writers
 //!   correct and deadlock-free without any table lock;
 //! * a shorter batch goes in one round trip: a prepared `INSERT ... SELECT
-//!   FROM unnest(...) ORDER BY key, position ON CONFLICT (key) DO NOTHING`
-//!   with the columns bound as binary arrays, with the same guarantees;
+//!   FROM unnest(...) ON CONFLICT (key) DO NOTHING` with the columns bound as
+//!   binary arrays, rows in key order (sorted on the client for integer,
+//!   date, timestamp, boolean, uuid and bytea keys; by `ORDER BY key,
+//!   position` on the server otherwise), with the same guarantees;
 //! * the [`Outcome`] reports rows offered, inserted and skipped.
 //!
 //! Concurrent writers need no retry under `READ COMMITTED`; for serialization
