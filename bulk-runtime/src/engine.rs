@@ -309,7 +309,7 @@ async fn prepare(
         return Ok(Prepared::Text(sql));
     }
     let statement = client.prepare_typed(&sql, types).await.map_err(|source| insert_error(model, source))?;
-    statements::put(client, model, label.clone(), statement.clone());
+    statements::put(client, model, &label, statement.clone());
     Ok(Prepared::Statement(statement, label))
 }
 

@@ -104,7 +104,6 @@
 //! distribution column), but they were not run on Citus here.
 
 mod bulk;
-mod cache;
 mod engine;
 mod error;
 mod ledger;

@@ -12,10 +12,10 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage, Transaction};
 
 use crate::BulkCreateNew;
-use crate::cache;
 use crate::error::{Error, Step};
 use crate::model::Model;
 use crate::schema;
+use crate::statements::{self, PLAIN};
 use crate::types::ValueError;
 
 /// What a bulk call did.
@@ -151,7 +151,7 @@ pub(crate) async fn ensure_scratch(tx: &Transaction<'_>, model: &'static Model) 
 /// that does not stick either, the batch runs unprepared after a fresh check.
 /// A client whose statement went stale twice runs it unprepared for good, so
 /// a pooler in transaction mode is not left a statement on every backend
-/// (see `cache`).
+/// (see `statements`).
 async fn small_batch<C: Connection + ?Sized>(
     conn: &mut C,
     model: &'static Model,
@@ -217,14 +217,14 @@ pub(crate) async fn run_small(
     params: &[(&(dyn ToSql + Sync), Type)],
     prepared: bool,
 ) -> Result<u64, Error> {
-    let prepared = prepared && cache::prepares(client, model);
-    let statement = if prepared { cache::get(client, model) } else { None };
+    let prepared = prepared && statements::prepares(client, model, PLAIN);
+    let statement = if prepared { statements::get(client, model, PLAIN) } else { None };
     let statement = match statement {
         Some(statement) => Some(statement),
         None => {
             schema::verify(client, model).await?;
             if prepared {
-                Some(cache::prepare(client, model).await.map_err(|source| insert_error(model, source))?)
+                Some(prepare_small(client, model).await.map_err(|source| insert_error(model, source))?)
             } else {
                 None
             }
@@ -235,7 +235,7 @@ pub(crate) async fn run_small(
             let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
             client.execute(&statement, &values).await.map_err(|source| {
                 if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
-                    cache::evict(client, model);
+                    statements::evict(client, model, PLAIN);
                 }
                 insert_error(model, source)
             })
@@ -244,6 +244,17 @@ pub(crate) async fn run_small(
             client.execute_typed(&model.plan().small_insert, params).await.map_err(|source| insert_error(model, source))
         }
     }
+}
+
+/// Prepares the plain call's short-batch statement on `client` and keeps it.
+async fn prepare_small(
+    client: &Client,
+    model: &'static Model,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    let plan = model.plan();
+    let statement = client.prepare_typed(&plan.small_insert, &plan.small_types).await?;
+    statements::put(client, model, PLAIN, statement.clone());
+    Ok(statement)
 }
 
 /// The streaming path: binary COPY into the scratch table, then the insert.
@@ -477,6 +488,8 @@ pub(crate) const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 pub(crate) struct CopyWriter {
     sink: Pin<Box<CopyInSink<Bytes>>>,
     buf: BytesMut,
+    /// The wire types of the COPY columns (looked up once, not per row).
+    types: &'static [Type],
     /// Rows encoded so far.
     pub(crate) offered: u64,
     sent_bytes: u64,
@@ -489,13 +502,20 @@ impl CopyWriter {
         let sink = tx.copy_in::<_, Bytes>(&model.plan().copy).await.map_err(db_error(model, Step::Copy))?;
         let mut buf = BytesMut::with_capacity(CHUNK + 4096);
         buf.put_slice(COPY_HEADER);
-        Ok(CopyWriter { sink: Box::pin(sink), buf, offered: 0, sent_bytes: 0, unsent: false })
+        Ok(CopyWriter {
+            sink: Box::pin(sink),
+            buf,
+            types: &model.plan().copy_types,
+            offered: 0,
+            sent_bytes: 0,
+            unsent: false,
+        })
     }
 
     /// Encodes one row (its position in the batch is the count so far);
     /// returns whether the buffer is full and should be [flushed](Self::flush).
     pub(crate) fn push<T: BulkCreateNew>(&mut self, model: &'static Model, row: &T) -> Result<bool, Error> {
-        encode_row::<T>(model, &model.plan().copy_types, self.offered as usize, row, &mut self.buf)?;
+        encode_row::<T>(model, self.types, self.offered as usize, row, &mut self.buf)?;
         self.offered += 1;
         self.unsent = true;
         Ok(self.buf.len() >= CHUNK)

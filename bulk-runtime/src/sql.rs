@@ -227,20 +227,33 @@ fn insert_sql(model: &Model, scratch_ref: TableRef) -> String {
         .to_string(PostgresQueryBuilder)
 }
 
+/// Fixtures shared by the SQL unit tests of this module and of `variants`.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Column;
+pub(crate) mod fixtures {
+    use crate::model::{Column, Model};
     use crate::types::PgType;
 
     /// A model with a schema, and table and column names that need quoting.
-    static COLUMNS: [Column; 3] = [
+    pub(crate) static COLUMNS: [Column; 3] = [
         Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
         Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
         Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
     ];
-    static MODEL: Model =
+    pub(crate) static MODEL: Model =
         Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0, 1]);
+
+    /// The byte offset of `needle` in `hay`, failing the test when absent.
+    pub(crate) fn at(hay: &str, needle: &str) -> usize {
+        hay.find(needle).unwrap_or_else(|| panic!("`{needle}` not found in:\n{hay}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{COLUMNS, MODEL, at};
+    use super::*;
+    use crate::model::Column;
+    use crate::types::PgType;
 
     /// A `nulls_not_distinct` model whose key has a nullable column, no schema, no id.
     static NULLABLE_COLUMNS: [Column; 3] = [
@@ -264,11 +277,6 @@ mod tests {
         &EVIL_COLUMNS,
         &[0],
     );
-
-    /// The byte offset of `needle` in `hay`, failing the test when absent.
-    fn at(hay: &str, needle: &str) -> usize {
-        hay.find(needle).unwrap_or_else(|| panic!("`{needle}` not found in:\n{hay}"))
-    }
 
     #[test]
     fn insert_keeps_the_first_row_per_key_and_skips_stored_keys() {

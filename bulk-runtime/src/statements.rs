@@ -1,13 +1,24 @@
-//! Prepared statements of the [`Bulk`](crate::Bulk) call's variants on the
-//! short-batch path (returning, upsert), kept per client, model and variant.
+//! Prepared statements of the short-batch path, kept per client, model and
+//! statement kind (the plain call's insert, and the [`Bulk`](crate::Bulk)
+//! variants: returning, upsert).
 //!
-//! The policy is the one of [`cache`](crate::cache) for the plain call's
-//! statement: an entry means the client has checked the model; a statement
-//! the server forgot (SQLSTATE 26000) or that clashes with a name a pooler's
-//! backend holds (42P05) is evicted, and after two such evictions the client
-//! stops preparing that variant (a pooler in transaction mode) and runs it
-//! unnamed. The variants are kept apart from the plain statement so that the
-//! plain call's path is untouched by them.
+//! tokio-postgres has no statement cache and a `Client` carries no user data,
+//! so statements are kept in a process-wide map keyed by the client's address
+//! and the model. An entry means the client has checked the model. A stale
+//! entry (the client was dropped and another took its address, or
+//! `DISCARD ALL` / `DEALLOCATE ALL` ran) fails with SQLSTATE 26000
+//! (tokio-postgres names statements from a process-wide counter, so a stale
+//! name never matches another statement of this process); a name that a
+//! pooler's backend already holds fails with 42P05. The caller then evicts
+//! it and runs the statement unprepared.
+//!
+//! Behind a pooler in transaction mode without prepared-statement support
+//! (PgBouncer before 1.21, or with `max_prepared_statements = 0`), a
+//! statement stays on the backend that prepared it while later transactions
+//! run on others: every re-prepare would leave one more statement behind on
+//! the pooler's backends. So a client re-prepares once; when its statement
+//! goes stale a second time, it stops preparing that statement and runs it
+//! unnamed from then on ([`prepares`] is false), leaving nothing behind.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -16,56 +27,63 @@ use tokio_postgres::{Client, Statement};
 
 use crate::model::Model;
 
-/// Beyond this many entries the map is cleared (entries of dropped clients
-/// would otherwise accumulate in a long-lived process).
+/// The label of the plain call's short-batch insert.
+pub(crate) const PLAIN: &str = "create_new";
+
+/// Beyond this many clients × models the map is cleared (entries of dropped
+/// clients would otherwise accumulate in a long-lived process).
 const MAX_ENTRIES: usize = 4096;
 
-/// Stale statements after which a client stops preparing a variant.
+/// Stale statements after which a client stops preparing a statement.
 const STALE_LIMIT: u8 = 2;
 
-type Key = (usize, usize, String);
-
+/// A client's statement of one kind, and how often one went stale.
 #[derive(Default)]
 struct Entry {
     statement: Option<Statement>,
     stale: u8,
 }
 
-static STATEMENTS: Mutex<Option<HashMap<Key, Entry>>> = Mutex::new(None);
+/// Per (client address, model address), the statements by label.
+type Statements = HashMap<(usize, usize), HashMap<String, Entry>>;
 
-fn key(client: &Client, model: &'static Model, label: &str) -> Key {
-    (std::ptr::from_ref(client) as usize, std::ptr::from_ref(model) as usize, label.to_owned())
+static STATEMENTS: Mutex<Option<Statements>> = Mutex::new(None);
+
+fn key(client: &Client, model: &'static Model) -> (usize, usize) {
+    (std::ptr::from_ref(client) as usize, std::ptr::from_ref(model) as usize)
 }
 
-fn with<R>(f: impl FnOnce(&mut HashMap<Key, Entry>) -> R) -> R {
+fn with<R>(f: impl FnOnce(&mut Statements) -> R) -> R {
     let mut guard = STATEMENTS.lock().unwrap_or_else(PoisonError::into_inner);
     f(guard.get_or_insert_with(HashMap::new))
 }
 
 /// The prepared statement `label` of `model` on `client`, if it has one.
 pub(crate) fn get(client: &Client, model: &'static Model, label: &str) -> Option<Statement> {
-    with(|map| map.get(&key(client, model, label)).and_then(|e| e.statement.clone()))
+    with(|map| map.get(&key(client, model))?.get(label)?.statement.clone())
 }
 
-/// Whether `client` prepares the statement `label` of `model`.
+/// Whether `client` prepares the statement `label` of `model`: false once its
+/// statement went stale twice (a pooler in transaction mode).
 pub(crate) fn prepares(client: &Client, model: &'static Model, label: &str) -> bool {
-    with(|map| map.get(&key(client, model, label)).is_none_or(|e| e.stale < STALE_LIMIT))
+    with(|map| map.get(&key(client, model)).and_then(|m| m.get(label)).is_none_or(|e| e.stale < STALE_LIMIT))
 }
 
 /// Keeps a statement that `client` prepared.
-pub(crate) fn put(client: &Client, model: &'static Model, label: String, statement: Statement) {
+pub(crate) fn put(client: &Client, model: &'static Model, label: &str, statement: Statement) {
     with(|map| {
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.entry(key(client, model, &label)).or_default().statement = Some(statement);
+        let by_label = map.entry(key(client, model)).or_default();
+        by_label.entry(label.to_owned()).or_default().statement = Some(statement);
     });
 }
 
 /// Forgets a statement the server no longer knows, and counts it as stale.
 pub(crate) fn evict(client: &Client, model: &'static Model, label: &str) {
     with(|map| {
-        if let Some(entry) = map.get_mut(&key(client, model, label)) {
+        if let Some(entry) = map.get_mut(&key(client, model)).and_then(|m| m.get_mut(label)) {
             entry.statement = None;
             entry.stale = entry.stale.saturating_add(1);
         }

@@ -301,25 +301,14 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::fixtures::{COLUMNS, MODEL, at};
     use crate::types::PgType;
-
-    static COLUMNS: [Column; 3] = [
-        Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
-        Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
-        Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
-    ];
-    static MODEL: Model =
-        Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0, 1]);
 
     static NULLABLE_COLUMNS: [Column; 2] = [
         Column::__new("owner", "owner", PgType::Int4, false, None, false),
         Column::__new("label", "label", PgType::Text, true, None, false),
     ];
     static NULLABLE_MODEL: Model = Model::__new("Tag", None, "tag", None, true, &NULLABLE_COLUMNS, &[1, 0]);
-
-    fn at(hay: &str, needle: &str) -> usize {
-        hay.find(needle).unwrap_or_else(|| panic!("`{needle}` not found in:\n{hay}"))
-    }
 
     #[test]
     fn returning_keys_inserts_in_key_order_and_maps_keys_back_to_positions() {

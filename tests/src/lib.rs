@@ -209,6 +209,50 @@ impl Contended {
     }
 }
 
+/// Adds to table `contended` a CHECK constraint whose function waits on
+/// advisory lock `lock` when the insert meets key number `k`: the insert
+/// stops there, mid-batch, until the lock is released.
+pub async fn gate_at(client: &Client, k: u64, lock: i64) {
+    let row = Contended::key(k, String::new());
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION gate(a integer, b bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF a = {} AND b = {} THEN PERFORM pg_advisory_xact_lock_shared({lock}); END IF;
+                 RETURN true;
+             END $$;
+             ALTER TABLE contended ADD CONSTRAINT gated CHECK (gate(a, b));",
+            row.a, row.b
+        ))
+        .await
+        .expect("create the gate");
+}
+
+/// A key for advisory locks, unique to this test process and `n`.
+pub fn lock_key(n: i64) -> i64 {
+    (i64::from(std::process::id()) << 16) + n
+}
+
+/// Waits (bounded) until backend `pid` runs a statement whose text matches
+/// `like` (and, with `gated`, waits on an advisory lock); returns the statement.
+pub async fn wait_for_backend(admin: &Client, pid: i32, like: &str, gated: bool) -> String {
+    for _ in 0..4000 {
+        let row = admin
+            .query_opt(
+                "SELECT query FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE $2
+                    AND (NOT $3 OR (wait_event_type = 'Lock' AND wait_event = 'advisory'))",
+                &[&pid, &like, &gated],
+            )
+            .await
+            .expect("query pg_stat_activity");
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("backend {pid} never ran a statement like {like:?}");
+}
+
 /// The batch writer `writer` offers in `round` of a run seeded with `seed`:
 /// `len` rows whose keys are drawn from the round's `universe` keys (keys
 /// `round * universe / 2 ..`, so each round overlaps the one before by

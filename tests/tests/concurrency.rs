@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bulk_runtime::{BulkCreateNew, Outcome};
-use bulk_tests::{COPY_BATCH, Contended, TestDb, contended_batch, count, distinct_keys};
+use bulk_tests::{
+    COPY_BATCH, Contended, TestDb, contended_batch, count, distinct_keys, gate_at, lock_key, wait_for_backend,
+};
 use tokio_postgres::Client;
 
 const WRITERS: u64 = 8;
@@ -286,48 +288,6 @@ async fn writers_in_two_os_processes() {
     db.drop().await;
 }
 
-/// A CHECK constraint whose function waits on advisory lock `lock` when it
-/// meets key number `k`: the insert stops there, mid-batch, until released.
-async fn gate_at(client: &Client, k: u64, lock: i64) {
-    let row = Contended::key(k, String::new());
-    client
-        .batch_execute(&format!(
-            "CREATE FUNCTION gate(a integer, b bigint) RETURNS boolean LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF a = {} AND b = {} THEN PERFORM pg_advisory_xact_lock_shared({lock}); END IF;
-                 RETURN true;
-             END $$;
-             ALTER TABLE contended ADD CONSTRAINT gated CHECK (gate(a, b));",
-            row.a, row.b
-        ))
-        .await
-        .unwrap();
-}
-
-/// A lock key for advisory locks, unique to this test process and `n`.
-fn lock_key(n: i64) -> i64 {
-    (i64::from(std::process::id()) << 16) + n
-}
-
-/// Waits until `pid` waits on an advisory lock, and returns the query it runs.
-async fn wait_for_gate(admin: &Client, pid: i32) -> String {
-    for _ in 0..4000 {
-        let row = admin
-            .query_opt(
-                "SELECT query FROM pg_stat_activity
-                  WHERE pid = $1 AND state = 'active' AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                &[&pid],
-            )
-            .await
-            .unwrap();
-        if let Some(row) = row {
-            return row.get(0);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("the bulk call never reached the gate");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_table_lock_while_a_call_runs() {
     no_table_lock(0, 3_000).await;
@@ -356,7 +316,7 @@ async fn no_table_lock(n: i64, len: usize) {
         let o = Contended::bulk_create_new(&mut writer, &batch).await;
         (writer, o)
     });
-    let query = wait_for_gate(&admin, pid).await;
+    let query = wait_for_backend(&admin, pid, "%", true).await;
     assert!(query.contains("INSERT INTO"), "stopped in the insert: {query}");
 
     // Another session: a lock wait would fail after 10 s instead of hanging.

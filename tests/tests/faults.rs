@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bulk_runtime::{BulkCreateNew, Error, Step};
-use bulk_tests::{COPY_BATCH, Contended, TestDb, count};
+use bulk_tests::{COPY_BATCH, Contended, TestDb, count, gate_at, lock_key, wait_for_backend};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -22,51 +22,9 @@ async fn backend_pid(client: &Client) -> i32 {
     client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
 }
 
-/// Waits until `pid` runs a statement whose text matches `like` (and, with
-/// `gated`, waits on an advisory lock); returns the statement.
-async fn wait_for(admin: &Client, pid: i32, like: &str, gated: bool) -> String {
-    for _ in 0..4000 {
-        let row = admin
-            .query_opt(
-                "SELECT query FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE $2
-                    AND (NOT $3 OR (wait_event_type = 'Lock' AND wait_event = 'advisory'))",
-                &[&pid, &like, &gated],
-            )
-            .await
-            .unwrap();
-        if let Some(row) = row {
-            return row.get(0);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("backend {pid} never ran a statement like {like:?}");
-}
-
 async fn terminate(admin: &Client, pid: i32) {
     let done: bool = admin.query_one("SELECT pg_terminate_backend($1, 10000)", &[&pid]).await.unwrap().get(0);
     assert!(done, "backend {pid} terminated");
-}
-
-/// A CHECK constraint whose function waits on advisory lock `lock` when the
-/// insert meets key number `k`.
-async fn gate_at(client: &Client, k: u64, lock: i64) {
-    let row = Contended::key(k, String::new());
-    client
-        .batch_execute(&format!(
-            "CREATE FUNCTION gate(a integer, b bigint) RETURNS boolean LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF a = {} AND b = {} THEN PERFORM pg_advisory_xact_lock_shared({lock}); END IF;
-                 RETURN true;
-             END $$;
-             ALTER TABLE contended ADD CONSTRAINT gated CHECK (gate(a, b));",
-            row.a, row.b
-        ))
-        .await
-        .unwrap();
-}
-
-fn lock_key(n: i64) -> i64 {
-    (i64::from(std::process::id()) << 16) + 100 + n
 }
 
 /// `len` rows over `len * 3 / 4` keys (so some repeat), in a scrambled order.
@@ -125,7 +83,7 @@ async fn backend_terminated_during_copy() {
         });
         Contended::bulk_create_new(&mut writer, rows).await
     });
-    let query = wait_for(&admin, pid, "COPY %", false).await;
+    let query = wait_for_backend(&admin, pid, "COPY %", false).await;
     assert!(query.contains("FROM STDIN"), "{query}");
     terminate(&admin, pid).await;
     killed.store(true, Ordering::SeqCst);
@@ -154,7 +112,7 @@ async fn backend_terminated_during_insert_through_copy() {
 async fn terminated_during_insert(n: i64, len: usize) {
     let db = setup(&format!("fault_insert_{n}")).await;
     let admin = db.connect().await;
-    let lock = lock_key(n);
+    let lock = lock_key(100 + n);
     let rows = batch(len);
     let mut keys: Vec<u64> = rows.iter().map(Contended::number).collect();
     keys.sort_by_key(|k| {
@@ -172,7 +130,7 @@ async fn terminated_during_insert(n: i64, len: usize) {
     let pid = backend_pid(&writer).await;
     let held = rows.clone();
     let call = tokio::spawn(async move { Contended::bulk_create_new(&mut writer, &held).await });
-    let query = wait_for(&admin, pid, "%INSERT INTO%", true).await;
+    let query = wait_for_backend(&admin, pid, "%INSERT INTO%", true).await;
     assert!(query.contains("ON CONFLICT"), "{query}");
     terminate(&admin, pid).await;
     admin.query_one("SELECT pg_advisory_unlock($1)", &[&lock]).await.unwrap();
@@ -240,7 +198,7 @@ async fn statement_timeout_in_the_insert_through_copy() {
 async fn statement_timeout(n: i64, len: usize) {
     let db = setup(&format!("fault_statement_timeout_{n}")).await;
     let admin = db.connect().await;
-    let lock = lock_key(10 + n);
+    let lock = lock_key(110 + n);
     gate_at(&admin, len as u64 / 2, lock).await;
     admin.query_one("SELECT pg_advisory_lock($1)", &[&lock]).await.unwrap();
     let mut writer = db.connect().await;
