@@ -396,26 +396,88 @@ fn ms(d: Duration) -> String {
     }
 }
 
-async fn table_run(quick: bool, only: Option<Vec<usize>>) {
+/// What a table run measures: `--quick`, `--sizes N,N`, `--mixes fresh,stored50,inbatch10`,
+/// `--strategies 1,2,3` (the ceiling, 2, always runs: the ratios need it), `--reps N`.
+#[derive(Debug, Default)]
+struct TableOptions {
+    quick: bool,
+    sizes: Option<Vec<usize>>,
+    mixes: Option<Vec<Mix>>,
+    strategies: Option<Vec<Strategy>>,
+    reps: Option<usize>,
+}
+
+impl TableOptions {
+    fn parse(args: &[String]) -> Result<TableOptions, String> {
+        let mut o = TableOptions::default();
+        let mut args = args.iter();
+        let list = |v: Option<&String>, flag: &str| -> Result<Vec<String>, String> {
+            let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+            Ok(v.split(',').map(str::to_owned).collect())
+        };
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--sizes" => {
+                    let sizes: Result<Vec<usize>, _> = list(args.next(), a)?.iter().map(|n| n.parse()).collect();
+                    o.sizes = Some(sizes.map_err(|e| format!("--sizes: {e}"))?);
+                }
+                "--mixes" => {
+                    let mixes: Option<Vec<Mix>> = list(args.next(), a)?.iter().map(|m| Mix::parse(m)).collect();
+                    o.mixes = Some(mixes.ok_or("--mixes: expected fresh, stored50, inbatch10")?);
+                }
+                "--strategies" => {
+                    let picked: Option<Vec<Strategy>> = list(args.next(), a)?
+                        .iter()
+                        .map(|n| n.parse::<usize>().ok().and_then(|n| STRATEGIES.get(n.wrapping_sub(1)).copied()))
+                        .collect();
+                    let mut picked = picked.ok_or("--strategies: expected numbers from 1 to 6")?;
+                    if !picked.contains(&Strategy::Ceiling) {
+                        picked.push(Strategy::Ceiling);
+                    }
+                    o.strategies = Some(picked);
+                }
+                "--reps" => {
+                    let n = args.next().and_then(|n| n.parse().ok()).ok_or("--reps needs a number")?;
+                    o.reps = Some(n);
+                }
+                other => return Err(format!("unknown option {other}")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Repetitions of one case: many for short batches, whose times are a
+/// fraction of a millisecond and noisy, fewer for long ones.
+fn repetitions(size: usize) -> usize {
+    match size {
+        s if s >= 1_000_000 => 5,
+        s if s >= 100_000 => 9,
+        s if s >= 10_000 => 15,
+        _ => 41,
+    }
+}
+
+async fn table_run(options: TableOptions) {
     let mut client = connect().await;
     setup(&client).await;
     let mut prepared = prepare(&client).await;
-    let sizes: &[usize] = if quick { &[10, 100, 1_000, 10_000] } else { &[10, 100, 1_000, 10_000, 100_000, 1_000_000] };
-    let sizes: &[usize] = only.as_deref().unwrap_or(sizes);
+    let sizes: &[usize] =
+        if options.quick { &[10, 100, 1_000, 10_000] } else { &[10, 100, 1_000, 10_000, 100_000, 1_000_000] };
+    let sizes: &[usize] = options.sizes.as_deref().unwrap_or(sizes);
+    let mixes: &[Mix] = options.mixes.as_deref().unwrap_or(&[Mix::Fresh, Mix::Stored50, Mix::InBatch10]);
+    let strategies: &[Strategy] = options.strategies.as_deref().unwrap_or(&STRATEGIES);
     let mut shuffle_rng = Rng(42);
     let mut summary = String::new();
-    for mix in [Mix::Fresh, Mix::Stored50, Mix::InBatch10] {
+    for &mix in mixes {
         for &size in sizes {
-            let reps = match size {
-                s if s >= 1_000_000 => 5,
-                s if s >= 100_000 => 9,
-                _ => 11,
-            };
+            let reps = options.reps.unwrap_or_else(|| repetitions(size));
             let case = make_case(size, mix, size as u64 * 31 + mix as u64);
             let expected = case.new_rows.len() as u64;
             let mut samples: HashMap<&'static str, Samples> = HashMap::new();
             for _ in 0..reps {
-                let mut order = STRATEGIES.to_vec();
+                let mut order = strategies.to_vec();
                 shuffle_rng.shuffle(&mut order);
                 for strategy in order {
                     if strategy == Strategy::PerRow && size > 10_000 {
@@ -636,7 +698,7 @@ async fn explain_run(size: usize, mix: Mix) {
     setup(&client).await;
     let case = make_case(size, mix, 5);
     reset(&client, &case).await;
-    let [create, copy, insert] = bulk_runtime::__private::protocol_sql(Retweet::model());
+    let [create, copy, plain, on_conflict] = bulk_runtime::__private::protocol_sql(Retweet::model());
     client.batch_execute("BEGIN").await.unwrap();
     client.batch_execute("SET LOCAL work_mem = '64MB'").await.unwrap();
     client.batch_execute(create).await.unwrap();
@@ -648,9 +710,16 @@ async fn explain_run(size: usize, mix: Mix) {
     }
     w.as_mut().finish().await.unwrap();
     println!("COPY into the scratch table: {:.1} ms\n", t.elapsed().as_secs_f64() * 1e3);
-    println!("{insert}\n");
-    for row in client.query(&format!("EXPLAIN (ANALYZE, BUFFERS) {insert}"), &[]).await.unwrap() {
-        println!("{}", row.get::<_, String>(0));
+    // The plain form (a call's first attempt), then, on the same scratch
+    // rows, the ON CONFLICT form (the attempt after a conflict).
+    for (form, insert) in [("plain form", plain), ("ON CONFLICT form", on_conflict)] {
+        client.batch_execute("SAVEPOINT explain").await.unwrap();
+        println!("{form}:\n\n{insert}\n");
+        for row in client.query(&format!("EXPLAIN (ANALYZE, BUFFERS) {insert}"), &[]).await.unwrap() {
+            println!("{}", row.get::<_, String>(0));
+        }
+        println!();
+        client.batch_execute("ROLLBACK TO SAVEPOINT explain").await.unwrap();
     }
     client.batch_execute("ROLLBACK").await.unwrap();
 }
@@ -670,17 +739,19 @@ async fn main() {
             let mix = args.get(2).and_then(|s| Mix::parse(s)).unwrap_or(Mix::Fresh);
             explain_run(n, mix).await
         }
-        Some("--quick") => table_run(true, None).await,
-        Some("--sizes") => {
-            let sizes = args.get(1).map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect());
-            table_run(false, sizes).await
-        }
-        None => table_run(false, None).await,
-        Some(other) => {
+        Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected --quick, --sizes N,N, warm, concurrent, stream N [--collect], explain N MIX"
+                "unknown mode {other}; expected warm, concurrent, stream N [--collect], explain N MIX, \
+                 or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"
             );
             std::process::exit(2);
         }
+        _ => match TableOptions::parse(&args) {
+            Ok(options) => table_run(options).await,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
     }
 }

@@ -11,7 +11,7 @@ use std::pin::{Pin, pin};
 
 use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
+use tokio_postgres::{Client, Row, RowStream, Statement, Transaction};
 
 use crate::BulkCreateNew;
 use crate::bulk::private::Run;
@@ -20,8 +20,8 @@ use crate::error::{Error, Step};
 use crate::ledger::{self, Claim, Ledger};
 use crate::model::Model;
 use crate::protocol::{
-    Connection, CopyWriter, Encoded, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered, ensure_scratch,
-    explain_failure, insert_error, run_small, sort_memory_kb,
+    Connection, CopyWriter, Encoded, Form, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered,
+    ensure_scratch, explain_failure, insert_error, insert_from_scratch, run_small, sort_memory_kb,
 };
 use crate::schema;
 use crate::statements;
@@ -117,16 +117,25 @@ async fn small<C: Connection + ?Sized>(
     };
     let params: Vec<(&(dyn ToSql + Sync), Type)> =
         arrays.iter().zip(types).map(|(a, t)| (a as &(dyn ToSql + Sync), t)).collect();
-    let mut result = small_attempt(conn, model, offered, &params, call, true).await;
-    for prepared in [true, false] {
-        if !result.as_ref().is_err_and(Error::is_stale_statement) {
-            break;
+    // The plain statement's first attempt may skip ON CONFLICT (see `contention`).
+    let mut form =
+        if matches!(call.kind, Kind::CreateNew) { Form::first(model, offered as usize) } else { Form::OnConflict };
+    loop {
+        let mut result = small_attempt(conn, model, offered, &params, call, true, form).await;
+        for prepared in [true, false] {
+            if !result.as_ref().is_err_and(Error::is_stale_statement) {
+                break;
+            }
+            result = small_attempt(conn, model, offered, &params, call, prepared, form).await;
         }
-        result = small_attempt(conn, model, offered, &params, call, prepared).await;
-    }
-    match result {
-        Ok(report) => Ok(report),
-        Err(e) => Err(explain_failure(conn, model, e).await),
+        if let Some(again) = form.after(model, &result) {
+            form = again;
+            continue;
+        }
+        return match result {
+            Ok(report) => Ok(report),
+            Err(e) => Err(explain_failure(conn, model, e).await),
+        };
     }
 }
 
@@ -140,17 +149,18 @@ async fn small_attempt<C: Connection + ?Sized>(
     params: &[(&(dyn ToSql + Sync), Type)],
     call: &mut Call<'_>,
     prepared: bool,
+    form: Form,
 ) -> Result<Report, Error> {
     let transaction = conn.nested() || call.ledger.is_some() || matches!(call.kind, Kind::Upsert(_));
     if !transaction {
-        return small_statements(conn.client(), model, offered, params, call, prepared).await;
+        return small_statements(conn.client(), model, offered, params, call, prepared, form).await;
     }
     let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
     let claimed = match claim(&tx, model, call.ledger).await? {
         Ok(claimed) => claimed,
         Err(replay) => return Ok(replay),
     };
-    let report = small_statements(tx.client(), model, offered, params, call, prepared).await?;
+    let report = small_statements(tx.client(), model, offered, params, call, prepared, form).await?;
     finish(tx, model, call.ledger, claimed, &report).await?;
     Ok(report)
 }
@@ -184,7 +194,7 @@ async fn finish(
     tx.commit().await.map_err(db_error(model, Step::Commit))
 }
 
-/// The statements of the short-batch path.
+/// The statements of the short-batch path (the plain statement in `form`).
 async fn small_statements(
     client: &Client,
     model: &'static Model,
@@ -192,11 +202,12 @@ async fn small_statements(
     params: &[(&(dyn ToSql + Sync), Type)],
     call: &mut Call<'_>,
     prepared: bool,
+    form: Form,
 ) -> Result<Report, Error> {
     let mut checked = false;
     match call.kind {
         Kind::CreateNew => {
-            let inserted = run_small(client, model, params, prepared).await?;
+            let inserted = run_small(client, model, params, prepared, form).await?;
             Ok(Report { offered, inserted, skipped: offered - inserted, ..Report::default() })
         }
         Kind::Keys | Kind::Positions => {
@@ -476,25 +487,15 @@ where
     //    scratch table, which ON COMMIT DELETE ROWS would only do at its commit).
     //    In its own transaction the call sizes the sort's memory as the plain
     //    call does (SET LOCAL: it ends with the transaction).
-    if !nested {
-        let work_mem = sort_memory_kb(offered, bytes_sent).to_string();
-        tx.query_typed("SELECT set_config('work_mem', $1 || 'kB', true)", &[(&work_mem, Type::TEXT)])
-            .await
-            .map_err(db(Step::Insert))?;
+    let sort_kb = (!nested).then(|| sort_memory_kb(offered, bytes_sent));
+    if let (Some(kb), false) = (sort_kb, matches!(call.kind, Kind::CreateNew)) {
+        tx.batch_execute(&format!("SET LOCAL work_mem = '{kb}kB'")).await.map_err(db(Step::Insert))?;
     }
     let insert = |source| insert_error(model, source);
     let none = std::iter::empty::<(&(dyn ToSql + Sync), Type)>;
     let report = match call.kind {
         Kind::CreateNew => {
-            let sql = if nested { format!("{}; {}", plan.insert, plan.clear) } else { plan.insert.clone() };
-            let messages = tx.simple_query(&sql).await.map_err(insert)?;
-            let inserted = messages
-                .iter()
-                .find_map(|m| match m {
-                    SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                    _ => None,
-                })
-                .unwrap_or(0);
+            let inserted = insert_from_scratch(&tx, model, offered, nested, sort_kb).await?;
             Report { offered, inserted, skipped: offered - inserted, ..Report::default() }
         }
         Kind::Keys | Kind::Positions => {

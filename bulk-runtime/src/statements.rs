@@ -27,8 +27,11 @@ use tokio_postgres::{Client, Statement};
 
 use crate::model::Model;
 
-/// The label of the plain call's short-batch insert.
+/// The label of the plain call's short-batch insert, plain form (the first attempt).
 pub(crate) const PLAIN: &str = "create_new";
+
+/// The label of the plain call's short-batch insert, `ON CONFLICT` form.
+pub(crate) const PLAIN_ON_CONFLICT: &str = "create_new on conflict";
 
 /// Beyond this many clients × models the map is cleared (entries of dropped
 /// clients would otherwise accumulate in a long-lived process).

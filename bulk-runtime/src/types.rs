@@ -161,6 +161,44 @@ impl fmt::Display for PgType {
     }
 }
 
+/// The width of the binary form of a fixed-width
+/// [`client_orderable`](PgType::client_orderable) type; `None` for bytea
+/// and for types the client does not order.
+pub(crate) fn fixed_width(ty: PgType) -> Option<usize> {
+    match ty {
+        PgType::Bool => Some(1),
+        PgType::Int2 => Some(2),
+        PgType::Int4 | PgType::Date => Some(4),
+        PgType::Int8 | PgType::Timestamp | PgType::Timestamptz => Some(8),
+        PgType::Uuid => Some(16),
+        _ => None,
+    }
+}
+
+/// Writes into `out` the form of a binary-encoded value (`None` is NULL) of a
+/// [fixed-width](fixed_width) type whose bytes compare (as unsigned bytes,
+/// `memcmp`) as [`order_key`] compares the values: for a `nullable` column
+/// a flag first (0 for a value, 1 for NULL: NULLs last), then the value's
+/// bytes with the sign bit flipped for signed integers (zeros for NULL).
+/// `out` is `fixed_width(ty)` bytes long, plus one for the flag.
+pub(crate) fn write_sort_form(ty: PgType, nullable: bool, value: Option<&[u8]>, out: &mut [u8]) {
+    let out = if nullable {
+        out[0] = u8::from(value.is_none());
+        &mut out[1..]
+    } else {
+        out
+    };
+    let Some(value) = value else {
+        out.fill(0);
+        return;
+    };
+    out.copy_from_slice(value);
+    if matches!(ty, PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Date | PgType::Timestamp | PgType::Timestamptz)
+    {
+        out[0] ^= 0x80;
+    }
+}
+
 /// Compares two binary-encoded values (without their length prefix; `None`
 /// is NULL) of a [`client_orderable`](PgType::client_orderable) type in
 /// PostgreSQL's ascending order, NULLs last. Signed integers (and dates and
@@ -386,6 +424,45 @@ mod tests {
         assert_eq!(order_key(PgType::Int8, None, None), Ordering::Equal);
         assert!(!PgType::Text.client_orderable() && !PgType::Float8.client_orderable());
         assert!(!PgType::Jsonb.client_orderable());
+    }
+
+    #[test]
+    fn sort_forms_compare_as_order_key_does() {
+        // A few values of every fixed-width type, edge cases included, each
+        // also as NULL for a nullable column.
+        let int = |bytes: &[u8]| bytes.to_vec();
+        let values: Vec<(PgType, Vec<Vec<u8>>)> = vec![
+            (PgType::Bool, vec![vec![0], vec![1]]),
+            (PgType::Int2, [i16::MIN, -1, 0, 1, i16::MAX].iter().map(|v| int(&v.to_be_bytes())).collect()),
+            (PgType::Int4, [i32::MIN, -70_000, 0, 255, 256, i32::MAX].iter().map(|v| int(&v.to_be_bytes())).collect()),
+            (PgType::Date, [i32::MIN, -1, 0, i32::MAX].iter().map(|v| int(&v.to_be_bytes())).collect()),
+            (PgType::Int8, [i64::MIN, -300, -1, 0, 1, 300, i64::MAX].iter().map(|v| int(&v.to_be_bytes())).collect()),
+            (PgType::Timestamp, [i64::MIN, 0, i64::MAX].iter().map(|v| int(&v.to_be_bytes())).collect()),
+            (PgType::Timestamptz, [-5i64, 5].iter().map(|v| int(&v.to_be_bytes())).collect()),
+            (PgType::Uuid, vec![vec![0; 16], vec![0xff; 16], (0..16).collect(), (0..16).rev().collect()]),
+        ];
+        for (ty, values) in values {
+            let width = fixed_width(ty).expect("fixed width");
+            assert!(values.iter().all(|v| v.len() == width), "{ty:?}");
+            for nullable in [false, true] {
+                let mut all: Vec<Option<&[u8]>> = values.iter().map(|v| Some(v.as_slice())).collect();
+                if nullable {
+                    all.push(None);
+                }
+                let form = |v: Option<&[u8]>| {
+                    let mut out = vec![0xaa; width + usize::from(nullable)];
+                    write_sort_form(ty, nullable, v, &mut out);
+                    out
+                };
+                for &a in &all {
+                    for &b in &all {
+                        assert_eq!(form(a).cmp(&form(b)), order_key(ty, a, b), "{ty:?} {a:?} {b:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(fixed_width(PgType::Bytea), None);
+        assert_eq!(fixed_width(PgType::Text), None);
     }
 
     #[test]

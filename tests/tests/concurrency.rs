@@ -175,16 +175,20 @@ async fn writers_under_plan(name: &str, plan: Plan) {
     check(&admin, &calls).await;
 
     if let Some(node) = plan.join_node() {
-        let plan_text = explain_copy_insert(&clients[0]).await;
-        assert!(plan_text.contains(node), "expected {node}:\n{plan_text}");
+        // Both forms of the insert: the plain first attempt, and the
+        // ON CONFLICT one that a conflict falls back to.
+        let [_, _, plain, on_conflict] = bulk_runtime::__private::protocol_sql(Contended::model());
+        for insert in [plain, on_conflict] {
+            let plan_text = explain(&clients[0], insert).await;
+            assert!(plan_text.contains(node), "expected {node}:\n{plan_text}");
+        }
     }
     db.drop().await;
 }
 
-/// `EXPLAIN` of the COPY path's insert on a writer's session (whose scratch
+/// `EXPLAIN` of a COPY path's insert on a writer's session (whose scratch
 /// table exists after its first long batch), with the session's settings.
-async fn explain_copy_insert(client: &Client) -> String {
-    let insert = bulk_runtime::__private::protocol_sql(Contended::model())[2];
+async fn explain(client: &Client, insert: &str) -> String {
     client
         .simple_query(&format!("EXPLAIN {insert}"))
         .await

@@ -1,0 +1,173 @@
+//! The call's insert runs in two forms: first the plain anti-join insert,
+//! then, if a key of the batch was stored meanwhile by another writer (the
+//! plain insert fails with `unique_violation`), the same insert with
+//! `ON CONFLICT DO NOTHING` on the same rows. These tests make another
+//! transaction store a key of the batch while the plain insert waits on it,
+//! on both paths and inside a caller's transaction: the call falls back,
+//! skips that key, inserts the rest, and its counts are exact. After a
+//! conflict, the next calls of the model go straight to `ON CONFLICT`.
+//!
+//! Each test has a model of its own: the choice of form is kept per model
+//! for the whole process, and other tests' conflicts must not change it.
+
+use bulk_runtime::{BulkCreateNew, Outcome};
+use bulk_tests::{COPY_BATCH, TestDb, count};
+use tokio_postgres::Client;
+
+macro_rules! model {
+    ($name:ident, $table:literal) => {
+        #[derive(BulkCreateNew, Debug, Clone)]
+        #[bulk(table = $table, unique(k))]
+        struct $name {
+            k: i64,
+            payload: String,
+        }
+
+        impl $name {
+            fn batch(len: usize, payload: &str) -> Vec<$name> {
+                // Keys 0, 2, 4, ... in a scrambled order, every tenth one twice.
+                let keys = (0..len as i64).map(|i| (i * 7919) % len as i64 * 2);
+                let mut rows: Vec<$name> = keys.map(|k| $name { k, payload: payload.to_owned() }).collect();
+                let repeats: Vec<$name> =
+                    rows.iter().step_by(10).map(|r| $name { k: r.k, payload: "repeat".into() }).collect();
+                rows.extend(repeats);
+                rows
+            }
+        }
+    };
+}
+
+model!(SmallItem, "small_item");
+model!(CopyItem, "copy_item");
+model!(NestedItem, "nested_item");
+
+async fn backend_pid(client: &Client) -> i32 {
+    client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+}
+
+/// Waits (bounded) until backend `pid` is blocked on another transaction
+/// (a row lock or a key being inserted) inside an `INSERT`; returns its statement.
+async fn wait_until_blocked(admin: &Client, pid: i32) -> String {
+    for _ in 0..4000 {
+        let row = admin
+            .query_opt(
+                "SELECT query FROM pg_stat_activity WHERE pid = $1 AND state = 'active'
+                    AND query LIKE '%INSERT INTO%' AND wait_event_type = 'Lock' AND wait_event = 'transactionid'",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("backend {pid} never waited on another transaction's key");
+}
+
+/// A transaction on `other` that inserts key `k` and stays open.
+async fn hold_key(other: &Client, table: &str, k: i64) {
+    other
+        .batch_execute(&format!("BEGIN; INSERT INTO {table} (k, payload) VALUES ({k}, 'other writer')"))
+        .await
+        .unwrap();
+}
+
+/// The payload stored for key `k`.
+async fn payload(client: &Client, table: &str, k: i64) -> String {
+    client.query_one(&format!("SELECT payload FROM {table} WHERE k = $1"), &[&k]).await.unwrap().get(0)
+}
+
+/// Counts of a batch from `batch`, of which `stored` distinct keys were
+/// stored by someone else.
+fn expected(rows: usize, distinct: usize, stored: usize) -> Outcome {
+    Outcome { offered: rows as u64, inserted: (distinct - stored) as u64, skipped: (rows - distinct + stored) as u64 }
+}
+
+/// One call meets a key committed by another writer while its plain insert
+/// waits on it, and falls back; the next call goes straight to ON CONFLICT.
+macro_rules! falls_back {
+    ($model:ident, $table:literal, $len:expr) => {{
+        let db = TestDb::new(concat!("fallback_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        let other = db.connect().await;
+        let pid = backend_pid(&writer).await;
+
+        // 1. Another transaction holds key 10 of the batch, uncommitted.
+        let rows = $model::batch($len, "first call");
+        hold_key(&other, $table, 10).await;
+        let call = tokio::spawn(async move {
+            let outcome = $model::bulk_create_new(&mut writer, &rows).await;
+            (writer, outcome)
+        });
+        // The plain form (no ON CONFLICT) reaches key 10 and waits on it ...
+        let blocked = wait_until_blocked(&admin, pid).await;
+        assert!(blocked.contains("NOT EXISTS") && !blocked.contains("ON CONFLICT"), "plain form: {blocked}");
+        // ... which the other transaction now commits: unique_violation.
+        other.batch_execute("COMMIT").await.unwrap();
+        let (mut writer, outcome) = call.await.unwrap();
+        let outcome = outcome.expect("the call falls back to ON CONFLICT instead of failing");
+        assert_eq!(outcome, expected($len + $len.div_ceil(10), $len, 1));
+        assert_eq!(count(&admin, $table).await, $len as i64);
+        assert_eq!(payload(&admin, $table, 10).await, "other writer", "the other writer's row stays");
+        assert_eq!(payload(&admin, $table, 12).await, "first call", "the first offered row of a key wins");
+
+        // 2. Right after a conflict, the next call runs ON CONFLICT at once:
+        //    it waits on a held key in that form.
+        let more: Vec<$model> =
+            $model::batch($len, "second call").into_iter().map(|r| $model { k: r.k + 1, ..r }).collect();
+        hold_key(&other, $table, 11).await;
+        let call = tokio::spawn(async move { $model::bulk_create_new(&mut writer, &more).await });
+        let blocked = wait_until_blocked(&admin, pid).await;
+        assert!(blocked.contains("ON CONFLICT"), "ON CONFLICT form: {blocked}");
+        other.batch_execute("COMMIT").await.unwrap();
+        let outcome = call.await.unwrap().unwrap();
+        assert_eq!(outcome, expected($len + $len.div_ceil(10), $len, 1));
+        assert_eq!(count(&admin, $table).await, 2 * $len as i64);
+        assert_eq!(payload(&admin, $table, 11).await, "other writer");
+        db.drop().await;
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stored_meanwhile_makes_a_short_batch_fall_back() {
+    falls_back!(SmallItem, "small_item", 1_000_usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stored_meanwhile_makes_a_copy_batch_fall_back() {
+    falls_back!(CopyItem, "copy_item", COPY_BATCH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_inside_a_callers_transaction_keeps_it_usable() {
+    let db = TestDb::new("fallback_nested").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&NestedItem::model().migration_sql()).await.unwrap();
+    let mut writer = db.connect().await;
+    let other = db.connect().await;
+    let pid = backend_pid(&writer).await;
+    let rows = NestedItem::batch(COPY_BATCH, "caller");
+    hold_key(&other, "nested_item", 10).await;
+    let call = tokio::spawn(async move {
+        let mut tx = writer.transaction().await.unwrap();
+        tx.batch_execute("INSERT INTO nested_item (k, payload) VALUES (-1, 'caller before')").await.unwrap();
+        let outcome = NestedItem::bulk_create_new(&mut tx, &rows).await.expect("falls back");
+        // The caller's transaction goes on: its own statement, then a commit.
+        tx.batch_execute("INSERT INTO nested_item (k, payload) VALUES (-3, 'caller after')").await.unwrap();
+        tx.commit().await.unwrap();
+        outcome
+    });
+    let blocked = wait_until_blocked(&admin, pid).await;
+    assert!(!blocked.contains("ON CONFLICT"), "plain form first: {blocked}");
+    other.batch_execute("COMMIT").await.unwrap();
+    let outcome = call.await.unwrap();
+    assert_eq!(outcome, expected(COPY_BATCH + COPY_BATCH.div_ceil(10), COPY_BATCH, 1));
+    assert_eq!(count(&admin, "nested_item").await, COPY_BATCH as i64 + 2);
+    assert_eq!(payload(&admin, "nested_item", -1).await, "caller before");
+    assert_eq!(payload(&admin, "nested_item", -3).await, "caller after");
+    assert_eq!(payload(&admin, "nested_item", 10).await, "other writer");
+    db.drop().await;
+}
