@@ -476,7 +476,7 @@ where
         }
     }
     let pending = copy.pending();
-    let (offered, bytes_sent) = (copy.offered, copy.bytes_sent());
+    let (offered, bytes_sent, repeats) = (copy.offered, copy.bytes_sent(), copy.repeats_possible());
     let copied = copy.finish(model).await?;
     debug_assert_eq!(copied, offered);
     if pending {
@@ -495,7 +495,7 @@ where
     let none = std::iter::empty::<(&(dyn ToSql + Sync), Type)>;
     let report = match call.kind {
         Kind::CreateNew => {
-            let inserted = insert_from_scratch(&tx, model, offered, nested, sort_kb).await?;
+            let inserted = insert_from_scratch(&tx, model, offered, repeats, nested, sort_kb).await?;
             Report { offered, inserted, skipped: offered - inserted, ..Report::default() }
         }
         Kind::Keys | Kind::Positions => {

@@ -116,6 +116,7 @@ mod error;
 mod ledger;
 mod model;
 mod protocol;
+mod repeats;
 pub mod retry;
 mod schema;
 mod sql;

@@ -14,6 +14,7 @@ use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage, Transaction};
 use crate::BulkCreateNew;
 use crate::error::{Error, Step};
 use crate::model::{Column, Model};
+use crate::repeats::{Repeats, key_hash};
 use crate::schema;
 use crate::statements::{self, PLAIN, PLAIN_ON_CONFLICT};
 use crate::types::{self, ValueError};
@@ -359,14 +360,14 @@ where
             copy.flush(model).await?;
         }
     }
-    let (offered, bytes_sent) = (copy.offered, copy.bytes_sent());
+    let (offered, bytes_sent, repeats) = (copy.offered, copy.bytes_sent(), copy.repeats_possible());
     let copied = copy.finish(model).await?;
     debug_assert_eq!(copied, offered);
 
     // 3. The anti-join insert (and, inside a caller's transaction, emptying the
     //    scratch table, which ON COMMIT DELETE ROWS would only do at its commit).
     let sort_kb = (!nested).then(|| sort_memory_kb(offered, bytes_sent));
-    let inserted = insert_from_scratch(&tx, model, offered, nested, sort_kb).await?;
+    let inserted = insert_from_scratch(&tx, model, offered, repeats, nested, sort_kb).await?;
     tx.commit().await.map_err(db(Step::Commit))?;
     Ok(Outcome { offered, inserted, skipped: offered - inserted })
 }
@@ -382,11 +383,14 @@ const PLAIN_SAVEPOINT: &str = "bulk_create_new_plain";
 /// only act at the caller's commit). With `sort_kb`, the transaction's
 /// `work_mem` is set first (`SET LOCAL`: it ends with the transaction), so
 /// the sort of the batch stays in memory. One round trip, two after a
-/// conflict. `offered` is the number of scratch rows. Returns the rows inserted.
+/// conflict. `offered` is the number of scratch rows; without `repeats`,
+/// none of them repeats a key (the plain form needs no `DISTINCT ON`).
+/// Returns the rows inserted.
 pub(crate) async fn insert_from_scratch(
     tx: &Transaction<'_>,
     model: &'static Model,
     offered: u64,
+    repeats: bool,
     nested: bool,
     sort_kb: Option<u64>,
 ) -> Result<u64, Error> {
@@ -397,10 +401,9 @@ pub(crate) async fn insert_from_scratch(
     let before = usize::from(sort_kb.is_some());
     let form = Form::first(model, usize::try_from(offered).unwrap_or(usize::MAX));
     if form == Form::Plain {
-        let sql = format!(
-            "{set_memory}SAVEPOINT {PLAIN_SAVEPOINT}; {}; RELEASE SAVEPOINT {PLAIN_SAVEPOINT}{clear}",
-            plan.insert_plain
-        );
+        let insert = if repeats { &plan.insert_plain } else { &plan.insert_plain_distinct_keys };
+        let sql =
+            format!("{set_memory}SAVEPOINT {PLAIN_SAVEPOINT}; {insert}; RELEASE SAVEPOINT {PLAIN_SAVEPOINT}{clear}");
         let result = tx.simple_query(&sql).await.map_err(fail);
         if form.after(model, &result).is_none() {
             return Ok(command_count(&result?, before + 1));
@@ -478,7 +481,12 @@ fn encode_columns<'r, T: BulkCreateNew + 'r>(
     let n = rows.len();
     let columns = model.columns();
     let types: Vec<Type> = columns.iter().map(|c| c.pg_type().wire_type()).collect();
-    let mut elements: Vec<BytesMut> = columns.iter().map(|_| BytesMut::new()).collect();
+    // Room for every value of a fixed-width type (and a guess for the others)
+    // with its length prefix, so the buffers do not grow value by value.
+    let mut elements: Vec<BytesMut> = columns
+        .iter()
+        .map(|c| BytesMut::with_capacity(n * (4 + types::fixed_width(c.pg_type()).unwrap_or(16))))
+        .collect();
     let mut spans: Vec<Vec<(usize, i32)>> = columns.iter().map(|_| Vec::with_capacity(n)).collect();
     let mut has_null = vec![false; columns.len()];
     for (index, row) in rows.enumerate() {
@@ -508,14 +516,20 @@ fn encode_columns<'r, T: BulkCreateNew + 'r>(
 /// A one-dimensional binary array: dimensions, null flag, element type,
 /// length, lower bound, then the length-prefixed elements.
 fn array(elem: &Type, has_null: bool, n: usize, body: &[u8]) -> Encoded {
-    let mut out = BytesMut::with_capacity(20 + body.len());
+    let mut out = array_header(elem, has_null, n, body.len());
+    out.put_slice(body);
+    Encoded(out.freeze())
+}
+
+/// The header of [`array`], in a buffer with room for `body` more bytes.
+fn array_header(elem: &Type, has_null: bool, n: usize, body: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(20 + body);
     out.put_i32(1);
     out.put_i32(i32::from(has_null));
     out.put_u32(elem.oid());
     out.put_i32(n as i32);
     out.put_i32(1);
-    out.put_slice(body);
-    Encoded(out.freeze())
+    out
 }
 
 /// One binary array per column (and one for the ordinals), in PostgreSQL's
@@ -556,11 +570,11 @@ pub(crate) fn encode_arrays_key_ordered<'r, T: BulkCreateNew + 'r>(
     let order = first_of_each_key_in_order(&cols, &key);
     Ok((0..columns.len())
         .map(|c| {
-            let mut body = BytesMut::with_capacity(cols.elements[c].len());
+            let mut out = array_header(&cols.types[c], cols.has_null[c], order.len(), cols.elements[c].len());
             for &i in &order {
-                body.put_slice(cols.element(c, i));
+                out.put_slice(cols.element(c, i));
             }
-            array(&cols.types[c], cols.has_null[c], order.len(), &body)
+            Encoded(out.freeze())
         })
         .collect())
 }
@@ -651,6 +665,10 @@ pub(crate) struct CopyWriter {
     pub(crate) offered: u64,
     sent_bytes: u64,
     unsent: bool,
+    /// The keys seen so far, to tell whether one may repeat.
+    repeats: Repeats,
+    /// Per column, whether it is part of the key.
+    key_columns: &'static [bool],
 }
 
 impl CopyWriter {
@@ -666,16 +684,29 @@ impl CopyWriter {
             offered: 0,
             sent_bytes: 0,
             unsent: false,
+            repeats: Repeats::new(),
+            key_columns: &model.plan().key_columns,
         })
     }
 
     /// Encodes one row (its position in the batch is the count so far);
     /// returns whether the buffer is full and should be [flushed](Self::flush).
     pub(crate) fn push<T: BulkCreateNew>(&mut self, model: &'static Model, row: &T) -> Result<bool, Error> {
+        let start = self.buf.len();
         encode_row::<T>(model, self.types, self.offered as usize, row, &mut self.buf)?;
+        if !self.repeats.maybe() {
+            // (encode_row wrote a whole row; a row it could not read back
+            // would count as a possible repeat: the safe side.)
+            self.repeats.insert(key_hash(&self.buf[start..], self.key_columns));
+        }
         self.offered += 1;
         self.unsent = true;
         Ok(self.buf.len() >= CHUNK)
+    }
+
+    /// Whether a key may have come twice so far (see [`repeats`](crate::repeats)).
+    pub(crate) fn repeats_possible(&self) -> bool {
+        self.repeats.maybe()
     }
 
     /// Whether rows are buffered but not sent yet.

@@ -31,6 +31,10 @@ pub(crate) struct Plan {
     /// The anti-join insert without `ON CONFLICT`: a call's first attempt
     /// (see [`insert_plain_sql`]).
     pub insert_plain: String,
+    /// The same for a batch in which no key repeats: no `DISTINCT ON`.
+    pub insert_plain_distinct_keys: String,
+    /// Per column of the model, whether it is part of the unique key.
+    pub key_columns: Vec<bool>,
     /// The anti-join insert with `ON CONFLICT (key) DO NOTHING`: the
     /// attempt that cannot fail on a key another writer stored meanwhile.
     pub insert: String,
@@ -81,7 +85,9 @@ impl Plan {
         let mut copy_types = vec![Type::INT8];
         copy_types.extend(model.columns().iter().map(|c| c.pg_type().wire_type()));
 
-        let insert_plain = insert_plain_sql(model, scratch_ref.clone());
+        let insert_plain = insert_plain_sql(model, scratch_ref.clone(), true);
+        let insert_plain_distinct_keys = insert_plain_sql(model, scratch_ref.clone(), false);
+        let key_columns = model.columns().iter().map(|c| model.unique_key().any(|k| std::ptr::eq(k, c))).collect();
         let insert = insert_sql(model, scratch_ref.clone());
         let clear = Query::delete().from_table(scratch_ref).to_string(PostgresQueryBuilder);
 
@@ -97,6 +103,8 @@ impl Plan {
             copy,
             copy_types,
             insert_plain,
+            insert_plain_distinct_keys,
+            key_columns,
             insert,
             clear,
             target_regclass: model.qualified_name(),
@@ -262,26 +270,32 @@ fn small_insert_plain_sql(model: &Model, client_ordered: bool) -> String {
 ///
 /// The anti-join comes before `DISTINCT ON`, so only the rows of keys not
 /// stored yet are sorted; the first offered row of each remaining key is
-/// inserted, in key order. Without `ON CONFLICT` each row is one plain
+/// inserted, in key order. Without `repeats` (the client saw no key twice,
+/// see [`repeats`](crate::repeats)) the statement has no `DISTINCT ON` and
+/// sorts by the key alone. Without `ON CONFLICT` each row is one plain
 /// insert (no speculative insertion, no second index probe, no confirmation
 /// record: about a quarter of the insert's cost on the retweeter table). A
 /// key that another writer stored after the statement's snapshot (or is
 /// storing) makes it fail with `unique_violation`; the call runs it inside a
 /// savepoint, and then runs [`insert_sql`] on the same scratch rows.
-fn insert_plain_sql(model: &Model, scratch_ref: TableRef) -> String {
+fn insert_plain_sql(model: &Model, scratch_ref: TableRef, repeats: bool) -> String {
     let cols: Vec<Alias> = model.columns().iter().map(|c| Alias::new(c.name())).collect();
     let key: Vec<Alias> = model.unique_key().map(|c| Alias::new(c.name())).collect();
     let s = Alias::new("s");
     let mut new_rows = Query::select();
+    if repeats {
+        new_rows.distinct_on(key.iter().map(|k| (s.clone(), k.clone())));
+    }
     new_rows
-        .distinct_on(key.iter().map(|k| (s.clone(), k.clone())))
         .columns(cols.iter().map(|c| (s.clone(), c.clone())))
         .from_as(scratch_ref, s.clone())
         .and_where(Expr::not_exists(stored_query(model)));
     for k in &key {
         new_rows.order_by((s.clone(), k.clone()), Order::Asc);
     }
-    new_rows.order_by((s, Alias::new(ORD)), Order::Asc);
+    if repeats {
+        new_rows.order_by((s, Alias::new(ORD)), Order::Asc);
+    }
     Query::insert()
         .into_table(model.table_ref())
         .columns(cols)
@@ -442,7 +456,17 @@ mod tests {
         // The ON CONFLICT form reads the same scratch table.
         assert!(plan.insert.contains(&format!(r#""pg_temp"."{}""#, plan.scratch)), "{}", plan.insert);
 
+        // Without repeated keys: no DISTINCT ON, ordered by the key alone.
+        let sql = plan.insert_plain_distinct_keys.as_str();
+        let select = at(sql, r#"SELECT "s"."tweet", "s"."re""tweeter", "s"."author" FROM "pg_temp"."#);
+        let not_exists = at(sql, r#"WHERE NOT EXISTS(SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+        assert!(select < not_exists, "{sql}");
+        assert!(sql.ends_with(r#"ORDER BY "s"."tweet" ASC, "s"."re""tweeter" ASC"#), "{sql}");
+        assert!(!sql.contains("DISTINCT") && !sql.contains(ORD) && !sql.contains("ON CONFLICT"), "{sql}");
+        assert_eq!(plan.key_columns, [true, true, false]);
+
         let plan = Plan::new(&NULLABLE_MODEL);
+        assert_eq!(plan.key_columns, [true, true, false]);
         let sql = plan.insert_plain.as_str();
         at(sql, r#"DISTINCT ON ("s"."label", "s"."owner")"#);
         at(sql, r#""t"."label" = "s"."label" OR ("t"."label" IS NULL AND "s"."label" IS NULL)"#);

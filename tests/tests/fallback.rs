@@ -171,3 +171,68 @@ async fn the_fallback_inside_a_callers_transaction_keeps_it_usable() {
     assert_eq!(payload(&admin, "nested_item", 10).await, "other writer");
     db.drop().await;
 }
+
+model!(DistinctItem, "distinct_item");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_batch_without_repeated_keys_is_inserted_without_distinct_on() {
+    let db = TestDb::new("fallback_distinct").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&DistinctItem::model().migration_sql()).await.unwrap();
+    let mut writer = db.connect().await;
+    let other = db.connect().await;
+    let pid = backend_pid(&writer).await;
+    // Distinct keys only (the batch without its repeats).
+    let rows: Vec<DistinctItem> = DistinctItem::batch(COPY_BATCH, "first call").into_iter().take(COPY_BATCH).collect();
+    hold_key(&other, "distinct_item", 10).await;
+    let call = tokio::spawn(async move { DistinctItem::bulk_create_new(&mut writer, &rows).await });
+    let blocked = wait_until_blocked(&admin, pid).await;
+    assert!(!blocked.contains("DISTINCT") && !blocked.contains("ON CONFLICT"), "{blocked}");
+    assert!(blocked.contains("NOT EXISTS"), "{blocked}");
+    other.batch_execute("COMMIT").await.unwrap();
+    let outcome = call.await.unwrap().unwrap();
+    assert_eq!(outcome, expected(COPY_BATCH, COPY_BATCH, 1));
+    assert_eq!(count(&admin, "distinct_item").await, COPY_BATCH as i64);
+    db.drop().await;
+}
+
+/// A key column under a case-insensitive collation.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "ci_item", unique(name), id = false)]
+struct CiItem {
+    name: String,
+    payload: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_equal_only_under_the_columns_collation_are_stored_once() {
+    // "key5" and "KEY5" differ byte for byte, so the client sees no repeated
+    // key, but the unique index holds them equal: the plain insert is
+    // refused, and the ON CONFLICT form stores one of them, with exact counts.
+    // (Which one: the scratch rows compare under the database's default
+    // collation, see the README's "Known limits".)
+    let db = TestDb::new("fallback_collation").await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute(
+            "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE ci_item (name text COLLATE ci NOT NULL, payload text NOT NULL);
+             CREATE UNIQUE INDEX ci_item_name ON ci_item (name);",
+        )
+        .await
+        .unwrap();
+    let mut writer = db.connect().await;
+    for len in [1_000, COPY_BATCH] {
+        admin.batch_execute("TRUNCATE ci_item").await.unwrap();
+        let mut rows: Vec<CiItem> =
+            (0..len).map(|i| CiItem { name: format!("key{i}"), payload: format!("row {i}") }).collect();
+        rows.push(CiItem { name: "KEY5".into(), payload: "upper case".into() });
+        let outcome = CiItem::bulk_create_new(&mut writer, &rows).await.unwrap();
+        assert_eq!(outcome, Outcome { offered: len as u64 + 1, inserted: len as u64, skipped: 1 }, "{len} rows");
+        assert_eq!(count(&admin, "ci_item").await, len as i64);
+        let stored: i64 =
+            admin.query_one("SELECT count(*) FROM ci_item WHERE name = 'key5'", &[]).await.unwrap().get(0);
+        assert_eq!(stored, 1, "{len} rows");
+    }
+    db.drop().await;
+}
