@@ -573,25 +573,34 @@ async fn warm_run() {
     let all_stored = Case { batch: case.batch.clone(), prestored: case.batch.clone(), new_rows: Vec::new() };
     reset(&client, &all_stored).await;
     println!("| strategy | calls | median µs/call | mean µs/call |\n| --- | ---: | ---: | ---: |");
-    for strategy in [Strategy::Bulk, Strategy::Unnest, Strategy::Values, Strategy::PerRow, Strategy::Classic] {
-        // warm up: first call creates the scratch table and runs the schema check
+    let strategies = [Strategy::Bulk, Strategy::Unnest, Strategy::Values, Strategy::PerRow, Strategy::Classic];
+    // Warm up: the first call creates the scratch table and runs the schema check.
+    for strategy in strategies {
         for _ in 0..20 {
             run(strategy, &mut client, &mut prepared, &all_stored).await.unwrap();
         }
-        let calls = 1000;
-        let mut times = Vec::with_capacity(calls);
-        let start = Instant::now();
-        for _ in 0..calls {
+    }
+    // Interleaved: each round runs every strategy once, in a new random order.
+    let calls = 1000;
+    let mut times: HashMap<&'static str, Vec<Duration>> = HashMap::new();
+    let mut rng = Rng(11);
+    for _ in 0..calls {
+        let mut order = strategies.to_vec();
+        rng.shuffle(&mut order);
+        for strategy in order {
             let t = Instant::now();
             let n = run(strategy, &mut client, &mut prepared, &all_stored).await.unwrap();
+            times.entry(strategy.name()).or_default().push(t.elapsed());
             assert_eq!(n, 0);
-            times.push(t.elapsed());
         }
-        let total = start.elapsed();
+    }
+    for strategy in strategies {
+        let times = &times[strategy.name()];
+        let total: Duration = times.iter().sum();
         println!(
             "| {} | {calls} | {:.0} | {:.0} |",
             strategy.name(),
-            median(&times).as_secs_f64() * 1e6,
+            median(times).as_secs_f64() * 1e6,
             total.as_secs_f64() * 1e6 / calls as f64
         );
     }

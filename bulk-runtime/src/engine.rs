@@ -24,7 +24,7 @@ use crate::protocol::{
     ensure_scratch, explain_failure, insert_error, insert_from_scratch, run_small, sort_memory_kb,
 };
 use crate::schema;
-use crate::statements;
+use crate::statements::{self, Lookup};
 use crate::variants::{self, Keep, Returned, Source, UpdateSet};
 
 /// The error a stream of rows may yield.
@@ -73,7 +73,7 @@ where
 {
     let model: &'static Model = T::model();
     let mut rows = pin!(rows);
-    let mut head: Vec<R> = Vec::new();
+    let mut head: Vec<R> = Vec::with_capacity(rows.size_hint().0.min(SMALL_BATCH));
     while head.len() < SMALL_BATCH {
         match rows.next().await {
             Some(Ok(row)) => head.push(row),
@@ -85,13 +85,12 @@ where
         Report::default()
     } else if head.len() < SMALL_BATCH {
         let offered = head.len() as u64;
-        let rows = head.iter().map(|r| r.borrow());
         // The plain statement of a client-ordered model takes the rows in key
         // order and no ordinals (see `Plan::client_ordered`).
         let arrays = if matches!(call.kind, Kind::CreateNew) && model.plan().client_ordered {
-            encode_arrays_key_ordered::<T>(model, rows)?
+            encode_arrays_key_ordered::<T, _>(model, &head)?
         } else {
-            encode_arrays::<T>(model, rows)?
+            encode_arrays::<T>(model, head.iter().map(|r| r.borrow()))?
         };
         drop(head);
         small(conn, model, offered, &arrays, call).await?
@@ -306,10 +305,11 @@ async fn prepare(
     types: &[Type],
     build: impl FnOnce(bool) -> String,
 ) -> Result<Prepared, Error> {
-    let prepared = prepared && statements::prepares(client, model, &label);
-    if prepared && let Some(statement) = statements::get(client, model, &label) {
-        return Ok(Prepared::Statement(statement, label));
-    }
+    let prepared = match if prepared { statements::lookup(client, model, &label) } else { Lookup::Unnamed } {
+        Lookup::Prepared(statement) => return Ok(Prepared::Statement(statement, label)),
+        Lookup::Prepare => true,
+        Lookup::Unnamed => false,
+    };
     if !*checked {
         schema::verify(client, model).await?;
         *checked = true;

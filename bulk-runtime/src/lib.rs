@@ -109,6 +109,10 @@
 //! coordinator-local temporary table, `ON CONFLICT` on a key containing the
 //! distribution column), but they were not run on Citus here.
 
+// The derive's code names `::bulk_runtime`; unit tests derive models too.
+#[cfg(test)]
+extern crate self as bulk_runtime;
+
 mod bulk;
 mod contention;
 mod engine;

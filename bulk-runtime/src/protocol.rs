@@ -16,7 +16,8 @@ use crate::error::{Error, Step};
 use crate::model::{Column, Model};
 use crate::repeats::{Repeats, key_hash};
 use crate::schema;
-use crate::statements::{self, PLAIN, PLAIN_ON_CONFLICT};
+use crate::sql::PackedColumn;
+use crate::statements::{self, Lookup, PLAIN, PLAIN_ON_CONFLICT};
 use crate::types::{self, ValueError};
 
 /// What a bulk call did.
@@ -107,7 +108,7 @@ where
 {
     let model: &'static Model = T::model();
     let mut rows = rows.into_iter();
-    let mut head: Vec<I::Item> = Vec::new();
+    let mut head: Vec<I::Item> = Vec::with_capacity(rows.size_hint().0.min(SMALL_BATCH));
     while head.len() < SMALL_BATCH {
         match rows.next() {
             Some(row) => head.push(row),
@@ -119,11 +120,10 @@ where
     }
     if head.len() < SMALL_BATCH {
         let offered = head.len() as u64;
-        let rows = head.iter().map(|r| r.borrow());
         let arrays = if model.plan().client_ordered {
-            encode_arrays_key_ordered::<T>(model, rows)?
+            encode_arrays_key_ordered::<T, _>(model, &head)?
         } else {
-            encode_arrays::<T>(model, rows)?
+            encode_arrays::<T>(model, head.iter().map(|r| r.borrow()))?
         };
         drop(head);
         return small_batch(conn, model, offered, arrays).await;
@@ -290,11 +290,11 @@ pub(crate) async fn run_small(
     form: Form,
 ) -> Result<u64, Error> {
     let label = form.label();
-    let prepared = prepared && statements::prepares(client, model, label);
-    let statement = if prepared { statements::get(client, model, label) } else { None };
-    let statement = match statement {
-        Some(statement) => Some(statement),
-        None => {
+    let found = if prepared { statements::lookup(client, model, label) } else { Lookup::Unnamed };
+    let statement = match found {
+        Lookup::Prepared(statement) => Some(statement),
+        Lookup::Prepare | Lookup::Unnamed => {
+            let prepared = matches!(found, Lookup::Prepare);
             schema::verify(client, model).await?;
             if prepared {
                 let plan = model.plan();
@@ -558,11 +558,23 @@ pub(crate) fn encode_arrays<'r, T: BulkCreateNew + 'r>(
 /// ([`Plan::client_ordered`](crate::sql::Plan)). Two keys are equal when
 /// their binary forms are (for these types, as in PostgreSQL; NULL equals
 /// NULL, as in a `NULLS NOT DISTINCT` key).
-pub(crate) fn encode_arrays_key_ordered<'r, T: BulkCreateNew + 'r>(
-    model: &Model,
-    rows: impl ExactSizeIterator<Item = &'r T>,
+pub(crate) fn encode_arrays_key_ordered<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    rows: &[R],
 ) -> Result<Vec<Encoded>, Error> {
-    let cols = encode_columns(model, rows)?;
+    match &model.plan().packed_key {
+        Some(packed) => encode_arrays_packed(model, rows, packed),
+        None => encode_arrays_sorted(model, rows),
+    }
+}
+
+/// [`encode_arrays_key_ordered`] for any client-orderable key: the batch
+/// encoded column by column first, then sorted on the encoded keys.
+fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    rows: &[R],
+) -> Result<Vec<Encoded>, Error> {
+    let cols = encode_columns(model, rows.iter().map(Borrow::borrow))?;
     let columns = model.columns();
     let key: Vec<&Column> = model.unique_key().collect();
     let key: Vec<(usize, &Column)> =
@@ -579,16 +591,86 @@ pub(crate) fn encode_arrays_key_ordered<'r, T: BulkCreateNew + 'r>(
         .collect())
 }
 
+/// [`encode_arrays_key_ordered`] for a key that packs into 16 bytes (see
+/// [`Plan::packed_key`](crate::sql::Plan)), with few allocations, as it
+/// runs for every short batch: every value is checked in offered order,
+/// each row's key is written in its sort form as one `u128`, the pairs
+/// (form, position) are sorted, and then each column's array is encoded
+/// straight from the rows in that order.
+fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    rows: &[R],
+    packed: &[PackedColumn],
+) -> Result<Vec<Encoded>, Error> {
+    let columns = model.columns();
+    let types = &model.plan().copy_types[1..];
+    let invalid = |row: usize, c: usize, source| Error::InvalidValue { row, field: columns[c].field(), source };
+    let mut value_buf = BytesMut::with_capacity(16);
+    let mut keyed: Vec<(u128, usize)> = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        let values = row.borrow().copy_values();
+        let values = values.as_ref();
+        for (c, value) in values.iter().enumerate() {
+            value.check().map_err(|source| invalid(index, c, source))?;
+        }
+        let mut form = [0u8; 16];
+        for k in packed {
+            value_buf.clear();
+            let value = match values[k.column].as_to_sql().to_sql_checked(&types[k.column], &mut value_buf) {
+                Ok(IsNull::Yes) => None,
+                Ok(IsNull::No) if value_buf.len() + usize::from(k.nullable) == k.width => Some(&value_buf[..]),
+                Ok(IsNull::No) => {
+                    let message = format!("{} bytes for a value of type {}", value_buf.len(), k.ty.sql_name());
+                    return Err(invalid(index, k.column, ValueError::Encode(message)));
+                }
+                Err(e) => return Err(invalid(index, k.column, ValueError::Encode(e.to_string()))),
+            };
+            types::write_sort_form(k.ty, k.nullable, value, &mut form[k.at..k.at + k.width]);
+        }
+        keyed.push((u128::from_be_bytes(form), index));
+    }
+    keyed.sort_unstable();
+    keyed.dedup_by_key(|(form, _)| *form);
+
+    let mut arrays = Vec::with_capacity(columns.len());
+    for (c, column) in columns.iter().enumerate() {
+        let guess = keyed.len() * (4 + types::fixed_width(column.pg_type()).unwrap_or(16));
+        let mut out = array_header(&types[c], false, keyed.len(), guess);
+        let mut has_null = false;
+        for &(_, index) in &keyed {
+            let values = rows[index].borrow().copy_values();
+            let at = out.len();
+            out.put_i32(0);
+            let len = match values.as_ref()[c].as_to_sql().to_sql_checked(&types[c], &mut out) {
+                Ok(IsNull::Yes) => {
+                    has_null = true;
+                    -1
+                }
+                Ok(IsNull::No) => i32::try_from(out.len() - at - 4)
+                    .map_err(|_| invalid(index, c, ValueError::Encode("value larger than 2 GiB".into())))?,
+                Err(e) => return Err(invalid(index, c, ValueError::Encode(e.to_string()))),
+            };
+            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        if has_null {
+            // The header's flag: the array holds NULLs.
+            out[4..8].copy_from_slice(&1i32.to_be_bytes());
+        }
+        arrays.push(Encoded(out.freeze()));
+    }
+    Ok(arrays)
+}
+
 /// The positions of the rows in key order, each key once (the first offered
-/// row of it: the sorts are stable, or break ties by position). `key` lists
-/// the key's columns (their index in `cols`, and the column) in key order;
-/// every one is [client-orderable](crate::types::PgType::client_orderable).
+/// row of it: the sorts are stable). `key` lists the key's columns (their
+/// index in `cols`, and the column) in key order; every one is
+/// [client-orderable](crate::types::PgType::client_orderable).
 ///
 /// When every key column has a fixed width, each row's key is first written
 /// in a form whose bytes sort as the key does (see
 /// [`write_sort_form`](crate::types::write_sort_form)), so the sort compares
-/// plain integers (keys of up to 16 bytes, such as two `bigint`s) or byte
-/// strings instead of decoding the columns at every comparison.
+/// byte strings instead of decoding the columns at every comparison. (Keys
+/// of up to 16 bytes take [`encode_arrays_packed`] instead.)
 fn first_of_each_key_in_order(cols: &ColumnBuffers, key: &[(usize, &Column)]) -> Vec<usize> {
     let n = cols.rows;
     let widths: Option<Vec<usize>> =
@@ -601,18 +683,6 @@ fn first_of_each_key_in_order(cols: &ColumnBuffers, key: &[(usize, &Column)]) ->
         }
     };
     match widths.as_ref().map(|w| w.iter().sum::<usize>()) {
-        Some(width) if width <= 16 => {
-            let mut keyed: Vec<(u128, usize)> = (0..n)
-                .map(|i| {
-                    let mut form = [0u8; 16];
-                    write_key(i, &mut form[..width]);
-                    (u128::from_be_bytes(form), i)
-                })
-                .collect();
-            keyed.sort_unstable();
-            keyed.dedup_by_key(|(form, _)| *form);
-            keyed.into_iter().map(|(_, i)| i).collect()
-        }
         Some(width) => {
             let mut forms = vec![0u8; n * width];
             for (i, form) in forms.chunks_exact_mut(width).enumerate() {
@@ -852,6 +922,68 @@ mod tests {
         out
     }
 
+    #[derive(crate::BulkCreateNew, Debug, Clone)]
+    #[bulk(table = "packed", unique(a, b), nulls_not_distinct)]
+    struct Packed {
+        payload: String,
+        a: i64,
+        b: Option<i32>,
+    }
+
+    #[derive(crate::BulkCreateNew, Debug, Clone)]
+    #[bulk(table = "flags", unique(on, day))]
+    struct Flags {
+        on: bool,
+        day: i16,
+        note: Option<String>,
+    }
+
+    fn bytes(arrays: &[Encoded]) -> Vec<Vec<u8>> {
+        arrays.iter().map(|a| a.0.to_vec()).collect()
+    }
+
+    #[test]
+    fn packed_keys_give_the_arrays_of_the_general_sort() {
+        let mut seed = 3u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as i64
+        };
+        assert!(Packed::model().plan().packed_key.is_some() && Flags::model().plan().packed_key.is_some());
+        for len in [1, 2, 10, 300] {
+            // Few distinct keys: many repeats, NULLs, negative numbers.
+            let rows: Vec<Packed> = (0..len)
+                .map(|i| Packed {
+                    payload: format!("row {i}"),
+                    a: next() % 5 - 2,
+                    b: (next() % 4 != 0).then(|| (next() % 3 - 1) as i32 * 70_000),
+                })
+                .collect();
+            let packed = encode_arrays_key_ordered::<Packed, _>(Packed::model(), &rows).unwrap();
+            let general = encode_arrays_sorted::<Packed, _>(Packed::model(), &rows).unwrap();
+            assert_eq!(bytes(&packed), bytes(&general), "{len} rows");
+            let flags: Vec<Flags> = (0..len)
+                .map(|i| Flags {
+                    on: next() % 2 == 0,
+                    day: (next() % 5 - 2) as i16,
+                    note: (i % 3 == 0).then(String::new),
+                })
+                .collect();
+            let packed = encode_arrays_key_ordered::<Flags, _>(Flags::model(), &flags).unwrap();
+            let general = encode_arrays_sorted::<Flags, _>(Flags::model(), &flags).unwrap();
+            assert_eq!(bytes(&packed), bytes(&general), "{len} rows");
+        }
+        // A bad value is reported with its row and field, whichever path.
+        let bad = [Packed { payload: "ok".into(), a: 1, b: None }, Packed { payload: "a\0b".into(), a: 0, b: None }];
+        for result in [
+            encode_arrays_key_ordered::<Packed, _>(Packed::model(), &bad),
+            encode_arrays_sorted::<Packed, _>(Packed::model(), &bad),
+        ] {
+            let err = result.unwrap_err();
+            assert_eq!((err.row(), err.field()), (Some(1), Some("payload")), "{err}");
+        }
+    }
+
     #[test]
     fn rows_come_in_key_order_once_per_key_whatever_the_key_is() {
         static PACKED: [Column; 3] = [
@@ -872,9 +1004,8 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             seed >> 33
         };
-        // Keys of 16 bytes and of 13 (one nullable column), sorted as one
-        // integer; of 21 and 25 bytes, sorted as byte strings; with bytea,
-        // sorted column by column.
+        // Keys of 13 to 25 bytes (some with a nullable column), sorted as
+        // byte strings; with bytea, sorted column by column.
         let cases: [(&[Column], &[usize]); 5] =
             [(&PACKED, &[1, 0]), (&PACKED, &[2, 0]), (&PACKED, &[1, 0, 2]), (&WIDE, &[0, 1]), (&VARIABLE, &[1, 0])];
         for (columns, key_order) in cases {

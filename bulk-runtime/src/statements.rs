@@ -61,15 +61,24 @@ fn with<R>(f: impl FnOnce(&mut Statements) -> R) -> R {
     f(guard.get_or_insert_with(HashMap::new))
 }
 
-/// The prepared statement `label` of `model` on `client`, if it has one.
-pub(crate) fn get(client: &Client, model: &'static Model, label: &str) -> Option<Statement> {
-    with(|map| map.get(&key(client, model))?.get(label)?.statement.clone())
+/// What `client` has of the statement `label` of `model`.
+pub(crate) enum Lookup {
+    /// The prepared statement.
+    Prepared(Statement),
+    /// Nothing yet (or it was evicted): prepare it.
+    Prepare,
+    /// Its statement went stale twice (a pooler in transaction mode): run
+    /// it unnamed.
+    Unnamed,
 }
 
-/// Whether `client` prepares the statement `label` of `model`: false once its
-/// statement went stale twice (a pooler in transaction mode).
-pub(crate) fn prepares(client: &Client, model: &'static Model, label: &str) -> bool {
-    with(|map| map.get(&key(client, model)).and_then(|m| m.get(label)).is_none_or(|e| e.stale < STALE_LIMIT))
+/// What `client` has of the statement `label` of `model` (one lock, one lookup).
+pub(crate) fn lookup(client: &Client, model: &'static Model, label: &str) -> Lookup {
+    with(|map| match map.get(&key(client, model)).and_then(|m| m.get(label)) {
+        Some(Entry { statement: Some(statement), .. }) => Lookup::Prepared(statement.clone()),
+        Some(entry) if entry.stale >= STALE_LIMIT => Lookup::Unnamed,
+        _ => Lookup::Prepare,
+    })
 }
 
 /// Keeps a statement that `client` prepared.
