@@ -54,7 +54,7 @@
 //! * if another writer stores one of the batch's keys meanwhile, the insert
 //!   fails with a unique violation without writing anything, and the call
 //!   runs it again on the same rows with `ON CONFLICT (key) DO NOTHING`
-//!   (which it uses from the start for batches under 100 rows, and for a
+//!   (which it uses from the start for batches under 128 rows, and for a
 //!   while after such conflicts): the key is skipped and the counts stay
 //!   exact;
 //! * the [`Outcome`] reports rows offered, inserted and skipped.
@@ -256,7 +256,7 @@ pub async fn verify_schema<T: BulkCreateNew>(
 #[doc(hidden)]
 pub mod __private {
     pub use crate::model::{Column, Model};
-    pub use crate::protocol::SMALL_BATCH;
+    pub use crate::protocol::{PLAIN_FROM, SMALL_BATCH};
     pub use crate::types::{BulkColumn, BulkValue, NonNullColumn, PgType};
 
     /// The protocol's SQL for a model (create scratch, copy, the insert's

@@ -10,6 +10,7 @@
 //! Each test has a model of its own: the choice of form is kept per model
 //! for the whole process, and other tests' conflicts must not change it.
 
+use bulk_runtime::__private::PLAIN_FROM;
 use bulk_runtime::{BulkCreateNew, Outcome};
 use bulk_tests::{COPY_BATCH, TestDb, count};
 use tokio_postgres::Client;
@@ -40,6 +41,7 @@ macro_rules! model {
 model!(SmallItem, "small_item");
 model!(CopyItem, "copy_item");
 model!(NestedItem, "nested_item");
+model!(TinyItem, "tiny_item");
 
 async fn backend_pid(client: &Client) -> i32 {
     client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
@@ -234,5 +236,28 @@ async fn keys_equal_only_under_the_columns_collation_are_stored_once() {
             admin.query_one("SELECT count(*) FROM ci_item WHERE name = 'key5'", &[]).await.unwrap().get(0);
         assert_eq!(stored, 1, "{len} rows");
     }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shortest_batches_go_straight_to_on_conflict() {
+    let db = TestDb::new("fallback_tiny").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&TinyItem::model().migration_sql()).await.unwrap();
+    let mut writer = db.connect().await;
+    let other = db.connect().await;
+    let pid = backend_pid(&writer).await;
+    // Fewer rows than PLAIN_FROM, repeats included.
+    let len = (PLAIN_FROM - 1) * 10 / 11;
+    let rows = TinyItem::batch(len, "tiny");
+    assert!(rows.len() < PLAIN_FROM, "{}", rows.len());
+    hold_key(&other, "tiny_item", 10).await;
+    let call = tokio::spawn(async move { TinyItem::bulk_create_new(&mut writer, &rows).await });
+    let blocked = wait_until_blocked(&admin, pid).await;
+    assert!(blocked.contains("ON CONFLICT"), "{blocked}");
+    other.batch_execute("COMMIT").await.unwrap();
+    let outcome = call.await.unwrap().unwrap();
+    assert_eq!(outcome, expected(len + len.div_ceil(10), len, 1));
+    assert_eq!(count(&admin, "tiny_item").await, len as i64);
     db.drop().await;
 }
