@@ -5,6 +5,7 @@
 //! cargo bench -p bulk-runtime --bench strategies -- --quick   # sizes 10..10k
 //! cargo bench -p bulk-runtime --bench strategies              # sizes 10..1M
 //! cargo bench -p bulk-runtime --bench strategies -- --sizes 100000,1000000
+//! cargo bench -p bulk-runtime --bench strategies -- --sizes 100000 --mixes fresh --strategies 1,3 --reps 21
 //! cargo bench -p bulk-runtime --bench strategies -- warm      # per-call cost, 10 existing rows
 //! cargo bench -p bulk-runtime --bench strategies -- concurrent
 //! cargo bench -p bulk-runtime --bench strategies -- explain 100000 stored50
@@ -707,7 +708,10 @@ async fn explain_run(size: usize, mix: Mix) {
     setup(&client).await;
     let case = make_case(size, mix, 5);
     reset(&client, &case).await;
-    let [create, copy, plain, on_conflict] = bulk_runtime::__private::protocol_sql(Retweet::model());
+    let sql = bulk_runtime::__private::protocol_sql(Retweet::model());
+    let (create, copy, on_conflict) = (sql.create_scratch, sql.copy, sql.insert_on_conflict);
+    // The plain form the call runs: with DISTINCT ON only if a key repeats.
+    let plain = if mix == Mix::InBatch10 { sql.insert_plain } else { sql.insert_plain_distinct_keys };
     client.batch_execute("BEGIN").await.unwrap();
     client.batch_execute("SET LOCAL work_mem = '64MB'").await.unwrap();
     client.batch_execute(create).await.unwrap();

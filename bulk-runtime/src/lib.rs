@@ -259,12 +259,32 @@ pub mod __private {
     pub use crate::protocol::{PLAIN_FROM, SMALL_BATCH};
     pub use crate::types::{BulkColumn, BulkValue, NonNullColumn, PgType};
 
-    /// The protocol's SQL for a model (create scratch, copy, the insert's
-    /// plain form, its `ON CONFLICT` form), for the benchmark's and the
-    /// tests' `EXPLAIN` runs.
-    pub fn protocol_sql(model: &'static Model) -> [&'static str; 4] {
+    /// The protocol's SQL for a model, for the benchmark's and the tests'
+    /// `EXPLAIN` runs.
+    #[derive(Debug, Clone, Copy)]
+    pub struct ProtocolSql {
+        /// `CREATE TEMP TABLE IF NOT EXISTS` of the scratch table.
+        pub create_scratch: &'static str,
+        /// `COPY` into it.
+        pub copy: &'static str,
+        /// The insert's plain form, for a batch that may repeat keys.
+        pub insert_plain: &'static str,
+        /// The insert's plain form, for a batch without repeated keys.
+        pub insert_plain_distinct_keys: &'static str,
+        /// The insert's `ON CONFLICT` form.
+        pub insert_on_conflict: &'static str,
+    }
+
+    /// The protocol's SQL for `model`.
+    pub fn protocol_sql(model: &'static Model) -> ProtocolSql {
         let plan = model.plan();
-        [&plan.create_scratch, &plan.copy, &plan.insert_plain, &plan.insert]
+        ProtocolSql {
+            create_scratch: &plan.create_scratch,
+            copy: &plan.copy,
+            insert_plain: &plan.insert_plain,
+            insert_plain_distinct_keys: &plan.insert_plain_distinct_keys,
+            insert_on_conflict: &plan.insert,
+        }
     }
 
     /// Asserts at compile time that a unique key field is not nullable.

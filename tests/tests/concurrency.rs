@@ -175,10 +175,10 @@ async fn writers_under_plan(name: &str, plan: Plan) {
     check(&admin, &calls).await;
 
     if let Some(node) = plan.join_node() {
-        // Both forms of the insert: the plain first attempt, and the
-        // ON CONFLICT one that a conflict falls back to.
-        let [_, _, plain, on_conflict] = bulk_runtime::__private::protocol_sql(Contended::model());
-        for insert in [plain, on_conflict] {
+        // Every form of the insert: the plain first attempt (with and
+        // without DISTINCT ON), and the ON CONFLICT one a conflict falls back to.
+        let sql = bulk_runtime::__private::protocol_sql(Contended::model());
+        for insert in [sql.insert_plain, sql.insert_plain_distinct_keys, sql.insert_on_conflict] {
             let plan_text = explain(&clients[0], insert).await;
             assert!(plan_text.contains(node), "expected {node}:\n{plan_text}");
         }
