@@ -305,7 +305,8 @@ async fn prepare(
     types: &[Type],
     build: impl FnOnce(bool) -> String,
 ) -> Result<Prepared, Error> {
-    let prepared = match if prepared { statements::lookup(client, model, &label) } else { Lookup::Unnamed } {
+    let found = if prepared { statements::lookup(client, model, &label) } else { Lookup::Unnamed };
+    let prepared = match found {
         Lookup::Prepared(statement) => return Ok(Prepared::Statement(statement, label)),
         Lookup::Prepare => true,
         Lookup::Unnamed => false,
@@ -440,7 +441,7 @@ where
     // 2. Binary COPY: rows are encoded synchronously and sent in chunks, so no
     //    borrow of a row lives across an await and memory stays flat. When the
     //    stream has no row ready, what is buffered goes out first.
-    let mut copy = CopyWriter::start(&tx, model).await?;
+    let mut copy = CopyWriter::start(&tx, model, matches!(call.kind, Kind::CreateNew)).await?;
     let sent_all = |call: &mut Call<'_>, copy: &CopyWriter| {
         call.tell(Progress { sent: copy.offered, inserted: 0, updated: 0, finished: false });
     };

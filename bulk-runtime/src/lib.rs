@@ -106,8 +106,9 @@
 //! partitioned table, on both paths. For Citus, see the README's section
 //! "Partitioned and sharded tables": the statements stay within what Citus
 //! documents for distributed tables (`INSERT ... SELECT` from a
-//! coordinator-local temporary table, `ON CONFLICT` on a key containing the
-//! distribution column), but they were not run on Citus here.
+//! coordinator-local temporary table inside a savepoint, and after a
+//! conflict with `ON CONFLICT` on a key containing the distribution
+//! column), but they were not run on Citus here.
 
 // The derive's code names `::bulk_runtime`; unit tests derive models too.
 #[cfg(test)]

@@ -353,7 +353,7 @@ where
     // 2. Binary COPY, streaming: rows are encoded synchronously into a buffer
     //    that is sent whenever it passes CHUNK bytes, so no borrow of a row is
     //    held across an await (the future stays Send) and memory stays flat.
-    let mut copy = CopyWriter::start(&tx, model).await?;
+    let mut copy = CopyWriter::start(&tx, model, true).await?;
     for row in rows {
         let full = copy.push::<T>(model, row.borrow())?;
         drop(row);
@@ -583,7 +583,9 @@ fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
     let order = first_of_each_key_in_order(&cols, &key);
     Ok((0..columns.len())
         .map(|c| {
-            let mut out = array_header(&cols.types[c], cols.has_null[c], order.len(), cols.elements[c].len());
+            // Whether the kept rows (not the dropped repeats) hold a NULL here.
+            let has_null = cols.has_null[c] && order.iter().any(|&i| cols.value(c, i).is_none());
+            let mut out = array_header(&cols.types[c], has_null, order.len(), cols.elements[c].len());
             for &i in &order {
                 out.put_slice(cols.element(c, i));
             }
@@ -736,15 +738,21 @@ pub(crate) struct CopyWriter {
     pub(crate) offered: u64,
     sent_bytes: u64,
     unsent: bool,
-    /// The keys seen so far, to tell whether one may repeat.
-    repeats: Repeats,
+    /// The keys seen so far, to tell whether one may repeat (when asked).
+    repeats: Option<Repeats>,
     /// Per column, whether it is part of the key.
     key_columns: &'static [bool],
 }
 
 impl CopyWriter {
-    /// Starts `COPY ... FROM STDIN (FORMAT binary)` into the scratch table.
-    pub(crate) async fn start(tx: &Transaction<'_>, model: &'static Model) -> Result<CopyWriter, Error> {
+    /// Starts `COPY ... FROM STDIN (FORMAT binary)` into the scratch table;
+    /// with `watch_repeats`, the writer tells whether a key may repeat (see
+    /// [`repeats_possible`](Self::repeats_possible)).
+    pub(crate) async fn start(
+        tx: &Transaction<'_>,
+        model: &'static Model,
+        watch_repeats: bool,
+    ) -> Result<CopyWriter, Error> {
         let sink = tx.copy_in::<_, Bytes>(&model.plan().copy).await.map_err(db_error(model, Step::Copy))?;
         let mut buf = BytesMut::with_capacity(CHUNK + 4096);
         buf.put_slice(COPY_HEADER);
@@ -755,7 +763,7 @@ impl CopyWriter {
             offered: 0,
             sent_bytes: 0,
             unsent: false,
-            repeats: Repeats::new(),
+            repeats: if watch_repeats { Some(Repeats::new()) } else { None },
             key_columns: &model.plan().key_columns,
         })
     }
@@ -765,19 +773,20 @@ impl CopyWriter {
     pub(crate) fn push<T: BulkCreateNew>(&mut self, model: &'static Model, row: &T) -> Result<bool, Error> {
         let start = self.buf.len();
         encode_row::<T>(model, self.types, self.offered as usize, row, &mut self.buf)?;
-        if !self.repeats.maybe() {
+        if let Some(repeats) = self.repeats.as_mut().filter(|r| !r.maybe()) {
             // (encode_row wrote a whole row; a row it could not read back
             // would count as a possible repeat: the safe side.)
-            self.repeats.insert(key_hash(&self.buf[start..], self.key_columns));
+            repeats.insert(key_hash(&self.buf[start..], self.key_columns));
         }
         self.offered += 1;
         self.unsent = true;
         Ok(self.buf.len() >= CHUNK)
     }
 
-    /// Whether a key may have come twice so far (see [`repeats`](crate::repeats)).
+    /// Whether a key may have come twice so far (see [`repeats`](crate::repeats));
+    /// always true when the writer was not asked to watch.
     pub(crate) fn repeats_possible(&self) -> bool {
-        self.repeats.maybe()
+        self.repeats.as_ref().is_none_or(Repeats::maybe)
     }
 
     /// Whether rows are buffered but not sent yet.

@@ -20,7 +20,7 @@ SELECT ic.relname::text,
                LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
               WHERE k.n <= i.indnkeyatts
               ORDER BY k.n),
-       i.indpred IS NOT NULL, i.indexprs IS NOT NULL, i.indnullsnotdistinct, i.indisvalid
+       i.indpred IS NOT NULL, i.indexprs IS NOT NULL, i.indnullsnotdistinct, i.indisvalid, i.indimmediate
   FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
  WHERE i.indrelid = to_regclass($1) AND i.indisunique
  ORDER BY ic.relname";
@@ -102,8 +102,8 @@ pub(crate) async fn problems(tx: &Client, model: &'static Model) -> Result<Vec<S
     for row in tx.query_typed(UNIQUE_INDEXES, &[(&name, Type::TEXT)]).await? {
         let index: String = row.get(0);
         let mut cols: Vec<String> = row.get(1);
-        let (partial, expressions, nulls_not_distinct, valid): (bool, bool, bool, bool) =
-            (row.get(2), row.get(3), row.get(4), row.get(5));
+        let (partial, expressions, nulls_not_distinct, valid, immediate): (bool, bool, bool, bool, bool) =
+            (row.get(2), row.get(3), row.get(4), row.get(5), row.get(6));
         cols.sort();
         let same_columns = cols == key;
         let why = if expressions {
@@ -114,6 +114,10 @@ pub(crate) async fn problems(tx: &Client, model: &'static Model) -> Result<Vec<S
             Some("is partial (has a WHERE clause)")
         } else if !valid {
             Some("is invalid (a failed concurrent build)")
+        } else if !immediate {
+            // ON CONFLICT cannot use it, and a deferred check would only
+            // refuse a stored key at COMMIT, after the call's counts.
+            Some("is deferrable (its constraint must be checked immediately)")
         } else if key_nullable && !nulls_not_distinct {
             Some("treats NULLs as distinct, but the model declares nulls_not_distinct")
         } else {

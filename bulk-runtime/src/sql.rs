@@ -53,8 +53,8 @@ pub(crate) struct Plan {
     pub small_insert_plain: String,
     /// The one-statement path with `ON CONFLICT (key) DO NOTHING`; see [`small_insert_sql`].
     pub small_insert: String,
-    /// Parameter types of `small_insert`: the ordinal array (unless
-    /// `client_ordered`), then one array per column.
+    /// Parameter types of `small_insert` and `small_insert_plain`: the
+    /// ordinal array (unless `client_ordered`), then one array per column.
     pub small_types: Vec<Type>,
     /// Whether the short-batch path orders the rows on the client (every key
     /// column's binary form sorts like PostgreSQL's `ORDER BY`) and drops
@@ -170,7 +170,9 @@ fn scratch_name(model: &Model) -> String {
     format!("__bulk_{:016x}", fnv1a(&parts))
 }
 
-/// The small-batch statement: one round trip, no scratch table.
+/// The small-batch statement in its `ON CONFLICT` form: one round trip, no
+/// scratch table (batches under [`PLAIN_FROM`](crate::protocol::PLAIN_FROM)
+/// rows, and the attempt after a conflict).
 ///
 /// ```sql
 /// INSERT INTO target (cols)
@@ -181,11 +183,10 @@ fn scratch_name(model: &Model) -> String {
 ///
 /// Rows go in in key order, and within a key in offered order, so the first
 /// offered row of a key is inserted and its repeats meet `ON CONFLICT`; keys
-/// already stored are skipped by the same index probe that an anti-join would
-/// make (for a few thousand rows the planner picks a nested loop over the
-/// unique index for the anti-join anyway, so it would only add planning time).
-/// The guarantees are the scratch path's: first offered wins, exact counts
-/// from the command tag, key order against deadlocks, no table lock.
+/// already stored are skipped by `ON CONFLICT`'s own probe of the unique
+/// index (no anti-join to plan). The guarantees are the scratch path's:
+/// first offered wins, exact counts from the command tag, key order against
+/// deadlocks, no table lock.
 ///
 /// sea-query cannot express `unnest(...) AS u(cols)`, so this text is
 /// assembled here, with every identifier through [`quote_ident`] and
@@ -211,11 +212,12 @@ fn small_insert_sql(model: &Model) -> String {
     )
 }
 
-/// The short-batch statement for a key the client can order (integers,
-/// dates, timestamps, booleans, uuids, bytea): the rows arrive already in
-/// key order, and within a key in offered order, so the statement is the bare
-/// `INSERT ... SELECT ... FROM unnest(...) ON CONFLICT (key) DO NOTHING` and
-/// the guarantees of [`small_insert_sql`] hold without a sort.
+/// The short-batch statement, `ON CONFLICT` form, for a key the client can
+/// order (integers, dates, timestamps, booleans, uuids, bytea): the rows
+/// arrive already in key order, each key once (its first offered row), so
+/// the statement is the bare `INSERT ... SELECT ... FROM unnest(...) ON
+/// CONFLICT (key) DO NOTHING` and the guarantees of [`small_insert_sql`]
+/// hold without a sort.
 fn small_insert_sorted_sql(model: &Model) -> String {
     let q = |name: &str| quote_ident(name);
     let cols: Vec<String> = model.columns().iter().map(|c| q(c.name())).collect();

@@ -18,7 +18,10 @@
 //! run on others: every re-prepare would leave one more statement behind on
 //! the pooler's backends. So a client re-prepares once; when its statement
 //! goes stale a second time, it stops preparing that statement and runs it
-//! unnamed from then on ([`prepares`] is false), leaving nothing behind.
+//! unnamed from then on ([`lookup`] says [`Lookup::Unnamed`]), leaving
+//! nothing behind. The insert's two forms (plain and `ON CONFLICT`, see
+//! [`contention`](crate::contention)) are two statements, each counted on
+//! its own.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

@@ -11,7 +11,7 @@
 //! for the whole process, and other tests' conflicts must not change it.
 
 use bulk_runtime::__private::PLAIN_FROM;
-use bulk_runtime::{BulkCreateNew, Outcome};
+use bulk_runtime::{BulkCreateNew, Ledger, Outcome};
 use bulk_tests::{COPY_BATCH, TestDb, count};
 use tokio_postgres::Client;
 
@@ -114,7 +114,8 @@ macro_rules! falls_back {
         assert_eq!(outcome, expected($len + $len.div_ceil(10), $len, 1));
         assert_eq!(count(&admin, $table).await, $len as i64);
         assert_eq!(payload(&admin, $table, 10).await, "other writer", "the other writer's row stays");
-        assert_eq!(payload(&admin, $table, 12).await, "first call", "the first offered row of a key wins");
+        // Key 0 comes twice in the batch (the second time as "repeat").
+        assert_eq!(payload(&admin, $table, 0).await, "first call", "the first offered row of a key wins");
 
         // 2. Right after a conflict, the next call runs ON CONFLICT at once:
         //    it waits on a held key in that form.
@@ -157,8 +158,22 @@ async fn the_fallback_inside_a_callers_transaction_keeps_it_usable() {
         let mut tx = writer.transaction().await.unwrap();
         tx.batch_execute("INSERT INTO nested_item (k, payload) VALUES (-1, 'caller before')").await.unwrap();
         let outcome = NestedItem::bulk_create_new(&mut tx, &rows).await.expect("falls back");
-        // The caller's transaction goes on: its own statement, then a commit.
+        // The fallback emptied the session's scratch table (ON COMMIT
+        // DELETE ROWS acts only at the caller's commit).
+        let scratch: String = tx
+            .query_one("SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname LIKE '\\_\\_bulk\\_%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let left: i64 = tx.query_one(&format!("SELECT count(*) FROM pg_temp.{scratch}"), &[]).await.unwrap().get(0);
+        assert_eq!(left, 0, "scratch rows left in the caller's transaction");
+        // The caller's transaction goes on: its own statement, another call
+        // (half of its keys are new, the others stored by the first call), a commit.
         tx.batch_execute("INSERT INTO nested_item (k, payload) VALUES (-3, 'caller after')").await.unwrap();
+        let more: Vec<NestedItem> =
+            (0..COPY_BATCH as i64).map(|i| NestedItem { k: i, payload: "second call".into() }).collect();
+        let second = NestedItem::bulk_create_new(&mut tx, &more).await.unwrap();
+        assert_eq!(second, expected(COPY_BATCH, COPY_BATCH, COPY_BATCH / 2), "odd keys are new");
         tx.commit().await.unwrap();
         outcome
     });
@@ -167,7 +182,7 @@ async fn the_fallback_inside_a_callers_transaction_keeps_it_usable() {
     other.batch_execute("COMMIT").await.unwrap();
     let outcome = call.await.unwrap();
     assert_eq!(outcome, expected(COPY_BATCH + COPY_BATCH.div_ceil(10), COPY_BATCH, 1));
-    assert_eq!(count(&admin, "nested_item").await, COPY_BATCH as i64 + 2);
+    assert_eq!(count(&admin, "nested_item").await, COPY_BATCH as i64 + COPY_BATCH as i64 / 2 + 2);
     assert_eq!(payload(&admin, "nested_item", -1).await, "caller before");
     assert_eq!(payload(&admin, "nested_item", -3).await, "caller after");
     assert_eq!(payload(&admin, "nested_item", 10).await, "other writer");
@@ -198,13 +213,30 @@ async fn a_long_batch_without_repeated_keys_is_inserted_without_distinct_on() {
     db.drop().await;
 }
 
-/// A key column under a case-insensitive collation.
-#[derive(BulkCreateNew, Debug, Clone)]
-#[bulk(table = "ci_item", unique(name), id = false)]
-struct CiItem {
-    name: String,
-    payload: String,
+/// Models with a key column under a case-insensitive collation, one per
+/// path (the first conflict would send the other path to ON CONFLICT).
+macro_rules! ci_model {
+    ($name:ident, $table:literal) => {
+        #[derive(BulkCreateNew, Debug, Clone)]
+        #[bulk(table = $table, unique(name), id = false)]
+        struct $name {
+            name: String,
+            payload: String,
+        }
+
+        impl $name {
+            fn rows(len: usize) -> Vec<$name> {
+                let mut rows: Vec<$name> =
+                    (0..len).map(|i| $name { name: format!("key{i}"), payload: format!("row {i}") }).collect();
+                rows.push($name { name: "KEY5".into(), payload: "upper case".into() });
+                rows
+            }
+        }
+    };
 }
+
+ci_model!(CiShort, "ci_short");
+ci_model!(CiLong, "ci_long");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_equal_only_under_the_columns_collation_are_stored_once() {
@@ -218,23 +250,24 @@ async fn keys_equal_only_under_the_columns_collation_are_stored_once() {
     admin
         .batch_execute(
             "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
-             CREATE TABLE ci_item (name text COLLATE ci NOT NULL, payload text NOT NULL);
-             CREATE UNIQUE INDEX ci_item_name ON ci_item (name);",
+             CREATE TABLE ci_short (name text COLLATE ci NOT NULL, payload text NOT NULL);
+             CREATE UNIQUE INDEX ci_short_name ON ci_short (name);
+             CREATE TABLE ci_long (name text COLLATE ci NOT NULL, payload text NOT NULL);
+             CREATE UNIQUE INDEX ci_long_name ON ci_long (name);",
         )
         .await
         .unwrap();
     let mut writer = db.connect().await;
-    for len in [1_000, COPY_BATCH] {
-        admin.batch_execute("TRUNCATE ci_item").await.unwrap();
-        let mut rows: Vec<CiItem> =
-            (0..len).map(|i| CiItem { name: format!("key{i}"), payload: format!("row {i}") }).collect();
-        rows.push(CiItem { name: "KEY5".into(), payload: "upper case".into() });
-        let outcome = CiItem::bulk_create_new(&mut writer, &rows).await.unwrap();
+    let check = |outcome: Outcome, len: usize| {
         assert_eq!(outcome, Outcome { offered: len as u64 + 1, inserted: len as u64, skipped: 1 }, "{len} rows");
-        assert_eq!(count(&admin, "ci_item").await, len as i64);
-        let stored: i64 =
-            admin.query_one("SELECT count(*) FROM ci_item WHERE name = 'key5'", &[]).await.unwrap().get(0);
-        assert_eq!(stored, 1, "{len} rows");
+    };
+    check(CiShort::bulk_create_new(&mut writer, &CiShort::rows(1_000)).await.unwrap(), 1_000);
+    check(CiLong::bulk_create_new(&mut writer, &CiLong::rows(COPY_BATCH)).await.unwrap(), COPY_BATCH);
+    for (table, len) in [("ci_short", 1_000), ("ci_long", COPY_BATCH)] {
+        assert_eq!(count(&admin, table).await, len as i64);
+        let sql = format!("SELECT count(*) FROM {table} WHERE name = 'key5'");
+        let stored: i64 = admin.query_one(&sql, &[]).await.unwrap().get(0);
+        assert_eq!(stored, 1, "{table}");
     }
     db.drop().await;
 }
@@ -260,4 +293,64 @@ async fn the_shortest_batches_go_straight_to_on_conflict() {
     assert_eq!(outcome, expected(len + len.div_ceil(10), len, 1));
     assert_eq!(count(&admin, "tiny_item").await, len as i64);
     db.drop().await;
+}
+
+model!(LedgerShort, "ledger_short");
+model!(LedgerLong, "ledger_long");
+
+/// A call with a batch id meets a key stored meanwhile: the fallback runs in
+/// the same transaction as the ledger's claim, which records the counts
+/// once; the same batch id then replays them.
+macro_rules! ledger_falls_back {
+    ($model:ident, $table:literal, $len:expr) => {{
+        let db = TestDb::new(concat!("fallback_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        admin.batch_execute(&Ledger::of::<$model>().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        let other = db.connect().await;
+        let pid = backend_pid(&writer).await;
+        let rows = $model::batch($len, "first call");
+        hold_key(&other, $table, 10).await;
+        let held = rows.clone();
+        let call = tokio::spawn(async move {
+            let report = $model::bulk(&mut writer).batch_id("b1").run(&held).await;
+            (writer, report)
+        });
+        let blocked = wait_until_blocked(&admin, pid).await;
+        assert!(!blocked.contains("ON CONFLICT"), "plain form first: {blocked}");
+        other.batch_execute("COMMIT").await.unwrap();
+        let (mut writer, report) = call.await.unwrap();
+        let report = report.expect("falls back");
+        let counts = expected($len + $len.div_ceil(10), $len, 1);
+        assert_eq!(
+            (report.offered, report.inserted, report.skipped),
+            (counts.offered, counts.inserted, counts.skipped)
+        );
+        assert!(!report.replayed);
+        let recorded: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM bulk_batches WHERE batch_id = 'b1' AND inserted = $1",
+                &[&(counts.inserted as i64)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(recorded, 1, "the counts are recorded once");
+        let again = $model::bulk(&mut writer).batch_id("b1").run(&rows).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!((again.inserted, again.skipped), (counts.inserted, counts.skipped));
+        assert_eq!(count(&admin, $table).await, $len as i64);
+        db.drop().await;
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_batch_with_a_batch_id_falls_back_and_records_once() {
+    ledger_falls_back!(LedgerShort, "ledger_short", 1_000_usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_batch_with_a_batch_id_falls_back_and_records_once() {
+    ledger_falls_back!(LedgerLong, "ledger_long", COPY_BATCH);
 }

@@ -207,6 +207,23 @@ async fn partial_unique_index() {
 }
 
 #[tokio::test]
+async fn deferrable_unique_constraint() {
+    let (db, mut client) = with_table(
+        "sc_unique_deferrable",
+        &format!(
+            "CREATE TABLE item ({ITEM_COLUMNS}, CONSTRAINT item_later UNIQUE (a, b) DEFERRABLE INITIALLY DEFERRED)"
+        ),
+    )
+    .await;
+    let (problems, shown) = refused(&mut client, &[item(1, "x")]).await;
+    let (_, rejected) = unique_key_missing(&problems);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(shown.contains(r#"unique index "item_later" on (a, b) is deferrable"#), "{shown}");
+    assert_eq!(count(&client, "item").await, 0);
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn expression_unique_index() {
     let (db, mut client) = with_table(
         "sc_unique_expression",
