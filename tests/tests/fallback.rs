@@ -47,6 +47,26 @@ async fn backend_pid(client: &Client) -> i32 {
     client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
 }
 
+/// A test's schema with `ddl` run in it, and its connections: the admin's,
+/// the writer's (with its backend pid), and the other writer's.
+struct Scene {
+    db: TestDb,
+    admin: Client,
+    writer: Client,
+    pid: i32,
+    other: Client,
+}
+
+async fn scene(name: &str, ddl: &str) -> Scene {
+    let db = TestDb::new(name).await;
+    let admin = db.connect().await;
+    admin.batch_execute(ddl).await.unwrap();
+    let writer = db.connect().await;
+    let pid = backend_pid(&writer).await;
+    let other = db.connect().await;
+    Scene { db, admin, writer, pid, other }
+}
+
 /// Waits (bounded) until backend `pid` is blocked on another transaction
 /// (a row lock or a key being inserted) inside an `INSERT`; returns its statement.
 async fn wait_until_blocked(admin: &Client, pid: i32) -> String {
@@ -90,12 +110,8 @@ fn expected(rows: usize, distinct: usize, stored: usize) -> Outcome {
 /// waits on it, and falls back; the next call goes straight to ON CONFLICT.
 macro_rules! falls_back {
     ($model:ident, $table:literal, $len:expr) => {{
-        let db = TestDb::new(concat!("fallback_", $table)).await;
-        let admin = db.connect().await;
-        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
-        let mut writer = db.connect().await;
-        let other = db.connect().await;
-        let pid = backend_pid(&writer).await;
+        let Scene { db, admin, mut writer, pid, other } =
+            scene(concat!("fallback_", $table), &$model::model().migration_sql()).await;
 
         // 1. Another transaction holds key 10 of the batch, uncommitted.
         let rows = $model::batch($len, "first call");
@@ -146,12 +162,8 @@ async fn a_key_stored_meanwhile_makes_a_copy_batch_fall_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fallback_inside_a_callers_transaction_keeps_it_usable() {
-    let db = TestDb::new("fallback_nested").await;
-    let admin = db.connect().await;
-    admin.batch_execute(&NestedItem::model().migration_sql()).await.unwrap();
-    let mut writer = db.connect().await;
-    let other = db.connect().await;
-    let pid = backend_pid(&writer).await;
+    let Scene { db, admin, mut writer, pid, other } =
+        scene("fallback_nested", &NestedItem::model().migration_sql()).await;
     let rows = NestedItem::batch(COPY_BATCH, "caller");
     hold_key(&other, "nested_item", 10).await;
     let call = tokio::spawn(async move {
@@ -193,12 +205,8 @@ model!(DistinctItem, "distinct_item");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_batch_without_repeated_keys_is_inserted_without_distinct_on() {
-    let db = TestDb::new("fallback_distinct").await;
-    let admin = db.connect().await;
-    admin.batch_execute(&DistinctItem::model().migration_sql()).await.unwrap();
-    let mut writer = db.connect().await;
-    let other = db.connect().await;
-    let pid = backend_pid(&writer).await;
+    let Scene { db, admin, mut writer, pid, other } =
+        scene("fallback_distinct", &DistinctItem::model().migration_sql()).await;
     // Distinct keys only (the batch without its repeats).
     let rows: Vec<DistinctItem> = DistinctItem::batch(COPY_BATCH, "first call").into_iter().take(COPY_BATCH).collect();
     hold_key(&other, "distinct_item", 10).await;
@@ -245,19 +253,12 @@ async fn keys_equal_only_under_the_columns_collation_are_stored_once() {
     // refused, and the ON CONFLICT form stores one of them, with exact counts.
     // (Which one: the scratch rows compare under the database's default
     // collation, see the README's "Known limits".)
-    let db = TestDb::new("fallback_collation").await;
-    let admin = db.connect().await;
-    admin
-        .batch_execute(
-            "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
-             CREATE TABLE ci_short (name text COLLATE ci NOT NULL, payload text NOT NULL);
-             CREATE UNIQUE INDEX ci_short_name ON ci_short (name);
-             CREATE TABLE ci_long (name text COLLATE ci NOT NULL, payload text NOT NULL);
-             CREATE UNIQUE INDEX ci_long_name ON ci_long (name);",
-        )
-        .await
-        .unwrap();
-    let mut writer = db.connect().await;
+    let ddl = "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE ci_short (name text COLLATE ci NOT NULL, payload text NOT NULL);
+         CREATE UNIQUE INDEX ci_short_name ON ci_short (name);
+         CREATE TABLE ci_long (name text COLLATE ci NOT NULL, payload text NOT NULL);
+         CREATE UNIQUE INDEX ci_long_name ON ci_long (name);";
+    let Scene { db, admin, mut writer, .. } = scene("fallback_collation", ddl).await;
     let check = |outcome: Outcome, len: usize| {
         assert_eq!(outcome, Outcome { offered: len as u64 + 1, inserted: len as u64, skipped: 1 }, "{len} rows");
     };
@@ -274,12 +275,7 @@ async fn keys_equal_only_under_the_columns_collation_are_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shortest_batches_go_straight_to_on_conflict() {
-    let db = TestDb::new("fallback_tiny").await;
-    let admin = db.connect().await;
-    admin.batch_execute(&TinyItem::model().migration_sql()).await.unwrap();
-    let mut writer = db.connect().await;
-    let other = db.connect().await;
-    let pid = backend_pid(&writer).await;
+    let Scene { db, admin, mut writer, pid, other } = scene("fallback_tiny", &TinyItem::model().migration_sql()).await;
     // Fewer rows than PLAIN_FROM, repeats included.
     let len = (PLAIN_FROM - 1) * 10 / 11;
     let rows = TinyItem::batch(len, "tiny");
@@ -303,13 +299,8 @@ model!(LedgerLong, "ledger_long");
 /// once; the same batch id then replays them.
 macro_rules! ledger_falls_back {
     ($model:ident, $table:literal, $len:expr) => {{
-        let db = TestDb::new(concat!("fallback_", $table)).await;
-        let admin = db.connect().await;
-        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
-        admin.batch_execute(&Ledger::of::<$model>().migration_sql()).await.unwrap();
-        let mut writer = db.connect().await;
-        let other = db.connect().await;
-        let pid = backend_pid(&writer).await;
+        let ddl = format!("{}{}", $model::model().migration_sql(), Ledger::of::<$model>().migration_sql());
+        let Scene { db, admin, mut writer, pid, other } = scene(concat!("fallback_", $table), &ddl).await;
         let rows = $model::batch($len, "first call");
         hold_key(&other, $table, 10).await;
         let held = rows.clone();
