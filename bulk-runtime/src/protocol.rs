@@ -16,9 +16,9 @@ use crate::error::{Error, Step};
 use crate::model::{Column, Model};
 use crate::repeats::{Repeats, key_hash};
 use crate::schema;
-use crate::sql::PackedColumn;
+use crate::sql::KeyForm;
 use crate::statements::{self, Lookup, PLAIN, PLAIN_ON_CONFLICT};
-use crate::types::{self, ValueError};
+use crate::types::{self, BulkValue, ValueError};
 
 /// What a bulk call did.
 ///
@@ -474,6 +474,23 @@ impl ColumnBuffers {
     }
 }
 
+/// Appends `value` to `buf` as PostgreSQL's binary formats lay out a field
+/// (COPY) or an array element: its length (-1 for NULL), then its bytes.
+/// Returns the length. After an error `buf` may end in a partial value.
+fn put_value(value: &dyn BulkValue, ty: &Type, buf: &mut BytesMut) -> Result<i32, ValueError> {
+    let at = buf.len();
+    buf.put_i32(0);
+    let len = match value.as_to_sql().to_sql_checked(ty, buf) {
+        Ok(IsNull::Yes) => -1,
+        Ok(IsNull::No) => {
+            i32::try_from(buf.len() - at - 4).map_err(|_| ValueError::Encode("value larger than 2 GiB".into()))?
+        }
+        Err(e) => return Err(ValueError::Encode(e.to_string())),
+    };
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(len)
+}
+
 /// Encodes the batch column by column, checking every value on the client.
 fn encode_columns<'r, T: BulkCreateNew + 'r>(
     model: &Model,
@@ -495,19 +512,9 @@ fn encode_columns<'r, T: BulkCreateNew + 'r>(
         for (c, value) in values.as_ref().iter().enumerate() {
             let fail = |source| Error::InvalidValue { row: index, field: columns[c].field(), source };
             value.check().map_err(fail)?;
-            let buf = &mut elements[c];
-            let at = buf.len();
-            buf.put_i32(0);
-            let len = match value.as_to_sql().to_sql_checked(&types[c], buf) {
-                Ok(IsNull::Yes) => {
-                    has_null[c] = true;
-                    -1
-                }
-                Ok(IsNull::No) => i32::try_from(buf.len() - at - 4)
-                    .map_err(|_| fail(ValueError::Encode("value larger than 2 GiB".into())))?,
-                Err(e) => return Err(fail(ValueError::Encode(e.to_string()))),
-            };
-            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            let at = elements[c].len();
+            let len = put_value(*value, &types[c], &mut elements[c]).map_err(fail)?;
+            has_null[c] |= len < 0;
             spans[c].push((at, len));
         }
     }
@@ -563,9 +570,9 @@ pub(crate) fn encode_arrays_key_ordered<T: BulkCreateNew, R: Borrow<T>>(
     model: &'static Model,
     rows: &[R],
 ) -> Result<Vec<Encoded>, Error> {
-    match &model.plan().packed_key {
-        Some(packed) => encode_arrays_packed(model, rows, packed),
-        None => encode_arrays_sorted(model, rows),
+    match &model.plan().key_form {
+        Some(form) if form.packs() => encode_arrays_packed(model, rows, form),
+        _ => encode_arrays_sorted(model, rows),
     }
 }
 
@@ -580,7 +587,7 @@ fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
     let key: Vec<&Column> = model.unique_key().collect();
     let key: Vec<(usize, &Column)> =
         key.iter().filter_map(|k| columns.iter().position(|c| std::ptr::eq(c, *k)).map(|i| (i, *k))).collect();
-    let order = first_of_each_key_in_order(&cols, &key);
+    let order = first_of_each_key_in_order(&cols, &key, model.plan().key_form.as_ref());
     Ok((0..columns.len())
         .map(|c| {
             // Whether the kept rows (not the dropped repeats) hold a NULL here.
@@ -594,8 +601,8 @@ fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
         .collect())
 }
 
-/// [`encode_arrays_key_ordered`] for a key that packs into 16 bytes (see
-/// [`Plan::packed_key`](crate::sql::Plan)), with few allocations, as it
+/// [`encode_arrays_key_ordered`] for a key whose form packs into 16 bytes
+/// (see [`KeyForm`]), with few allocations, as it
 /// runs for every short batch: every value is checked in offered order,
 /// each row's key is written in its sort form as one `u128`, the pairs
 /// (form, position) are sorted, and then each column's array is encoded
@@ -603,7 +610,7 @@ fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
 fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
     model: &'static Model,
     rows: &[R],
-    packed: &[PackedColumn],
+    key: &KeyForm,
 ) -> Result<Vec<Encoded>, Error> {
     let columns = model.columns();
     let types = &model.plan().copy_types[1..];
@@ -617,16 +624,17 @@ fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
             value.check().map_err(|source| invalid(index, c, source))?;
         }
         let mut form = [0u8; 16];
-        for k in packed {
+        for k in &key.columns {
             value_buf.clear();
-            let value = match values[k.column].as_to_sql().to_sql_checked(&types[k.column], &mut value_buf) {
-                Ok(IsNull::Yes) => None,
-                Ok(IsNull::No) if value_buf.len() + usize::from(k.nullable) == k.width => Some(&value_buf[..]),
-                Ok(IsNull::No) => {
-                    let message = format!("{} bytes for a value of type {}", value_buf.len(), k.ty.sql_name());
+            let len = put_value(values[k.column], &types[k.column], &mut value_buf)
+                .map_err(|source| invalid(index, k.column, source))?;
+            let value = match usize::try_from(len) {
+                Err(_) => None,
+                Ok(len) if len + usize::from(k.nullable) == k.width => Some(&value_buf[4..]),
+                Ok(len) => {
+                    let message = format!("{len} bytes for a value of type {}", k.ty.sql_name());
                     return Err(invalid(index, k.column, ValueError::Encode(message)));
                 }
-                Err(e) => return Err(invalid(index, k.column, ValueError::Encode(e.to_string()))),
             };
             types::write_sort_form(k.ty, k.nullable, value, &mut form[k.at..k.at + k.width]);
         }
@@ -642,18 +650,8 @@ fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
         let mut has_null = false;
         for &(_, index) in &keyed {
             let values = rows[index].borrow().copy_values();
-            let at = out.len();
-            out.put_i32(0);
-            let len = match values.as_ref()[c].as_to_sql().to_sql_checked(&types[c], &mut out) {
-                Ok(IsNull::Yes) => {
-                    has_null = true;
-                    -1
-                }
-                Ok(IsNull::No) => i32::try_from(out.len() - at - 4)
-                    .map_err(|_| invalid(index, c, ValueError::Encode("value larger than 2 GiB".into())))?,
-                Err(e) => return Err(invalid(index, c, ValueError::Encode(e.to_string()))),
-            };
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            let len = put_value(values.as_ref()[c], &types[c], &mut out).map_err(|source| invalid(index, c, source))?;
+            has_null |= len < 0;
         }
         if has_null {
             // The header's flag: the array holds NULLs.
@@ -669,27 +667,20 @@ fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
 /// index in `cols`, and the column) in key order; every one is
 /// [client-orderable](crate::types::PgType::client_orderable).
 ///
-/// When every key column has a fixed width, each row's key is first written
-/// in a form whose bytes sort as the key does (see
-/// [`write_sort_form`](crate::types::write_sort_form)), so the sort compares
-/// byte strings instead of decoding the columns at every comparison. (Keys
-/// of up to 16 bytes take [`encode_arrays_packed`] instead.)
-fn first_of_each_key_in_order(cols: &ColumnBuffers, key: &[(usize, &Column)]) -> Vec<usize> {
+/// With a [`KeyForm`] (every key column has a fixed width), each row's key
+/// is first written in its form, whose bytes sort as the key does, so the
+/// sort compares byte strings instead of decoding the columns at every
+/// comparison. (Forms of up to 16 bytes take [`encode_arrays_packed`].)
+fn first_of_each_key_in_order(cols: &ColumnBuffers, key: &[(usize, &Column)], form: Option<&KeyForm>) -> Vec<usize> {
     let n = cols.rows;
-    let widths: Option<Vec<usize>> =
-        key.iter().map(|(_, k)| types::fixed_width(k.pg_type()).map(|w| w + usize::from(k.nullable()))).collect();
-    let write_key = |i: usize, out: &mut [u8]| {
-        let mut at = 0;
-        for ((c, k), w) in key.iter().zip(widths.iter().flatten()) {
-            types::write_sort_form(k.pg_type(), k.nullable(), cols.value(*c, i), &mut out[at..at + w]);
-            at += w;
-        }
-    };
-    match widths.as_ref().map(|w| w.iter().sum::<usize>()) {
-        Some(width) => {
+    match form {
+        Some(KeyForm { columns, width }) => {
+            let width = *width;
             let mut forms = vec![0u8; n * width];
             for (i, form) in forms.chunks_exact_mut(width).enumerate() {
-                write_key(i, form);
+                for k in columns {
+                    types::write_sort_form(k.ty, k.nullable, cols.value(k.column, i), &mut form[k.at..k.at + k.width]);
+                }
             }
             let form = |i: usize| &forms[i * width..(i + 1) * width];
             let mut order: Vec<usize> = (0..n).collect();
@@ -835,20 +826,9 @@ pub(crate) fn encode_row<T: BulkCreateNew>(
             buf.truncate(start);
             Error::InvalidValue { row: index, field: column.field(), source }
         };
-        if let Err(source) = value.check() {
+        if let Err(source) = value.check().and_then(|()| put_value(*value, ty, buf).map(drop)) {
             return Err(fail(buf, source));
         }
-        let at = buf.len();
-        buf.put_i32(0);
-        let len = match value.as_to_sql().to_sql_checked(ty, buf) {
-            Ok(IsNull::Yes) => -1,
-            Ok(IsNull::No) => match i32::try_from(buf.len() - at - 4) {
-                Ok(len) => len,
-                Err(_) => return Err(fail(buf, ValueError::Encode("value larger than 2 GiB".into()))),
-            },
-            Err(e) => return Err(fail(buf, ValueError::Encode(e.to_string()))),
-        };
-        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
     Ok(())
 }
@@ -959,7 +939,9 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 33) as i64
         };
-        assert!(Packed::model().plan().packed_key.is_some() && Flags::model().plan().packed_key.is_some());
+        for form in [&Packed::model().plan().key_form, &Flags::model().plan().key_form] {
+            assert!(form.as_ref().is_some_and(KeyForm::packs), "{form:?}");
+        }
         for len in [1, 2, 10, 300] {
             // Few distinct keys: many repeats, NULLs, negative numbers.
             let rows: Vec<Packed> = (0..len)
@@ -1041,7 +1023,9 @@ mod tests {
                 (0..300).map(|_| columns.iter().map(|c| value(c.pg_type(), c.nullable())).collect()).collect();
             let cols = buffers(&types, &rows);
             let key: Vec<(usize, &Column)> = key_order.iter().map(|&i| (i, &columns[i])).collect();
-            let got = first_of_each_key_in_order(&cols, &key);
+            let form = KeyForm::for_key(columns, key.iter().map(|&(_, k)| k));
+            assert_eq!(form.is_some(), !types.contains(&PgType::Bytea), "{columns:?}");
+            let got = first_of_each_key_in_order(&cols, &key, form.as_ref());
             assert_eq!(got, reference(&cols, &key), "{columns:?}");
             assert!(got.len() < rows.len(), "the rows repeat keys: {}", got.len());
         }

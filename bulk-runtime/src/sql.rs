@@ -10,7 +10,7 @@ use sea_query::{
 use tokio_postgres::types::Type;
 
 use crate::contention::Contention;
-use crate::model::{Model, fnv1a, quote_ident};
+use crate::model::{Column, Model, fnv1a, quote_ident};
 use crate::types::{PgType, fixed_width};
 
 /// Name of the scratch table's ordinal column: the position of the row in the
@@ -60,10 +60,9 @@ pub(crate) struct Plan {
     /// column's binary form sorts like PostgreSQL's `ORDER BY`) and drops
     /// repeated keys there, so its statements need no ordinal.
     pub client_ordered: bool,
-    /// For a client-ordered key of fixed-width columns whose sort forms fit
-    /// in 16 bytes (two `bigint`s, say): where each key column's form goes,
-    /// so that each row's key sorts as one `u128`.
-    pub packed_key: Option<Vec<PackedColumn>>,
+    /// For a client-ordered key of fixed-width columns: where each key
+    /// column's sort form goes in a row's key form.
+    pub key_form: Option<KeyForm>,
     /// How often the plain first attempt met a key stored meanwhile by
     /// another writer, which decides whether a call tries it.
     pub contention: Contention,
@@ -97,7 +96,7 @@ impl Plan {
         let clear = Query::delete().from_table(scratch_ref).to_string(PostgresQueryBuilder);
 
         let client_ordered = model.unique_key().all(|c| c.pg_type().client_orderable());
-        let packed_key = if client_ordered { PackedColumn::layout(model) } else { None };
+        let key_form = if client_ordered { KeyForm::of(model) } else { None };
         let small_insert = if client_ordered { small_insert_sorted_sql(model) } else { small_insert_sql(model) };
         let small_insert_plain = small_insert_plain_sql(model, client_ordered);
         let mut small_types = if client_ordered { Vec::new() } else { vec![Type::INT8_ARRAY] };
@@ -118,40 +117,62 @@ impl Plan {
             small_insert,
             small_types,
             client_ordered,
-            packed_key,
+            key_form,
             contention: Contention::new(),
         }
     }
 }
 
-/// One key column of a [packed key](Plan::packed_key).
+/// The layout of a key of fixed-width columns whose bytes, each column in
+/// its sort form (see [`write_sort_form`](crate::types::write_sort_form)),
+/// one after the other, compare as the key does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyForm {
+    /// The key's columns, in key order.
+    pub columns: Vec<KeyFormColumn>,
+    /// The length of a key's form.
+    pub width: usize,
+}
+
+impl KeyForm {
+    /// The form of `model`'s key, if every key column has a fixed width.
+    fn of(model: &Model) -> Option<KeyForm> {
+        KeyForm::for_key(model.columns(), model.unique_key())
+    }
+
+    /// The form of the key `key` (columns of `all`, in key order), if every
+    /// key column has a fixed width.
+    pub(crate) fn for_key<'c>(all: &[Column], key: impl IntoIterator<Item = &'c Column>) -> Option<KeyForm> {
+        let mut at = 0;
+        let mut columns = Vec::new();
+        for k in key {
+            let column = all.iter().position(|c| std::ptr::eq(c, k))?;
+            let width = fixed_width(k.pg_type())? + usize::from(k.nullable());
+            columns.push(KeyFormColumn { column, ty: k.pg_type(), nullable: k.nullable(), at, width });
+            at += width;
+        }
+        Some(KeyForm { columns, width: at })
+    }
+
+    /// Whether a key's form fits in a `u128` (two `bigint`s, say).
+    pub fn packs(&self) -> bool {
+        self.width <= 16
+    }
+}
+
+/// One column of a [`KeyForm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PackedColumn {
+pub(crate) struct KeyFormColumn {
     /// The column's position in the model.
     pub column: usize,
     /// Its type, of a fixed width.
     pub ty: PgType,
     /// Whether it is nullable (its form starts with a NULL flag).
     pub nullable: bool,
-    /// Where its form starts in the 16 bytes.
+    /// Where its form starts in the key's form.
     pub at: usize,
     /// The length of its form: the type's width, plus one for the flag.
     pub width: usize,
-}
-
-impl PackedColumn {
-    /// The layout of `model`'s key, in key order, if it packs into 16 bytes.
-    fn layout(model: &Model) -> Option<Vec<PackedColumn>> {
-        let mut at = 0;
-        let mut out = Vec::new();
-        for k in model.unique_key() {
-            let column = model.columns().iter().position(|c| std::ptr::eq(c, k))?;
-            let width = fixed_width(k.pg_type())? + usize::from(k.nullable());
-            out.push(PackedColumn { column, ty: k.pg_type(), nullable: k.nullable(), at, width });
-            at += width;
-        }
-        (at <= 16).then_some(out)
-    }
 }
 
 /// `__bulk_` and a hash of everything the scratch table's shape and the schema
