@@ -14,7 +14,7 @@ use tokio_postgres::types::{FromSql, Type};
 use crate::BulkCreateNew;
 use crate::engine::{self, BoxError, Call, Kind};
 use crate::error::Error;
-use crate::ledger::Ledger;
+use crate::ledger::{self, Ledger};
 use crate::model::{Column, Model};
 use crate::protocol::{self, Connection, Outcome};
 use crate::variants::{Keep, UpdateSet};
@@ -516,10 +516,14 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
         let Bulk { conn, mut mode, batch_id, ledger, mut progress, model: _ } = self;
         let model = T::model();
         let kind = mode.kind(model)?;
+        if let Some(batch_id) = &batch_id {
+            ledger::check_batch_id(model, batch_id)?;
+        }
         let ledger = batch_id.as_ref().map(|_| ledger.unwrap_or_else(|| Ledger::for_model(model)));
         let mut call = Call {
             kind: &kind,
             ledger: ledger.as_ref().zip(batch_id.as_deref()),
+            fingerprint: None,
             progress: progress.as_deref_mut().map(|f| f as &mut (dyn FnMut(Progress) + Send)),
             receiver: &mut mode,
         };

@@ -9,21 +9,23 @@
 use std::borrow::Borrow;
 use std::pin::{Pin, pin};
 
+use bytes::BytesMut;
 use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row, RowStream, Statement, Transaction};
+use tokio_postgres::{Client, Row, RowStream, Statement};
 
 use crate::BulkCreateNew;
 use crate::bulk::private::Run;
 use crate::bulk::{Progress, Report};
 use crate::error::{Error, Step};
-use crate::ledger::{self, Claim, Ledger};
+use crate::ledger::{self, Claim, Fingerprint, Ledger};
 use crate::model::Model;
 use crate::protocol::{
-    Connection, CopyWriter, Encoded, Form, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered,
+    Connection, CopyWriter, Encoded, Form, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered, encode_row,
     ensure_scratch, explain_failure, insert_error, insert_from_scratch, run_small, sort_memory_kb,
 };
 use crate::schema;
+use crate::scope::Scope;
 use crate::statements::{self, Lookup};
 use crate::variants::{self, Keep, Returned, Source, UpdateSet};
 
@@ -49,6 +51,8 @@ pub struct Call<'c> {
     pub kind: &'c Kind,
     /// The ledger and the batch id, for an exactly-once call.
     pub ledger: Option<(&'c Ledger, &'c str)>,
+    /// The batch's fingerprint, once known (a call with a batch id).
+    pub fingerprint: Option<Fingerprint>,
     /// Progress reports.
     pub progress: Option<&'c mut (dyn FnMut(Progress) + Send)>,
     /// The returned rows.
@@ -85,6 +89,9 @@ where
         Report::default()
     } else if head.len() < SMALL_BATCH {
         let offered = head.len() as u64;
+        if call.ledger.is_some() {
+            call.fingerprint = Some(fingerprint::<T, R>(model, &head)?);
+        }
         // The plain statement of a client-ordered model takes the rows in key
         // order and no ordinals (see `Plan::client_ordered`).
         let arrays = if matches!(call.kind, Kind::CreateNew) && model.plan().client_ordered {
@@ -95,10 +102,27 @@ where
         drop(head);
         small(conn, model, offered, &arrays, call).await?
     } else {
-        copy::<T, C, S, R>(conn, model, head, rows, call).await?
+        match copy::<T, C, S, R>(conn, model, head, rows, call).await {
+            Ok(report) => report,
+            Err(e) => return Err(explain_failure(conn, model, e).await),
+        }
     };
     call.tell(Progress { sent: report.offered, inserted: report.inserted, updated: report.updated, finished: true });
     Ok(report)
+}
+
+/// The fingerprint of a short batch: its rows' binary COPY encoding, as the
+/// COPY path computes it while streaming (see [`Fingerprint`]).
+fn fingerprint<T: BulkCreateNew, R: Borrow<T>>(model: &'static Model, rows: &[R]) -> Result<Fingerprint, Error> {
+    let types = &model.plan().copy_types;
+    let mut fingerprint = Fingerprint::new();
+    let mut buf = BytesMut::new();
+    for (i, row) in rows.iter().enumerate() {
+        buf.clear();
+        encode_row::<T>(model, types, i, row.borrow(), &mut buf)?;
+        fingerprint.add_row(&buf);
+    }
+    Ok(fingerprint)
 }
 
 /// The short-batch path: the statements on array parameters. As in the plain
@@ -154,13 +178,16 @@ async fn small_attempt<C: Connection + ?Sized>(
     if !transaction {
         return small_statements(conn.client(), model, offered, params, call, prepared, form).await;
     }
-    let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
-    let claimed = match claim(&tx, model, call.ledger).await? {
+    let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(db_error(model, Step::Begin))?;
+    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
         Ok(claimed) => claimed,
-        Err(replay) => return Ok(replay),
+        Err(replay) => {
+            scope.commit().await.map_err(db_error(model, Step::Commit))?;
+            return Ok(replay);
+        }
     };
-    let report = small_statements(tx.client(), model, offered, params, call, prepared, form).await?;
-    finish(tx, model, call.ledger, claimed, &report).await?;
+    let report = small_statements(scope.client(), model, offered, params, call, prepared, form).await?;
+    finish(scope, model, call.ledger, claimed, &report).await?;
     Ok(report)
 }
 
@@ -168,12 +195,14 @@ async fn small_attempt<C: Connection + ?Sized>(
 /// (or no batch id), `Ok(Err(report))` for a replay (after committing the
 /// empty transaction).
 async fn claim(
-    tx: &Transaction<'_>,
+    tx: &Scope<'_>,
     model: &'static Model,
     ledger: Option<(&Ledger, &str)>,
+    fingerprint: Option<&Fingerprint>,
 ) -> Result<Result<Option<String>, Report>, Error> {
     let Some((ledger, batch_id)) = ledger else { return Ok(Ok(None)) };
-    match ledger::claim(tx.client(), model, ledger, batch_id).await? {
+    let fingerprint = fingerprint.expect("a call with a batch id fingerprints its batch before claiming it");
+    match ledger::claim(tx.client(), model, ledger, batch_id, fingerprint).await? {
         Claim::Claimed(target) => Ok(Ok(Some(target))),
         Claim::Replay(report) => Ok(Err(report)),
     }
@@ -181,7 +210,7 @@ async fn claim(
 
 /// Records the counts under the claimed batch id and commits.
 async fn finish(
-    tx: Transaction<'_>,
+    tx: Scope<'_>,
     model: &'static Model,
     ledger: Option<(&Ledger, &str)>,
     claimed: Option<String>,
@@ -372,13 +401,9 @@ async fn deliver(model: &'static Model, rows: RowStream, offered: u64, receiver:
             }
             _ => (None, 1),
         };
-        receiver.receive(index, id, &row, at).map_err(|source| Error::Database {
-            table: model.qualified_name(),
-            step: Step::Insert,
-            row: Some(index),
-            field: None,
-            source,
-        })?;
+        receiver
+            .receive(index, id, &row, at)
+            .map_err(|source| Error::database_at(model, Step::Insert, Some(index), None, source))?;
         n += 1;
     }
     Ok(n)
@@ -414,14 +439,8 @@ where
     let plan = model.plan();
     let db = |step: Step| db_error(model, step);
     let nested = conn.nested();
-    let tx = conn.begin().await.map_err(db(Step::Begin))?;
-    let claimed = match claim(&tx, model, call.ledger).await? {
-        Ok(claimed) => claimed,
-        Err(replay) => {
-            tx.commit().await.map_err(db(Step::Commit))?;
-            return Ok(replay);
-        }
-    };
+    let mut scope = Scope::begin(conn.client(), nested).await.map_err(db(Step::Begin))?;
+    let tx = scope.client();
 
     // 1. The scratch table (created after the schema check the first time the
     //    session sees the model), and whether the id column is usable.
@@ -435,13 +454,16 @@ where
         .map_err(db(Step::Scratch))?;
     let (scratch_exists, with_id) = before.first().map_or((false, false), |r| (r.get(0), r.get(1)));
     if !scratch_exists {
-        ensure_scratch(&tx, model).await?;
+        ensure_scratch(tx, model).await?;
     }
 
     // 2. Binary COPY: rows are encoded synchronously and sent in chunks, so no
     //    borrow of a row lives across an await and memory stays flat. When the
     //    stream has no row ready, what is buffered goes out first.
-    let mut copy = CopyWriter::start(&tx, model, matches!(call.kind, Kind::CreateNew)).await?;
+    let mut copy = CopyWriter::start(tx, model, matches!(call.kind, Kind::CreateNew)).await?;
+    if call.ledger.is_some() {
+        copy.fingerprint = Some(Fingerprint::new());
+    }
     let sent_all = |call: &mut Call<'_>, copy: &CopyWriter| {
         call.tell(Progress { sent: copy.offered, inserted: 0, updated: 0, finished: false });
     };
@@ -478,11 +500,22 @@ where
     }
     let pending = copy.pending();
     let (offered, bytes_sent, repeats) = (copy.offered, copy.bytes_sent(), copy.repeats_possible());
+    call.fingerprint = copy.fingerprint.take();
     let copied = copy.finish(model).await?;
     debug_assert_eq!(copied, offered);
     if pending {
         call.tell(Progress { sent: offered, inserted: 0, updated: 0, finished: false });
     }
+
+    // The batch id, claimed once the whole batch is read (its fingerprint
+    // known). A replay writes nothing: the copied rows are rolled back.
+    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
+        Ok(claimed) => claimed,
+        Err(replay) => {
+            scope.rollback().await.map_err(db(Step::Commit))?;
+            return Ok(replay);
+        }
+    };
 
     // 3. The statements (and, inside a caller's transaction, emptying the
     //    scratch table, which ON COMMIT DELETE ROWS would only do at its commit).
@@ -496,7 +529,8 @@ where
     let none = std::iter::empty::<(&(dyn ToSql + Sync), Type)>;
     let report = match call.kind {
         Kind::CreateNew => {
-            let inserted = insert_from_scratch(&tx, model, offered, repeats, nested, sort_kb).await?;
+            let inserted =
+                insert_from_scratch(&mut scope, model, offered, repeats, sort_kb, call.ledger.is_none()).await?;
             Report { offered, inserted, skipped: offered - inserted, ..Report::default() }
         }
         Kind::Keys | Kind::Positions => {
@@ -521,6 +555,6 @@ where
             upsert_report(offered, inserted, distinct, updated)
         }
     };
-    finish(tx, model, call.ledger, claimed, &report).await?;
+    finish(scope, model, call.ledger, claimed, &report).await?;
     Ok(report)
 }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use tokio_postgres::error::{DbError, SqlState};
 
+use crate::model::{Model, quote_ident};
 use crate::types::ValueError;
 
 /// Which step of the protocol failed.
@@ -73,6 +74,16 @@ pub enum SchemaProblem {
         /// The column name.
         column: String,
     },
+    /// The role may not create temporary tables in the database: the call
+    /// needs one, its scratch table, for batches of 5,000 rows or more (the
+    /// check refuses the first call of any size, so that a missing grant
+    /// shows at once, not with the first large batch).
+    TemporaryTablesNotAllowed {
+        /// The role the call runs as (`current_user`).
+        role: String,
+        /// The database.
+        database: String,
+    },
     /// No usable unique constraint or index on exactly the unique key.
     UniqueKeyMissing {
         /// The key columns the model declares.
@@ -98,6 +109,13 @@ impl fmt::Display for SchemaProblem {
             SchemaProblem::RequiredColumnNotInModel { column } => {
                 write!(f, "column \"{column}\" is NOT NULL without a default and the model does not write it")
             }
+            SchemaProblem::TemporaryTablesNotAllowed { role, database } => write!(
+                f,
+                "role {r} may not create temporary tables in database {d}, which the call needs for its \
+                 scratch table (GRANT TEMPORARY ON DATABASE {d} TO {r})",
+                r = quote_ident(role),
+                d = quote_ident(database),
+            ),
             SchemaProblem::UniqueKeyMissing { key, rejected } => {
                 write!(f, "no unique constraint or unique index on exactly ({})", key.join(", "))?;
                 if !rejected.is_empty() {
@@ -147,6 +165,10 @@ pub enum Error {
         field: Option<String>,
         /// The error from tokio-postgres.
         source: tokio_postgres::Error,
+        /// The failure left the connection unusable although the server did
+        /// not end the session: a `COPY` refused at its start (tokio-postgres
+        /// then closes the connection). See [`Error::connection_usable`].
+        connection_broken: bool,
     },
     /// The call's options do not fit the model (an upsert naming an unknown
     /// or key column, a key type that does not match the unique key); found
@@ -157,6 +179,22 @@ pub enum Error {
         model: &'static str,
         /// What does not fit, and how to fix it.
         message: String,
+    },
+    /// The batch id was recorded for another batch (other rows, or another
+    /// model's): a batch id names one batch. Nothing was written.
+    #[error(
+        "batch id {batch_id:?} is recorded in {ledger} for another batch ({recorded}); this one is {offered}: \
+         give each batch its own id"
+    )]
+    BatchIdReused {
+        /// The batch id.
+        batch_id: String,
+        /// The ledger table.
+        ledger: String,
+        /// What the id was recorded for: rows, model and hash.
+        recorded: String,
+        /// What this call offered, in the same form.
+        offered: String,
     },
     /// The stream of rows yielded an error
     /// ([`Bulk::try_run_stream`](crate::Bulk::try_run_stream)); nothing was written.
@@ -213,6 +251,37 @@ fn describe_db(db: &DbError) -> String {
 }
 
 impl Error {
+    /// A database error at `step` of the call on `model`'s table.
+    pub(crate) fn database(model: &Model, step: Step, source: tokio_postgres::Error) -> Error {
+        Error::Database {
+            table: model.qualified_name(),
+            step,
+            row: None,
+            field: None,
+            source,
+            connection_broken: false,
+        }
+    }
+
+    /// A database error that names the row and field, when known.
+    pub(crate) fn database_at(
+        model: &Model,
+        step: Step,
+        row: Option<usize>,
+        field: Option<String>,
+        source: tokio_postgres::Error,
+    ) -> Error {
+        Error::Database { table: model.qualified_name(), step, row, field, source, connection_broken: false }
+    }
+
+    /// Marks the connection as unusable (see [`connection_usable`](Self::connection_usable)).
+    pub(crate) fn broken(mut self) -> Error {
+        if let Error::Database { connection_broken, .. } = &mut self {
+            *connection_broken = true;
+        }
+        self
+    }
+
     /// The SQLSTATE the server reported, if the error came from the server.
     pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {
@@ -236,7 +305,7 @@ impl Error {
             Error::InvalidValue { row, .. } => Some(*row),
             Error::Database { row, .. } => *row,
             Error::Stream { row, .. } => Some(*row),
-            Error::SchemaMismatch { .. } | Error::Usage { .. } => None,
+            Error::SchemaMismatch { .. } | Error::Usage { .. } | Error::BatchIdReused { .. } => None,
         }
     }
 
@@ -245,7 +314,9 @@ impl Error {
         match self {
             Error::InvalidValue { field, .. } => Some(field),
             Error::Database { field, .. } => field.as_deref(),
-            Error::SchemaMismatch { .. } | Error::Usage { .. } | Error::Stream { .. } => None,
+            Error::SchemaMismatch { .. } | Error::Usage { .. } | Error::Stream { .. } | Error::BatchIdReused { .. } => {
+                None
+            }
         }
     }
 
@@ -284,9 +355,9 @@ impl Error {
     /// `COPY` setup (tokio-postgres may leave that connection unusable).
     pub fn connection_usable(&self) -> bool {
         match self {
-            Error::Database { source, .. } => {
+            Error::Database { source, connection_broken, .. } => {
                 let fatal = source.as_db_error().is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"));
-                !source.is_closed() && !fatal
+                !source.is_closed() && !fatal && !connection_broken
             }
             _ => true,
         }

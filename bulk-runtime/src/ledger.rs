@@ -55,9 +55,18 @@ use crate::model::{Model, quote_ident};
 ///     "unchanged" bigint NOT NULL DEFAULT 0,
 ///     "skipped" bigint NOT NULL DEFAULT 0,
 ///     "recorded_at" timestamptz NOT NULL DEFAULT now(),
+///     "fingerprint" text,              -- the batch the id names: rows, model, hash
 ///     PRIMARY KEY ("target", "batch_id")
-/// )
+/// );
+/// -- for a ledger made by an earlier version:
+/// ALTER TABLE "bulk_batches" ADD COLUMN IF NOT EXISTS "fingerprint" text
 /// ```
+///
+/// A batch id names one batch: a later call with the same id replays the
+/// recorded counts only when its batch is the same (the same model, rows
+/// and order: see the `fingerprint`); another batch under a used id is
+/// [`Error::BatchIdReused`](crate::Error::BatchIdReused), and nothing of it
+/// is written. Ids are non-empty, without NUL bytes, at most 512 bytes.
 ///
 /// Rows are never deleted by the library: delete those older than any retry
 /// can be (`DELETE FROM bulk_batches WHERE recorded_at < now() - interval '7 days'`).
@@ -125,12 +134,19 @@ impl Ledger {
         }
         let _ = write!(
             table,
-            ", {} timestamptz NOT NULL DEFAULT now(), PRIMARY KEY ({}, {}))",
+            ", {} timestamptz NOT NULL DEFAULT now(), {} text, PRIMARY KEY ({}, {}))",
             quote_ident("recorded_at"),
+            quote_ident(FINGERPRINT),
             quote_ident("target"),
             quote_ident("batch_id")
         );
         out.push(table);
+        // A ledger made by an earlier version of this crate gains the column.
+        out.push(format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text",
+            self.qualified_name(),
+            quote_ident(FINGERPRINT)
+        ));
         out
     }
 
@@ -144,22 +160,25 @@ impl Ledger {
         sql
     }
 
-    /// Claims `($1 resolved, $2)`; returns the resolved target when claimed.
+    /// Claims `($1 resolved, $2)` for the batch of fingerprint `$3`; returns
+    /// the resolved target when claimed.
     fn claim_sql(&self) -> String {
         format!(
-            "INSERT INTO {} ({}, {}) VALUES ({RESOLVED_TARGET}, $2) ON CONFLICT ({}, {}) DO NOTHING RETURNING {}",
+            "INSERT INTO {} ({}, {}, {}) VALUES ({RESOLVED_TARGET}, $2, $3) ON CONFLICT ({}, {}) DO NOTHING RETURNING {}",
             self.qualified_name(),
             quote_ident("target"),
             quote_ident("batch_id"),
+            quote_ident(FINGERPRINT),
             quote_ident("target"),
             quote_ident("batch_id"),
             quote_ident("target"),
         )
     }
 
-    /// The recorded counts of `($1 resolved, $2)`.
+    /// The recorded counts and fingerprint of `($1 resolved, $2)`.
     fn replay_sql(&self) -> String {
-        let counts: Vec<String> = COUNTS.iter().map(|c| quote_ident(c)).collect();
+        let mut counts: Vec<String> = COUNTS.iter().map(|c| quote_ident(c)).collect();
+        counts.push(quote_ident(FINGERPRINT));
         format!(
             "SELECT {} FROM {} WHERE {} = {RESOLVED_TARGET} AND {} = $2",
             counts.join(", "),
@@ -187,6 +206,71 @@ impl Ledger {
 /// The count columns, in [`Report`] order.
 const COUNTS: [&str; 5] = ["offered", "inserted", "updated", "unchanged", "skipped"];
 
+/// The column that records what batch an id was claimed for ([`Fingerprint`]).
+const FINGERPRINT: &str = "fingerprint";
+
+/// The longest batch id, in bytes (the ledger's primary key must hold it).
+pub(crate) const MAX_BATCH_ID: usize = 512;
+
+/// Refuses, before anything is sent, a batch id the ledger cannot hold.
+pub(crate) fn check_batch_id(model: &Model, batch_id: &str) -> Result<(), Error> {
+    let why = if batch_id.is_empty() {
+        "is empty: a batch id names the batch (an API page, a file offset)".to_owned()
+    } else if batch_id.contains('\0') {
+        "contains a NUL byte, which PostgreSQL text cannot hold".to_owned()
+    } else if batch_id.len() > MAX_BATCH_ID {
+        format!("is {} bytes long; at most {MAX_BATCH_ID} are allowed (hash a longer name)", batch_id.len())
+    } else {
+        return Ok(());
+    };
+    let shown: String = batch_id.chars().take(40).collect();
+    Err(Error::Usage { model: model.struct_name(), message: format!("batch id {shown:?} {why}") })
+}
+
+/// What a batch is, for its batch id: the model, the number of rows and a
+/// stable 64-bit hash of the rows' binary encoding (as sent with `COPY`,
+/// each row's position included), written as text in the ledger when the id
+/// is claimed. A later call with the same id replays the recorded counts
+/// only if its batch has the same fingerprint; another batch (other rows, or
+/// another model's) under a used id is an error, never a silent replay.
+///
+/// The hash is the crate's own (a multiply-xorshift over 8-byte words), so it
+/// stays the same across processes, versions of Rust and machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    rows: u64,
+    hash: u64,
+}
+
+impl Fingerprint {
+    pub(crate) fn new() -> Fingerprint {
+        Fingerprint { rows: 0, hash: 0x243f_6a88_85a3_08d3 }
+    }
+
+    /// Adds one row, given as its binary `COPY` encoding.
+    pub(crate) fn add_row(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mix = |h: u64, w: u64| {
+            let h = (h ^ w).wrapping_mul(K);
+            h ^ (h >> 29)
+        };
+        let mut h = mix(self.hash, bytes.len() as u64);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            h = mix(h, u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        self.hash = mix(h, u64::from_le_bytes(tail));
+        self.rows += 1;
+    }
+
+    /// The text recorded in the ledger.
+    pub(crate) fn text(&self, model: &Model) -> String {
+        format!("{} rows of {} {:016x}", self.rows, model.struct_name(), self.hash)
+    }
+}
+
 /// `$1` (the target as the model writes it) resolved to `schema.table`, so
 /// that the same table reached through different `search_path`s has one name.
 const RESOLVED_TARGET: &str = "coalesce((SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
@@ -202,7 +286,7 @@ pub(crate) enum Claim {
 }
 
 fn ledger_error(model: &Model) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    move |source| Error::Database { table: model.qualified_name(), step: Step::Ledger, row: None, field: None, source }
+    move |source| Error::database(model, Step::Ledger, source)
 }
 
 /// Claims `batch_id` for the model's table, inside the call's transaction.
@@ -211,10 +295,12 @@ pub(crate) async fn claim(
     model: &'static Model,
     ledger: &Ledger,
     batch_id: &str,
+    fingerprint: &Fingerprint,
 ) -> Result<Claim, Error> {
     let target = model.plan().target_regclass.as_str();
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
-        [(&target, Type::TEXT), (&batch_id, Type::TEXT)];
+    let fingerprint = fingerprint.text(model);
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] =
+        [(&target, Type::TEXT), (&batch_id, Type::TEXT), (&fingerprint, Type::TEXT)];
     // The row found taken may be deleted before it is read (a cleanup job):
     // then claim again.
     for _ in 0..3 {
@@ -222,8 +308,18 @@ pub(crate) async fn claim(
         if let Some(row) = claimed.first() {
             return Ok(Claim::Claimed(row.get(0)));
         }
-        let recorded = client.query_typed(&ledger.replay_sql(), &params).await.map_err(ledger_error(model))?;
+        let recorded = client.query_typed(&ledger.replay_sql(), &params[..2]).await.map_err(ledger_error(model))?;
         if let Some(row) = recorded.first() {
+            // (A row recorded before fingerprints were kept has none.)
+            let recorded: Option<String> = row.get(COUNTS.len());
+            if let Some(recorded) = recorded.filter(|r| *r != fingerprint) {
+                return Err(Error::BatchIdReused {
+                    batch_id: batch_id.to_owned(),
+                    ledger: ledger.qualified_name(),
+                    recorded,
+                    offered: fingerprint,
+                });
+            }
             let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
             return Ok(Claim::Replay(Report {
                 offered: n(0),
@@ -272,11 +368,12 @@ mod tests {
         assert!(ddl[1].starts_with(r#"CREATE TABLE IF NOT EXISTS "my schema"."bat""ches" ("target" text NOT NULL, "batch_id" text NOT NULL, "offered" bigint NOT NULL DEFAULT 0"#), "{}", ddl[1]);
         assert!(
             ddl[1]
-                .ends_with(r#""recorded_at" timestamptz NOT NULL DEFAULT now(), PRIMARY KEY ("target", "batch_id"))"#),
+                .ends_with(r#""recorded_at" timestamptz NOT NULL DEFAULT now(), "fingerprint" text, PRIMARY KEY ("target", "batch_id"))"#),
             "{}",
             ddl[1]
         );
-        assert_eq!(Ledger::default().migration_statements().len(), 1);
+        assert_eq!(ddl[2], r#"ALTER TABLE "my schema"."bat""ches" ADD COLUMN IF NOT EXISTS "fingerprint" text"#);
+        assert_eq!(Ledger::default().migration_statements().len(), 2);
         assert_eq!(Ledger::default().qualified_name(), r#""bulk_batches""#);
     }
 
@@ -285,13 +382,30 @@ mod tests {
         let ledger = Ledger::default();
         let claim = ledger.claim_sql();
         assert!(claim.contains(r#"ON CONFLICT ("target", "batch_id") DO NOTHING RETURNING "target""#), "{claim}");
-        assert!(claim.contains("to_regclass($1)") && claim.contains("$2)"), "{claim}");
+        assert!(claim.contains("to_regclass($1)") && claim.contains("$2, $3)"), "{claim}");
         let record = ledger.record_sql();
         assert!(record.starts_with(r#"UPDATE "bulk_batches" SET "offered" = $3, "inserted" = $4, "updated" = $5, "unchanged" = $6, "skipped" = $7, "recorded_at" = now()"#), "{record}");
-        assert!(
-            ledger
-                .replay_sql()
-                .starts_with(r#"SELECT "offered", "inserted", "updated", "unchanged", "skipped" FROM "bulk_batches""#)
+        assert!(ledger.replay_sql().starts_with(
+            r#"SELECT "offered", "inserted", "updated", "unchanged", "skipped", "fingerprint" FROM "bulk_batches""#
+        ));
+    }
+
+    #[test]
+    fn fingerprints_tell_batches_apart_and_stay_the_same() {
+        let of = |rows: &[&[u8]]| {
+            let mut f = Fingerprint::new();
+            rows.iter().for_each(|r| f.add_row(r));
+            f
+        };
+        let a = of(&[b"first row", b"second"]);
+        assert_eq!(a, of(&[b"first row", b"second"]));
+        for other in [of(&[b"second", b"first row"]), of(&[b"first rowsecond"]), of(&[b"first row", b"secone"])] {
+            assert_ne!(a, other);
+        }
+        // Ledgers keep it across processes and versions: it must never change.
+        assert_eq!(
+            of(&[b"abc", b"0123456789"]).text(&crate::sql::fixtures::MODEL),
+            "2 rows of Retweet 7f7e05fcbd59c79d"
         );
     }
 }

@@ -124,6 +124,7 @@ mod protocol;
 mod repeats;
 pub mod retry;
 mod schema;
+mod scope;
 mod sql;
 mod statements;
 pub mod types;
@@ -252,6 +253,16 @@ pub async fn verify_schema<T: BulkCreateNew>(
     client: &tokio_postgres::Client,
 ) -> Result<Vec<SchemaProblem>, tokio_postgres::Error> {
     schema::problems(client, T::model()).await
+}
+
+/// Hooks for this workspace's tests; not part of the API.
+#[doc(hidden)]
+pub mod __test_hooks {
+    /// The backend process id the library reads from `client` to tell
+    /// connections apart (see `statements::Identity`).
+    pub fn connection_process_id(client: &tokio_postgres::Client) -> i32 {
+        crate::statements::Identity::of(client).process_id()
+    }
 }
 
 #[doc(hidden)]

@@ -2,7 +2,6 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -13,9 +12,11 @@ use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage, Transaction};
 
 use crate::BulkCreateNew;
 use crate::error::{Error, Step};
+use crate::ledger::Fingerprint;
 use crate::model::{Column, Model};
 use crate::repeats::{Repeats, key_hash};
 use crate::schema;
+use crate::scope::Scope;
 use crate::sql::KeyForm;
 use crate::statements::{self, Lookup, PLAIN, PLAIN_ON_CONFLICT};
 use crate::types::{self, BulkValue, ValueError};
@@ -61,9 +62,6 @@ pub trait Connection: sealed::Sealed + Send + Sync {
     /// The client the call runs on.
     #[doc(hidden)]
     fn client(&self) -> &Client;
-    /// Opens the call's transaction, or a savepoint in the caller's.
-    #[doc(hidden)]
-    fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_>, tokio_postgres::Error>> + Send;
     /// Whether the call runs inside a caller's transaction.
     #[doc(hidden)]
     fn nested(&self) -> bool;
@@ -73,9 +71,6 @@ impl Connection for Client {
     fn client(&self) -> &Client {
         self
     }
-    fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_>, tokio_postgres::Error>> + Send {
-        self.transaction()
-    }
     fn nested(&self) -> bool {
         false
     }
@@ -84,9 +79,6 @@ impl Connection for Client {
 impl Connection for Transaction<'_> {
     fn client(&self) -> &Client {
         Transaction::client(self)
-    }
-    fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_>, tokio_postgres::Error>> + Send {
-        self.savepoint("bulk_create_new")
     }
     fn nested(&self) -> bool {
         true
@@ -128,18 +120,23 @@ where
         drop(head);
         return small_batch(conn, model, offered, arrays).await;
     }
-    copy_batch::<T, C, _>(conn, model, head.into_iter().chain(rows)).await
+    match copy_batch::<T, C, _>(conn, model, head.into_iter().chain(rows)).await {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => Err(explain_failure(conn, model, e).await),
+    }
 }
 
 pub(crate) fn db_error(model: &Model, step: Step) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    move |source| Error::Database { table: model.qualified_name(), step, row: None, field: None, source }
+    move |source| Error::database(model, step, source)
 }
 
 /// Checks the live table against the model and creates the session's scratch
 /// table (which also marks the session as checked).
-pub(crate) async fn ensure_scratch(tx: &Transaction<'_>, model: &'static Model) -> Result<(), Error> {
-    schema::verify(tx.client(), model).await?;
-    tx.batch_execute(&model.plan().create_scratch).await.map_err(db_error(model, Step::Scratch))
+pub(crate) async fn ensure_scratch(tx: &Client, model: &'static Model) -> Result<(), Error> {
+    schema::verify(tx, model).await?;
+    let plan = model.plan();
+    let sql = format!("{}; {}", plan.create_scratch, plan.grant_scratch);
+    tx.batch_execute(&sql).await.map_err(db_error(model, Step::Scratch))
 }
 
 /// The one-statement path: the batch's columns as array parameters.
@@ -215,10 +212,14 @@ impl Form {
         }
         let contention = &model.plan().contention;
         match result {
+            // A key stored meanwhile, or the guard found no unique index
+            // to rely on (see `sql::key_index_guard`): the attempt wrote
+            // nothing, and the `ON CONFLICT` form decides.
             Err(e) if e.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 contention.conflicted();
                 Some(Form::OnConflict)
             }
+            Err(e) if e.sqlstate() == Some(&SqlState::DIVISION_BY_ZERO) => Some(Form::OnConflict),
             Ok(_) => {
                 contention.succeeded();
                 None
@@ -272,9 +273,9 @@ async fn small_attempt<C: Connection + ?Sized>(
     form: Form,
 ) -> Result<u64, Error> {
     if conn.nested() {
-        let tx = conn.begin().await.map_err(db_error(model, Step::Begin))?;
-        let inserted = run_small(tx.client(), model, params, prepared, form).await?;
-        tx.commit().await.map_err(db_error(model, Step::Commit))?;
+        let scope = Scope::begin(conn.client(), true).await.map_err(db_error(model, Step::Begin))?;
+        let inserted = run_small(scope.client(), model, params, prepared, form).await?;
+        scope.commit().await.map_err(db_error(model, Step::Commit))?;
         Ok(inserted)
     } else {
         run_small(conn.client(), model, params, prepared, form).await
@@ -335,7 +336,8 @@ where
     let plan = model.plan();
     let db = |step: Step| db_error(model, step);
     let nested = conn.nested();
-    let tx = conn.begin().await.map_err(db(Step::Begin))?;
+    let mut scope = Scope::begin(conn.client(), nested).await.map_err(db(Step::Begin))?;
+    let tx = scope.client();
 
     // 1. The scratch table, created (after the schema check) the first time
     //    this backend session sees the model. A pooler that switches backends,
@@ -347,13 +349,13 @@ where
         .first()
         .is_some_and(|r| r.get::<_, bool>(0));
     if !scratch_exists {
-        ensure_scratch(&tx, model).await?;
+        ensure_scratch(tx, model).await?;
     }
 
     // 2. Binary COPY, streaming: rows are encoded synchronously into a buffer
     //    that is sent whenever it passes CHUNK bytes, so no borrow of a row is
     //    held across an await (the future stays Send) and memory stays flat.
-    let mut copy = CopyWriter::start(&tx, model, true).await?;
+    let mut copy = CopyWriter::start(tx, model, true).await?;
     for row in rows {
         let full = copy.push::<T>(model, row.borrow())?;
         drop(row);
@@ -367,9 +369,11 @@ where
 
     // 3. The anti-join insert (and, inside a caller's transaction, emptying the
     //    scratch table, which ON COMMIT DELETE ROWS would only do at its commit).
+    //    The commit goes in the same request as the insert: once the insert is
+    //    sent, the call completes even if its future is dropped.
     let sort_kb = (!nested).then(|| sort_memory_kb(offered, bytes_sent));
-    let inserted = insert_from_scratch(&tx, model, offered, repeats, nested, sort_kb).await?;
-    tx.commit().await.map_err(db(Step::Commit))?;
+    let inserted = insert_from_scratch(&mut scope, model, offered, repeats, sort_kb, true).await?;
+    scope.commit().await.map_err(db(Step::Commit))?;
     Ok(Outcome { offered, inserted, skipped: offered - inserted })
 }
 
@@ -388,35 +392,62 @@ const PLAIN_SAVEPOINT: &str = "bulk_create_new_plain";
 /// none of them repeats a key (the plain form needs no `DISTINCT ON`).
 /// Returns the rows inserted.
 pub(crate) async fn insert_from_scratch(
-    tx: &Transaction<'_>,
+    scope: &mut Scope<'_>,
     model: &'static Model,
     offered: u64,
     repeats: bool,
-    nested: bool,
     sort_kb: Option<u64>,
+    and_commit: bool,
 ) -> Result<u64, Error> {
     let plan = model.plan();
+    let tx = scope.client();
     let fail = |source| insert_error(model, source);
+    let nested = scope.nested();
     let clear = if nested { format!("; {}", plan.clear) } else { String::new() };
+    // The commit rides with the insert, except in a caller's transaction:
+    // there the savepoint is released only once the insert has succeeded, so
+    // that a dropped call is rolled back to it.
+    let commit = if and_commit && !nested { format!("; {}", scope.commit_sql()) } else { String::new() };
     let set_memory = sort_kb.map(|kb| format!("SET LOCAL work_mem = '{kb}kB'; ")).unwrap_or_default();
     let before = usize::from(sort_kb.is_some());
-    let form = Form::first(model, usize::try_from(offered).unwrap_or(usize::MAX));
-    if form == Form::Plain {
+    let mut form = Form::first(model, usize::try_from(offered).unwrap_or(usize::MAX));
+    let mut sql = if form == Form::Plain {
         let insert = if repeats { &plan.insert_plain } else { &plan.insert_plain_distinct_keys };
-        let sql =
-            format!("{set_memory}SAVEPOINT {PLAIN_SAVEPOINT}; {insert}; RELEASE SAVEPOINT {PLAIN_SAVEPOINT}{clear}");
-        let result = tx.simple_query(&sql).await.map_err(fail);
-        if form.after(model, &result).is_none() {
-            return Ok(command_count(&result?, before + 1));
+        format!("{set_memory}SAVEPOINT {PLAIN_SAVEPOINT}; {insert}; RELEASE SAVEPOINT {PLAIN_SAVEPOINT}{clear}{commit}")
+    } else {
+        format!("{set_memory}{}{clear}{commit}", plan.insert)
+    };
+    let mut at = before + usize::from(form == Form::Plain);
+    loop {
+        let request = tx.simple_query(&sql);
+        if !commit.is_empty() {
+            scope.commit_sent();
         }
-        let sql = format!(
-            "ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}; RELEASE SAVEPOINT {PLAIN_SAVEPOINT}; {}{clear}",
-            plan.insert
-        );
-        return Ok(command_count(&tx.simple_query(&sql).await.map_err(fail)?, 2));
+        // When the commit went with the insert and the answer never came
+        // (a lost connection), the commit is what is in doubt.
+        let result = request.await.map_err(|source| {
+            if !commit.is_empty() && source.as_db_error().is_none() {
+                db_error(model, Step::Commit)(source)
+            } else {
+                fail(source)
+            }
+        });
+        match &result {
+            _ if commit.is_empty() => {}
+            Ok(_) => scope.sent_ok(),
+            Err(_) => scope.sent_failed(),
+        }
+        if let Some(again) = form.after(model, &result) {
+            form = again;
+            sql = format!(
+                "ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}; RELEASE SAVEPOINT {PLAIN_SAVEPOINT}; {}{clear}{commit}",
+                plan.insert
+            );
+            at = 2;
+            continue;
+        }
+        return Ok(command_count(&result?, at));
     }
-    let sql = format!("{set_memory}{}{clear}", plan.insert);
-    Ok(command_count(&tx.simple_query(&sql).await.map_err(fail)?, before))
 }
 
 /// The row count of the `n`th statement (0-based) of a simple query.
@@ -733,18 +764,21 @@ pub(crate) struct CopyWriter {
     repeats: Option<Repeats>,
     /// Per column, whether it is part of the key.
     key_columns: &'static [bool],
+    /// The batch's fingerprint so far, when asked (a call with a batch id).
+    pub(crate) fingerprint: Option<Fingerprint>,
 }
 
 impl CopyWriter {
     /// Starts `COPY ... FROM STDIN (FORMAT binary)` into the scratch table;
     /// with `watch_repeats`, the writer tells whether a key may repeat (see
     /// [`repeats_possible`](Self::repeats_possible)).
-    pub(crate) async fn start(
-        tx: &Transaction<'_>,
-        model: &'static Model,
-        watch_repeats: bool,
-    ) -> Result<CopyWriter, Error> {
-        let sink = tx.copy_in::<_, Bytes>(&model.plan().copy).await.map_err(db_error(model, Step::Copy))?;
+    pub(crate) async fn start(tx: &Client, model: &'static Model, watch_repeats: bool) -> Result<CopyWriter, Error> {
+        // Prepared apart: a COPY statement the server refuses at parse time
+        // (a missing scratch table) leaves the connection as it was, but one
+        // refused when it starts (a permission) leaves tokio-postgres's
+        // connection unusable, and the error says so.
+        let statement = tx.prepare(&model.plan().copy).await.map_err(db_error(model, Step::Copy))?;
+        let sink = tx.copy_in::<_, Bytes>(&statement).await.map_err(|e| db_error(model, Step::Copy)(e).broken())?;
         let mut buf = BytesMut::with_capacity(CHUNK + 4096);
         buf.put_slice(COPY_HEADER);
         Ok(CopyWriter {
@@ -756,6 +790,7 @@ impl CopyWriter {
             unsent: false,
             repeats: if watch_repeats { Some(Repeats::new()) } else { None },
             key_columns: &model.plan().key_columns,
+            fingerprint: None,
         })
     }
 
@@ -768,6 +803,9 @@ impl CopyWriter {
             // (encode_row wrote a whole row; a row it could not read back
             // would count as a possible repeat: the safe side.)
             repeats.insert(key_hash(&self.buf[start..], self.key_columns));
+        }
+        if let Some(fingerprint) = self.fingerprint.as_mut() {
+            fingerprint.add_row(&self.buf[start..]);
         }
         self.offered += 1;
         self.unsent = true;
@@ -854,7 +892,7 @@ pub(crate) fn copy_error(model: &Model, source: tokio_postgres::Error) -> Error 
             (row, field)
         })
         .unwrap_or((None, None));
-    Error::Database { table: model.qualified_name(), step: Step::Copy, row, field, source }
+    Error::database_at(model, Step::Copy, row, field, source)
 }
 
 /// The insert failed (NOT NULL, CHECK, out of range for the column's type...):
@@ -863,7 +901,7 @@ pub(crate) fn insert_error(model: &Model, source: tokio_postgres::Error) -> Erro
     let field = source.as_db_error().and_then(|db| db.column()).map(|col| {
         model.columns().iter().find(|c| c.name() == col).map_or_else(|| col.to_owned(), |c| c.field().to_owned())
     });
-    Error::Database { table: model.qualified_name(), step: Step::Insert, row: None, field, source }
+    Error::database_at(model, Step::Insert, None, field, source)
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use crate::model::Model;
 
 const COLUMNS: &str = "\
 SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull,
-       (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '')
-  FROM pg_attribute a
+       (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''), t.typname::text,
+       has_database_privilege(current_database(), 'TEMPORARY'), current_user::text, current_database()::text
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum";
 
@@ -29,13 +30,7 @@ const RESOLVE_TYPES: &str = "SELECT format_type(to_regtype(t), NULL) FROM unnest
 
 /// Checks the live table against the model; returns every difference at once.
 pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<(), Error> {
-    let problems = problems(tx, model).await.map_err(|source| Error::Database {
-        table: model.qualified_name(),
-        step: Step::SchemaCheck,
-        row: None,
-        field: None,
-        source,
-    })?;
+    let problems = problems(tx, model).await.map_err(|source| Error::database(model, Step::SchemaCheck, source))?;
     if problems.is_empty() {
         Ok(())
     } else {
@@ -61,6 +56,9 @@ pub(crate) async fn problems(tx: &Client, model: &'static Model) -> Result<Vec<S
     };
 
     let mut problems = Vec::new();
+    if !live[0].get::<_, bool>(5) {
+        problems.push(SchemaProblem::TemporaryTablesNotAllowed { role: live[0].get(6), database: live[0].get(7) });
+    }
     let mut overrides = resolved.into_iter();
     for column in model.columns() {
         let resolved = column.sql_type().and_then(|_| overrides.next().flatten());
@@ -77,7 +75,13 @@ pub(crate) async fn problems(tx: &Client, model: &'static Model) -> Result<Vec<S
             None => problems.push(SchemaProblem::ColumnMissing { column: column.name().to_owned(), expected }),
             Some(row) => {
                 let ty: String = row.get(1);
-                if !accepted.contains(&ty) {
+                // `format_type` qualifies a type whose schema is not on the
+                // search_path (`public.citext` for an extension installed in
+                // `public` while the path is the application's schema): such
+                // a type is still the one its name says.
+                let unqualified: String = row.get(4);
+                let fits = accepted.contains(&ty) || (ty.contains('.') && accepted.contains(&unqualified));
+                if !fits {
                     problems.push(SchemaProblem::ColumnType { column: column.name().to_owned(), expected, found: ty });
                 }
                 if column.nullable() && row.get::<_, bool>(2) {

@@ -25,6 +25,9 @@ pub(crate) struct Plan {
     pub scratch: String,
     /// `CREATE TEMP TABLE IF NOT EXISTS ... ON COMMIT DELETE ROWS`.
     pub create_scratch: String,
+    /// `GRANT ALL ON TABLE pg_temp.<scratch> TO PUBLIC`, run after
+    /// `create_scratch`: the session's calls keep working after `SET ROLE`.
+    pub grant_scratch: String,
     /// `COPY pg_temp.scratch (...) FROM STDIN (FORMAT binary)`.
     pub copy: String,
     /// Wire types of the COPY columns: the ordinal, then the model's columns.
@@ -80,7 +83,10 @@ impl Plan {
             create.col(ColumnDef::new_with_type(Alias::new(c.name()), ColumnType::custom(c.pg_type().sql_name())));
         }
         create.extra("ON COMMIT DELETE ROWS");
+        // Open to every role: after `SET ROLE` the session's calls still use
+        // it (a temporary table is only ever visible to its own session).
         let create_scratch = create.to_string(PostgresQueryBuilder);
+        let grant_scratch = format!("GRANT ALL ON TABLE pg_temp.{} TO PUBLIC", quote_ident(&scratch));
 
         let mut copy_cols = vec![quote_ident(ORD)];
         copy_cols.extend(model.columns().iter().map(|c| quote_ident(c.name())));
@@ -105,6 +111,7 @@ impl Plan {
             scratch_regclass: format!("pg_temp.{scratch}"),
             scratch,
             create_scratch,
+            grant_scratch,
             copy,
             copy_types,
             insert_plain,
@@ -179,7 +186,9 @@ pub(crate) struct KeyFormColumn {
 /// check depend on, so two models (or two versions of one model) never share a
 /// scratch table: its existence tells the call that *this* model was checked.
 fn scratch_name(model: &Model) -> String {
-    let mut parts = vec![model.schema().unwrap_or(""), model.table()];
+    // The first part names the scratch table's layout and grants, so a
+    // session never reuses one made by another version of this crate.
+    let mut parts = vec!["v2", model.schema().unwrap_or(""), model.table()];
     for c in model.columns() {
         parts.push(c.name());
         parts.push(c.pg_type().sql_name());
@@ -189,6 +198,43 @@ fn scratch_name(model: &Model) -> String {
     parts.push(if model.nulls_not_distinct() { "nulls not distinct" } else { "nulls distinct" });
     parts.extend(model.unique_key().map(|c| c.name()));
     format!("__bulk_{:016x}", fnv1a(&parts))
+}
+
+/// `value` as an SQL string literal (an escape string, so it reads the same
+/// whatever `standard_conforming_strings` is).
+fn literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The guard of the insert's plain form: a condition that divides by zero
+/// (SQLSTATE 22012) unless the table the target's name resolves to *now*
+/// has a unique index that refuses a repeated key: unique, valid, ready,
+/// checked immediately, not partial, on exactly the key's columns (NULLs
+/// not distinct when the key is nullable).
+///
+/// The plain form relies on that index to refuse a key another writer
+/// stored meanwhile; without it (an index dropped since the session checked
+/// the table, or a `search_path` that now leads to another table of the same
+/// name) the insert would store duplicates. Uncorrelated, the condition is
+/// evaluated once, before any row is inserted, after the insert has locked
+/// the table (so the index cannot be dropped until the call ends); the call
+/// answers 22012 with the `ON CONFLICT` form, which refuses to run without
+/// such an index (42P10), and the schema check then explains what changed.
+pub(crate) fn key_index_guard(model: &Model) -> String {
+    let k = model.unique_key().len();
+    let names: Vec<String> = model.unique_key().map(|c| literal(c.name())).collect();
+    let nulls = if model.unique_key().any(Column::nullable) { " AND i.indnullsnotdistinct" } else { "" };
+    format!(
+        "1 / (SELECT count(*)::int4 FROM pg_catalog.pg_index AS i \
+         WHERE i.indrelid = {target}::pg_catalog.regclass AND i.indisunique AND i.indisvalid AND i.indisready \
+         AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = {k}{nulls} \
+         AND (SELECT count(*) FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = i.indrelid \
+         AND a.attnum = ANY ((i.indkey::pg_catalog.int2[])[0:{last}]) \
+         AND a.attname = ANY (ARRAY[{names}]::pg_catalog.name[])) = {k}) >= 0",
+        target = literal(&model.qualified_name()),
+        last = k - 1,
+        names = names.join(", "),
+    )
 }
 
 /// The small-batch statement in its `ON CONFLICT` form: one round trip, no
@@ -309,8 +355,9 @@ fn small_insert_plain_sql(model: &Model, client_ordered: bool) -> String {
         .collect();
     format!(
         "INSERT INTO {target} ({cols}) SELECT {distinct}{u_cols} FROM unnest({arrays}) AS u({names}) \
-         WHERE NOT EXISTS (SELECT 1 FROM {target} AS \"t\" WHERE {stored}) ORDER BY {order}",
+         WHERE NOT EXISTS (SELECT 1 FROM {target} AS \"t\" WHERE {stored}) AND {guard} ORDER BY {order}",
         target = model.qualified_name(),
+        guard = key_index_guard(model),
         cols = cols.join(", "),
         u_cols = u_cols.join(", "),
         arrays = arrays.join(", "),
@@ -349,7 +396,8 @@ fn insert_plain_sql(model: &Model, scratch_ref: TableRef, repeats: bool) -> Stri
     new_rows
         .columns(cols.iter().map(|c| (s.clone(), c.clone())))
         .from_as(scratch_ref, s.clone())
-        .and_where(Expr::not_exists(stored_query(model)));
+        .and_where(Expr::not_exists(stored_query(model)))
+        .and_where(Expr::cust(key_index_guard(model)));
     for k in &key {
         new_rows.order_by((s.clone(), k.clone()), Order::Asc);
     }
@@ -499,6 +547,28 @@ mod tests {
     }
 
     #[test]
+    fn the_plain_forms_rely_on_a_unique_index_they_check_and_the_on_conflict_forms_need_none() {
+        let guard = key_index_guard(&MODEL);
+        at(&guard, r#"i.indrelid = E'"my schema"."re""tweet"'::pg_catalog.regclass"#);
+        at(&guard, "i.indisunique AND i.indisvalid AND i.indisready AND i.indimmediate");
+        at(&guard, "i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2 AND");
+        at(&guard, "(i.indkey::pg_catalog.int2[])[0:1]");
+        at(&guard, r#"ARRAY[E'tweet', E're"tweeter']::pg_catalog.name[])) = 2) >= 0"#);
+        assert!(guard.starts_with("1 / (SELECT count(*)::int4 "), "{guard}");
+        assert!(!guard.contains("indnullsnotdistinct"), "a key without NULLs: {guard}");
+        at(&key_index_guard(&NULLABLE_MODEL), "AND i.indnullsnotdistinct");
+        // Backslashes and quotes stay inside the escape string.
+        assert_eq!(literal(r"a'b\c"), r"E'a''b\\c'");
+        let plan = Plan::new(&MODEL);
+        for plain in [&plan.insert_plain, &plan.insert_plain_distinct_keys, &plan.small_insert_plain] {
+            at(plain, &guard);
+        }
+        for on_conflict in [&plan.insert, &plan.small_insert] {
+            assert!(!on_conflict.contains("pg_index"), "{on_conflict}");
+        }
+    }
+
+    #[test]
     fn plain_insert_skips_stored_keys_first_then_keeps_the_first_row_per_key() {
         let plan = Plan::new(&MODEL);
         let sql = plan.insert_plain.as_str();
@@ -506,21 +576,24 @@ mod tests {
         assert_eq!(insert, 0, "{sql}");
         let distinct = at(sql, r#"SELECT DISTINCT ON ("s"."tweet", "s"."re""tweeter") "s"."tweet", "#);
         let scratch = at(sql, &format!(r#"FROM "pg_temp"."{}" AS "s""#, plan.scratch));
-        let not_exists = at(sql, r#"WHERE NOT EXISTS(SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+        let not_exists = at(sql, r#"WHERE (NOT EXISTS(SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
         at(sql, r#""t"."tweet" = "s"."tweet" AND "t"."re""tweeter" = "s"."re""tweeter""#);
         let order = at(sql, r#"ORDER BY "s"."tweet" ASC, "s"."re""tweeter" ASC, "s"."__bulk_ord" ASC"#);
         assert!(distinct < scratch && scratch < not_exists && not_exists < order, "{sql}");
         assert!(sql.ends_with(r#""s"."__bulk_ord" ASC"#), "{sql}");
         assert!(!sql.contains("ON CONFLICT") && !sql.to_uppercase().contains("LOCK"), "{sql}");
         assert!(!sql.contains('$'), "no parameters: {sql}");
+        let guard = at(sql, &format!("AND ({})", key_index_guard(&MODEL)));
+        assert!(not_exists < guard && guard < order, "{sql}");
         // The ON CONFLICT form reads the same scratch table.
         assert!(plan.insert.contains(&format!(r#""pg_temp"."{}""#, plan.scratch)), "{}", plan.insert);
 
         // Without repeated keys: no DISTINCT ON, ordered by the key alone.
         let sql = plan.insert_plain_distinct_keys.as_str();
         let select = at(sql, r#"SELECT "s"."tweet", "s"."re""tweeter", "s"."author" FROM "pg_temp"."#);
-        let not_exists = at(sql, r#"WHERE NOT EXISTS(SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+        let not_exists = at(sql, r#"WHERE (NOT EXISTS(SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
         assert!(select < not_exists, "{sql}");
+        at(sql, &key_index_guard(&MODEL));
         assert!(sql.ends_with(r#"ORDER BY "s"."tweet" ASC, "s"."re""tweeter" ASC"#), "{sql}");
         assert!(!sql.contains("DISTINCT") && !sql.contains(ORD) && !sql.contains("ON CONFLICT"), "{sql}");
         assert_eq!(plan.key_columns, [true, true, false]);
@@ -548,6 +621,8 @@ mod tests {
         );
         let order = at(sql, r#"ORDER BY u."tweet", u."re""tweeter""#);
         assert!(select < arrays && arrays < not_exists && not_exists < order, "{sql}");
+        let guard = at(sql, &format!("AND {}", key_index_guard(&MODEL)));
+        assert!(not_exists < guard && guard < order, "{sql}");
         assert!(sql.ends_with(r#"ORDER BY u."tweet", u."re""tweeter""#), "{sql}");
         assert!(!sql.contains("DISTINCT") && !sql.contains(ORD) && !sql.contains("ON CONFLICT"), "{sql}");
 
@@ -716,12 +791,30 @@ mod tests {
         }
     }
 
-    /// `sql` with every `"..."` identifier (with `""` escapes) removed; panics
-    /// on an unterminated one.
+    /// `sql` with every `"..."` identifier (with `""` escapes) and every
+    /// `E'...'` literal removed; panics on an unterminated one.
     fn strip_identifiers(sql: &str) -> String {
         let mut out = String::new();
         let mut chars = sql.chars().peekable();
         while let Some(c) = chars.next() {
+            if c == 'E' && chars.peek() == Some(&'\'') {
+                // An escape string literal: '' and backslash escapes.
+                chars.next();
+                loop {
+                    match chars.next() {
+                        Some('\'') if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                        }
+                        Some('\\') => {
+                            chars.next();
+                        }
+                        Some('\'') => break,
+                        Some(_) => {}
+                        None => panic!("unterminated literal in {sql}"),
+                    }
+                }
+                continue;
+            }
             if c != '"' {
                 out.push(c);
                 continue;

@@ -3,10 +3,11 @@
 //! variants: returning, upsert).
 //!
 //! tokio-postgres has no statement cache and a `Client` carries no user data,
-//! so statements are kept in a process-wide map keyed by the client's address
-//! and the model. An entry means the client has checked the model. A stale
-//! entry (the client was dropped and another took its address, or
-//! `DISCARD ALL` / `DEALLOCATE ALL` ran) fails with SQLSTATE 26000
+//! so statements are kept in a process-wide map keyed by the connection's
+//! identity (see [`Identity`]: the same for a `Client` wherever it is moved,
+//! never shared by two connections) and the model. An entry means the
+//! connection has checked the model. A stale entry (`DISCARD ALL` /
+//! `DEALLOCATE ALL` ran) fails with SQLSTATE 26000
 //! (tokio-postgres names statements from a process-wide counter, so a stale
 //! name never matches another statement of this process); a name that a
 //! pooler's backend already holds fails with 42P05. The caller then evicts
@@ -24,8 +25,14 @@
 //! its own.
 
 use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll};
 
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 use tokio_postgres::{Client, Statement};
 
 use crate::model::Model;
@@ -50,13 +57,116 @@ struct Entry {
     stale: u8,
 }
 
-/// Per (client address, model address), the statements by label.
-type Statements = HashMap<(usize, usize), HashMap<String, Entry>>;
+/// Per (connection, model address), the statements by label.
+type Statements = HashMap<(Identity, usize), HashMap<String, Entry>>;
 
 static STATEMENTS: Mutex<Option<Statements>> = Mutex::new(None);
 
-fn key(client: &Client, model: &'static Model) -> (usize, usize) {
-    (std::ptr::from_ref(client) as usize, std::ptr::from_ref(model) as usize)
+fn key(client: &Client, model: &'static Model) -> (Identity, usize) {
+    (Identity::of(client), std::ptr::from_ref(model) as usize)
+}
+
+/// Which connection a [`Client`] is: the backend process id and secret key
+/// the server sent when the connection started (behind a pooler, the
+/// pooler's own pair for this client connection). The pair is unique among
+/// the server's connections (the key is random), and it stays the same when
+/// the `Client` moves in memory, unlike its address: a new connection never
+/// inherits another's statements, and a moved one keeps its own.
+///
+/// tokio-postgres keeps the pair only for cancel requests, so it is read by
+/// writing the connection's cancel request into a buffer instead of a
+/// socket ([`CancelToken::cancel_query_raw`](tokio_postgres::CancelToken::cancel_query_raw)):
+/// nothing is sent anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Identity {
+    process_id: i32,
+    secret_key: i32,
+}
+
+impl Identity {
+    pub(crate) fn of(client: &Client) -> Identity {
+        let mut capture = Capture::default();
+        // The request is written synchronously: the buffer never waits.
+        let written = client.cancel_token().cancel_query_raw(&mut capture, Passthrough).now_or_never();
+        debug_assert!(matches!(written, Some(Ok(()))), "{written:?}");
+        // The cancel request is the last 16 bytes written: length (16), the
+        // cancel request code, the process id, the secret key.
+        let tail = capture.written.len().checked_sub(16).map(|at| &capture.written[at..]);
+        let word = |tail: &[u8], i: usize| i32::from_be_bytes([tail[i], tail[i + 1], tail[i + 2], tail[i + 3]]);
+        match tail {
+            Some(t) if word(t, 0) == 16 && word(t, 4) == CANCEL_REQUEST_CODE => {
+                Identity { process_id: word(t, 8), secret_key: word(t, 12) }
+            }
+            // Not reached with tokio-postgres 0.7; a client that cannot be
+            // told apart gets no cached statements at all.
+            _ => Identity { process_id: 0, secret_key: 0 },
+        }
+    }
+
+    /// The backend process id (0 when the connection could not be identified).
+    pub(crate) fn process_id(self) -> i32 {
+        self.process_id
+    }
+
+    /// Whether the connection could be identified.
+    fn known(self) -> bool {
+        self != Identity { process_id: 0, secret_key: 0 }
+    }
+}
+
+/// The code of a cancel request in the startup packet (1234 << 16 | 5678).
+const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+
+/// A stream that keeps what is written to it and answers `S` ("go ahead
+/// with TLS") to the one byte a TLS negotiation reads.
+#[derive(Default)]
+struct Capture {
+    written: Vec<u8>,
+    answered: bool,
+}
+
+impl AsyncWrite for Capture {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().written.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Capture {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.answered && buf.remaining() > 0 {
+            this.answered = true;
+            buf.put_slice(b"S");
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl TlsStream for &mut Capture {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+/// A "TLS" that is the stream itself, so a connection made with TLS writes
+/// its cancel request into the [`Capture`] too.
+struct Passthrough;
+
+impl<'a> TlsConnect<&'a mut Capture> for Passthrough {
+    type Stream = &'a mut Capture;
+    type Error = io::Error;
+    type Future = std::future::Ready<io::Result<&'a mut Capture>>;
+
+    fn connect(self, stream: &'a mut Capture) -> Self::Future {
+        std::future::ready(Ok(stream))
+    }
 }
 
 fn with<R>(f: impl FnOnce(&mut Statements) -> R) -> R {
@@ -77,7 +187,11 @@ pub(crate) enum Lookup {
 
 /// What `client` has of the statement `label` of `model` (one lock, one lookup).
 pub(crate) fn lookup(client: &Client, model: &'static Model, label: &str) -> Lookup {
-    with(|map| match map.get(&key(client, model)).and_then(|m| m.get(label)) {
+    let key = key(client, model);
+    if !key.0.known() {
+        return Lookup::Unnamed;
+    }
+    with(|map| match map.get(&key).and_then(|m| m.get(label)) {
         Some(Entry { statement: Some(statement), .. }) => Lookup::Prepared(statement.clone()),
         Some(entry) if entry.stale >= STALE_LIMIT => Lookup::Unnamed,
         _ => Lookup::Prepare,

@@ -19,6 +19,7 @@ use tokio_postgres::types::Type;
 
 use crate::model::{Column, Model, quote_ident};
 use crate::sql::ORD;
+use crate::types::PgType;
 
 /// Column of the statements' results (and of the arrays' mask) naming the
 /// generated id of an inserted row.
@@ -270,8 +271,15 @@ pub(crate) fn upsert_update(model: &'static Model, from: Source, set: &UpdateSet
         order = list("s", model.unique_key()),
     );
     if set.only_if_changed {
-        let old = list("t", set.columns.iter().copied());
-        let new = set.columns.iter().map(|c| format!("EXCLUDED.{}", q(c.name()))).collect::<Vec<_>>().join(", ");
+        // A JSON model field may be stored in a `json` column, which has no
+        // equality operator: compare both sides as `jsonb` (a no-op cast for
+        // a `jsonb` column), which also ignores key order and white space.
+        let compared = |alias: &str, c: &Column| match c.pg_type() {
+            PgType::Jsonb => format!("{alias}.{}::jsonb", q(c.name())),
+            _ => format!("{alias}.{}", q(c.name())),
+        };
+        let old = set.columns.iter().map(|c| compared("\"t\"", c)).collect::<Vec<_>>().join(", ");
+        let new = set.columns.iter().map(|c| compared("EXCLUDED", c)).collect::<Vec<_>>().join(", ");
         let _ = write!(up, " WHERE ROW({old}) IS DISTINCT FROM ROW({new})");
     }
     up.push_str(" RETURNING 1)");

@@ -79,9 +79,9 @@ async fn recorded_once(n: usize) {
     assert!(again.replayed);
     assert_eq!(counts(&again), counts(&first));
     assert_eq!(again.to_string(), format!("{} of {} records added (recorded earlier)", n - 1, n + 1));
-    // Even with other rows under the same id: the id names the batch.
-    let other = Payment::bulk(&mut client).batch_id("import 7").run(batch(10_000, n)).await.unwrap();
-    assert!(other.replayed);
+    // Other rows under the same id are another batch: refused, not replayed.
+    let other = Payment::bulk(&mut client).batch_id("import 7").run(batch(10_000, n)).await.unwrap_err();
+    assert!(matches!(other, Error::BatchIdReused { .. }), "{other}");
     assert_eq!(count(&client, "payment").await as usize, n);
     // Another id runs normally (and the plain call's answer for a retry is 0).
     let fresh = Payment::bulk(&mut client).batch_id("import 8").run(&rows).await.unwrap();
@@ -401,5 +401,104 @@ async fn the_ledger_lives_in_the_models_schema_or_where_told() {
     assert_eq!((r.replayed, r.inserted), (false, 2), "a different ledger: not a replay");
     let r = Event::bulk(&mut client).ledger(custom).batch_id("a").run((0..5).map(|k| Event { k })).await.unwrap();
     assert!(r.replayed);
+    db.drop().await;
+}
+
+/// Another batch under a used id is refused (never a silent replay), on
+/// both paths, and nothing of it is written; the same batch replays.
+async fn reused_id(n: usize) {
+    let (db, mut client) = setup(&format!("once_reused_{n}")).await;
+    let rows = batch(0, n);
+    let first = Payment::bulk(&mut client).batch_id("page 7").run(&rows).await.unwrap();
+    assert_eq!(first.inserted, n as u64);
+    // Other rows of the same length, the same rows in another order, one
+    // value changed: each is another batch.
+    let mut reordered = rows.clone();
+    reordered.reverse();
+    let mut changed = rows.clone();
+    changed[n / 2].cents += 1;
+    for other in [batch(10_000, n), reordered, changed] {
+        let err = Payment::bulk(&mut client).batch_id("page 7").run(&other).await.unwrap_err();
+        match &err {
+            Error::BatchIdReused { batch_id, recorded, offered, .. } => {
+                assert_eq!(batch_id, "page 7");
+                assert_ne!(recorded, offered);
+                assert!(recorded.starts_with(&format!("{} rows of Payment ", n + 1)), "{recorded}");
+            }
+            other => panic!("expected BatchIdReused, got {other}"),
+        }
+        assert!(!err.is_retryable());
+    }
+    assert_eq!(count(&client, "payment").await as usize, n, "nothing of the other batches is written");
+    let again = Payment::bulk(&mut client).batch_id("page 7").run(&rows).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(counts(&again), counts(&first));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn another_batch_under_a_used_id_is_refused() {
+    reused_id(30).await;
+}
+
+#[tokio::test]
+async fn another_batch_under_a_used_id_is_refused_through_copy() {
+    reused_id(COPY_BATCH).await;
+}
+
+#[tokio::test]
+async fn batch_ids_the_ledger_cannot_hold_are_refused_before_anything_is_sent() {
+    let (db, mut client) = setup("once_bad_ids").await;
+    let long = "x".repeat(513);
+    for id in ["", "page\0one", long.as_str()] {
+        for n in [10, COPY_BATCH] {
+            let err = Payment::bulk(&mut client).batch_id(id).run(&batch(0, n)).await.unwrap_err();
+            assert!(matches!(err, Error::Usage { .. }), "{id:?}: {err}");
+            assert!(err.to_string().contains("batch id"), "{err}");
+        }
+    }
+    assert_eq!(count(&client, "payment").await, 0);
+    assert!(ledger_rows(&client).await.is_empty());
+    // The longest allowed id works.
+    let longest = "y".repeat(512);
+    assert_eq!(Payment::bulk(&mut client).batch_id(longest).run(&batch(0, 10)).await.unwrap().inserted, 10);
+    db.drop().await;
+}
+
+/// The same table seen by another model: a batch id used by one model is
+/// refused to the other, rather than replaying the first model's counts.
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "payment", unique(account, seq))]
+pub struct PaymentKey {
+    pub account: i64,
+    pub seq: i64,
+}
+
+/// Another table sharing the ledger.
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "refund", unique(account, seq))]
+pub struct Refund {
+    pub account: i64,
+    pub seq: i64,
+}
+
+#[tokio::test]
+async fn models_sharing_a_ledger_never_take_each_others_counts() {
+    let (db, mut client) = setup("once_two_models").await;
+    client.batch_execute(&Refund::model().migration_sql()).await.unwrap();
+    client.batch_execute("ALTER TABLE payment ALTER COLUMN cents SET DEFAULT 0").await.unwrap();
+    let payments = batch(0, 20);
+    Payment::bulk(&mut client).batch_id("day 1").run(&payments).await.unwrap();
+    // Another table, the same id, the same ledger: its own batch.
+    let refunds: Vec<Refund> = (0..5).map(|seq| Refund { account: 1, seq }).collect();
+    let report =
+        Refund::bulk(&mut client).batch_id("day 1").ledger(Ledger::of::<Payment>()).run(&refunds).await.unwrap();
+    assert!(!report.replayed);
+    assert_eq!(report.inserted, 5);
+    // The same table through another model: refused, not replayed.
+    let keys: Vec<PaymentKey> = payments.iter().map(|p| PaymentKey { account: p.account, seq: p.seq }).collect();
+    let err = PaymentKey::bulk(&mut client).batch_id("day 1").run(&keys).await.unwrap_err();
+    assert!(matches!(err, Error::BatchIdReused { .. }), "{err}");
+    assert!(err.to_string().contains("Payment") && err.to_string().contains("PaymentKey"), "{err}");
     db.drop().await;
 }

@@ -1,0 +1,407 @@
+//! When the session or the table differs from what the call checked: the
+//! unique index dropped, `search_path` or the role switched between calls,
+//! failed calls and fallbacks inside a caller's transaction (no savepoint
+//! may stay open), a call dropped while it waits (a timeout).
+//!
+//! Each test has models of its own: the choice of the insert's form is kept
+//! per model for the whole process.
+
+use std::time::Duration;
+
+use bulk_runtime::{BulkCreateNew, Error, SchemaProblem};
+use bulk_tests::{COPY_BATCH, TestDb, count};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+macro_rules! model {
+    ($name:ident, $table:literal) => {
+        #[derive(BulkCreateNew, Debug, Clone)]
+        #[bulk(table = $table, unique(k), id = false)]
+        struct $name {
+            k: i64,
+            payload: String,
+        }
+
+        impl $name {
+            /// Keys `from..from + len`, in a scrambled order.
+            fn batch(from: i64, len: usize) -> Vec<$name> {
+                let len = len as i64;
+                (0..len).map(|i| $name { k: from + (i * 7919) % len, payload: format!("row {i}") }).collect()
+            }
+        }
+    };
+}
+
+model!(DropShort, "drop_short");
+model!(DropCopy, "drop_copy");
+model!(PathShort, "path_item");
+model!(PathCopy, "path_item");
+model!(RoleItem, "role_item");
+model!(NestedItem, "nested_item");
+model!(TimeoutShort, "timeout_short");
+model!(TimeoutCopy, "timeout_copy");
+model!(BrokenCopy, "broken_copy");
+
+/// How many rows of `table` hold key `k`.
+async fn copies(client: &Client, table: &str, k: i64) -> i64 {
+    client.query_one(&format!("SELECT count(*) FROM {table} WHERE k = $1"), &[&k]).await.unwrap().get(0)
+}
+
+/// A transaction on `other` that inserts key `k` and stays open.
+async fn hold_key(other: &Client, table: &str, k: i64) {
+    other
+        .batch_execute(&format!("BEGIN; INSERT INTO {table} (k, payload) VALUES ({k}, 'other writer')"))
+        .await
+        .unwrap();
+}
+
+fn assert_unique_key_missing(err: &Error) {
+    match err {
+        Error::SchemaMismatch { problems, .. } => {
+            assert!(problems.iter().any(|p| matches!(p, SchemaProblem::UniqueKeyMissing { .. })), "{err}")
+        }
+        other => panic!("expected the schema check's explanation, got {other}"),
+    }
+}
+
+/// The session checked the table; then an admin drops the unique index and
+/// another writer stores (uncommitted) a key of the next batch. The plain
+/// insert would store that key a second time; the call must refuse.
+macro_rules! dropped_index {
+    ($model:ident, $table:literal, $len:expr) => {{
+        let db = TestDb::new(concat!("dropped_index_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        let other = db.connect().await;
+        // The first call checks the table (and keys 0..len are stored).
+        let first = $model::bulk_create_new(&mut writer, &$model::batch(0, $len)).await.unwrap();
+        assert_eq!(first.inserted, $len as u64);
+
+        let index: String = admin
+            .query_one(
+                "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = $1::text::regclass AND indisunique",
+                &[&$table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        admin.batch_execute(&format!("DROP INDEX {index}")).await.unwrap();
+        let k = $len as i64 + 10;
+        hold_key(&other, $table, k).await;
+        let err = $model::bulk_create_new(&mut writer, &$model::batch($len as i64, $len)).await.unwrap_err();
+        other.batch_execute("COMMIT").await.unwrap();
+        assert_unique_key_missing(&err);
+        assert!(err.connection_usable(), "{err}");
+        assert_eq!(copies(&admin, $table, k).await, 1, "key {k} stored twice");
+        assert_eq!(count(&admin, $table).await, $len as i64 + 1, "nothing of the refused batch is written");
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn a_dropped_unique_index_never_lets_a_duplicate_in() {
+    dropped_index!(DropShort, "drop_short", 300)
+}
+
+#[tokio::test]
+async fn a_dropped_unique_index_never_lets_a_duplicate_in_through_copy() {
+    dropped_index!(DropCopy, "drop_copy", COPY_BATCH)
+}
+
+/// A pooled connection checked the table in one schema, then its
+/// `search_path` leads to a same-named table without the unique index.
+macro_rules! switched_search_path {
+    ($model:ident, $len:expr) => {{
+        let db = TestDb::new("switched_search_path").await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let other_schema = format!("{}_other", db.schema);
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA {s}; CREATE TABLE {s}.path_item (k bigint NOT NULL, payload text NOT NULL)",
+                s = bulk_runtime::quote_ident(&other_schema)
+            ))
+            .await
+            .unwrap();
+        let mut writer = db.connect().await;
+        let other = db.connect().await;
+        $model::bulk_create_new(&mut writer, &$model::batch(0, $len)).await.unwrap();
+
+        let path = format!("SET search_path = {}", bulk_runtime::quote_ident(&other_schema));
+        writer.batch_execute(&path).await.unwrap();
+        other.batch_execute(&path).await.unwrap();
+        hold_key(&other, "path_item", 10).await;
+        let err = $model::bulk_create_new(&mut writer, &$model::batch(0, $len)).await.unwrap_err();
+        other.batch_execute("COMMIT").await.unwrap();
+        assert_unique_key_missing(&err);
+        assert_eq!(copies(&other, "path_item", 10).await, 1, "key 10 stored twice");
+        assert_eq!(count(&other, "path_item").await, 1, "nothing of the refused batch is written");
+        admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", bulk_runtime::quote_ident(&other_schema)))
+            .await
+            .unwrap();
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_table_without_the_index_never_lets_a_duplicate_in() {
+    switched_search_path!(PathShort, 300)
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_table_without_the_index_never_lets_a_duplicate_in_through_copy() {
+    switched_search_path!(PathCopy, COPY_BATCH)
+}
+
+/// A role of this test (roles belong to the whole server), allowed to write
+/// the test's table.
+async fn role(admin: &Client, db: &TestDb, suffix: &str) -> String {
+    let role = format!("{}_{suffix}", db.schema);
+    let r = bulk_runtime::quote_ident(&role);
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {r}; CREATE ROLE {r}; GRANT USAGE ON SCHEMA {s} TO {r}; \
+             GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {s} TO {r}",
+            s = bulk_runtime::quote_ident(&db.schema)
+        ))
+        .await
+        .unwrap();
+    role
+}
+
+async fn drop_role(admin: &Client, db: &TestDb, role: &str) {
+    let r = bulk_runtime::quote_ident(role);
+    let s = bulk_runtime::quote_ident(&db.schema);
+    admin
+        .batch_execute(&format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {r}; REVOKE ALL ON SCHEMA {s} FROM {r}; DROP ROLE {r}"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn calls_work_across_role_switches_on_both_paths() {
+    let db = TestDb::new("role_switches").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&RoleItem::model().migration_sql()).await.unwrap();
+    let (alice, bob) = (role(&admin, &db, "alice").await, role(&admin, &db, "bob").await);
+    let mut client = db.connect().await;
+    let mut next = 0;
+    let mut call = async |client: &mut Client, len: usize| {
+        let rows = RoleItem::batch(next, len);
+        next += len as i64;
+        let outcome = RoleItem::bulk_create_new(client, &rows).await.unwrap_or_else(|e| panic!("{len} rows: {e}"));
+        assert_eq!(outcome.inserted, len as u64);
+    };
+    // The scratch table is made by the session's first role, then used by others.
+    for set in ["", &format!("SET ROLE {}", bulk_runtime::quote_ident(&alice)), "RESET ROLE"] {
+        if !set.is_empty() {
+            client.batch_execute(set).await.unwrap();
+        }
+        call(&mut client, COPY_BATCH).await;
+        call(&mut client, 300).await;
+    }
+    // As PostgREST does: SET LOCAL ROLE inside each of the caller's transactions.
+    for who in [&bob, &alice, &bob] {
+        let mut tx = client.transaction().await.unwrap();
+        tx.batch_execute(&format!("SET LOCAL ROLE {}", bulk_runtime::quote_ident(who))).await.unwrap();
+        let rows = RoleItem::batch(next, COPY_BATCH);
+        next += COPY_BATCH as i64;
+        let outcome = RoleItem::bulk_create_new(&mut tx, &rows).await.unwrap_or_else(|e| panic!("as {who}: {e}"));
+        assert_eq!(outcome.inserted, COPY_BATCH as u64);
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(count(&admin, "role_item").await, next);
+    drop(client);
+    drop_role(&admin, &db, &alice).await;
+    drop_role(&admin, &db, &bob).await;
+    db.drop().await;
+}
+
+/// A COPY refused when it starts leaves tokio-postgres's connection
+/// unusable: the error must say so (and a connection it calls usable takes
+/// the next batch).
+#[tokio::test]
+async fn connection_usable_is_false_after_copy_is_refused_at_its_start() {
+    let db = TestDb::new("copy_refused").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&BrokenCopy::model().migration_sql()).await.unwrap();
+    let carol = role(&admin, &db, "carol").await;
+    let mut client = db.connect().await;
+    BrokenCopy::bulk_create_new(&mut client, &BrokenCopy::batch(0, COPY_BATCH)).await.unwrap();
+    // Take the session's scratch table away from every role but its owner.
+    let scratch: String = client
+        .query_one(
+            "SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname LIKE '\\_\\_bulk\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "REVOKE ALL ON pg_temp.{} FROM PUBLIC; SET ROLE {}",
+            bulk_runtime::quote_ident(&scratch),
+            bulk_runtime::quote_ident(&carol)
+        ))
+        .await
+        .unwrap();
+    let err =
+        BrokenCopy::bulk_create_new(&mut client, &BrokenCopy::batch(COPY_BATCH as i64, COPY_BATCH)).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    let next = BrokenCopy::bulk_create_new(&mut client, &BrokenCopy::batch(0, 10)).await;
+    assert_eq!(
+        err.connection_usable(),
+        next.is_ok(),
+        "connection_usable() = {}, next call: {next:?}",
+        err.connection_usable()
+    );
+    assert_eq!(count(&admin, "broken_copy").await, COPY_BATCH as i64);
+    drop(client);
+    drop_role(&admin, &db, &carol).await;
+    db.drop().await;
+}
+
+/// Whether the caller's transaction holds a savepoint named as the call's.
+/// (Ends the transaction's usefulness: the failed RELEASE aborts it.)
+async fn leaked_savepoint(tx: &tokio_postgres::Transaction<'_>) -> bool {
+    match tx.batch_execute("RELEASE SAVEPOINT bulk_create_new").await {
+        Ok(()) => true,
+        Err(e) => {
+            assert_eq!(e.code(), Some(&SqlState::S_E_INVALID_SPECIFICATION), "{e:?}");
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn failed_calls_leave_the_callers_transaction_as_it_was() {
+    let db = TestDb::new("savepoints").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&NestedItem::model().migration_sql()).await.unwrap();
+    admin.batch_execute("ALTER TABLE nested_item ADD CHECK (k <> 77)").await.unwrap();
+    let mut client = db.connect().await;
+    let mut tx = client.transaction().await.unwrap();
+    tx.batch_execute("INSERT INTO nested_item (k, payload) VALUES (-1, 'the caller''s own row')").await.unwrap();
+    for round in 0..10 {
+        for len in [10, 300, COPY_BATCH] {
+            // Key 77 breaks the CHECK: the call fails on the server.
+            let err = NestedItem::bulk_create_new(&mut tx, &NestedItem::batch(70, len)).await.unwrap_err();
+            assert_eq!(err.sqlstate(), Some(&SqlState::CHECK_VIOLATION), "round {round}, {len} rows: {err}");
+            assert!(err.connection_usable());
+        }
+        // A call that succeeds in between, on both paths.
+        let from = 1000 + round * 10_000;
+        NestedItem::bulk_create_new(&mut tx, &NestedItem::batch(from, 300)).await.unwrap();
+        NestedItem::bulk_create_new(&mut tx, &NestedItem::batch(from + 1000, COPY_BATCH)).await.unwrap();
+    }
+    assert_eq!(count(tx.client(), "nested_item").await, 1 + 10 * (300 + COPY_BATCH as i64));
+    assert!(!leaked_savepoint(&tx).await, "a call left its savepoint open in the caller's transaction");
+    drop(tx);
+    db.drop().await;
+}
+
+/// A call dropped (a timeout) while its insert waits on a key another
+/// transaction is inserting: once sent, the insert runs to its end on the
+/// server with the call's commit, so the batch is stored when the other
+/// transaction rolls back, exactly as when the call is not dropped. Both
+/// paths behave alike, and the connection takes the next batch.
+macro_rules! dropped_while_waiting {
+    ($model:ident, $table:literal, $len:expr) => {{
+        let db = TestDb::new(concat!("dropped_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        let other = db.connect().await;
+        let pid: i32 = writer.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        hold_key(&other, $table, 5).await;
+        let rows = $model::batch(0, $len);
+        let call = tokio::time::timeout(Duration::from_millis(300), $model::bulk_create_new(&mut writer, &rows));
+        assert!(call.await.is_err(), "the call waits on key 5 until the timeout");
+        // The insert still waits on the server.
+        let waiting: i64 = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(waiting, 1);
+        other.batch_execute("ROLLBACK").await.unwrap();
+        // The connection takes the next batch (after the dropped call's end).
+        let next = $model::bulk_create_new(&mut writer, &$model::batch($len as i64, 10)).await.unwrap();
+        assert_eq!(next.inserted, 10);
+        assert_eq!(count(&admin, $table).await, $len as i64 + 10, "the dropped call's batch is stored whole");
+        let open: i64 = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND xact_start IS NOT NULL", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(open, 0, "no transaction left open");
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_its_insert_waits_completes_on_the_server() {
+    dropped_while_waiting!(TimeoutShort, "timeout_short", 300)
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_its_insert_waits_completes_on_the_server_through_copy() {
+    dropped_while_waiting!(TimeoutCopy, "timeout_copy", COPY_BATCH)
+}
+
+model!(MovedItem, "moved_item");
+
+/// The statements prepared on `client`'s backend (asked unprepared).
+async fn prepared(client: &Client) -> i64 {
+    client.query_typed("SELECT count(*) FROM pg_prepared_statements", &[]).await.unwrap()[0].get(0)
+}
+
+/// The library tells connections apart by what the server told each one at
+/// startup, not by where the `Client` sits in memory.
+#[tokio::test]
+async fn connections_are_told_apart_by_their_backend_not_their_address() {
+    let db = TestDb::new("identity").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&MovedItem::model().migration_sql()).await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = db.connect().await;
+        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        assert_eq!(bulk_runtime::__test_hooks::connection_process_id(&client), pid);
+        clients.push(client);
+    }
+
+    // One client moved to a new place in memory before every call keeps its
+    // statements: no new prepared statement on its backend after the first
+    // call of each form.
+    let mut homes: Vec<Option<Client>> = vec![clients.pop()];
+    let mut next = 0;
+    for round in 0..40 {
+        let client = homes.last_mut().unwrap().take();
+        homes.push(client);
+        let client = homes.last_mut().unwrap().as_mut().unwrap();
+        let len = if round % 2 == 0 { 10 } else { 300 };
+        MovedItem::bulk_create_new(client, &MovedItem::batch(next, len)).await.unwrap();
+        next += len as i64;
+    }
+    let moved = homes.last().unwrap().as_ref().unwrap();
+    assert_eq!(prepared(moved).await, 2, "one statement per form of the insert, after 40 calls from 40 places");
+
+    // Clients dropped and made again (which may land where an old one was)
+    // start afresh: each new one's first call checks and prepares for itself.
+    for _ in 0..20 {
+        drop(clients.pop());
+        let mut fresh = db.connect().await;
+        let outcome = MovedItem::bulk_create_new(&mut fresh, &MovedItem::batch(next, 300)).await.unwrap();
+        assert_eq!(outcome.inserted, 300);
+        next += 300;
+        assert_eq!(prepared(&fresh).await, 1, "a fresh connection prepares its own statement, once");
+        clients.push(fresh);
+    }
+    assert_eq!(count(&admin, "moved_item").await, next);
+    db.drop().await;
+}
