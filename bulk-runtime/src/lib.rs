@@ -144,6 +144,16 @@ pub use protocol::{Connection, Outcome, bulk_create_new};
 pub use types::{BulkColumn, BulkValue, NonNullColumn, PgType, ValueError};
 pub use variants::Keep;
 
+/// The tokio-postgres this crate is built on, re-exported: connect with
+/// `bulk_runtime::tokio_postgres` and the [`Client`](tokio_postgres::Client)
+/// or [`Transaction`](tokio_postgres::Transaction) you pass to a bulk call is
+/// always of the version the call takes, without a direct dependency.
+///
+/// A direct `tokio-postgres = "0.7"` dependency works too (cargo unifies it
+/// with this one); add it only for tokio-postgres features this crate does
+/// not enable.
+pub use tokio_postgres;
+
 /// Derives [`BulkCreateNew`](trait@BulkCreateNew) for a struct with named fields.
 ///
 /// # Attributes
