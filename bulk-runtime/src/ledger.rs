@@ -34,14 +34,21 @@ use crate::model::{Model, quote_ident};
 /// connection's `search_path` when the model has none); create it once with
 /// [`migration_sql`](Self::migration_sql):
 ///
-/// ```no_run
+/// ```
 /// # use bulk_runtime::{BulkCreateNew, Ledger};
 /// # #[derive(BulkCreateNew)]
 /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
 /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64 }
-/// # async fn run(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = ExampleDb::create("doc_ledger").await?;
+/// # let client = db.connect().await?;
 /// client.batch_execute(&Retweet::model().migration_sql()).await?;
 /// client.batch_execute(&Ledger::of::<Retweet>().migration_sql()).await?;
+/// # let found: i64 = client.query_one("SELECT count(*) FROM bulk_batches", &[]).await?.get(0);
+/// # assert_eq!(found, 0);
+/// # db.drop().await?;
 /// # Ok(()) }
 /// ```
 ///
