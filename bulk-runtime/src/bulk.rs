@@ -2,7 +2,6 @@
 //! builder; choose what the call returns, then run it on an iterator or a
 //! stream of rows.
 
-use std::any::type_name;
 use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
@@ -13,7 +12,7 @@ use tokio_postgres::types::{FromSql, Type};
 
 use crate::BulkCreateNew;
 use crate::engine::{self, BoxError, Call, Kind};
-use crate::error::Error;
+use crate::error::{Error, type_name};
 use crate::ledger::Ledger;
 use crate::model::{Column, Model};
 use crate::protocol::{self, Connection, Outcome};
@@ -423,8 +422,9 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
     /// recorded counts, flagged [`replayed`](Report::replayed); two
     /// concurrent calls with the same id insert once.
     ///
-    /// The ledger table must exist ([`Ledger::migration_sql`]); by default it
-    /// is `bulk_batches` in the model's schema (see [`ledger`](Self::ledger)).
+    /// The ledger table must exist ([`Ledger::migration_sql`]; without it the
+    /// call fails with [`Error::LedgerMissing`]); by default it is
+    /// `bulk_batches` in the model's schema (see [`ledger`](Self::ledger)).
     /// An empty batch is not recorded.
     ///
     /// ```

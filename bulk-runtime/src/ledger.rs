@@ -20,6 +20,7 @@
 use std::fmt::Write as _;
 
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::BulkCreateNew;
@@ -208,8 +209,14 @@ pub(crate) enum Claim {
     Replay(Report),
 }
 
-fn ledger_error(model: &Model) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    move |source| Error::Database { table: model.qualified_name(), step: Step::Ledger, row: None, field: None, source }
+fn ledger_error<'a>(model: &'a Model, ledger: &'a Ledger) -> impl Fn(tokio_postgres::Error) -> Error + 'a {
+    move |source| {
+        // The ledger table or its schema is missing: say how to create it.
+        if matches!(source.code(), Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)) {
+            return Error::LedgerMissing { model: model.struct_name(), ledger: ledger.qualified_name(), source };
+        }
+        Error::Database { table: model.qualified_name(), step: Step::Ledger, row: None, field: None, source }
+    }
 }
 
 /// Claims `batch_id` for the model's table, inside the call's transaction.
@@ -225,11 +232,11 @@ pub(crate) async fn claim(
     // The row found taken may be deleted before it is read (a cleanup job):
     // then claim again.
     for _ in 0..3 {
-        let claimed = client.query_typed(&ledger.claim_sql(), &params).await.map_err(ledger_error(model))?;
+        let claimed = client.query_typed(&ledger.claim_sql(), &params).await.map_err(ledger_error(model, ledger))?;
         if let Some(row) = claimed.first() {
             return Ok(Claim::Claimed(row.get(0)));
         }
-        let recorded = client.query_typed(&ledger.replay_sql(), &params).await.map_err(ledger_error(model))?;
+        let recorded = client.query_typed(&ledger.replay_sql(), &params).await.map_err(ledger_error(model, ledger))?;
         if let Some(row) = recorded.first() {
             let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
             return Ok(Claim::Replay(Report {
@@ -263,7 +270,7 @@ pub(crate) async fn record(
     let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> =
         vec![(&target, Type::TEXT), (&batch_id, Type::TEXT)];
     params.extend(counts.iter().map(|c| (c as &(dyn tokio_postgres::types::ToSql + Sync), Type::INT8)));
-    client.query_typed(&ledger.record_sql(), &params).await.map_err(ledger_error(model))?;
+    client.query_typed(&ledger.record_sql(), &params).await.map_err(ledger_error(model, ledger))?;
     Ok(())
 }
 
