@@ -21,6 +21,9 @@ pub(crate) struct Field<'a> {
     pub ident: &'a Ident,
     pub ty: &'a Type,
     pub attrs: FieldAttrs,
+    /// The field's `#[bulk(...)]` parsed without error, so whether it is
+    /// stored is known.
+    pub attrs_ok: bool,
 }
 
 impl<'a> Field<'a> {
@@ -53,10 +56,15 @@ impl<'a> Input<'a> {
                 Fields::Named(named) => named
                     .named
                     .iter()
-                    .map(|f| Field {
-                        ident: f.ident.as_ref().expect("named fields have names"),
-                        ty: &f.ty,
-                        attrs: FieldAttrs::from_syn(cx, &f.attrs),
+                    .map(|f| {
+                        let errors = cx.error_count();
+                        let attrs = FieldAttrs::from_syn(cx, &f.attrs);
+                        Field {
+                            ident: f.ident.as_ref().expect("named fields have names"),
+                            ty: &f.ty,
+                            attrs,
+                            attrs_ok: cx.error_count() == errors,
+                        }
                     })
                     .collect(),
                 Fields::Unnamed(unnamed) => {

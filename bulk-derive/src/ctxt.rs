@@ -34,6 +34,11 @@ impl Ctxt {
         }
     }
 
+    /// How many errors have been recorded so far.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.borrow().as_ref().map_or(0, Vec::len)
+    }
+
     /// Combines every recorded error into one (each keeps its span).
     pub(crate) fn check(self) -> syn::Result<()> {
         let errors = self.errors.borrow_mut().take().unwrap_or_default();

@@ -1,7 +1,7 @@
 //! Code generation; assumes the input passed `check.rs`.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{DeriveInput, Lifetime, Type};
@@ -45,17 +45,7 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
         let i = stored.iter().position(|f| f.ident == k.ident).unwrap_or_default();
         quote!(#i)
     });
-    let non_null_asserts = if input.attrs.nulls_not_distinct.get().is_some() {
-        Vec::new()
-    } else {
-        key_fields
-            .iter()
-            .map(|f| {
-                let ty = erase_lifetimes(f.ty);
-                quote_spanned!(f.ty.span()=> ::bulk_runtime::__private::assert_non_null::<#ty>();)
-            })
-            .collect()
-    };
+    let non_null_asserts = non_null_asserts(input, &key_fields);
 
     let struct_name = ident.to_string();
     let schema = match input.attrs.schema.get() {
@@ -106,17 +96,55 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
     }
 }
 
+/// For each key field, unless `nulls_not_distinct`: an assertion that its
+/// type is not nullable, spanned at the type. It goes through
+/// `<T as BulkColumn>::__Column`, so a type that is no column type at all
+/// gets only the "cannot be stored" error, not a second one about `Option`.
+fn non_null_asserts(input: &Input<'_>, key_fields: &[&Field<'_>]) -> Vec<TokenStream> {
+    if input.attrs.nulls_not_distinct.get().is_some() {
+        return Vec::new();
+    }
+    key_fields
+        .iter()
+        .map(|f| {
+            // `__Column` at the type's last token, so that the error spans
+            // the whole type (from the projection's `<` at its first token).
+            let last = f.ty.to_token_stream().into_iter().last().map_or_else(|| f.ty.span(), |t| t.span());
+            let column = column_item(f, quote_spanned!(last=> __Column));
+            quote_spanned!(f.ty.span()=> ::bulk_runtime::__private::assert_non_null::<#column>();)
+        })
+        .collect()
+}
+
 /// What to emit when the input is invalid: the errors, plus a stub impl so
 /// that uses of the trait elsewhere do not add a cascade of secondary errors.
 /// Works for any item the derive was put on (an enum gets a stub too), but
 /// not for generic ones, whose stub could add errors of its own.
-pub(crate) fn fallback(node: &DeriveInput, errors: syn::Error) -> TokenStream {
+///
+/// The stub also checks the types of the stored fields (and that key fields
+/// are not nullable), so that an unsupported field type is reported in the
+/// same compile as the attribute mistakes. A field whose own `#[bulk(...)]`
+/// is malformed is left out: whether it is stored is not known.
+pub(crate) fn fallback(node: &DeriveInput, input: Option<&Input<'_>>, errors: syn::Error) -> TokenStream {
     let errors = errors.into_compile_error();
     if node.generics.type_params().next().is_some() || node.generics.const_params().next().is_some() {
         return errors;
     }
     let ident = &node.ident;
     let (impl_generics, ty_generics, where_clause) = node.generics.split_for_impl();
+    let mut type_checks = Vec::new();
+    if let Some(input) = input {
+        let checked = |f: &&Field<'_>| f.attrs_ok && f.stored();
+        type_checks.extend(input.fields.iter().filter(checked).map(|f| {
+            let pg_type = column_item(f, quote!(PG_TYPE));
+            quote!(let _ = #pg_type;)
+        }));
+        let key_fields: Vec<&Field<'_>> = match input.attrs.unique.get() {
+            Some(key) => key.iter().filter_map(|k| input.field_named(k)).filter(checked).collect(),
+            None => Vec::new(),
+        };
+        type_checks.extend(non_null_asserts(input, &key_fields));
+    }
     quote! {
         #errors
         #[automatically_derived]
@@ -126,6 +154,7 @@ pub(crate) fn fallback(node: &DeriveInput, errors: syn::Error) -> TokenStream {
                 where
                     Self: '__bulk_row;
                 fn model() -> &'static ::bulk_runtime::__private::Model {
+                    #(#type_checks)*
                     ::core::unreachable!()
                 }
                 fn copy_values(&self) -> [&dyn ::bulk_runtime::__private::BulkValue; 0] {

@@ -31,9 +31,9 @@ fn derive_inner(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
     }
     match (cx.check(), &input) {
         (Ok(()), Some(input)) => expand::impl_struct(input),
-        (Err(errors), _) => expand::fallback(&node, errors),
+        (Err(errors), input) => expand::fallback(&node, input.as_ref(), errors),
         // `from_syn` records an error whenever it returns `None`.
-        (Ok(()), None) => expand::fallback(&node, syn::Error::new_spanned(&node.ident, ast::NOT_NAMED_STRUCT)),
+        (Ok(()), None) => expand::fallback(&node, None, syn::Error::new_spanned(&node.ident, ast::NOT_NAMED_STRUCT)),
     }
 }
 

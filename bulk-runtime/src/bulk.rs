@@ -2,7 +2,6 @@
 //! builder; choose what the call returns, then run it on an iterator or a
 //! stream of rows.
 
-use std::any::type_name;
 use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
@@ -13,7 +12,7 @@ use tokio_postgres::types::{FromSql, Type};
 
 use crate::BulkCreateNew;
 use crate::engine::{self, BoxError, Call, Kind};
-use crate::error::Error;
+use crate::error::{Error, type_name};
 use crate::ledger::{self, Ledger};
 use crate::model::{Column, Model};
 use crate::protocol::{self, Connection, Outcome};
@@ -279,24 +278,36 @@ pub struct Progress {
 /// COPY path (except what the caller asks to have returned), nothing
 /// written when an error is returned.
 ///
-/// ```no_run
+/// ```
 /// # use bulk_runtime::{BulkCreateNew, Upsert};
 /// # #[derive(BulkCreateNew)]
 /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
 /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
-/// # async fn run(client: &mut tokio_postgres::Client, batch: Vec<Retweet>) -> Result<(), bulk_runtime::Error> {
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = ExampleDb::create("doc_builder").await?;
+/// # let client = &mut db.connect().await?;
+/// # client.batch_execute(&Retweet::model().migration_sql()).await?;
+/// # let rt = |tweet, retweeter, original_author| Retweet { tweet, retweeter, original_author };
+/// # Retweet::bulk_create_new(client, [rt(1, 10, 100), rt(1, 11, 100)]).await?;
+/// # let batch = vec![rt(1, 10, 100), rt(1, 11, 101), rt(1, 12, 100), rt(1, 13, 100), rt(1, 13, 100)];
 /// // The keys and ids of the rows that were new.
 /// let report = Retweet::bulk(client).returning_keys::<(i64, i64)>().run(&batch).await?;
 /// for new in &report.returned {
 ///     println!("batch row {} is new: {:?}, id {:?}", new.index, new.key, new.id);
 /// }
+/// # assert_eq!(report.returned.iter().map(|new| new.index).collect::<Vec<_>>(), [2, 3]);
 ///
+/// # let batch = vec![rt(1, 10, 100), rt(1, 11, 102), rt(1, 20, 100), rt(1, 21, 100), rt(1, 22, 100)];
 /// // Insert new keys, update the author of stored ones when it differs.
 /// let report = Retweet::bulk(client)
 ///     .upsert(Upsert::columns(["original_author"]).only_if_changed())
 ///     .run(&batch)
 ///     .await?;
 /// println!("{report}"); // "3 of 5 records added, 1 updated, 1 unchanged"
+/// # assert_eq!(report.to_string(), "3 of 5 records added, 1 updated, 1 unchanged");
+/// # db.drop().await?;
 /// # Ok(()) }
 /// ```
 #[must_use = "a bulk call does nothing until it is run"]
@@ -339,14 +350,24 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized> Bulk<'a, T, C> {
     /// inserted row); for huge batches use
     /// [`returning_keys_with`](Self::returning_keys_with).
     ///
-    /// ```no_run
+    /// ```
     /// # use bulk_runtime::BulkCreateNew;
     /// # #[derive(BulkCreateNew)]
     /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
     /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
-    /// # async fn run(client: &mut tokio_postgres::Client, batch: Vec<Retweet>) -> Result<(), bulk_runtime::Error> {
+    /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db = ExampleDb::create("doc_returning_keys").await?;
+    /// # let client = &mut db.connect().await?;
+    /// # client.batch_execute(&Retweet::model().migration_sql()).await?;
+    /// # let rt = |tweet, retweeter, original_author| Retweet { tweet, retweeter, original_author };
+    /// # Retweet::bulk_create_new(client, [rt(1, 10, 100)]).await?;
+    /// # let batch = vec![rt(1, 10, 100), rt(1, 11, 100), rt(1, 12, 100)];
     /// let report = Retweet::bulk(client).returning_keys::<(i64, i64)>().run(&batch).await?;
     /// let new_retweeters: Vec<i64> = report.returned.iter().map(|row| row.key.1).collect();
+    /// # assert_eq!(new_retweeters, [11, 12]);
+    /// # db.drop().await?;
     /// # Ok(()) }
     /// ```
     pub fn returning_keys<K: FromKey>(self) -> Bulk<'a, T, C, ReturningKeys<K>> {
@@ -401,21 +422,35 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
     /// recorded counts, flagged [`replayed`](Report::replayed); two
     /// concurrent calls with the same id insert once.
     ///
-    /// The ledger table must exist ([`Ledger::migration_sql`]); by default it
-    /// is `bulk_batches` in the model's schema (see [`ledger`](Self::ledger)).
+    /// The ledger table must exist ([`Ledger::migration_sql`]; without it the
+    /// call fails with [`Error::LedgerMissing`]); by default it is
+    /// `bulk_batches` in the model's schema (see [`ledger`](Self::ledger)).
     /// An empty batch is not recorded.
     ///
-    /// ```no_run
+    /// ```
     /// # use bulk_runtime::BulkCreateNew;
     /// # #[derive(BulkCreateNew)]
     /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
     /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
-    /// # async fn run(client: &mut tokio_postgres::Client, batch: Vec<Retweet>) -> Result<(), bulk_runtime::Error> {
+    /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db = ExampleDb::create("doc_batch_id").await?;
+    /// # let client = &mut db.connect().await?;
+    /// # client.batch_execute(&Retweet::model().migration_sql()).await?;
+    /// # let rt = |tweet, retweeter, original_author| Retweet { tweet, retweeter, original_author };
+    /// # client.batch_execute(&bulk_runtime::Ledger::of::<Retweet>().migration_sql()).await?;
+    /// # let batch = vec![rt(1, 10, 100), rt(1, 11, 100)];
     /// // The id names the input, e.g. the API page or file offset it came from.
     /// let report = Retweet::bulk(client).batch_id("poll 2024-06-01T12:00 tweet 42").run(&batch).await?;
+    /// # assert!(!report.replayed);
+    /// # let report = Retweet::bulk(&mut *client).batch_id("poll 2024-06-01T12:00 tweet 42").run(&batch).await?;
     /// if report.replayed {
     ///     println!("already stored by an earlier attempt: {report}");
     /// }
+    /// # assert!(report.replayed);
+    /// # assert_eq!(report.to_string(), "2 of 2 records added (recorded earlier)");
+    /// # db.drop().await?;
     /// # Ok(()) }
     /// ```
     pub fn batch_id(mut self, batch_id: impl Into<String>) -> Self {
@@ -464,15 +499,19 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
     /// through without being held in memory. The call's transaction stays
     /// open while the stream runs.
     ///
-    /// ```no_run
+    /// ```
     /// # use bulk_runtime::BulkCreateNew;
     /// # #[derive(BulkCreateNew)]
     /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
     /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
-    /// # async fn run(
-    /// #     client: &mut tokio_postgres::Client,
-    /// #     pages: impl futures_util::Stream<Item = Vec<Retweet>> + Send,
-    /// # ) -> Result<(), bulk_runtime::Error> {
+    /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db = ExampleDb::create("doc_run_stream").await?;
+    /// # let client = &mut db.connect().await?;
+    /// # client.batch_execute(&Retweet::model().migration_sql()).await?;
+    /// # let rt = |tweet, retweeter, original_author| Retweet { tweet, retweeter, original_author };
+    /// # let pages = futures_util::stream::iter([vec![rt(1, 10, 100), rt(1, 11, 100)], vec![rt(1, 11, 100)]]);
     /// use futures_util::StreamExt;
     ///
     /// // `pages`: the pages of an API pager, as they arrive.
@@ -481,6 +520,8 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
     ///     .on_progress(|p| eprintln!("{} rows sent, {} inserted", p.sent, p.inserted))
     ///     .run_stream(rows)
     ///     .await?;
+    /// # assert_eq!(report.to_string(), "2 of 3 records added");
+    /// # db.drop().await?;
     /// # Ok(()) }
     /// ```
     ///

@@ -196,6 +196,26 @@ pub enum Error {
         /// What this call offered, in the same form.
         offered: String,
     },
+    /// The call has a [`batch_id`](crate::Bulk::batch_id) but its ledger
+    /// table (or the table's schema) does not exist, or lacks a column that
+    /// this version records (a ledger made by an earlier version); nothing
+    /// was written. Create or upgrade it with
+    /// [`Ledger::migration_sql`](crate::Ledger::migration_sql) (idempotent).
+    #[error(
+        "{model}: the ledger table {ledger} of `.batch_id(..)` is missing or out of date: create (or upgrade) it \
+         once, with \
+         `client.batch_execute(&Ledger::of::<{model}>().migration_sql())` or in a migration (for a \
+         ledger passed to `.ledger(..)`: that ledger's `migration_sql()`); {}",
+        describe(source)
+    )]
+    LedgerMissing {
+        /// The model struct.
+        model: &'static str,
+        /// The ledger table's qualified name.
+        ledger: String,
+        /// The error from tokio-postgres (SQLSTATE `42P01`, `3F000` or `42703`).
+        source: tokio_postgres::Error,
+    },
     /// The stream of rows yielded an error
     /// ([`Bulk::try_run_stream`](crate::Bulk::try_run_stream)); nothing was written.
     #[error("the row stream failed at row {row}: {source}")]
@@ -205,6 +225,34 @@ pub enum Error {
         /// The stream's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// The name of `T` as a user writes it: [`std::any::type_name`] without the
+/// module paths (`Option<String>`, not
+/// `core::option::Option<alloc::string::String>`), for messages.
+pub(crate) fn type_name<T: ?Sized>() -> String {
+    readable_type_name(std::any::type_name::<T>())
+}
+
+fn readable_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    // Where the path segment being written started in `out`.
+    let mut segment = 0;
+    let mut rest = full;
+    while let Some(c) = rest.chars().next() {
+        if rest.starts_with("::") && segment < out.len() {
+            // `alloc::string::` so far: keep only what follows.
+            out.truncate(segment);
+            rest = &rest[2..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+        if !(c.is_alphanumeric() || c == '_') {
+            segment = out.len();
+        }
+    }
+    out
 }
 
 fn join(problems: &[SchemaProblem]) -> String {
@@ -285,7 +333,7 @@ impl Error {
     /// The SQLSTATE the server reported, if the error came from the server.
     pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {
-            Error::Database { source, .. } => source.code(),
+            Error::Database { source, .. } | Error::LedgerMissing { source, .. } => source.code(),
             _ => None,
         }
     }
@@ -293,7 +341,7 @@ impl Error {
     /// The server's error details, if the error came from the server.
     pub fn db_error(&self) -> Option<&DbError> {
         match self {
-            Error::Database { source, .. } => source.as_db_error(),
+            Error::Database { source, .. } | Error::LedgerMissing { source, .. } => source.as_db_error(),
             _ => None,
         }
     }
@@ -305,7 +353,10 @@ impl Error {
             Error::InvalidValue { row, .. } => Some(*row),
             Error::Database { row, .. } => *row,
             Error::Stream { row, .. } => Some(*row),
-            Error::SchemaMismatch { .. } | Error::Usage { .. } | Error::BatchIdReused { .. } => None,
+            Error::SchemaMismatch { .. }
+            | Error::Usage { .. }
+            | Error::BatchIdReused { .. }
+            | Error::LedgerMissing { .. } => None,
         }
     }
 
@@ -314,9 +365,11 @@ impl Error {
         match self {
             Error::InvalidValue { field, .. } => Some(field),
             Error::Database { field, .. } => field.as_deref(),
-            Error::SchemaMismatch { .. } | Error::Usage { .. } | Error::Stream { .. } | Error::BatchIdReused { .. } => {
-                None
-            }
+            Error::SchemaMismatch { .. }
+            | Error::Usage { .. }
+            | Error::Stream { .. }
+            | Error::BatchIdReused { .. }
+            | Error::LedgerMissing { .. } => None,
         }
     }
 
@@ -324,6 +377,7 @@ impl Error {
     pub fn step(&self) -> Option<Step> {
         match self {
             Error::Database { step, .. } => Some(*step),
+            Error::LedgerMissing { .. } => Some(Step::Ledger),
             _ => None,
         }
     }
@@ -387,5 +441,20 @@ pub(crate) fn retryable(source: &tokio_postgres::Error) -> bool {
             source.as_db_error().is_none()
                 && std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_read_as_written() {
+        assert_eq!(type_name::<String>(), "String");
+        assert_eq!(type_name::<(i64, Option<String>)>(), "(i64, Option<String>)");
+        assert_eq!(type_name::<Vec<std::borrow::Cow<'static, [u8]>>>(), "Vec<Cow<'_, [u8]>>");
+        assert_eq!(type_name::<&str>(), "&str");
+        assert_eq!(type_name::<dyn std::fmt::Debug>(), "dyn Debug");
+        assert_eq!(readable_type_name("<T as a::Trait>::Assoc"), "<T as Trait>::Assoc");
     }
 }

@@ -20,6 +20,7 @@
 use std::fmt::Write as _;
 
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::BulkCreateNew;
@@ -34,14 +35,21 @@ use crate::model::{Model, quote_ident};
 /// connection's `search_path` when the model has none); create it once with
 /// [`migration_sql`](Self::migration_sql):
 ///
-/// ```no_run
+/// ```
 /// # use bulk_runtime::{BulkCreateNew, Ledger};
 /// # #[derive(BulkCreateNew)]
 /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
 /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64 }
-/// # async fn run(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = ExampleDb::create("doc_ledger").await?;
+/// # let client = db.connect().await?;
 /// client.batch_execute(&Retweet::model().migration_sql()).await?;
 /// client.batch_execute(&Ledger::of::<Retweet>().migration_sql()).await?;
+/// # let found: i64 = client.query_one("SELECT count(*) FROM bulk_batches", &[]).await?.get(0);
+/// # assert_eq!(found, 0);
+/// # db.drop().await?;
 /// # Ok(()) }
 /// ```
 ///
@@ -285,8 +293,19 @@ pub(crate) enum Claim {
     Replay(Report),
 }
 
-fn ledger_error(model: &Model) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    move |source| Error::database(model, Step::Ledger, source)
+fn ledger_error<'a>(model: &'a Model, ledger: &'a Ledger) -> impl Fn(tokio_postgres::Error) -> Error + 'a {
+    move |source| {
+        // The ledger table or its schema is missing, or the table lacks a
+        // column this version records (made by an earlier version): say how
+        // to create or upgrade it.
+        if matches!(
+            source.code(),
+            Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME | &SqlState::UNDEFINED_COLUMN)
+        ) {
+            return Error::LedgerMissing { model: model.struct_name(), ledger: ledger.qualified_name(), source };
+        }
+        Error::database(model, Step::Ledger, source)
+    }
 }
 
 /// Claims `batch_id` for the model's table, inside the call's transaction.
@@ -304,11 +323,12 @@ pub(crate) async fn claim(
     // The row found taken may be deleted before it is read (a cleanup job):
     // then claim again.
     for _ in 0..3 {
-        let claimed = client.query_typed(&ledger.claim_sql(), &params).await.map_err(ledger_error(model))?;
+        let claimed = client.query_typed(&ledger.claim_sql(), &params).await.map_err(ledger_error(model, ledger))?;
         if let Some(row) = claimed.first() {
             return Ok(Claim::Claimed(row.get(0)));
         }
-        let recorded = client.query_typed(&ledger.replay_sql(), &params[..2]).await.map_err(ledger_error(model))?;
+        let recorded =
+            client.query_typed(&ledger.replay_sql(), &params[..2]).await.map_err(ledger_error(model, ledger))?;
         if let Some(row) = recorded.first() {
             // (A row recorded before fingerprints were kept has none.)
             let recorded: Option<String> = row.get(COUNTS.len());
@@ -352,7 +372,7 @@ pub(crate) async fn record(
     let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> =
         vec![(&target, Type::TEXT), (&batch_id, Type::TEXT)];
     params.extend(counts.iter().map(|c| (c as &(dyn tokio_postgres::types::ToSql + Sync), Type::INT8)));
-    client.query_typed(&ledger.record_sql(), &params).await.map_err(ledger_error(model))?;
+    client.query_typed(&ledger.record_sql(), &params).await.map_err(ledger_error(model, ledger))?;
     Ok(())
 }
 

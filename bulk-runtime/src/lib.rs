@@ -1,8 +1,9 @@
 //! Insert a batch of rows into PostgreSQL, skipping every row whose unique key
 //! is already stored or repeats in the batch, at the speed of binary `COPY`.
 //!
-//! ```no_run
+//! ```
 //! use bulk_runtime::BulkCreateNew;
+//! use bulk_runtime::tokio_postgres::{self, NoTls};
 //!
 //! #[derive(BulkCreateNew)]
 //! #[bulk(table = "retweeter", unique(tweet, retweeter))]
@@ -13,24 +14,33 @@
 //!     #[bulk(index)]
 //!     pub original_author: i64,
 //! }
+//! # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let (mut client, connection) =
-//!     tokio_postgres::connect("host=127.0.0.1 user=postgres", tokio_postgres::NoTls).await?;
-//! tokio::spawn(connection);
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     # let db = ExampleDb::create("doc_crate").await?;
+//!     # let database_url = database_url();
+//!     // database_url: e.g. "host=127.0.0.1 user=postgres"
+//!     let (mut client, connection) = tokio_postgres::connect(&database_url, NoTls).await?;
+//!     tokio::spawn(connection);
+//!     # db.enter(&client).await?;
 //!
-//! // Once, or in a migration file: the table, its unique key and indexes.
-//! client.batch_execute(&Retweet::model().migration_sql()).await?;
+//!     // Once, or in a migration file: the table, its unique key and indexes.
+//!     client.batch_execute(&Retweet::model().migration_sql()).await?;
 //!
-//! let batch = vec![
-//!     Retweet { tweet: 1, retweeter: 10, original_author: 100 },
-//!     Retweet { tweet: 1, retweeter: 11, original_author: 100 },
-//! ];
-//! let outcome = Retweet::bulk_create_new(&mut client, &batch).await?;
-//! println!("{outcome}"); // "2 of 2 records added"
-//! let again = Retweet::bulk_create_new(&mut client, &batch).await?;
-//! assert_eq!(again.inserted, 0);
-//! # Ok(()) }
+//!     let batch = vec![
+//!         Retweet { tweet: 1, retweeter: 10, original_author: 100 },
+//!         Retweet { tweet: 1, retweeter: 11, original_author: 100 },
+//!     ];
+//!     let outcome = Retweet::bulk_create_new(&mut client, &batch).await?;
+//!     println!("{outcome}"); // "2 of 2 records added"
+//!     # assert_eq!(outcome.to_string(), "2 of 2 records added");
+//!     let again = Retweet::bulk_create_new(&mut client, &batch).await?;
+//!     assert_eq!(again.inserted, 0);
+//!     # drop(client);
+//!     # db.drop().await?;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # How a call works
@@ -84,18 +94,31 @@
 //! * [`batch_id`](Bulk::batch_id): exactly-once accounting across retries,
 //!   in a [`Ledger`] table written in the call's transaction.
 //!
-//! ```no_run
-//! # use bulk_runtime::{BulkCreateNew, Keep, Upsert};
+//! ```
+//! # use bulk_runtime::{BulkCreateNew, Keep, Ledger, Upsert};
 //! # #[derive(BulkCreateNew)]
 //! # #[bulk(table = "retweeter", unique(tweet, retweeter))]
 //! # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
-//! # async fn run(client: &mut tokio_postgres::Client, batch: Vec<Retweet>) -> Result<(), bulk_runtime::Error> {
+//! # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let db = ExampleDb::create("doc_beyond").await?;
+//! # let client = &mut db.connect().await?;
+//! # client.batch_execute(&Retweet::model().migration_sql()).await?;
+//! # client.batch_execute(&Ledger::of::<Retweet>().migration_sql()).await?;
+//! # Retweet::bulk_create_new(client, [Retweet { tweet: 1, retweeter: 10, original_author: 100 }]).await?;
+//! # let batch = vec![
+//! #     Retweet { tweet: 1, retweeter: 10, original_author: 101 },
+//! #     Retweet { tweet: 1, retweeter: 11, original_author: 100 },
+//! # ];
 //! let report = Retweet::bulk(client)
 //!     .upsert(Upsert::columns(["original_author"]).only_if_changed().keep(Keep::Last))
 //!     .batch_id("poll 42")
 //!     .run(&batch)
 //!     .await?;
 //! println!("{} new, {} updated, {} unchanged", report.inserted, report.updated, report.unchanged);
+//! # assert_eq!((report.inserted, report.updated, report.unchanged), (1, 1, 0));
+//! # db.drop().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -144,6 +167,16 @@ pub use model::{Column, Model, quote_ident};
 pub use protocol::{Connection, Outcome, bulk_create_new};
 pub use types::{BulkColumn, BulkValue, NonNullColumn, PgType, ValueError};
 pub use variants::Keep;
+
+/// The tokio-postgres this crate is built on, re-exported: connect with
+/// `bulk_runtime::tokio_postgres` and the [`Client`](tokio_postgres::Client)
+/// or [`Transaction`](tokio_postgres::Transaction) you pass to a bulk call is
+/// always of the version the call takes, without a direct dependency.
+///
+/// A direct `tokio-postgres = "0.7"` dependency works too (cargo unifies it
+/// with this one); add it only for tokio-postgres features this crate does
+/// not enable.
+pub use tokio_postgres;
 
 /// Derives [`BulkCreateNew`](trait@BulkCreateNew) for a struct with named fields.
 ///
@@ -221,16 +254,26 @@ pub trait BulkCreateNew: Sized + Sync {
     /// `T::bulk(conn).run(rows)` without options is exactly
     /// [`bulk_create_new`](Self::bulk_create_new).
     ///
-    /// ```no_run
+    /// ```
     /// # use bulk_runtime::BulkCreateNew;
     /// # #[derive(BulkCreateNew)]
     /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
     /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
-    /// # async fn run(client: &mut tokio_postgres::Client, batch: Vec<Retweet>) -> Result<(), bulk_runtime::Error> {
+    /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db = ExampleDb::create("doc_bulk").await?;
+    /// # let client = &mut db.connect().await?;
+    /// # client.batch_execute(&Retweet::model().migration_sql()).await?;
+    /// # let rt = |tweet, retweeter| Retweet { tweet, retweeter, original_author: 100 };
+    /// # Retweet::bulk_create_new(client, [rt(1, 10)]).await?;
+    /// # let batch = vec![rt(1, 10), rt(1, 11), rt(1, 11)];
     /// let report = Retweet::bulk(client).returning_skipped().run(&batch).await?;
     /// for i in &report.returned {
     ///     println!("row {i} of the batch was already stored or repeated");
     /// }
+    /// # assert_eq!(report.returned, [0, 2]);
+    /// # db.drop().await?;
     /// # Ok(()) }
     /// ```
     fn bulk<C>(conn: &mut C) -> Bulk<'_, Self, C>

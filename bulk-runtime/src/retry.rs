@@ -27,10 +27,10 @@
 //! caller's `&mut Client` directly, and the whole thing can run in a spawned
 //! task:
 //!
-//! ```no_run
+//! ```
 //! use bulk_runtime::BulkCreateNew;
 //! use bulk_runtime::retry::RetryPolicy;
-//! use tokio_postgres::{Client, IsolationLevel, NoTls};
+//! use bulk_runtime::tokio_postgres::{self, Client, IsolationLevel, NoTls};
 //!
 //! #[derive(BulkCreateNew)]
 //! #[bulk(table = "retweeter", unique(tweet, retweeter))]
@@ -41,14 +41,22 @@
 //! }
 //!
 //! type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//! # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+//! # static DB: std::sync::OnceLock<ExampleDb> = std::sync::OnceLock::new();
 //!
 //! async fn connect() -> Result<Client, tokio_postgres::Error> {
+//!     # if let Some(db) = DB.get() { return db.connect().await; }
 //!     let (client, connection) = tokio_postgres::connect("host=127.0.0.1 user=postgres", NoTls).await?;
 //!     tokio::spawn(connection);
 //!     Ok(client)
 //! }
 //!
-//! # async fn run(mut client: Client, batch: Vec<Retweet>) -> Result<(), BoxError> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! # let _ = DB.set(ExampleDb::create("doc_retry").await?);
+//! # let mut client = connect().await?;
+//! # client.batch_execute(&Retweet::model().migration_sql()).await?;
+//! # let batch = vec![Retweet { tweet: 1, retweeter: 10, original_author: 100 }];
 //! let mut retry = RetryPolicy::default().start();
 //! let outcome = loop {
 //!     let attempt = async {
@@ -68,6 +76,9 @@
 //!     }
 //! };
 //! println!("{outcome}");
+//! # assert_eq!(outcome.inserted, 1);
+//! # drop(client);
+//! # DB.get().unwrap().drop().await?;
 //! # Ok(()) }
 //! ```
 //!

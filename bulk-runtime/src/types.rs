@@ -20,6 +20,51 @@
 //! | `uuid::Uuid` | `uuid` | `uuid` |
 //! | `serde_json::Value` | `jsonb` | `json` |
 //! | `Option<T>` of any of the above | the same type, nullable | |
+//!
+//! A field of any other type is a compile error on that field.
+//!
+//! # Other types
+//!
+//! For an enum, a newtype or a type of another crate, give the model a field
+//! of a supported type and convert when building the row from your own type:
+//! an enum to its name (`String`, or `&'static str` in a borrowed row) or to a
+//! code (`i16`), a newtype to what it wraps. The model is the shape of the
+//! table's row, not necessarily your domain type:
+//!
+//! ```
+//! use bulk_runtime::BulkCreateNew;
+//!
+//! #[derive(Clone, Copy)]
+//! pub enum Kind {
+//!     Retweet,
+//!     Quote,
+//! }
+//!
+//! pub struct UserId(pub i64);
+//!
+//! #[derive(BulkCreateNew)]
+//! #[bulk(table = "share", unique(tweet, user))]
+//! pub struct ShareRow {
+//!     pub tweet: i64,
+//!     pub user: i64,           // a `UserId`
+//!     pub kind: &'static str,  // a `Kind`, by name
+//! }
+//!
+//! fn row(tweet: i64, user: UserId, kind: Kind) -> ShareRow {
+//!     let kind = match kind {
+//!         Kind::Retweet => "retweet",
+//!         Kind::Quote => "quote",
+//!     };
+//!     ShareRow { tweet, user: user.0, kind }
+//! }
+//! # let _ = row(1, UserId(2), Kind::Quote);
+//! ```
+//!
+//! The columns are then of the types above (for an enum's names, `text`,
+//! with a `CHECK` constraint if you want the database to hold to them).
+//! Direct support for more types (`numeric`, the `time` crate, arrays, typed
+//! JSON) and a derive or attribute for enums and newtypes is planned; until
+//! then, the conversion above is the supported path.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -270,6 +315,7 @@ pub trait BulkValue: ToSql + Sync {
     label = "unsupported column type",
     note = "supported: i16, i32, i64, f32, f64, bool, String, &str, Cow<str>, Box<str>, Vec<u8>, &[u8], Cow<[u8]>, and Option<T> of each",
     note = "with cargo features of bulk-runtime: chrono (NaiveDate, NaiveDateTime, DateTime<Utc>), uuid (Uuid), json (serde_json::Value)",
+    note = "for an enum, a newtype or another type: store one of these in the field and convert when building the row; see the docs of `bulk_runtime::types`",
     note = "mark the field `#[bulk(skip)]` if it is not stored"
 )]
 pub trait BulkColumn: BulkValue {
@@ -277,6 +323,13 @@ pub trait BulkColumn: BulkValue {
     const PG_TYPE: PgType;
     /// Whether the column may hold NULL (`Option<T>`).
     const NULLABLE: bool;
+
+    /// `Self`. The derive checks a unique key field through this projection
+    /// (`<T as BulkColumn>::__Column: NonNullColumn`), so a field type that is
+    /// not a column type at all gets only the error above, not a second one
+    /// about `Option`.
+    #[doc(hidden)]
+    type __Column: ?Sized;
 
     /// The value for the COPY stream. The derive calls it as
     /// `<T as BulkColumn>::__bulk_value`, the same path as [`Self::PG_TYPE`],
@@ -296,7 +349,7 @@ pub trait BulkColumn: BulkValue {
     message = "`{Self}` cannot be part of the unique key",
     label = "a unique key field must have a non-`Option` column type",
     note = "NULL never equals NULL: rows with a NULL key would never be recognised as duplicates",
-    note = "for an `Option` field, add `nulls_not_distinct` to `#[bulk(...)]` on the struct to treat NULLs as equal (PostgreSQL 15 or later)"
+    note = "add `nulls_not_distinct` to `#[bulk(...)]` on the struct to treat NULLs as equal (PostgreSQL 15 or later), or make the field non-`Option`"
 )]
 pub trait NonNullColumn: BulkColumn {}
 
@@ -318,6 +371,7 @@ macro_rules! scalar {
         impl BulkColumn for $t {
             const PG_TYPE: PgType = PgType::$pg;
             const NULLABLE: bool = false;
+            type __Column = Self;
         }
         impl NonNullColumn for $t {}
     )+};
@@ -334,6 +388,7 @@ macro_rules! text {
         impl BulkColumn for $t {
             const PG_TYPE: PgType = PgType::Text;
             const NULLABLE: bool = false;
+            type __Column = Self;
         }
         impl NonNullColumn for $t {}
     )+};
@@ -370,6 +425,7 @@ impl BulkValue for serde_json::Value {
 impl BulkColumn for serde_json::Value {
     const PG_TYPE: PgType = PgType::Jsonb;
     const NULLABLE: bool = false;
+    type __Column = Self;
 }
 #[cfg(feature = "json")]
 impl NonNullColumn for serde_json::Value {}
@@ -391,6 +447,7 @@ impl<T: NonNullColumn> BulkValue for Option<T> {
 impl<T: NonNullColumn> BulkColumn for Option<T> {
     const PG_TYPE: PgType = T::PG_TYPE;
     const NULLABLE: bool = true;
+    type __Column = Self;
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use bulk_runtime::{BulkCreateNew, Error, Ledger, Report, Step, Upsert};
 use bulk_tests::{COPY_BATCH, DATABASE, TestDb, count, server_url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
 #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
@@ -368,9 +369,22 @@ async fn a_missing_ledger_is_reported_at_the_ledger_step() {
     for n in [3, COPY_BATCH] {
         let err = Payment::bulk(&mut client).batch_id("x").run(batch(0, n)).await.unwrap_err();
         assert_eq!(err.step(), Some(Step::Ledger), "{err}");
-        assert!(err.to_string().contains(r#"relation "bulk_batches" does not exist"#), "{err}");
-        assert!(matches!(err, Error::Database { .. }));
+        assert_eq!(err.sqlstate(), Some(&SqlState::UNDEFINED_TABLE), "{err}");
+        assert!(matches!(err, Error::LedgerMissing { .. }));
+        assert!(!err.is_retryable() && err.connection_usable());
+        // The message says what is missing and how to create it.
+        let message = err.to_string();
+        assert!(message.contains(r#"the ledger table "bulk_batches" of `.batch_id(..)` does not exist"#), "{message}");
+        assert!(message.contains(r#"relation "bulk_batches" does not exist"#), "{message}");
+        assert!(message.contains("`client.batch_execute(&Ledger::of::<Payment>().migration_sql())`"), "{message}");
     }
+    // A ledger in a schema that does not exist: the same error, naming that ledger.
+    let elsewhere = Ledger::new("batches").in_schema("no such schema");
+    let err = Payment::bulk(&mut client).batch_id("x").ledger(elsewhere).run(batch(0, 3)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::LedgerMissing { ref ledger, .. } if ledger == r#""no such schema"."batches""#),
+        "{err}"
+    );
     assert_eq!(count(&client, "payment").await, 0);
     db.drop().await;
 }
