@@ -157,8 +157,8 @@ pub struct PollArgs {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Time between polls (e.g. 30s, 5m, 1h, 200ms)
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// Time between polls, more than zero (e.g. 30s, 5m, 1h, 200ms)
+    #[arg(long, value_parser = parse_interval, value_name = "DURATION")]
     pub every: Duration,
 
     /// Stop after this many polls (default: until interrupted)
@@ -278,6 +278,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration as [`parse_duration`] reads it, longer than zero.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval.is_zero() {
+        return Err("the interval must be longer than zero, e.g. 200ms or 30s".to_owned());
+    }
+    Ok(interval)
+}
+
 fn parse_fail(text: &str) -> Result<(u16, u32), String> {
     let (status, count) = text.split_once(':').unwrap_or((text, "1"));
     let status: u16 = status.parse().map_err(|_| format!("invalid status in `{text}`, expected e.g. 429:2"))?;
@@ -304,6 +313,9 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("ms").is_err());
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("0").is_err());
+        assert_eq!(parse_interval("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]

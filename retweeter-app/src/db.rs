@@ -3,10 +3,14 @@
 //! The order: `--database-url` / `DATABASE_URL`; else a local server that
 //! accepts a connection on the default socket or port (database `retweeter`,
 //! created if missing); else an embedded PostgreSQL run from the local
-//! binaries (see [`crate::embedded`]).
+//! binaries (see [`crate::embedded`]). A server chosen explicitly (the URL,
+//! or any of `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`) that
+//! cannot be reached is an error, never a reason to fall back to the next
+//! one. Every command that uses a database names it on stderr first.
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -14,7 +18,7 @@ use bulk_runtime::{BulkCreateNew, quote_ident};
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cli::{DbArgs, MigrateArgs};
 use crate::embedded::Embedded;
@@ -24,11 +28,26 @@ use crate::ui;
 /// The database the app uses on a local or embedded server.
 pub const DATABASE: &str = "retweeter";
 
-/// What the database is for: a persistent store, or a demo that starts empty
-/// and leaves nothing behind.
+/// The hint for a database without the app's table.
+pub const NO_TABLE: &str = "the database has no retweet table yet: run `retweeter-app migrate` first";
+
+/// The environment variables that choose a local server explicitly.
+const PG_ENV: [&str; 5] = ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"];
+
+/// What the database is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
+    /// A persistent store that may be created (`migrate`): a missing
+    /// database or embedded cluster is created.
     Persistent,
+    /// A persistent store that must already hold the table (`poll`,
+    /// `watch`, `report`): nothing is created, a missing database or
+    /// embedded cluster says to run `migrate`.
+    Existing,
+    /// A demo that starts empty and leaves nothing behind: a throwaway
+    /// embedded cluster, or on a server a schema of its own (and the
+    /// database, when the demo had to create it), dropped by
+    /// [`Database::close`].
     Throwaway,
 }
 
@@ -39,58 +58,102 @@ pub struct Database {
     description: String,
     schema: Option<String>,
     embedded: Option<Arc<Embedded>>,
+    purpose: Purpose,
     /// Create the database when it is missing (local and embedded servers).
     create_db: bool,
+    /// Whether this process created the database (dropped again after a demo).
+    created_db: AtomicBool,
+    /// Whether the schema is the demo's own (dropped after the demo).
+    own_schema: bool,
 }
 
 impl Database {
-    /// Finds the database as described in the module docs.
+    /// Finds the database as described in the module docs, and says which
+    /// one it is on stderr (`database: ...`, without any password).
     ///
     /// # Errors
-    /// An invalid URL, or no database at all (with the install hint).
+    /// An invalid URL or `PGPORT`, an explicitly chosen server that does not
+    /// accept the connection, no database at all (with the install hint), or
+    /// (for [`Purpose::Existing`]) an embedded cluster that was never created.
     pub async fn open(args: &DbArgs, purpose: Purpose) -> anyhow::Result<Database> {
         let schema = args.schema.clone().filter(|s| !s.is_empty());
-        if let Some(url) = &args.database_url {
+        let mut db = if let Some(url) = &args.database_url {
             let config: Config = url.parse().map_err(|e| anyhow!("invalid database URL: {e}"))?;
             let description = format!("PostgreSQL at {}", describe(&config));
-            return Ok(Database { config, description, schema, embedded: None, create_db: false });
-        }
-        if !args.embedded {
-            if let Some(config) = probe_local().await {
-                let description = format!("the local PostgreSQL server ({})", describe(&config));
-                return Ok(Database { config, description, schema, embedded: None, create_db: true });
-            }
-            info!("no local PostgreSQL server accepted a connection; using the embedded one");
-        }
-        let embedded = match purpose {
-            Purpose::Persistent => Embedded::persistent(args.pg_bin.as_deref(), args.data_dir.as_deref())?,
-            Purpose::Throwaway => Embedded::throwaway(args.pg_bin.as_deref())?,
-        };
-        let embedded = Arc::new(embedded);
-        start(&embedded).await?;
-        let mut config = embedded.config();
-        config.dbname(DATABASE);
-        let description = if embedded.is_throwaway() {
-            format!("a throwaway embedded PostgreSQL in {}", embedded.data_dir().display())
+            Database::new(config, description, schema, None, purpose, false)
+        } else if let Some(local) = local_server(args, purpose).await? {
+            let description = format!("PostgreSQL at {}", describe(&local.config));
+            let db = Database::new(local.config, description, schema, None, purpose, purpose != Purpose::Existing);
+            db.created_db.store(local.created, Ordering::SeqCst);
+            db
         } else {
-            format!("the embedded PostgreSQL in {}", embedded.data_dir().display())
+            let embedded = match purpose {
+                Purpose::Persistent | Purpose::Existing => {
+                    Embedded::persistent(args.pg_bin.as_deref(), args.data_dir.as_deref())?
+                }
+                Purpose::Throwaway => Embedded::throwaway(args.pg_bin.as_deref())?,
+            };
+            let description = if embedded.is_throwaway() {
+                format!("throwaway embedded PostgreSQL at {}", embedded.data_dir().display())
+            } else {
+                format!("embedded PostgreSQL at {}", embedded.data_dir().display())
+            };
+            let mut config = embedded.config();
+            config.dbname(DATABASE);
+            let create = purpose != Purpose::Existing;
+            Database::new(config, description, schema, Some(Arc::new(embedded)), purpose, create)
         };
-        Ok(Database { config, description, schema, embedded: Some(embedded), create_db: true })
+        // On a server the demo does not own, it works in a schema of its own.
+        if purpose == Purpose::Throwaway && !db.is_throwaway() && db.schema.is_none() {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+            db.schema = Some(format!("retweeter_demo_{}_{nanos:x}", std::process::id()));
+            db.own_schema = true;
+        }
+        ui::err_line(format!("database: {}", db.describe()));
+        if let Some(embedded) = &db.embedded {
+            if purpose == Purpose::Existing && !embedded.exists() {
+                return Err(anyhow!("there is no PostgreSQL cluster in {} yet", embedded.data_dir().display())
+                    .context(NO_TABLE));
+            }
+            start(embedded).await?;
+        }
+        Ok(db)
     }
 
-    /// Says where the data lives.
-    pub fn describe(&self) -> &str {
-        &self.description
+    fn new(
+        config: Config,
+        description: String,
+        schema: Option<String>,
+        embedded: Option<Arc<Embedded>>,
+        purpose: Purpose,
+        create_db: bool,
+    ) -> Database {
+        Database {
+            config,
+            description,
+            schema,
+            embedded,
+            purpose,
+            create_db,
+            created_db: AtomicBool::new(false),
+            own_schema: false,
+        }
     }
 
-    /// The schema chosen with `--schema`, if any.
+    /// Says where the data lives: the server without password, or the
+    /// embedded cluster's directory, and the schema when one is chosen.
+    pub fn describe(&self) -> String {
+        match &self.schema {
+            Some(schema) if self.own_schema => format!("{}, schema {schema} (dropped at the end)", self.description),
+            Some(schema) => format!("{}, schema {schema}", self.description),
+            None => self.description.clone(),
+        }
+    }
+
+    /// The schema chosen with `--schema` (or the demo's own), if any.
     pub fn schema(&self) -> Option<&str> {
         self.schema.as_deref()
-    }
-
-    /// Uses `schema` (instead of `--schema`) from now on.
-    pub fn set_schema(&mut self, schema: Option<String>) {
-        self.schema = schema;
     }
 
     /// Whether this is a throwaway embedded server.
@@ -105,14 +168,6 @@ impl Database {
     /// The server cannot be reached or refuses the connection.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         self.connect_in(self.schema.as_deref()).await
-    }
-
-    /// A new connection with the server's default `search_path`.
-    ///
-    /// # Errors
-    /// The server cannot be reached or refuses the connection.
-    pub async fn connect_plain(&self) -> anyhow::Result<Client> {
-        self.connect_in(None).await
     }
 
     async fn connect_in(&self, schema: Option<&str>) -> anyhow::Result<Client> {
@@ -130,17 +185,69 @@ impl Database {
             config.options(options);
         }
         let client = if self.create_db {
-            connect_creating_db(&config).await
+            connect_creating_db(&config).await.map(|(client, created)| {
+                if created {
+                    self.created_db.store(true, Ordering::SeqCst);
+                }
+                client
+            })
         } else {
-            connect(&config).await.map_err(anyhow::Error::new)
+            match connect(&config).await {
+                Err(e) if self.purpose == Purpose::Existing && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+                    Err(anyhow::Error::new(e).context(NO_TABLE))
+                }
+                result => result.map_err(anyhow::Error::new),
+            }
         };
         client.with_context(|| format!("could not connect to {}", self.description))
     }
 
-    /// Stops an embedded server this process started and deletes a throwaway one.
+    /// Ends the session: after a demo, drops what it created on a server (its
+    /// schema, or the database when it created it); stops an embedded server
+    /// this process started and deletes a throwaway one.
     pub async fn close(self) {
+        if self.purpose == Purpose::Throwaway && self.embedded.is_none() {
+            self.drop_demo_data().await;
+        }
         if let Some(embedded) = self.embedded {
             let _ = tokio::task::spawn_blocking(move || embedded.stop()).await;
+        }
+    }
+
+    async fn drop_demo_data(&self) {
+        let mut admin_config = self.config.clone();
+        let created = self.created_db.load(Ordering::SeqCst);
+        let (what, sql) = if created {
+            let name = self.config.get_dbname().unwrap_or(DATABASE).to_owned();
+            admin_config.dbname("postgres");
+            (format!("database {name}"), format!("DROP DATABASE IF EXISTS {}", quote_ident(&name)))
+        } else if let (true, Some(schema)) = (self.own_schema, &self.schema) {
+            (format!("schema {schema}"), format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)))
+        } else {
+            return;
+        };
+        let admin = match connect(&admin_config).await {
+            Ok(client) => client,
+            Err(e) => {
+                warn!("could not drop the demo's {what}: {}", ui::one_line(&anyhow::Error::new(e)));
+                return;
+            }
+        };
+        // The demo's own connections close as their clients are dropped; give them a moment.
+        for attempt in 1.. {
+            match admin.batch_execute(&sql).await {
+                Ok(()) => {
+                    info!("dropped the demo's {what}");
+                    return;
+                }
+                Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && attempt < 50 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    warn!("could not drop the demo's {what}: {}", ui::one_line(&anyhow::Error::new(e)));
+                    return;
+                }
+            }
         }
     }
 }
@@ -161,31 +268,76 @@ async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
 }
 
 /// Connects; when the database does not exist yet, creates it first.
-async fn connect_creating_db(config: &Config) -> anyhow::Result<Client> {
+/// Returns the client and whether this call created the database.
+async fn connect_creating_db(config: &Config) -> anyhow::Result<(Client, bool)> {
     match connect(config).await {
-        Ok(client) => Ok(client),
+        Ok(client) => Ok((client, false)),
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
             let name = config.get_dbname().unwrap_or(DATABASE).to_owned();
             info!("creating database {name}");
             let mut admin_config = config.clone();
             admin_config.dbname("postgres");
             let admin = connect(&admin_config).await.context("could not connect to the `postgres` database")?;
-            if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name))).await
-                && e.code() != Some(&SqlState::DUPLICATE_DATABASE)
-            {
-                return Err(anyhow::Error::new(e).context(format!("could not create database {name}")));
-            }
-            Ok(connect(config).await?)
+            let created = match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name))).await {
+                Ok(()) => true,
+                // Another process created it at the same moment.
+                Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => false,
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("could not create database {name}"))),
+            };
+            Ok((connect(config).await?, created))
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Tries the usual places of a local server (honouring PGHOST, PGPORT,
-/// PGUSER and PGDATABASE) and returns the first that accepts a connection.
-async fn probe_local() -> Option<Config> {
+/// A local server that accepted the connection.
+struct Local {
+    config: Config,
+    /// Whether the probe created the database.
+    created: bool,
+}
+
+/// The local server, unless `--embedded`: `None` when no server accepts a
+/// connection and none was chosen explicitly.
+///
+/// # Errors
+/// A server chosen with `PGHOST`, `PGPORT`, ... that does not accept the
+/// connection; an invalid `PGPORT`.
+async fn local_server(args: &DbArgs, purpose: Purpose) -> anyhow::Result<Option<Local>> {
+    if args.embedded {
+        return Ok(None);
+    }
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let port: u16 = env("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432);
+    // The settings as the message shows them (never the password itself).
+    let explicit: Vec<String> = PG_ENV
+        .iter()
+        .filter_map(|k| env(k).map(|v| if *k == "PGPASSWORD" { (*k).to_owned() } else { format!("{k}={v}") }))
+        .collect();
+    let port: u16 = match env("PGPORT") {
+        Some(p) => p.parse().map_err(|_| anyhow!("PGPORT={p} is not a port number"))?,
+        None => 5432,
+    };
+    match probe_local(port, purpose != Purpose::Existing).await {
+        Ok(local) => Ok(Some(local)),
+        Err(last) if !explicit.is_empty() => Err(last.context(format!(
+            "could not connect to the PostgreSQL server chosen by {}; fix or unset {}, or pass --embedded",
+            explicit.join(" "),
+            if explicit.len() == 1 { "it" } else { "them" }
+        ))),
+        Err(last) => {
+            info!("no local PostgreSQL server accepted a connection ({}); using the embedded one", ui::one_line(&last));
+            Ok(None)
+        }
+    }
+}
+
+/// Tries the usual places of a local server (honouring PGHOST, PGUSER,
+/// PGDATABASE and PGPASSWORD) on `port` and returns the first that accepts a
+/// connection, or the last attempt's error. With `create`, a missing
+/// database is created; without, a server that says the database does not
+/// exist counts as accepting.
+async fn probe_local(port: u16, create: bool) -> anyhow::Result<Local> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let hosts: Vec<String> = match env("PGHOST") {
         Some(h) => h.split(',').map(str::to_owned).collect(),
         None => {
@@ -217,6 +369,7 @@ async fn probe_local() -> Option<Config> {
         }
     }
     let dbname = env("PGDATABASE").unwrap_or_else(|| DATABASE.to_owned());
+    let mut last = anyhow!("no host to try");
     for host in &hosts {
         for user in &users {
             let mut config = Config::new();
@@ -226,16 +379,30 @@ async fn probe_local() -> Option<Config> {
                 config.host(host);
             }
             config.port(port).user(user).dbname(&dbname).connect_timeout(Duration::from_secs(2));
-            match connect_creating_db(&config).await {
-                Ok(_) => {
-                    info!("using the local PostgreSQL server: {}", describe(&config));
-                    return Some(config);
+            if let Some(password) = env("PGPASSWORD") {
+                config.password(password);
+            }
+            let attempt = if create {
+                connect_creating_db(&config).await.map(|(_, created)| created)
+            } else {
+                match connect(&config).await {
+                    Err(e) if e.code() != Some(&SqlState::INVALID_CATALOG_NAME) => Err(e.into()),
+                    _ => Ok(false),
                 }
-                Err(e) => debug!("local server {}: {}", describe(&config), ui::one_line(&e)),
+            };
+            match attempt {
+                Ok(created) => {
+                    info!("using the local PostgreSQL server: {}", describe(&config));
+                    return Ok(Local { config, created });
+                }
+                Err(e) => {
+                    debug!("local server {}: {}", describe(&config), ui::one_line(&e));
+                    last = e.context(format!("could not connect to {}", describe(&config)));
+                }
             }
         }
     }
-    None
+    Err(last)
 }
 
 /// The connection target without secrets: `host=... port=... user=... dbname=...`.
@@ -309,7 +476,6 @@ pub async fn migrate_command(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
         } else {
             ui::out(format!("table {table}{place} is up to date"));
         }
-        info!("database: {}", db.describe());
         Ok(ExitCode::SUCCESS)
     }
     .await;

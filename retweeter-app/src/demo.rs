@@ -4,8 +4,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use bulk_runtime::quote_ident;
-
 use crate::cli::DemoArgs;
 use crate::db::{self, Database, Purpose};
 use crate::poll::poll_once;
@@ -29,31 +27,10 @@ const TWEETS: [i64; 5] = [
 /// # Errors
 /// No database, or a database error along the way.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let mut db = Database::open(&args.db, Purpose::Throwaway).await?;
-    // On a server the demo does not own, it works in a schema of its own and drops it at the end.
-    let own_schema = (!db.is_throwaway() && db.schema().is_none()).then(|| {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-        format!("retweeter_demo_{}_{nanos:x}", std::process::id())
-    });
-    if own_schema.is_some() {
-        db.set_schema(own_schema.clone());
-    }
-    let place = db.schema().map(|s| format!(", schema {s}")).unwrap_or_default();
-    ui::out(format!("database: {}{place}", db.describe()));
+    // Names the database on stderr; on a server it does not own, the demo
+    // works in a schema of its own, which `close` drops.
+    let db = Database::open(&args.db, Purpose::Throwaway).await?;
     let result = story(&db, args).await;
-    if let Some(schema) = own_schema {
-        match db.connect_plain().await {
-            Ok(client) => {
-                if let Err(e) =
-                    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&schema))).await
-                {
-                    tracing::warn!("could not drop the demo schema {schema}: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("could not drop the demo schema {schema}: {}", ui::one_line(&e)),
-        }
-    }
     db.close().await;
     result
 }
@@ -63,16 +40,17 @@ async fn story(db: &Database, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     db::migrate(&mut client, db.schema()).await?;
     ui::out("migrate: created table retweet, unique on (tweet, retweeter)");
     let source = Source::Sim(Arc::new(Simulator::new(args.seed, 1)));
+    let joining = match args.polls.min(TWEETS.len() as u64) {
+        1 => "one tweet is watched".to_owned(),
+        n => format!("a new tweet joins the watch list at each of the first {n} polls"),
+    };
     ui::out(format!(
-        "polling the simulator {} times; each poll fetches the latest 100 retweets of each watched tweet, \
-         a new tweet joins the watch list at each of the first {} polls",
-        args.polls,
-        TWEETS.len()
+        "polling the simulator {}; each poll fetches the latest 100 retweets of each watched tweet, {joining}",
+        ui::count(args.polls, "time", "times"),
     ));
     for poll in 1..=args.polls {
         let watched = &TWEETS[..(poll as usize).min(TWEETS.len())];
-        let plural = if watched.len() == 1 { "" } else { "s" };
-        ui::out(format!("poll {poll}: {} tweet{plural}", watched.len()));
+        ui::out(format!("poll {poll}: {}", ui::count(watched.len() as u64, "tweet", "tweets")));
         let result = poll_once(&mut client, &source, watched, 100).await?;
         result.print("  ");
     }

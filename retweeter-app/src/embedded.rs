@@ -87,6 +87,11 @@ impl Embedded {
         &self.data
     }
 
+    /// Whether the cluster has been created (initdb ran in its data directory).
+    pub fn exists(&self) -> bool {
+        self.data.join("PG_VERSION").exists()
+    }
+
     /// Whether the cluster is deleted at the end.
     pub fn is_throwaway(&self) -> bool {
         self.throwaway.is_some()

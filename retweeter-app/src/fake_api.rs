@@ -26,10 +26,16 @@ pub fn run(args: &FakeApiArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow!(e))
         .with_context(|| format!("could not listen on 127.0.0.1:{}", args.port))?;
     let addr = server.server_addr().to_ip().context("the server has no IP address")?;
+    // The URL alone on stdout's first line, for scripts and tests; the words on stderr.
+    let url = format!("http://{addr}/1.1");
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "fake-api: serving the Twitter API v1.1 on http://{addr}/1.1 (simulator seed {})", args.sim.seed)?;
+    writeln!(stdout, "{url}")?;
     stdout.flush()?;
     drop(stdout);
+    crate::ui::err_line(format!(
+        "fake-api: serving the Twitter API v1.1 retweets endpoint at {url} (simulator seed {}); Ctrl-C to stop",
+        args.sim.seed
+    ));
 
     let mut api = FakeApi {
         sim: Simulator::new(args.sim.seed, args.sim.sim_start),

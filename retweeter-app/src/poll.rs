@@ -189,8 +189,8 @@ fn unique(tweets: &[i64]) -> Vec<i64> {
 /// `poll`.
 pub async fn poll_command(args: &PollArgs) -> anyhow::Result<ExitCode> {
     let source = Source::from_args(&args.source)?;
-    let db = Database::open(&args.db, Purpose::Persistent).await?;
-    info!("database: {}; source: {}", db.describe(), source.describe());
+    let db = Database::open(&args.db, Purpose::Existing).await?;
+    info!("source: {}", source.describe());
     let result = async {
         let mut client = db.connect().await?;
         let tweets = unique(&args.tweets.tweets);
@@ -198,7 +198,10 @@ pub async fn poll_command(args: &PollArgs) -> anyhow::Result<ExitCode> {
         result.print("");
         match result.failed() {
             0 => Ok(ExitCode::SUCCESS),
-            n => bail!("{n} of {} tweets could not be fetched (nothing stored for them)", tweets.len()),
+            n => bail!(
+                "{n} of {} could not be fetched (nothing stored for them)",
+                ui::count(tweets.len() as u64, "tweet", "tweets")
+            ),
         }
     }
     .await;
@@ -250,14 +253,11 @@ impl Shutdown {
 
 /// `watch`.
 pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
-    if args.every.is_zero() {
-        bail!("--every must be longer than zero");
-    }
     let shutdown = Shutdown::install();
     let source = Source::from_args(&args.source)?;
-    let db = Database::open(&args.db, Purpose::Persistent).await?;
+    let db = Database::open(&args.db, Purpose::Existing).await?;
     let tweets = unique(&args.tweets.tweets);
-    info!("database: {}; source: {}", db.describe(), source.describe());
+    info!("source: {}", source.describe());
     let plural = if tweets.len() == 1 { "" } else { "s" };
     let every = ui::human_duration(args.every);
     let spinner = ui::spinner();
@@ -292,8 +292,9 @@ pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         spinner.set_message(format!(
-            "watching {} tweet{plural} every {every} · {ticks} polls · {total} so far · Ctrl-C to stop",
-            tweets.len()
+            "watching {} tweet{plural} every {every} · {} · {total} so far · Ctrl-C to stop",
+            tweets.len(),
+            ui::count(ticks, "poll", "polls"),
         ));
         if shutdown.requested() || args.ticks.is_some_and(|n| ticks >= n) {
             break;
@@ -304,7 +305,7 @@ pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
         0 => String::new(),
         n => format!(" ({n} failed)"),
     };
-    ui::out(format!("stopped after {ticks} polls{failed}: {total}"));
+    ui::out(format!("stopped after {}{failed}: {total}", ui::count(ticks, "poll", "polls")));
     drop(client);
     db.close().await;
     Ok(ExitCode::SUCCESS)

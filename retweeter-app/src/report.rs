@@ -172,19 +172,19 @@ pub fn render_table(m: &Matrix) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "retweets by retweeter (rows) and original author (columns): {} retweets, {} of {} retweeters, {} of {} authors",
-        m.totals.total,
+        "retweets by retweeter (rows) and original author (columns): {}, {} of {}, {} of {}",
+        ui::count(m.totals.total.unsigned_abs(), "retweet", "retweets"),
         m.rows.len(),
-        m.retweeters,
+        ui::count(m.retweeters.unsigned_abs(), "retweeter", "retweeters"),
         m.authors.len(),
-        m.all_authors
+        ui::count(m.all_authors.unsigned_abs(), "author", "authors"),
     );
     let mut table = Table::new();
     table.load_style(STYLE);
     let mut header = vec!["retweeter \\ author".to_owned()];
     header.extend(m.authors.iter().map(i64::to_string));
     if m.other_authors > 0 {
-        header.push(format!("{} others", m.other_authors));
+        header.push(ui::count(m.other_authors.unsigned_abs(), "other", "others"));
     }
     header.push("total".to_owned());
     table.set_header(header);
@@ -201,7 +201,10 @@ pub fn render_table(m: &Matrix) -> String {
         table.add_row(line(retweeter.to_string(), l));
     }
     if m.other_retweeters > 0 {
-        table.add_row(line(format!("{} other retweeters", m.other_retweeters), &m.other_row));
+        table.add_row(line(
+            ui::count(m.other_retweeters.unsigned_abs(), "other retweeter", "other retweeters"),
+            &m.other_row,
+        ));
     }
     table.add_row(line("total".to_owned(), &m.totals));
     for (i, column) in table.column_iter_mut().enumerate() {
@@ -310,7 +313,7 @@ pub fn render(m: &Matrix, format: ReportFormat) -> String {
 
 /// `report`.
 pub async fn command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    let db = Database::open(&args.db, Purpose::Persistent).await?;
+    let db = Database::open(&args.db, Purpose::Existing).await?;
     let result = async {
         let client = db.connect().await?;
         let limit = match (args.format, args.limit) {
@@ -370,7 +373,7 @@ mod tests {
         let text = render_table(&sample());
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains("35 retweets"), "{text}");
-        assert!(lines[1].contains("retweeter \\ author") && lines[1].contains("1 others"), "{text}");
+        assert!(lines[1].contains("retweeter \\ author") && lines[1].contains("1 other "), "{text}");
         assert!(lines[2].chars().all(|c| c == '─' || c == ' '), "{text}");
         let cells: Vec<&str> = lines[3].split_whitespace().collect();
         assert_eq!(cells, ["1234567890123456789", "5", "16", "1", "22"]);

@@ -114,6 +114,11 @@ pub fn spinner() -> ProgressBar {
     bar
 }
 
+/// `1 poll`, `2 polls`: a number and the noun that agrees with it.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `200ms`, `30s`, `1.5s`, `5m`, `2h`.
 pub fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -170,6 +175,13 @@ pub fn print_error(err: &anyhow::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(0, "poll", "polls"), "0 polls");
+        assert_eq!(count(1, "poll", "polls"), "1 poll");
+        assert_eq!(count(2, "other retweeter", "other retweeters"), "2 other retweeters");
+    }
 
     #[test]
     fn chain_skips_repeated_tails() {

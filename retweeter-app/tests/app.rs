@@ -6,7 +6,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Background, Proxy, TempDir, TestSchema, app, fake_api, outcomes, run, run_command};
+use bulk_runtime::Outcome;
+use common::{Background, Proxy, TempDir, TestSchema, app, database_line, fake_api, outcomes, run, run_command};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -81,17 +82,20 @@ fn poll_over_http_adds_one_of_one_then_one_of_two_then_two_of_four() {
         lines.push(out.ok().to_owned());
     }
     let seen: Vec<String> = lines.iter().flat_map(|o| o.lines().map(str::to_owned)).collect();
+    // The library's wording of an outcome ("2 of 4 records added").
+    let added = |inserted: u64, offered: u64| Outcome { offered, inserted, skipped: offered - inserted }.to_string();
     assert_eq!(
         seen,
         [
-            format!("tweet {tweet}: 1 of 1 records added"),
-            "total: 1 of 1 records added".to_owned(),
-            format!("tweet {tweet}: 1 of 2 records added"),
-            "total: 1 of 2 records added".to_owned(),
-            format!("tweet {tweet}: 2 of 4 records added"),
-            "total: 2 of 4 records added".to_owned(),
+            format!("tweet {tweet}: {}", added(1, 1)),
+            format!("total: {}", added(1, 1)),
+            format!("tweet {tweet}: {}", added(1, 2)),
+            format!("total: {}", added(1, 2)),
+            format!("tweet {tweet}: {}", added(2, 4)),
+            format!("total: {}", added(2, 4)),
         ]
     );
+    assert_eq!(added(2, 4), "2 of 4 records added");
     // The stored ids are the API's, exactly (several exceed 2^53): compare
     // with what a second fake API on the same seed answers at the third poll.
     let (_twin, twin_url) = fake_api(&["--seed", "7"]);
@@ -382,7 +386,9 @@ fn unreachable_database_is_a_clear_error() {
     let url = format!("host=127.0.0.1 port={port} user=postgres dbname=nothing connect_timeout=5");
     let out = run(["poll", "--database-url", &url, "1"]);
     let stderr = out.failed();
-    assert!(stderr.starts_with("error: could not connect to PostgreSQL at host=127.0.0.1"), "{stderr}");
+    assert_eq!(database_line(stderr), format!("PostgreSQL at host=127.0.0.1 port={port} user=postgres dbname=nothing"));
+    let error = stderr.lines().nth(1).unwrap_or_default();
+    assert!(error.starts_with("error: could not connect to PostgreSQL at host=127.0.0.1"), "{stderr}");
     assert!(stderr.contains("caused by:") && stderr.to_lowercase().contains("refused"), "{stderr}");
 
     let bad = run(["report", "--database-url", "postgresql://postgres@127.0.0.1:1:2/x"]);
@@ -437,10 +443,177 @@ fn demo_tells_the_story() {
     let out = run(["demo", "--embedded", "--polls", "3"]);
     let stdout = out.ok();
     assert_eq!(outcomes(stdout, "tweet 1600000000000000001"), [(1, 1), (1, 2), (2, 4)], "{stdout}");
-    let place = stdout
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("database: a throwaway embedded PostgreSQL in "))
-        .unwrap_or_else(|| panic!("{stdout}"));
+    let place = database_line(&out.stderr)
+        .strip_prefix("throwaway embedded PostgreSQL at ")
+        .unwrap_or_else(|| panic!("{}", out.stderr));
     assert!(!std::path::Path::new(place).exists(), "{place} was not deleted");
+}
+
+#[test]
+fn every_command_names_its_database_without_the_password() {
+    let schema = TestSchema::new("names_db");
+    // A password in the URL (ignored by a trusting server) never shows.
+    let mut config = common::server_config();
+    if config.get_password().is_none() {
+        config.password("not-shown");
+    }
+    let password = String::from_utf8_lossy(config.get_password().expect("a password")).into_owned();
+    let url = format!("{} password='{password}'", schema.url());
+    let with = |command: &[&str]| {
+        let mut all: Vec<String> = command.iter().map(|s| (*s).to_owned()).collect();
+        all.extend(["--database-url".to_owned(), url.clone(), "--schema".to_owned(), schema.name.clone()]);
+        run(all)
+    };
+    for command in [&["migrate"][..], &["poll", "1"], &["watch", "--every", "10ms", "--ticks", "1", "1"], &["report"]] {
+        let out = with(command);
+        out.ok();
+        let line = database_line(&out.stderr);
+        assert!(line.starts_with("PostgreSQL at host="), "{command:?}: {line}");
+        assert!(line.ends_with(&format!("dbname={}, schema {}", common::DATABASE, schema.name)), "{line}");
+        assert!(!out.stderr.contains("password") && !out.stdout.contains("password"), "{command:?}: {}", out.stderr);
+    }
+
+    // The embedded server names its directory.
+    let dir = TempDir::new("names_embedded");
+    let data = dir.path().join("pgdata");
+    let out = run(["migrate", "--embedded", "--data-dir", data.to_str().expect("utf-8")]);
+    out.ok();
+    assert_eq!(database_line(&out.stderr), format!("embedded PostgreSQL at {}", data.display()));
+}
+
+#[test]
+fn explicit_server_settings_that_fail_are_errors_not_a_fallback() {
+    let dir = TempDir::new("explicit");
+    let data = dir.path().join("pgdata");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    for command in ["migrate", "report", "poll", "demo"] {
+        let mut c = app();
+        c.env("PGPORT", port.to_string()).env("RETWEETER_DATA_DIR", &data).arg(command);
+        if command == "poll" {
+            c.arg("1");
+        }
+        let out = run_command(&mut c);
+        let stderr = out.failed();
+        assert!(
+            stderr.contains(&format!("could not connect to the PostgreSQL server chosen by PGPORT={port}")),
+            "{command}: {stderr}"
+        );
+        assert!(stderr.contains("or pass --embedded"), "{command}: {stderr}");
+        assert!(!stderr.contains("embedded PostgreSQL at"), "{command} fell back to the embedded server: {stderr}");
+        assert!(!data.exists(), "{command} created {}", data.display());
+    }
+    let out = run_command(app().env("PGPORT", "54x32").arg("report"));
+    assert!(out.failed().contains("PGPORT=54x32 is not a port number"), "{}", out.stderr);
+}
+
+#[test]
+fn report_on_an_empty_data_dir_creates_nothing() {
+    let dir = TempDir::new("empty_report");
+    let data = dir.path().join("pgdata");
+    let data_arg = data.to_str().expect("utf-8");
+    for command in
+        [&["report", "--embedded", "--data-dir", data_arg][..], &["poll", "--embedded", "--data-dir", data_arg, "1"]]
+    {
+        let out = run(command);
+        let stderr = out.failed();
+        assert_eq!(database_line(stderr), format!("embedded PostgreSQL at {}", data.display()));
+        assert!(stderr.contains("no retweet table yet: run `retweeter-app migrate` first"), "{stderr}");
+        assert!(stderr.contains(&format!("there is no PostgreSQL cluster in {} yet", data.display())), "{stderr}");
+        assert!(!data.exists(), "{command:?} created {}", data.display());
+    }
+}
+
+#[test]
+fn fake_api_prints_its_url_alone_first() {
+    let (_api, url) = fake_api(&[]);
+    // `fake_api` checked that the first line is the URL alone; it serves there.
+    let body = http_get(&format!("{url}/statuses/retweets/5.json?count=1"));
+    assert!(body.starts_with('['), "{body}");
+}
+
+#[test]
+fn counts_of_one_read_in_the_singular() {
+    let schema = TestSchema::new("singular");
+    run(args(&schema, &["migrate"])).ok();
+    let watch = run(args(&schema, &["watch", "--every", "10ms", "--ticks", "1", "1", "2"]));
+    let stdout = watch.ok();
+    assert!(stdout.lines().any(|l| l.starts_with("stopped after 1 poll: ")), "{stdout}");
+    let two = run(args(&schema, &["watch", "--every", "10ms", "--ticks", "2", "3"]));
+    assert!(two.ok().lines().any(|l| l.starts_with("stopped after 2 polls: ")), "{}", two.stdout);
+
+    // Reports with one author, then one retweeter folded into "other".
+    let rows = schema.rows();
+    let retweeters: HashSet<i64> = rows.iter().map(|r| r.1).collect();
+    let authors: HashSet<i64> = rows.iter().map(|r| r.2).collect();
+    assert_eq!((retweeters.len(), authors.len()), (4, 2), "the simulator's first retweets of tweets 1, 2, 3: {rows:?}");
+    let report = run(args(&schema, &["report", "--limit", "1"]));
+    let text = report.ok();
+    assert!(text.contains(": 4 retweets, 1 of 4 retweeters, 1 of 2 authors"), "{text}");
+    assert!(text.lines().nth(1).is_some_and(|l| l.contains(" 1 other ")), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("3 other retweeters ")), "{text}");
+    let report = run(args(&schema, &["report", "--limit", "3"]));
+    let text = report.ok();
+    assert!(text.lines().any(|l| l.trim_start().starts_with("1 other retweeter ")), "{text}");
+
+    let one = TestSchema::new("singular_one");
+    run(args(&one, &["migrate"])).ok();
+    run(args(&one, &["poll", "1"])).ok();
+    let report = run(args(&one, &["report"]));
+    assert!(report.ok().contains(": 1 retweet, 1 of 1 retweeter, 1 of 1 author\n"), "{}", report.stdout);
+
+    let demo = run(args(&schema, &["demo", "--polls", "1"]));
+    assert!(demo.ok().contains("polling the simulator 1 time; "), "{}", demo.stdout);
+    assert!(demo.stdout.contains("poll 1: 1 tweet\n"), "{}", demo.stdout);
+}
+
+#[test]
+fn a_zero_interval_is_a_usage_error() {
+    let out = run(["watch", "--every", "0s", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--every") && out.stderr.contains("longer than zero"), "{}", out.stderr);
+}
+
+#[test]
+fn demo_with_pgdatabase_leaves_no_database_behind() {
+    let config = common::server_config();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let name = format!("rt_demo_db_{}", std::process::id());
+    let admin = TestSchema::new("demo_db_admin");
+    admin.admin(&format!("DROP DATABASE IF EXISTS {name}"));
+    let exists = |db: &str| !admin.query_admin(&format!("SELECT 1 FROM pg_database WHERE datname = '{db}'")).is_empty();
+    let demo = |db: &str| {
+        let mut command = app();
+        command.env("PGHOST", &host).env("PGPORT", &port).env("PGUSER", &user).env("PGDATABASE", db);
+        if let Some(password) = config.get_password() {
+            command.env("PGPASSWORD", String::from_utf8_lossy(password).as_ref());
+        }
+        run_command(command.args(["demo", "--polls", "2"]))
+    };
+
+    // A database the demo creates is dropped at the end.
+    let out = demo(&name);
+    out.ok();
+    let line = database_line(&out.stderr);
+    assert!(
+        line.starts_with(&format!("PostgreSQL at host={host} port={port} user={user} dbname={name}, schema ")),
+        "{line}"
+    );
+    assert!(!exists(&name), "the demo left database {name} behind\n{}", out.stderr);
+
+    // In a database that was there, only the demo's schema goes.
+    let out = demo(common::DATABASE);
+    out.ok();
+    let schema = database_line(&out.stderr)
+        .split_once(", schema ")
+        .and_then(|(_, rest)| rest.strip_suffix(" (dropped at the end)"))
+        .unwrap_or_else(|| panic!("{}", out.stderr))
+        .to_owned();
+    assert!(exists(common::DATABASE));
+    let left = admin.query_admin(&format!("SELECT 1 FROM pg_namespace WHERE nspname = '{schema}'"));
+    assert!(left.is_empty(), "the demo left schema {schema} behind");
 }

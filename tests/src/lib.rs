@@ -4,7 +4,11 @@
 //!
 //! The server is found through `BULK_TEST_DATABASE_URL` (a libpq-style
 //! connection string without `dbname`), by default
-//! `host=127.0.0.1 port=5432 user=postgres`.
+//! `host=127.0.0.1 port=5432 user=postgres password=postgres` (the password
+//! is ignored by a server that trusts local connections).
+//!
+//! A test's schema is dropped when its [`TestDb`] is dropped, also when the
+//! test fails: no `t_*` schemas are left behind.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -22,19 +26,26 @@ pub const DATABASE: &str = "bulk_tests";
 /// with a short batch and once padded to this size.
 pub const COPY_BATCH: usize = bulk_runtime::__private::SMALL_BATCH + 100;
 
-const HOW_TO_START: &str = "the integration tests need PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), \
-or BULK_TEST_DATABASE_URL pointing at one; start the local server with \
-`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`";
+const HOW_TO_START: &str = "the integration tests need PostgreSQL on 127.0.0.1:5432 that lets user postgres \
+log in with password `postgres` (or trusts it), or BULK_TEST_DATABASE_URL pointing at another server; \
+see \"The two commands\" in README.md: install it with `sudo apt-get install -y postgresql pgbouncer`, \
+start it with `sudo pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` and set the \
+password with `sudo -u postgres psql -c \"ALTER ROLE postgres PASSWORD 'postgres'\"`";
+
+/// The default server: the README's set-up.
+const DEFAULT_SERVER: &str = "host=127.0.0.1 port=5432 user=postgres password=postgres";
 
 /// The server's connection string, without a database name.
 pub fn server_url() -> String {
-    std::env::var("BULK_TEST_DATABASE_URL").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".to_owned())
+    std::env::var("BULK_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
 }
 
 fn config(dbname: &str, search_path: Option<&str>) -> Config {
     let mut config: Config = server_url().parse().unwrap_or_else(|e| panic!("BULK_TEST_DATABASE_URL: {e}"));
     config.dbname(dbname);
     if let Some(schema) = search_path {
+        // Names the test's sessions, so that dropping a failed test's schema can end them.
+        config.application_name(application_name(schema));
         // A schema name may hold spaces and quotes: escape for the options string.
         let quoted = bulk_runtime::quote_ident(schema).replace('\\', "\\\\").replace(' ', "\\ ");
         config.options(format!("-c search_path={quoted}"));
@@ -74,10 +85,25 @@ async fn ensure_database() {
         .await;
 }
 
+/// The `application_name` of the connections to a test's schema: a hash of
+/// the schema's name (which may be longer than the 63 bytes the server keeps).
+fn application_name(schema: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    schema.hash(&mut hasher);
+    format!("bulk_tests {:016x}", hasher.finish())
+}
+
 /// A schema of its own for one test, and connections whose `search_path` is it.
+///
+/// The schema is dropped by [`TestDb::drop`] at the end of the test or, when
+/// the test fails (panics) before that, when the value is dropped: see the
+/// [`Drop`] impl.
 pub struct TestDb {
     /// The schema's name.
     pub schema: String,
+    /// Whether this value drops the schema (not for [`TestDb::existing`]).
+    owned: bool,
 }
 
 impl TestDb {
@@ -98,13 +124,13 @@ impl TestDb {
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {q} CASCADE; CREATE SCHEMA {q}"))
             .await
             .expect("create schema");
-        TestDb { schema }
+        TestDb { schema, owned: true }
     }
 
     /// The schema of a running test, made by another process (the test that
     /// started a `bulk-writer`): neither created nor dropped here.
     pub fn existing(schema: String) -> TestDb {
-        TestDb { schema }
+        TestDb { schema, owned: false }
     }
 
     /// A new connection with `search_path` set to the test's schema.
@@ -114,14 +140,69 @@ impl TestDb {
 
     /// A new connection with the default `search_path`.
     pub async fn connect_plain(&self) -> Client {
-        connect_config(&config(DATABASE, None)).await
+        let mut config = config(DATABASE, None);
+        config.application_name(application_name(&self.schema));
+        connect_config(&config).await
     }
 
     /// Drops the schema and everything in it.
-    pub async fn drop(self) {
+    ///
+    /// # Panics
+    /// The server refuses (the test fails).
+    pub async fn drop(mut self) {
+        let schema = std::mem::take(&mut self.schema);
         let admin = connect_config(&config(DATABASE, None)).await;
-        let q = bulk_runtime::quote_ident(&self.schema);
+        let q = bulk_runtime::quote_ident(&schema);
         admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {q} CASCADE")).await.expect("drop schema");
+    }
+}
+
+/// A test that failed (or never called [`TestDb::drop`]) still drops its
+/// schema: on a thread of its own with its own runtime, since this may run
+/// inside the test's runtime, which cannot block on a future. The test's own
+/// sessions may still hold locks in an open transaction (their connection
+/// tasks live on the test's runtime, which is blocked here), so they are
+/// ended first; a lock timeout bounds the wait for anything else.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if !self.owned || self.schema.is_empty() {
+            return;
+        }
+        let schema = std::mem::take(&mut self.schema);
+        let cleanup = {
+            let schema = schema.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+                runtime.block_on(async move {
+                    let mut config = config(DATABASE, None);
+                    config.connect_timeout(std::time::Duration::from_secs(10));
+                    let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+                    let connection = tokio::spawn(connection);
+                    client
+                        .execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                              WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                            &[&application_name(&schema)],
+                        )
+                        .await
+                        .map_err(|e| format!("{e:?}"))?;
+                    let q = bulk_runtime::quote_ident(&schema);
+                    client
+                        .batch_execute(&format!("SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS {q} CASCADE"))
+                        .await
+                        .map_err(|e| format!("{e:?}"))?;
+                    drop(client);
+                    let _ = connection.await;
+                    Ok(())
+                })
+            })
+        };
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop the test schema {schema}: {e}"),
+            Err(_) => eprintln!("could not drop the test schema {schema}: the cleanup thread panicked"),
+        }
     }
 }
 
@@ -285,11 +366,15 @@ where
     false
 }
 
-/// A connection to the test database on another host and port (a pooler in
-/// front of the server), without any startup options.
+/// A connection to the test database on another host and port (a pooler or
+/// a proxy in front of the server), as the server's user with its password,
+/// without any startup options.
 pub async fn connect_at(host: &str, port: u16) -> Client {
     let mut config = Config::new();
     config.host(host).port(port).user(server_user()).dbname(DATABASE);
+    if let Some(password) = server_password() {
+        config.password(password);
+    }
     connect_config(&config).await
 }
 
@@ -301,6 +386,11 @@ pub fn server_address() -> (String, u16) {
         _ => "127.0.0.1".to_owned(),
     };
     (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// The password of the test connections, if the connection string has one.
+pub fn server_password() -> Option<String> {
+    config(DATABASE, None).get_password().map(|p| String::from_utf8_lossy(p).into_owned())
 }
 
 /// The server user of the test connections.

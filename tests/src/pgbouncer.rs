@@ -2,8 +2,8 @@
 //!
 //! Each [`Pgbouncer`] is its own `pgbouncer` process on a free loopback port
 //! with a configuration file in a temporary directory; it is stopped when
-//! dropped. The Debian package `pgbouncer` provides the binary (`.ci/run`
-//! installs it).
+//! dropped. The Debian package `pgbouncer` provides the binary (the README's
+//! set-up installs it); without it the pooler tests fail and say so.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,7 +26,12 @@ fn binary() -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).map(|p| p.join("pgbouncer")).find(|p| p.is_file()));
     on_path.flatten().or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file())).unwrap_or_else(
-        || panic!("the pooler tests need pgbouncer: `apt-get install pgbouncer` (.ci/run installs it when missing)"),
+        || {
+            panic!(
+                "the pooler tests need PgBouncer, which is not installed (no `pgbouncer` on PATH or in /usr/sbin): \
+                 `sudo apt-get install -y postgresql pgbouncer` (see \"The two commands\" in README.md)"
+            )
+        },
     )
 }
 
@@ -42,6 +47,8 @@ impl Pgbouncer {
     pub async fn start(db: &TestDb, pool_mode: &str, pool_size: u32) -> Pgbouncer {
         let (host, port) = crate::server_address();
         let user = crate::server_user();
+        // PgBouncer logs in to the server with the test connections' password, if any.
+        let password = crate::server_password().unwrap_or_default();
         let listen = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
         let free_port = listen.local_addr().unwrap().port();
         drop(listen);
@@ -66,7 +73,8 @@ impl Pgbouncer {
         );
         let config_path = dir.join("pgbouncer.ini");
         std::fs::write(&config_path, ini).unwrap();
-        std::fs::write(dir.join("users.txt"), format!("\"{user}\" \"\"\n")).unwrap();
+        let quote = |s: &str| s.replace('"', "\"\"");
+        std::fs::write(dir.join("users.txt"), format!("\"{}\" \"{}\"\n", quote(&user), quote(&password))).unwrap();
         let mut command = Command::new(binary());
         if is_root() {
             // pgbouncer refuses to run as root.

@@ -3,7 +3,9 @@
 //! TCP proxy that can take the database away.
 //!
 //! The server is `RETWEETER_TEST_DATABASE_URL` (a libpq-style connection
-//! string without `dbname`), by default `host=127.0.0.1 port=5432 user=postgres`.
+//! string without `dbname`), by default
+//! `host=127.0.0.1 port=5432 user=postgres password=postgres` (the password is
+//! ignored by a server that trusts local connections).
 
 #![allow(dead_code)]
 
@@ -25,18 +27,26 @@ pub const DATABASE: &str = "retweeter_app_tests";
 /// The longest any single command may take before the test fails.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
-const HOW_TO_START: &str = "the retweeter-app tests need PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), \
-or RETWEETER_TEST_DATABASE_URL pointing at one; start the local server with \
-`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`";
+const HOW_TO_START: &str = "the retweeter-app tests need PostgreSQL on 127.0.0.1:5432 that lets user postgres \
+log in with password `postgres` (or trusts it), or RETWEETER_TEST_DATABASE_URL pointing at another server; \
+see \"The two commands\" in README.md: install it with `sudo apt-get install -y postgresql pgbouncer`, \
+start it with `sudo pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` and set the \
+password with `sudo -u postgres psql -c \"ALTER ROLE postgres PASSWORD 'postgres'\"`";
 
 /// The server's connection string, without a database name.
 pub fn server_url() -> String {
-    std::env::var("RETWEETER_TEST_DATABASE_URL").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".to_owned())
+    std::env::var("RETWEETER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres password=postgres".to_owned())
+}
+
+/// The server's settings, parsed.
+pub fn server_config() -> tokio_postgres::Config {
+    server_url().parse().expect("RETWEETER_TEST_DATABASE_URL")
 }
 
 /// The address of the server (for the proxy).
 pub fn server_addr() -> SocketAddr {
-    let config: tokio_postgres::Config = server_url().parse().expect("RETWEETER_TEST_DATABASE_URL");
+    let config = server_config();
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".to_owned(),
@@ -117,6 +127,12 @@ impl TestSchema {
         block_on(async { connect(&url).await.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")) });
     }
 
+    /// Runs a query with the default search_path.
+    pub fn query_admin(&self, sql: &str) -> Vec<Row> {
+        let url = self.url();
+        block_on(async { connect(&url).await.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")) })
+    }
+
     /// Runs a query in the schema.
     pub fn query(&self, sql: &str) -> Vec<Row> {
         let url = format!("{} options='-c search_path={}'", self.url(), self.name);
@@ -147,10 +163,28 @@ impl TestSchema {
     }
 }
 
+/// Dropped also when the test fails: the schema never outlives its test.
+/// On a thread of its own, so that a failure is reported, never a second
+/// panic while the test's panic unwinds.
 impl Drop for TestSchema {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            self.admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        let url = self.url();
+        let sql = format!("SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        let dropped = std::thread::spawn(move || {
+            block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, NoTls).await.map_err(|e| e.to_string())?;
+                let connection = tokio::spawn(connection);
+                client.batch_execute(&sql).await.map_err(|e| format!("{e:?}"))?;
+                drop(client);
+                let _ = connection.await;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop the test schema {}: {e}", self.name),
+            Err(_) => eprintln!("could not drop the test schema {}: panicked", self.name),
         }
     }
 }
@@ -171,6 +205,7 @@ pub fn app() -> Command {
         "PGPORT",
         "PGUSER",
         "PGDATABASE",
+        "PGPASSWORD",
         "RUST_LOG",
     ] {
         command.env_remove(var);
@@ -343,13 +378,19 @@ impl Drop for Background {
     }
 }
 
-/// `retweeter-app fake-api ARGS` on a free loopback port; returns it and its base URL.
+/// `retweeter-app fake-api ARGS` on a free loopback port; returns it and its
+/// base URL, which is its first line of output, alone.
 pub fn fake_api(args: &[&str]) -> (Background, String) {
     let mut api = Background::start(app().arg("fake-api").args(args));
-    let line = api.wait_for_line(Duration::from_secs(30), |l| l.contains("http://"));
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("a URL").to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let url = api.wait_for_line(Duration::from_secs(30), |_| true);
+    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/1.1"), "first line: {url:?}");
     (api, url)
+}
+
+/// The line `database: ...` that every command using a database prints first on stderr.
+pub fn database_line(stderr: &str) -> &str {
+    let first = stderr.lines().next().unwrap_or_default();
+    first.strip_prefix("database: ").unwrap_or_else(|| panic!("stderr does not start with `database: `:\n{stderr}"))
 }
 
 /// Parses the `n of m records added` lines that start with `prefix` (after indentation).
@@ -458,9 +499,13 @@ impl Proxy {
 
     /// The app's `--database-url` through the proxy.
     pub fn url(&self) -> String {
-        let config: tokio_postgres::Config = server_url().parse().expect("server URL");
+        let config = server_config();
         let user = config.get_user().unwrap_or("postgres");
-        format!("host=127.0.0.1 port={} user={user} dbname={DATABASE} connect_timeout=5", self.port)
+        let password = match config.get_password() {
+            Some(p) => format!(" password='{}'", String::from_utf8_lossy(p).replace('\\', "\\\\").replace('\'', "\\'")),
+            None => String::new(),
+        };
+        format!("host=127.0.0.1 port={} user={user}{password} dbname={DATABASE} connect_timeout=5", self.port)
     }
 }
 
