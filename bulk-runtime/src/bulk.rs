@@ -73,7 +73,7 @@ impl From<Outcome> for Report {
 
 impl<R> fmt::Display for Report<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} of {} records added", self.inserted, self.offered)?;
+        write!(f, "{} of {} {} added", self.inserted, self.offered, protocol::records(self.offered))?;
         if self.updated > 0 || self.unchanged > 0 {
             write!(f, ", {} updated, {} unchanged", self.updated, self.unchanged)?;
         }

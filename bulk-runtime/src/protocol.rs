@@ -23,7 +23,7 @@ use crate::types::{self, BulkValue, ValueError};
 
 /// What a bulk call did.
 ///
-/// Displays as `2 of 4 records added`.
+/// Displays as `2 of 4 records added` (`1 of 1 record added` for one row offered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Outcome {
     /// Rows offered (the length of the batch).
@@ -36,7 +36,7 @@ pub struct Outcome {
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} of {} records added", self.inserted, self.offered)
+        write!(f, "{} of {} {} added", self.inserted, self.offered, records(self.offered))
     }
 }
 
@@ -46,6 +46,11 @@ impl std::ops::AddAssign for Outcome {
         self.inserted += rhs.inserted;
         self.skipped += rhs.skipped;
     }
+}
+
+/// "record" or "records", agreeing with `offered`.
+pub(crate) fn records(offered: u64) -> &'static str {
+    if offered == 1 { "record" } else { "records" }
 }
 
 mod sealed {

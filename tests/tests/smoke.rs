@@ -22,7 +22,7 @@ async fn original_scenario() {
     println!("{}", Retweet::model().migration_sql());
     client.batch_execute(&Retweet::model().migration_sql()).await.unwrap();
     let o = Retweet::bulk_create_new(&mut client, &[rt(1, 1)]).await.unwrap();
-    assert_eq!(o.to_string(), "1 of 1 records added");
+    assert_eq!(o.to_string(), "1 of 1 record added");
     let o = Retweet::bulk_create_new(&mut client, &[rt(1, 1), rt(1, 2)]).await.unwrap();
     assert_eq!(o.to_string(), "1 of 2 records added");
     let o = Retweet::bulk_create_new(&mut client, vec![rt(1, 1), rt(1, 2), rt(1, 3), rt(2, 1)]).await.unwrap();
