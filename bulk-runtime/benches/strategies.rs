@@ -9,6 +9,7 @@
 //! cargo bench -p bulk-runtime --bench strategies -- warm      # per-call cost, 10 existing rows
 //! cargo bench -p bulk-runtime --bench strategies -- concurrent
 //! cargo bench -p bulk-runtime --bench strategies -- explain 100000 stored50
+//! cargo bench -p bulk-runtime --bench strategies -- models    # other models' scratch tables in the session
 //! /usr/bin/time -v target/release/deps/strategies-* stream 10000000 [--collect]
 //! ```
 //!
@@ -762,12 +763,72 @@ async fn explain_run(size: usize, mix: Mix) {
     }
 }
 
+/// The cost of other models' scratch tables in one session: PostgreSQL
+/// truncates every `ON COMMIT DELETE ROWS` table of a session at the commit
+/// of each transaction that touched a temporary table. With `k` such tables
+/// besides the call's own (made like the call's, one per simulated model),
+/// times a COPY-path call (5,100 new rows) and an application's own small
+/// transaction on a temporary table.
+async fn models_run() {
+    let mut client = connect().await;
+    setup(&client).await;
+    client.batch_execute("CREATE TEMP TABLE IF NOT EXISTS bench_mine (a int)").await.unwrap();
+    let mut rng = Rng(5);
+    println!(
+        "| other scratch tables in the session | COPY call of 5,100 rows, median ms | its ratio to 0 | \
+         own temp-table transaction, median ms | its ratio to 0 |\n| ---: | ---: | ---: | ---: | ---: |"
+    );
+    let mut base: Option<(Duration, Duration)> = None;
+    let mut made = 0;
+    for k in [0usize, 8, 100] {
+        while made < k {
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE bench_other_{made} (o bigint, tweet bigint, retweeter bigint, \
+                     original_author bigint) ON COMMIT DELETE ROWS"
+                ))
+                .await
+                .unwrap();
+            made += 1;
+        }
+        let mut calls = Vec::new();
+        let mut own = Vec::new();
+        for round in 0..41 {
+            let rows: Vec<Retweet> = (0..5100)
+                .map(|_| Retweet { tweet: rng.key(), retweeter: rng.key(), original_author: rng.key() })
+                .collect();
+            let t = Instant::now();
+            let outcome = Retweet::bulk_create_new(&mut client, &rows).await.unwrap();
+            calls.push(t.elapsed());
+            assert_eq!(outcome.inserted, 5100);
+            for _ in 0..5 {
+                let t = Instant::now();
+                client.batch_execute("BEGIN; INSERT INTO bench_mine VALUES (1); COMMIT").await.unwrap();
+                own.push(t.elapsed());
+            }
+            if round % 10 == 0 {
+                client.batch_execute("TRUNCATE bench_mine").await.unwrap();
+            }
+        }
+        let (call, mine) = (median(&calls), median(&own));
+        let (call0, mine0) = *base.get_or_insert((call, mine));
+        println!(
+            "| {k} | {} | {:.2} | {} | {:.2} |",
+            ms(call),
+            call.as_secs_f64() / call0.as_secs_f64(),
+            ms(mine),
+            mine.as_secs_f64() / mine0.as_secs_f64()
+        );
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     match args.first().map(String::as_str) {
         Some("warm") => warm_run().await,
         Some("concurrent") => concurrent_run().await,
+        Some("models") => models_run().await,
         Some("stream") => {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
             stream_run(n, args.iter().any(|a| a == "--collect")).await
@@ -779,7 +840,7 @@ async fn main() {
         }
         Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected warm, concurrent, stream N [--collect], explain N MIX, \
+                "unknown mode {other}; expected warm, concurrent, models, stream N [--collect], explain N MIX, \
                  or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"
             );
             std::process::exit(2);

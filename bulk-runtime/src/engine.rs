@@ -22,7 +22,7 @@ use crate::ledger::{self, Claim, Fingerprint, Ledger};
 use crate::model::Model;
 use crate::protocol::{
     Connection, CopyWriter, Encoded, Form, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered, encode_row,
-    ensure_scratch, explain_failure, insert_error, insert_from_scratch, run_small, sort_memory_kb,
+    explain_failure, insert_error, insert_from_scratch, run_small, sort_memory_kb, use_scratch,
 };
 use crate::schema;
 use crate::scope::Scope;
@@ -453,9 +453,7 @@ where
         .await
         .map_err(db(Step::Scratch))?;
     let (scratch_exists, with_id) = before.first().map_or((false, false), |r| (r.get(0), r.get(1)));
-    if !scratch_exists {
-        ensure_scratch(tx, model).await?;
-    }
+    use_scratch(tx, model, scratch_exists).await?;
 
     // 2. Binary COPY: rows are encoded synchronously and sent in chunks, so no
     //    borrow of a row lives across an await and memory stays flat. When the

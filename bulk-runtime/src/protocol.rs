@@ -13,7 +13,7 @@ use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage, Transaction};
 use crate::BulkCreateNew;
 use crate::error::{Error, Step};
 use crate::ledger::Fingerprint;
-use crate::model::{Column, Model};
+use crate::model::{Column, Model, quote_ident};
 use crate::repeats::{Repeats, key_hash};
 use crate::schema;
 use crate::scope::Scope;
@@ -133,6 +133,35 @@ where
 
 pub(crate) fn db_error(model: &Model, step: Step) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |source| Error::database(model, step, source)
+}
+
+/// The session's scratch table for `model`, made first (after the schema
+/// check) unless it `exists`, and counted as the connection's most recently
+/// used; beyond [`SCRATCH_TABLES`](statements::SCRATCH_TABLES) per session,
+/// the least recently used one is dropped (see [`statements::scratch_used`]).
+pub(crate) async fn use_scratch(tx: &Client, model: &'static Model, exists: bool) -> Result<(), Error> {
+    if !exists {
+        ensure_scratch(tx, model).await?;
+    }
+    let Some(old) = statements::scratch_used(tx, model, !exists) else { return Ok(()) };
+    // Only a table the current role may drop (after `SET ROLE`, another
+    // role's may stay: it is dropped by a later call of its owner, or ends
+    // with the session).
+    let droppable = tx
+        .query_typed(
+            "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class AS c \
+             WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[(&old.plan().scratch_regclass, Type::TEXT)],
+        )
+        .await
+        .map_err(db_error(model, Step::Scratch))?
+        .first()
+        .is_some_and(|r| r.get::<_, bool>(0));
+    if droppable {
+        let sql = format!("DROP TABLE IF EXISTS pg_temp.{}", quote_ident(&old.plan().scratch));
+        tx.batch_execute(&sql).await.map_err(db_error(model, Step::Scratch))?;
+    }
+    Ok(())
 }
 
 /// Checks the live table against the model and creates the session's scratch
@@ -353,9 +382,7 @@ where
         .map_err(db(Step::Scratch))?
         .first()
         .is_some_and(|r| r.get::<_, bool>(0));
-    if !scratch_exists {
-        ensure_scratch(tx, model).await?;
-    }
+    use_scratch(tx, model, scratch_exists).await?;
 
     // 2. Binary COPY, streaming: rows are encoded synchronously into a buffer
     //    that is sent whenever it passes CHUNK bytes, so no borrow of a row is

@@ -218,3 +218,35 @@ pub(crate) fn evict(client: &Client, model: &'static Model, label: &str) {
         }
     });
 }
+
+/// At most this many scratch tables stay on one connection's session; see
+/// [`scratch_used`].
+pub(crate) const SCRATCH_TABLES: usize = 8;
+
+/// Per connection, the models whose scratch table its session has, least
+/// recently used first.
+static SCRATCH: Mutex<Option<HashMap<Identity, Vec<&'static Model>>>> = Mutex::new(None);
+
+/// Counts a use of `model`'s scratch table on `client`'s session (`created`:
+/// the call just made it); returns a model whose scratch table to drop.
+///
+/// Every scratch table is `ON COMMIT DELETE ROWS`, and PostgreSQL truncates
+/// each such table of the session at the commit of every transaction that
+/// touched any temporary table: with many models on one connection, every
+/// COPY call, and the application's own transactions on temporary tables,
+/// would pay for all of them (see BENCHMARKS.md, "Many models on one
+/// connection"). So a session keeps the scratch tables of its
+/// [`SCRATCH_TABLES`] most recently used models, and a call that makes one
+/// more drops the least recently used.
+pub(crate) fn scratch_used(client: &Client, model: &'static Model, created: bool) -> Option<&'static Model> {
+    let identity = Identity::of(client);
+    let mut guard = SCRATCH.lock().unwrap_or_else(PoisonError::into_inner);
+    let map = guard.get_or_insert_with(HashMap::new);
+    if map.len() >= MAX_ENTRIES && !map.contains_key(&identity) {
+        map.clear();
+    }
+    let used = map.entry(identity).or_default();
+    used.retain(|m| !std::ptr::eq(*m, model));
+    used.push(model);
+    if created && used.len() > SCRATCH_TABLES { Some(used.remove(0)) } else { None }
+}

@@ -374,7 +374,10 @@ async fn a_missing_ledger_is_reported_at_the_ledger_step() {
         assert!(!err.is_retryable() && err.connection_usable());
         // The message says what is missing and how to create it.
         let message = err.to_string();
-        assert!(message.contains(r#"the ledger table "bulk_batches" of `.batch_id(..)` does not exist"#), "{message}");
+        assert!(
+            message.contains(r#"the ledger table "bulk_batches" of `.batch_id(..)` is missing or out of date"#),
+            "{message}"
+        );
         assert!(message.contains(r#"relation "bulk_batches" does not exist"#), "{message}");
         assert!(message.contains("`client.batch_execute(&Ledger::of::<Payment>().migration_sql())`"), "{message}");
     }
@@ -514,5 +517,29 @@ async fn models_sharing_a_ledger_never_take_each_others_counts() {
     let err = PaymentKey::bulk(&mut client).batch_id("day 1").run(&keys).await.unwrap_err();
     assert!(matches!(err, Error::BatchIdReused { .. }), "{err}");
     assert!(err.to_string().contains("Payment") && err.to_string().contains("PaymentKey"), "{err}");
+    db.drop().await;
+}
+
+/// A ledger made before fingerprints were recorded lacks the column: the
+/// error says to run the (idempotent) migration, which upgrades it, and its
+/// old rows still replay.
+#[tokio::test]
+async fn a_ledger_of_an_earlier_version_is_upgraded_by_its_migration() {
+    let (db, mut client) = setup("once_old_ledger").await;
+    client.batch_execute("ALTER TABLE bulk_batches DROP COLUMN fingerprint").await.unwrap();
+    client
+        .batch_execute("INSERT INTO bulk_batches (target, batch_id, offered, inserted, skipped) VALUES (format('%I.%I', current_schema(), 'payment'), 'old', 2, 1, 1)")
+        .await
+        .unwrap();
+    let err = Payment::bulk(&mut client).batch_id("new").run(batch(0, 3)).await.unwrap_err();
+    assert!(matches!(err, Error::LedgerMissing { .. }), "{err}");
+    assert!(err.to_string().contains("is missing or out of date"), "{err}");
+    client.batch_execute(&Ledger::of::<Payment>().migration_sql()).await.unwrap();
+    let report = Payment::bulk(&mut client).batch_id("new").run(batch(0, 3)).await.unwrap();
+    assert_eq!((report.replayed, report.inserted), (false, 3));
+    // The old row has no fingerprint: it replays whatever the batch.
+    let old = Payment::bulk(&mut client).batch_id("old").run(batch(100, 1)).await.unwrap();
+    assert!(old.replayed);
+    assert_eq!((old.offered, old.inserted, old.skipped), (2, 1, 1));
     db.drop().await;
 }

@@ -405,3 +405,60 @@ async fn connections_are_told_apart_by_their_backend_not_their_address() {
     assert_eq!(count(&admin, "moved_item").await, next);
     db.drop().await;
 }
+
+macro_rules! many_models {
+    ($($name:ident $table:literal),+) => {
+        $(model!($name, $table);)+
+
+        /// One COPY call of `batch(from, COPY_BATCH)` for each model in turn.
+        async fn each_model<C: bulk_runtime::Connection>(client: &mut C, from: i64) -> Vec<u64> {
+            vec![$($name::bulk_create_new(client, &$name::batch(from, COPY_BATCH)).await.unwrap().inserted),+]
+        }
+
+        /// The DDL of every model's table.
+        fn every_table() -> String {
+            [$($name::model().migration_sql()),+].concat()
+        }
+    };
+}
+
+many_models!(
+    M01 "m01", M02 "m02", M03 "m03", M04 "m04", M05 "m05", M06 "m06", M07 "m07", M08 "m08", M09 "m09", M10 "m10",
+    M11 "m11", M12 "m12", M13 "m13", M14 "m14", M15 "m15", M16 "m16", M17 "m17", M18 "m18", M19 "m19", M20 "m20"
+);
+
+/// The session's scratch tables.
+async fn scratch_tables(client: &Client) -> i64 {
+    client
+        .query_typed(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname LIKE '\\_\\_bulk\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()[0]
+        .get(0)
+}
+
+/// Every scratch table is truncated at the commit of any transaction that
+/// touched a temporary table, so a session keeps a bounded number of them.
+#[tokio::test]
+async fn many_models_on_one_connection_keep_a_bounded_number_of_scratch_tables() {
+    let db = TestDb::new("many_models").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&every_table()).await.unwrap();
+    for round in 0..2 {
+        let inserted = each_model(&mut client, round * COPY_BATCH as i64).await;
+        assert!(inserted.iter().all(|&n| n == COPY_BATCH as u64), "{inserted:?}");
+        let tables = scratch_tables(&client).await;
+        assert!((1..=8).contains(&tables), "{tables} scratch tables after round {round} of 20 models");
+    }
+    // Inside a caller's transaction, too; and the rows all went in.
+    let mut tx = client.transaction().await.unwrap();
+    let inserted = each_model(&mut tx, 2 * COPY_BATCH as i64).await;
+    assert!(inserted.iter().all(|&n| n == COPY_BATCH as u64), "{inserted:?}");
+    tx.commit().await.unwrap();
+    assert!(scratch_tables(&client).await <= 8);
+    assert_eq!(count(&client, "m01").await, 3 * COPY_BATCH as i64);
+    assert_eq!(count(&client, "m20").await, 3 * COPY_BATCH as i64);
+    db.drop().await;
+}
