@@ -24,7 +24,7 @@ use crate::protocol::{
     Connection, CopyWriter, Encoded, Form, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered, encode_row,
     explain_failure, insert_error, insert_from_scratch, run_small, sort_memory_kb, use_scratch,
 };
-use crate::schema;
+use crate::schema::{self, KeyShape};
 use crate::scope::Scope;
 use crate::statements::{self, Lookup};
 use crate::variants::{self, Keep, Returned, Source, UpdateSet};
@@ -232,7 +232,7 @@ async fn small_statements(
     prepared: bool,
     form: Form,
 ) -> Result<Report, Error> {
-    let mut checked = false;
+    let mut checked = None;
     match call.kind {
         Kind::CreateNew => {
             let inserted = run_small(client, model, params, prepared, form).await?;
@@ -242,11 +242,12 @@ async fn small_statements(
             let keys = matches!(call.kind, Kind::Keys);
             let label = if keys { "keys" } else { "positions" };
             let types = variants::array_types(model, false);
-            let stmt = prepare(client, model, label.to_owned(), prepared, &mut checked, keys, &types, |with_id| {
-                let returned = if keys { Returned::Keys { with_id } } else { Returned::Positions };
-                variants::returning(model, Source::Arrays, Keep::First, returned)
-            })
-            .await?;
+            let stmt =
+                prepare(client, model, label.to_owned(), prepared, &mut checked, keys, &types, |with_id, shape| {
+                    let returned = if keys { Returned::Keys { with_id } } else { Returned::Positions };
+                    variants::returning(model, Source::Arrays(shape), Keep::First, returned)
+                })
+                .await?;
             let rows = query(client, model, &stmt, params).await?;
             let inserted = deliver(model, rows, offered, call.receiver).await?;
             Ok(Report { offered, inserted, skipped: offered - inserted, ..Report::default() })
@@ -255,8 +256,8 @@ async fn small_statements(
             // 1. The new keys, and which kept rows they came from.
             let types = variants::array_types(model, false);
             let label = format!("upsert insert {:?}", set.keep);
-            let stmt = prepare(client, model, label, prepared, &mut checked, false, &types, |_| {
-                variants::returning(model, Source::Arrays, set.keep, Returned::Positions)
+            let stmt = prepare(client, model, label, prepared, &mut checked, false, &types, |_, shape| {
+                variants::returning(model, Source::Arrays(shape), set.keep, Returned::Positions)
             })
             .await?;
             let rows = query(client, model, &stmt, params).await?;
@@ -270,8 +271,8 @@ async fn small_statements(
                 label.push('\0');
                 label.push_str(c.name());
             }
-            let stmt = prepare(client, model, label, prepared, &mut checked, false, &types, |_| {
-                variants::upsert_update(model, Source::Arrays, set)
+            let stmt = prepare(client, model, label, prepared, &mut checked, false, &types, |_, shape| {
+                variants::upsert_update(model, Source::Arrays(shape), set)
             })
             .await?;
             let mut params = params.to_vec();
@@ -329,10 +330,10 @@ async fn prepare(
     model: &'static Model,
     label: String,
     prepared: bool,
-    checked: &mut bool,
+    checked: &mut Option<KeyShape>,
     wants_id: bool,
     types: &[Type],
-    build: impl FnOnce(bool) -> String,
+    build: impl FnOnce(bool, &KeyShape) -> String,
 ) -> Result<Prepared, Error> {
     let found = if prepared { statements::lookup(client, model, &label) } else { Lookup::Unnamed };
     let prepared = match found {
@@ -340,12 +341,12 @@ async fn prepare(
         Lookup::Prepare => true,
         Lookup::Unnamed => false,
     };
-    if !*checked {
-        schema::verify(client, model).await?;
-        *checked = true;
-    }
+    let shape = match checked {
+        Some(shape) => shape.clone(),
+        None => checked.insert(schema::verify(client, model).await?).clone(),
+    };
     let with_id = wants_id && id_usable(client, model).await?;
-    let sql = build(with_id);
+    let sql = build(with_id, &shape);
     if !prepared {
         return Ok(Prepared::Text(sql));
     }

@@ -84,6 +84,24 @@ pub enum SchemaProblem {
         /// The database.
         database: String,
     },
+    /// A key column's type rounds the values it stores (`timestamptz(0)`,
+    /// `numeric` with a negative scale): two offered keys could become one
+    /// stored key, which no call could count or match exactly.
+    KeyRounded {
+        /// The column name.
+        column: String,
+        /// Its type, with the modifier.
+        found: String,
+    },
+    /// The table changed the key of a row as it stored it (a `BEFORE
+    /// INSERT` trigger such as `NEW.email := lower(NEW.email)`): a call that
+    /// returns the new rows or upserts cannot tell which offered row a stored
+    /// row came from, and refuses (nothing written). The plain call's counts
+    /// stay exact on such a table.
+    KeyChangedOnInsert {
+        /// The table's enabled `BEFORE INSERT` row triggers.
+        triggers: Vec<String>,
+    },
     /// No usable unique constraint or index on exactly the unique key.
     UniqueKeyMissing {
         /// The key columns the model declares.
@@ -115,6 +133,22 @@ impl fmt::Display for SchemaProblem {
                  scratch table (GRANT TEMPORARY ON DATABASE {d} TO {r})",
                 r = quote_ident(role),
                 d = quote_ident(database),
+            ),
+            SchemaProblem::KeyChangedOnInsert { triggers } => {
+                f.write_str("the table changed the key of a row as it stored it")?;
+                if !triggers.is_empty() {
+                    let names: Vec<String> = triggers.iter().map(|t| quote_ident(t)).collect();
+                    write!(f, " (BEFORE INSERT trigger {})", names.join(", "))?;
+                }
+                f.write_str(
+                    ", so returning the new rows or upserting cannot tell which offered row a stored row came from; \
+                     nothing was written (the plain call's counts stay exact on this table)",
+                )
+            }
+            SchemaProblem::KeyRounded { column, found } => write!(
+                f,
+                "key column \"{column}\" is {found}, which rounds the values it stores, so two offered keys could \
+                 become one; declare it without the precision or scale (or round the values in the model)"
             ),
             SchemaProblem::UniqueKeyMissing { key, rejected } => {
                 write!(f, "no unique constraint or unique index on exactly ({})", key.join(", "))?;

@@ -1,6 +1,6 @@
 //! The protocol of one bulk call: scratch table, binary COPY, anti-join insert.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::fmt;
 use std::pin::Pin;
 
@@ -11,15 +11,17 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage, Transaction};
 
 use crate::BulkCreateNew;
-use crate::error::{Error, Step};
+use crate::error::{Error, SchemaProblem, Step};
 use crate::ledger::Fingerprint;
 use crate::model::{Column, Model, quote_ident};
 use crate::repeats::{Repeats, key_hash};
-use crate::schema;
+use crate::schema::{self, KeyShape};
 use crate::scope::Scope;
+use crate::sql;
 use crate::sql::KeyForm;
 use crate::statements::{self, Lookup, PLAIN, PLAIN_ON_CONFLICT};
 use crate::types::{self, BulkValue, ValueError};
+use crate::variants;
 
 /// What a bulk call did.
 ///
@@ -167,9 +169,12 @@ pub(crate) async fn use_scratch(tx: &Client, model: &'static Model, exists: bool
 /// Checks the live table against the model and creates the session's scratch
 /// table (which also marks the session as checked).
 pub(crate) async fn ensure_scratch(tx: &Client, model: &'static Model) -> Result<(), Error> {
-    schema::verify(tx, model).await?;
+    let shape = schema::verify(tx, model).await?;
     let plan = model.plan();
-    let sql = format!("{}; {}", plan.create_scratch, plan.grant_scratch);
+    // Key columns compared otherwise than the model's types (citext, a
+    // collation) take the table's type and collation in the scratch table.
+    let create = if shape.is_plain() { plan.create_scratch.clone() } else { sql::scratch_ddl(model, &shape) };
+    let sql = format!("{create}; {}", plan.grant_scratch);
     tx.batch_execute(&sql).await.map_err(db_error(model, Step::Scratch))
 }
 
@@ -270,14 +275,26 @@ impl Form {
         }
     }
 
-    /// The text of the plain call's short-batch statement in this form.
-    fn small_sql(self, model: &'static Model) -> &'static str {
-        match self {
-            Form::Plain => &model.plan().small_insert_plain,
-            Form::OnConflict => &model.plan().small_insert,
+    /// The text of the plain call's short-batch statement in this form, for
+    /// a table whose key compares as `shape` says.
+    fn small_sql(self, model: &'static Model, shape: &KeyShape) -> Cow<'static, str> {
+        let plan = model.plan();
+        match (self, shape.is_plain()) {
+            (Form::Plain, true) => Cow::Borrowed(&plan.small_insert_plain),
+            (Form::OnConflict, true) => Cow::Borrowed(&plan.small_insert),
+            // (Only a text key compares otherwise, and the client never
+            // orders one: see `Plan::client_ordered`.)
+            (Form::Plain, false) => Cow::Owned(sql::small_insert_plain_sql(model, plan.client_ordered, shape)),
+            (Form::OnConflict, false) => Cow::Owned(sql::small_insert_sql(model, shape)),
         }
     }
 }
+
+/// The enabled `BEFORE INSERT` row triggers of the table `$1` names.
+const BEFORE_INSERT_TRIGGERS: &str = "\
+SELECT tgname::text FROM pg_catalog.pg_trigger
+ WHERE tgrelid = pg_catalog.to_regclass($1) AND NOT tgisinternal AND tgenabled <> 'D'
+   AND tgtype::int & 7 = 7 ORDER BY tgname";
 
 /// When a statement fails because the table does not fit the model (missing
 /// table, column or unique index, wrong type), report the schema check's
@@ -287,8 +304,29 @@ pub(crate) async fn explain_failure<C: Connection + ?Sized>(
     model: &'static Model,
     error: Error,
 ) -> Error {
+    if !error.connection_usable() {
+        return error;
+    }
+    // A returning or upsert statement refused a stored row whose key the
+    // table changed (see `variants::keys_kept`), or its update met one row
+    // twice (21000: two offered keys that the table's triggers made one).
+    let key_changed = error.sqlstate() == Some(&SqlState::CARDINALITY_VIOLATION)
+        || (error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+            && error.db_error().is_some_and(|db| db.message().contains(variants::KEY_CHANGED)));
+    if key_changed {
+        let target = model.plan().target_regclass.as_str();
+        let triggers = match conn.client().query_typed(BEFORE_INSERT_TRIGGERS, &[(&target, Type::TEXT)]).await {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(_) => return error,
+        };
+        return Error::SchemaMismatch {
+            table: model.qualified_name(),
+            model: model.struct_name(),
+            problems: vec![SchemaProblem::KeyChangedOnInsert { triggers }],
+        };
+    }
     let schema_related = error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
-    if !schema_related || !error.connection_usable() {
+    if !schema_related {
         return error;
     }
     match schema::verify(conn.client(), model).await {
@@ -328,25 +366,26 @@ pub(crate) async fn run_small(
     let label = form.label();
     let found = if prepared { statements::lookup(client, model, label) } else { Lookup::Unnamed };
     let statement = match found {
-        Lookup::Prepared(statement) => Some(statement),
+        Lookup::Prepared(statement) => Ok(statement),
         Lookup::Prepare | Lookup::Unnamed => {
             let prepared = matches!(found, Lookup::Prepare);
-            schema::verify(client, model).await?;
+            let shape = schema::verify(client, model).await?;
+            let sql = form.small_sql(model, &shape);
             if prepared {
                 let plan = model.plan();
                 let statement = client
-                    .prepare_typed(form.small_sql(model), &plan.small_types)
+                    .prepare_typed(&sql, &plan.small_types)
                     .await
                     .map_err(|source| insert_error(model, source))?;
                 statements::put(client, model, label, statement.clone());
-                Some(statement)
+                Ok(statement)
             } else {
-                None
+                Err(sql)
             }
         }
     };
     match statement {
-        Some(statement) => {
+        Ok(statement) => {
             let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
             client.execute(&statement, &values).await.map_err(|source| {
                 if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
@@ -355,7 +394,7 @@ pub(crate) async fn run_small(
                 insert_error(model, source)
             })
         }
-        None => client.execute_typed(form.small_sql(model), params).await.map_err(|source| insert_error(model, source)),
+        Err(sql) => client.execute_typed(&sql, params).await.map_err(|source| insert_error(model, source)),
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_postgres::types::Type;
 
 use crate::contention::Contention;
 use crate::model::{Column, Model, fnv1a, quote_ident};
+use crate::schema::KeyShape;
 use crate::types::{PgType, fixed_width};
 
 /// Name of the scratch table's ordinal column: the position of the row in the
@@ -103,8 +104,10 @@ impl Plan {
 
         let client_ordered = model.unique_key().all(|c| c.pg_type().client_orderable());
         let key_form = if client_ordered { KeyForm::of(model) } else { None };
-        let small_insert = if client_ordered { small_insert_sorted_sql(model) } else { small_insert_sql(model) };
-        let small_insert_plain = small_insert_plain_sql(model, client_ordered);
+        let plain = KeyShape::default();
+        let small_insert =
+            if client_ordered { small_insert_sorted_sql(model) } else { small_insert_sql(model, &plain) };
+        let small_insert_plain = small_insert_plain_sql(model, client_ordered, &plain);
         let mut small_types = if client_ordered { Vec::new() } else { vec![Type::INT8_ARRAY] };
         small_types.extend(model.columns().iter().map(|c| c.pg_type().array_wire_type()));
         Plan {
@@ -200,9 +203,54 @@ fn scratch_name(model: &Model) -> String {
     format!("__bulk_{:016x}", fnv1a(&parts))
 }
 
+/// The batch as the relation `u`: `unnest(arrays) AS u(names)`, or, when
+/// the table's key compares otherwise than the model's types (see
+/// [`KeyShape`]), the same with each key column read as the table's, under
+/// the same names. `names` are quoted column names.
+pub(crate) fn unnest_source(
+    model: &Model,
+    alias: &str,
+    arrays: &[String],
+    names: &[String],
+    shape: &KeyShape,
+) -> String {
+    let plain = format!("unnest({}) AS {alias}({})", arrays.join(", "), names.join(", "));
+    if shape.is_plain() {
+        return plain;
+    }
+    let select: Vec<String> = names
+        .iter()
+        .map(|n| match model.unique_key().position(|k| quote_ident(k.name()) == *n) {
+            Some(i) => format!("{} AS {n}", shape.read(i, &format!("{alias}.{n}"))),
+            None => format!("{alias}.{n}"),
+        })
+        .collect();
+    format!("(SELECT {} FROM {plain}) AS {alias}", select.join(", "))
+}
+
+/// `CREATE TEMP TABLE` of the scratch table for a table whose key compares
+/// otherwise than the model's types: the key columns take the table's type
+/// and collation (see [`KeyShape`]), so that the COPY path deduplicates and
+/// matches keys as the table's unique index does.
+pub(crate) fn scratch_ddl(model: &'static Model, shape: &KeyShape) -> String {
+    let mut cols = vec![format!("{} bigint", quote_ident(ORD))];
+    for c in model.columns() {
+        let ty = match model.unique_key().position(|k| std::ptr::eq(k, c)) {
+            Some(i) => shape.column_type(i, c.pg_type().sql_name()),
+            None => c.pg_type().sql_name().to_owned(),
+        };
+        cols.push(format!("{} {ty}", quote_ident(c.name())));
+    }
+    format!(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS",
+        quote_ident(&model.plan().scratch),
+        cols.join(", ")
+    )
+}
+
 /// `value` as an SQL string literal (an escape string, so it reads the same
 /// whatever `standard_conforming_strings` is).
-fn literal(value: &str) -> String {
+pub(crate) fn literal(value: &str) -> String {
     format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
@@ -258,7 +306,7 @@ pub(crate) fn key_index_guard(model: &Model) -> String {
 /// sea-query cannot express `unnest(...) AS u(cols)`, so this text is
 /// assembled here, with every identifier through [`quote_ident`] and
 /// nothing but static type names besides; no value is ever in the text.
-fn small_insert_sql(model: &Model) -> String {
+pub(crate) fn small_insert_sql(model: &Model, shape: &KeyShape) -> String {
     let q = |name: &str| quote_ident(name);
     let cols: Vec<String> = model.columns().iter().map(|c| q(c.name())).collect();
     let u_cols: Vec<String> = cols.iter().map(|c| format!("u.{c}")).collect();
@@ -267,12 +315,12 @@ fn small_insert_sql(model: &Model) -> String {
     let mut arrays = vec!["$1::bigint[]".to_owned()];
     arrays.extend(model.columns().iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 2, c.pg_type().sql_name())));
     format!(
-        "INSERT INTO {target} ({cols}) SELECT {u_cols} FROM unnest({arrays}) AS u({ord}, {cols}) \
+        "INSERT INTO {target} ({cols}) SELECT {u_cols} FROM {source} \
          ORDER BY {u_key}, u.{ord} ON CONFLICT ({key}) DO NOTHING",
         target = model.qualified_name(),
         cols = cols.join(", "),
         u_cols = u_cols.join(", "),
-        arrays = arrays.join(", "),
+        source = unnest_source(model, "u", &arrays, &[vec![q(ORD)], cols.clone()].concat(), shape),
         ord = q(ORD),
         u_key = u_key.join(", "),
         key = key.join(", "),
@@ -322,7 +370,7 @@ fn small_insert_sorted_sql(model: &Model) -> String {
 /// speculative insertion, no second index probe, no confirmation record);
 /// a key that another writer stored after the statement's snapshot makes it
 /// fail with `unique_violation`, and the call then runs [`small_insert_sql`].
-fn small_insert_plain_sql(model: &Model, client_ordered: bool) -> String {
+pub(crate) fn small_insert_plain_sql(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
     let q = |name: &str| quote_ident(name);
     let cols: Vec<String> = model.columns().iter().map(|c| q(c.name())).collect();
     let u_cols: Vec<String> = cols.iter().map(|c| format!("u.{c}")).collect();
@@ -333,11 +381,11 @@ fn small_insert_plain_sql(model: &Model, client_ordered: bool) -> String {
         model.columns().iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + first, c.pg_type().sql_name())),
     );
     let (names, distinct, order) = if client_ordered {
-        (cols.join(", "), String::new(), u_key.join(", "))
+        (cols.clone(), String::new(), u_key.join(", "))
     } else {
         let ord = q(ORD);
         (
-            format!("{ord}, {}", cols.join(", ")),
+            [vec![ord.clone()], cols.clone()].concat(),
             format!("DISTINCT ON ({}) ", u_key.join(", ")),
             format!("{}, u.{ord}", u_key.join(", ")),
         )
@@ -354,13 +402,13 @@ fn small_insert_plain_sql(model: &Model, client_ordered: bool) -> String {
         })
         .collect();
     format!(
-        "INSERT INTO {target} ({cols}) SELECT {distinct}{u_cols} FROM unnest({arrays}) AS u({names}) \
+        "INSERT INTO {target} ({cols}) SELECT {distinct}{u_cols} FROM {source} \
          WHERE NOT EXISTS (SELECT 1 FROM {target} AS \"t\" WHERE {stored}) AND {guard} ORDER BY {order}",
         target = model.qualified_name(),
         guard = key_index_guard(model),
         cols = cols.join(", "),
         u_cols = u_cols.join(", "),
-        arrays = arrays.join(", "),
+        source = unnest_source(model, "u", &arrays, &names, shape),
         stored = stored.join(" AND "),
     )
 }
@@ -566,6 +614,40 @@ mod tests {
         for on_conflict in [&plan.insert, &plan.small_insert] {
             assert!(!on_conflict.contains("pg_index"), "{on_conflict}");
         }
+    }
+
+    #[test]
+    fn a_key_compared_as_the_table_compares_it_reads_the_batch_through_casts() {
+        use crate::schema::KeyAs;
+        // `label` (the first key column) is citext under a case-insensitive collation.
+        let shape = KeyShape(vec![
+            Some(KeyAs {
+                ty: Some(("ext".into(), "citext".into())),
+                collation: Some(("public".into(), r#"c"i"#.into())),
+            }),
+            None,
+        ]);
+        let names = [quote_ident(ORD), quote_ident("owner"), quote_ident("label"), quote_ident("note")];
+        let arrays = ["$1".to_owned(), "$2".to_owned(), "$3".to_owned(), "$4".to_owned()];
+        let source = unnest_source(&NULLABLE_MODEL, "u", &arrays, &names, &shape);
+        assert_eq!(
+            source,
+            r#"(SELECT u."__bulk_ord", u."owner" AS "owner", CAST(u."label" AS "ext"."citext") COLLATE "public"."c""i" AS "label", u."note" FROM unnest($1, $2, $3, $4) AS u("__bulk_ord", "owner", "label", "note")) AS u"#
+        );
+        assert_eq!(
+            unnest_source(&NULLABLE_MODEL, "u", &arrays, &names, &KeyShape::default()),
+            r#"unnest($1, $2, $3, $4) AS u("__bulk_ord", "owner", "label", "note")"#
+        );
+        let cast = r#"CAST(u."label" AS "ext"."citext") COLLATE "public"."c""i" AS "label""#;
+        let plain = small_insert_plain_sql(&NULLABLE_MODEL, false, &shape);
+        assert!(at(&plain, cast) < at(&plain, r#") AS u WHERE NOT EXISTS"#), "{plain}");
+        let on_conflict = small_insert_sql(&NULLABLE_MODEL, &shape);
+        assert!(at(&on_conflict, cast) < at(&on_conflict, r#") AS u ORDER BY"#), "{on_conflict}");
+        let ddl = scratch_ddl(&NULLABLE_MODEL, &shape);
+        at(
+            &ddl,
+            r#""owner" integer, "label" "ext"."citext" COLLATE "public"."c""i", "note" bytea) ON COMMIT DELETE ROWS"#,
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@ use std::fmt::Write as _;
 use tokio_postgres::types::Type;
 
 use crate::model::{Column, Model, quote_ident};
-use crate::sql::ORD;
+use crate::schema::KeyShape;
+use crate::sql::{self, ORD};
 use crate::types::PgType;
 
 /// Column of the statements' results (and of the arrays' mask) naming the
@@ -49,9 +50,10 @@ impl Keep {
 
 /// Where a statement reads the batch from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// `unnest` of one array parameter per column (`$1` the positions).
-    Arrays,
+pub(crate) enum Source<'a> {
+    /// `unnest` of one array parameter per column (`$1` the positions),
+    /// the key read as the table compares it.
+    Arrays(&'a KeyShape),
     /// The session's scratch table, filled by `COPY`.
     Scratch,
 }
@@ -105,9 +107,9 @@ pub(crate) fn array_types(model: &Model, mask: bool) -> Vec<Type> {
 }
 
 /// The batch as the relation `"u"`: `unnest(...) AS "u"(...)` or the scratch table.
-fn source(model: &'static Model, source: Source, mask: bool) -> String {
+fn source(model: &'static Model, source: Source<'_>, mask: bool) -> String {
     match source {
-        Source::Arrays => {
+        Source::Arrays(shape) => {
             let mut arrays = vec!["$1::bigint[]".to_owned()];
             let mut names = vec![q(ORD)];
             for (i, c) in model.columns().iter().enumerate() {
@@ -118,14 +120,14 @@ fn source(model: &'static Model, source: Source, mask: bool) -> String {
                 arrays.push(format!("${}::boolean[]", model.columns().len() + 2));
                 names.push(q(DONE));
             }
-            format!("unnest({}) AS \"u\"({})", arrays.join(", "), names.join(", "))
+            sql::unnest_source(model, "\"u\"", &arrays, &names, shape)
         }
         Source::Scratch => format!("pg_temp.{} AS \"u\"", q(&model.plan().scratch)),
     }
 }
 
 /// `"src"`: one row per key, the kept one, with its position (and the mask).
-fn src_cte(model: &'static Model, from: Source, keep: Keep, mask: bool) -> String {
+fn src_cte(model: &'static Model, from: Source<'_>, keep: Keep, mask: bool) -> String {
     let key = list("u", model.unique_key());
     let mut cols = format!("\"u\".{}, {}", q(ORD), list("u", model.columns()));
     if mask {
@@ -159,11 +161,11 @@ fn key_match(model: &Model, a: &str, b: &str) -> String {
 }
 
 /// `"ins"`: the conflict-skipping insert of the kept rows, in key order, that
-/// returns the key of each row it inserted (cast to the model's types, so a
-/// `varchar` or `numeric` column reads as the model's `text` or `bigint`),
-/// and the id when asked. From the scratch table, keys already stored are
+/// returns the key of each row it inserted (as stored: it is matched to the
+/// batch's row under the key's own equality, and read as the model's types
+/// only when delivered), and the id when asked. From the scratch table, keys already stored are
 /// dropped first by the anti-join of the plain call.
-fn insert_cte(model: &'static Model, from: Source, with_id: bool) -> String {
+fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String {
     let target = model.qualified_name();
     let cols = model.columns().iter().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
     let key = model.unique_key().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
@@ -186,11 +188,7 @@ fn insert_cte(model: &'static Model, from: Source, with_id: bool) -> String {
             .join(" AND ");
         let _ = write!(sql, " WHERE NOT EXISTS (SELECT 1 FROM {target} AS \"t\" WHERE {stored})");
     }
-    let returning = model
-        .unique_key()
-        .map(|c| format!("{name}::{ty} AS {name}", name = q(c.name()), ty = c.pg_type().sql_name()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let returning = model.unique_key().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
     let _ =
         write!(sql, " ORDER BY {} ON CONFLICT ({key}) DO NOTHING RETURNING {returning}", list("s", model.unique_key()));
     if let (true, Some(id)) = (with_id, model.id_column()) {
@@ -212,7 +210,7 @@ fn insert_cte(model: &'static Model, from: Source, with_id: bool) -> String {
 /// The join maps each inserted key back to the kept row's position; it is one
 /// to one (one kept row per key, one insert per key), so the number of rows
 /// returned is the number inserted.
-pub(crate) fn returning(model: &'static Model, from: Source, keep: Keep, returned: Returned) -> String {
+pub(crate) fn returning(model: &'static Model, from: Source<'_>, keep: Keep, returned: Returned) -> String {
     let with_id = matches!(returned, Returned::Keys { with_id: true }) && model.id_column().is_some();
     let mut sql = format!(
         "WITH {}, {} SELECT \"s\".{}",
@@ -224,13 +222,42 @@ pub(crate) fn returning(model: &'static Model, from: Source, keep: Keep, returne
         if with_id {
             let _ = write!(sql, ", \"i\".{}", q(ID));
         }
-        let _ = write!(sql, ", {}", list("i", model.unique_key()));
+        // Read as the model's types (a `varchar`, `citext` or `numeric`
+        // column as the model's `text` or `bigint`).
+        for c in model.unique_key() {
+            let _ = write!(sql, ", \"i\".{name}::{ty} AS {name}", name = q(c.name()), ty = c.pg_type().sql_name());
+        }
     }
-    let _ = write!(sql, " FROM \"ins\" AS \"i\" JOIN \"src\" AS \"s\" ON {}", key_match(model, "i", "s"));
+    let _ = write!(
+        sql,
+        " FROM \"ins\" AS \"i\" JOIN \"src\" AS \"s\" ON {} WHERE {}",
+        key_match(model, "i", "s"),
+        keys_kept(model)
+    );
     if let Returned::Keys { .. } = returned {
         let _ = write!(sql, " ORDER BY \"s\".{}", q(ORD));
     }
     sql
+}
+
+/// Marks the error a statement raises when a stored row's key is not the
+/// key the batch offered (see [`keys_kept`]).
+pub(crate) const KEY_CHANGED: &str = "bulk_runtime: the table changed the key of a row as it was stored";
+
+/// A condition on a statement with the `"ins"` and `"src"` CTEs that holds
+/// when every inserted row's key is the key of a kept row of the batch, and
+/// otherwise raises an error whose message holds [`KEY_CHANGED`] (SQLSTATE
+/// 22P02), so the statement writes nothing: a `BEFORE INSERT` trigger that
+/// rewrites the key (`lower(email)`) would otherwise leave inserted rows
+/// that no offered row can be mapped to. Evaluated once (it reads no row of
+/// the query), after the insert has run.
+fn keys_kept(model: &Model) -> String {
+    format!(
+        "CASE WHEN (SELECT count(*) FROM \"ins\") = (SELECT count(*) FROM \"ins\" AS \"i2\" JOIN \"src\" AS \"s2\" \
+         ON {}) THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
+        key_match(model, "i2", "s2"),
+        sql::literal(KEY_CHANGED)
+    )
 }
 
 /// The upsert's first statement from the scratch table: insert the kept row
@@ -240,11 +267,12 @@ pub(crate) fn returning(model: &'static Model, from: Source, keep: Keep, returne
 pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep) -> String {
     format!(
         "WITH {}, {}, \"del\" AS (DELETE FROM pg_temp.{} AS \"x\" USING \"ins\" AS \"i\" WHERE {}) \
-         SELECT (SELECT count(*) FROM \"ins\"), (SELECT count(*) FROM \"src\")",
+         SELECT (SELECT count(*) FROM \"ins\"), (SELECT count(*) FROM \"src\") WHERE {}",
         src_cte(model, Source::Scratch, keep, false),
         insert_cte(model, Source::Scratch, false),
         q(&model.plan().scratch),
         key_match(model, "x", "i"),
+        keys_kept(model),
     )
 }
 
@@ -253,8 +281,8 @@ pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep) -> S
 /// statement inserted) goes in in key order with `ON CONFLICT (key) DO UPDATE
 /// SET c = EXCLUDED.c, ...`, optionally `WHERE ROW(t.c, ...) IS DISTINCT FROM
 /// ROW(EXCLUDED.c, ...)`. Returns `(keys considered, rows updated)`.
-pub(crate) fn upsert_update(model: &'static Model, from: Source, set: &UpdateSet) -> String {
-    let mask = from == Source::Arrays;
+pub(crate) fn upsert_update(model: &'static Model, from: Source<'_>, set: &UpdateSet) -> String {
+    let mask = matches!(from, Source::Arrays(_));
     let cols = model.columns().iter().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
     let key = model.unique_key().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
     let assignments = set
@@ -320,7 +348,8 @@ mod tests {
 
     #[test]
     fn returning_keys_inserts_in_key_order_and_maps_keys_back_to_positions() {
-        let sql = returning(&MODEL, Source::Arrays, Keep::First, Returned::Keys { with_id: true });
+        let sql =
+            returning(&MODEL, Source::Arrays(&KeyShape::default()), Keep::First, Returned::Keys { with_id: true });
         let src = at(
             &sql,
             r#"WITH "src" AS (SELECT DISTINCT ON ("u"."tweet", "u"."re""tweeter") "u"."__bulk_ord", "u"."tweet""#,
@@ -336,15 +365,16 @@ mod tests {
         );
         let order =
             at(&sql, r#"ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
-        let ret = at(
-            &sql,
-            r#"RETURNING "tweet"::bigint AS "tweet", "re""tweeter"::bigint AS "re""tweeter", "id"::bigint AS "__bulk_id")"#,
-        );
+        let ret = at(&sql, r#"RETURNING "tweet", "re""tweeter", "id"::bigint AS "__bulk_id")"#);
+        // Matched to the batch under the key's own equality, then read as
+        // the model's types.
         let select = at(
             &sql,
-            r#"SELECT "s"."__bulk_ord", "i"."__bulk_id", "i"."tweet", "i"."re""tweeter" FROM "ins" AS "i" JOIN "src" AS "s""#,
+            r#"SELECT "s"."__bulk_ord", "i"."__bulk_id", "i"."tweet"::bigint AS "tweet", "i"."re""tweeter"::bigint AS "re""tweeter" FROM "ins" AS "i" JOIN "src" AS "s""#,
         );
-        at(&sql, r#"ON "i"."tweet" = "s"."tweet" AND "i"."re""tweeter" = "s"."re""tweeter" ORDER BY "s"."__bulk_ord""#);
+        at(&sql, r#"ON "i"."tweet" = "s"."tweet" AND "i"."re""tweeter" = "s"."re""tweeter" WHERE CASE WHEN "#);
+        // Every inserted row must match a kept row, or the statement fails.
+        at(&sql, &format!("{} ORDER BY \"s\".\"__bulk_ord\"", keys_kept(&MODEL)));
         assert!(src < arrays && arrays < first && first < insert && insert < order && order < ret && ret < select);
         assert!(!sql.contains("NOT EXISTS"), "no anti-join on the array path: {sql}");
         assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
@@ -368,7 +398,7 @@ mod tests {
     fn upsert_keeps_the_chosen_row_and_updates_only_the_chosen_columns() {
         let author = &COLUMNS[2];
         let set = UpdateSet { columns: vec![author], only_if_changed: true, keep: Keep::Last };
-        let sql = upsert_update(&MODEL, Source::Arrays, &set);
+        let sql = upsert_update(&MODEL, Source::Arrays(&KeyShape::default()), &set);
         at(&sql, r#"$5::boolean[]) AS "u"("__bulk_ord", "tweet", "re""tweeter", "author", "__bulk_done")"#);
         at(&sql, r#""u"."__bulk_ord" DESC) AS "d" WHERE NOT "d"."__bulk_done")"#);
         let order = at(
@@ -440,10 +470,10 @@ mod tests {
     fn hostile_names_stay_inside_their_quotes() {
         let evil = UpdateSet { columns: vec![&EVIL_COLUMNS[2]], only_if_changed: true, keep: Keep::Last };
         let statements = [
-            returning(&EVIL_MODEL, Source::Arrays, Keep::First, Returned::Keys { with_id: true }),
+            returning(&EVIL_MODEL, Source::Arrays(&KeyShape::default()), Keep::First, Returned::Keys { with_id: true }),
             returning(&EVIL_MODEL, Source::Scratch, Keep::First, Returned::Positions),
             upsert_insert_from_scratch(&EVIL_MODEL, Keep::Last),
-            upsert_update(&EVIL_MODEL, Source::Arrays, &evil),
+            upsert_update(&EVIL_MODEL, Source::Arrays(&KeyShape::default()), &evil),
             upsert_update(&EVIL_MODEL, Source::Scratch, &evil),
         ];
         for sql in &statements {

@@ -1,0 +1,214 @@
+//! Keys the table holds equal although their bytes differ (a case-insensitive
+//! ICU collation, `citext`, `char(n)` padding), keys the table changes as it
+//! stores them (a `BEFORE INSERT` trigger) or rounds (`timestamptz(0)`): every
+//! call either counts and reports exactly, or refuses with a clear reason and
+//! writes nothing. `offered = inserted + updated + unchanged + skipped` holds.
+
+use bulk_runtime::{BulkCreateNew, Error, Keep, SchemaProblem, Upsert};
+use bulk_tests::{COPY_BATCH, TestDb, count};
+use tokio_postgres::Client;
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "member", unique(email), id = false)]
+struct Member {
+    email: String,
+    name: String,
+}
+
+fn member(email: &str, name: &str) -> Member {
+    Member { email: email.into(), name: name.into() }
+}
+
+/// Rows `from..from + len` with distinct keys, padding a batch to a path.
+fn filler(from: usize, len: usize) -> impl Iterator<Item = Member> {
+    (from..from + len).map(|i| member(&format!("filler{i}@example.org"), "filler"))
+}
+
+/// The key column declared three ways that hold `Ann@x` and `ann@x` (or
+/// `ann ` and `ann`) as one key.
+const TABLES: [(&str, &str, [&str; 2]); 3] = [
+    ("collation", "email text COLLATE case_insensitive", ["Ann@example.org", "ann@EXAMPLE.org"]),
+    ("citext", "email public.citext", ["Ann@example.org", "ann@EXAMPLE.org"]),
+    ("char", "email char(40)", ["ann@example.org ", "ann@example.org"]),
+];
+
+async fn setup(db: &TestDb, column: &str) -> Client {
+    let admin = db.connect_plain().await;
+    if let Err(e) = admin.batch_execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public").await {
+        // Another test binary may create it at the same moment.
+        let there = admin.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'citext'", &[]).await.unwrap();
+        assert!(there.is_some(), "{e:?}");
+    }
+    let client = db.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+             CREATE TABLE member ({column} NOT NULL, name text NOT NULL, UNIQUE (email))"
+        ))
+        .await
+        .unwrap();
+    client
+}
+
+/// The stored `name` of the key equal to `email`, and how many rows hold it.
+async fn stored(client: &Client, email: &str) -> (i64, Option<String>) {
+    // An untyped literal takes the column's type, so it compares as the column does.
+    assert!(!email.contains('\''));
+    // (citext's `=` lives with the extension, off the search_path here.)
+    let citext: bool = client
+        .query_one("SELECT atttypid::regtype::text LIKE '%citext' FROM pg_attribute WHERE attrelid = 'member'::regclass AND attname = 'email'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let eq = if citext { "OPERATOR(public.=)" } else { "=" };
+    let rows = client.query(&format!("SELECT name FROM member WHERE email {eq} '{email}'"), &[]).await.unwrap();
+    (rows.len() as i64, rows.first().map(|r| r.get(0)))
+}
+
+async fn equal_keys(pad: usize) {
+    for (name, column, [first, second]) in TABLES {
+        let db = TestDb::new(&format!("key_equality_{name}")).await;
+        let mut client = setup(&db, column).await;
+        let context = format!("{name}, {} rows", 3 + pad);
+
+        // The plain call: the first offered of two equal keys wins.
+        let batch: Vec<Member> = [member(second, "second"), member(first, "first"), member("bob@example.org", "bob")]
+            .into_iter()
+            .chain(filler(0, pad))
+            .collect();
+        let outcome = Member::bulk_create_new(&mut client, &batch).await.unwrap();
+        assert_eq!((outcome.inserted, outcome.skipped), (2 + pad as u64, 1), "{context}");
+        assert_eq!(stored(&client, first).await, (1, Some("second".into())), "{context}");
+
+        // Returning keys: one new row per key, the skipped ones exactly.
+        let batch: Vec<Member> =
+            [member(first, "again"), member("cy@example.org", "cy"), member("CY@example.org", "cy2")]
+                .into_iter()
+                .chain(filler(pad, pad))
+                .collect();
+        let report = Member::bulk(&mut client).returning_keys::<(String,)>().run(&batch).await.unwrap();
+        assert_eq!(report.returned.len() as u64, report.inserted, "{context}");
+        let cy_copies = stored(&client, "cy@example.org").await.0;
+        let expected_new = pad as u64 + if name == "char" { 2 } else { 1 };
+        assert_eq!(report.inserted, expected_new, "{context}: {:?}", &report.returned[..report.returned.len().min(3)]);
+        assert_eq!(cy_copies, 1, "{context}");
+        let skipped = Member::bulk(&mut client).returning_skipped().run(&batch).await.unwrap();
+        assert_eq!(skipped.returned.len(), batch.len(), "{context}: everything is stored now");
+
+        // Upsert with both rows of one key in the batch: no 21000, Keep honoured.
+        for (keep, winner) in [(Keep::First, "kept first"), (Keep::Last, "kept last")] {
+            let batch: Vec<Member> =
+                [member(second, "kept first"), member("dee@example.org", "dee"), member(first, "kept last")]
+                    .into_iter()
+                    .chain(filler(0, pad))
+                    .collect();
+            let report = Member::bulk(&mut client)
+                .upsert(Upsert::columns(["name"]).only_if_changed().keep(keep))
+                .run(&batch)
+                .await
+                .unwrap_or_else(|e| panic!("{context}, {keep:?}: {e}"));
+            assert_eq!(
+                report.offered,
+                report.inserted + report.updated + report.unchanged + report.skipped,
+                "{context}: {report:?}"
+            );
+            assert_eq!(report.skipped, 1, "{context}, {keep:?}: the other row of the repeated key");
+            assert_eq!(report.updated, 1, "{context}, {keep:?}: {report:?}");
+            assert_eq!(stored(&client, first).await, (1, Some(winner.into())), "{context}, {keep:?}");
+        }
+        let rows = count(&client, "member").await;
+        assert_eq!(rows as u64, 4 + 2 * pad as u64 + u64::from(name == "char"), "{context}");
+        db.drop().await;
+    }
+}
+
+#[tokio::test]
+async fn keys_equal_under_the_table_but_not_byte_for_byte() {
+    equal_keys(0).await;
+}
+
+#[tokio::test]
+async fn keys_equal_under_the_table_but_not_byte_for_byte_through_copy() {
+    equal_keys(COPY_BATCH).await;
+}
+
+/// A trigger that normalises the key: the plain call counts exactly; calls
+/// that map stored rows back to offered ones refuse, writing nothing.
+async fn trigger_changes_the_key(pad: usize) {
+    let db = TestDb::new("key_trigger").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE member (email text NOT NULL UNIQUE, name text NOT NULL);
+             CREATE FUNCTION lower_email() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN NEW.email := lower(NEW.email); RETURN NEW; END $$;
+             CREATE TRIGGER lower_email BEFORE INSERT ON member FOR EACH ROW EXECUTE FUNCTION lower_email();",
+        )
+        .await
+        .unwrap();
+    let batch: Vec<Member> = [member("Ann@x.org", "a"), member("ann@x.org", "b"), member("Bob@x.org", "c")]
+        .into_iter()
+        .chain(filler(0, pad))
+        .collect();
+    let before = count(&client, "member").await;
+    let refused = [
+        Member::bulk(&mut client).returning_keys::<(String,)>().run(&batch).await.map(|r| r.inserted),
+        Member::bulk(&mut client).returning_skipped().run(&batch).await.map(|r| r.inserted),
+        Member::bulk(&mut client).upsert(Upsert::all_columns()).run(&batch).await.map(|r| r.inserted),
+    ];
+    for result in refused {
+        match result {
+            Err(Error::SchemaMismatch { problems, .. }) => {
+                assert_eq!(problems, [SchemaProblem::KeyChangedOnInsert { triggers: vec!["lower_email".into()] }]);
+            }
+            other => panic!("{pad}: expected the table to be refused, got {other:?}"),
+        }
+        assert_eq!(count(&client, "member").await, before, "nothing written");
+    }
+    // The plain call: exact counts from the server.
+    let outcome = Member::bulk_create_new(&mut client, &batch).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.skipped), (2 + pad as u64, 1));
+    assert_eq!(count(&client, "member").await, 2 + pad as i64);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_trigger_that_changes_the_key_is_refused_by_the_calls_that_map_rows_back() {
+    trigger_changes_the_key(0).await;
+}
+
+#[tokio::test]
+async fn a_trigger_that_changes_the_key_is_refused_by_the_calls_that_map_rows_back_through_copy() {
+    trigger_changes_the_key(COPY_BATCH).await;
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "reading", unique(sensor, at), id = false)]
+struct Reading {
+    sensor: i64,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A key column that rounds what it stores is refused up front.
+#[tokio::test]
+async fn a_key_column_that_rounds_is_refused_by_the_schema_check() {
+    let db = TestDb::new("key_rounds").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute("CREATE TABLE reading (sensor bigint NOT NULL, at timestamptz(0) NOT NULL, UNIQUE (sensor, at))")
+        .await
+        .unwrap();
+    let at = chrono::DateTime::from_timestamp(1_700_000_000, 400_000_000).unwrap();
+    let rows = [Reading { sensor: 1, at }, Reading { sensor: 1, at: at + chrono::Duration::milliseconds(200) }];
+    let err = Reading::bulk_create_new(&mut client, &rows).await.unwrap_err();
+    match &err {
+        Error::SchemaMismatch { problems, .. } => assert_eq!(
+            problems,
+            &[SchemaProblem::KeyRounded { column: "at".into(), found: "timestamp(0) with time zone".into() }]
+        ),
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("rounds the values it stores"), "{err}");
+    assert_eq!(count(&client, "reading").await, 0);
+    db.drop().await;
+}
