@@ -63,37 +63,26 @@ impl KeyShape {
 
     /// `expr` read as the `i`th key column compares; `expr` itself when plain.
     pub(crate) fn read(&self, i: usize, expr: &str) -> String {
-        match self.0.get(i).and_then(Option::as_ref) {
-            None => expr.to_owned(),
-            Some(k) => {
-                let mut out = match &k.ty {
-                    Some((schema, name)) => format!("CAST({expr} AS {}.{})", quote_ident(schema), quote_ident(name)),
-                    None => expr.to_owned(),
-                };
-                if let Some((schema, name)) = &k.collation {
-                    out = format!("{out} COLLATE {}.{}", quote_ident(schema), quote_ident(name));
-                }
-                out
-            }
-        }
+        self.spell(i, expr, |ty| format!("CAST({expr} AS {ty})"))
     }
 
     /// The scratch table's column type of the `i`th key column, whose
     /// model type is `wire` (an SQL type name).
     pub(crate) fn column_type(&self, i: usize, wire: &str) -> String {
-        match self.0.get(i).and_then(Option::as_ref) {
-            None => wire.to_owned(),
-            Some(k) => {
-                let mut out = match &k.ty {
-                    Some((schema, name)) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
-                    None => wire.to_owned(),
-                };
-                if let Some((schema, name)) = &k.collation {
-                    out = format!("{out} COLLATE {}.{}", quote_ident(schema), quote_ident(name));
-                }
-                out
-            }
+        self.spell(i, wire, str::to_owned)
+    }
+
+    /// `plain` when the `i`th key column compares as the model's type;
+    /// otherwise `with_type` of its type (or `plain` when only the collation
+    /// differs), followed by its `COLLATE` clause.
+    fn spell(&self, i: usize, plain: &str, with_type: impl FnOnce(&str) -> String) -> String {
+        let Some(k) = self.0.get(i).and_then(Option::as_ref) else { return plain.to_owned() };
+        let name = |(schema, name): &(String, String)| format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let mut out = k.ty.as_ref().map_or_else(|| plain.to_owned(), |ty| with_type(&name(ty)));
+        if let Some(collation) = &k.collation {
+            out = format!("{out} COLLATE {}", name(collation));
         }
+        out
     }
 }
 
