@@ -59,10 +59,52 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
     };
     let nulls_not_distinct = input.attrs.nulls_not_distinct.get().is_some();
 
+    // The key type: each key field's owned type, in key order.
+    // Through `BulkColumn::__Column`, as the other uses of a field's type,
+    // so that an unsupported key type is reported once, as unsupported.
+    let key_types = key_fields.iter().map(|f| {
+        let ty = f.ty;
+        quote_spanned!(f.ty.span()=>
+            <<#ty as ::bulk_runtime::__private::BulkColumn>::__Column as ::bulk_runtime::__private::KeyColumn>::Owned)
+    });
+    // Typed handles of the stored fields outside the key.
+    let updatable: Vec<&&Field<'_>> =
+        stored.iter().filter(|f| !key_fields.iter().any(|k| k.ident == f.ident)).collect();
+    let columns_struct = quote::format_ident!("{}Columns", unraw(ident));
+    let handle_fields = updatable.iter().map(|f| {
+        let name = f.ident;
+        let doc = format!("The column of field `{}`.", unraw(f.ident));
+        quote!(#[doc = #doc] pub #name: ::bulk_runtime::__private::UpdateColumn)
+    });
+    let handle_values = updatable.iter().map(|f| {
+        let name = f.ident;
+        let field = unraw(f.ident);
+        quote!(#name: ::bulk_runtime::__private::UpdateColumn::__new(#struct_name, #field))
+    });
+    let columns_doc = format!("The columns of `{struct_name}` an upsert can update (`{struct_name}::columns()`).");
+
+    // The tuple at the key fields' span (the first's): a key field of an
+    // unsupported type is then reported once, at the field.
+    let key_span = key_fields.first().map_or_else(proc_macro2::Span::call_site, |f| f.ty.span());
+    let key_type = quote_spanned!(key_span=> (#(#key_types,)*));
+
     quote! {
         #[automatically_derived]
         const _: () = {
+            #[doc = #columns_doc]
+            #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy)]
+            pub struct #columns_struct {
+                #(#handle_fields,)*
+            }
+
             impl #impl_generics ::bulk_runtime::BulkCreateNew for #ident #ty_generics #where_clause {
+                type Key = #key_type;
+                type Columns = #columns_struct;
+
+                fn columns() -> #columns_struct {
+                    #columns_struct { #(#handle_values,)* }
+                }
+
                 type CopyValues<'__bulk_row> = [&'__bulk_row dyn ::bulk_runtime::__private::BulkValue; #n]
                 where
                     Self: '__bulk_row;
@@ -153,6 +195,9 @@ pub(crate) fn fallback(node: &DeriveInput, input: Option<&Input<'_>>, errors: sy
                 type CopyValues<'__bulk_row> = [&'__bulk_row dyn ::bulk_runtime::__private::BulkValue; 0]
                 where
                     Self: '__bulk_row;
+                type Key = (i64,);
+                type Columns = ();
+                fn columns() {}
                 fn model() -> &'static ::bulk_runtime::__private::Model {
                     #(#type_checks)*
                     ::core::unreachable!()

@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The key type is a tuple of the key fields' types, checked before
     // anything is sent.
     let batch = vec![retweet(1, 10, 100), retweet(1, 11, 100), retweet(2, 10, 200)];
-    let report = Retweet::bulk(&mut client).returning_keys::<(i64, i64)>().run(&batch).await?;
+    let report = Retweet::bulk(&mut client).returning_keys().run(&batch).await?;
     println!("returning keys: {report}");
     for new in &report.returned {
         println!("  batch row {} is new: key {:?}, id {:?}", new.index, new.key, new.id);
@@ -67,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         retweet(4, 10, 401), // same key again: the last row is kept, this one counted skipped
     ];
     let report = Retweet::bulk(&mut client)
-        .upsert(Upsert::columns(["original_author"]).only_if_changed().keep(Keep::Last))
+        .upsert(Upsert::set([Retweet::columns().original_author]).only_if_changed().keep(Keep::Last))
         .run(&batch)
         .await?;
     println!("upsert: {report}");

@@ -15,74 +15,9 @@ use crate::engine::{self, BoxError, Call, Kind};
 use crate::error::{Error, type_name};
 use crate::ledger::{self, Ledger};
 use crate::model::{Column, Model};
-use crate::protocol::{self, Connection, Outcome};
+use crate::protocol::{self, Connection};
+use crate::report::Report;
 use crate::variants::{Keep, UpdateSet};
-
-/// What a call of the [`Bulk`] builder did.
-///
-/// `offered = inserted + updated + unchanged + skipped`. `returned` holds
-/// what the call was asked to return: nothing (`()`), the new rows
-/// ([`returning_keys`](Bulk::returning_keys)) or the skipped rows' positions
-/// ([`returning_skipped`](Bulk::returning_skipped)).
-///
-/// Displays as `2 of 4 records added`, followed by `, 1 updated, 1 unchanged`
-/// for an upsert that found stored keys, and by ` (recorded earlier)` for a
-/// replay.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Report<R = ()> {
-    /// Rows offered (the length of the batch).
-    pub offered: u64,
-    /// Rows inserted.
-    pub inserted: u64,
-    /// Stored rows that an upsert updated (always 0 without [`upsert`](Bulk::upsert)).
-    pub updated: u64,
-    /// Stored rows that an upsert left as they were, because
-    /// [`only_if_changed`](Upsert::only_if_changed) found them equal (always
-    /// 0 without it).
-    pub unchanged: u64,
-    /// Rows not written. Without upsert: their key was already stored, or
-    /// repeated in the batch. With upsert: their key was repeated in the
-    /// batch and another row of it was kept ([`Keep`]).
-    pub skipped: u64,
-    /// The counts were recorded by an earlier call with the same
-    /// [`batch_id`](Bulk::batch_id), and this call wrote nothing. `returned`
-    /// is then empty: only the counts are recorded.
-    pub replayed: bool,
-    /// What the call returns besides the counts.
-    pub returned: R,
-}
-
-impl<R> Report<R> {
-    /// The counts as the plain call's [`Outcome`] (`skipped` = everything not
-    /// inserted, updated rows included).
-    pub fn outcome(&self) -> Outcome {
-        Outcome { offered: self.offered, inserted: self.inserted, skipped: self.offered - self.inserted }
-    }
-
-    fn with<S>(self, returned: S) -> Report<S> {
-        let Report { offered, inserted, updated, unchanged, skipped, replayed, returned: _ } = self;
-        Report { offered, inserted, updated, unchanged, skipped, replayed, returned }
-    }
-}
-
-impl From<Outcome> for Report {
-    fn from(o: Outcome) -> Report {
-        Report { offered: o.offered, inserted: o.inserted, skipped: o.skipped, ..Report::default() }
-    }
-}
-
-impl<R> fmt::Display for Report<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} of {} {} added", self.inserted, self.offered, protocol::records(self.offered))?;
-        if self.updated > 0 || self.unchanged > 0 {
-            write!(f, ", {} updated, {} unchanged", self.updated, self.unchanged)?;
-        }
-        if self.replayed {
-            f.write_str(" (recorded earlier)")?;
-        }
-        Ok(())
-    }
-}
 
 /// One row inserted by a [`returning_keys`](Bulk::returning_keys) call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,11 +101,64 @@ from_key_tuple!(8: A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upsert {
     columns: Option<Vec<String>>,
+    /// The model whose [`UpdateColumn`] handles named the columns.
+    model: Option<&'static str>,
     only_if_changed: bool,
     keep: Keep,
 }
 
+/// A typed handle of one of a model's columns outside its unique key, from
+/// the derived [`BulkCreateNew::columns`]: `Retweet::columns().original_author`.
+/// A misspelt field, or a field of the key, is a compile error ("no field").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateColumn {
+    model: &'static str,
+    field: &'static str,
+}
+
+impl UpdateColumn {
+    #[doc(hidden)]
+    pub const fn __new(model: &'static str, field: &'static str) -> UpdateColumn {
+        UpdateColumn { model, field }
+    }
+
+    /// The Rust field's name.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
 impl Upsert {
+    /// Update these columns of a stored row from the offered one, named by
+    /// their typed handles ([`BulkCreateNew::columns`]), checked when the
+    /// program compiles.
+    ///
+    /// ```
+    /// # use bulk_runtime::{BulkCreateNew, Upsert};
+    /// # #[derive(BulkCreateNew)]
+    /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
+    /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
+    /// let upsert = Upsert::set([Retweet::columns().original_author]);
+    /// ```
+    pub fn set<I>(columns: I) -> Upsert
+    where
+        I: IntoIterator<Item = UpdateColumn>,
+    {
+        let mut model = None;
+        let mut names = Vec::new();
+        for c in columns {
+            // Handles of two models cannot fit one call: keep the first
+            // model's name, and the other's field as written, which the
+            // check then reports.
+            if *model.get_or_insert(c.model) == c.model {
+                names.push(c.field.to_owned());
+            } else {
+                names.push(format!("{}::{}", c.model, c.field));
+            }
+        }
+        Upsert { columns: Some(names), model, only_if_changed: false, keep: Keep::Last }
+    }
+
     /// Update these columns of a stored row from the offered one. Name them
     /// by Rust field or by column name; key columns cannot be updated.
     pub fn columns<I>(columns: I) -> Upsert
@@ -180,6 +168,7 @@ impl Upsert {
     {
         Upsert {
             columns: Some(columns.into_iter().map(Into::into).collect()),
+            model: None,
             only_if_changed: false,
             keep: Keep::Last,
         }
@@ -187,7 +176,7 @@ impl Upsert {
 
     /// Update every column that is not part of the unique key.
     pub fn all_columns() -> Upsert {
-        Upsert { columns: None, only_if_changed: false, keep: Keep::Last }
+        Upsert { columns: None, model: None, only_if_changed: false, keep: Keep::Last }
     }
 
     /// Update a stored row only when one of the chosen columns would change
@@ -211,6 +200,13 @@ impl Upsert {
     /// The update, checked against the model.
     fn resolve(&self, model: &'static Model) -> Result<UpdateSet, Error> {
         let usage = |message: String| Error::Usage { model: model.struct_name(), message };
+        if let Some(other) = self.model.filter(|m| *m != model.struct_name()) {
+            return Err(usage(format!(
+                "upsert: the columns are handles of `{other}`, not of `{}`: use `{}::columns()`",
+                model.struct_name(),
+                model.struct_name()
+            )));
+        }
         let is_key = |c: &Column| model.unique_key().any(|k| std::ptr::eq(k, c));
         let mut columns: Vec<&'static Column> = Vec::new();
         match &self.columns {
@@ -293,7 +289,7 @@ pub struct Progress {
 /// # Retweet::bulk_create_new(client, [rt(1, 10, 100), rt(1, 11, 100)]).await?;
 /// # let batch = vec![rt(1, 10, 100), rt(1, 11, 101), rt(1, 12, 100), rt(1, 13, 100), rt(1, 13, 100)];
 /// // The keys and ids of the rows that were new.
-/// let report = Retweet::bulk(client).returning_keys::<(i64, i64)>().run(&batch).await?;
+/// let report = Retweet::bulk(client).returning_keys().run(&batch).await?;
 /// for new in &report.returned {
 ///     println!("batch row {} is new: {:?}, id {:?}", new.index, new.key, new.id);
 /// }
@@ -302,7 +298,7 @@ pub struct Progress {
 /// # let batch = vec![rt(1, 10, 100), rt(1, 11, 102), rt(1, 20, 100), rt(1, 21, 100), rt(1, 22, 100)];
 /// // Insert new keys, update the author of stored ones when it differs.
 /// let report = Retweet::bulk(client)
-///     .upsert(Upsert::columns(["original_author"]).only_if_changed())
+///     .upsert(Upsert::set([Retweet::columns().original_author]).only_if_changed())
 ///     .run(&batch)
 ///     .await?;
 /// println!("{report}"); // "3 of 5 records added, 1 updated, 1 unchanged"
@@ -364,13 +360,20 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized> Bulk<'a, T, C> {
     /// # let rt = |tweet, retweeter, original_author| Retweet { tweet, retweeter, original_author };
     /// # Retweet::bulk_create_new(client, [rt(1, 10, 100)]).await?;
     /// # let batch = vec![rt(1, 10, 100), rt(1, 11, 100), rt(1, 12, 100)];
-    /// let report = Retweet::bulk(client).returning_keys::<(i64, i64)>().run(&batch).await?;
+    /// let report = Retweet::bulk(client).returning_keys().run(&batch).await?;
     /// let new_retweeters: Vec<i64> = report.returned.iter().map(|row| row.key.1).collect();
     /// # assert_eq!(new_retweeters, [11, 12]);
     /// # db.drop().await?;
     /// # Ok(()) }
     /// ```
-    pub fn returning_keys<K: FromKey>(self) -> Bulk<'a, T, C, ReturningKeys<K>> {
+    pub fn returning_keys(self) -> Bulk<'a, T, C, ReturningKeys<T::Key>> {
+        self.mode(ReturningKeys { rows: Vec::new() })
+    }
+
+    /// Like [`returning_keys`](Self::returning_keys), with the key read as
+    /// another tuple `K` (see [`FromKey`]), e.g. a `numeric` key column as
+    /// `String`; checked against the key before anything is sent.
+    pub fn returning_keys_as<K: FromKey>(self) -> Bulk<'a, T, C, ReturningKeys<K>> {
         self.mode(ReturningKeys { rows: Vec::new() })
     }
 
@@ -380,10 +383,9 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized> Bulk<'a, T, C> {
     ///
     /// `f` runs before the call's transaction commits: if the call then
     /// returns an error, nothing was written, whatever `f` saw.
-    pub fn returning_keys_with<K, F>(self, f: F) -> Bulk<'a, T, C, ReturningKeysWith<K, F>>
+    pub fn returning_keys_with<F>(self, f: F) -> Bulk<'a, T, C, ReturningKeysWith<T::Key, F>>
     where
-        K: FromKey,
-        F: FnMut(NewRow<K>) + Send,
+        F: FnMut(NewRow<T::Key>) + Send,
     {
         self.mode(ReturningKeysWith { f, key: PhantomData })
     }
@@ -488,8 +490,8 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
     {
         if self.mode.is_plain() && self.batch_id.is_none() && self.progress.is_none() {
             // The plain call, untouched.
-            let outcome = protocol::bulk_create_new::<T, C, I>(self.conn, rows).await?;
-            return Ok(self.mode.__finish(Report::from(outcome)));
+            let report = protocol::bulk_create_new::<T, C, I>(self.conn, rows).await?;
+            return Ok(self.mode.__finish(report));
         }
         self.execute(futures_util::stream::iter(rows.into_iter().map(Ok))).await
     }
@@ -638,7 +640,7 @@ fn check_key<K: FromKey>(model: &'static Model) -> Result<(), Error> {
         model.unique_key().map(|c| (c.name(), c.pg_type().wire_type(), c.nullable())).collect();
     K::__check(&columns).map_err(|message| Error::Usage {
         model: model.struct_name(),
-        message: format!("returning_keys::<{}>: {message}", type_name::<K>()),
+        message: format!("returning_keys_as::<{}>: {message}", type_name::<K>()),
     })
 }
 

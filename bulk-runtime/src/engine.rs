@@ -15,8 +15,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, RowStream, Statement};
 
 use crate::BulkCreateNew;
+use crate::bulk::Progress;
 use crate::bulk::private::Run;
-use crate::bulk::{Progress, Report};
 use crate::error::{Error, Step};
 use crate::ledger::{self, Claim, Fingerprint, Ledger};
 use crate::model::Model;
@@ -24,6 +24,7 @@ use crate::protocol::{
     Connection, CopyWriter, Encoded, Form, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered, encode_row,
     explain_failure, insert_error, insert_from_scratch, run_small, sort_memory_kb, use_scratch,
 };
+use crate::report::Report;
 use crate::schema::{self, KeyShape};
 use crate::scope::Scope;
 use crate::statements::{self, Lookup};

@@ -135,8 +135,10 @@ impl fmt::Display for SchemaProblem {
                 d = quote_ident(database),
             ),
             SchemaProblem::KeyChangedOnInsert { triggers } => {
-                f.write_str("the table changed the key of a row as it stored it")?;
-                if !triggers.is_empty() {
+                f.write_str("the table changed a row as it stored it")?;
+                if triggers.is_empty() {
+                    f.write_str(" (a column type that drops trailing spaces, such as varchar(n), or a rule)")?;
+                } else {
                     let names: Vec<String> = triggers.iter().map(|t| quote_ident(t)).collect();
                     write!(f, " (BEFORE INSERT trigger {})", names.join(", "))?;
                 }

@@ -24,9 +24,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::BulkCreateNew;
-use crate::bulk::Report;
 use crate::error::{Error, Step};
 use crate::model::{Model, quote_ident};
+use crate::report::Report;
 
 /// Where the batch ids of [`Bulk::batch_id`](crate::Bulk::batch_id) are
 /// recorded: a table with one row per (target table, batch id).

@@ -112,7 +112,7 @@
 //! #     Retweet { tweet: 1, retweeter: 11, original_author: 100 },
 //! # ];
 //! let report = Retweet::bulk(client)
-//!     .upsert(Upsert::columns(["original_author"]).only_if_changed().keep(Keep::Last))
+//!     .upsert(Upsert::set([Retweet::columns().original_author]).only_if_changed().keep(Keep::Last))
 //!     .batch_id("poll 42")
 //!     .run(&batch)
 //!     .await?;
@@ -145,6 +145,7 @@ mod ledger;
 mod model;
 mod protocol;
 mod repeats;
+mod report;
 pub mod retry;
 mod schema;
 mod scope;
@@ -157,14 +158,15 @@ use std::borrow::Borrow;
 use std::future::Future;
 
 pub use bulk::{
-    Bulk, CreateNew, FromKey, Mode, NewRow, Progress, Report, ReturningKeys, ReturningKeysWith, ReturningSkipped,
+    Bulk, CreateNew, FromKey, Mode, NewRow, Progress, ReturningKeys, ReturningKeysWith, ReturningSkipped, UpdateColumn,
     Upsert, Upserting,
 };
 pub use engine::BoxError;
 pub use error::{Error, SchemaProblem, Step};
 pub use ledger::Ledger;
 pub use model::{Column, Model, quote_ident};
-pub use protocol::{Connection, Outcome, bulk_create_new};
+pub use protocol::{Connection, bulk_create_new};
+pub use report::{Outcome, Report};
 pub use types::{BulkColumn, BulkValue, NonNullColumn, PgType, ValueError};
 pub use variants::Keep;
 
@@ -214,6 +216,29 @@ pub trait BulkCreateNew: Sized + Sync {
     type CopyValues<'r>: AsRef<[&'r dyn BulkValue]>
     where
         Self: 'r;
+
+    /// The model's unique key as a tuple of owned values, in the order of
+    /// `#[bulk(unique(...))]`: what [`returning_keys`](Bulk::returning_keys)
+    /// returns for each new row. For `unique(tweet, retweeter)` on `i64`
+    /// fields, `(i64, i64)`; a borrowed text field reads as `String`, a
+    /// nullable one as `Option<_>`.
+    type Key: FromKey;
+
+    /// Typed handles of the model's columns outside the unique key, one
+    /// field per stored field, for [`Upsert::set`]: a misspelt field or a key
+    /// field is a compile error. Made by [`columns`](Self::columns).
+    type Columns;
+
+    /// The handles of the model's updatable columns.
+    ///
+    /// ```
+    /// # use bulk_runtime::{BulkCreateNew, Upsert};
+    /// # #[derive(BulkCreateNew)]
+    /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
+    /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
+    /// let upsert = Upsert::set([Retweet::columns().original_author]).only_if_changed();
+    /// ```
+    fn columns() -> Self::Columns;
 
     /// The table, columns and unique key of the model.
     fn model() -> &'static Model;
@@ -310,9 +335,10 @@ pub mod __test_hooks {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::bulk::UpdateColumn;
     pub use crate::model::{Column, Model};
     pub use crate::protocol::{PLAIN_FROM, SMALL_BATCH};
-    pub use crate::types::{BulkColumn, BulkValue, NonNullColumn, PgType};
+    pub use crate::types::{BulkColumn, BulkValue, KeyColumn, NonNullColumn, PgType};
 
     /// The protocol's SQL for a model, for the benchmark's and the tests'
     /// `EXPLAIN` runs.

@@ -1,7 +1,6 @@
 //! The protocol of one bulk call: scratch table, binary COPY, anti-join insert.
 
 use std::borrow::{Borrow, Cow};
-use std::fmt;
 use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -15,6 +14,7 @@ use crate::error::{Error, SchemaProblem, Step};
 use crate::ledger::Fingerprint;
 use crate::model::{Column, Model, quote_ident};
 use crate::repeats::{Repeats, key_hash};
+use crate::report::{Outcome, Report};
 use crate::schema::{self, KeyShape};
 use crate::scope::Scope;
 use crate::sql;
@@ -22,38 +22,6 @@ use crate::sql::KeyForm;
 use crate::statements::{self, Lookup, PLAIN, PLAIN_ON_CONFLICT};
 use crate::types::{self, BulkValue, ValueError};
 use crate::variants;
-
-/// What a bulk call did.
-///
-/// Displays as `2 of 4 records added` (`1 of 1 record added` for one row offered).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Outcome {
-    /// Rows offered (the length of the batch).
-    pub offered: u64,
-    /// Rows inserted.
-    pub inserted: u64,
-    /// Rows skipped: their key was already stored, or repeated earlier in the batch.
-    pub skipped: u64,
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} of {} {} added", self.inserted, self.offered, records(self.offered))
-    }
-}
-
-impl std::ops::AddAssign for Outcome {
-    fn add_assign(&mut self, rhs: Outcome) {
-        self.offered += rhs.offered;
-        self.inserted += rhs.inserted;
-        self.skipped += rhs.skipped;
-    }
-}
-
-/// "record" or "records", agreeing with `offered`.
-pub(crate) fn records(offered: u64) -> &'static str {
-    if offered == 1 { "record" } else { "records" }
-}
 
 mod sealed {
     pub trait Sealed {}
@@ -211,7 +179,7 @@ async fn small_batch<C: Connection + ?Sized>(
             continue;
         }
         return match result {
-            Ok(inserted) => Ok(Outcome { offered, inserted, skipped: offered - inserted }),
+            Ok(inserted) => Ok(Report::counts(offered, inserted)),
             Err(e) => Err(explain_failure(conn, model, e).await),
         };
     }
@@ -258,7 +226,13 @@ impl Form {
                 contention.conflicted();
                 Some(Form::OnConflict)
             }
-            Err(e) if e.sqlstate() == Some(&SqlState::DIVISION_BY_ZERO) => Some(Form::OnConflict),
+            Err(e) if e.sqlstate() == Some(&SqlState::DIVISION_BY_ZERO) => {
+                // (Counted as a conflict: under REPEATABLE READ the guard
+                // always refuses, and the next calls go straight to
+                // ON CONFLICT for a while.)
+                contention.conflicted();
+                Some(Form::OnConflict)
+            }
             Ok(_) => {
                 contention.succeeded();
                 None
@@ -310,7 +284,8 @@ pub(crate) async fn explain_failure<C: Connection + ?Sized>(
     // A returning or upsert statement refused a stored row whose key the
     // table changed (see `variants::keys_kept`), or its update met one row
     // twice (21000: two offered keys that the table's triggers made one).
-    let key_changed = error.sqlstate() == Some(&SqlState::CARDINALITY_VIOLATION)
+    let twice = error.db_error().is_some_and(|db| db.routine() == Some("ExecOnConflictUpdate"));
+    let key_changed = (error.sqlstate() == Some(&SqlState::CARDINALITY_VIOLATION) && twice)
         || (error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
             && error.db_error().is_some_and(|db| db.message().contains(variants::KEY_CHANGED)));
     if key_changed {
@@ -445,7 +420,7 @@ where
     let sort_kb = (!nested).then(|| sort_memory_kb(offered, bytes_sent));
     let inserted = insert_from_scratch(&mut scope, model, offered, repeats, sort_kb, true).await?;
     scope.commit().await.map_err(db(Step::Commit))?;
-    Ok(Outcome { offered, inserted, skipped: offered - inserted })
+    Ok(Report::counts(offered, inserted))
 }
 
 /// The savepoint around the plain form of the COPY path's insert.
@@ -489,6 +464,7 @@ pub(crate) async fn insert_from_scratch(
         format!("{set_memory}{}{clear}{commit}", plan.insert)
     };
     let mut at = before + usize::from(form == Form::Plain);
+    let mut refused: Option<Error> = None;
     loop {
         let request = tx.simple_query(&sql);
         if !commit.is_empty() {
@@ -508,6 +484,15 @@ pub(crate) async fn insert_from_scratch(
             Ok(_) => scope.sent_ok(),
             Err(_) => scope.sent_failed(),
         }
+        if refused.is_some()
+            && let Err(e) = &result
+            && e.sqlstate() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION)
+        {
+            // The plain attempt failed at its COMMIT (a deferred constraint
+            // on another column), which ended the transaction: that is the
+            // call's error, and nothing was written.
+            return Err(refused.take().expect("checked above"));
+        }
         if let Some(again) = form.after(model, &result) {
             form = again;
             sql = format!(
@@ -515,6 +500,7 @@ pub(crate) async fn insert_from_scratch(
                 plan.insert
             );
             at = 2;
+            refused = result.err();
             continue;
         }
         return Ok(command_count(&result?, at));

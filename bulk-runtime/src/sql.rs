@@ -268,13 +268,20 @@ pub(crate) fn literal(value: &str) -> String {
 /// the table (so the index cannot be dropped until the call ends); the call
 /// answers 22012 with the `ON CONFLICT` form, which refuses to run without
 /// such an index (42P10), and the schema check then explains what changed.
+/// Under `REPEATABLE READ` or `SERIALIZABLE` the guard always refuses (the
+/// catalog the statement reads may be older than its lock), so such calls
+/// take the `ON CONFLICT` form.
 pub(crate) fn key_index_guard(model: &Model) -> String {
     let k = model.unique_key().len();
     let names: Vec<String> = model.unique_key().map(|c| literal(c.name())).collect();
     let nulls = if model.unique_key().any(Column::nullable) { " AND i.indnullsnotdistinct" } else { "" };
+    // Only under READ COMMITTED: there the statement's snapshot is taken
+    // after its lock, while under REPEATABLE READ or SERIALIZABLE it is the
+    // transaction's first, which may still show an index dropped since.
     format!(
         "1 / (SELECT count(*)::int4 FROM pg_catalog.pg_index AS i \
-         WHERE i.indrelid = {target}::pg_catalog.regclass AND i.indisunique AND i.indisvalid AND i.indisready \
+         WHERE pg_catalog.current_setting('transaction_isolation') = 'read committed' \
+         AND i.indrelid = {target}::pg_catalog.regclass AND i.indisunique AND i.indisvalid AND i.indisready \
          AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = {k}{nulls} \
          AND (SELECT count(*) FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = i.indrelid \
          AND a.attnum = ANY ((i.indkey::pg_catalog.int2[])[0:{last}]) \

@@ -240,6 +240,9 @@ static SCRATCH: Mutex<Option<HashMap<Identity, Vec<&'static Model>>>> = Mutex::n
 /// more drops the least recently used.
 pub(crate) fn scratch_used(client: &Client, model: &'static Model, created: bool) -> Option<&'static Model> {
     let identity = Identity::of(client);
+    if !identity.known() {
+        return None;
+    }
     let mut guard = SCRATCH.lock().unwrap_or_else(PoisonError::into_inner);
     let map = guard.get_or_insert_with(HashMap::new);
     if map.len() >= MAX_ENTRIES && !map.contains_key(&identity) {

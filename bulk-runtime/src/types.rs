@@ -450,6 +450,47 @@ impl<T: NonNullColumn> BulkColumn for Option<T> {
     type __Column = Self;
 }
 
+/// The owned Rust type a key field's value is read back as, for the
+/// model's key type ([`BulkCreateNew::Key`](crate::BulkCreateNew::Key)):
+/// itself for owned types, `String` for borrowed text, `Vec<u8>` for
+/// borrowed bytes, `Option<_>` of that for a nullable field.
+#[doc(hidden)]
+pub trait KeyColumn {
+    /// The owned type.
+    type Owned: for<'a> tokio_postgres::types::FromSql<'a> + Send + 'static;
+}
+
+macro_rules! key_as {
+    ($owned:ty => $($t:ty),+ $(,)?) => {$(
+        impl KeyColumn for $t {
+            type Owned = $owned;
+        }
+    )+};
+}
+
+key_as!(i16 => i16);
+key_as!(i32 => i32);
+key_as!(i64 => i64);
+key_as!(f32 => f32);
+key_as!(f64 => f64);
+key_as!(bool => bool);
+key_as!(Vec<u8> => Vec<u8>, &[u8], Cow<'_, [u8]>);
+key_as!(String => String, &str, Cow<'_, str>, Box<str>);
+#[cfg(feature = "chrono")]
+key_as!(chrono::NaiveDate => chrono::NaiveDate);
+#[cfg(feature = "chrono")]
+key_as!(chrono::NaiveDateTime => chrono::NaiveDateTime);
+#[cfg(feature = "chrono")]
+key_as!(chrono::DateTime<chrono::Utc> => chrono::DateTime<chrono::Utc>);
+#[cfg(feature = "uuid")]
+key_as!(uuid::Uuid => uuid::Uuid);
+#[cfg(feature = "json")]
+key_as!(serde_json::Value => serde_json::Value);
+
+impl<T: KeyColumn> KeyColumn for Option<T> {
+    type Owned = Option<T::Owned>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

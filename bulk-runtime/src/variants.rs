@@ -188,7 +188,14 @@ fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String 
             .join(" AND ");
         let _ = write!(sql, " WHERE NOT EXISTS (SELECT 1 FROM {target} AS \"t\" WHERE {stored})");
     }
-    let returning = model.unique_key().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
+    // The key, then the other columns (for `keys_kept`'s whole-row check).
+    let is_key = |c: &Column| model.unique_key().any(|k| std::ptr::eq(k, c));
+    let returning = model
+        .unique_key()
+        .chain(model.columns().iter().filter(|c| !is_key(c)))
+        .map(|c| q(c.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ =
         write!(sql, " ORDER BY {} ON CONFLICT ({key}) DO NOTHING RETURNING {returning}", list("s", model.unique_key()));
     if let (true, Some(id)) = (with_id, model.id_column()) {
@@ -252,9 +259,25 @@ pub(crate) const KEY_CHANGED: &str = "bulk_runtime: the table changed the key of
 /// that no offered row can be mapped to. Evaluated once (it reads no row of
 /// the query), after the insert has run.
 fn keys_kept(model: &Model) -> String {
+    // Each inserted row must be a kept row as offered: the same key (the
+    // hashable join) and the same values in the model's other columns (a
+    // trigger that rewrote a key into another key of the batch would pass
+    // the key alone). JSON compares as jsonb (`json` has no equality).
+    let value = |alias: &str, c: &Column| match c.pg_type() {
+        PgType::Jsonb => format!("{}.{}::jsonb", q(alias), q(c.name())),
+        _ => format!("{}.{}", q(alias), q(c.name())),
+    };
+    let is_key = |c: &Column| model.unique_key().any(|k| std::ptr::eq(k, c));
+    let others: Vec<&Column> = model.columns().iter().filter(|c| !is_key(c)).collect();
+    let same_values = if others.is_empty() {
+        String::new()
+    } else {
+        let row = |alias: &str| others.iter().map(|c| value(alias, c)).collect::<Vec<_>>().join(", ");
+        format!(" AND ROW({}) IS NOT DISTINCT FROM ROW({})", row("i2"), row("s2"))
+    };
     format!(
         "CASE WHEN (SELECT count(*) FROM \"ins\") = (SELECT count(*) FROM \"ins\" AS \"i2\" JOIN \"src\" AS \"s2\" \
-         ON {}) THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
+         ON {}{same_values}) THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
         key_match(model, "i2", "s2"),
         sql::literal(KEY_CHANGED)
     )
@@ -365,7 +388,7 @@ mod tests {
         );
         let order =
             at(&sql, r#"ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
-        let ret = at(&sql, r#"RETURNING "tweet", "re""tweeter", "id"::bigint AS "__bulk_id")"#);
+        let ret = at(&sql, r#"RETURNING "tweet", "re""tweeter", "author", "id"::bigint AS "__bulk_id")"#);
         // Matched to the batch under the key's own equality, then read as
         // the model's types.
         let select = at(

@@ -92,7 +92,7 @@ pub async fn poll_once(client: &mut Client, source: &Source, tweets: &[i64], cou
             result: result.map(|rows| {
                 let offered = rows.len() as u64;
                 let inserted = new_per_tweet.get(&tweet).copied().unwrap_or(0);
-                Outcome { offered, inserted, skipped: offered.saturating_sub(inserted) }
+                Outcome { offered, inserted, skipped: offered.saturating_sub(inserted), ..Outcome::default() }
             }),
         })
         .collect();

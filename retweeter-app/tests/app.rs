@@ -83,7 +83,9 @@ fn poll_over_http_adds_one_of_one_then_one_of_two_then_two_of_four() {
     }
     let seen: Vec<String> = lines.iter().flat_map(|o| o.lines().map(str::to_owned)).collect();
     // The library's wording of an outcome ("2 of 4 records added").
-    let added = |inserted: u64, offered: u64| Outcome { offered, inserted, skipped: offered - inserted }.to_string();
+    let added = |inserted: u64, offered: u64| {
+        Outcome { offered, inserted, skipped: offered - inserted, ..Outcome::default() }.to_string()
+    };
     assert_eq!(
         seen,
         [

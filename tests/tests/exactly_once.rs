@@ -96,7 +96,7 @@ async fn recorded_once(n: usize) {
     );
 
     // A replay of a returning call returns the counts only.
-    let keys = Payment::bulk(&mut client).returning_keys::<(i64, i64)>().batch_id("import 7").run(&rows).await.unwrap();
+    let keys = Payment::bulk(&mut client).returning_keys().batch_id("import 7").run(&rows).await.unwrap();
     assert!(keys.replayed && keys.returned.is_empty());
     assert_eq!(keys.inserted, n64 - 1);
     let skipped = Payment::bulk(&mut client).returning_skipped().batch_id("import 7").run(&rows).await.unwrap();

@@ -103,7 +103,12 @@ async fn payload(client: &Client, table: &str, k: i64) -> String {
 /// Counts of a batch from `batch`, of which `stored` distinct keys were
 /// stored by someone else.
 fn expected(rows: usize, distinct: usize, stored: usize) -> Outcome {
-    Outcome { offered: rows as u64, inserted: (distinct - stored) as u64, skipped: (rows - distinct + stored) as u64 }
+    Outcome {
+        offered: rows as u64,
+        inserted: (distinct - stored) as u64,
+        skipped: (rows - distinct + stored) as u64,
+        ..Outcome::default()
+    }
 }
 
 /// One call meets a key committed by another writer while its plain insert
@@ -260,7 +265,11 @@ async fn keys_equal_only_under_the_columns_collation_are_stored_once() {
          CREATE UNIQUE INDEX ci_long_name ON ci_long (name);";
     let Scene { db, admin, mut writer, .. } = scene("fallback_collation", ddl).await;
     let check = |outcome: Outcome, len: usize| {
-        assert_eq!(outcome, Outcome { offered: len as u64 + 1, inserted: len as u64, skipped: 1 }, "{len} rows");
+        assert_eq!(
+            outcome,
+            Outcome { offered: len as u64 + 1, inserted: len as u64, skipped: 1, ..Outcome::default() },
+            "{len} rows"
+        );
     };
     check(CiShort::bulk_create_new(&mut writer, &CiShort::rows(1_000)).await.unwrap(), 1_000);
     check(CiLong::bulk_create_new(&mut writer, &CiLong::rows(COPY_BATCH)).await.unwrap(), COPY_BATCH);

@@ -86,7 +86,7 @@ async fn equal_keys(pad: usize) {
                 .into_iter()
                 .chain(filler(pad, pad))
                 .collect();
-        let report = Member::bulk(&mut client).returning_keys::<(String,)>().run(&batch).await.unwrap();
+        let report = Member::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
         assert_eq!(report.returned.len() as u64, report.inserted, "{context}");
         let cy_copies = stored(&client, "cy@example.org").await.0;
         let expected_new = pad as u64 + if name == "char" { 2 } else { 1 };
@@ -152,7 +152,7 @@ async fn trigger_changes_the_key(pad: usize) {
         .collect();
     let before = count(&client, "member").await;
     let refused = [
-        Member::bulk(&mut client).returning_keys::<(String,)>().run(&batch).await.map(|r| r.inserted),
+        Member::bulk(&mut client).returning_keys().run(&batch).await.map(|r| r.inserted),
         Member::bulk(&mut client).returning_skipped().run(&batch).await.map(|r| r.inserted),
         Member::bulk(&mut client).upsert(Upsert::all_columns()).run(&batch).await.map(|r| r.inserted),
     ];
@@ -165,6 +165,15 @@ async fn trigger_changes_the_key(pad: usize) {
         }
         assert_eq!(count(&client, "member").await, before, "nothing written");
     }
+    // A trigger that turns one offered key into another key of the batch:
+    // every stored row still has a key of the batch, but not its own row.
+    let pair = [member("Cy@x.org", "first"), member("cy@x.org", "second")];
+    let err = Member::bulk(&mut client).returning_keys().run(&pair).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::SchemaMismatch { problems, .. } if matches!(problems[..], [SchemaProblem::KeyChangedOnInsert { .. }])),
+        "{err}"
+    );
+    assert_eq!(count(&client, "member").await, before, "nothing written");
     // The plain call: exact counts from the server.
     let outcome = Member::bulk_create_new(&mut client, &batch).await.unwrap();
     assert_eq!((outcome.inserted, outcome.skipped), (2 + pad as u64, 1));

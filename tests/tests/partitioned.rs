@@ -88,7 +88,7 @@ async fn every_call(n: usize) {
 
     // Returning keys and ids: half the batch overlaps the stored rows.
     let second = batch(n, n as i64 / 2, "b");
-    let report = Entry::bulk(&mut client).returning_keys::<(i32, i64)>().run(&second).await.unwrap();
+    let report = Entry::bulk(&mut client).returning_keys().run(&second).await.unwrap();
     let new: BTreeSet<(i32, i64)> = report.returned.iter().map(|r| r.key).collect();
     assert_eq!(new.len() as u64, report.inserted);
     assert!(new.iter().all(|k| k.1 >= n as i64), "only keys beyond the first batch are new");
@@ -145,8 +145,7 @@ async fn concurrent_overlapping_writers_on_a_partitioned_table() {
                 inserted += if round == 1 {
                     Entry::bulk(&mut client).upsert(Upsert::all_columns()).run(&rows).await.unwrap().inserted
                 } else {
-                    Entry::bulk(&mut client).returning_keys::<(i32, i64)>().run(&rows).await.unwrap().returned.len()
-                        as u64
+                    Entry::bulk(&mut client).returning_keys().run(&rows).await.unwrap().returned.len() as u64
                 };
             }
             inserted

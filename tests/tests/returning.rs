@@ -72,7 +72,7 @@ async fn returning_keys(n: usize) {
     let (pre, rows, new) = batch(n);
     Entry::bulk_create_new(&mut client, &pre).await.unwrap();
 
-    let report = Entry::bulk(&mut client).returning_keys::<(i32, i64)>().run(&rows).await.unwrap();
+    let report = Entry::bulk(&mut client).returning_keys().run(&rows).await.unwrap();
     assert_eq!(report.offered, n as u64);
     assert_eq!(report.inserted, new.len() as u64);
     assert_eq!(report.skipped, (n - new.len()) as u64);
@@ -91,7 +91,7 @@ async fn returning_keys(n: usize) {
     assert_eq!(count(&client, "entry").await as usize, pre.len() + new.len());
 
     // Again: nothing is new.
-    let again = Entry::bulk(&mut client).returning_keys::<(i32, i64)>().run(&rows).await.unwrap();
+    let again = Entry::bulk(&mut client).returning_keys().run(&rows).await.unwrap();
     assert_eq!((again.inserted, again.skipped, again.returned.len()), (0, n as u64, 0));
     db.drop().await;
 }
@@ -141,14 +141,14 @@ async fn returning_in_transaction(pad: usize) {
 
     // Rolled back with the caller's transaction.
     let mut tx = client.transaction().await.unwrap();
-    let report = Entry::bulk(&mut tx).returning_keys::<(i32, i64)>().run(rows(0)).await.unwrap();
+    let report = Entry::bulk(&mut tx).returning_keys().run(rows(0)).await.unwrap();
     assert_eq!(report.returned.len(), 5 + pad);
     tx.rollback().await.unwrap();
     assert_eq!(count(&client, "entry").await, 0);
 
     // Two calls in one transaction: the second sees the first's rows.
     let mut tx = client.transaction().await.unwrap();
-    let first = Entry::bulk(&mut tx).returning_keys::<(i32, i64)>().run(rows(0)).await.unwrap();
+    let first = Entry::bulk(&mut tx).returning_keys().run(rows(0)).await.unwrap();
     let second = Entry::bulk(&mut tx).returning_skipped().run(rows(3)).await.unwrap();
     assert_eq!(first.inserted as usize, 5 + pad);
     assert_eq!(second.returned, (0..2 + pad).collect::<Vec<_>>(), "keys 3.. were inserted by the first call");
@@ -182,10 +182,10 @@ async fn key_types_are_checked_before_anything_is_sent() {
         Error::Usage { message, .. } => message,
         other => panic!("expected a usage error, got {other:?}"),
     };
-    let wrong_arity = Entry::bulk(&mut client).returning_keys::<(i32,)>().run(&rows).await.unwrap_err();
+    let wrong_arity = Entry::bulk(&mut client).returning_keys_as::<(i32,)>().run(&rows).await.unwrap_err();
     let message = usage(wrong_arity);
     assert!(message.contains("(feed, item) has 2 columns"), "{message}");
-    let wrong_type = Entry::bulk(&mut client).returning_keys::<(i64, i64)>().run(&rows).await.unwrap_err();
+    let wrong_type = Entry::bulk(&mut client).returning_keys_as::<(i64, i64)>().run(&rows).await.unwrap_err();
     let message = usage(wrong_type);
     assert!(message.contains("`feed` is int4"), "{message}");
     assert_eq!(count(&client, "entry").await, 0, "nothing was written");
@@ -200,9 +200,9 @@ async fn key_types_are_checked_before_anything_is_sent() {
     client.batch_execute(&Tag::model().migration_sql()).await.unwrap();
     let tags =
         [Tag { owner: 1, label: None }, Tag { owner: 1, label: Some("x".into()) }, Tag { owner: 1, label: None }];
-    let err = Tag::bulk(&mut client).returning_keys::<(i64, String)>().run(&tags).await.unwrap_err();
+    let err = Tag::bulk(&mut client).returning_keys_as::<(i64, String)>().run(&tags).await.unwrap_err();
     assert!(usage(err).contains("`label` may be NULL"));
-    let report = Tag::bulk(&mut client).returning_keys::<(i64, Option<String>)>().run(&tags).await.unwrap();
+    let report = Tag::bulk(&mut client).returning_keys_as::<(i64, Option<String>)>().run(&tags).await.unwrap();
     let keys: Vec<_> = report.returned.into_iter().map(|r| (r.index, r.id, r.key)).collect();
     assert_eq!(keys, [(0, None, (1, None)), (1, None, (1, Some("x".to_owned())))]);
     // NULL keys are matched back to their rows on the COPY path too.
@@ -231,7 +231,7 @@ async fn id_is_none_when_the_table_has_no_usable_id_column() {
         .unwrap();
     for n in [3, COPY_BATCH] {
         let rows: Vec<Entry> = (0..n as i64).map(|k| entry(n as i32, k, "x")).collect();
-        let report = Entry::bulk(&mut client).returning_keys::<(i32, i64)>().run(&rows).await.unwrap();
+        let report = Entry::bulk(&mut client).returning_keys().run(&rows).await.unwrap();
         assert_eq!(report.returned.len(), n);
         assert!(report.returned.iter().all(|r| r.id.is_none()));
     }
@@ -256,7 +256,7 @@ async fn concurrent_overlapping_calls_each_report_the_rows_they_inserted() {
                 if w % 2 == 1 {
                     rows.reverse();
                 }
-                let report = Entry::bulk(&mut client).returning_keys::<(i32, i64)>().run(&rows).await.unwrap();
+                let report = Entry::bulk(&mut client).returning_keys().run(&rows).await.unwrap();
                 assert_eq!(report.inserted as usize, report.returned.len());
                 mine.extend(report.returned.into_iter().map(|r| r.key.1));
             }
@@ -279,7 +279,7 @@ async fn every_call_future_is_send_with_borrowed_rows() {
     let (db, mut client) = setup("returning_send").await;
     let rows: Vec<Entry> = (0..COPY_BATCH as i64 + 10).map(|k| entry(1, k, "s")).collect();
     let handle = tokio::spawn(async move {
-        let a = Entry::bulk(&mut client).returning_keys::<(i32, i64)>().run(&rows[..10]).await.unwrap();
+        let a = Entry::bulk(&mut client).returning_keys().run(&rows[..10]).await.unwrap();
         let b = Entry::bulk(&mut client).returning_skipped().run(rows.iter()).await.unwrap();
         let c = Entry::bulk(&mut client)
             .upsert(bulk_runtime::Upsert::all_columns())

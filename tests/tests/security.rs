@@ -117,6 +117,10 @@ static CURRENT: Mutex<Option<&'static Model>> = Mutex::new(None);
 
 impl BulkCreateNew for Dynamic {
     type CopyValues<'r> = [&'r dyn BulkValue; 3];
+    type Key = (i64,);
+    type Columns = ();
+
+    fn columns() {}
 
     fn model() -> &'static Model {
         CURRENT.lock().unwrap().expect("a model for this case")

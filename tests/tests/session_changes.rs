@@ -462,3 +462,69 @@ async fn many_models_on_one_connection_keep_a_bounded_number_of_scratch_tables()
     assert_eq!(count(&client, "m20").await, 3 * COPY_BATCH as i64);
     db.drop().await;
 }
+
+model!(RepeatableItem, "repeatable_item");
+model!(DeferredItem, "deferred_item");
+
+/// Under REPEATABLE READ the statement's snapshot is the transaction's
+/// first: an index dropped after it must not let a duplicate in either.
+#[tokio::test]
+async fn a_unique_index_dropped_after_a_repeatable_read_snapshot_never_lets_a_duplicate_in() {
+    for len in [300, COPY_BATCH] {
+        let db = TestDb::new("dropped_index_rr").await;
+        let admin = db.connect().await;
+        admin.batch_execute(&RepeatableItem::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        RepeatableItem::bulk_create_new(&mut writer, &RepeatableItem::batch(0, 10)).await.unwrap();
+        let mut tx = writer
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .unwrap();
+        tx.query_one("SELECT count(*) FROM pg_class", &[]).await.unwrap(); // the snapshot
+        let index: String = admin
+            .query_one("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'repeatable_item'::regclass AND indisunique", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let k = len as i64 + 20;
+        admin
+            .batch_execute(&format!(
+                "DROP INDEX {index}; INSERT INTO repeatable_item (k, payload) VALUES ({k}, 'other')"
+            ))
+            .await
+            .unwrap();
+        let result = RepeatableItem::bulk_create_new(&mut tx, &RepeatableItem::batch(10, len + 20)).await;
+        let _ = tx.commit().await;
+        assert!(result.is_err(), "{len} rows: no unique index, the call cannot skip stored keys: {result:?}");
+        assert_eq!(copies(&admin, "repeatable_item", k).await, 1, "{len} rows: key {k} stored twice");
+        db.drop().await;
+    }
+}
+
+/// A deferred constraint on another column fails at the COMMIT that the
+/// COPY path sends with its insert: the call reports that violation, and
+/// nothing is written.
+#[tokio::test]
+async fn a_deferred_constraint_failing_at_commit_is_the_calls_error() {
+    let db = TestDb::new("deferred_commit").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&DeferredItem::model().migration_sql()).await.unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE deferred_item ADD CONSTRAINT one_payload UNIQUE (payload) DEFERRABLE INITIALLY DEFERRED",
+        )
+        .await
+        .unwrap();
+    let mut rows = DeferredItem::batch(0, COPY_BATCH);
+    rows[7].payload = rows[8].payload.clone();
+    let err = DeferredItem::bulk_create_new(&mut client, &rows).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(&SqlState::UNIQUE_VIOLATION), "{err}");
+    assert!(err.to_string().contains("one_payload"), "{err}");
+    assert!(err.connection_usable());
+    assert_eq!(count(&client, "deferred_item").await, 0);
+    let ok = DeferredItem::bulk_create_new(&mut client, &DeferredItem::batch(0, COPY_BATCH)).await.unwrap();
+    assert_eq!(ok.inserted, COPY_BATCH as u64);
+    db.drop().await;
+}

@@ -289,3 +289,44 @@ async fn concurrent_overlapping_upserts_neither_deadlock_nor_miscount() {
     assert_eq!(bad, 0, "the kept row of each key is the one the worker chose");
     db.drop().await;
 }
+
+/// Another model, for handles that do not fit `Stock`.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "other_stock", unique(sku))]
+pub struct OtherStock {
+    pub sku: String,
+    pub qty: i64,
+}
+
+/// Columns named by their typed handles update exactly as by name, on both
+/// paths; handles of another model are refused before anything is sent.
+async fn typed_columns(pad: usize) {
+    let (db, mut client) = setup(&format!("upsert_typed_{pad}")).await;
+    let first = [stock(1, 10, None, "a"), stock(2, 20, None, "a")];
+    Stock::bulk_create_new(&mut client, first.iter().cloned().chain(filler(pad, 0))).await.unwrap();
+    let columns = Stock::columns();
+    let upsert = Upsert::set([columns.qty, columns.note]).only_if_changed();
+    let batch = [stock(1, 11, Some("n"), "b"), stock(2, 20, None, "b"), stock(3, 30, None, "b")];
+    let report =
+        Stock::bulk(&mut client).upsert(upsert).run(batch.iter().cloned().chain(filler(pad, 0))).await.unwrap();
+    assert_eq!(counts(&report), (3 + pad as u64, 1, 1, 1 + pad as u64, 0));
+    let rows = stored(&client).await;
+    let one = &rows[&("sku-000001".to_owned(), 1)];
+    assert_eq!((one.qty, one.note.as_deref(), one.origin.as_str()), (11, Some("n"), "a"), "origin is not updated");
+
+    let foreign = Upsert::set([OtherStock::columns().qty]);
+    let err = Stock::bulk(&mut client).upsert(foreign).run(batch.iter().cloned()).await.unwrap_err();
+    assert!(matches!(err, Error::Usage { .. }), "{err}");
+    assert!(err.to_string().contains("handles of `OtherStock`"), "{err}");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn columns_named_by_typed_handles() {
+    typed_columns(0).await;
+}
+
+#[tokio::test]
+async fn columns_named_by_typed_handles_through_copy() {
+    typed_columns(COPY_BATCH).await;
+}
