@@ -10,6 +10,7 @@
 //! cargo bench -p bulk-runtime --bench strategies -- concurrent
 //! cargo bench -p bulk-runtime --bench strategies -- explain 100000 stored50
 //! cargo bench -p bulk-runtime --bench strategies -- models    # other models' scratch tables in the session
+//! cargo bench -p bulk-runtime --bench strategies -- fresh [REPS]  # each call on a new connection
 //! /usr/bin/time -v target/release/deps/strategies-* stream 10000000 [--collect]
 //! ```
 //!
@@ -822,6 +823,106 @@ async fn models_run() {
     }
 }
 
+/// One strategy on a connection opened for it (a cron job or queue worker
+/// that connects per batch), the way the libraries send it: the call;
+/// a raw COPY of the new rows; Diesel's and SeaORM's chunked multi-row
+/// `VALUES ... ON CONFLICT DO NOTHING` (prepared on first use, in a
+/// transaction); Django's `unnest` statement (unprepared). Returns rows
+/// inserted.
+async fn run_fresh(strategy: Strategy, client: &mut Client, case: &Case) -> Result<u64, String> {
+    let err = |e: tokio_postgres::Error| format!("{e:?}");
+    match strategy {
+        Strategy::Bulk => {
+            Retweet::bulk_create_new(client, &case.batch).await.map(|o| o.inserted).map_err(|e| e.to_string())
+        }
+        Strategy::Ceiling => Ok(copy_rows(client, TABLE, &case.new_rows).await),
+        Strategy::Unnest => {
+            let (a, b, c): (Vec<i64>, Vec<i64>, Vec<i64>) = (
+                case.batch.iter().map(|r| r.tweet).collect(),
+                case.batch.iter().map(|r| r.retweeter).collect(),
+                case.batch.iter().map(|r| r.original_author).collect(),
+            );
+            let sql = format!(
+                "INSERT INTO {TABLE} {UPSERT_COLS} SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) \
+                 ON CONFLICT (tweet, retweeter) DO NOTHING"
+            );
+            client
+                .execute_typed(&sql, &[(&a, Type::INT8_ARRAY), (&b, Type::INT8_ARRAY), (&c, Type::INT8_ARRAY)])
+                .await
+                .map_err(err)
+        }
+        Strategy::Values => {
+            let tx = client.transaction().await.map_err(err)?;
+            let mut inserted = 0;
+            for chunk in case.batch.chunks(VALUES_CHUNK) {
+                let statement = tx.prepare(&values_sql(chunk.len())).await.map_err(err)?;
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    chunk.iter().flat_map(|r| [&r.tweet as _, &r.retweeter as _, &r.original_author as _]).collect();
+                inserted += tx.execute(&statement, &params).await.map_err(err)?;
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(inserted)
+        }
+        other => Err(format!("{} is not run on fresh connections", other.name())),
+    }
+}
+
+/// Every strategy of [`run_fresh`] on a connection of its own, interleaved
+/// in a new random order each round; times connect-to-commit (connect, one
+/// warm-up `SELECT 1`, the call and its commit) and call-to-commit apart.
+async fn fresh_run(reps: usize) {
+    let admin = connect().await;
+    setup(&admin).await;
+    let strategies = [Strategy::Bulk, Strategy::Ceiling, Strategy::Values, Strategy::Unnest];
+    let mut rng = Rng(17);
+    println!(
+        "| rows | mix | strategy | connect-to-commit median ms | call-to-commit median ms | call min–max ms | \
+         call ÷ best of VALUES/unnest | connect-to-commit ÷ best |\n| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for mix in [Mix::Fresh, Mix::Stored50, Mix::InBatch10] {
+        for size in [10usize, 100, 1_000, 10_000] {
+            let case = make_case(size, mix, size as u64 * 7 + mix as u64);
+            let mut whole: HashMap<&'static str, Vec<Duration>> = HashMap::new();
+            let mut call: HashMap<&'static str, Vec<Duration>> = HashMap::new();
+            for _ in 0..reps {
+                let mut order = strategies.to_vec();
+                rng.shuffle(&mut order);
+                for strategy in order {
+                    reset(&admin, &case).await;
+                    let start = Instant::now();
+                    let mut client = connect().await;
+                    client.batch_execute("SELECT 1").await.unwrap();
+                    let called = Instant::now();
+                    let inserted = run_fresh(strategy, &mut client, &case).await.unwrap();
+                    let done = Instant::now();
+                    assert_eq!(inserted, case.new_rows.len() as u64, "{}", strategy.name());
+                    whole.entry(strategy.name()).or_default().push(done - start);
+                    call.entry(strategy.name()).or_default().push(done - called);
+                }
+            }
+            let best = |m: &HashMap<&'static str, Vec<Duration>>| {
+                [Strategy::Values, Strategy::Unnest].iter().map(|s| median(&m[s.name()])).min().unwrap()
+            };
+            let (best_call, best_whole) = (best(&call), best(&whole));
+            for strategy in strategies {
+                let (c, w) = (&call[strategy.name()], &whole[strategy.name()]);
+                let (min, max) = (c.iter().min().unwrap(), c.iter().max().unwrap());
+                println!(
+                    "| {size} | {} | {} | {} | {} | {}–{} | {:.2} | {:.2} |",
+                    mix.name(),
+                    strategy.name(),
+                    ms(median(w)),
+                    ms(median(c)),
+                    ms(*min),
+                    ms(*max),
+                    median(c).as_secs_f64() / best_call.as_secs_f64(),
+                    median(w).as_secs_f64() / best_whole.as_secs_f64(),
+                );
+            }
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -829,6 +930,7 @@ async fn main() {
         Some("warm") => warm_run().await,
         Some("concurrent") => concurrent_run().await,
         Some("models") => models_run().await,
+        Some("fresh") => fresh_run(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15)).await,
         Some("stream") => {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
             stream_run(n, args.iter().any(|a| a == "--collect")).await
@@ -840,7 +942,7 @@ async fn main() {
         }
         Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected warm, concurrent, models, stream N [--collect], explain N MIX, \
+                "unknown mode {other}; expected warm, concurrent, models, fresh [REPS], stream N [--collect], explain N MIX, \
                  or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"
             );
             std::process::exit(2);

@@ -344,18 +344,29 @@ pub(crate) async fn run_small(
         Lookup::Prepared(statement) => Ok(statement),
         Lookup::Prepare | Lookup::Unnamed => {
             let prepared = matches!(found, Lookup::Prepare);
-            let shape = schema::verify(client, model).await?;
-            let sql = form.small_sql(model, &shape);
+            let plan = model.plan();
             if prepared {
-                let plan = model.plan();
-                let statement = client
-                    .prepare_typed(&sql, &plan.small_types)
-                    .await
-                    .map_err(|source| insert_error(model, source))?;
+                // The check and the prepare of the statement for a table
+                // that compares keys as the model does go out together (one
+                // round trip); the statement runs only once the check passed.
+                let plain = form.small_sql(model, &KeyShape::default());
+                let (shape, statement) = futures_util::future::join(
+                    schema::verify(client, model),
+                    client.prepare_typed(&plain, &plan.small_types),
+                )
+                .await;
+                let shape = shape?;
+                let statement = if shape.is_plain() {
+                    statement
+                } else {
+                    client.prepare_typed(&form.small_sql(model, &shape), &plan.small_types).await
+                };
+                let statement = statement.map_err(|source| insert_error(model, source))?;
                 statements::put(client, model, label, statement.clone());
                 Ok(statement)
             } else {
-                Err(sql)
+                let shape = schema::verify(client, model).await?;
+                Err(form.small_sql(model, &shape))
             }
         }
     };

@@ -136,16 +136,23 @@ fn rounds(typname: &str, typmod: i32) -> bool {
 
 async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>, KeyShape), tokio_postgres::Error> {
     let name = model.plan().target_regclass.as_str();
-    let live = tx.query_typed(COLUMNS, &[(&name, Type::TEXT)]).await?;
+    let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
+    // The catalog queries go out together: one round trip.
+    let (live, resolved, indexes) = futures_util::future::try_join3(
+        tx.query_typed(COLUMNS, &[(&name, Type::TEXT)]),
+        async {
+            if overrides.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows = tx.query_typed(RESOLVE_TYPES, &[(&overrides, Type::TEXT_ARRAY)]).await?;
+            Ok(rows.iter().map(|r| r.get::<_, Option<String>>(0)).collect::<Vec<_>>())
+        },
+        tx.query_typed(UNIQUE_INDEXES, &[(&name, Type::TEXT)]),
+    )
+    .await?;
     if live.is_empty() {
         return Ok((vec![SchemaProblem::TableMissing], KeyShape::default()));
     }
-    let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
-    let resolved: Vec<Option<String>> = if overrides.is_empty() {
-        Vec::new()
-    } else {
-        tx.query_typed(RESOLVE_TYPES, &[(&overrides, Type::TEXT_ARRAY)]).await?.iter().map(|r| r.get(0)).collect()
-    };
 
     let mut problems = Vec::new();
     if !live[0].get::<_, bool>(5) {
@@ -209,7 +216,7 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
     let mut rejected = Vec::new();
     let mut usable = false;
     key.sort();
-    for row in tx.query_typed(UNIQUE_INDEXES, &[(&name, Type::TEXT)]).await? {
+    for row in indexes {
         let index: String = row.get(0);
         let mut cols: Vec<String> = row.get(1);
         let (partial, expressions, nulls_not_distinct, valid, immediate): (bool, bool, bool, bool, bool) =
