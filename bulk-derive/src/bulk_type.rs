@@ -240,7 +240,7 @@ fn expand(item: &Item<'_>) -> TokenStream {
                     }
                     impl #p::NonOptionColumn for #ident {}
                     impl #p::NonNullColumn for #ident {}
-                    impl ::bulk_runtime::PgEnum for #ident {
+                    impl #p::PgEnum for #ident {
                         const TYPE_NAME: &'static str = #type_name;
                         const LABELS: &'static [&'static str] = &[#(#labels),*];
                     }

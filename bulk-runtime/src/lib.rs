@@ -404,6 +404,7 @@ pub mod __test_hooks {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::PgEnum;
     pub use crate::model::{Column, Model};
     pub use crate::protocol::{PLAIN_FROM, SMALL_BATCH};
     pub use crate::types::{BulkColumn, BulkValue, NonNullColumn, NonOptionColumn, PgType, ValueError};
