@@ -474,4 +474,20 @@ pub mod __private {
     /// Asserts at compile time that a unique key field is not nullable.
     #[inline(always)]
     pub const fn assert_non_null<T: NonNullColumn + ?Sized>() {}
+
+    /// A key type, or an `Option` of one: what a key field of a
+    /// `nulls_not_distinct` model may be.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be part of the unique key",
+        label = "a unique key field must have a key column type or an `Option` of one",
+        note = "arrays (`Vec<T>` other than `Vec<u8>`) are not supported in a key"
+    )]
+    pub trait NullableKey {}
+    impl<T: NonNullColumn> NullableKey for T {}
+    impl<T: NonNullColumn> NullableKey for Option<T> {}
+
+    /// Asserts at compile time that a key field of a `nulls_not_distinct`
+    /// model is a key type or an `Option` of one.
+    #[inline(always)]
+    pub const fn assert_nullable_key<T: NullableKey + ?Sized>() {}
 }
