@@ -138,14 +138,17 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
     }
 }
 
-/// For each key field, unless `nulls_not_distinct`: an assertion that its
-/// type is not nullable, spanned at the type. It goes through
-/// `<T as BulkColumn>::__Column`, so a type that is no column type at all
-/// gets only the "cannot be stored" error, not a second one about `Option`.
+/// For each key field: an assertion that its type can be in a key, spanned
+/// at the type: not nullable, or with `nulls_not_distinct` an `Option` of a
+/// key type; never an array. It goes through `<T as BulkColumn>::__Column`,
+/// so a type that is no column type at all gets only the "cannot be stored"
+/// error, not a second one about `Option`.
 fn non_null_asserts(input: &Input<'_>, key_fields: &[&Field<'_>]) -> Vec<TokenStream> {
-    if input.attrs.nulls_not_distinct.get().is_some() {
-        return Vec::new();
-    }
+    let assert = if input.attrs.nulls_not_distinct.get().is_some() {
+        quote!(assert_nullable_key)
+    } else {
+        quote!(assert_non_null)
+    };
     key_fields
         .iter()
         .map(|f| {
@@ -153,7 +156,7 @@ fn non_null_asserts(input: &Input<'_>, key_fields: &[&Field<'_>]) -> Vec<TokenSt
             // the whole type (from the projection's `<` at its first token).
             let last = f.ty.to_token_stream().into_iter().last().map_or_else(|| f.ty.span(), |t| t.span());
             let column = column_item(f, quote_spanned!(last=> __Column));
-            quote_spanned!(f.ty.span()=> ::bulk_runtime::__private::assert_non_null::<#column>();)
+            quote_spanned!(f.ty.span()=> ::bulk_runtime::__private::#assert::<#column>();)
         })
         .collect()
 }

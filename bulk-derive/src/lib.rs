@@ -1,10 +1,12 @@
-//! The derive macro behind `bulk_runtime::BulkCreateNew`.
+//! The derive macros behind `bulk_runtime::BulkCreateNew` and
+//! `bulk_runtime::BulkType`.
 //!
 //! Depend on `bulk-runtime`, which re-exports this derive and documents its
 //! attributes; this crate alone is not useful.
 
 mod ast;
 mod attr;
+mod bulk_type;
 mod check;
 mod ctxt;
 mod expand;
@@ -16,6 +18,13 @@ use proc_macro::TokenStream;
 #[proc_macro_derive(BulkCreateNew, attributes(bulk))]
 pub fn derive_bulk_create_new(input: TokenStream) -> TokenStream {
     derive_inner(input.into()).into()
+}
+
+/// Derives `bulk_runtime::BulkType` for an enum (a PostgreSQL enum) or a
+/// newtype struct; see that crate for the attributes.
+#[proc_macro_derive(BulkType, attributes(bulk))]
+pub fn derive_bulk_type(input: TokenStream) -> TokenStream {
+    bulk_type::derive(input.into()).into()
 }
 
 /// The `proc_macro2` twin of the entry point, callable from unit tests.

@@ -72,3 +72,28 @@ fn snake_case_handles_acronyms_and_digits() {
     assert_eq!(snake_case("DailyStat"), "daily_stat");
     assert_eq!(snake_case("already_snake"), "already_snake");
 }
+
+fn expand_bulk_type(input: proc_macro2::TokenStream) -> String {
+    let output = crate::bulk_type::derive(input);
+    let file = syn::parse2::<syn::File>(output).expect("the expansion parses as a file");
+    prettyplease::unparse(&file)
+}
+
+#[test]
+fn snapshot_bulk_type_enum() {
+    insta::assert_snapshot!(expand_bulk_type(quote! {
+        #[bulk(type = "app.mood")]
+        enum Mood {
+            Happy,
+            #[bulk(rename = "so-so")]
+            SoSo,
+        }
+    }));
+}
+
+#[test]
+fn snapshot_bulk_type_newtype() {
+    insta::assert_snapshot!(expand_bulk_type(quote! {
+        struct UserId(i64);
+    }));
+}

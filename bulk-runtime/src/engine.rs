@@ -88,7 +88,7 @@ where
     }
     let report = if head.is_empty() {
         Report::default()
-    } else if head.len() < SMALL_BATCH {
+    } else if head.len() < SMALL_BATCH && !model.copy_only() {
         let offered = head.len() as u64;
         if call.ledger.is_some() {
             call.fingerprint = Some(fingerprint::<T, R>(model, &head)?);

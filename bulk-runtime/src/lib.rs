@@ -165,7 +165,13 @@ pub use ledger::Ledger;
 pub use model::{Column, Model, quote_ident};
 pub use protocol::{Connection, bulk_create_new};
 pub use report::{Outcome, Report};
-pub use types::{BulkColumn, BulkValue, NonNullColumn, PgType, ValueError};
+pub use types::{BulkColumn, BulkValue, NonNullColumn, NonOptionColumn, PgType, ValueError};
+
+/// Typed JSON for a `jsonb` column: `Json(value)` stores any
+/// `T: serde::Serialize + Debug`, and reads back as `Json<T>` for
+/// `T: serde::Deserialize` (tokio-postgres's wrapper, re-exported).
+#[cfg(feature = "json")]
+pub use tokio_postgres::types::Json;
 pub use variants::Keep;
 
 /// The tokio-postgres this crate is built on, re-exported: connect with
@@ -205,6 +211,94 @@ pub use tokio_postgres;
 /// Names are used as written (quoted in SQL), must be non-empty and at most
 /// 63 bytes. Every mistake is a compile error on its span.
 pub use bulk_derive::BulkCreateNew;
+
+/// Derives the column traits ([`BulkColumn`] and tokio-postgres's `ToSql` and
+/// `FromSql`) for a type of your own, so a model can have a field of it.
+///
+/// - **An enum of unit variants** is a PostgreSQL enum: each variant is sent
+///   as its label (the binary form of an enum value is its label's text), the
+///   column has the enum's type, and it can be part of the unique key. The
+///   type is not created for you: run [`PgEnum::create_type_sql`] once (or
+///   write it into a migration) before the table's DDL. The client never
+///   sorts enum keys itself: PostgreSQL orders an enum by declaration order,
+///   not by label.
+/// - **A newtype struct** (`struct UserId(i64);`) is stored as the one field
+///   it wraps: the same column type, the same checks, the same key rules
+///   (`Option<UserId>` for a nullable column). The wrapped type must be a
+///   supported column type (and `FromSql` for reading it back, which every
+///   owned supported type is).
+///
+/// # Attributes
+///
+/// | where | attribute | meaning | default |
+/// | --- | --- | --- | --- |
+/// | on the enum | `type = "name"` | the PostgreSQL enum type (lowercase, optionally `schema.name`) | the enum's name in snake_case |
+/// | on a variant | `rename = "label"` | the variant's label | the variant's name in snake_case |
+///
+/// A newtype takes no attributes. Generic types are not supported.
+///
+/// ```
+/// use bulk_runtime::{BulkCreateNew, BulkType, PgEnum};
+/// # use bulk_runtime::tokio_postgres::{self, NoTls};
+///
+/// #[derive(BulkType, Debug, Clone, Copy, PartialEq)]
+/// #[bulk(type = "mood")]
+/// enum Mood {
+///     Happy,
+///     #[bulk(rename = "so-so")]
+///     SoSo,
+/// }
+///
+/// #[derive(BulkType, Debug, Clone, Copy, PartialEq)]
+/// struct UserId(i64);
+///
+/// #[derive(BulkCreateNew)]
+/// #[bulk(table = "feeling", unique(person, mood))]
+/// struct Feeling {
+///     person: UserId,
+///     mood: Mood,
+///     note: Option<UserId>,
+/// }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = ExampleDb::create("doc_bulk_type").await?;
+/// # let (mut client, connection) = tokio_postgres::connect(&database_url(), NoTls).await?;
+/// # tokio::spawn(connection);
+/// # db.enter(&client).await?;
+/// assert_eq!(Mood::create_type_sql(), "CREATE TYPE mood AS ENUM ('happy', 'so-so')");
+/// client.batch_execute(&Mood::create_type_sql()).await?;
+/// client.batch_execute(&Feeling::model().migration_sql()).await?;
+/// let rows = [
+///     Feeling { person: UserId(1), mood: Mood::Happy, note: None },
+///     Feeling { person: UserId(1), mood: Mood::SoSo, note: Some(UserId(7)) },
+/// ];
+/// let outcome = Feeling::bulk_create_new(&mut client, &rows).await?;
+/// assert_eq!(outcome.inserted, 2);
+/// let row = client.query_one("SELECT person, mood FROM feeling WHERE mood = 'so-so'", &[]).await?;
+/// assert_eq!((row.get::<_, UserId>(0), row.get::<_, Mood>(1)), (UserId(1), Mood::SoSo));
+/// # drop(client);
+/// # db.drop().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub use bulk_derive::BulkType;
+
+/// A Rust enum stored as a PostgreSQL enum; implemented by
+/// [`#[derive(BulkType)]`](macro@BulkType) on an enum.
+pub trait PgEnum {
+    /// The PostgreSQL type name, as `#[bulk(type = "...")]` gives it.
+    const TYPE_NAME: &'static str;
+    /// The labels, in declaration order (PostgreSQL sorts by this order).
+    const LABELS: &'static [&'static str];
+
+    /// `CREATE TYPE name AS ENUM ('label', ...)`, for a migration.
+    fn create_type_sql() -> String {
+        let labels: Vec<String> = Self::LABELS.iter().map(|l| format!("'{}'", l.replace('\'', "''"))).collect();
+        format!("CREATE TYPE {} AS ENUM ({})", Self::TYPE_NAME, labels.join(", "))
+    }
+}
 
 /// A model struct that can be bulk-inserted. Implement it with
 /// `#[derive(BulkCreateNew)]`.
@@ -333,10 +427,45 @@ pub mod __test_hooks {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::PgEnum;
     pub use crate::bulk::UpdateColumn;
     pub use crate::model::{Column, Model};
     pub use crate::protocol::{PLAIN_FROM, SMALL_BATCH};
-    pub use crate::types::{BulkColumn, BulkValue, KeyColumn, NonNullColumn, PgType};
+    pub use crate::types::{BulkColumn, BulkValue, KeyColumn, NonNullColumn, NonOptionColumn, PgType, ValueError};
+    pub use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
+
+    /// The boxed error `ToSql` and `FromSql` return.
+    pub type SqlError = Box<dyn std::error::Error + Sync + Send>;
+
+    /// A `BytesMut`, as `ToSql::to_sql` takes it.
+    pub use bytes::BytesMut;
+
+    /// `__Bound<'a, T>: IsNonOption` exactly when `T: NonOptionColumn`: a
+    /// derived newtype's bound on its field type names a lifetime through
+    /// it, so that an unmet bound leaves the impl out instead of failing to
+    /// compile (a bound without parameters must hold).
+    pub struct __Bound<'a, T: ?Sized>(core::marker::PhantomData<&'a T>);
+    /// See [`__Bound`].
+    pub trait IsNonOption {}
+    impl<T: NonOptionColumn + ?Sized> IsNonOption for __Bound<'_, T> {}
+    /// See [`__Bound`].
+    pub trait IsNonNull {}
+    impl<T: NonNullColumn + ?Sized> IsNonNull for __Bound<'_, T> {}
+
+    /// Whether a derived enum's `ToSql`/`FromSql` takes values of `ty`: its
+    /// own enum type (by unqualified name) or text.
+    pub fn enum_accepts(ty: &Type, type_name: &str) -> bool {
+        let unqualified = type_name.rsplit('.').next().unwrap_or(type_name);
+        match ty.kind() {
+            Kind::Enum(_) => ty.name() == unqualified,
+            _ => *ty == Type::TEXT || *ty == Type::VARCHAR,
+        }
+    }
+
+    /// The error of a derived enum's `FromSql` for a label it does not have.
+    pub fn unknown_label(raw: &[u8], rust_name: &str) -> SqlError {
+        format!("`{rust_name}` has no variant for the label {:?}", String::from_utf8_lossy(raw)).into()
+    }
 
     /// The protocol's SQL for a model, for the benchmark's and the tests'
     /// `EXPLAIN` runs.
@@ -369,4 +498,20 @@ pub mod __private {
     /// Asserts at compile time that a unique key field is not nullable.
     #[inline(always)]
     pub const fn assert_non_null<T: NonNullColumn + ?Sized>() {}
+
+    /// A key type, or an `Option` of one: what a key field of a
+    /// `nulls_not_distinct` model may be.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be part of the unique key",
+        label = "a unique key field must have a key column type or an `Option` of one",
+        note = "arrays (`Vec<T>` other than `Vec<u8>`) are not supported in a key"
+    )]
+    pub trait NullableKey {}
+    impl<T: NonNullColumn> NullableKey for T {}
+    impl<T: NonNullColumn> NullableKey for Option<T> {}
+
+    /// Asserts at compile time that a key field of a `nulls_not_distinct`
+    /// model is a key type or an `Option` of one.
+    #[inline(always)]
+    pub const fn assert_nullable_key<T: NullableKey + ?Sized>() {}
 }

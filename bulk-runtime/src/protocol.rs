@@ -85,7 +85,7 @@ where
     if head.is_empty() {
         return Ok(Outcome::default());
     }
-    if head.len() < SMALL_BATCH {
+    if head.len() < SMALL_BATCH && !model.copy_only() {
         let offered = head.len() as u64;
         let arrays = if model.plan().client_ordered {
             encode_arrays_key_ordered::<T, _>(model, &head)?

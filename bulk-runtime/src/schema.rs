@@ -124,11 +124,14 @@ fn key_as(ty: PgType, typschema: &str, typname: &str, collation: Option<(String,
 }
 
 /// Whether a key column's type modifier makes PostgreSQL round the values it
-/// stores (two offered keys could become one stored key).
-fn rounds(typname: &str, typmod: i32) -> bool {
+/// stores for a key field of the model's `ty` (two offered keys could
+/// become one stored key).
+fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
     match typname {
         "timestamp" | "timestamptz" | "time" | "timetz" | "interval" => (0..6).contains(&typmod),
-        // numeric(p, s) with a negative scale rounds integers.
+        // numeric(p, s) rounds a decimal to s digits; for integers, only a
+        // negative scale rounds.
+        "numeric" if ty == PgType::Numeric => typmod >= 4,
         "numeric" => typmod >= 4 && ((typmod - 4) & 0x7ff) > 1023,
         _ => false,
     }
@@ -204,7 +207,7 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
             continue;
         };
         let (typname, typschema, typmod): (&str, &str, i32) = (row.get(4), row.get(8), row.get(10));
-        if rounds(typname, typmod) {
+        if rounds(column.pg_type(), typname, typmod) {
             problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(9) });
         }
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));

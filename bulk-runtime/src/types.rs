@@ -4,67 +4,80 @@
 //! The derive asks the trait, never the spelling of the type, so aliases and
 //! fully qualified paths (`std::option::Option<i64>`) work.
 //!
-//! | Rust type | PostgreSQL type | feature |
-//! | --- | --- | --- |
-//! | `i16` | `smallint` | |
-//! | `i32` | `integer` | |
-//! | `i64` | `bigint` | |
-//! | `f32` | `real` | |
-//! | `f64` | `double precision` | |
-//! | `bool` | `boolean` | |
-//! | `String`, `&str`, `Cow<str>`, `Box<str>` | `text` | |
-//! | `Vec<u8>`, `&[u8]`, `Cow<[u8]>` | `bytea` | |
-//! | `chrono::NaiveDate` | `date` | `chrono` |
-//! | `chrono::NaiveDateTime` | `timestamp` | `chrono` |
-//! | `chrono::DateTime<Utc>` | `timestamptz` | `chrono` |
-//! | `uuid::Uuid` | `uuid` | `uuid` |
-//! | `serde_json::Value` | `jsonb` | `json` |
-//! | `Option<T>` of any of the above | the same type, nullable | |
+//! | Rust type | PostgreSQL type | feature | key | client-ordered key |
+//! | --- | --- | --- | --- | --- |
+//! | `i16` | `smallint` | | yes | yes |
+//! | `i32` | `integer` | | yes | yes |
+//! | `i64` | `bigint` | | yes | yes |
+//! | `f32` | `real` | | yes | |
+//! | `f64` | `double precision` | | yes | |
+//! | `bool` | `boolean` | | yes | yes |
+//! | `String`, `&str`, `Cow<str>`, `Box<str>` | `text` | | yes | |
+//! | `Vec<u8>`, `&[u8]`, `Cow<[u8]>` | `bytea` | | yes | yes |
+//! | `std::net::IpAddr` | `inet` | | yes | |
+//! | `chrono::NaiveDate` | `date` | `chrono` | yes | yes |
+//! | `chrono::NaiveDateTime` | `timestamp` | `chrono` | yes | yes |
+//! | `chrono::DateTime<Utc>` | `timestamptz` | `chrono` | yes | yes |
+//! | `chrono::NaiveTime` | `time` | `chrono` | yes | yes |
+//! | `time::Date` | `date` | `time` | yes | yes |
+//! | `time::PrimitiveDateTime` | `timestamp` | `time` | yes | yes |
+//! | `time::OffsetDateTime` | `timestamptz` (stored in UTC) | `time` | yes | yes |
+//! | `time::Time` | `time` | `time` | yes | yes |
+//! | `uuid::Uuid` | `uuid` | `uuid` | yes | yes |
+//! | `rust_decimal::Decimal` | `numeric` | `decimal` | yes | |
+//! | `serde_json::Value` | `jsonb` | `json` | yes | |
+//! | [`Json<T>`](crate::Json), `T: Serialize + Debug` | `jsonb` | `json` | yes | |
+//! | `Vec<T>`, `Vec<Option<T>>` of a scalar above (not `&str`, `&[u8]`, `Cow`, `Box<str>`, `Json<T>`) | `T[]`, one dimension | as `T` | no | |
+//! | an enum with [`#[derive(BulkType)]`](crate::BulkType) | its PostgreSQL enum type | | yes | |
+//! | a newtype with [`#[derive(BulkType)]`](crate::BulkType) | the wrapped type's | | as the wrapped type | as the wrapped type |
+//! | `Option<T>` of any of the above | the same type, nullable | | with `nulls_not_distinct` | |
 //!
 //! A field of any other type is a compile error on that field.
 //!
-//! # Other types
+//! "Client-ordered key": for a short batch whose key columns are all of
+//! these types, the client sorts the rows in PostgreSQL's key order itself
+//! (their binary form sorts as PostgreSQL's `ORDER BY` does); other keys are
+//! ordered by the server. An enum sorts by declaration order, not by label,
+//! so it is never ordered on the client.
 //!
-//! For an enum, a newtype or a type of another crate, give the model a field
-//! of a supported type and convert when building the row from your own type:
-//! an enum to its name (`String`, or `&'static str` in a borrowed row) or to a
-//! code (`i16`), a newtype to what it wraps. The model is the shape of the
-//! table's row, not necessarily your domain type:
+//! A model with an array column sends every batch by `COPY`, also a short
+//! one: the short path's `unnest` cannot carry an array per row.
+//!
+//! Values keep PostgreSQL's limits: a `numeric` column with a declared scale
+//! (`numeric(10, 2)`) rounds, and the schema check refuses it for a key
+//! column; `time` and `timestamp` keep microseconds (the `time` crate's
+//! nanoseconds are truncated by tokio-postgres).
+//!
+//! # Enums and newtypes
+//!
+//! Derive [`BulkType`](crate::BulkType) on your own type: an enum of unit
+//! variants becomes a PostgreSQL enum (create the type once with
+//! [`PgEnum::create_type_sql`](crate::PgEnum::create_type_sql)), a newtype
+//! is stored as the type it wraps. Both read back with tokio-postgres
+//! (`row.get::<_, Mood>(0)`).
 //!
 //! ```
-//! use bulk_runtime::BulkCreateNew;
+//! use bulk_runtime::{BulkCreateNew, BulkType};
 //!
-//! #[derive(Clone, Copy)]
+//! #[derive(BulkType, Debug, Clone, Copy)]
+//! #[bulk(type = "share_kind")]
 //! pub enum Kind {
 //!     Retweet,
 //!     Quote,
 //! }
 //!
+//! #[derive(BulkType, Debug, Clone, Copy)]
 //! pub struct UserId(pub i64);
 //!
 //! #[derive(BulkCreateNew)]
 //! #[bulk(table = "share", unique(tweet, user))]
-//! pub struct ShareRow {
+//! pub struct Share {
 //!     pub tweet: i64,
-//!     pub user: i64,           // a `UserId`
-//!     pub kind: &'static str,  // a `Kind`, by name
+//!     pub user: UserId, // a bigint column, client-ordered like i64
+//!     pub kind: Kind,   // a share_kind column
 //! }
-//!
-//! fn row(tweet: i64, user: UserId, kind: Kind) -> ShareRow {
-//!     let kind = match kind {
-//!         Kind::Retweet => "retweet",
-//!         Kind::Quote => "quote",
-//!     };
-//!     ShareRow { tweet, user: user.0, kind }
-//! }
-//! # let _ = row(1, UserId(2), Kind::Quote);
+//! # assert_eq!(Share::model().columns()[2].ddl_type(), "share_kind");
 //! ```
-//!
-//! The columns are then of the types above (for an enum's names, `text`,
-//! with a `CHECK` constraint if you want the database to hold to them).
-//! Direct support for more types (`numeric`, the `time` crate, arrays, typed
-//! JSON) and a derive or attribute for enums and newtypes is planned; until
-//! then, the conversion above is the supported path.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -101,6 +114,21 @@ pub enum PgType {
     Uuid,
     /// `jsonb`.
     Jsonb,
+    /// `numeric`.
+    Numeric,
+    /// `time` (without time zone).
+    Time,
+    /// `inet`.
+    Inet,
+    /// A one-dimensional array of the scalar type it holds (`bigint[]`).
+    ///
+    /// A model with an array column always takes the `COPY` path: the short
+    /// path's `unnest` cannot carry an array per row.
+    Array(&'static PgType),
+    /// A PostgreSQL enum type, by the name the model declares
+    /// (`#[bulk(type = "mood")]` on a [`BulkType`](crate::BulkType) enum).
+    /// Its values travel as their labels' text.
+    Enum(&'static str),
 }
 
 impl PgType {
@@ -120,7 +148,37 @@ impl PgType {
             PgType::Timestamptz => "timestamp with time zone",
             PgType::Uuid => "uuid",
             PgType::Jsonb => "jsonb",
+            PgType::Numeric => "numeric",
+            PgType::Time => "time without time zone",
+            PgType::Inet => "inet",
+            PgType::Array(element) => match element {
+                PgType::Int2 => "smallint[]",
+                PgType::Int4 => "integer[]",
+                PgType::Int8 => "bigint[]",
+                PgType::Float4 => "real[]",
+                PgType::Float8 => "double precision[]",
+                PgType::Bool => "boolean[]",
+                PgType::Text => "text[]",
+                PgType::Bytea => "bytea[]",
+                PgType::Date => "date[]",
+                PgType::Timestamp => "timestamp without time zone[]",
+                PgType::Timestamptz => "timestamp with time zone[]",
+                PgType::Uuid => "uuid[]",
+                PgType::Jsonb => "jsonb[]",
+                PgType::Numeric => "numeric[]",
+                PgType::Time => "time without time zone[]",
+                PgType::Inet => "inet[]",
+                // Not constructed: only scalars have `Vec<T>` columns.
+                PgType::Array(_) | PgType::Enum(_) => "unsupported[]",
+            },
+            PgType::Enum(name) => name,
         }
+    }
+
+    /// Whether values of this type can only travel by `COPY` (arrays:
+    /// the short path's `unnest` would flatten them).
+    pub(crate) fn copy_only(self) -> bool {
+        matches!(self, PgType::Array(_))
     }
 
     /// The tokio-postgres type used on the wire (binary COPY).
@@ -139,6 +197,13 @@ impl PgType {
             PgType::Timestamptz => Type::TIMESTAMPTZ,
             PgType::Uuid => Type::UUID,
             PgType::Jsonb => Type::JSONB,
+            PgType::Numeric => Type::NUMERIC,
+            PgType::Time => Type::TIME,
+            PgType::Inet => Type::INET,
+            PgType::Array(element) => element.array_wire_type(),
+            // An enum's binary form is its label's text; the column's own
+            // type (scratch table, casts) tells PostgreSQL the rest.
+            PgType::Enum(_) => Type::TEXT,
         }
     }
 
@@ -157,6 +222,7 @@ impl PgType {
                 | PgType::Timestamptz
                 | PgType::Uuid
                 | PgType::Bytea
+                | PgType::Time
         )
     }
 
@@ -176,13 +242,20 @@ impl PgType {
             PgType::Timestamptz => Type::TIMESTAMPTZ_ARRAY,
             PgType::Uuid => Type::UUID_ARRAY,
             PgType::Jsonb => Type::JSONB_ARRAY,
+            PgType::Numeric => Type::NUMERIC_ARRAY,
+            PgType::Time => Type::TIME_ARRAY,
+            PgType::Inet => Type::INET_ARRAY,
+            // Never sent: a model with an array column takes the COPY path
+            // (`copy_only`), and PostgreSQL has no arrays of arrays.
+            PgType::Array(element) => element.array_wire_type(),
+            PgType::Enum(_) => Type::TEXT_ARRAY,
         }
     }
 
     /// Live column types (as `format_type(atttypid, NULL)` prints them) that
     /// accept this type through PostgreSQL's assignment casts without losing data.
-    pub(crate) fn compatible_sql_names(self) -> &'static [&'static str] {
-        match self {
+    pub(crate) fn compatible_sql_names(self) -> Cow<'static, [&'static str]> {
+        Cow::Borrowed(match self {
             PgType::Int2 => &["smallint", "integer", "bigint", "numeric"],
             PgType::Int4 => &["integer", "bigint", "numeric"],
             PgType::Int8 => &["bigint", "numeric"],
@@ -196,7 +269,17 @@ impl PgType {
             PgType::Timestamptz => &["timestamp with time zone"],
             PgType::Uuid => &["uuid"],
             PgType::Jsonb => &["jsonb", "json"],
-        }
+            PgType::Numeric => &["numeric"],
+            PgType::Time => &["time without time zone"],
+            PgType::Inet => &["inet"],
+            PgType::Array(_) => return Cow::Owned(vec![self.sql_name()]),
+            // `format_type` qualifies the name when its schema is not on the
+            // search path; the check compares the unqualified name then.
+            PgType::Enum(name) => {
+                let unqualified = name.rsplit('.').next().unwrap_or(name);
+                return Cow::Owned(if unqualified == name { vec![name] } else { vec![name, unqualified] });
+            }
+        })
     }
 }
 
@@ -214,7 +297,7 @@ pub(crate) fn fixed_width(ty: PgType) -> Option<usize> {
         PgType::Bool => Some(1),
         PgType::Int2 => Some(2),
         PgType::Int4 | PgType::Date => Some(4),
-        PgType::Int8 | PgType::Timestamp | PgType::Timestamptz => Some(8),
+        PgType::Int8 | PgType::Timestamp | PgType::Timestamptz | PgType::Time => Some(8),
         PgType::Uuid => Some(16),
         _ => None,
     }
@@ -238,8 +321,16 @@ pub(crate) fn write_sort_form(ty: PgType, nullable: bool, value: Option<&[u8]>, 
         return;
     };
     out.copy_from_slice(value);
-    if matches!(ty, PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Date | PgType::Timestamp | PgType::Timestamptz)
-    {
+    if matches!(
+        ty,
+        PgType::Int2
+            | PgType::Int4
+            | PgType::Int8
+            | PgType::Date
+            | PgType::Timestamp
+            | PgType::Timestamptz
+            | PgType::Time
+    ) {
         out[0] ^= 0x80;
     }
 }
@@ -256,7 +347,13 @@ pub(crate) fn order_key(ty: PgType, a: Option<&[u8]>, b: Option<&[u8]>) -> std::
         (None, Some(_)) => Ordering::Greater,
         (Some(_), None) => Ordering::Less,
         (Some(a), Some(b)) => match ty {
-            PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Date | PgType::Timestamp | PgType::Timestamptz => {
+            PgType::Int2
+            | PgType::Int4
+            | PgType::Int8
+            | PgType::Date
+            | PgType::Timestamp
+            | PgType::Timestamptz
+            | PgType::Time => {
                 let flip = |v: &[u8]| v.first().map(|f| f ^ 0x80);
                 flip(a).cmp(&flip(b)).then_with(|| a.get(1..).cmp(&b.get(1..)))
             }
@@ -293,8 +390,9 @@ impl std::error::Error for ValueError {}
 
 /// A value the binary COPY stream can carry: object-safe half of [`BulkColumn`].
 ///
-/// Implemented for every [`BulkColumn`] type; you never implement it yourself.
-pub trait BulkValue: ToSql + Sync {
+/// Implemented for every [`BulkColumn`] type; you never implement it
+/// yourself (derive [`BulkType`](crate::BulkType) for a type of your own).
+pub trait BulkValue: Sync {
     /// Checks the value on the client, before it is sent.
     ///
     /// # Errors
@@ -309,13 +407,14 @@ pub trait BulkValue: ToSql + Sync {
 ///
 /// See the [module documentation](self) for the supported types. The derive
 /// uses this trait to choose each column's PostgreSQL type; a field whose type
-/// does not implement it is a compile error on that field.
+/// does not implement it is a compile error on that field. For your own enums
+/// and newtypes, derive it with [`BulkType`](crate::BulkType).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be stored by `#[derive(BulkCreateNew)]`",
     label = "unsupported column type",
-    note = "supported: i16, i32, i64, f32, f64, bool, String, &str, Cow<str>, Box<str>, Vec<u8>, &[u8], Cow<[u8]>, and Option<T> of each",
-    note = "with cargo features of bulk-runtime: chrono (NaiveDate, NaiveDateTime, DateTime<Utc>), uuid (Uuid), json (serde_json::Value)",
-    note = "for an enum, a newtype or another type: store one of these in the field and convert when building the row; see the docs of `bulk_runtime::types`",
+    note = "supported: i16, i32, i64, f32, f64, bool, String, &str, Cow<str>, Box<str>, Vec<u8>, &[u8], Cow<[u8]>, std::net::IpAddr, Vec<T> of these scalars, and Option<T> of each",
+    note = "with cargo features of bulk-runtime: chrono (NaiveDate, NaiveDateTime, NaiveTime, DateTime<Utc>), time (Date, PrimitiveDateTime, OffsetDateTime, Time), uuid (Uuid), json (serde_json::Value, Json<T>), decimal (rust_decimal::Decimal)",
+    note = "for your own enum or newtype: `#[derive(bulk_runtime::BulkType)]` on it; see the docs of `bulk_runtime::BulkType`",
     note = "mark the field `#[bulk(skip)]` if it is not stored"
 )]
 pub trait BulkColumn: BulkValue {
@@ -344,12 +443,24 @@ pub trait BulkColumn: BulkValue {
     }
 }
 
-/// A [`BulkColumn`] that is never NULL: every supported type except `Option<T>`.
+/// A [`BulkColumn`] that is not an `Option`: what `Option<T>` can wrap.
+///
+/// Every supported type except `Option<T>` itself.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be wrapped in `Option` in a model",
+    label = "not a non-`Option` column type",
+    note = "`Option<T>` stores NULL for `None`; `T` must be a supported column type other than `Option`"
+)]
+pub trait NonOptionColumn: BulkColumn {}
+
+/// A [`BulkColumn`] that can be part of the unique key: every supported type
+/// except `Option<T>` and arrays (`Vec<T>` other than `Vec<u8>`).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of the unique key",
-    label = "a unique key field must have a non-`Option` column type",
+    label = "a unique key field must have a non-`Option`, non-array column type",
     note = "NULL never equals NULL: rows with a NULL key would never be recognised as duplicates",
-    note = "add `nulls_not_distinct` to `#[bulk(...)]` on the struct to treat NULLs as equal (PostgreSQL 15 or later), or make the field non-`Option`"
+    note = "add `nulls_not_distinct` to `#[bulk(...)]` on the struct to treat NULLs as equal (PostgreSQL 15 or later), or make the field non-`Option`",
+    note = "arrays (`Vec<T>` other than `Vec<u8>`) are not supported in a key"
 )]
 pub trait NonNullColumn: BulkColumn {}
 
@@ -373,6 +484,7 @@ macro_rules! scalar {
             const NULLABLE: bool = false;
             type __Column = Self;
         }
+        impl NonOptionColumn for $t {}
         impl NonNullColumn for $t {}
     )+};
 }
@@ -390,6 +502,7 @@ macro_rules! text {
             const NULLABLE: bool = false;
             type __Column = Self;
         }
+        impl NonOptionColumn for $t {}
         impl NonNullColumn for $t {}
     )+};
 }
@@ -409,8 +522,21 @@ scalar!(Date => chrono::NaiveDate);
 scalar!(Timestamp => chrono::NaiveDateTime);
 #[cfg(feature = "chrono")]
 scalar!(Timestamptz => chrono::DateTime<chrono::Utc>);
+#[cfg(feature = "chrono")]
+scalar!(Time => chrono::NaiveTime);
 #[cfg(feature = "uuid")]
 scalar!(Uuid => uuid::Uuid);
+#[cfg(feature = "decimal")]
+scalar!(Numeric => rust_decimal::Decimal);
+#[cfg(feature = "time")]
+scalar!(Date => time::Date);
+#[cfg(feature = "time")]
+scalar!(Timestamp => time::PrimitiveDateTime);
+#[cfg(feature = "time")]
+scalar!(Timestamptz => time::OffsetDateTime);
+#[cfg(feature = "time")]
+scalar!(Time => time::Time);
+scalar!(Inet => std::net::IpAddr);
 
 #[cfg(feature = "json")]
 impl BulkValue for serde_json::Value {
@@ -428,9 +554,108 @@ impl BulkColumn for serde_json::Value {
     type __Column = Self;
 }
 #[cfg(feature = "json")]
+impl NonOptionColumn for serde_json::Value {}
+#[cfg(feature = "json")]
 impl NonNullColumn for serde_json::Value {}
 
-impl<T: NonNullColumn> BulkValue for Option<T> {
+/// Typed JSON: a `T: Serialize` stored as `jsonb` (read it back as
+/// `Json<T>` with `T: Deserialize`). The tokio-postgres wrapper, re-exported.
+#[cfg(feature = "json")]
+impl<T: serde::Serialize + fmt::Debug + Sync> BulkValue for tokio_postgres::types::Json<T> {
+    fn check(&self) -> Result<(), ValueError> {
+        Ok(())
+    }
+    fn as_to_sql(&self) -> &(dyn ToSql + Sync) {
+        self
+    }
+}
+#[cfg(feature = "json")]
+impl<T: serde::Serialize + fmt::Debug + Sync> BulkColumn for tokio_postgres::types::Json<T> {
+    const PG_TYPE: PgType = PgType::Jsonb;
+    const NULLABLE: bool = false;
+    type __Column = Self;
+}
+#[cfg(feature = "json")]
+impl<T: serde::Serialize + fmt::Debug + Sync> NonOptionColumn for tokio_postgres::types::Json<T> {}
+#[cfg(feature = "json")]
+impl<T: serde::Serialize + fmt::Debug + Sync> NonNullColumn for tokio_postgres::types::Json<T> {}
+
+/// `Vec<T>` of a scalar: a one-dimensional array column. Not a key type
+/// ([`NonNullColumn`] is not implemented).
+macro_rules! array {
+    ($pg:ident => $($t:ty),+ $(,)?) => {$(
+        impl BulkValue for Vec<$t> {
+            #[inline]
+            fn check(&self) -> Result<(), ValueError> {
+                self.iter().try_for_each(BulkValue::check)
+            }
+            #[inline]
+            fn as_to_sql(&self) -> &(dyn ToSql + Sync) { self }
+        }
+        impl BulkColumn for Vec<$t> {
+            const PG_TYPE: PgType = PgType::Array(&PgType::$pg);
+            const NULLABLE: bool = false;
+            type __Column = Self;
+        }
+        impl NonOptionColumn for Vec<$t> {}
+        impl BulkValue for Vec<Option<$t>> {
+            #[inline]
+            fn check(&self) -> Result<(), ValueError> {
+                self.iter().try_for_each(BulkValue::check)
+            }
+            #[inline]
+            fn as_to_sql(&self) -> &(dyn ToSql + Sync) { self }
+        }
+        impl BulkColumn for Vec<Option<$t>> {
+            const PG_TYPE: PgType = PgType::Array(&PgType::$pg);
+            const NULLABLE: bool = false;
+            type __Column = Self;
+        }
+        impl NonOptionColumn for Vec<Option<$t>> {}
+        // (Never a key: `NonNullColumn` refuses arrays with its own message;
+        // this only keeps the key type from adding a second error.)
+        impl KeyColumn for Vec<$t> {
+            type Owned = Vec<$t>;
+        }
+        impl KeyColumn for Vec<Option<$t>> {
+            type Owned = Vec<Option<$t>>;
+        }
+    )+};
+}
+
+array!(Int2 => i16);
+array!(Int4 => i32);
+array!(Int8 => i64);
+array!(Float4 => f32);
+array!(Float8 => f64);
+array!(Bool => bool);
+array!(Text => String);
+array!(Bytea => Vec<u8>);
+array!(Inet => std::net::IpAddr);
+#[cfg(feature = "chrono")]
+array!(Date => chrono::NaiveDate);
+#[cfg(feature = "chrono")]
+array!(Timestamp => chrono::NaiveDateTime);
+#[cfg(feature = "chrono")]
+array!(Timestamptz => chrono::DateTime<chrono::Utc>);
+#[cfg(feature = "chrono")]
+array!(Time => chrono::NaiveTime);
+#[cfg(feature = "uuid")]
+array!(Uuid => uuid::Uuid);
+#[cfg(feature = "decimal")]
+array!(Numeric => rust_decimal::Decimal);
+#[cfg(feature = "time")]
+array!(Date => time::Date);
+#[cfg(feature = "time")]
+array!(Timestamp => time::PrimitiveDateTime);
+#[cfg(feature = "time")]
+array!(Timestamptz => time::OffsetDateTime);
+#[cfg(feature = "time")]
+array!(Time => time::Time);
+#[cfg(feature = "json")]
+array!(Jsonb => serde_json::Value);
+
+impl<T: NonOptionColumn> BulkValue for Option<T> {
     #[inline]
     fn check(&self) -> Result<(), ValueError> {
         match self {
@@ -440,11 +665,34 @@ impl<T: NonNullColumn> BulkValue for Option<T> {
     }
     #[inline]
     fn as_to_sql(&self) -> &(dyn ToSql + Sync) {
-        self
+        match self {
+            Some(v) => v.as_to_sql(),
+            None => &Null,
+        }
     }
 }
 
-impl<T: NonNullColumn> BulkColumn for Option<T> {
+/// SQL NULL for a column of any type: what `None` sends.
+#[derive(Debug)]
+struct Null;
+
+impl ToSql for Null {
+    fn to_sql(
+        &self,
+        _: &Type,
+        _: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(tokio_postgres::types::IsNull::Yes)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl<T: NonOptionColumn> BulkColumn for Option<T> {
     const PG_TYPE: PgType = T::PG_TYPE;
     const NULLABLE: bool = true;
     type __Column = Self;
@@ -486,6 +734,23 @@ key_as!(chrono::DateTime<chrono::Utc> => chrono::DateTime<chrono::Utc>);
 key_as!(uuid::Uuid => uuid::Uuid);
 #[cfg(feature = "json")]
 key_as!(serde_json::Value => serde_json::Value);
+#[cfg(feature = "chrono")]
+key_as!(chrono::NaiveTime => chrono::NaiveTime);
+#[cfg(feature = "decimal")]
+key_as!(rust_decimal::Decimal => rust_decimal::Decimal);
+#[cfg(feature = "time")]
+key_as!(time::Date => time::Date);
+#[cfg(feature = "time")]
+key_as!(time::PrimitiveDateTime => time::PrimitiveDateTime);
+#[cfg(feature = "time")]
+key_as!(time::OffsetDateTime => time::OffsetDateTime);
+#[cfg(feature = "time")]
+key_as!(time::Time => time::Time);
+key_as!(std::net::IpAddr => std::net::IpAddr);
+#[cfg(feature = "json")]
+impl<T: serde::de::DeserializeOwned + Send + 'static> KeyColumn for tokio_postgres::types::Json<T> {
+    type Owned = tokio_postgres::types::Json<T>;
+}
 
 impl<T: KeyColumn> KeyColumn for Option<T> {
     type Owned = Option<T::Owned>;
@@ -522,6 +787,14 @@ mod tests {
         assert_eq!(order_key(PgType::Int8, None, None), Ordering::Equal);
         assert!(!PgType::Text.client_orderable() && !PgType::Float8.client_orderable());
         assert!(!PgType::Jsonb.client_orderable());
+        // numeric's binary form is base-10000 digits with a weight: not
+        // bytewise ordered; inet orders by family and netmask first; an enum
+        // sorts by declaration order, not by label; arrays are never keys.
+        for t in [PgType::Numeric, PgType::Inet, PgType::Enum("mood"), PgType::Array(&PgType::Int8)] {
+            assert!(!t.client_orderable(), "{t:?}");
+        }
+        assert!(PgType::Time.client_orderable());
+        assert_eq!(order_key(PgType::Time, Some(&1i64.to_be_bytes()), Some(&2i64.to_be_bytes())), Ordering::Less);
     }
 
     #[test]
@@ -537,6 +810,7 @@ mod tests {
             (PgType::Int8, [i64::MIN, -300, -1, 0, 1, 300, i64::MAX].iter().map(|v| int(&v.to_be_bytes())).collect()),
             (PgType::Timestamp, [i64::MIN, 0, i64::MAX].iter().map(|v| int(&v.to_be_bytes())).collect()),
             (PgType::Timestamptz, [-5i64, 5].iter().map(|v| int(&v.to_be_bytes())).collect()),
+            (PgType::Time, [0i64, 1, 86_399_999_999, 86_400_000_000].iter().map(|v| int(&v.to_be_bytes())).collect()),
             (PgType::Uuid, vec![vec![0; 16], vec![0xff; 16], (0..16).collect(), (0..16).rev().collect()]),
         ];
         for (ty, values) in values {
@@ -586,8 +860,32 @@ mod tests {
             PgType::Timestamptz,
             PgType::Uuid,
             PgType::Jsonb,
+            PgType::Numeric,
+            PgType::Time,
+            PgType::Inet,
+            PgType::Array(&PgType::Int8),
+            PgType::Array(&PgType::Text),
+            PgType::Array(&PgType::Timestamptz),
+            PgType::Enum("mood"),
+            PgType::Enum("app.mood"),
         ] {
             assert!(t.compatible_sql_names().contains(&t.sql_name()), "{t:?}");
         }
+    }
+
+    #[test]
+    fn new_types_name_their_columns() {
+        #[cfg(feature = "decimal")]
+        assert_eq!(<rust_decimal::Decimal as BulkColumn>::PG_TYPE.sql_name(), "numeric");
+        #[cfg(feature = "chrono")]
+        assert_eq!(<chrono::NaiveTime as BulkColumn>::PG_TYPE.sql_name(), "time without time zone");
+        assert_eq!(<Vec<i64> as BulkColumn>::PG_TYPE.sql_name(), "bigint[]");
+        assert_eq!(<Vec<Option<String>> as BulkColumn>::PG_TYPE.sql_name(), "text[]");
+        assert_eq!(<Option<Vec<bool>> as BulkColumn>::PG_TYPE.wire_type(), Type::BOOL_ARRAY);
+        assert_eq!(<std::net::IpAddr as BulkColumn>::PG_TYPE, PgType::Inet);
+        assert!(PgType::Array(&PgType::Int8).copy_only() && !PgType::Int8.copy_only());
+        assert_eq!(PgType::Enum("mood").wire_type(), Type::TEXT);
+        assert_eq!(&*PgType::Enum("app.mood").compatible_sql_names(), ["app.mood", "mood"]);
+        assert_eq!(Vec::from([String::from("a"), String::from("b\0")]).check(), Err(ValueError::NulByte { offset: 1 }));
     }
 }

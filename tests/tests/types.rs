@@ -490,3 +490,630 @@ async fn text_and_bytea_keys_round_trip() {
     assert_eq!(got, want);
     db.drop().await;
 }
+
+// ---------------------------------------------------------------------------
+// The types of issue 13 item 5: numeric, the `time` crate, NaiveTime, inet,
+// arrays, typed JSON, PostgreSQL enums and newtypes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use bulk_runtime::{BulkType, Json, PgEnum};
+use chrono::NaiveTime;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+
+/// Declared out of label order: PostgreSQL sorts an enum by declaration.
+#[derive(BulkType, Debug, Clone, Copy, PartialEq)]
+#[bulk(type = "mood")]
+enum Mood {
+    Sad,
+    Happy,
+    #[bulk(rename = "so so, 'quoted'")]
+    SoSo,
+}
+
+#[derive(BulkType, Debug, Clone, PartialEq)]
+struct UserId(i64);
+
+#[derive(BulkType, Debug, Clone, PartialEq)]
+struct Label(String);
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Payload {
+    n: i64,
+    text: String,
+    tags: Vec<String>,
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "more_types", unique(key))]
+struct More {
+    key: i32,
+    decimal: Decimal,
+    naive_time: NaiveTime,
+    date: time::Date,
+    primitive: PrimitiveDateTime,
+    instant: OffsetDateTime,
+    time: time::Time,
+    ip: IpAddr,
+    payload: Json<Payload>,
+    mood: Mood,
+    user: UserId,
+    label: Label,
+    maybe_decimal: Option<Decimal>,
+    maybe_ip: Option<IpAddr>,
+    maybe_mood: Option<Mood>,
+    maybe_user: Option<UserId>,
+    maybe_time: Option<time::Time>,
+}
+
+type MoreRead = (
+    i32,
+    Decimal,
+    NaiveTime,
+    time::Date,
+    PrimitiveDateTime,
+    OffsetDateTime,
+    time::Time,
+    IpAddr,
+    Payload,
+    (Mood, UserId, Label),
+    (Option<Decimal>, Option<IpAddr>, Option<Mood>, Option<UserId>, Option<time::Time>),
+);
+
+fn more_read(m: &More) -> MoreRead {
+    (
+        m.key,
+        m.decimal,
+        m.naive_time,
+        m.date,
+        m.primitive,
+        m.instant,
+        m.time,
+        m.ip,
+        m.payload.0.clone(),
+        (m.mood, m.user.clone(), m.label.clone()),
+        (m.maybe_decimal, m.maybe_ip, m.maybe_mood, m.maybe_user.clone(), m.maybe_time),
+    )
+}
+
+fn time_date(julian: i32) -> time::Date {
+    time::Date::from_julian_day(julian).unwrap()
+}
+
+fn hms_micro(h: u8, m: u8, s: u8, micro: u32) -> time::Time {
+    time::Time::from_hms_micro(h, m, s, micro).unwrap()
+}
+
+#[tokio::test]
+async fn more_types_round_trip_with_extreme_values() {
+    more_types(0).await;
+}
+
+#[tokio::test]
+async fn more_types_round_trip_with_extreme_values_through_copy() {
+    more_types(COPY_BATCH).await;
+}
+
+async fn more_types(pad: usize) {
+    let db = TestDb::new(&format!("more_types_{pad}")).await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Mood::create_type_sql()).await.unwrap();
+    client.batch_execute(&More::model().migration_sql()).await.unwrap();
+    let ts = |julian: i32, t: time::Time| PrimitiveDateTime::new(time_date(julian), t);
+    let max = More {
+        key: 1,
+        decimal: Decimal::MAX,
+        naive_time: NaiveTime::from_hms_micro_opt(23, 59, 59, 999_999).unwrap(),
+        // 5874897-12-31, PostgreSQL's last date, and 294276-12-31, its last timestamp.
+        date: time::Date::MAX,
+        primitive: ts(
+            time::Date::from_calendar_date(9999, time::Month::December, 31).unwrap().to_julian_day(),
+            hms_micro(23, 59, 59, 999_999),
+        ),
+        instant: OffsetDateTime::from_unix_timestamp_nanos(253_402_300_799_999_999_000).unwrap(),
+        time: hms_micro(23, 59, 59, 999_999),
+        ip: IpAddr::V6(Ipv6Addr::new(0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff)),
+        payload: Json(Payload {
+            n: i64::MAX,
+            text: "ünïcødé \"q\" \\ 🎉".into(),
+            tags: vec!["a".into(), String::new()],
+        }),
+        mood: Mood::SoSo,
+        user: UserId(i64::MAX),
+        label: Label("tab\there\nnewline".into()),
+        maybe_decimal: Some(Decimal::new(-1, 28)),
+        maybe_ip: Some(IpAddr::V4(Ipv4Addr::BROADCAST)),
+        maybe_mood: Some(Mood::Happy),
+        maybe_user: Some(UserId(-1)),
+        maybe_time: Some(hms_micro(0, 0, 0, 1)),
+    };
+    let min = More {
+        key: 2,
+        decimal: Decimal::MIN,
+        naive_time: NaiveTime::MIN,
+        date: time_date(0), // 4713-11-24 BC
+        primitive: ts(0, time::Time::MIDNIGHT),
+        instant: OffsetDateTime::from_unix_timestamp(-1).unwrap().to_offset(UtcOffset::from_hms(-9, -30, 0).unwrap()),
+        time: time::Time::MIDNIGHT,
+        ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        payload: Json(Payload { n: i64::MIN, text: String::new(), tags: Vec::new() }),
+        mood: Mood::Sad,
+        user: UserId(i64::MIN),
+        label: Label(String::new()),
+        maybe_decimal: None,
+        maybe_ip: None,
+        maybe_mood: None,
+        maybe_user: None,
+        maybe_time: None,
+    };
+    let scaled = More {
+        key: 3,
+        // Scale is kept: 1.500 reads back as 1.500.
+        decimal: Decimal::new(1500, 3),
+        ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        instant: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000)
+            .unwrap()
+            .to_offset(UtcOffset::from_hms(5, 45, 0).unwrap()),
+        maybe_decimal: Some(Decimal::ZERO),
+        ..min.clone()
+    };
+    let mut rows = vec![max, min, scaled];
+    let want: Vec<MoreRead> = rows.iter().map(more_read).collect();
+    let filler = rows[1].clone();
+    rows.extend((0..pad as i32).map(|i| More { key: FILLER + i, ..filler.clone() }));
+    let o = More::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((o.offered, o.inserted), (rows.len() as u64, rows.len() as u64));
+
+    let got: Vec<MoreRead> = client
+        .query(
+            &format!(
+                "SELECT key, decimal, naive_time, date, primitive, instant, time, ip, payload, mood, \"user\", label, \
+                 maybe_decimal, maybe_ip, maybe_mood, maybe_user, maybe_time FROM more_types WHERE key < {FILLER} \
+                 ORDER BY key"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+                r.get::<_, Json<Payload>>(8).0,
+                (r.get(9), r.get(10), r.get(11)),
+                (r.get(12), r.get(13), r.get(14), r.get(15), r.get(16)),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Checked as text on the server, independent of the client's decoding.
+    let text: Vec<(String, String, String, String)> = client
+        .query(
+            "SELECT decimal::text, host(ip), mood::text, instant::text FROM more_types WHERE key IN (1, 3) ORDER BY key",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(text[0].0, "79228162514264337593543950335");
+    assert_eq!(text[0].1, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+    assert_eq!(text[0].2, "so so, 'quoted'");
+    assert_eq!(text[1].0, "1.500");
+    assert_eq!(text[1].1, "::1");
+    let same_instant: bool = client
+        .query_one("SELECT instant = '2023-11-14 22:13:20.123456+00' FROM more_types WHERE key = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(same_instant, "{}", text[1].3);
+    let types: Vec<String> = client
+        .query(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'more_types'::regclass \
+             AND attname IN ('decimal', 'time', 'ip', 'payload', 'mood', 'user', 'label') ORDER BY attnum",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["numeric", "time without time zone", "inet", "jsonb", "mood", "bigint", "text"]);
+    db.drop().await;
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "arrays", unique(key))]
+struct Arrays {
+    key: i32,
+    ints: Vec<i64>,
+    smalls: Vec<i16>,
+    texts: Vec<String>,
+    floats: Vec<f64>,
+    flags: Vec<bool>,
+    blobs: Vec<Vec<u8>>,
+    with_nulls: Vec<Option<i32>>,
+    maybe: Option<Vec<String>>,
+    decimals: Vec<Decimal>,
+    ips: Vec<IpAddr>,
+    dates: Vec<NaiveDate>,
+    times: Vec<time::Time>,
+    uuids: Vec<Uuid>,
+    docs: Vec<Value>,
+}
+
+type ArraysRead = (
+    i32,
+    (Vec<i64>, Vec<i16>, Vec<String>, Vec<f64>, Vec<bool>, Vec<Vec<u8>>),
+    (Vec<Option<i32>>, Option<Vec<String>>, Vec<Decimal>, Vec<IpAddr>, Vec<NaiveDate>, Vec<time::Time>),
+    (Vec<Uuid>, Vec<Value>),
+);
+
+fn arrays_read(a: &Arrays) -> ArraysRead {
+    (
+        a.key,
+        (a.ints.clone(), a.smalls.clone(), a.texts.clone(), a.floats.clone(), a.flags.clone(), a.blobs.clone()),
+        (a.with_nulls.clone(), a.maybe.clone(), a.decimals.clone(), a.ips.clone(), a.dates.clone(), a.times.clone()),
+        (a.uuids.clone(), a.docs.clone()),
+    )
+}
+
+#[tokio::test]
+async fn arrays_round_trip() {
+    arrays(0).await;
+}
+
+#[tokio::test]
+async fn arrays_round_trip_through_copy() {
+    arrays(COPY_BATCH).await;
+}
+
+async fn arrays(pad: usize) {
+    let db = TestDb::new(&format!("arrays_{pad}")).await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Arrays::model().migration_sql()).await.unwrap();
+    let full = Arrays {
+        key: 1,
+        ints: vec![i64::MIN, 0, i64::MAX],
+        smalls: vec![i16::MIN, -1, i16::MAX],
+        texts: vec![String::new(), "NULL".into(), "{\"a\",b}".into(), "ünï 🎉".into(), "\\".into()],
+        floats: vec![f64::INFINITY, -0.5, f64::MIN_POSITIVE],
+        flags: vec![true, false],
+        blobs: vec![vec![], vec![0, 0xff]],
+        with_nulls: vec![None, Some(1), None],
+        maybe: Some(vec!["x".into()]),
+        decimals: vec![Decimal::MAX, Decimal::new(-12345, 4)],
+        ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+        dates: vec![date(2024, 2, 29), NaiveDate::MAX],
+        times: vec![hms_micro(12, 0, 0, 5)],
+        uuids: vec![Uuid::max(), Uuid::nil()],
+        docs: vec![json!({"a": [1, null]}), Value::Null],
+    };
+    let empty = Arrays {
+        key: 2,
+        ints: vec![],
+        smalls: vec![],
+        texts: vec![],
+        floats: vec![],
+        flags: vec![],
+        blobs: vec![],
+        with_nulls: vec![],
+        maybe: None,
+        decimals: vec![],
+        ips: vec![],
+        dates: vec![],
+        times: vec![],
+        uuids: vec![],
+        docs: vec![],
+    };
+    let mut rows = vec![full, empty.clone(), Arrays { key: 3, maybe: Some(vec![]), ..empty.clone() }];
+    let want: Vec<ArraysRead> = rows.iter().map(arrays_read).collect();
+    // Key 1 again, with other values: the first offered row is kept.
+    rows.push(Arrays { key: 1, ..empty.clone() });
+    rows.extend((0..pad as i32).map(|i| Arrays { key: FILLER + i, ints: vec![i.into()], ..empty.clone() }));
+    let o = Arrays::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((o.offered, o.inserted), (rows.len() as u64, rows.len() as u64 - 1));
+    let got: Vec<ArraysRead> = client
+        .query(
+            &format!(
+                "SELECT key, ints, smalls, texts, floats, flags, blobs, with_nulls, maybe, decimals, ips, dates, \
+                 times, uuids, docs FROM arrays WHERE key < {FILLER} ORDER BY key"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
+                (r.get(7), r.get(8), r.get(9), r.get(10), r.get(11), r.get(12)),
+                (r.get(13), r.get(14)),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    let r = client
+        .query_one(
+            "SELECT pg_typeof(ints)::text, array_length(with_nulls, 1), array_position(with_nulls, NULL) \
+             FROM arrays WHERE key = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, String>(0).as_str(), r.get::<_, i32>(1), r.get::<_, i32>(2)), ("bigint[]", 3, 1));
+    // A NUL inside an array's text is refused on the client, as in a text column.
+    let bad = Arrays { key: 9, texts: vec!["a\0b".into()], ..empty };
+    let err = Arrays::bulk_create_new(&mut client, [&bad]).await.unwrap_err();
+    assert!(err.to_string().contains("NUL"), "{err}");
+    db.drop().await;
+}
+
+/// A key of one type on both paths: half the values stored first, then all
+/// of them offered, each twice (in order, then reversed). Only the new half
+/// goes in, each from its first offered row, and reads back as offered.
+macro_rules! key_round_trip {
+    ($module:ident, $ty:ty, $value:expr) => {
+        mod $module {
+            use super::*;
+
+            #[derive(BulkCreateNew)]
+            #[bulk(table = "typed_key", unique(key, part))]
+            struct Keyed {
+                key: $ty,
+                part: i16,
+                pos: i32,
+            }
+
+            async fn run(n: usize) {
+                let value: fn(usize) -> ($ty, i16) = $value;
+                let db = TestDb::new(&format!("key_{}_{n}", stringify!($module))).await;
+                let mut client = db.connect().await;
+                client.batch_execute(&Mood::create_type_sql()).await.unwrap();
+                client.batch_execute(&Keyed::model().migration_sql()).await.unwrap();
+                let row = |i: usize, pos: i32| {
+                    let (key, part) = value(i);
+                    Keyed { key, part, pos }
+                };
+                let stored: Vec<Keyed> = (0..n / 2).map(|i| row(i, -1 - i as i32)).collect();
+                let o = Keyed::bulk_create_new(&mut client, &stored).await.unwrap();
+                assert_eq!(o.inserted, (n / 2) as u64);
+                let offered: Vec<Keyed> =
+                    (0..n).chain((0..n).rev()).enumerate().map(|(pos, i)| row(i, pos as i32)).collect();
+                let o = Keyed::bulk_create_new(&mut client, &offered).await.unwrap();
+                assert_eq!((o.offered, o.inserted), (2 * n as u64, (n - n / 2) as u64));
+                let got = client.query("SELECT key, part, pos FROM typed_key ORDER BY pos", &[]).await.unwrap();
+                assert_eq!(got.len(), n);
+                let mut new_positions = Vec::new();
+                for r in &got {
+                    let pos: i32 = r.get(2);
+                    let i = if pos < 0 { (-1 - pos) as usize } else { pos as usize };
+                    let (key, part) = value(i);
+                    assert_eq!((r.get::<_, $ty>(0), r.get::<_, i16>(1)), (key, part), "pos {pos}");
+                    if pos >= 0 {
+                        new_positions.push(i);
+                    }
+                }
+                assert_eq!(new_positions, (n / 2..n).collect::<Vec<_>>());
+                db.drop().await;
+            }
+
+            #[tokio::test]
+            async fn short_batch() {
+                run(40).await;
+            }
+
+            #[tokio::test]
+            async fn through_copy() {
+                run(COPY_BATCH).await;
+            }
+        }
+    };
+}
+
+key_round_trip!(decimal, Decimal, |i| (Decimal::new(i as i64 * 1001 - 2_000_000, 3), 0));
+key_round_trip!(naive_time, NaiveTime, |i| {
+    let t = NaiveTime::from_num_seconds_from_midnight_opt((i * 13 % 86_400) as u32, (i % 997) as u32 * 1000);
+    (t.unwrap(), 0)
+});
+key_round_trip!(time_date, time::Date, |i| (time_date(2_460_000 - 37 * i as i32), 0));
+key_round_trip!(time_primitive, PrimitiveDateTime, |i| {
+    (PrimitiveDateTime::new(time_date(2_400_000 + i as i32 / 7), hms_micro((i % 7) as u8, 0, 0, i as u32)), 0)
+});
+key_round_trip!(time_offset, OffsetDateTime, |i| {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i as i128 * 1_000_123_000 - 2_000_000_000_000).unwrap();
+    (t.to_offset(UtcOffset::from_hms((i % 13) as i8 - 6, 0, 0).unwrap()), 0)
+});
+key_round_trip!(time_time, time::Time, |i| {
+    (hms_micro((i % 24) as u8, (i / 24 % 60) as u8, (i / 1440) as u8, (i * 7 % 1_000_000) as u32), 0)
+});
+key_round_trip!(inet, IpAddr, |i| {
+    let ip = if i % 2 == 0 {
+        IpAddr::V4(Ipv4Addr::from(i as u32 * 65_537))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(u128::MAX - i as u128))
+    };
+    (ip, 0)
+});
+key_round_trip!(json, Json<Payload>, |i| {
+    (Json(Payload { n: i as i64 % 100, text: format!("{}", i / 100), tags: vec![] }), 0)
+});
+key_round_trip!(postgres_enum, Mood, |i| ([Mood::Happy, Mood::SoSo, Mood::Sad][i % 3], (i / 3) as i16));
+key_round_trip!(newtype, UserId, |i| (UserId(i as i64 * 7919 - 10_000_000), 0));
+
+/// numeric compares by value: 1.0 and 1.00 are one key, the first offered wins.
+#[tokio::test]
+async fn decimal_keys_compare_by_value() {
+    #[derive(BulkCreateNew)]
+    #[bulk(table = "price", unique(amount))]
+    struct Price {
+        amount: Decimal,
+        pos: i32,
+    }
+    let db = TestDb::new("decimal_equal_keys").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Price::model().migration_sql()).await.unwrap();
+    let rows = [Price { amount: Decimal::new(10, 1), pos: 0 }, Price { amount: Decimal::new(100, 2), pos: 1 }];
+    let o = Price::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((o.offered, o.inserted), (2, 1));
+    let r = client.query_one("SELECT amount::text, pos FROM price", &[]).await.unwrap();
+    assert_eq!((r.get::<_, String>(0).as_str(), r.get::<_, i32>(1)), ("1.0", 0));
+    db.drop().await;
+}
+
+/// The schema check accepts the enum's own type (also schema-qualified, or
+/// outside the `search_path`), refuses another, and refuses a `numeric(p, s)`
+/// key column for a `Decimal` key (it rounds: 1.004 and 1.001 would meet).
+#[tokio::test]
+async fn the_schema_check_knows_enums_and_rounding_numerics() {
+    use bulk_runtime::{Error, SchemaProblem};
+
+    #[derive(BulkType, Debug, Clone, Copy, PartialEq)]
+    #[bulk(type = "bulk_types_elsewhere.level")]
+    enum Level {
+        Low,
+        High,
+    }
+    #[derive(BulkCreateNew)]
+    #[bulk(table = "gauge", unique(level), id = false)]
+    struct Gauge {
+        level: Level,
+        amount: Decimal,
+    }
+    #[derive(BulkCreateNew)]
+    #[bulk(table = "priced", unique(amount), id = false)]
+    struct Priced {
+        amount: Decimal,
+    }
+    let db = TestDb::new("schema_enum_numeric").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS bulk_types_elsewhere CASCADE; CREATE SCHEMA bulk_types_elsewhere; {};
+             CREATE TABLE gauge (level bulk_types_elsewhere.level PRIMARY KEY, amount numeric(10, 2) NOT NULL);
+             CREATE TABLE priced (amount numeric(10, 2) PRIMARY KEY)",
+            Level::create_type_sql()
+        ))
+        .await
+        .unwrap();
+    // `format_type` prints `bulk_types_elsewhere.level`: the schema is not on the path.
+    let rows = [
+        Gauge { level: Level::High, amount: Decimal::new(1234, 3) },
+        Gauge { level: Level::Low, amount: Decimal::ONE },
+    ];
+    let o = Gauge::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!(o.inserted, 2);
+    let again = Gauge::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!(again.inserted, 0);
+    let levels: Vec<(Level, Decimal)> = client
+        .query("SELECT level, amount FROM gauge ORDER BY level", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Declaration order, and the non-key numeric rounded by its column.
+    assert_eq!(levels, [(Level::Low, Decimal::new(100, 2)), (Level::High, Decimal::new(123, 2))]);
+
+    let err = Priced::bulk_create_new(&mut client, [&Priced { amount: Decimal::ONE }]).await.unwrap_err();
+    match &err {
+        Error::SchemaMismatch { problems, .. } => assert_eq!(
+            problems,
+            &[SchemaProblem::KeyRounded { column: "amount".into(), found: "numeric(10,2)".into() }]
+        ),
+        other => panic!("{other}"),
+    }
+
+    client
+        .batch_execute("DROP TABLE gauge; CREATE TABLE gauge (level text PRIMARY KEY, amount numeric)")
+        .await
+        .unwrap();
+    let mut fresh = db.connect().await;
+    let err = Gauge::bulk_create_new(&mut fresh, &rows).await.unwrap_err();
+    match &err {
+        Error::SchemaMismatch { problems, .. } => assert!(
+            matches!(&problems[..], [SchemaProblem::ColumnType { column, found, .. }] if column == "level" && found == "text"),
+            "{problems:?}"
+        ),
+        other => panic!("{other}"),
+    }
+    client.batch_execute("DROP SCHEMA bulk_types_elsewhere CASCADE").await.unwrap();
+    db.drop().await;
+}
+
+/// The builder on a model with array, enum and newtype columns: a short batch
+/// takes the COPY path (arrays) with upsert and `returning_skipped` alike.
+#[tokio::test]
+async fn arrays_enums_and_newtypes_with_the_builder() {
+    use bulk_runtime::Upsert;
+
+    #[derive(BulkCreateNew, Debug, Clone)]
+    #[bulk(table = "tagged", unique(owner, mood))]
+    struct Tagged {
+        owner: UserId,
+        mood: Mood,
+        tags: Vec<String>,
+        scores: Option<Vec<Decimal>>,
+    }
+    let db = TestDb::new("arrays_builder").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Mood::create_type_sql()).await.unwrap();
+    client.batch_execute(&Tagged::model().migration_sql()).await.unwrap();
+    let row = |owner: i64, mood: Mood, tags: &[&str]| Tagged {
+        owner: UserId(owner),
+        mood,
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        scores: (owner % 2 == 0).then(|| vec![Decimal::new(owner, 1)]),
+    };
+    let first = [row(1, Mood::Happy, &["a"]), row(2, Mood::Sad, &[]), row(1, Mood::Sad, &["b", "c"])];
+    let report = Tagged::bulk(&mut client).returning_skipped().run(&first).await.unwrap();
+    assert_eq!((report.offered, report.inserted), (3, 3));
+    assert!(report.returned.is_empty());
+
+    let second = [
+        row(1, Mood::Happy, &["a"]),     // unchanged
+        row(2, Mood::Sad, &["new"]),     // updated
+        row(3, Mood::SoSo, &["x", "y"]), // inserted
+        row(3, Mood::SoSo, &["repeat"]), // repeat: the last offered is kept
+    ];
+    let report = Tagged::bulk(&mut client)
+        .upsert(Upsert::columns(["tags"]).only_if_changed().keep(bulk_runtime::Keep::Last))
+        .run(&second)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.offered, report.inserted, report.updated, report.unchanged, report.skipped),
+        (4, 1, 1, 1, 1),
+        "{report:?}"
+    );
+    type Stored = (UserId, Mood, Vec<String>, Option<Vec<Decimal>>);
+    let stored: Vec<Stored> = client
+        .query("SELECT owner, mood, tags, scores FROM tagged ORDER BY owner, mood", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let want: Vec<Stored> = [
+        row(1, Mood::Sad, &["b", "c"]),
+        row(1, Mood::Happy, &["a"]),
+        row(2, Mood::Sad, &["new"]),
+        row(3, Mood::SoSo, &["repeat"]),
+    ]
+    .into_iter()
+    .map(|t| (t.owner, t.mood, t.tags, t.scores))
+    .collect();
+    assert_eq!(stored, want, "enum keys sort by declaration order (sad, happy, so so)");
+    db.drop().await;
+}

@@ -10,7 +10,7 @@ struct Retweet {
     retweeter: Option<i64>,
     #[bulk(skp)]
     cache: std::collections::HashMap<u64, u64>,
-    author: std::net::IpAddr,
+    author: std::time::Duration,
 }
 
 fn main() {}
