@@ -122,6 +122,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Pools
+//! With the cargo feature `deadpool`, a deadpool-postgres pooled object is a
+//! [`Connection`] as it is (`T::bulk_create_new(&mut conn, rows)`,
+//! `T::bulk(&mut conn)`), and so is its transaction; with `bb8`, a bb8
+//! `PooledConnection` of bb8-postgres's `PostgresConnectionManager<Tls>`
+//! (its transactions are tokio-postgres [`Transaction`](tokio_postgres::Transaction)s).
+//! See [`Connection`]'s implementations for examples.
+//!
 //! # Partitioned and distributed tables
 //! A target partitioned natively by part of its unique key (PostgreSQL
 //! requires a unique key of a partitioned table to contain the partition
@@ -143,6 +151,7 @@ mod engine;
 mod error;
 mod ledger;
 mod model;
+mod pools;
 mod protocol;
 mod repeats;
 pub mod retry;
@@ -228,7 +237,8 @@ pub trait BulkCreateNew: Sized + Sync {
     ///
     /// `conn` is a [`Client`](tokio_postgres::Client) (the call commits its own
     /// transaction) or a [`Transaction`](tokio_postgres::Transaction) (the
-    /// call runs in a savepoint; the caller commits or rolls back). `rows` is
+    /// call runs in a savepoint; the caller commits or rolls back), or a
+    /// pooled connection or its transaction (see [`Connection`]). `rows` is
     /// any iterator of rows or references to rows; it is consumed lazily.
     ///
     /// The call's future is `Send` when the rows and their iterator are, so

@@ -55,7 +55,7 @@ pub(crate) fn records(offered: u64) -> &'static str {
     if offered == 1 { "record" } else { "records" }
 }
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
     impl Sealed for tokio_postgres::Client {}
     impl Sealed for tokio_postgres::Transaction<'_> {}
@@ -65,6 +65,12 @@ mod sealed {
 /// transaction) or a caller's [`Transaction`] (the call works inside a
 /// savepoint, so a failed call leaves the caller's transaction usable, and the
 /// caller's rollback undoes a successful one).
+///
+/// Pooled connections work the same way, as `&mut conn`, behind cargo
+/// features: with `deadpool`, deadpool-postgres 0.14's `Object` (like a
+/// `Client`) and its `Transaction`; with `bb8`, bb8 0.9's `PooledConnection`
+/// of bb8-postgres 0.9's `PostgresConnectionManager<Tls>` (or of any manager
+/// whose connections are `Client`s), like a `Client`.
 pub trait Connection: sealed::Sealed + Send + Sync {
     /// The client the call runs on.
     #[doc(hidden)]
