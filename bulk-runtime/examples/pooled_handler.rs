@@ -3,8 +3,11 @@
 //! call, and answers with the counts, or with an HTTP-like status that says
 //! whether the client should retry.
 //!
+//! A pooled object is passed as `&mut conn`, like a `Client`: that needs
+//! bulk-runtime's `deadpool` feature (`bb8` for a bb8 pool).
+//!
 //! ```sh
-//! cargo run -p bulk-runtime --example pooled_handler
+//! cargo run -p bulk-runtime --features deadpool --example pooled_handler
 //! ```
 //!
 //! It needs the test server (`BULK_TEST_DATABASE_URL`, by default
@@ -40,8 +43,8 @@ async fn post_retweets(pool: &Pool, rows: Vec<Retweet>) -> Response {
         Ok(conn) => conn,
         Err(e) => return Response { status: 503, body: format!("no database connection: {e}") },
     };
-    // A pooled object derefs to the tokio-postgres `Client`: pass `&mut **conn`.
-    match Retweet::bulk_create_new(&mut **conn, &rows).await {
+    // The pooled object itself is the connection (feature `deadpool`).
+    match Retweet::bulk_create_new(&mut conn, &rows).await {
         Ok(outcome) => Response {
             status: 200,
             body: format!(
@@ -115,7 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     pool.get().await?.batch_execute(&Note::model().migration_sql()).await?;
     let mut conn = pool.get().await?;
-    let err = Note::bulk_create_new(&mut **conn, [Note { number: 1, text: "nul \0 byte".into() }]).await.unwrap_err();
+    let err = Note::bulk_create_new(&mut conn, [Note { number: 1, text: "nul \0 byte".into() }]).await.unwrap_err();
     let response = error_response(&err);
     println!("{} {}", response.status, response.body);
     assert_eq!(response.status, 400);

@@ -476,21 +476,25 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
     }
 
     /// Runs the call on `rows`: any iterator of rows or references to rows,
-    /// consumed lazily.
+    /// consumed lazily. `It` and `R` (inferred) are its iterator and row
+    /// types, named for the reason given at
+    /// [`bulk_create_new`](BulkCreateNew::bulk_create_new): the call stays
+    /// `Send` on rows mapped from borrowed records by a closure.
     ///
     /// # Errors
     /// As [`BulkCreateNew::bulk_create_new`], plus [`Error::Usage`] when the
     /// options do not fit the model (an unknown or key column in an upsert, a
     /// key type that does not match the key). Nothing is written when an
     /// error is returned.
-    pub async fn run<I>(self, rows: I) -> Result<M::Output, Error>
+    pub async fn run<I, It, R>(self, rows: I) -> Result<M::Output, Error>
     where
-        I: IntoIterator,
-        I::Item: Borrow<T>,
+        I: IntoIterator<IntoIter = It, Item = R>,
+        It: Iterator<Item = R>,
+        R: Borrow<T>,
     {
         if self.mode.is_plain() && self.batch_id.is_none() && self.progress.is_none() {
             // The plain call, untouched.
-            let report = protocol::bulk_create_new::<T, C, I>(self.conn, rows).await?;
+            let report = protocol::bulk_create_new::<T, C, I, It, R>(self.conn, rows).await?;
             return Ok(self.mode.__finish(report));
         }
         self.execute(futures_util::stream::iter(rows.into_iter().map(Ok))).await
@@ -527,12 +531,15 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
     /// # Ok(()) }
     /// ```
     ///
+    /// `R` (inferred) is the stream's row type, named for the same reason as
+    /// in [`run`](Self::run).
+    ///
     /// # Errors
     /// As [`run`](Self::run).
-    pub async fn run_stream<S>(self, rows: S) -> Result<M::Output, Error>
+    pub async fn run_stream<S, R>(self, rows: S) -> Result<M::Output, Error>
     where
-        S: Stream,
-        S::Item: Borrow<T>,
+        S: Stream<Item = R>,
+        R: Borrow<T>,
     {
         self.execute(rows.map(Ok)).await
     }

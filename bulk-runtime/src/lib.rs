@@ -122,6 +122,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Pools
+//! With the cargo feature `deadpool`, a deadpool-postgres pooled object is a
+//! [`Connection`] as it is (`T::bulk_create_new(&mut conn, rows)`,
+//! `T::bulk(&mut conn)`), and so is its transaction; with `bb8`, a bb8
+//! `PooledConnection` of bb8-postgres's `PostgresConnectionManager<Tls>`
+//! (its transactions are tokio-postgres [`Transaction`](tokio_postgres::Transaction)s).
+//! See [`Connection`]'s implementations for examples.
+//!
 //! # Partitioned and distributed tables
 //! A target partitioned natively by part of its unique key (PostgreSQL
 //! requires a unique key of a partitioned table to contain the partition
@@ -141,6 +149,7 @@ mod engine;
 mod error;
 mod ledger;
 mod model;
+mod pools;
 mod protocol;
 mod repeats;
 mod report;
@@ -345,21 +354,32 @@ pub trait BulkCreateNew: Sized + Sync {
     ///
     /// `conn` is a [`Client`](tokio_postgres::Client) (the call commits its own
     /// transaction) or a [`Transaction`](tokio_postgres::Transaction) (the
-    /// call runs in a savepoint; the caller commits or rolls back). `rows` is
+    /// call runs in a savepoint; the caller commits or rolls back), or a
+    /// pooled connection or its transaction (see [`Connection`]). `rows` is
     /// any iterator of rows or references to rows; it is consumed lazily.
+    ///
+    /// The call's future is `Send` when the rows and their iterator are, so
+    /// it runs in `tokio::spawn`, also on rows mapped from borrowed records
+    /// by a closure (`api.iter().map(|r| Retweet { ... })`). `It` and `R`,
+    /// the iterator and row types of `I`, are inferred; they are parameters
+    /// of their own because a future that names them as `I::IntoIter` and
+    /// `I::Item` is not `Send` for such a closure ("implementation of
+    /// `FnOnce` is not general enough": the compiler would have to prove the
+    /// closure's `Iterator` impl for every lifetime).
     ///
     /// # Errors
     /// [`Error::InvalidValue`] for a value refused on the client,
     /// [`Error::SchemaMismatch`] when the live table does not fit the model,
     /// [`Error::Database`] for anything PostgreSQL reports. Nothing of the
     /// batch is written when an error is returned.
-    fn bulk_create_new<C, I>(conn: &mut C, rows: I) -> impl Future<Output = Result<Outcome, Error>>
+    fn bulk_create_new<C, I, It, R>(conn: &mut C, rows: I) -> impl Future<Output = Result<Outcome, Error>>
     where
         C: Connection + ?Sized,
-        I: IntoIterator,
-        I::Item: Borrow<Self>,
+        I: IntoIterator<IntoIter = It, Item = R>,
+        It: Iterator<Item = R>,
+        R: Borrow<Self>,
     {
-        protocol::bulk_create_new::<Self, C, I>(conn, rows)
+        protocol::bulk_create_new::<Self, C, I, It, R>(conn, rows)
     }
 
     /// A configurable bulk call on `conn` (a [`Client`](tokio_postgres::Client)

@@ -23,7 +23,7 @@ use crate::statements::{self, Lookup, PLAIN, PLAIN_ON_CONFLICT};
 use crate::types::{self, BulkValue, ValueError};
 use crate::variants;
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
     impl Sealed for tokio_postgres::Client {}
     impl Sealed for tokio_postgres::Transaction<'_> {}
@@ -33,6 +33,12 @@ mod sealed {
 /// transaction) or a caller's [`Transaction`] (the call works inside a
 /// savepoint, so a failed call leaves the caller's transaction usable, and the
 /// caller's rollback undoes a successful one).
+///
+/// Pooled connections work the same way, as `&mut conn`, behind cargo
+/// features: with `deadpool`, deadpool-postgres 0.14's `Object` (like a
+/// `Client`) and its `Transaction`; with `bb8`, bb8 0.9's `PooledConnection`
+/// of bb8-postgres 0.9's `PostgresConnectionManager<Tls>` (or of any manager
+/// whose connections are `Client`s), like a `Client`.
 pub trait Connection: sealed::Sealed + Send + Sync {
     /// The client the call runs on.
     #[doc(hidden)]
@@ -66,16 +72,20 @@ pub const SMALL_BATCH: usize = 5000;
 
 /// Inserts every row whose unique key is not stored yet; see
 /// [`BulkCreateNew::bulk_create_new`].
-pub async fn bulk_create_new<T, C, I>(conn: &mut C, rows: I) -> Result<Outcome, Error>
+///
+/// `It` and `R` are the iterator and row types of `I`, named as parameters
+/// (see [`BulkCreateNew::bulk_create_new`]).
+pub async fn bulk_create_new<T, C, I, It, R>(conn: &mut C, rows: I) -> Result<Outcome, Error>
 where
     T: BulkCreateNew,
     C: Connection + ?Sized,
-    I: IntoIterator,
-    I::Item: Borrow<T>,
+    I: IntoIterator<IntoIter = It, Item = R>,
+    It: Iterator<Item = R>,
+    R: Borrow<T>,
 {
     let model: &'static Model = T::model();
     let mut rows = rows.into_iter();
-    let mut head: Vec<I::Item> = Vec::with_capacity(rows.size_hint().0.min(SMALL_BATCH));
+    let mut head: Vec<R> = Vec::with_capacity(rows.size_hint().0.min(SMALL_BATCH));
     while head.len() < SMALL_BATCH {
         match rows.next() {
             Some(row) => head.push(row),
@@ -95,7 +105,7 @@ where
         drop(head);
         return small_batch(conn, model, offered, arrays).await;
     }
-    match copy_batch::<T, C, _>(conn, model, head.into_iter().chain(rows)).await {
+    match copy_batch::<T, C, _, R>(conn, model, head.into_iter().chain(rows)).await {
         Ok(outcome) => Ok(outcome),
         Err(e) => Err(explain_failure(conn, model, e).await),
     }
@@ -385,12 +395,14 @@ pub(crate) async fn run_small(
 }
 
 /// The streaming path: binary COPY into the scratch table, then the insert.
-async fn copy_batch<T, C, I>(conn: &mut C, model: &'static Model, rows: I) -> Result<Outcome, Error>
+/// (`R` is a parameter, not `I::Item`, so that the future's `Send` never
+/// depends on proving `I: Iterator`; see [`bulk_create_new`].)
+async fn copy_batch<T, C, I, R>(conn: &mut C, model: &'static Model, rows: I) -> Result<Outcome, Error>
 where
     T: BulkCreateNew,
     C: Connection + ?Sized,
-    I: Iterator,
-    I::Item: Borrow<T>,
+    I: Iterator<Item = R>,
+    R: Borrow<T>,
 {
     let plan = model.plan();
     let db = |step: Step| db_error(model, step);

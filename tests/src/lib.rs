@@ -135,7 +135,13 @@ impl TestDb {
 
     /// A new connection with `search_path` set to the test's schema.
     pub async fn connect(&self) -> Client {
-        connect_config(&config(DATABASE, Some(&self.schema))).await
+        connect_config(&self.config()).await
+    }
+
+    /// The settings [`connect`](Self::connect) uses (for a pool): every
+    /// session's `search_path` is the test's schema.
+    pub fn config(&self) -> Config {
+        config(DATABASE, Some(&self.schema))
     }
 
     /// A new connection with the default `search_path`.

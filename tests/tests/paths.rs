@@ -86,6 +86,69 @@ async fn the_call_is_send_and_runs_in_spawned_tasks() {
     db.drop().await;
 }
 
+/// A record as an API returns it, mapped into `Item` rows by a closure.
+struct ApiRecord {
+    id: i64,
+    name: String,
+}
+
+/// Rows mapped from borrowed records by a closure, inside `tokio::spawn`:
+/// the plain call, the builder and a stream, each on both paths (the future
+/// must be `Send`, and the rows are still read lazily from the iterator).
+#[tokio::test]
+async fn mapped_rows_run_in_spawned_tasks() {
+    use futures_util::StreamExt;
+
+    let db = TestDb::new("paths_spawn_mapped").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Item::model().migration_sql()).await.unwrap();
+    let n = bulk_tests::COPY_BATCH as i64;
+    let api: Vec<ApiRecord> = (0..6 * n).map(|id| ApiRecord { id, name: format!("record {id}") }).collect();
+    let handle = tokio::spawn(async move {
+        let to_row = |r: &ApiRecord| Item { k: r.id, label: r.name.clone(), note: None };
+        let page = |p: i64| &api[(p * n) as usize..((p + 1) * n) as usize];
+        let mut counts = Vec::new();
+        for (p, short) in [(0, true), (1, false)] {
+            let records = if short { &page(p)[..10] } else { page(p) };
+            let o = Item::bulk_create_new(
+                &mut client,
+                records.iter().map(|r| Item { k: r.id, label: r.name.clone(), note: None }),
+            )
+            .await
+            .unwrap();
+            counts.push((o.offered, o.inserted));
+        }
+        for (p, short) in [(2, true), (3, false)] {
+            let records = if short { &page(p)[..10] } else { page(p) };
+            let r = Item::bulk(&mut client).returning_keys().run(records.iter().map(to_row)).await.unwrap();
+            counts.push((r.offered, r.returned.len() as u64));
+            let r = Item::bulk(&mut client)
+                .upsert(bulk_runtime::Upsert::columns(["note"]))
+                .run(records.iter().map(|r| Item { note: Some(format!("seen {}", r.id)), ..to_row(r) }))
+                .await
+                .unwrap();
+            counts.push((r.offered, r.updated));
+        }
+        for (p, short) in [(4, true), (5, false)] {
+            let records = if short { &page(p)[..10] } else { page(p) };
+            let rows = futures_util::stream::iter(records).map(|r| Item { k: r.id, label: r.name.clone(), note: None });
+            let r = Item::bulk(&mut client).run_stream(rows).await.unwrap();
+            counts.push((r.offered, r.inserted));
+        }
+        counts
+    });
+    let counts = handle.await.unwrap();
+    let (n, short) = (n as u64, 10);
+    assert_eq!(
+        counts,
+        [(short, short), (n, n), (short, short), (short, short), (n, n), (n, n), (short, short), (n, n)]
+    );
+    let client = db.connect().await;
+    let notes: i64 = client.query_one("SELECT count(*) FROM item WHERE note LIKE 'seen %'", &[]).await.unwrap().get(0);
+    assert_eq!(notes as u64, short + n);
+    db.drop().await;
+}
+
 /// The small path keeps a prepared statement per connection; when the server
 /// forgets it (`DEALLOCATE ALL`, `DISCARD ALL`, a new connection that took the
 /// old client's place), the call must still work, with exact counts.
