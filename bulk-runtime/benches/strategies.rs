@@ -288,20 +288,31 @@ fn values_sql(rows: usize) -> String {
     sql
 }
 
+/// The rows' three columns, as `unnest`'s array parameters.
+fn columns<'r>(rows: impl Iterator<Item = &'r Retweet> + Clone) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    (
+        rows.clone().map(|r| r.tweet).collect(),
+        rows.clone().map(|r| r.retweeter).collect(),
+        rows.map(|r| r.original_author).collect(),
+    )
+}
+
+/// The call, or the ceiling (a COPY of the new rows), which need no
+/// prepared statement of the benchmark's.
+async fn run_unprepared(strategy: Strategy, client: &mut Client, case: &Case) -> Result<u64, String> {
+    if strategy == Strategy::Ceiling {
+        return Ok(copy_rows(client, TABLE, &case.new_rows).await);
+    }
+    Retweet::bulk_create_new(client, &case.batch).await.map(|o| o.inserted).map_err(|e| e.to_string())
+}
+
 /// Runs one strategy; returns rows inserted, or the error text.
 async fn run(strategy: Strategy, client: &mut Client, prepared: &mut Prepared, case: &Case) -> Result<u64, String> {
     let err = |e: tokio_postgres::Error| format!("{e:?}");
     match strategy {
-        Strategy::Bulk => {
-            Retweet::bulk_create_new(client, &case.batch).await.map(|o| o.inserted).map_err(|e| e.to_string())
-        }
-        Strategy::Ceiling => Ok(copy_rows(client, TABLE, &case.new_rows).await),
+        Strategy::Bulk | Strategy::Ceiling => run_unprepared(strategy, client, case).await,
         Strategy::Unnest => {
-            let (a, b, c): (Vec<i64>, Vec<i64>, Vec<i64>) = (
-                case.batch.iter().map(|r| r.tweet).collect(),
-                case.batch.iter().map(|r| r.retweeter).collect(),
-                case.batch.iter().map(|r| r.original_author).collect(),
-            );
+            let (a, b, c) = columns(case.batch.iter());
             client.execute(&prepared.unnest, &[&a, &b, &c]).await.map_err(err)
         }
         Strategy::UnnestSorted => {
@@ -310,11 +321,7 @@ async fn run(strategy: Strategy, client: &mut Client, prepared: &mut Prepared, c
             // it shows what the key order alone costs on the short path.
             let mut rows: Vec<&Retweet> = case.batch.iter().collect();
             rows.sort_by_key(|r| (r.tweet, r.retweeter));
-            let (a, b, c): (Vec<i64>, Vec<i64>, Vec<i64>) = (
-                rows.iter().map(|r| r.tweet).collect(),
-                rows.iter().map(|r| r.retweeter).collect(),
-                rows.iter().map(|r| r.original_author).collect(),
-            );
+            let (a, b, c) = columns(rows.iter().copied());
             client.execute(&prepared.unnest, &[&a, &b, &c]).await.map_err(err)
         }
         Strategy::Values => {
@@ -832,16 +839,9 @@ async fn models_run() {
 async fn run_fresh(strategy: Strategy, client: &mut Client, case: &Case) -> Result<u64, String> {
     let err = |e: tokio_postgres::Error| format!("{e:?}");
     match strategy {
-        Strategy::Bulk => {
-            Retweet::bulk_create_new(client, &case.batch).await.map(|o| o.inserted).map_err(|e| e.to_string())
-        }
-        Strategy::Ceiling => Ok(copy_rows(client, TABLE, &case.new_rows).await),
+        Strategy::Bulk | Strategy::Ceiling => run_unprepared(strategy, client, case).await,
         Strategy::Unnest => {
-            let (a, b, c): (Vec<i64>, Vec<i64>, Vec<i64>) = (
-                case.batch.iter().map(|r| r.tweet).collect(),
-                case.batch.iter().map(|r| r.retweeter).collect(),
-                case.batch.iter().map(|r| r.original_author).collect(),
-            );
+            let (a, b, c) = columns(case.batch.iter());
             let sql = format!(
                 "INSERT INTO {TABLE} {UPSERT_COLS} SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) \
                  ON CONFLICT (tweet, retweeter) DO NOTHING"

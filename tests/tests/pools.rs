@@ -79,6 +79,26 @@ async fn calls_in_transaction<C: Connection>(tx: &mut C, rows: &[Contended]) -> 
     first.inserted
 }
 
+/// On both paths, calls inside `$conn`'s own transaction type: undone by its
+/// rollback, kept by its commit. (A macro: the two pools' transaction types
+/// share no trait.)
+macro_rules! rolled_back_then_committed {
+    ($conn:ident) => {
+        for (from, len) in [(1_000_000, 10), (2_000_000, COPY_BATCH)] {
+            let rows = fresh(from, len);
+            let before = count(&$conn, "contended").await;
+            let mut tx = $conn.transaction().await.unwrap();
+            calls_in_transaction(&mut tx, &rows).await;
+            tx.rollback().await.unwrap();
+            assert_eq!(count(&$conn, "contended").await, before, "rolled back");
+            let mut tx = $conn.transaction().await.unwrap();
+            let inserted = calls_in_transaction(&mut tx, &rows).await;
+            tx.commit().await.unwrap();
+            assert_eq!(count(&$conn, "contended").await, before + inserted as i64, "committed");
+        }
+    };
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadpool_objects_and_their_transactions() {
     let db = TestDb::new("pools_deadpool").await;
@@ -108,18 +128,7 @@ async fn deadpool_objects_and_their_transactions() {
 
     // Inside the pooled object's own transaction type, on both paths.
     let mut conn = pool.get().await.unwrap();
-    for (from, len) in [(1_000_000, 10), (2_000_000, COPY_BATCH)] {
-        let rows = fresh(from, len);
-        let before = count(&conn, "contended").await;
-        let mut tx = conn.transaction().await.unwrap();
-        calls_in_transaction(&mut tx, &rows).await;
-        tx.rollback().await.unwrap();
-        assert_eq!(count(&conn, "contended").await, before, "rolled back");
-        let mut tx = conn.transaction().await.unwrap();
-        let inserted = calls_in_transaction(&mut tx, &rows).await;
-        tx.commit().await.unwrap();
-        assert_eq!(count(&conn, "contended").await, before + inserted as i64, "committed");
-    }
+    rolled_back_then_committed!(conn);
     drop(conn);
     pool.close();
     db.drop().await;
@@ -160,18 +169,7 @@ async fn bb8_connections_and_their_transactions() {
 
     // Inside the pooled connection's transaction (a tokio-postgres one).
     let mut conn = pool.get().await.unwrap();
-    for (from, len) in [(1_000_000, 10), (2_000_000, COPY_BATCH)] {
-        let rows = fresh(from, len);
-        let before = count(&conn, "contended").await;
-        let mut tx = conn.transaction().await.unwrap();
-        calls_in_transaction(&mut tx, &rows).await;
-        tx.rollback().await.unwrap();
-        assert_eq!(count(&conn, "contended").await, before, "rolled back");
-        let mut tx = conn.transaction().await.unwrap();
-        let inserted = calls_in_transaction(&mut tx, &rows).await;
-        tx.commit().await.unwrap();
-        assert_eq!(count(&conn, "contended").await, before + inserted as i64, "committed");
-    }
+    rolled_back_then_committed!(conn);
     drop(conn);
     drop(pool);
     db.drop().await;
