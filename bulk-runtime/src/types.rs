@@ -471,8 +471,14 @@ fn check_text(s: &str) -> Result<(), ValueError> {
     }
 }
 
+/// The column impls of scalar types: `scalar!(Pg => T)` for an owned type
+/// (its key reads back as itself), `scalar!(Pg as Owned => T, ...)` for
+/// types whose key reads back as `Owned`.
 macro_rules! scalar {
-    ($pg:ident => $($t:ty),+ $(,)?) => {$(
+    ($pg:ident => $t:ty) => {
+        scalar!($pg as $t => $t);
+    };
+    ($pg:ident as $owned:ty => $($t:ty),+ $(,)?) => {$(
         impl BulkValue for $t {
             #[inline]
             fn check(&self) -> Result<(), ValueError> { Ok(()) }
@@ -486,6 +492,9 @@ macro_rules! scalar {
         }
         impl NonOptionColumn for $t {}
         impl NonNullColumn for $t {}
+        impl KeyColumn for $t {
+            type Owned = $owned;
+        }
     )+};
 }
 
@@ -504,6 +513,9 @@ macro_rules! text {
         }
         impl NonOptionColumn for $t {}
         impl NonNullColumn for $t {}
+        impl KeyColumn for $t {
+            type Owned = String;
+        }
     )+};
 }
 
@@ -513,7 +525,7 @@ scalar!(Int8 => i64);
 scalar!(Float4 => f32);
 scalar!(Float8 => f64);
 scalar!(Bool => bool);
-scalar!(Bytea => Vec<u8>, &[u8], Cow<'_, [u8]>);
+scalar!(Bytea as Vec<u8> => Vec<u8>, &[u8], Cow<'_, [u8]>);
 text!(String, &str, Cow<'_, str>, Box<str>);
 
 #[cfg(feature = "chrono")]
@@ -708,45 +720,10 @@ pub trait KeyColumn {
     type Owned: for<'a> tokio_postgres::types::FromSql<'a> + Send + 'static;
 }
 
-macro_rules! key_as {
-    ($owned:ty => $($t:ty),+ $(,)?) => {$(
-        impl KeyColumn for $t {
-            type Owned = $owned;
-        }
-    )+};
-}
-
-key_as!(i16 => i16);
-key_as!(i32 => i32);
-key_as!(i64 => i64);
-key_as!(f32 => f32);
-key_as!(f64 => f64);
-key_as!(bool => bool);
-key_as!(Vec<u8> => Vec<u8>, &[u8], Cow<'_, [u8]>);
-key_as!(String => String, &str, Cow<'_, str>, Box<str>);
-#[cfg(feature = "chrono")]
-key_as!(chrono::NaiveDate => chrono::NaiveDate);
-#[cfg(feature = "chrono")]
-key_as!(chrono::NaiveDateTime => chrono::NaiveDateTime);
-#[cfg(feature = "chrono")]
-key_as!(chrono::DateTime<chrono::Utc> => chrono::DateTime<chrono::Utc>);
-#[cfg(feature = "uuid")]
-key_as!(uuid::Uuid => uuid::Uuid);
 #[cfg(feature = "json")]
-key_as!(serde_json::Value => serde_json::Value);
-#[cfg(feature = "chrono")]
-key_as!(chrono::NaiveTime => chrono::NaiveTime);
-#[cfg(feature = "decimal")]
-key_as!(rust_decimal::Decimal => rust_decimal::Decimal);
-#[cfg(feature = "time")]
-key_as!(time::Date => time::Date);
-#[cfg(feature = "time")]
-key_as!(time::PrimitiveDateTime => time::PrimitiveDateTime);
-#[cfg(feature = "time")]
-key_as!(time::OffsetDateTime => time::OffsetDateTime);
-#[cfg(feature = "time")]
-key_as!(time::Time => time::Time);
-key_as!(std::net::IpAddr => std::net::IpAddr);
+impl KeyColumn for serde_json::Value {
+    type Owned = serde_json::Value;
+}
 #[cfg(feature = "json")]
 impl<T: serde::de::DeserializeOwned + Send + 'static> KeyColumn for tokio_postgres::types::Json<T> {
     type Owned = tokio_postgres::types::Json<T>;
