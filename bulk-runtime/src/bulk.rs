@@ -11,13 +11,14 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Type};
 
 use crate::BulkCreateNew;
+use crate::connection::Connection;
 use crate::engine::{self, BoxError, Call, Kind};
 use crate::error::{Error, type_name};
 use crate::ledger::{self, Ledger};
 use crate::model::{Column, Model};
-use crate::protocol::{self, Connection};
+use crate::protocol;
 use crate::report::Report;
-use crate::variants::{Keep, UpdateSet};
+use crate::sql::variants::{Keep, UpdateSet};
 
 /// One row inserted by a [`returning_keys`](Bulk::returning_keys) call.
 #[derive(Debug, Clone, PartialEq, Eq)]

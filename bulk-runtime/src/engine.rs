@@ -17,18 +17,19 @@ use tokio_postgres::{Client, Row, RowStream, Statement};
 use crate::BulkCreateNew;
 use crate::bulk::Progress;
 use crate::bulk::private::Run;
+use crate::connection::Connection;
 use crate::error::{Error, Step};
 use crate::ledger::{self, Claim, Fingerprint, Ledger};
 use crate::model::Model;
 use crate::protocol::{
-    Connection, CopyWriter, Encoded, Form, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered, encode_row,
+    CopyWriter, Encoded, Form, SMALL_BATCH, db_error, encode_arrays, encode_arrays_key_ordered, encode_row,
     explain_failure, insert_error, insert_from_scratch, run_small, sort_memory_kb, use_scratch,
 };
 use crate::report::Report;
 use crate::schema::{self, KeyShape};
 use crate::scope::Scope;
+use crate::sql::variants::{self, Keep, Returned, Source, UpdateSet};
 use crate::statements::{self, Lookup};
-use crate::variants::{self, Keep, Returned, Source, UpdateSet};
 
 /// The error a stream of rows may yield.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,7 +96,7 @@ where
         }
         // The plain statement of a client-ordered model takes the rows in key
         // order and no ordinals (see `Plan::client_ordered`).
-        let arrays = if matches!(call.kind, Kind::CreateNew) && model.plan().client_ordered {
+        let arrays = if matches!(call.kind, Kind::CreateNew) && crate::sql::plan(model).client_ordered {
             encode_arrays_key_ordered::<T, _>(model, &head)?
         } else {
             encode_arrays::<T>(model, head.iter().map(|r| r.borrow()))?
@@ -115,7 +116,7 @@ where
 /// The fingerprint of a short batch: its rows' binary COPY encoding, as the
 /// COPY path computes it while streaming (see [`Fingerprint`]).
 fn fingerprint<T: BulkCreateNew, R: Borrow<T>>(model: &'static Model, rows: &[R]) -> Result<Fingerprint, Error> {
-    let types = &model.plan().copy_types;
+    let types = &crate::sql::plan(model).copy_types;
     let mut fingerprint = Fingerprint::new();
     let mut buf = BytesMut::new();
     for (i, row) in rows.iter().enumerate() {
@@ -136,7 +137,7 @@ async fn small<C: Connection + ?Sized>(
     call: &mut Call<'_>,
 ) -> Result<Report, Error> {
     let types = match call.kind {
-        Kind::CreateNew => model.plan().small_types.clone(),
+        Kind::CreateNew => crate::sql::plan(model).small_types.clone(),
         _ => variants::array_types(model, false),
     };
     let params: Vec<(&(dyn ToSql + Sync), Type)> =
@@ -359,7 +360,7 @@ async fn prepare(
 /// Whether the target has the model's id column with an integer type.
 async fn id_usable(client: &Client, model: &'static Model) -> Result<bool, Error> {
     let Some(id) = model.id_column() else { return Ok(false) };
-    let target = model.plan().target_regclass.as_str();
+    let target = crate::sql::plan(model).target_regclass.as_str();
     let row = client
         .query_typed(variants::ID_COLUMN_USABLE, &[(&target, Type::TEXT), (&id, Type::TEXT)])
         .await
@@ -438,7 +439,7 @@ where
     S: Stream<Item = Result<R, BoxError>>,
     R: Borrow<T>,
 {
-    let plan = model.plan();
+    let plan = crate::sql::plan(model);
     let db = |step: Step| db_error(model, step);
     let nested = conn.nested();
     let mut scope = Scope::begin(conn.client(), nested).await.map_err(db(Step::Begin))?;

@@ -316,7 +316,7 @@ pub(crate) async fn claim(
     batch_id: &str,
     fingerprint: &Fingerprint,
 ) -> Result<Claim, Error> {
-    let target = model.plan().target_regclass.as_str();
+    let target = crate::sql::plan(model).target_regclass.as_str();
     let fingerprint = fingerprint.text(model);
     let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] =
         [(&target, Type::TEXT), (&batch_id, Type::TEXT), (&fingerprint, Type::TEXT)];

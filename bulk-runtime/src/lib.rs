@@ -144,12 +144,12 @@
 extern crate self as bulk_runtime;
 
 mod bulk;
+mod connection;
 mod contention;
 mod engine;
 mod error;
 mod ledger;
 mod model;
-mod pools;
 mod protocol;
 mod repeats;
 mod report;
@@ -159,7 +159,6 @@ mod scope;
 mod sql;
 mod statements;
 pub mod types;
-mod variants;
 
 use std::borrow::Borrow;
 use std::future::Future;
@@ -168,20 +167,21 @@ pub use bulk::{
     Bulk, CreateNew, FromKey, Mode, NewRow, Progress, ReturningKeys, ReturningKeysWith, ReturningSkipped, UpdateColumn,
     Upsert, Upserting,
 };
+pub use connection::Connection;
 pub use engine::BoxError;
 pub use error::{Error, SchemaProblem, Step};
 pub use ledger::Ledger;
 pub use model::{Column, Model, quote_ident};
-pub use protocol::{Connection, bulk_create_new};
+pub use protocol::bulk_create_new;
 pub use report::{Outcome, Report};
 pub use types::{BulkColumn, BulkValue, NonNullColumn, NonOptionColumn, PgType, ValueError};
 
+pub use sql::variants::Keep;
 /// Typed JSON for a `jsonb` column: `Json(value)` stores any
 /// `T: serde::Serialize + Debug`, and reads back as `Json<T>` for
 /// `T: serde::Deserialize` (tokio-postgres's wrapper, re-exported).
 #[cfg(feature = "json")]
 pub use tokio_postgres::types::Json;
-pub use variants::Keep;
 
 /// The tokio-postgres this crate is built on, re-exported: connect with
 /// `bulk_runtime::tokio_postgres` and the [`Client`](tokio_postgres::Client)
@@ -505,7 +505,7 @@ pub mod __private {
 
     /// The protocol's SQL for `model`.
     pub fn protocol_sql(model: &'static Model) -> ProtocolSql {
-        let plan = model.plan();
+        let plan = crate::sql::plan(model);
         ProtocolSql {
             create_scratch: &plan.create_scratch,
             copy: &plan.copy,

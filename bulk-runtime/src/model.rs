@@ -2,6 +2,7 @@
 //!
 //! The derive emits a [`Model`] per struct; the runtime turns it into SQL.
 
+use std::any::Any;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
@@ -10,7 +11,7 @@ use sea_query::{
     TableRef,
 };
 
-use crate::sql::Plan;
+use crate::contention::Contention;
 use crate::types::PgType;
 
 /// One stored field of a model.
@@ -85,7 +86,12 @@ pub struct Model {
     nulls_not_distinct: bool,
     columns: &'static [Column],
     unique: &'static [usize],
-    plan: OnceLock<Plan>,
+    /// The runtime's SQL for the model, built on first use (`sql::plan`);
+    /// this module does not know its type, so it depends on nothing above it.
+    plan: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// How often the insert's plain form met a key another writer stored
+    /// meanwhile (see [`contention`](crate::contention)).
+    contention: Contention,
 }
 
 impl Model {
@@ -99,7 +105,17 @@ impl Model {
         columns: &'static [Column],
         unique: &'static [usize],
     ) -> Self {
-        Model { struct_name, schema, table, id, nulls_not_distinct, columns, unique, plan: OnceLock::new() }
+        Model {
+            struct_name,
+            schema,
+            table,
+            id,
+            nulls_not_distinct,
+            columns,
+            unique,
+            plan: OnceLock::new(),
+            contention: Contention::new(),
+        }
     }
 
     /// Whether every batch must take the COPY path: a column's values cannot
@@ -159,8 +175,16 @@ impl Model {
         }
     }
 
-    pub(crate) fn plan(&'static self) -> &'static Plan {
-        self.plan.get_or_init(|| Plan::new(self))
+    /// The value cached for the model by `init` on first use: the SQL
+    /// plan of [`sql::plan`](crate::sql::plan), the only caller.
+    pub(crate) fn cached<P: Any + Send + Sync>(&'static self, init: impl FnOnce() -> P) -> &'static P {
+        let any = self.plan.get_or_init(|| Box::new(init()));
+        any.downcast_ref().expect("a model caches one type of plan")
+    }
+
+    /// The contention counter of the model's inserts.
+    pub(crate) fn contention(&self) -> &Contention {
+        &self.contention
     }
 
     /// `CREATE TABLE IF NOT EXISTS` for the model: the columns, NOT NULL for

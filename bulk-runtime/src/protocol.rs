@@ -7,9 +7,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type};
-use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage, Transaction};
+use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage};
 
 use crate::BulkCreateNew;
+use crate::connection::Connection;
 use crate::error::{Error, SchemaProblem, Step};
 use crate::ledger::Fingerprint;
 use crate::model::{Column, Model, quote_ident};
@@ -19,52 +20,9 @@ use crate::schema::{self, KeyShape};
 use crate::scope::Scope;
 use crate::sql;
 use crate::sql::KeyForm;
+use crate::sql::variants;
 use crate::statements::{self, Lookup, PLAIN, PLAIN_ON_CONFLICT};
 use crate::types::{self, BulkValue, ValueError};
-use crate::variants;
-
-pub(crate) mod sealed {
-    pub trait Sealed {}
-    impl Sealed for tokio_postgres::Client {}
-    impl Sealed for tokio_postgres::Transaction<'_> {}
-}
-
-/// Where a bulk call runs: a [`Client`] (the call opens and commits its own
-/// transaction) or a caller's [`Transaction`] (the call works inside a
-/// savepoint, so a failed call leaves the caller's transaction usable, and the
-/// caller's rollback undoes a successful one).
-///
-/// Pooled connections work the same way, as `&mut conn`, behind cargo
-/// features: with `deadpool`, deadpool-postgres 0.14's `Object` (like a
-/// `Client`) and its `Transaction`; with `bb8`, bb8 0.9's `PooledConnection`
-/// of bb8-postgres 0.9's `PostgresConnectionManager<Tls>` (or of any manager
-/// whose connections are `Client`s), like a `Client`.
-pub trait Connection: sealed::Sealed + Send + Sync {
-    /// The client the call runs on.
-    #[doc(hidden)]
-    fn client(&self) -> &Client;
-    /// Whether the call runs inside a caller's transaction.
-    #[doc(hidden)]
-    fn nested(&self) -> bool;
-}
-
-impl Connection for Client {
-    fn client(&self) -> &Client {
-        self
-    }
-    fn nested(&self) -> bool {
-        false
-    }
-}
-
-impl Connection for Transaction<'_> {
-    fn client(&self) -> &Client {
-        Transaction::client(self)
-    }
-    fn nested(&self) -> bool {
-        true
-    }
-}
 
 /// Batches shorter than this take the one-statement path (arrays bound as
 /// parameters, one round trip); longer ones stream through binary COPY.
@@ -97,7 +55,7 @@ where
     }
     if head.len() < SMALL_BATCH && !model.copy_only() {
         let offered = head.len() as u64;
-        let arrays = if model.plan().client_ordered {
+        let arrays = if crate::sql::plan(model).client_ordered {
             encode_arrays_key_ordered::<T, _>(model, &head)?
         } else {
             encode_arrays::<T>(model, head.iter().map(|r| r.borrow()))?
@@ -131,14 +89,14 @@ pub(crate) async fn use_scratch(tx: &Client, model: &'static Model, exists: bool
         .query_typed(
             "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class AS c \
              WHERE c.oid = pg_catalog.to_regclass($1)",
-            &[(&old.plan().scratch_regclass, Type::TEXT)],
+            &[(&crate::sql::plan(old).scratch_regclass, Type::TEXT)],
         )
         .await
         .map_err(db_error(model, Step::Scratch))?
         .first()
         .is_some_and(|r| r.get::<_, bool>(0));
     if droppable {
-        let sql = format!("DROP TABLE IF EXISTS pg_temp.{}", quote_ident(&old.plan().scratch));
+        let sql = format!("DROP TABLE IF EXISTS pg_temp.{}", quote_ident(&crate::sql::plan(old).scratch));
         tx.batch_execute(&sql).await.map_err(db_error(model, Step::Scratch))?;
     }
     Ok(())
@@ -148,7 +106,7 @@ pub(crate) async fn use_scratch(tx: &Client, model: &'static Model, exists: bool
 /// table (which also marks the session as checked).
 pub(crate) async fn ensure_scratch(tx: &Client, model: &'static Model) -> Result<(), Error> {
     let shape = schema::verify(tx, model).await?;
-    let plan = model.plan();
+    let plan = crate::sql::plan(model);
     // Key columns compared otherwise than the model's types (citext, a
     // collation) take the table's type and collation in the scratch table.
     let create = if shape.is_plain() { plan.create_scratch.clone() } else { sql::scratch_ddl(model, &shape) };
@@ -173,8 +131,11 @@ async fn small_batch<C: Connection + ?Sized>(
     offered: u64,
     arrays: Vec<Encoded>,
 ) -> Result<Outcome, Error> {
-    let params: Vec<(&(dyn ToSql + Sync), Type)> =
-        arrays.iter().zip(&model.plan().small_types).map(|(a, t)| (a as &(dyn ToSql + Sync), t.clone())).collect();
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
+        .iter()
+        .zip(&crate::sql::plan(model).small_types)
+        .map(|(a, t)| (a as &(dyn ToSql + Sync), t.clone()))
+        .collect();
     let mut form = Form::first(model, offered as usize);
     loop {
         let mut result = small_attempt(conn, model, &params, true, form).await;
@@ -217,7 +178,7 @@ pub const PLAIN_FROM: usize = 128;
 impl Form {
     /// The form of the first attempt of a call on `rows` rows.
     pub(crate) fn first(model: &'static Model, rows: usize) -> Form {
-        if rows >= PLAIN_FROM && model.plan().contention.try_plain() { Form::Plain } else { Form::OnConflict }
+        if rows >= PLAIN_FROM && model.contention().try_plain() { Form::Plain } else { Form::OnConflict }
     }
 
     /// Counts the outcome of an attempt in this form; returns the form to run
@@ -227,7 +188,7 @@ impl Form {
         if self != Form::Plain {
             return None;
         }
-        let contention = &model.plan().contention;
+        let contention = model.contention();
         match result {
             // A key stored meanwhile, or the guard found no unique index
             // to rely on (see `sql::key_index_guard`): the attempt wrote
@@ -262,7 +223,7 @@ impl Form {
     /// The text of the plain call's short-batch statement in this form, for
     /// a table whose key compares as `shape` says.
     fn small_sql(self, model: &'static Model, shape: &KeyShape) -> Cow<'static, str> {
-        let plan = model.plan();
+        let plan = crate::sql::plan(model);
         match (self, shape.is_plain()) {
             (Form::Plain, true) => Cow::Borrowed(&plan.small_insert_plain),
             (Form::OnConflict, true) => Cow::Borrowed(&plan.small_insert),
@@ -299,7 +260,7 @@ pub(crate) async fn explain_failure<C: Connection + ?Sized>(
         || (error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
             && error.db_error().is_some_and(|db| db.message().contains(variants::KEY_CHANGED)));
     if key_changed {
-        let target = model.plan().target_regclass.as_str();
+        let target = crate::sql::plan(model).target_regclass.as_str();
         let triggers = match conn.client().query_typed(BEFORE_INSERT_TRIGGERS, &[(&target, Type::TEXT)]).await {
             Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
             Err(_) => return error,
@@ -354,7 +315,7 @@ pub(crate) async fn run_small(
         Lookup::Prepared(statement) => Ok(statement),
         Lookup::Prepare | Lookup::Unnamed => {
             let prepared = matches!(found, Lookup::Prepare);
-            let plan = model.plan();
+            let plan = crate::sql::plan(model);
             if prepared {
                 // The check and the prepare of the statement for a table
                 // that compares keys as the model does go out together (one
@@ -404,7 +365,7 @@ where
     I: Iterator<Item = R>,
     R: Borrow<T>,
 {
-    let plan = model.plan();
+    let plan = crate::sql::plan(model);
     let db = |step: Step| db_error(model, step);
     let nested = conn.nested();
     let mut scope = Scope::begin(conn.client(), nested).await.map_err(db(Step::Begin))?;
@@ -468,7 +429,7 @@ pub(crate) async fn insert_from_scratch(
     sort_kb: Option<u64>,
     and_commit: bool,
 ) -> Result<u64, Error> {
-    let plan = model.plan();
+    let plan = crate::sql::plan(model);
     let tx = scope.client();
     let fail = |source| insert_error(model, source);
     let nested = scope.nested();
@@ -681,7 +642,7 @@ pub(crate) fn encode_arrays_key_ordered<T: BulkCreateNew, R: Borrow<T>>(
     model: &'static Model,
     rows: &[R],
 ) -> Result<Vec<Encoded>, Error> {
-    match &model.plan().key_form {
+    match &crate::sql::plan(model).key_form {
         Some(form) if form.packs() => encode_arrays_packed(model, rows, form),
         _ => encode_arrays_sorted(model, rows),
     }
@@ -698,7 +659,7 @@ fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
     let key: Vec<&Column> = model.unique_key().collect();
     let key: Vec<(usize, &Column)> =
         key.iter().filter_map(|k| columns.iter().position(|c| std::ptr::eq(c, *k)).map(|i| (i, *k))).collect();
-    let order = first_of_each_key_in_order(&cols, &key, model.plan().key_form.as_ref());
+    let order = first_of_each_key_in_order(&cols, &key, crate::sql::plan(model).key_form.as_ref());
     Ok((0..columns.len())
         .map(|c| {
             // Whether the kept rows (not the dropped repeats) hold a NULL here.
@@ -724,7 +685,7 @@ fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
     key: &KeyForm,
 ) -> Result<Vec<Encoded>, Error> {
     let columns = model.columns();
-    let types = &model.plan().copy_types[1..];
+    let types = &crate::sql::plan(model).copy_types[1..];
     let invalid = |row: usize, c: usize, source| Error::InvalidValue { row, field: columns[c].field(), source };
     let mut value_buf = BytesMut::with_capacity(16);
     let mut keyed: Vec<(u128, usize)> = Vec::with_capacity(rows.len());
@@ -857,19 +818,19 @@ impl CopyWriter {
         // (a missing scratch table) leaves the connection as it was, but one
         // refused when it starts (a permission) leaves tokio-postgres's
         // connection unusable, and the error says so.
-        let statement = tx.prepare(&model.plan().copy).await.map_err(db_error(model, Step::Copy))?;
+        let statement = tx.prepare(&crate::sql::plan(model).copy).await.map_err(db_error(model, Step::Copy))?;
         let sink = tx.copy_in::<_, Bytes>(&statement).await.map_err(|e| db_error(model, Step::Copy)(e).broken())?;
         let mut buf = BytesMut::with_capacity(CHUNK + 4096);
         buf.put_slice(COPY_HEADER);
         Ok(CopyWriter {
             sink: Box::pin(sink),
             buf,
-            types: &model.plan().copy_types,
+            types: &crate::sql::plan(model).copy_types,
             offered: 0,
             sent_bytes: 0,
             unsent: false,
             repeats: if watch_repeats { Some(Repeats::new()) } else { None },
-            key_columns: &model.plan().key_columns,
+            key_columns: &crate::sql::plan(model).key_columns,
             fingerprint: None,
         })
     }
@@ -1057,7 +1018,7 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 33) as i64
         };
-        for form in [&Packed::model().plan().key_form, &Flags::model().plan().key_form] {
+        for form in [&crate::sql::plan(Packed::model()).key_form, &crate::sql::plan(Flags::model()).key_form] {
             assert!(form.as_ref().is_some_and(KeyForm::packs), "{form:?}");
         }
         for len in [1, 2, 10, 300] {

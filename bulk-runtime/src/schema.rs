@@ -138,7 +138,7 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
 }
 
 async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>, KeyShape), tokio_postgres::Error> {
-    let name = model.plan().target_regclass.as_str();
+    let name = crate::sql::plan(model).target_regclass.as_str();
     let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
     // The catalog queries go out together: one round trip.
     let (live, resolved, indexes) = futures_util::future::try_join3(

@@ -9,10 +9,11 @@ use sea_query::{
 };
 use tokio_postgres::types::Type;
 
-use crate::contention::Contention;
 use crate::model::{Column, Model, fnv1a, quote_ident};
 use crate::schema::KeyShape;
 use crate::types::{PgType, fixed_width};
+
+pub(crate) mod variants;
 
 /// Name of the scratch table's ordinal column: the position of the row in the
 /// batch, so that the first offered row of a key wins deterministically.
@@ -67,9 +68,11 @@ pub(crate) struct Plan {
     /// For a client-ordered key of fixed-width columns: where each key
     /// column's sort form goes in a row's key form.
     pub key_form: Option<KeyForm>,
-    /// How often the plain first attempt met a key stored meanwhile by
-    /// another writer, which decides whether a call tries it.
-    pub contention: Contention,
+}
+
+/// The plan of `model`, built once per process.
+pub(crate) fn plan(model: &'static Model) -> &'static Plan {
+    model.cached(|| Plan::new(model))
 }
 
 impl Plan {
@@ -128,7 +131,6 @@ impl Plan {
             small_types,
             client_ordered,
             key_form,
-            contention: Contention::new(),
         }
     }
 }
@@ -243,7 +245,7 @@ pub(crate) fn scratch_ddl(model: &'static Model, shape: &KeyShape) -> String {
     }
     format!(
         "CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS",
-        quote_ident(&model.plan().scratch),
+        quote_ident(&crate::sql::plan(model).scratch),
         cols.join(", ")
     )
 }

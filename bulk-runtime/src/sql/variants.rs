@@ -122,7 +122,7 @@ fn source(model: &'static Model, source: Source<'_>, mask: bool) -> String {
             }
             sql::unnest_source(model, "\"u\"", &arrays, &names, shape)
         }
-        Source::Scratch => format!("pg_temp.{} AS \"u\"", q(&model.plan().scratch)),
+        Source::Scratch => format!("pg_temp.{} AS \"u\"", q(&crate::sql::plan(model).scratch)),
     }
 }
 
@@ -293,7 +293,7 @@ pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep) -> S
          SELECT (SELECT count(*) FROM \"ins\"), (SELECT count(*) FROM \"src\") WHERE {}",
         src_cte(model, Source::Scratch, keep, false),
         insert_cte(model, Source::Scratch, false),
-        q(&model.plan().scratch),
+        q(&crate::sql::plan(model).scratch),
         key_match(model, "x", "i"),
         keys_kept(model),
     )
@@ -403,7 +403,7 @@ mod tests {
         assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
 
         let sql = returning(&MODEL, Source::Scratch, Keep::First, Returned::Positions);
-        at(&sql, &format!(r#"FROM pg_temp."{}" AS "u""#, MODEL.plan().scratch));
+        at(&sql, &format!(r#"FROM pg_temp."{}" AS "u""#, crate::sql::plan(&MODEL).scratch));
         at(&sql, r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "t"."tweet" = "s"."tweet""#);
         at(&sql, r#"SELECT "s"."__bulk_ord" FROM "ins" AS "i" JOIN "src" AS "s" ON "#);
         assert!(!sql.contains("__bulk_id") && !sql.ends_with("\"__bulk_ord\""), "{sql}");
@@ -443,7 +443,7 @@ mod tests {
             &sql,
             &format!(
                 r#""del" AS (DELETE FROM pg_temp."{}" AS "x" USING "ins" AS "i" WHERE "x"."tweet" = "i"."tweet""#,
-                MODEL.plan().scratch
+                crate::sql::plan(&MODEL).scratch
             ),
         );
         at(&sql, r#"SELECT (SELECT count(*) FROM "ins"), (SELECT count(*) FROM "src")"#);

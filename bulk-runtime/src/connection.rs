@@ -1,6 +1,11 @@
-//! Connections from pools, behind cargo features: a pooled connection is
-//! passed as `&mut conn`, like the `Client` it holds.
+//! What a call runs on: a tokio-postgres [`Client`] or [`Transaction`],
+//! and, behind cargo features, pooled connections.
 //!
+//! The trait is sealed in the way of tokio-postgres's `GenericClient`: what
+//! the call needs of a connection lives in a private supertrait, so the
+//! public trait has no methods and cannot be implemented outside the crate.
+//!
+//! Pools:
 //! * `deadpool`: deadpool-postgres 0.14's [`Object`](deadpool_postgres::Object)
 //!   (the call commits its own transaction) and its
 //!   [`Transaction`](deadpool_postgres::Transaction) (the call runs in a
@@ -10,14 +15,54 @@
 //!   bb8-postgres 0.9's `PostgresConnectionManager<Tls>` for every `Tls`. Its
 //!   transactions are tokio-postgres `Transaction`s, already connections.
 
-#[cfg(any(feature = "deadpool", feature = "bb8"))]
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
-#[cfg(any(feature = "deadpool", feature = "bb8"))]
-use crate::protocol::{Connection, sealed::Sealed};
+pub(crate) use sealed::Sealed;
 
-#[cfg(feature = "deadpool")]
-impl Sealed for deadpool_postgres::Object {}
+pub(crate) mod sealed {
+    use tokio_postgres::Client;
+
+    /// What a call needs of its connection.
+    pub trait Sealed {
+        /// The client the call runs on.
+        fn client(&self) -> &Client;
+        /// Whether the call runs inside a caller's transaction.
+        fn nested(&self) -> bool;
+    }
+}
+
+/// Where a bulk call runs: a [`Client`] (the call opens and commits its own
+/// transaction) or a caller's [`Transaction`] (the call works inside a
+/// savepoint, so a failed call leaves the caller's transaction usable, and the
+/// caller's rollback undoes a successful one).
+///
+/// Pooled connections work the same way, as `&mut conn`, behind cargo
+/// features: with `deadpool`, deadpool-postgres 0.14's `Object` (like a
+/// `Client`) and its `Transaction`; with `bb8`, bb8 0.9's `PooledConnection`
+/// of bb8-postgres 0.9's `PostgresConnectionManager<Tls>` (or of any manager
+/// whose connections are `Client`s), like a `Client`.
+pub trait Connection: sealed::Sealed + Send + Sync {}
+
+impl Connection for Client {}
+impl Connection for Transaction<'_> {}
+
+impl Sealed for Client {
+    fn client(&self) -> &Client {
+        self
+    }
+    fn nested(&self) -> bool {
+        false
+    }
+}
+
+impl Sealed for Transaction<'_> {
+    fn client(&self) -> &Client {
+        Transaction::client(self)
+    }
+    fn nested(&self) -> bool {
+        true
+    }
+}
 
 /// A deadpool-postgres pooled object (feature `deadpool`): the call opens and
 /// commits its own transaction, as on the `Client` the object holds.
@@ -52,7 +97,10 @@ impl Sealed for deadpool_postgres::Object {}
 /// # Ok(()) }
 /// ```
 #[cfg(feature = "deadpool")]
-impl Connection for deadpool_postgres::Object {
+impl Connection for deadpool_postgres::Object {}
+
+#[cfg(feature = "deadpool")]
+impl Sealed for deadpool_postgres::Object {
     fn client(&self) -> &Client {
         // Object -> ClientWrapper -> Client.
         self
@@ -62,13 +110,13 @@ impl Connection for deadpool_postgres::Object {
     }
 }
 
-#[cfg(feature = "deadpool")]
-impl Sealed for deadpool_postgres::Transaction<'_> {}
-
 /// A transaction of a deadpool-postgres pooled object (feature `deadpool`):
 /// the call runs in a savepoint, as in a tokio-postgres `Transaction`.
 #[cfg(feature = "deadpool")]
-impl Connection for deadpool_postgres::Transaction<'_> {
+impl Connection for deadpool_postgres::Transaction<'_> {}
+
+#[cfg(feature = "deadpool")]
+impl Sealed for deadpool_postgres::Transaction<'_> {
     fn client(&self) -> &Client {
         // deadpool_postgres::Transaction -> tokio_postgres::Transaction.
         tokio_postgres::Transaction::client(self)
@@ -77,9 +125,6 @@ impl Connection for deadpool_postgres::Transaction<'_> {
         true
     }
 }
-
-#[cfg(feature = "bb8")]
-impl<M: bb8::ManageConnection<Connection = Client>> Sealed for bb8::PooledConnection<'_, M> {}
 
 /// A bb8 pooled connection (feature `bb8`), of bb8-postgres's
 /// `PostgresConnectionManager<Tls>` or any manager whose connections are
@@ -116,7 +161,10 @@ impl<M: bb8::ManageConnection<Connection = Client>> Sealed for bb8::PooledConnec
 /// # Ok(()) }
 /// ```
 #[cfg(feature = "bb8")]
-impl<M: bb8::ManageConnection<Connection = Client>> Connection for bb8::PooledConnection<'_, M> {
+impl<M: bb8::ManageConnection<Connection = Client>> Connection for bb8::PooledConnection<'_, M> {}
+
+#[cfg(feature = "bb8")]
+impl<M: bb8::ManageConnection<Connection = Client>> Sealed for bb8::PooledConnection<'_, M> {
     fn client(&self) -> &Client {
         // PooledConnection -> Client.
         self
