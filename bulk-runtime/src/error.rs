@@ -358,6 +358,45 @@ impl Error {
         Error::Database { table: model.qualified_name(), step, row, field, source, connection_broken: false }
     }
 
+    /// The constructor of database errors at `step` of a call on `model`,
+    /// for `map_err`.
+    pub(crate) fn at_step(model: &Model, step: Step) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+        move |source| Error::database(model, step, source)
+    }
+
+    /// The server rejected COPY data: its context reads
+    /// `COPY __bulk_..., line N, column c: ...`; line N is row N-1.
+    pub(crate) fn copy(model: &Model, source: tokio_postgres::Error) -> Error {
+        let (row, field) = source
+            .as_db_error()
+            .and_then(|db| db.where_())
+            .map(|w| {
+                let row = w
+                    .split(", line ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .map(|line| line.saturating_sub(1));
+                let field = w
+                    .split(", column ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(':').next())
+                    .and_then(|col| model.columns().iter().find(|c| c.name() == col).map(|c| c.field().to_owned()));
+                (row, field)
+            })
+            .unwrap_or((None, None));
+        Self::database_at(model, Step::Copy, row, field, source)
+    }
+
+    /// The insert failed (NOT NULL, CHECK, out of range for the column's type...):
+    /// the server names the column, not the row.
+    pub(crate) fn insert(model: &Model, source: tokio_postgres::Error) -> Error {
+        let field = source.as_db_error().and_then(|db| db.column()).map(|col| {
+            model.columns().iter().find(|c| c.name() == col).map_or_else(|| col.to_owned(), |c| c.field().to_owned())
+        });
+        Self::database_at(model, Step::Insert, None, field, source)
+    }
+
     /// Marks the connection as unusable (see [`connection_usable`](Self::connection_usable)).
     pub(crate) fn broken(mut self) -> Error {
         if let Error::Database { connection_broken, .. } = &mut self {

@@ -24,9 +24,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::BulkCreateNew;
+use crate::api::Report;
 use crate::error::{Error, Step};
 use crate::model::{Model, quote_ident};
-use crate::report::Report;
+use crate::wire::Fingerprint;
 
 /// Where the batch ids of [`Bulk::batch_id`](crate::Bulk::batch_id) are
 /// recorded: a table with one row per (target table, batch id).
@@ -233,50 +234,6 @@ pub(crate) fn check_batch_id(model: &Model, batch_id: &str) -> Result<(), Error>
     };
     let shown: String = batch_id.chars().take(40).collect();
     Err(Error::Usage { model: model.struct_name(), message: format!("batch id {shown:?} {why}") })
-}
-
-/// What a batch is, for its batch id: the model, the number of rows and a
-/// stable 64-bit hash of the rows' binary encoding (as sent with `COPY`,
-/// each row's position included), written as text in the ledger when the id
-/// is claimed. A later call with the same id replays the recorded counts
-/// only if its batch has the same fingerprint; another batch (other rows, or
-/// another model's) under a used id is an error, never a silent replay.
-///
-/// The hash is the crate's own (a multiply-xorshift over 8-byte words), so it
-/// stays the same across processes, versions of Rust and machines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Fingerprint {
-    rows: u64,
-    hash: u64,
-}
-
-impl Fingerprint {
-    pub(crate) fn new() -> Fingerprint {
-        Fingerprint { rows: 0, hash: 0x243f_6a88_85a3_08d3 }
-    }
-
-    /// Adds one row, given as its binary `COPY` encoding.
-    pub(crate) fn add_row(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mix = |h: u64, w: u64| {
-            let h = (h ^ w).wrapping_mul(K);
-            h ^ (h >> 29)
-        };
-        let mut h = mix(self.hash, bytes.len() as u64);
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            h = mix(h, u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        let mut tail = [0u8; 8];
-        tail[..words.remainder().len()].copy_from_slice(words.remainder());
-        self.hash = mix(h, u64::from_le_bytes(tail));
-        self.rows += 1;
-    }
-
-    /// The text recorded in the ledger.
-    pub(crate) fn text(&self, model: &Model) -> String {
-        format!("{} rows of {} {:016x}", self.rows, model.struct_name(), self.hash)
-    }
 }
 
 /// `$1` (the target as the model writes it) resolved to `schema.table`, so

@@ -143,40 +143,35 @@
 #[cfg(test)]
 extern crate self as bulk_runtime;
 
-mod bulk;
+mod api;
+mod call;
 mod connection;
 mod contention;
-mod engine;
 mod error;
 mod ledger;
 mod model;
-mod protocol;
 mod repeats;
-mod report;
 pub mod retry;
 mod schema;
 mod scope;
 mod sql;
 mod statements;
 pub mod types;
+mod wire;
 
 use std::borrow::Borrow;
 use std::future::Future;
 
-pub use bulk::{
-    Bulk, CreateNew, FromKey, Mode, NewRow, Progress, ReturningKeys, ReturningKeysWith, ReturningSkipped, UpdateColumn,
-    Upsert, Upserting,
+pub use api::{
+    BoxError, Bulk, CreateNew, FromKey, Keep, Mode, NewRow, Outcome, Progress, Report, ReturningKeys,
+    ReturningKeysWith, ReturningSkipped, UpdateColumn, Upsert, Upserting,
 };
 pub use connection::Connection;
-pub use engine::BoxError;
 pub use error::{Error, SchemaProblem, Step};
 pub use ledger::Ledger;
 pub use model::{Column, Model, quote_ident};
-pub use protocol::bulk_create_new;
-pub use report::{Outcome, Report};
 pub use types::{BulkColumn, BulkValue, NonNullColumn, NonOptionColumn, PgType, ValueError};
 
-pub use sql::variants::Keep;
 /// Typed JSON for a `jsonb` column: `Json(value)` stores any
 /// `T: serde::Serialize + Debug`, and reads back as `Json<T>` for
 /// `T: serde::Deserialize` (tokio-postgres's wrapper, re-exported).
@@ -379,7 +374,7 @@ pub trait BulkCreateNew: Sized + Sync {
         It: Iterator<Item = R>,
         R: Borrow<Self>,
     {
-        protocol::bulk_create_new::<Self, C, I, It, R>(conn, rows)
+        call::create_new::<Self, C, I, It, R>(conn, rows)
     }
 
     /// A configurable bulk call on `conn` (a [`Client`](tokio_postgres::Client)
@@ -448,9 +443,9 @@ pub mod __test_hooks {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::PgEnum;
-    pub use crate::bulk::UpdateColumn;
+    pub use crate::api::UpdateColumn;
+    pub use crate::call::{PLAIN_FROM, SMALL_BATCH};
     pub use crate::model::{Column, Model};
-    pub use crate::protocol::{PLAIN_FROM, SMALL_BATCH};
     pub use crate::types::{BulkColumn, BulkValue, KeyColumn, NonNullColumn, NonOptionColumn, PgType, ValueError};
     pub use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 

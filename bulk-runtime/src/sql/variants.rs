@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 
 use tokio_postgres::types::Type;
 
+use crate::api::{Keep, UpdateSet};
 use crate::model::{Column, Model, quote_ident};
 use crate::schema::KeyShape;
 use crate::sql::{self, ORD};
@@ -30,21 +31,11 @@ pub(crate) const ID: &str = "__bulk_id";
 /// statement.
 const DONE: &str = "__bulk_done";
 
-/// Which offered row of a repeated key is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Keep {
-    /// The first offered row of a key wins (the plain call's rule).
-    First,
-    /// The last offered row of a key wins.
-    Last,
-}
-
-impl Keep {
-    fn order(self) -> &'static str {
-        match self {
-            Keep::First => "ASC",
-            Keep::Last => "DESC",
-        }
+/// The order of the positions of a key's rows that puts the kept one first.
+fn order(keep: Keep) -> &'static str {
+    match keep {
+        Keep::First => "ASC",
+        Keep::Last => "DESC",
     }
 }
 
@@ -66,17 +57,6 @@ pub(crate) enum Returned {
     Keys { with_id: bool },
     /// Only the row's position in the batch.
     Positions,
-}
-
-/// The update part of an upsert, validated against the model.
-#[derive(Debug, Clone)]
-pub struct UpdateSet {
-    /// The columns set from the offered row.
-    pub columns: Vec<&'static Column>,
-    /// Only rows whose value of one of `columns` differs are updated.
-    pub only_if_changed: bool,
-    /// Which offered row of a repeated key is written.
-    pub keep: Keep,
 }
 
 fn q(name: &str) -> String {
@@ -137,7 +117,7 @@ fn src_cte(model: &'static Model, from: Source<'_>, keep: Keep, mask: bool) -> S
         "SELECT DISTINCT ON ({key}) {cols} FROM {source} ORDER BY {key}, \"u\".{ord} {order}",
         source = source(model, from, mask),
         ord = q(ORD),
-        order = keep.order(),
+        order = order(keep),
     );
     if mask {
         format!("\"src\" AS (SELECT * FROM ({distinct}) AS \"d\" WHERE NOT \"d\".{})", q(DONE))

@@ -1,24 +1,55 @@
 //! The configurable bulk call: [`BulkCreateNew::bulk`] returns a [`Bulk`]
 //! builder; choose what the call returns, then run it on an iterator or a
-//! stream of rows.
+//! stream of rows (the `run` methods are the driver's, in `call`).
 
-use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Type};
 
+use super::report::Report;
 use crate::BulkCreateNew;
 use crate::connection::Connection;
-use crate::engine::{self, BoxError, Call, Kind};
 use crate::error::{Error, type_name};
-use crate::ledger::{self, Ledger};
+use crate::ledger::Ledger;
 use crate::model::{Column, Model};
-use crate::protocol;
-use crate::report::Report;
-use crate::sql::variants::{Keep, UpdateSet};
+
+/// The error a stream of rows may yield.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the call's statements do.
+#[derive(Debug)]
+pub enum Kind {
+    /// Insert new keys, count them (the plain call).
+    CreateNew,
+    /// Insert new keys, return their positions, ids and keys.
+    Keys,
+    /// Insert new keys, return their positions.
+    Positions,
+    /// Insert new keys, then update stored ones.
+    Upsert(UpdateSet),
+}
+
+/// Which offered row of a repeated key is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Keep {
+    /// The first offered row of a key wins (the plain call's rule).
+    First,
+    /// The last offered row of a key wins.
+    Last,
+}
+
+/// The update part of an upsert, checked against the model.
+#[derive(Debug, Clone)]
+pub struct UpdateSet {
+    /// The columns set from the offered row.
+    pub columns: Vec<&'static Column>,
+    /// Only rows whose value of one of `columns` differs are updated.
+    pub only_if_changed: bool,
+    /// Which offered row of a repeated key is written.
+    pub keep: Keep,
+}
 
 /// One row inserted by a [`returning_keys`](Bulk::returning_keys) call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +230,7 @@ impl Upsert {
     }
 
     /// The update, checked against the model.
-    fn resolve(&self, model: &'static Model) -> Result<UpdateSet, Error> {
+    pub(crate) fn resolve(&self, model: &'static Model) -> Result<UpdateSet, Error> {
         let usage = |message: String| Error::Usage { model: model.struct_name(), message };
         if let Some(other) = self.model.filter(|m| *m != model.struct_name()) {
             return Err(usage(format!(
@@ -309,12 +340,12 @@ pub struct Progress {
 /// ```
 #[must_use = "a bulk call does nothing until it is run"]
 pub struct Bulk<'a, T, C: ?Sized, M = CreateNew> {
-    conn: &'a mut C,
-    mode: M,
-    batch_id: Option<String>,
-    ledger: Option<Ledger>,
-    progress: Option<Box<dyn FnMut(Progress) + Send + 'a>>,
-    model: PhantomData<fn() -> T>,
+    pub(crate) conn: &'a mut C,
+    pub(crate) mode: M,
+    pub(crate) batch_id: Option<String>,
+    pub(crate) ledger: Option<Ledger>,
+    pub(crate) progress: Option<Box<dyn FnMut(Progress) + Send + 'a>>,
+    pub(crate) model: PhantomData<fn() -> T>,
 }
 
 impl<T, C: ?Sized, M: fmt::Debug> fmt::Debug for Bulk<'_, T, C, M> {
@@ -475,118 +506,12 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
         self.progress = Some(Box::new(f));
         self
     }
-
-    /// Runs the call on `rows`: any iterator of rows or references to rows,
-    /// consumed lazily. `It` and `R` (inferred) are its iterator and row
-    /// types, named for the reason given at
-    /// [`bulk_create_new`](BulkCreateNew::bulk_create_new): the call stays
-    /// `Send` on rows mapped from borrowed records by a closure.
-    ///
-    /// # Errors
-    /// As [`BulkCreateNew::bulk_create_new`], plus [`Error::Usage`] when the
-    /// options do not fit the model (an unknown or key column in an upsert, a
-    /// key type that does not match the key). Nothing is written when an
-    /// error is returned.
-    pub async fn run<I, It, R>(self, rows: I) -> Result<M::Output, Error>
-    where
-        I: IntoIterator<IntoIter = It, Item = R>,
-        It: Iterator<Item = R>,
-        R: Borrow<T>,
-    {
-        if self.mode.is_plain() && self.batch_id.is_none() && self.progress.is_none() {
-            // The plain call, untouched.
-            let report = protocol::bulk_create_new::<T, C, I, It, R>(self.conn, rows).await?;
-            return Ok(self.mode.__finish(report));
-        }
-        self.execute(futures_util::stream::iter(rows.into_iter().map(Ok))).await
-    }
-
-    /// Runs the call on a stream of rows (or references to rows), awaiting
-    /// each row as the COPY goes on: a large file or an API pager goes
-    /// through without being held in memory. The call's transaction stays
-    /// open while the stream runs.
-    ///
-    /// ```
-    /// # use bulk_runtime::BulkCreateNew;
-    /// # #[derive(BulkCreateNew)]
-    /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
-    /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
-    /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let db = ExampleDb::create("doc_run_stream").await?;
-    /// # let client = &mut db.connect().await?;
-    /// # client.batch_execute(&Retweet::model().migration_sql()).await?;
-    /// # let rt = |tweet, retweeter, original_author| Retweet { tweet, retweeter, original_author };
-    /// # let pages = futures_util::stream::iter([vec![rt(1, 10, 100), rt(1, 11, 100)], vec![rt(1, 11, 100)]]);
-    /// use futures_util::StreamExt;
-    ///
-    /// // `pages`: the pages of an API pager, as they arrive.
-    /// let rows = pages.flat_map(futures_util::stream::iter);
-    /// let report = Retweet::bulk(client)
-    ///     .on_progress(|p| eprintln!("{} rows sent, {} inserted", p.sent, p.inserted))
-    ///     .run_stream(rows)
-    ///     .await?;
-    /// # assert_eq!(report.to_string(), "2 of 3 records added");
-    /// # db.drop().await?;
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// `R` (inferred) is the stream's row type, named for the same reason as
-    /// in [`run`](Self::run).
-    ///
-    /// # Errors
-    /// As [`run`](Self::run).
-    pub async fn run_stream<S, R>(self, rows: S) -> Result<M::Output, Error>
-    where
-        S: Stream<Item = R>,
-        R: Borrow<T>,
-    {
-        self.execute(rows.map(Ok)).await
-    }
-
-    /// Runs the call on a stream of `Result`s (a file reader, a decoder): the
-    /// first `Err` ends the call with [`Error::Stream`], and nothing is written.
-    ///
-    /// # Errors
-    /// As [`run`](Self::run), and [`Error::Stream`] with the stream's error.
-    pub async fn try_run_stream<S, R, E>(self, rows: S) -> Result<M::Output, Error>
-    where
-        S: Stream<Item = Result<R, E>>,
-        R: Borrow<T>,
-        E: Into<BoxError>,
-    {
-        self.execute(rows.map_err(Into::into)).await
-    }
-
-    async fn execute<S, R>(self, rows: S) -> Result<M::Output, Error>
-    where
-        S: Stream<Item = Result<R, BoxError>>,
-        R: Borrow<T>,
-    {
-        let Bulk { conn, mut mode, batch_id, ledger, mut progress, model: _ } = self;
-        let model = T::model();
-        let kind = mode.kind(model)?;
-        if let Some(batch_id) = &batch_id {
-            ledger::check_batch_id(model, batch_id)?;
-        }
-        let ledger = batch_id.as_ref().map(|_| ledger.unwrap_or_else(|| Ledger::for_model(model)));
-        let mut call = Call {
-            kind: &kind,
-            ledger: ledger.as_ref().zip(batch_id.as_deref()),
-            fingerprint: None,
-            progress: progress.as_deref_mut().map(|f| f as &mut (dyn FnMut(Progress) + Send)),
-            receiver: &mut mode,
-        };
-        let report = engine::run::<T, C, S, R>(conn, rows, &mut call).await?;
-        Ok(mode.__finish(report))
-    }
 }
 
 pub(crate) mod private {
     use tokio_postgres::Row;
 
-    use crate::engine::Kind;
+    use super::Kind;
     use crate::error::Error;
     use crate::model::Model;
 

@@ -1,0 +1,242 @@
+//! The short path: the whole batch as array parameters of one statement
+//! (two for an upsert), prepared once per connection.
+//!
+//! A connection prepares a statement right after it checked the live table
+//! against the model, in the same round trip, so "has the prepared
+//! statement" means "has checked". When the server no longer knows the
+//! statement (`DISCARD ALL`, a new connection that took a dropped client's
+//! address, a pooler that switched backends), the driver runs the attempt
+//! again: the connection checks and prepares again, and if that does not
+//! stick either, the statement runs unprepared after a fresh check. A
+//! connection whose statement went stale twice runs it unprepared for good
+//! (see `statements`).
+
+use std::borrow::{Borrow, Cow};
+
+use futures_util::future::join3;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, RowStream, Statement};
+
+use super::form::Form;
+use super::spec::{Call, Mask, counts, deliver, upsert_report};
+use crate::BulkCreateNew;
+use crate::api::{Keep, Kind, Report};
+use crate::error::{Error, Step};
+use crate::model::Model;
+use crate::schema::{self, KeyShape};
+use crate::sql;
+use crate::sql::variants::{self, Returned, Source};
+use crate::statements::{self, Lookup};
+use crate::wire::{self, Encoded};
+
+/// A statement parameter with its type.
+pub(crate) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// The batch's columns as binary arrays: for the plain call of a model whose
+/// key the client orders, in key order with each key once (see
+/// [`Plan::client_ordered`](crate::sql::Plan)); otherwise in offered order,
+/// with the positions first.
+pub(crate) fn encode<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    kind: &Kind,
+    rows: &[R],
+) -> Result<Vec<Encoded>, Error> {
+    if matches!(kind, Kind::CreateNew) && sql::plan(model).client_ordered {
+        wire::encode_arrays_key_ordered::<T, R>(model, rows)
+    } else {
+        wire::encode_arrays::<T>(model, rows.iter().map(Borrow::borrow))
+    }
+}
+
+/// The arrays as parameters of the kind's first statement.
+pub(crate) fn params<'a>(model: &'static Model, kind: &Kind, arrays: &'a [Encoded]) -> Vec<Param<'a>> {
+    let types = match kind {
+        Kind::CreateNew => sql::plan(model).small_types.clone(),
+        _ => variants::array_types(model, false),
+    };
+    arrays.iter().zip(types).map(|(a, t)| (a as &(dyn ToSql + Sync), t)).collect()
+}
+
+/// Runs the kind's statements on `client` (in `form`, for the plain call);
+/// `prepared` is false for the last try after stale statements.
+pub(crate) async fn run(
+    client: &Client,
+    model: &'static Model,
+    offered: u64,
+    params: &[Param<'_>],
+    call: &mut Call<'_>,
+    prepared: bool,
+    form: Form,
+) -> Result<Report, Error> {
+    let mut statements = Statements { client, model, prepared, checked: None };
+    match call.kind {
+        Kind::CreateNew => {
+            let statement =
+                statements.get(form.label(), false, params, |_, shape| form.small_sql(model, shape)).await?;
+            let inserted = statement.execute(&statements, params).await?;
+            Ok(Report::counts(offered, inserted))
+        }
+        Kind::Keys | Kind::Positions => {
+            let keys = matches!(call.kind, Kind::Keys);
+            let label = if keys { "keys" } else { "positions" };
+            let statement = statements
+                .get(label, keys, params, |with_id, shape| {
+                    let returned = if keys { Returned::Keys { with_id } } else { Returned::Positions };
+                    variants::returning(model, Source::Arrays(shape), Keep::First, returned).into()
+                })
+                .await?;
+            let rows = statement.query(&statements, params).await?;
+            let inserted = deliver(model, rows, offered, call.receiver).await?;
+            Ok(Report::counts(offered, inserted))
+        }
+        Kind::Upsert(set) => {
+            // 1. The new keys, and which kept rows they came from.
+            let label = format!("upsert insert {:?}", set.keep);
+            let statement = statements
+                .get(&label, false, params, |_, shape| {
+                    variants::returning(model, Source::Arrays(shape), set.keep, Returned::Positions).into()
+                })
+                .await?;
+            let rows = statement.query(&statements, params).await?;
+            let mut done = Mask(vec![false; offered as usize]);
+            let inserted = deliver(model, rows, offered, &mut done).await?;
+
+            // 2. The stored keys, without the rows whose key step 1 inserted.
+            let mut label = format!("upsert update {:?} {}", set.keep, set.only_if_changed);
+            for c in &set.columns {
+                label.push('\0');
+                label.push_str(c.name());
+            }
+            let mut params = params.to_vec();
+            params.push((&done.0, Type::BOOL_ARRAY));
+            let statement = statements
+                .get(&label, false, &params, |_, shape| {
+                    variants::upsert_update(model, Source::Arrays(shape), set).into()
+                })
+                .await?;
+            let (remaining, updated) = counts(model, statement.query(&statements, &params).await?).await?;
+            Ok(upsert_report(offered, inserted, inserted + remaining, updated))
+        }
+    }
+}
+
+/// The statements of one attempt on one connection.
+struct Statements<'a> {
+    client: &'a Client,
+    model: &'static Model,
+    /// Whether statements are prepared (and kept per connection).
+    prepared: bool,
+    /// The schema check's result, once this attempt has run it.
+    checked: Option<KeyShape>,
+}
+
+/// A statement of the short path: prepared (and kept per connection, under
+/// its label), or its text when the connection does not prepare.
+enum Prepared {
+    Statement(Statement, String),
+    Text(String),
+}
+
+impl Statements<'_> {
+    /// The statement `label`: the connection's prepared one, or else made
+    /// by `build` (given whether the table has a usable id column, checked
+    /// only when `wants_id`, and how it compares keys) after the schema
+    /// check. The check, the id check and the prepare of the statement for
+    /// a table as the model describes it go out together, in one round trip;
+    /// the statement runs only once the check has passed.
+    async fn get(
+        &mut self,
+        label: &str,
+        wants_id: bool,
+        params: &[Param<'_>],
+        build: impl Fn(bool, &KeyShape) -> Cow<'static, str>,
+    ) -> Result<Prepared, Error> {
+        let (client, model) = (self.client, self.model);
+        let found = if self.prepared { statements::lookup(client, model, label) } else { Lookup::Unnamed };
+        let prepare = match found {
+            Lookup::Prepared(statement) => return Ok(Prepared::Statement(statement, label.to_owned())),
+            Lookup::Prepare => true,
+            Lookup::Unnamed => false,
+        };
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let guess_id = wants_id && model.id_column().is_some();
+        let guess = build(guess_id, &KeyShape::default());
+        let (shape, with_id, statement) =
+            join3(self.check(), async { if wants_id { id_usable(client, model).await } else { Ok(false) } }, async {
+                match prepare {
+                    true => Some(client.prepare_typed(&guess, &types).await),
+                    false => None,
+                }
+            })
+            .await;
+        let (shape, with_id) = (shape?, with_id?);
+        self.checked = Some(shape.clone());
+        let (sql, statement) = if shape.is_plain() && with_id == guess_id {
+            (guess, statement)
+        } else {
+            let sql = build(with_id, &shape);
+            let statement = match prepare {
+                true => Some(client.prepare_typed(&sql, &types).await),
+                false => None,
+            };
+            (sql, statement)
+        };
+        match statement {
+            None => Ok(Prepared::Text(sql.into_owned())),
+            Some(statement) => {
+                let statement = statement.map_err(|source| Error::insert(model, source))?;
+                statements::put(client, model, label, statement.clone());
+                Ok(Prepared::Statement(statement, label.to_owned()))
+            }
+        }
+    }
+
+    /// The schema check, once per attempt.
+    async fn check(&self) -> Result<KeyShape, Error> {
+        match &self.checked {
+            Some(shape) => Ok(shape.clone()),
+            None => schema::verify(self.client, self.model).await,
+        }
+    }
+}
+
+impl Prepared {
+    /// Runs the statement; returns the rows it wrote.
+    async fn execute(&self, on: &Statements<'_>, params: &[Param<'_>]) -> Result<u64, Error> {
+        let result = match self {
+            Prepared::Statement(statement, _) => on.client.execute_raw(statement, params.iter().map(|(v, _)| *v)).await,
+            Prepared::Text(sql) => on.client.execute_typed(sql, params).await,
+        };
+        result.map_err(|source| self.failed(on, source))
+    }
+
+    /// Runs the statement; returns its rows.
+    async fn query(&self, on: &Statements<'_>, params: &[Param<'_>]) -> Result<RowStream, Error> {
+        let result = match self {
+            Prepared::Statement(statement, _) => on.client.query_raw(statement, params.iter().map(|(v, _)| *v)).await,
+            Prepared::Text(sql) => on.client.query_typed_raw(sql, params.iter().map(|(v, t)| (*v, t.clone()))).await,
+        };
+        result.map_err(|source| self.failed(on, source))
+    }
+
+    /// The error of a failed run; a prepared statement the server no longer
+    /// knows is forgotten.
+    fn failed(&self, on: &Statements<'_>, source: tokio_postgres::Error) -> Error {
+        let error = Error::insert(on.model, source);
+        if let (true, Prepared::Statement(_, label)) = (error.is_stale_statement(), self) {
+            statements::evict(on.client, on.model, label);
+        }
+        error
+    }
+}
+
+/// Whether the target has the model's id column with an integer type.
+async fn id_usable(client: &Client, model: &'static Model) -> Result<bool, Error> {
+    let Some(id) = model.id_column() else { return Ok(false) };
+    let target = sql::plan(model).target_regclass.as_str();
+    let row = client
+        .query_typed(variants::ID_COLUMN_USABLE, &[(&target, Type::TEXT), (&id, Type::TEXT)])
+        .await
+        .map_err(Error::at_step(model, Step::SchemaCheck))?;
+    Ok(row.first().is_some_and(|r| r.get(0)))
+}

@@ -1,0 +1,332 @@
+//! The COPY path: the session's scratch table, the binary COPY stream into
+//! it, and the kind's statements from it.
+
+use std::borrow::Borrow;
+use std::pin::Pin;
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::form::Form;
+use super::spec::{Call, counts, deliver, upsert_report};
+use crate::BulkCreateNew;
+use crate::api::{BoxError, Keep, Kind, Report};
+use crate::error::{Error, Step};
+use crate::model::{Model, quote_ident};
+use crate::schema;
+use crate::scope::Scope;
+use crate::sql::variants::{self, Returned, Source};
+use crate::sql::{self};
+use crate::statements;
+use crate::wire::{CopyWriter, Fingerprint};
+
+/// What the COPY sent.
+pub(crate) struct Sent {
+    /// Rows copied.
+    pub offered: u64,
+    /// Bytes of COPY data.
+    pub bytes: u64,
+    /// Whether a key may repeat in the batch (always, unless the writer
+    /// watched the keys: see [`repeats`](crate::repeats)).
+    pub repeats: bool,
+}
+
+/// Makes sure the session has the scratch table (after the schema check the
+/// first time it sees the model); returns whether the target has a usable
+/// id column, when the kind returns ids. One round trip when the table exists.
+pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> Result<bool, Error> {
+    let plan = sql::plan(model);
+    let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
+    let params: [(&(dyn ToSql + Sync), Type); 3] =
+        [(&plan.scratch_regclass, Type::TEXT), (&plan.target_regclass, Type::TEXT), (&id, Type::TEXT)];
+    let before = tx.query_typed(variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
+    let (exists, with_id) = before.first().map_or((false, false), |r| (r.get(0), r.get(1)));
+    use_scratch(tx, model, exists).await?;
+    Ok(with_id)
+}
+
+/// The session's scratch table for `model`, made first (after the schema
+/// check) unless it `exists`, and counted as the connection's most recently
+/// used; beyond [`SCRATCH_TABLES`](statements::SCRATCH_TABLES) per session,
+/// the least recently used one is dropped (see [`statements::scratch_used`]).
+async fn use_scratch(tx: &Client, model: &'static Model, exists: bool) -> Result<(), Error> {
+    if !exists {
+        create_scratch(tx, model).await?;
+    }
+    let Some(old) = statements::scratch_used(tx, model, !exists) else { return Ok(()) };
+    // Only a table the current role may drop (after `SET ROLE`, another
+    // role's may stay: it is dropped by a later call of its owner, or ends
+    // with the session).
+    let droppable = tx
+        .query_typed(
+            "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class AS c \
+             WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[(&sql::plan(old).scratch_regclass, Type::TEXT)],
+        )
+        .await
+        .map_err(Error::at_step(model, Step::Scratch))?
+        .first()
+        .is_some_and(|r| r.get::<_, bool>(0));
+    if droppable {
+        let sql = format!("DROP TABLE IF EXISTS pg_temp.{}", quote_ident(&sql::plan(old).scratch));
+        tx.batch_execute(&sql).await.map_err(Error::at_step(model, Step::Scratch))?;
+    }
+    Ok(())
+}
+
+/// Checks the live table against the model and creates the session's scratch
+/// table (which also marks the session as checked).
+async fn create_scratch(tx: &Client, model: &'static Model) -> Result<(), Error> {
+    let shape = schema::verify(tx, model).await?;
+    let plan = sql::plan(model);
+    // Key columns compared otherwise than the model's types (citext, a
+    // collation) take the table's type and collation in the scratch table.
+    let create = if shape.is_plain() { plan.create_scratch.clone() } else { sql::scratch_ddl(model, &shape) };
+    let sql = format!("{create}; {}", plan.grant_scratch);
+    tx.batch_execute(&sql).await.map_err(Error::at_step(model, Step::Scratch))
+}
+
+/// Binary COPY of the batch (`head`, then the rest of `rows`) into the
+/// scratch table. Rows are encoded synchronously and sent in chunks, so no
+/// borrow of a row lives across an await and memory stays flat; when the
+/// stream has no row ready, what is buffered goes out first. Progress is
+/// reported after each chunk; with a ledger, the batch is fingerprinted.
+pub(crate) async fn stream<T, S, R>(
+    tx: &Client,
+    model: &'static Model,
+    head: Vec<R>,
+    mut rows: Pin<&mut S>,
+    call: &mut Call<'_>,
+) -> Result<Sent, Error>
+where
+    T: BulkCreateNew,
+    S: Stream<Item = Result<R, BoxError>>,
+    R: Borrow<T>,
+{
+    let mut copy = CopyWriter::start(tx, model, matches!(call.kind, Kind::CreateNew)).await?;
+    if call.ledger.is_some() {
+        copy.fingerprint = Some(Fingerprint::new());
+    }
+    let mut head = head.into_iter();
+    loop {
+        let next = match head.next() {
+            Some(row) => Some(Ok(row)),
+            None => match rows.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    flush(&mut copy, model, call).await?;
+                    rows.next().await
+                }
+            },
+        };
+        let row = match next {
+            None => break,
+            Some(Ok(row)) => row,
+            Some(Err(source)) => return Err(Error::Stream { row: copy.offered as usize, source }),
+        };
+        let full = copy.push::<T>(model, row.borrow())?;
+        drop(row);
+        if full {
+            flush(&mut copy, model, call).await?;
+        }
+    }
+    flush(&mut copy, model, call).await?;
+    let sent = Sent { offered: copy.offered, bytes: copy.bytes_sent(), repeats: copy.repeats_possible() };
+    call.fingerprint = copy.fingerprint.take();
+    let copied = copy.finish(model).await?;
+    debug_assert_eq!(copied, sent.offered);
+    Ok(sent)
+}
+
+/// Sends what the writer holds, if anything, and reports progress.
+async fn flush(copy: &mut CopyWriter, model: &'static Model, call: &mut Call<'_>) -> Result<(), Error> {
+    if copy.pending() {
+        copy.flush(model).await?;
+        call.tell(copy.offered, None);
+    }
+    Ok(())
+}
+
+/// The kind's statements from the scratch table (and, inside a caller's
+/// transaction, emptying it, which `ON COMMIT DELETE ROWS` would only do at
+/// the caller's commit). With `and_commit` (no ledger row to write after
+/// them), the commit goes in the same request as the plain call's insert.
+pub(crate) async fn insert(
+    scope: &mut Scope<'_>,
+    model: &'static Model,
+    sent: &Sent,
+    with_id: bool,
+    call: &mut Call<'_>,
+    and_commit: bool,
+) -> Result<Report, Error> {
+    let (tx, nested) = (scope.client(), scope.nested());
+    let fail = |source| Error::insert(model, source);
+    let none = std::iter::empty::<(&(dyn ToSql + Sync), Type)>;
+    let offered = sent.offered;
+    let report = match call.kind {
+        Kind::CreateNew => return insert_new(scope, model, sent, and_commit).await,
+        Kind::Keys | Kind::Positions => {
+            set_work_mem(tx, model, sent, nested).await?;
+            let returned =
+                if matches!(call.kind, Kind::Keys) { Returned::Keys { with_id } } else { Returned::Positions };
+            let sql = variants::returning(model, Source::Scratch, Keep::First, returned);
+            let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
+            Report::counts(offered, deliver(model, rows, offered, call.receiver).await?)
+        }
+        Kind::Upsert(set) => {
+            set_work_mem(tx, model, sent, nested).await?;
+            let sql = variants::upsert_insert_from_scratch(model, set.keep);
+            let (inserted, distinct) = counts(model, tx.query_typed_raw(&sql, none()).await.map_err(fail)?).await?;
+            let sql = variants::upsert_update(model, Source::Scratch, set);
+            let (_, updated) = counts(model, tx.query_typed_raw(&sql, none()).await.map_err(fail)?).await?;
+            upsert_report(offered, inserted, distinct, updated)
+        }
+    };
+    if nested {
+        tx.batch_execute(&sql::plan(model).clear).await.map_err(fail)?;
+    }
+    Ok(report)
+}
+
+/// `SET LOCAL work_mem` for the insert's sort in the call's own transaction
+/// (it ends with the transaction): room for the batch's tuples (their COPY
+/// bytes plus PostgreSQL's per-tuple overhead, twice over for the sort's
+/// slack), at least 64 MB, at most 1 GB. Inside a caller's transaction the
+/// caller's setting stays. The one place that sizes it.
+fn work_mem_sql(sent: &Sent, nested: bool) -> Option<String> {
+    let need = 2 * (sent.bytes + 96 * sent.offered) / 1024;
+    let kb = need.clamp(64 * 1024, 1024 * 1024);
+    (!nested).then(|| format!("SET LOCAL work_mem = '{kb}kB'"))
+}
+
+/// Sends [`work_mem_sql`] on its own (the statements that return rows go
+/// through the extended protocol, one statement each).
+async fn set_work_mem(tx: &Client, model: &'static Model, sent: &Sent, nested: bool) -> Result<(), Error> {
+    match work_mem_sql(sent, nested) {
+        Some(sql) => tx.batch_execute(&sql).await.map_err(Error::at_step(model, Step::Insert)),
+        None => Ok(()),
+    }
+}
+
+/// The savepoint around the plain form of the COPY path's insert.
+const PLAIN_SAVEPOINT: &str = "bulk_create_new_plain";
+
+/// The plain call's insert from the scratch table: the plain form first,
+/// inside a savepoint; on `unique_violation` (a key another writer stored
+/// meanwhile) back to the savepoint, and the `ON CONFLICT` form on the same
+/// scratch rows (see [`Form`]). One round trip, two after a conflict; with
+/// `and_commit` outside a caller's transaction, the commit goes in the same
+/// request, so once it is sent the call completes even if its future is
+/// dropped. Returns the call's report.
+async fn insert_new(
+    scope: &mut Scope<'_>,
+    model: &'static Model,
+    sent: &Sent,
+    and_commit: bool,
+) -> Result<Report, Error> {
+    let nested = scope.nested();
+    // The commit rides with the insert, except in a caller's transaction:
+    // there the savepoint is released only once the insert has succeeded, so
+    // that a dropped call is rolled back to it.
+    let commit = (and_commit && !nested).then(|| scope.commit_sql());
+    let mut form = Form::first(model, &Kind::CreateNew, sent.offered);
+    let mut request = Request::default();
+    request.push_opt(work_mem_sql(sent, nested).as_deref());
+    if form == Form::Plain {
+        request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
+        request.push_counted(form.scratch_sql(model, sent.repeats));
+        request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
+    } else {
+        request.push_counted(form.scratch_sql(model, sent.repeats));
+    }
+    let mut refused: Option<Error> = None;
+    loop {
+        request.push_opt(nested.then_some(sql::plan(model).clear.as_str()));
+        request.push_opt(commit);
+        let result = request.send(scope, model, commit.is_some()).await;
+        if refused.is_some()
+            && result.as_ref().is_err_and(|e| e.sqlstate() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION))
+        {
+            // The plain attempt failed at its COMMIT (a deferred constraint
+            // on another column), which ended the transaction: that is the
+            // call's error, and nothing was written.
+            return Err(refused.take().expect("checked above"));
+        }
+        if let Some(again) = form.after(model, &result) {
+            form = again;
+            request = Request::default();
+            request.push(&format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}"));
+            request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
+            request.push_counted(form.scratch_sql(model, sent.repeats));
+            refused = result.err();
+            continue;
+        }
+        return Ok(Report::counts(sent.offered, result?));
+    }
+}
+
+/// Statements sent as one simple query (one round trip; the server stops
+/// at the first that fails), one of which is the insert whose row count
+/// the call reads.
+#[derive(Default)]
+struct Request {
+    sql: String,
+    /// How many statements the request holds.
+    statements: usize,
+    /// The position of the insert among them.
+    counted: usize,
+}
+
+impl Request {
+    fn push(&mut self, statement: &str) {
+        if self.statements > 0 {
+            self.sql.push_str("; ");
+        }
+        self.sql.push_str(statement);
+        self.statements += 1;
+    }
+
+    fn push_opt(&mut self, statement: Option<&str>) {
+        if let Some(statement) = statement {
+            self.push(statement);
+        }
+    }
+
+    /// Adds the insert.
+    fn push_counted(&mut self, statement: &str) {
+        self.counted = self.statements;
+        self.push(statement);
+    }
+
+    /// Sends the request; returns the insert's row count. With `commits`,
+    /// the request ends the scope's transaction: a lost answer (the
+    /// connection dropped) leaves the commit in doubt.
+    async fn send(&self, scope: &mut Scope<'_>, model: &'static Model, commits: bool) -> Result<u64, Error> {
+        let request = scope.client().simple_query(&self.sql);
+        if commits {
+            scope.commit_sent();
+        }
+        let result = request.await;
+        if commits {
+            if result.is_ok() { scope.sent_ok() } else { scope.sent_failed() }
+        }
+        match result {
+            Ok(messages) => Ok(self.count(&messages)),
+            Err(source) if commits && source.as_db_error().is_none() => {
+                Err(Error::database(model, Step::Commit, source))
+            }
+            Err(source) => Err(Error::insert(model, source)),
+        }
+    }
+
+    /// The insert's row count among the request's results.
+    fn count(&self, messages: &[SimpleQueryMessage]) -> u64 {
+        let mut completed = messages.iter().filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+            _ => None,
+        });
+        completed.nth(self.counted).unwrap_or(0)
+    }
+}

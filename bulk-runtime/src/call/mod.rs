@@ -1,0 +1,375 @@
+//! The driver: the only place a call's decisions are made. Every call, the
+//! plain [`bulk_create_new`](crate::BulkCreateNew::bulk_create_new) as well
+//! as each [`Bulk`] option, goes the same way:
+//!
+//! 1. read the first rows ([`SMALL_BATCH`] of them at most) and pick the path:
+//!    the short path ([`arrays`]) for fewer rows, the COPY path ([`copy`])
+//!    for more (or for a model whose columns cannot travel as arrays);
+//! 2. run the attempts: the insert's form ([`form`]: plain, then `ON
+//!    CONFLICT` after a conflict), and on the short path the retries after
+//!    a prepared statement the server forgot;
+//! 3. around them, the call's transaction or savepoint ([`Scope`]) and the
+//!    ledger's claim and record, when the call has a batch id;
+//! 4. map a failure to its explanation (the schema check's, when the table
+//!    no longer fits the model).
+//!
+//! The paths only run statements; [`spec`] holds what the call does and
+//! reads what the statements return. Another SQL dialect of the insert (a
+//! sharded table's) is a choice made here, in step 1, with its statements
+//! beside the others in `sql`.
+
+mod arrays;
+mod copy;
+mod form;
+mod spec;
+
+use std::borrow::Borrow;
+use std::pin::{Pin, pin};
+
+use futures_util::{Stream, StreamExt, TryStreamExt, stream};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+
+use form::Form;
+pub use form::PLAIN_FROM;
+use spec::{Call, Nothing};
+
+use crate::BulkCreateNew;
+use crate::api::{BoxError, Bulk, Kind, Mode, Progress, Report};
+use crate::connection::Connection;
+use crate::error::{Error, SchemaProblem, Step};
+use crate::ledger::{self, Claim, Ledger};
+use crate::model::Model;
+use crate::schema;
+use crate::scope::Scope;
+use crate::sql::{self, variants};
+use crate::wire::Fingerprint;
+
+/// Batches shorter than this take the short path (arrays bound as
+/// parameters, one round trip); longer ones stream through binary COPY.
+pub const SMALL_BATCH: usize = 5000;
+
+/// The plain call: the driver without options.
+pub(crate) async fn create_new<T, C, I, It, R>(conn: &mut C, rows: I) -> Result<Report, Error>
+where
+    T: BulkCreateNew,
+    C: Connection + ?Sized,
+    I: IntoIterator<IntoIter = It, Item = R>,
+    It: Iterator<Item = R>,
+    R: Borrow<T>,
+{
+    let mut call =
+        Call { kind: &Kind::CreateNew, ledger: None, fingerprint: None, progress: None, receiver: &mut Nothing };
+    run::<T, C, _, R>(conn, stream::iter(rows.into_iter().map(Ok)), &mut call).await
+}
+
+impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
+    /// Runs the call on `rows`: any iterator of rows or references to rows,
+    /// consumed lazily. `It` and `R` (inferred) are its iterator and row
+    /// types, named for the reason given at
+    /// [`bulk_create_new`](BulkCreateNew::bulk_create_new): the call stays
+    /// `Send` on rows mapped from borrowed records by a closure.
+    ///
+    /// # Errors
+    /// As [`BulkCreateNew::bulk_create_new`], plus [`Error::Usage`] when the
+    /// options do not fit the model (an unknown or key column in an upsert, a
+    /// key type that does not match the key). Nothing is written when an
+    /// error is returned.
+    pub async fn run<I, It, R>(self, rows: I) -> Result<M::Output, Error>
+    where
+        I: IntoIterator<IntoIter = It, Item = R>,
+        It: Iterator<Item = R>,
+        R: Borrow<T>,
+    {
+        self.execute(stream::iter(rows.into_iter().map(Ok))).await
+    }
+
+    /// Runs the call on a stream of rows (or references to rows), awaiting
+    /// each row as the COPY goes on: a large file or an API pager goes
+    /// through without being held in memory. The call's transaction stays
+    /// open while the stream runs.
+    ///
+    /// ```
+    /// # use bulk_runtime::BulkCreateNew;
+    /// # #[derive(BulkCreateNew)]
+    /// # #[bulk(table = "retweeter", unique(tweet, retweeter))]
+    /// # pub struct Retweet { pub tweet: i64, pub retweeter: i64, pub original_author: i64 }
+    /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/common/mod.rs"));
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db = ExampleDb::create("doc_run_stream").await?;
+    /// # let client = &mut db.connect().await?;
+    /// # client.batch_execute(&Retweet::model().migration_sql()).await?;
+    /// # let rt = |tweet, retweeter, original_author| Retweet { tweet, retweeter, original_author };
+    /// # let pages = futures_util::stream::iter([vec![rt(1, 10, 100), rt(1, 11, 100)], vec![rt(1, 11, 100)]]);
+    /// use futures_util::StreamExt;
+    ///
+    /// // `pages`: the pages of an API pager, as they arrive.
+    /// let rows = pages.flat_map(futures_util::stream::iter);
+    /// let report = Retweet::bulk(client)
+    ///     .on_progress(|p| eprintln!("{} rows sent, {} inserted", p.sent, p.inserted))
+    ///     .run_stream(rows)
+    ///     .await?;
+    /// # assert_eq!(report.to_string(), "2 of 3 records added");
+    /// # db.drop().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// `R` (inferred) is the stream's row type, named for the same reason as
+    /// in [`run`](Self::run).
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_stream<S, R>(self, rows: S) -> Result<M::Output, Error>
+    where
+        S: Stream<Item = R>,
+        R: Borrow<T>,
+    {
+        self.execute(rows.map(Ok)).await
+    }
+
+    /// Runs the call on a stream of `Result`s (a file reader, a decoder): the
+    /// first `Err` ends the call with [`Error::Stream`], and nothing is written.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run), and [`Error::Stream`] with the stream's error.
+    pub async fn try_run_stream<S, R, E>(self, rows: S) -> Result<M::Output, Error>
+    where
+        S: Stream<Item = Result<R, E>>,
+        R: Borrow<T>,
+        E: Into<BoxError>,
+    {
+        self.execute(rows.map_err(Into::into)).await
+    }
+
+    async fn execute<S, R>(self, rows: S) -> Result<M::Output, Error>
+    where
+        S: Stream<Item = Result<R, BoxError>>,
+        R: Borrow<T>,
+    {
+        let Bulk { conn, mut mode, batch_id, ledger, mut progress, model: _ } = self;
+        let model = T::model();
+        let kind = mode.kind(model)?;
+        if let Some(batch_id) = &batch_id {
+            ledger::check_batch_id(model, batch_id)?;
+        }
+        let ledger = batch_id.as_ref().map(|_| ledger.unwrap_or_else(|| Ledger::for_model(model)));
+        let mut call = Call {
+            kind: &kind,
+            ledger: ledger.as_ref().zip(batch_id.as_deref()),
+            fingerprint: None,
+            progress: progress.as_deref_mut().map(|f| f as &mut (dyn FnMut(Progress) + Send)),
+            receiver: &mut mode,
+        };
+        let report = run::<T, C, S, R>(conn, rows, &mut call).await?;
+        Ok(mode.__finish(report))
+    }
+}
+
+/// Runs `call` on `rows`.
+async fn run<T, C, S, R>(conn: &mut C, rows: S, call: &mut Call<'_>) -> Result<Report, Error>
+where
+    T: BulkCreateNew,
+    C: Connection + ?Sized,
+    S: Stream<Item = Result<R, BoxError>>,
+    R: Borrow<T>,
+{
+    let model: &'static Model = T::model();
+    let mut rows = pin!(rows);
+    let head = first_rows(rows.as_mut()).await?;
+    let result = if head.is_empty() {
+        Ok(Report::default())
+    } else if head.len() < SMALL_BATCH && !model.copy_only() {
+        short::<T, C, R>(conn, model, head, call).await
+    } else {
+        long::<T, C, S, R>(conn, model, head, rows, call).await
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => return Err(explain_failure(conn, model, e).await),
+    };
+    call.tell(report.offered, Some(&report));
+    Ok(report)
+}
+
+/// The first rows of the batch: [`SMALL_BATCH`] of them, or all when fewer.
+async fn first_rows<S, R>(mut rows: Pin<&mut S>) -> Result<Vec<R>, Error>
+where
+    S: Stream<Item = Result<R, BoxError>>,
+{
+    let mut head: Vec<R> = Vec::with_capacity(rows.size_hint().0.min(SMALL_BATCH));
+    while head.len() < SMALL_BATCH {
+        match rows.next().await {
+            Some(Ok(row)) => head.push(row),
+            Some(Err(source)) => return Err(Error::Stream { row: head.len(), source }),
+            None => break,
+        }
+    }
+    Ok(head)
+}
+
+/// The short path: the batch as arrays, then attempts until one is final:
+/// after a plain attempt that met a conflict, the `ON CONFLICT` form; after
+/// a statement the server forgot, the same attempt prepared again, then
+/// unprepared.
+async fn short<T, C, R>(conn: &mut C, model: &'static Model, head: Vec<R>, call: &mut Call<'_>) -> Result<Report, Error>
+where
+    T: BulkCreateNew,
+    C: Connection + ?Sized,
+    R: Borrow<T>,
+{
+    let offered = head.len() as u64;
+    if call.ledger.is_some() {
+        call.fingerprint = Some(crate::wire::copy::fingerprint::<T, R>(model, &head)?);
+    }
+    let arrays = arrays::encode::<T, R>(model, call.kind, &head)?;
+    drop(head);
+    let params = arrays::params(model, call.kind, &arrays);
+    let mut form = Form::first(model, call.kind, offered);
+    loop {
+        let mut result = short_attempt(conn, model, offered, &params, call, true, form).await;
+        for prepared in [true, false] {
+            if !result.as_ref().is_err_and(Error::is_stale_statement) {
+                break;
+            }
+            result = short_attempt(conn, model, offered, &params, call, prepared, form).await;
+        }
+        match form.after(model, &result) {
+            Some(again) => form = again,
+            None => return result,
+        }
+    }
+}
+
+/// One attempt of the short path: a single statement runs as its own
+/// transaction; with a batch id, an upsert (two statements), or inside a
+/// caller's transaction, the attempt opens a transaction (or savepoint).
+async fn short_attempt<C: Connection + ?Sized>(
+    conn: &mut C,
+    model: &'static Model,
+    offered: u64,
+    params: &[arrays::Param<'_>],
+    call: &mut Call<'_>,
+    prepared: bool,
+    form: Form,
+) -> Result<Report, Error> {
+    if !call.needs_transaction(conn.nested()) {
+        return arrays::run(conn.client(), model, offered, params, call, prepared, form).await;
+    }
+    let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
+    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
+        Ok(claimed) => claimed,
+        Err(replay) => {
+            scope.commit().await.map_err(Error::at_step(model, Step::Commit))?;
+            return Ok(replay);
+        }
+    };
+    let report = arrays::run(scope.client(), model, offered, params, call, prepared, form).await?;
+    finish(scope, model, call.ledger, claimed, &report).await?;
+    Ok(report)
+}
+
+/// The COPY path, in one transaction (or savepoint): the scratch table, the
+/// COPY, the ledger's claim once the whole batch is read (its fingerprint
+/// known; a replay rolls the copied rows back), the kind's statements, the
+/// ledger's record, the commit.
+async fn long<T, C, S, R>(
+    conn: &mut C,
+    model: &'static Model,
+    head: Vec<R>,
+    rows: Pin<&mut S>,
+    call: &mut Call<'_>,
+) -> Result<Report, Error>
+where
+    T: BulkCreateNew,
+    C: Connection + ?Sized,
+    S: Stream<Item = Result<R, BoxError>>,
+    R: Borrow<T>,
+{
+    let mut scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
+    let with_id = copy::scratch(scope.client(), model, call.kind).await?;
+    let sent = copy::stream::<T, S, R>(scope.client(), model, head, rows, call).await?;
+    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
+        Ok(claimed) => claimed,
+        Err(replay) => {
+            scope.rollback().await.map_err(Error::at_step(model, Step::Commit))?;
+            return Ok(replay);
+        }
+    };
+    let and_commit = call.ledger.is_none();
+    let report = copy::insert(&mut scope, model, &sent, with_id, call, and_commit).await?;
+    finish(scope, model, call.ledger, claimed, &report).await?;
+    Ok(report)
+}
+
+/// Claims the call's batch id, if it has one: `Ok(Ok(target))` when claimed
+/// (or no batch id), `Ok(Err(report))` for a replay.
+async fn claim(
+    scope: &Scope<'_>,
+    model: &'static Model,
+    ledger: Option<(&Ledger, &str)>,
+    fingerprint: Option<&Fingerprint>,
+) -> Result<Result<Option<String>, Report>, Error> {
+    let Some((ledger, batch_id)) = ledger else { return Ok(Ok(None)) };
+    let fingerprint = fingerprint.expect("a call with a batch id fingerprints its batch before claiming it");
+    match ledger::claim(scope.client(), model, ledger, batch_id, fingerprint).await? {
+        Claim::Claimed(target) => Ok(Ok(Some(target))),
+        Claim::Replay(report) => Ok(Err(report)),
+    }
+}
+
+/// Records the counts under the claimed batch id, and commits.
+async fn finish(
+    scope: Scope<'_>,
+    model: &'static Model,
+    ledger: Option<(&Ledger, &str)>,
+    claimed: Option<String>,
+    report: &Report,
+) -> Result<(), Error> {
+    if let (Some(target), Some((ledger, batch_id))) = (claimed, ledger) {
+        ledger::record(scope.client(), model, ledger, &target, batch_id, report).await?;
+    }
+    scope.commit().await.map_err(Error::at_step(model, Step::Commit))
+}
+
+/// The enabled `BEFORE INSERT` row triggers of the table `$1` names.
+const BEFORE_INSERT_TRIGGERS: &str = "\
+SELECT tgname::text FROM pg_catalog.pg_trigger
+ WHERE tgrelid = pg_catalog.to_regclass($1) AND NOT tgisinternal AND tgenabled <> 'D'
+   AND tgtype::int & 7 = 7 ORDER BY tgname";
+
+/// When a statement fails because the table does not fit the model (missing
+/// table, column or unique index, wrong type), report the schema check's
+/// explanation instead of the raw error.
+async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, error: Error) -> Error {
+    if !error.connection_usable() {
+        return error;
+    }
+    // A returning or upsert statement refused a stored row whose key the
+    // table changed (see `variants::keys_kept`), or its update met one row
+    // twice (21000: two offered keys that the table's triggers made one).
+    let twice = error.db_error().is_some_and(|db| db.routine() == Some("ExecOnConflictUpdate"));
+    let key_changed = (error.sqlstate() == Some(&SqlState::CARDINALITY_VIOLATION) && twice)
+        || (error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+            && error.db_error().is_some_and(|db| db.message().contains(variants::KEY_CHANGED)));
+    if key_changed {
+        let target = sql::plan(model).target_regclass.as_str();
+        let triggers = match conn.client().query_typed(BEFORE_INSERT_TRIGGERS, &[(&target, Type::TEXT)]).await {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(_) => return error,
+        };
+        return Error::SchemaMismatch {
+            table: model.qualified_name(),
+            model: model.struct_name(),
+            problems: vec![SchemaProblem::KeyChangedOnInsert { triggers }],
+        };
+    }
+    let schema_related = error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
+    if !schema_related {
+        return error;
+    }
+    match schema::verify(conn.client(), model).await {
+        Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,
+        _ => error,
+    }
+}

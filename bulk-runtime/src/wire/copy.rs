@@ -1,0 +1,210 @@
+//! Binary COPY: rows encoded into a buffer that goes to the server in
+//! chunks, and the fingerprint of a batch's rows.
+
+use std::borrow::Borrow;
+use std::pin::Pin;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, CopyInSink};
+
+use super::put_value;
+use crate::BulkCreateNew;
+use crate::error::{Error, Step};
+use crate::model::Model;
+use crate::repeats::{Repeats, key_hash};
+use crate::sql;
+use crate::types::ValueError;
+
+/// Bytes per message sent to the server during COPY.
+pub(crate) const CHUNK: usize = 128 * 1024;
+
+/// The binary COPY header: signature, flags, header extension length.
+pub(crate) const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Binary COPY into the session's scratch table: rows are encoded
+/// synchronously into a buffer, which goes to the connection in messages of
+/// about [`CHUNK`] bytes, so client memory stays flat and no borrow of a row
+/// needs to live across an await.
+pub(crate) struct CopyWriter {
+    sink: Pin<Box<CopyInSink<Bytes>>>,
+    buf: BytesMut,
+    /// The wire types of the COPY columns (looked up once, not per row).
+    types: &'static [Type],
+    /// Rows encoded so far.
+    pub(crate) offered: u64,
+    sent_bytes: u64,
+    unsent: bool,
+    /// The keys seen so far, to tell whether one may repeat (when asked).
+    repeats: Option<Repeats>,
+    /// Per column, whether it is part of the key.
+    key_columns: &'static [bool],
+    /// The batch's fingerprint so far, when asked (a call with a batch id).
+    pub(crate) fingerprint: Option<Fingerprint>,
+}
+
+impl CopyWriter {
+    /// Starts `COPY ... FROM STDIN (FORMAT binary)` into the scratch table;
+    /// with `watch_repeats`, the writer tells whether a key may repeat (see
+    /// [`repeats_possible`](Self::repeats_possible)).
+    pub(crate) async fn start(tx: &Client, model: &'static Model, watch_repeats: bool) -> Result<CopyWriter, Error> {
+        // Prepared apart: a COPY statement the server refuses at parse time
+        // (a missing scratch table) leaves the connection as it was, but one
+        // refused when it starts (a permission) leaves tokio-postgres's
+        // connection unusable, and the error says so.
+        let statement = tx.prepare(&sql::plan(model).copy).await.map_err(Error::at_step(model, Step::Copy))?;
+        let sink =
+            tx.copy_in::<_, Bytes>(&statement).await.map_err(|e| Error::database(model, Step::Copy, e).broken())?;
+        let mut buf = BytesMut::with_capacity(CHUNK + 4096);
+        buf.put_slice(COPY_HEADER);
+        Ok(CopyWriter {
+            sink: Box::pin(sink),
+            buf,
+            types: &sql::plan(model).copy_types,
+            offered: 0,
+            sent_bytes: 0,
+            unsent: false,
+            repeats: if watch_repeats { Some(Repeats::new()) } else { None },
+            key_columns: &sql::plan(model).key_columns,
+            fingerprint: None,
+        })
+    }
+
+    /// Encodes one row (its position in the batch is the count so far);
+    /// returns whether the buffer is full and should be [flushed](Self::flush).
+    pub(crate) fn push<T: BulkCreateNew>(&mut self, model: &'static Model, row: &T) -> Result<bool, Error> {
+        let start = self.buf.len();
+        encode_row::<T>(model, self.types, self.offered as usize, row, &mut self.buf)?;
+        if let Some(repeats) = self.repeats.as_mut().filter(|r| !r.maybe()) {
+            // (encode_row wrote a whole row; a row it could not read back
+            // would count as a possible repeat: the safe side.)
+            repeats.insert(key_hash(&self.buf[start..], self.key_columns));
+        }
+        if let Some(fingerprint) = self.fingerprint.as_mut() {
+            fingerprint.add_row(&self.buf[start..]);
+        }
+        self.offered += 1;
+        self.unsent = true;
+        Ok(self.buf.len() >= CHUNK)
+    }
+
+    /// Whether a key may have come twice so far (see [`repeats`](crate::repeats));
+    /// always true when the writer was not asked to watch.
+    pub(crate) fn repeats_possible(&self) -> bool {
+        self.repeats.as_ref().is_none_or(Repeats::maybe)
+    }
+
+    /// Whether rows are buffered but not sent yet.
+    pub(crate) fn pending(&self) -> bool {
+        self.unsent
+    }
+
+    /// Bytes of COPY data sent or buffered so far.
+    pub(crate) fn bytes_sent(&self) -> u64 {
+        self.sent_bytes + self.buf.len() as u64
+    }
+
+    /// Sends what is buffered.
+    pub(crate) async fn flush(&mut self, model: &'static Model) -> Result<(), Error> {
+        self.sent_bytes += self.buf.len() as u64;
+        self.unsent = false;
+        self.sink.as_mut().send(self.buf.split().freeze()).await.map_err(|source| Error::copy(model, source))
+    }
+
+    /// Ends the COPY; returns the rows the server received.
+    pub(crate) async fn finish(mut self, model: &'static Model) -> Result<u64, Error> {
+        self.buf.put_i16(-1);
+        self.flush(model).await?;
+        self.sink.as_mut().finish().await.map_err(|source| Error::copy(model, source))
+    }
+}
+
+/// Appends one row in binary COPY format: the field count, the ordinal, then
+/// each value as a length-prefixed encoding. Values are checked on the client
+/// first, and an error names the row and the field.
+pub(crate) fn encode_row<T: BulkCreateNew>(
+    model: &Model,
+    types: &[Type],
+    index: usize,
+    row: &T,
+    buf: &mut BytesMut,
+) -> Result<(), Error> {
+    let values = row.copy_values();
+    let values = values.as_ref();
+    let start = buf.len();
+    buf.put_i16(types.len() as i16);
+    buf.put_i32(8);
+    buf.put_i64(index as i64);
+    for ((value, ty), column) in values.iter().zip(&types[1..]).zip(model.columns()) {
+        let fail = |buf: &mut BytesMut, source: ValueError| {
+            buf.truncate(start);
+            Error::InvalidValue { row: index, field: column.field(), source }
+        };
+        if let Err(source) = value.check().and_then(|()| put_value(*value, ty, buf).map(drop)) {
+            return Err(fail(buf, source));
+        }
+    }
+    Ok(())
+}
+
+/// What a batch is, for its batch id: the model, the number of rows and a
+/// stable 64-bit hash of the rows' binary encoding (as sent with `COPY`,
+/// each row's position included), written as text in the ledger when the id
+/// is claimed. A later call with the same id replays the recorded counts
+/// only if its batch has the same fingerprint; another batch (other rows, or
+/// another model's) under a used id is an error, never a silent replay.
+///
+/// The hash is the crate's own (a multiply-xorshift over 8-byte words), so it
+/// stays the same across processes, versions of Rust and machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    rows: u64,
+    hash: u64,
+}
+
+impl Fingerprint {
+    pub(crate) fn new() -> Fingerprint {
+        Fingerprint { rows: 0, hash: 0x243f_6a88_85a3_08d3 }
+    }
+
+    /// Adds one row, given as its binary `COPY` encoding.
+    pub(crate) fn add_row(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mix = |h: u64, w: u64| {
+            let h = (h ^ w).wrapping_mul(K);
+            h ^ (h >> 29)
+        };
+        let mut h = mix(self.hash, bytes.len() as u64);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            h = mix(h, u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        self.hash = mix(h, u64::from_le_bytes(tail));
+        self.rows += 1;
+    }
+
+    /// The text recorded in the ledger.
+    pub(crate) fn text(&self, model: &Model) -> String {
+        format!("{} rows of {} {:016x}", self.rows, model.struct_name(), self.hash)
+    }
+}
+
+/// The fingerprint of a short batch: its rows' binary COPY encoding, as the
+/// COPY path computes it while streaming.
+pub(crate) fn fingerprint<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    rows: &[R],
+) -> Result<Fingerprint, Error> {
+    let types = &sql::plan(model).copy_types;
+    let mut fingerprint = Fingerprint::new();
+    let mut buf = BytesMut::new();
+    for (i, row) in rows.iter().enumerate() {
+        buf.clear();
+        encode_row::<T>(model, types, i, row.borrow(), &mut buf)?;
+        fingerprint.add_row(&buf);
+    }
+    Ok(fingerprint)
+}
