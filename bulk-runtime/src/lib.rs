@@ -148,7 +148,6 @@ mod call;
 mod connection;
 mod contention;
 mod error;
-mod ledger;
 mod model;
 mod repeats;
 pub mod retry;
@@ -163,12 +162,11 @@ use std::borrow::Borrow;
 use std::future::Future;
 
 pub use api::{
-    BoxError, Bulk, CreateNew, FromKey, Keep, Mode, NewRow, Outcome, Progress, Report, ReturningKeys,
+    BoxError, Bulk, CreateNew, FromKey, Keep, Ledger, Mode, NewRow, Outcome, Progress, Report, ReturningKeys,
     ReturningKeysWith, ReturningSkipped, UpdateColumn, Upsert, Upserting,
 };
 pub use connection::Connection;
 pub use error::{Error, SchemaProblem, Step};
-pub use ledger::Ledger;
 pub use model::{Column, Model, quote_ident};
 pub use types::{BulkColumn, BulkValue, NonNullColumn, NonOptionColumn, PgType, ValueError};
 

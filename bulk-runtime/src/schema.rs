@@ -1,10 +1,11 @@
 //! Verifying that the live table matches the model before the first write.
 
-use tokio_postgres::Client;
 use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Row};
 
 use crate::error::{Error, SchemaProblem, Step};
-use crate::model::{Model, quote_ident};
+use crate::model::Model;
+use crate::sql::{KeyAs, KeyShape};
 use crate::types::PgType;
 
 const COLUMNS: &str = "\
@@ -36,55 +37,6 @@ SELECT ic.relname::text,
  ORDER BY ic.relname";
 
 const RESOLVE_TYPES: &str = "SELECT format_type(to_regtype(t), NULL) FROM unnest($1::text[]) AS t";
-
-/// How the batch's key values are compared so that they compare as the
-/// table's unique key does: per key column (in key order), the type and
-/// collation a value offered as the model's type is read as, when that
-/// differs from the model's type (`citext`, `char(n)`, a column collation
-/// such as a case-insensitive ICU one). The statements that deduplicate the
-/// batch and match it against stored keys read the batch through these.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct KeyShape(pub Vec<Option<KeyAs>>);
-
-/// The type (schema, name) and the collation (schema, name) a key column's
-/// values are read as; `None` where the model's own type or the type's
-/// default collation is right.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct KeyAs {
-    pub ty: Option<(String, String)>,
-    pub collation: Option<(String, String)>,
-}
-
-impl KeyShape {
-    /// Whether every key column compares as the model's type does.
-    pub(crate) fn is_plain(&self) -> bool {
-        self.0.iter().all(Option::is_none)
-    }
-
-    /// `expr` read as the `i`th key column compares; `expr` itself when plain.
-    pub(crate) fn read(&self, i: usize, expr: &str) -> String {
-        self.spell(i, expr, |ty| format!("CAST({expr} AS {ty})"))
-    }
-
-    /// The scratch table's column type of the `i`th key column, whose
-    /// model type is `wire` (an SQL type name).
-    pub(crate) fn column_type(&self, i: usize, wire: &str) -> String {
-        self.spell(i, wire, str::to_owned)
-    }
-
-    /// `plain` when the `i`th key column compares as the model's type;
-    /// otherwise `with_type` of its type (or `plain` when only the collation
-    /// differs), followed by its `COLLATE` clause.
-    fn spell(&self, i: usize, plain: &str, with_type: impl FnOnce(&str) -> String) -> String {
-        let Some(k) = self.0.get(i).and_then(Option::as_ref) else { return plain.to_owned() };
-        let name = |(schema, name): &(String, String)| format!("{}.{}", quote_ident(schema), quote_ident(name));
-        let mut out = k.ty.as_ref().map_or_else(|| plain.to_owned(), |ty| with_type(&name(ty)));
-        if let Some(collation) = &k.collation {
-            out = format!("{out} COLLATE {}", name(collation));
-        }
-        out
-    }
-}
 
 /// Checks the live table against the model; returns every difference at
 /// once, or how its key compares.
@@ -137,6 +89,7 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
     }
 }
 
+/// The live table's differences from the model, and how its key compares.
 async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>, KeyShape), tokio_postgres::Error> {
     let name = crate::sql::plan(model).target_regclass.as_str();
     let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
@@ -156,15 +109,22 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
     if live.is_empty() {
         return Ok((vec![SchemaProblem::TableMissing], KeyShape::default()));
     }
-
     let mut problems = Vec::new();
     if !live[0].get::<_, bool>(5) {
         problems.push(SchemaProblem::TemporaryTablesNotAllowed { role: live[0].get(6), database: live[0].get(7) });
     }
+    column_problems(model, &live, resolved, &mut problems);
+    let shape = key_shape(model, &live, &mut problems);
+    problems.extend(index_problem(model, &indexes));
+    Ok((problems, shape))
+}
+
+/// The model's columns against the live ones (rows of [`COLUMNS`]);
+/// `resolved` are the model's `sql_type` overrides as the server names them.
+fn column_problems(model: &Model, live: &[Row], resolved: Vec<Option<String>>, problems: &mut Vec<SchemaProblem>) {
     let mut overrides = resolved.into_iter();
     for column in model.columns() {
         let resolved = column.sql_type().and_then(|_| overrides.next().flatten());
-        let found = live.iter().find(|r| r.get::<_, &str>(0) == column.name());
         let mut accepted: Vec<String> =
             column.pg_type().compatible_sql_names().iter().map(|s| (*s).to_owned()).collect();
         if let Some(r) = resolved
@@ -173,33 +133,35 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
             accepted.insert(0, r);
         }
         let expected = accepted.join(" or ");
-        match found {
-            None => problems.push(SchemaProblem::ColumnMissing { column: column.name().to_owned(), expected }),
-            Some(row) => {
-                let ty: String = row.get(1);
-                // `format_type` qualifies a type whose schema is not on the
-                // search_path (`public.citext` for an extension installed in
-                // `public` while the path is the application's schema): such
-                // a type is still the one its name says.
-                let unqualified: String = row.get(4);
-                let fits = accepted.contains(&ty) || (ty.contains('.') && accepted.contains(&unqualified));
-                if !fits {
-                    problems.push(SchemaProblem::ColumnType { column: column.name().to_owned(), expected, found: ty });
-                }
-                if column.nullable() && row.get::<_, bool>(2) {
-                    problems.push(SchemaProblem::ColumnNotNull { column: column.name().to_owned() });
-                }
-            }
+        let Some(row) = live.iter().find(|r| r.get::<_, &str>(0) == column.name()) else {
+            problems.push(SchemaProblem::ColumnMissing { column: column.name().to_owned(), expected });
+            continue;
+        };
+        let ty: String = row.get(1);
+        // `format_type` qualifies a type whose schema is not on the
+        // search_path (`public.citext` for an extension installed in
+        // `public` while the path is the application's schema): such a type
+        // is still the one its name says.
+        let unqualified: String = row.get(4);
+        let fits = accepted.contains(&ty) || (ty.contains('.') && accepted.contains(&unqualified));
+        if !fits {
+            problems.push(SchemaProblem::ColumnType { column: column.name().to_owned(), expected, found: ty });
+        }
+        if column.nullable() && row.get::<_, bool>(2) {
+            problems.push(SchemaProblem::ColumnNotNull { column: column.name().to_owned() });
         }
     }
-    for row in &live {
+    for row in live {
         let name: &str = row.get(0);
         let (not_null, has_default): (bool, bool) = (row.get(2), row.get(3));
         if not_null && !has_default && !model.columns().iter().any(|c| c.name() == name) {
             problems.push(SchemaProblem::RequiredColumnNotInModel { column: name.to_owned() });
         }
     }
+}
 
+/// How the live key columns compare (and whether one rounds its values).
+fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> KeyShape {
     let mut shape = KeyShape::default();
     for column in model.unique_key() {
         let Some(row) = live.iter().find(|r| r.get::<_, &str>(0) == column.name()) else {
@@ -213,48 +175,57 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));
         shape.0.push(key_as(column.pg_type(), typschema, typname, collation));
     }
+    shape
+}
 
+/// [`SchemaProblem::UniqueKeyMissing`] unless one of the table's unique
+/// indexes (rows of [`UNIQUE_INDEXES`]) refuses a repeated key as the call
+/// needs, with the reasons the others on the key's columns do not.
+fn index_problem(model: &Model, indexes: &[Row]) -> Option<SchemaProblem> {
     let mut key: Vec<String> = model.unique_key().map(|c| c.name().to_owned()).collect();
+    key.sort();
     let key_nullable = model.unique_key().any(|c| c.nullable());
     let mut rejected = Vec::new();
     let mut usable = false;
-    key.sort();
     for row in indexes {
-        let index: String = row.get(0);
         let mut cols: Vec<String> = row.get(1);
-        let (partial, expressions, nulls_not_distinct, valid, immediate): (bool, bool, bool, bool, bool) =
-            (row.get(2), row.get(3), row.get(4), row.get(5), row.get(6));
-        let same_collations: bool = row.get(7);
         cols.sort();
-        let same_columns = cols == key;
-        let why = if expressions {
-            Some("is on an expression")
-        } else if !same_columns {
-            None
-        } else if partial {
-            Some("is partial (has a WHERE clause)")
-        } else if !valid {
-            Some("is invalid (a failed concurrent build)")
-        } else if !immediate {
-            // ON CONFLICT cannot use it, and a deferred check would only
-            // refuse a stored key at COMMIT, after the call's counts.
-            Some("is deferrable (its constraint must be checked immediately)")
-        } else if !same_collations {
-            // The call compares keys as their columns do.
-            Some("compares a column under another collation than the column's own")
-        } else if key_nullable && !nulls_not_distinct {
-            Some("treats NULLs as distinct, but the model declares nulls_not_distinct")
-        } else {
-            usable = true;
-            None
-        };
-        if let Some(why) = why {
-            rejected.push(format!("unique index \"{index}\" on ({}) {why}", cols.join(", ")));
+        match index_unfit(row, cols == key, key_nullable) {
+            Some(why) => {
+                let index: String = row.get(0);
+                rejected.push(format!("unique index \"{index}\" on ({}) {why}", cols.join(", ")));
+            }
+            None => usable |= cols == key,
         }
     }
-    if !usable {
-        let key = model.unique_key().map(|c| c.name().to_owned()).collect();
-        problems.push(SchemaProblem::UniqueKeyMissing { key, rejected });
+    let key = model.unique_key().map(|c| c.name().to_owned()).collect();
+    (!usable).then_some(SchemaProblem::UniqueKeyMissing { key, rejected })
+}
+
+/// Why a unique index (a row of [`UNIQUE_INDEXES`]) cannot serve the key;
+/// `None` when it can, or when it is on other columns (`same_columns` false).
+fn index_unfit(row: &Row, same_columns: bool, key_nullable: bool) -> Option<&'static str> {
+    let (partial, expressions, nulls_not_distinct, valid, immediate): (bool, bool, bool, bool, bool) =
+        (row.get(2), row.get(3), row.get(4), row.get(5), row.get(6));
+    let same_collations: bool = row.get(7);
+    if expressions {
+        Some("is on an expression")
+    } else if !same_columns {
+        None
+    } else if partial {
+        Some("is partial (has a WHERE clause)")
+    } else if !valid {
+        Some("is invalid (a failed concurrent build)")
+    } else if !immediate {
+        // ON CONFLICT cannot use it, and a deferred check would only
+        // refuse a stored key at COMMIT, after the call's counts.
+        Some("is deferrable (its constraint must be checked immediately)")
+    } else if !same_collations {
+        // The call compares keys as their columns do.
+        Some("compares a column under another collation than the column's own")
+    } else if key_nullable && !nulls_not_distinct {
+        Some("treats NULLs as distinct, but the model declares nulls_not_distinct")
+    } else {
+        None
     }
-    Ok((problems, shape))
 }

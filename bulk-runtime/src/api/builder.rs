@@ -8,11 +8,11 @@ use std::marker::PhantomData;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Type};
 
+use super::ledger::Ledger;
 use super::report::Report;
 use crate::BulkCreateNew;
 use crate::connection::Connection;
 use crate::error::{Error, type_name};
-use crate::ledger::Ledger;
 use crate::model::{Column, Model};
 
 /// The error a stream of rows may yield.

@@ -5,6 +5,7 @@
 //! `run` methods, so this module imports nothing from it.
 
 mod builder;
+pub(crate) mod ledger;
 mod report;
 
 pub(crate) use builder::private::Run;
@@ -13,4 +14,5 @@ pub use builder::{
     ReturningSkipped, UpdateColumn, Upsert, Upserting,
 };
 pub(crate) use builder::{Kind, UpdateSet};
+pub use ledger::Ledger;
 pub use report::{Outcome, Report};

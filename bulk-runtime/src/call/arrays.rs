@@ -20,11 +20,12 @@ use tokio_postgres::{Client, RowStream, Statement};
 use super::form::Form;
 use super::spec::{Call, Mask, counts, deliver, upsert_report};
 use crate::BulkCreateNew;
-use crate::api::{Keep, Kind, Report};
+use crate::api::{Keep, Kind, Report, UpdateSet};
 use crate::error::{Error, Step};
 use crate::model::Model;
-use crate::schema::{self, KeyShape};
+use crate::schema;
 use crate::sql;
+use crate::sql::KeyShape;
 use crate::sql::variants::{self, Returned, Source};
 use crate::statements::{self, Lookup};
 use crate::wire::{self, Encoded};
@@ -89,35 +90,43 @@ pub(crate) async fn run(
             let inserted = deliver(model, rows, offered, call.receiver).await?;
             Ok(Report::counts(offered, inserted))
         }
-        Kind::Upsert(set) => {
-            // 1. The new keys, and which kept rows they came from.
-            let label = format!("upsert insert {:?}", set.keep);
-            let statement = statements
-                .get(&label, false, params, |_, shape| {
-                    variants::returning(model, Source::Arrays(shape), set.keep, Returned::Positions).into()
-                })
-                .await?;
-            let rows = statement.query(&statements, params).await?;
-            let mut done = Mask(vec![false; offered as usize]);
-            let inserted = deliver(model, rows, offered, &mut done).await?;
-
-            // 2. The stored keys, without the rows whose key step 1 inserted.
-            let mut label = format!("upsert update {:?} {}", set.keep, set.only_if_changed);
-            for c in &set.columns {
-                label.push('\0');
-                label.push_str(c.name());
-            }
-            let mut params = params.to_vec();
-            params.push((&done.0, Type::BOOL_ARRAY));
-            let statement = statements
-                .get(&label, false, &params, |_, shape| {
-                    variants::upsert_update(model, Source::Arrays(shape), set).into()
-                })
-                .await?;
-            let (remaining, updated) = counts(model, statement.query(&statements, &params).await?).await?;
-            Ok(upsert_report(offered, inserted, inserted + remaining, updated))
-        }
+        Kind::Upsert(set) => upsert(&mut statements, offered, params, set).await,
     }
+}
+
+/// An upsert's two statements: insert the new keys (and mark the rows they
+/// came from), then update the stored ones.
+async fn upsert(
+    statements: &mut Statements<'_>,
+    offered: u64,
+    params: &[Param<'_>],
+    set: &UpdateSet,
+) -> Result<Report, Error> {
+    let model = statements.model;
+    // 1. The new keys, and which kept rows they came from.
+    let label = format!("upsert insert {:?}", set.keep);
+    let statement = statements
+        .get(&label, false, params, |_, shape| {
+            variants::returning(model, Source::Arrays(shape), set.keep, Returned::Positions).into()
+        })
+        .await?;
+    let rows = statement.query(statements, params).await?;
+    let mut done = Mask(vec![false; offered as usize]);
+    let inserted = deliver(model, rows, offered, &mut done).await?;
+
+    // 2. The stored keys, without the rows whose key step 1 inserted.
+    let mut label = format!("upsert update {:?} {}", set.keep, set.only_if_changed);
+    for c in &set.columns {
+        label.push('\0');
+        label.push_str(c.name());
+    }
+    let mut params = params.to_vec();
+    params.push((&done.0, Type::BOOL_ARRAY));
+    let statement = statements
+        .get(&label, false, &params, |_, shape| variants::upsert_update(model, Source::Arrays(shape), set).into())
+        .await?;
+    let (remaining, updated) = counts(model, statement.query(statements, &params).await?).await?;
+    Ok(upsert_report(offered, inserted, inserted + remaining, updated))
 }
 
 /// The statements of one attempt on one connection.

@@ -9,8 +9,8 @@ use tokio_postgres::error::SqlState;
 use crate::api::Kind;
 use crate::error::Error;
 use crate::model::Model;
-use crate::schema::KeyShape;
 use crate::sql;
+use crate::sql::KeyShape;
 use crate::statements::{PLAIN, PLAIN_ON_CONFLICT};
 
 /// The form of an insert.

@@ -21,6 +21,7 @@
 mod arrays;
 mod copy;
 mod form;
+mod ledger;
 mod spec;
 
 use std::borrow::Borrow;
@@ -35,15 +36,17 @@ pub use form::PLAIN_FROM;
 use spec::{Call, Nothing};
 
 use crate::BulkCreateNew;
+use crate::api::Ledger;
+use crate::api::ledger::check_batch_id;
 use crate::api::{BoxError, Bulk, Kind, Mode, Progress, Report};
 use crate::connection::Connection;
 use crate::error::{Error, SchemaProblem, Step};
-use crate::ledger::{self, Claim, Ledger};
 use crate::model::Model;
 use crate::schema;
 use crate::scope::Scope;
 use crate::sql::{self, variants};
 use crate::wire::Fingerprint;
+use ledger::Claim;
 
 /// Batches shorter than this take the short path (arrays bound as
 /// parameters, one round trip); longer ones stream through binary COPY.
@@ -151,7 +154,7 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
         let model = T::model();
         let kind = mode.kind(model)?;
         if let Some(batch_id) = &batch_id {
-            ledger::check_batch_id(model, batch_id)?;
+            check_batch_id(model, batch_id)?;
         }
         let ledger = batch_id.as_ref().map(|_| ledger.unwrap_or_else(|| Ledger::for_model(model)));
         let mut call = Call {

@@ -6,9 +6,9 @@ use std::pin::pin;
 use futures_util::TryStreamExt;
 use tokio_postgres::{Row, RowStream};
 
+use crate::api::Ledger;
 use crate::api::{Kind, Progress, Report, Run};
 use crate::error::{Error, Step};
-use crate::ledger::Ledger;
 use crate::model::Model;
 use crate::sql::variants;
 use crate::wire::Fingerprint;

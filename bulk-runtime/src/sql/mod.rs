@@ -10,10 +10,12 @@ use sea_query::{
 use tokio_postgres::types::Type;
 
 use crate::model::{Column, Model, fnv1a, quote_ident};
-use crate::schema::KeyShape;
 use crate::types::{PgType, fixed_width};
 
+mod shape;
 pub(crate) mod variants;
+
+pub(crate) use shape::{KeyAs, KeyShape};
 
 /// Name of the scratch table's ordinal column: the position of the row in the
 /// batch, so that the first offered row of a key wins deterministically.
@@ -627,7 +629,7 @@ mod tests {
 
     #[test]
     fn a_key_compared_as_the_table_compares_it_reads_the_batch_through_casts() {
-        use crate::schema::KeyAs;
+        use crate::sql::KeyAs;
         // `label` (the first key column) is citext under a case-insensitive collation.
         let shape = KeyShape(vec![
             Some(KeyAs {

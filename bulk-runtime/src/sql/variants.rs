@@ -19,7 +19,7 @@ use tokio_postgres::types::Type;
 
 use crate::api::{Keep, UpdateSet};
 use crate::model::{Column, Model, quote_ident};
-use crate::schema::KeyShape;
+use crate::sql::KeyShape;
 use crate::sql::{self, ORD};
 use crate::types::PgType;
 
@@ -485,7 +485,7 @@ mod tests {
             assert_eq!(strip_quoted(sql).matches(['"', ';', '\'']).count(), 0, "{sql}");
         }
         at(&statements[0], r#""i""d"::bigint AS "__bulk_id""#);
-        let ledger = crate::ledger::Ledger::new(r#"l"; DROP TABLE victim; --"#).in_schema(r#"s"x"#);
+        let ledger = crate::api::Ledger::new(r#"l"; DROP TABLE victim; --"#).in_schema(r#"s"x"#);
         for sql in ledger.migration_statements() {
             assert_eq!(strip_quoted(&sql).matches(['"', ';']).count(), 0, "{sql}");
         }

@@ -9,7 +9,7 @@ use futures_util::SinkExt;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, CopyInSink};
 
-use super::put_value;
+use super::values::put_value;
 use crate::BulkCreateNew;
 use crate::error::{Error, Step};
 use crate::model::Model;
@@ -207,4 +207,28 @@ pub(crate) fn fingerprint<T: BulkCreateNew, R: Borrow<T>>(
         fingerprint.add_row(&buf);
     }
     Ok(fingerprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_tell_batches_apart_and_stay_the_same() {
+        let of = |rows: &[&[u8]]| {
+            let mut f = Fingerprint::new();
+            rows.iter().for_each(|r| f.add_row(r));
+            f
+        };
+        let a = of(&[b"first row", b"second"]);
+        assert_eq!(a, of(&[b"first row", b"second"]));
+        for other in [of(&[b"second", b"first row"]), of(&[b"first rowsecond"]), of(&[b"first row", b"secone"])] {
+            assert_ne!(a, other);
+        }
+        // Ledgers keep it across processes and versions: it must never change.
+        assert_eq!(
+            of(&[b"abc", b"0123456789"]).text(&crate::sql::fixtures::MODEL),
+            "2 rows of Retweet 7f7e05fcbd59c79d"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::borrow::Borrow;
 
 use bytes::{BufMut, BytesMut};
 
-use super::{ColumnBuffers, Encoded, array_header, encode_columns, put_value};
+use super::values::{ColumnBuffers, Encoded, array_header, encode_columns, put_value};
 use crate::BulkCreateNew;
 use crate::error::Error;
 use crate::model::{Column, Model};

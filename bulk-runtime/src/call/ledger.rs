@@ -1,0 +1,186 @@
+//! Exactly-once accounting: the ledger of batch ids.
+//!
+//! A call given a batch id ([`Bulk::batch_id`](crate::Bulk::batch_id)) first
+//! *claims* the id in the ledger table, in the transaction (or savepoint) that
+//! then inserts the batch and records its counts on the claimed row. So the
+//! counts are committed exactly when the rows are:
+//!
+//! - a retry after an ambiguous `COMMIT` (the server committed, the client
+//!   lost the answer) finds the id claimed and returns the recorded counts,
+//!   flagged [`replayed`](crate::Report::replayed), without inserting;
+//! - two calls with the same new id at the same time cannot both insert: the
+//!   second one's claim waits on the first one's uncommitted ledger row (the
+//!   primary key), then sees it (a replay) or, if the first rolled back,
+//!   claims it itself;
+//! - a failed call leaves no ledger row behind: its retry runs normally.
+//!
+//! The claim is the call's first write, and it takes one row lock, so it adds
+//! no deadlock: the batch's keys are still locked in key order after it.
+
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+
+use crate::api::ledger::{COUNTS, FINGERPRINT};
+use crate::api::{Ledger, Report};
+use crate::error::{Error, Step};
+use crate::model::{Model, quote_ident};
+use crate::sql;
+use crate::wire::Fingerprint;
+
+/// Claims `($1 resolved, $2)` for the batch of fingerprint `$3`; returns
+/// the resolved target when claimed.
+fn claim_sql(ledger: &Ledger) -> String {
+    format!(
+        "INSERT INTO {} ({}, {}, {}) VALUES ({RESOLVED_TARGET}, $2, $3) ON CONFLICT ({}, {}) DO NOTHING RETURNING {}",
+        ledger.qualified_name(),
+        quote_ident("target"),
+        quote_ident("batch_id"),
+        quote_ident(FINGERPRINT),
+        quote_ident("target"),
+        quote_ident("batch_id"),
+        quote_ident("target"),
+    )
+}
+
+/// The recorded counts and fingerprint of `($1 resolved, $2)`.
+fn replay_sql(ledger: &Ledger) -> String {
+    let mut counts: Vec<String> = COUNTS.iter().map(|c| quote_ident(c)).collect();
+    counts.push(quote_ident(FINGERPRINT));
+    format!(
+        "SELECT {} FROM {} WHERE {} = {RESOLVED_TARGET} AND {} = $2",
+        counts.join(", "),
+        ledger.qualified_name(),
+        quote_ident("target"),
+        quote_ident("batch_id"),
+    )
+}
+
+/// Records the counts (`$3`...) on the claimed row `($1, $2)`.
+fn record_sql(ledger: &Ledger) -> String {
+    let sets: Vec<String> =
+        COUNTS.iter().enumerate().map(|(i, c)| format!("{} = ${}", quote_ident(c), i + 3)).collect();
+    format!(
+        "UPDATE {} SET {}, {} = now() WHERE {} = $1 AND {} = $2",
+        ledger.qualified_name(),
+        sets.join(", "),
+        quote_ident("recorded_at"),
+        quote_ident("target"),
+        quote_ident("batch_id"),
+    )
+}
+
+/// `$1` (the target as the model writes it) resolved to `schema.table`, so
+/// that the same table reached through different `search_path`s has one name.
+const RESOLVED_TARGET: &str = "coalesce((SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.oid = pg_catalog.to_regclass($1)), $1)";
+
+/// The outcome of claiming a batch id.
+pub(crate) enum Claim {
+    /// The id is ours: the resolved target to record the counts under.
+    Claimed(String),
+    /// The id was recorded by an earlier call: its counts.
+    Replay(Report),
+}
+
+fn ledger_error<'a>(model: &'a Model, ledger: &'a Ledger) -> impl Fn(tokio_postgres::Error) -> Error + 'a {
+    move |source| {
+        // The ledger table or its schema is missing, or the table lacks a
+        // column this version records (made by an earlier version): say how
+        // to create or upgrade it.
+        if matches!(
+            source.code(),
+            Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME | &SqlState::UNDEFINED_COLUMN)
+        ) {
+            return Error::LedgerMissing { model: model.struct_name(), ledger: ledger.qualified_name(), source };
+        }
+        Error::database(model, Step::Ledger, source)
+    }
+}
+
+/// Claims `batch_id` for the model's table, inside the call's transaction.
+pub(crate) async fn claim(
+    client: &Client,
+    model: &'static Model,
+    ledger: &Ledger,
+    batch_id: &str,
+    fingerprint: &Fingerprint,
+) -> Result<Claim, Error> {
+    let target = sql::plan(model).target_regclass.as_str();
+    let fingerprint = fingerprint.text(model);
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] =
+        [(&target, Type::TEXT), (&batch_id, Type::TEXT), (&fingerprint, Type::TEXT)];
+    // The row found taken may be deleted before it is read (a cleanup job):
+    // then claim again.
+    for _ in 0..3 {
+        let claimed = client.query_typed(&claim_sql(ledger), &params).await.map_err(ledger_error(model, ledger))?;
+        if let Some(row) = claimed.first() {
+            return Ok(Claim::Claimed(row.get(0)));
+        }
+        let recorded =
+            client.query_typed(&replay_sql(ledger), &params[..2]).await.map_err(ledger_error(model, ledger))?;
+        if let Some(row) = recorded.first() {
+            // (A row recorded before fingerprints were kept has none.)
+            let recorded: Option<String> = row.get(COUNTS.len());
+            if let Some(recorded) = recorded.filter(|r| *r != fingerprint) {
+                return Err(Error::BatchIdReused {
+                    batch_id: batch_id.to_owned(),
+                    ledger: ledger.qualified_name(),
+                    recorded,
+                    offered: fingerprint,
+                });
+            }
+            let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+            return Ok(Claim::Replay(Report {
+                offered: n(0),
+                inserted: n(1),
+                updated: n(2),
+                unchanged: n(3),
+                skipped: n(4),
+                replayed: true,
+                returned: (),
+            }));
+        }
+    }
+    Err(Error::Usage {
+        model: model.struct_name(),
+        message: format!("batch id {batch_id:?} was taken in {} but its row kept vanishing", ledger.qualified_name()),
+    })
+}
+
+/// Records the call's counts on the claimed row.
+pub(crate) async fn record(
+    client: &Client,
+    model: &'static Model,
+    ledger: &Ledger,
+    target: &str,
+    batch_id: &str,
+    report: &Report,
+) -> Result<(), Error> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let counts = [n(report.offered), n(report.inserted), n(report.updated), n(report.unchanged), n(report.skipped)];
+    let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> =
+        vec![(&target, Type::TEXT), (&batch_id, Type::TEXT)];
+    params.extend(counts.iter().map(|c| (c as &(dyn tokio_postgres::types::ToSql + Sync), Type::INT8)));
+    client.query_typed(&record_sql(ledger), &params).await.map_err(ledger_error(model, ledger))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_replay_and_record_take_values_only_as_parameters() {
+        let ledger = Ledger::default();
+        let claim = claim_sql(&ledger);
+        assert!(claim.contains(r#"ON CONFLICT ("target", "batch_id") DO NOTHING RETURNING "target""#), "{claim}");
+        assert!(claim.contains("to_regclass($1)") && claim.contains("$2, $3)"), "{claim}");
+        let record = record_sql(&ledger);
+        assert!(record.starts_with(r#"UPDATE "bulk_batches" SET "offered" = $3, "inserted" = $4, "updated" = $5, "unchanged" = $6, "skipped" = $7, "recorded_at" = now()"#), "{record}");
+        assert!(replay_sql(&ledger).starts_with(
+            r#"SELECT "offered", "inserted", "updated", "unchanged", "skipped", "fingerprint" FROM "bulk_batches""#
+        ));
+    }
+}

@@ -1,0 +1,54 @@
+//! How the table compares its key's values, as SQL reads them: the schema
+//! check finds it, every statement that matches or deduplicates keys reads
+//! the batch through it.
+
+use crate::model::quote_ident;
+
+/// How the batch's key values are compared so that they compare as the
+/// table's unique key does: per key column (in key order), the type and
+/// collation a value offered as the model's type is read as, when that
+/// differs from the model's type (`citext`, `char(n)`, a column collation
+/// such as a case-insensitive ICU one). The statements that deduplicate the
+/// batch and match it against stored keys read the batch through these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct KeyShape(pub Vec<Option<KeyAs>>);
+
+/// The type (schema, name) and the collation (schema, name) a key column's
+/// values are read as; `None` where the model's own type or the type's
+/// default collation is right.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct KeyAs {
+    pub ty: Option<(String, String)>,
+    pub collation: Option<(String, String)>,
+}
+
+impl KeyShape {
+    /// Whether every key column compares as the model's type does.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    /// `expr` read as the `i`th key column compares; `expr` itself when plain.
+    pub(crate) fn read(&self, i: usize, expr: &str) -> String {
+        self.spell(i, expr, |ty| format!("CAST({expr} AS {ty})"))
+    }
+
+    /// The scratch table's column type of the `i`th key column, whose
+    /// model type is `wire` (an SQL type name).
+    pub(crate) fn column_type(&self, i: usize, wire: &str) -> String {
+        self.spell(i, wire, str::to_owned)
+    }
+
+    /// `plain` when the `i`th key column compares as the model's type;
+    /// otherwise `with_type` of its type (or `plain` when only the collation
+    /// differs), followed by its `COLLATE` clause.
+    fn spell(&self, i: usize, plain: &str, with_type: impl FnOnce(&str) -> String) -> String {
+        let Some(k) = self.0.get(i).and_then(Option::as_ref) else { return plain.to_owned() };
+        let name = |(schema, name): &(String, String)| format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let mut out = k.ty.as_ref().map_or_else(|| plain.to_owned(), |ty| with_type(&name(ty)));
+        if let Some(collation) = &k.collation {
+            out = format!("{out} COLLATE {}", name(collation));
+        }
+        out
+    }
+}
