@@ -255,12 +255,17 @@ impl Model {
     /// The whole DDL for the model as one SQL script (schema, table, unique
     /// index, indexes), each statement ending in `;`. Applying it twice is harmless.
     pub fn migration_sql(&self) -> String {
-        let mut sql = String::new();
-        for s in self.migration_statements() {
-            let _ = writeln!(sql, "{s};");
-        }
-        sql
+        script(self.migration_statements())
     }
+}
+
+/// Statements as one script, each ending in `;` on its own line.
+pub(crate) fn script(statements: Vec<String>) -> String {
+    let mut sql = String::new();
+    for s in statements {
+        let _ = writeln!(sql, "{s};");
+    }
+    sql
 }
 
 /// Quotes an identifier for PostgreSQL: wraps it in double quotes and doubles

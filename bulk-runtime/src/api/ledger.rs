@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use crate::BulkCreateNew;
 use crate::error::Error;
-use crate::model::{Model, quote_ident};
+use crate::model::{Model, quote_ident, script};
 
 /// Where the batch ids of [`Bulk::batch_id`](crate::Bulk::batch_id) are
 /// recorded: a table with one row per (target table, batch id).
@@ -141,11 +141,7 @@ impl Ledger {
     /// The ledger's DDL as one idempotent script (`CREATE SCHEMA IF NOT
     /// EXISTS` when a schema is set, `CREATE TABLE IF NOT EXISTS`).
     pub fn migration_sql(&self) -> String {
-        let mut sql = String::new();
-        for s in self.migration_statements() {
-            let _ = writeln!(sql, "{s};");
-        }
-        sql
+        script(self.migration_statements())
     }
 }
 

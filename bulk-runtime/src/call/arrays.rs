@@ -35,7 +35,7 @@ pub(crate) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 /// The batch's columns as binary arrays: for the plain call of a model whose
 /// key the client orders, in key order with each key once (see
-/// [`Plan::client_ordered`](crate::sql::Plan)); otherwise in offered order,
+/// [`Plan::client_ordered`](crate::sql::plan)); otherwise in offered order,
 /// with the positions first.
 pub(crate) fn encode<T: BulkCreateNew, R: Borrow<T>>(
     model: &'static Model,

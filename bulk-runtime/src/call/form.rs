@@ -85,8 +85,8 @@ impl Form {
             (Form::OnConflict, true) => Cow::Borrowed(&plan.small_insert),
             // (Only a text key compares otherwise, and the client never
             // orders one: see `Plan::client_ordered`.)
-            (Form::Plain, false) => Cow::Owned(sql::small_insert_plain_sql(model, plan.client_ordered, shape)),
-            (Form::OnConflict, false) => Cow::Owned(sql::small_insert_sql(model, shape)),
+            (Form::Plain, false) => Cow::Owned(sql::arrays_plain(model, plan.client_ordered, shape)),
+            (Form::OnConflict, false) => Cow::Owned(sql::arrays_on_conflict(model, plan.client_ordered, shape)),
         }
     }
 

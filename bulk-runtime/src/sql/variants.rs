@@ -8,28 +8,24 @@
 //! the guarantees of the plain call hold: no table lock, no deadlock between
 //! overlapping batches, exact counts.
 //!
-//! sea-query cannot express `unnest(...) AS u(cols)` nor data-modifying
-//! `WITH` queries, so the text is assembled here, every identifier through
-//! [`quote_ident`] and nothing but static keywords and type names besides; no
-//! value is ever part of the text.
+//! The text is assembled from the same fragments as the plain call's
+//! statements (`fragments`): every identifier quoted, nothing but static
+//! keywords and type names besides; no value is ever part of the text.
 
 use std::fmt::Write as _;
 
 use tokio_postgres::types::Type;
 
+use super::fragments::{self, Arrays, DONE, ORD, cols as list, key_match, literal, names, not_stored, q};
+use super::plan::plan;
+use super::shape::KeyShape;
 use crate::api::{Keep, UpdateSet};
-use crate::model::{Column, Model, quote_ident};
-use crate::sql::KeyShape;
-use crate::sql::{self, ORD};
+use crate::model::{Column, Model};
 use crate::types::PgType;
 
 /// Column of the statements' results (and of the arrays' mask) naming the
 /// generated id of an inserted row.
 pub(crate) const ID: &str = "__bulk_id";
-
-/// Column of the upsert's mask array: the row's key was inserted by the first
-/// statement.
-const DONE: &str = "__bulk_done";
 
 /// The order of the positions of a key's rows that puts the kept one first.
 fn order(keep: Keep) -> &'static str {
@@ -59,22 +55,6 @@ pub(crate) enum Returned {
     Positions,
 }
 
-fn q(name: &str) -> String {
-    quote_ident(name)
-}
-
-/// `"a"."c1", "a"."c2", ...` for `columns`.
-fn list<'c>(alias: &str, columns: impl IntoIterator<Item = &'c Column>) -> String {
-    let mut out = String::new();
-    for (i, c) in columns.into_iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        let _ = write!(out, "{}.{}", q(alias), q(c.name()));
-    }
-    out
-}
-
 /// Parameter types of the array source: positions, one array per column, and
 /// (for the upsert's second statement) the mask.
 pub(crate) fn array_types(model: &Model, mask: bool) -> Vec<Type> {
@@ -86,30 +66,19 @@ pub(crate) fn array_types(model: &Model, mask: bool) -> Vec<Type> {
     types
 }
 
-/// The batch as the relation `"u"`: `unnest(...) AS "u"(...)` or the scratch table.
+/// The batch as the relation `"u"`: the array parameters (with the
+/// upsert's `mask`) or the scratch table.
 fn source(model: &'static Model, source: Source<'_>, mask: bool) -> String {
     match source {
-        Source::Arrays(shape) => {
-            let mut arrays = vec!["$1::bigint[]".to_owned()];
-            let mut names = vec![q(ORD)];
-            for (i, c) in model.columns().iter().enumerate() {
-                arrays.push(format!("${}::{}[]", i + 2, c.pg_type().sql_name()));
-                names.push(q(c.name()));
-            }
-            if mask {
-                arrays.push(format!("${}::boolean[]", model.columns().len() + 2));
-                names.push(q(DONE));
-            }
-            sql::unnest_source(model, "\"u\"", &arrays, &names, shape)
-        }
-        Source::Scratch => format!("pg_temp.{} AS \"u\"", q(&crate::sql::plan(model).scratch)),
+        Source::Arrays(shape) => fragments::arrays(model, "\"u\"", Arrays { positions: true, mask }, shape),
+        Source::Scratch => fragments::scratch(&plan(model).scratch, "\"u\""),
     }
 }
 
 /// `"src"`: one row per key, the kept one, with its position (and the mask).
 fn src_cte(model: &'static Model, from: Source<'_>, keep: Keep, mask: bool) -> String {
-    let key = list("u", model.unique_key());
-    let mut cols = format!("\"u\".{}, {}", q(ORD), list("u", model.columns()));
+    let key = list("\"u\"", model.unique_key());
+    let mut cols = format!("\"u\".{}, {}", q(ORD), list("\"u\"", model.columns()));
     if mask {
         let _ = write!(cols, ", \"u\".{}", q(DONE));
     }
@@ -126,20 +95,6 @@ fn src_cte(model: &'static Model, from: Source<'_>, keep: Keep, mask: bool) -> S
     }
 }
 
-/// `a.k = b.k AND ...` over the key; a nullable key column (under
-/// `nulls_not_distinct`) compares `ARRAY[a.k] = ARRAY[b.k]`, which holds for
-/// two NULLs and, unlike `IS NOT DISTINCT FROM`, can be hashed.
-fn key_match(model: &Model, a: &str, b: &str) -> String {
-    model
-        .unique_key()
-        .map(|c| {
-            let (l, r) = (format!("{}.{}", q(a), q(c.name())), format!("{}.{}", q(b), q(c.name())));
-            if c.nullable() { format!("ARRAY[{l}] = ARRAY[{r}]") } else { format!("{l} = {r}") }
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
 /// `"ins"`: the conflict-skipping insert of the kept rows, in key order, that
 /// returns the key of each row it inserted (as stored: it is matched to the
 /// batch's row under the key's own equality, and read as the model's types
@@ -147,26 +102,14 @@ fn key_match(model: &Model, a: &str, b: &str) -> String {
 /// dropped first by the anti-join of the plain call.
 fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String {
     let target = model.qualified_name();
-    let cols = model.columns().iter().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
-    let key = model.unique_key().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
+    let cols = names(model.columns());
+    let key = names(model.unique_key());
     let mut sql = format!(
         "\"ins\" AS (INSERT INTO {target} ({cols}) SELECT {} FROM \"src\" AS \"s\"",
-        list("s", model.columns())
+        list("\"s\"", model.columns())
     );
     if from == Source::Scratch {
-        let stored = model
-            .unique_key()
-            .map(|c| {
-                let (t, s) = (format!("\"t\".{}", q(c.name())), format!("\"s\".{}", q(c.name())));
-                if c.nullable() {
-                    format!("({t} = {s} OR ({t} IS NULL AND {s} IS NULL))")
-                } else {
-                    format!("{t} = {s}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let _ = write!(sql, " WHERE NOT EXISTS (SELECT 1 FROM {target} AS \"t\" WHERE {stored})");
+        let _ = write!(sql, " WHERE {}", not_stored(model, "\"s\""));
     }
     // The key, then the other columns (for `keys_kept`'s whole-row check).
     let is_key = |c: &Column| model.unique_key().any(|k| std::ptr::eq(k, c));
@@ -176,8 +119,11 @@ fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String 
         .map(|c| q(c.name()))
         .collect::<Vec<_>>()
         .join(", ");
-    let _ =
-        write!(sql, " ORDER BY {} ON CONFLICT ({key}) DO NOTHING RETURNING {returning}", list("s", model.unique_key()));
+    let _ = write!(
+        sql,
+        " ORDER BY {} ON CONFLICT ({key}) DO NOTHING RETURNING {returning}",
+        list("\"s\"", model.unique_key())
+    );
     if let (true, Some(id)) = (with_id, model.id_column()) {
         let _ = write!(sql, ", {}::bigint AS {}", q(id), q(ID));
     }
@@ -218,7 +164,7 @@ pub(crate) fn returning(model: &'static Model, from: Source<'_>, keep: Keep, ret
     let _ = write!(
         sql,
         " FROM \"ins\" AS \"i\" JOIN \"src\" AS \"s\" ON {} WHERE {}",
-        key_match(model, "i", "s"),
+        key_match(model, "\"i\"", "\"s\""),
         keys_kept(model)
     );
     if let Returned::Keys { .. } = returned {
@@ -258,8 +204,8 @@ fn keys_kept(model: &Model) -> String {
     format!(
         "CASE WHEN (SELECT count(*) FROM \"ins\") = (SELECT count(*) FROM \"ins\" AS \"i2\" JOIN \"src\" AS \"s2\" \
          ON {}{same_values}) THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
-        key_match(model, "i2", "s2"),
-        sql::literal(KEY_CHANGED)
+        key_match(model, "\"i2\"", "\"s2\""),
+        literal(KEY_CHANGED)
     )
 }
 
@@ -273,8 +219,8 @@ pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep) -> S
          SELECT (SELECT count(*) FROM \"ins\"), (SELECT count(*) FROM \"src\") WHERE {}",
         src_cte(model, Source::Scratch, keep, false),
         insert_cte(model, Source::Scratch, false),
-        q(&crate::sql::plan(model).scratch),
-        key_match(model, "x", "i"),
+        q(&plan(model).scratch),
+        key_match(model, "\"x\"", "\"i\""),
         keys_kept(model),
     )
 }
@@ -286,8 +232,8 @@ pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep) -> S
 /// ROW(EXCLUDED.c, ...)`. Returns `(keys considered, rows updated)`.
 pub(crate) fn upsert_update(model: &'static Model, from: Source<'_>, set: &UpdateSet) -> String {
     let mask = matches!(from, Source::Arrays(_));
-    let cols = model.columns().iter().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
-    let key = model.unique_key().map(|c| q(c.name())).collect::<Vec<_>>().join(", ");
+    let cols = names(model.columns());
+    let key = names(model.unique_key());
     let assignments = set
         .columns
         .iter()
@@ -298,8 +244,8 @@ pub(crate) fn upsert_update(model: &'static Model, from: Source<'_>, set: &Updat
         "\"up\" AS (INSERT INTO {target} AS \"t\" ({cols}) SELECT {values} FROM \"src\" AS \"s\" ORDER BY {order} \
          ON CONFLICT ({key}) DO UPDATE SET {assignments}",
         target = model.qualified_name(),
-        values = list("s", model.columns()),
-        order = list("s", model.unique_key()),
+        values = list("\"s\"", model.columns()),
+        order = list("\"s\"", model.unique_key()),
     );
     if set.only_if_changed {
         // A JSON model field may be stored in a `json` column, which has no

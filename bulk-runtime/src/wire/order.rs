@@ -1,7 +1,7 @@
 //! Short batches in key order: the client sorts the rows as PostgreSQL's
 //! `ORDER BY key` would and keeps the first offered row of each key, for a
 //! key whose binary form the client can order (see
-//! [`Plan::client_ordered`](crate::sql::Plan)).
+//! [`Plan::client_ordered`](crate::sql::plan)).
 
 use std::borrow::Borrow;
 
@@ -17,7 +17,7 @@ use crate::types::{self, ValueError};
 /// One binary array per column, rows sorted on the client into the order of
 /// PostgreSQL's `ORDER BY key`, each key once: its first offered row (the
 /// sort is stable), for a model whose key the client can order
-/// ([`Plan::client_ordered`](crate::sql::Plan)). Two keys are equal when
+/// ([`Plan::client_ordered`](crate::sql::plan)). Two keys are equal when
 /// their binary forms are (for these types, as in PostgreSQL; NULL equals
 /// NULL, as in a `NULLS NOT DISTINCT` key).
 pub(crate) fn encode_arrays_key_ordered<T: BulkCreateNew, R: Borrow<T>>(

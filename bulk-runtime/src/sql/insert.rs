@@ -1,0 +1,126 @@
+//! The plain call's insert, in its two forms, from each source of rows.
+//!
+//! The plain form (a call's first attempt, from 128 rows) is the same
+//! statement whatever the source:
+//!
+//! ```sql
+//! INSERT INTO target (cols)
+//! SELECT [DISTINCT ON (s.key)] s.cols FROM <batch> AS s
+//! WHERE NOT EXISTS (SELECT 1 FROM target AS t WHERE t.key = s.key) AND <guard>
+//! ORDER BY s.key[, s.__bulk_ord]
+//! ```
+//!
+//! The anti-join comes before `DISTINCT ON`, so only the rows of keys not
+//! stored yet are sorted; the first offered row of each remaining key is
+//! inserted, in key order (no deadlock between overlapping batches, no table
+//! lock). Without `DISTINCT ON` when no key repeats (the client saw none, or
+//! sent the rows in key order, each key once). Without `ON CONFLICT` each
+//! row is one plain insert (no speculative insertion, no second index probe,
+//! no confirmation record: about a quarter of the insert's cost on the
+//! retweeter table). A key another writer stored after the statement's
+//! snapshot makes it fail with `unique_violation`, writing nothing; the call
+//! then runs the `ON CONFLICT` form on the same rows. The guard
+//! ([`key_index_guard`]) keeps the plain form from trusting a unique index
+//! that is gone.
+
+use super::KeyShape;
+use super::fragments::{Arrays, ORD, arrays, cols, key_index_guard, names, not_stored, q, scratch};
+use crate::model::Model;
+
+/// The plain form (see the module's documentation) from `source`, the batch
+/// as the relation `alias`; with `dedup`, the first offered row of each key.
+fn plain(model: &Model, source: &str, alias: &str, dedup: bool) -> String {
+    let key = cols(alias, model.unique_key());
+    let (distinct, order) = if dedup {
+        (format!("DISTINCT ON ({key}) "), format!("{key}, {alias}.{}", q(ORD)))
+    } else {
+        (String::new(), key)
+    };
+    format!(
+        "INSERT INTO {target} ({names}) SELECT {distinct}{cols} FROM {source} WHERE {not_stored} AND {guard} \
+         ORDER BY {order}",
+        target = model.qualified_name(),
+        names = names(model.columns()),
+        cols = cols(alias, model.columns()),
+        not_stored = not_stored(model, alias),
+        guard = key_index_guard(model),
+    )
+}
+
+/// The COPY path's plain form, from the scratch table; with `repeats`, the
+/// batch may hold a key twice.
+pub(crate) fn scratch_plain(model: &Model, scratch_table: &str, repeats: bool) -> String {
+    plain(model, &scratch(scratch_table, "\"s\""), "\"s\"", repeats)
+}
+
+/// The short path's plain form, from the array parameters: for a key the
+/// client orders (`client_ordered`), the rows arrive in key order with each
+/// key once, so no positions and no `DISTINCT ON`; the `ORDER BY` then costs
+/// one pass over rows already in order, and keeps the insert in key order
+/// whatever join the planner picks.
+pub(crate) fn arrays_plain(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
+    let layout = Arrays { positions: !client_ordered, mask: false };
+    plain(model, &arrays(model, "u", layout, shape), "u", !client_ordered)
+}
+
+/// The COPY path's `ON CONFLICT` form:
+///
+/// ```sql
+/// INSERT INTO target (cols)
+/// SELECT s.cols FROM (
+///     SELECT DISTINCT ON (key) cols FROM pg_temp.scratch ORDER BY key, __bulk_ord
+/// ) AS s
+/// WHERE NOT EXISTS (SELECT 1 FROM target AS t WHERE t.key = s.key)
+/// ORDER BY s.key
+/// ON CONFLICT (key) DO NOTHING
+/// ```
+pub(crate) fn scratch_on_conflict(model: &Model, scratch_table: &str) -> String {
+    let key = names(model.unique_key());
+    format!(
+        "INSERT INTO {target} ({names}) SELECT {cols} FROM (SELECT DISTINCT ON ({key}) {names} FROM pg_temp.{scratch} \
+         ORDER BY {key}, {ord}) AS \"s\" WHERE {not_stored} ORDER BY {s_key} ON CONFLICT ({key}) DO NOTHING",
+        target = model.qualified_name(),
+        names = names(model.columns()),
+        cols = cols("\"s\"", model.columns()),
+        scratch = q(scratch_table),
+        ord = q(ORD),
+        not_stored = not_stored(model, "\"s\""),
+        s_key = cols("\"s\"", model.unique_key()),
+    )
+}
+
+/// The short path's `ON CONFLICT` form (batches under
+/// [`PLAIN_FROM`](crate::call::PLAIN_FROM) rows, and the attempt after a
+/// conflict):
+///
+/// ```sql
+/// INSERT INTO target (cols)
+/// SELECT u.cols FROM unnest($1::bigint[], $2::type[], ...) AS u(__bulk_ord, cols)
+/// ORDER BY u.key, u.__bulk_ord
+/// ON CONFLICT (key) DO NOTHING
+/// ```
+///
+/// Rows go in in key order, and within a key in offered order, so the first
+/// offered row of a key is inserted and its repeats meet `ON CONFLICT`; keys
+/// already stored are skipped by `ON CONFLICT`'s own probe of the unique
+/// index (no anti-join to plan). For a key the client orders
+/// (`client_ordered`), the rows arrive in key order, each key once: no
+/// positions, no sort. The guarantees are the COPY path's: first offered
+/// wins, exact counts from the command tag, key order against deadlocks, no
+/// table lock.
+pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
+    let layout = Arrays { positions: !client_ordered, mask: false };
+    let order = if client_ordered {
+        String::new()
+    } else {
+        format!(" ORDER BY {}, u.{}", cols("u", model.unique_key()), q(ORD))
+    };
+    format!(
+        "INSERT INTO {target} ({names}) SELECT {cols} FROM {source}{order} ON CONFLICT ({key}) DO NOTHING",
+        target = model.qualified_name(),
+        names = names(model.columns()),
+        cols = cols("u", model.columns()),
+        source = arrays(model, "u", layout, shape),
+        key = names(model.unique_key()),
+    )
+}

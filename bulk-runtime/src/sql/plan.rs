@@ -1,0 +1,641 @@
+//! The SQL of each model, built once per process ([`plan`]): the scratch
+//! table, the COPY, and the plain call's statements in their two forms.
+
+use tokio_postgres::types::Type;
+
+use super::fragments::ORD;
+use super::insert;
+use super::shape::KeyShape;
+use crate::model::{Column, Model, fnv1a, quote_ident};
+use crate::types::{PgType, fixed_width};
+
+/// The SQL text and wire types of one model's protocol.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Name of the session-local scratch table (only `[a-z0-9_]`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub scratch: String,
+    /// `CREATE TEMP TABLE IF NOT EXISTS ... ON COMMIT DELETE ROWS`.
+    pub create_scratch: String,
+    /// `GRANT ALL ON TABLE pg_temp.<scratch> TO PUBLIC`, run after
+    /// `create_scratch`: the session's calls keep working after `SET ROLE`.
+    pub grant_scratch: String,
+    /// `COPY pg_temp.scratch (...) FROM STDIN (FORMAT binary)`.
+    pub copy: String,
+    /// Wire types of the COPY columns: the ordinal, then the model's columns.
+    pub copy_types: Vec<Type>,
+    /// The anti-join insert without `ON CONFLICT`: a call's first attempt
+    /// (see [`insert_plain_sql`]).
+    pub insert_plain: String,
+    /// The same for a batch in which no key repeats: no `DISTINCT ON`.
+    pub insert_plain_distinct_keys: String,
+    /// Per column of the model, whether it is part of the unique key.
+    pub key_columns: Vec<bool>,
+    /// The anti-join insert with `ON CONFLICT (key) DO NOTHING`: the
+    /// attempt that cannot fail on a key another writer stored meanwhile.
+    pub insert: String,
+    /// Empties the scratch table (used inside a caller's transaction, where
+    /// `ON COMMIT DELETE ROWS` would only act at the caller's commit).
+    pub clear: String,
+    /// The target's qualified name, quoted, as a text value for `to_regclass($1)`.
+    pub target_regclass: String,
+    /// `pg_temp.<scratch>`, as a text value for `to_regclass`: whether this
+    /// backend session has the scratch table (and has checked the model).
+    pub scratch_regclass: String,
+    /// The one-statement path for small batches, first attempt: the plain
+    /// insert, reading `unnest` of one array per column instead of the
+    /// scratch table; see [`insert::arrays_plain`].
+    pub small_insert_plain: String,
+    /// The one-statement path with `ON CONFLICT (key) DO NOTHING`; see [`insert::arrays_on_conflict`].
+    pub small_insert: String,
+    /// Parameter types of `small_insert` and `small_insert_plain`: the
+    /// ordinal array (unless `client_ordered`), then one array per column.
+    pub small_types: Vec<Type>,
+    /// Whether the short-batch path orders the rows on the client (every key
+    /// column's binary form sorts like PostgreSQL's `ORDER BY`) and drops
+    /// repeated keys there, so its statements need no ordinal.
+    pub client_ordered: bool,
+    /// For a client-ordered key of fixed-width columns: where each key
+    /// column's sort form goes in a row's key form.
+    pub key_form: Option<KeyForm>,
+}
+
+/// The plan of `model`, built once per process.
+pub(crate) fn plan(model: &'static Model) -> &'static Plan {
+    model.cached(|| Plan::new(model))
+}
+
+impl Plan {
+    pub(crate) fn new(model: &Model) -> Plan {
+        let scratch = scratch_name(model);
+        let plain = KeyShape::default();
+        // Open to every role: after `SET ROLE` the session's calls still use
+        // it (a temporary table is only ever visible to its own session).
+        let create_scratch = scratch_table_ddl(model, &scratch, &plain);
+        let grant_scratch = format!("GRANT ALL ON TABLE pg_temp.{} TO PUBLIC", quote_ident(&scratch));
+
+        let mut copy_cols = vec![quote_ident(ORD)];
+        copy_cols.extend(model.columns().iter().map(|c| quote_ident(c.name())));
+        let copy =
+            format!("COPY pg_temp.{} ({}) FROM STDIN (FORMAT binary)", quote_ident(&scratch), copy_cols.join(", "));
+        let mut copy_types = vec![Type::INT8];
+        copy_types.extend(model.columns().iter().map(|c| c.pg_type().wire_type()));
+
+        let key_columns = model.columns().iter().map(|c| model.unique_key().any(|k| std::ptr::eq(k, c))).collect();
+        let client_ordered = model.unique_key().all(|c| c.pg_type().client_orderable());
+        let mut small_types = if client_ordered { Vec::new() } else { vec![Type::INT8_ARRAY] };
+        small_types.extend(model.columns().iter().map(|c| c.pg_type().array_wire_type()));
+        Plan {
+            insert_plain: insert::scratch_plain(model, &scratch, true),
+            insert_plain_distinct_keys: insert::scratch_plain(model, &scratch, false),
+            insert: insert::scratch_on_conflict(model, &scratch),
+            clear: format!("DELETE FROM pg_temp.{}", quote_ident(&scratch)),
+            scratch_regclass: format!("pg_temp.{scratch}"),
+            target_regclass: model.qualified_name(),
+            small_insert_plain: insert::arrays_plain(model, client_ordered, &plain),
+            small_insert: insert::arrays_on_conflict(model, client_ordered, &plain),
+            key_form: if client_ordered { KeyForm::of(model) } else { None },
+            scratch,
+            create_scratch,
+            grant_scratch,
+            copy,
+            copy_types,
+            key_columns,
+            small_types,
+            client_ordered,
+        }
+    }
+}
+
+/// The layout of a key of fixed-width columns whose bytes, each column in
+/// its sort form (see [`write_sort_form`](crate::types::write_sort_form)),
+/// one after the other, compare as the key does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyForm {
+    /// The key's columns, in key order.
+    pub columns: Vec<KeyFormColumn>,
+    /// The length of a key's form.
+    pub width: usize,
+}
+
+impl KeyForm {
+    /// The form of `model`'s key, if every key column has a fixed width.
+    fn of(model: &Model) -> Option<KeyForm> {
+        KeyForm::for_key(model.columns(), model.unique_key())
+    }
+
+    /// The form of the key `key` (columns of `all`, in key order), if every
+    /// key column has a fixed width.
+    pub(crate) fn for_key<'c>(all: &[Column], key: impl IntoIterator<Item = &'c Column>) -> Option<KeyForm> {
+        let mut at = 0;
+        let mut columns = Vec::new();
+        for k in key {
+            let column = all.iter().position(|c| std::ptr::eq(c, k))?;
+            let width = fixed_width(k.pg_type())? + usize::from(k.nullable());
+            columns.push(KeyFormColumn { column, ty: k.pg_type(), nullable: k.nullable(), at, width });
+            at += width;
+        }
+        Some(KeyForm { columns, width: at })
+    }
+
+    /// Whether a key's form fits in a `u128` (two `bigint`s, say).
+    pub fn packs(&self) -> bool {
+        self.width <= 16
+    }
+}
+
+/// One column of a [`KeyForm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyFormColumn {
+    /// The column's position in the model.
+    pub column: usize,
+    /// Its type, of a fixed width.
+    pub ty: PgType,
+    /// Whether it is nullable (its form starts with a NULL flag).
+    pub nullable: bool,
+    /// Where its form starts in the key's form.
+    pub at: usize,
+    /// The length of its form: the type's width, plus one for the flag.
+    pub width: usize,
+}
+
+/// `__bulk_` and a hash of everything the scratch table's shape and the schema
+/// check depend on, so two models (or two versions of one model) never share a
+/// scratch table: its existence tells the call that *this* model was checked.
+fn scratch_name(model: &Model) -> String {
+    // The first part names the scratch table's layout and grants, so a
+    // session never reuses one made by another version of this crate.
+    let mut parts = vec!["v2", model.schema().unwrap_or(""), model.table()];
+    for c in model.columns() {
+        parts.push(c.name());
+        parts.push(c.pg_type().sql_name());
+        parts.push(if c.nullable() { "null" } else { "not null" });
+        parts.push(c.sql_type().unwrap_or(""));
+    }
+    parts.push(if model.nulls_not_distinct() { "nulls not distinct" } else { "nulls distinct" });
+    parts.extend(model.unique_key().map(|c| c.name()));
+    format!("__bulk_{:016x}", fnv1a(&parts))
+}
+
+/// `CREATE TEMP TABLE` of the scratch table `scratch`: the position, then
+/// the model's columns with their wire types, no constraint, emptied at
+/// each commit. For a table whose key compares otherwise than the model's
+/// types, the key columns take the table's type and collation (see
+/// [`KeyShape`]), so that the COPY path deduplicates and matches keys as
+/// the table's unique index does.
+fn scratch_table_ddl(model: &Model, scratch: &str, shape: &KeyShape) -> String {
+    let mut cols = vec![format!("{} bigint", quote_ident(ORD))];
+    for c in model.columns() {
+        let ty = match model.unique_key().position(|k| std::ptr::eq(k, c)) {
+            Some(i) => shape.column_type(i, c.pg_type().sql_name()),
+            None => c.pg_type().sql_name().to_owned(),
+        };
+        cols.push(format!("{} {ty}", quote_ident(c.name())));
+    }
+    format!("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS", quote_ident(scratch), cols.join(", "))
+}
+
+/// [`Plan::create_scratch`] for a table whose key compares as `shape` says.
+pub(crate) fn scratch_ddl(model: &'static Model, shape: &KeyShape) -> String {
+    scratch_table_ddl(model, &plan(model).scratch, shape)
+}
+
+/// Fixtures shared by the SQL unit tests of this module and of `variants`.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::model::{Column, Model};
+    use crate::types::PgType;
+
+    /// A model with a schema, and table and column names that need quoting.
+    pub(crate) static COLUMNS: [Column; 3] = [
+        Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
+        Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
+        Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+    ];
+    pub(crate) static MODEL: Model =
+        Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0, 1]);
+
+    /// The byte offset of `needle` in `hay`, failing the test when absent.
+    pub(crate) fn at(hay: &str, needle: &str) -> usize {
+        hay.find(needle).unwrap_or_else(|| panic!("`{needle}` not found in:\n{hay}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{COLUMNS, MODEL, at};
+    use super::*;
+    use crate::model::Column;
+    use crate::sql::fragments::{Arrays, arrays, key_index_guard, literal};
+    use crate::types::PgType;
+
+    /// A `nulls_not_distinct` model whose key has a nullable column, no schema, no id.
+    static NULLABLE_COLUMNS: [Column; 3] = [
+        Column::__new("owner", "owner", PgType::Int4, false, None, false),
+        Column::__new("label", "label", PgType::Text, true, None, false),
+        Column::__new("note", "note", PgType::Bytea, false, None, false),
+    ];
+    static NULLABLE_MODEL: Model = Model::__new("Tag", None, "tag", None, true, &NULLABLE_COLUMNS, &[1, 0]);
+
+    /// Names built to break out of a quoted identifier if quotes were not doubled.
+    static EVIL_COLUMNS: [Column; 2] = [
+        Column::__new("key", r#"k"; DROP TABLE victim; --"#, PgType::Int8, false, None, false),
+        Column::__new("select", "select", PgType::Text, false, None, true),
+    ];
+    static EVIL_MODEL: Model = Model::__new(
+        "Evil",
+        Some(r#"s"; DROP SCHEMA x; --"#),
+        r#"t"; DROP TABLE victim; --"#,
+        Some("order"),
+        false,
+        &EVIL_COLUMNS,
+        &[0],
+    );
+
+    #[test]
+    fn insert_keeps_the_first_row_per_key_and_skips_stored_keys() {
+        let plan = Plan::new(&MODEL);
+        let sql = plan.insert.as_str();
+        let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
+        assert_eq!(insert, 0, "{sql}");
+        let distinct = at(sql, r#"SELECT DISTINCT ON ("tweet", "re""tweeter") "tweet", "re""tweeter", "author" FROM "#);
+        let scratch = at(sql, &format!(r#"FROM pg_temp."{}""#, plan.scratch));
+        let inner_order = at(sql, r#"ORDER BY "tweet", "re""tweeter", "__bulk_ord")"#);
+        let not_exists = at(sql, r#"NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+        at(sql, r#""t"."tweet" = "s"."tweet""#);
+        at(sql, r#""t"."re""tweeter" = "s"."re""tweeter""#);
+        let outer_order = at(sql, r#"ORDER BY "s"."tweet", "s"."re""tweeter""#);
+        let conflict = at(sql, r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
+        assert!(distinct < scratch && scratch < inner_order, "{sql}");
+        assert!(inner_order < not_exists && not_exists < outer_order && outer_order < conflict, "{sql}");
+        assert!(sql.ends_with("DO NOTHING"), "{sql}");
+        assert!(!sql.contains("IS NULL"), "a non-null key needs no NULL matching: {sql}");
+        assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
+        assert!(!sql.contains('$'), "no parameters: {sql}");
+    }
+
+    #[test]
+    fn the_plain_forms_rely_on_a_unique_index_they_check_and_the_on_conflict_forms_need_none() {
+        let guard = key_index_guard(&MODEL);
+        at(&guard, r#"i.indrelid = E'"my schema"."re""tweet"'::pg_catalog.regclass"#);
+        at(&guard, "i.indisunique AND i.indisvalid AND i.indisready AND i.indimmediate");
+        at(&guard, "i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2 AND");
+        at(&guard, "(i.indkey::pg_catalog.int2[])[0:1]");
+        at(&guard, r#"ARRAY[E'tweet', E're"tweeter']::pg_catalog.name[])) = 2) >= 0"#);
+        assert!(guard.starts_with("1 / (SELECT count(*)::int4 "), "{guard}");
+        assert!(!guard.contains("indnullsnotdistinct"), "a key without NULLs: {guard}");
+        at(&key_index_guard(&NULLABLE_MODEL), "AND i.indnullsnotdistinct");
+        // Backslashes and quotes stay inside the escape string.
+        assert_eq!(literal(r"a'b\c"), r"E'a''b\\c'");
+        let plan = Plan::new(&MODEL);
+        for plain in [&plan.insert_plain, &plan.insert_plain_distinct_keys, &plan.small_insert_plain] {
+            at(plain, &guard);
+        }
+        for on_conflict in [&plan.insert, &plan.small_insert] {
+            assert!(!on_conflict.contains("pg_index"), "{on_conflict}");
+        }
+    }
+
+    #[test]
+    fn a_key_compared_as_the_table_compares_it_reads_the_batch_through_casts() {
+        use crate::sql::KeyAs;
+        // `label` (the first key column) is citext under a case-insensitive collation.
+        let shape = KeyShape(vec![
+            Some(KeyAs {
+                ty: Some(("ext".into(), "citext".into())),
+                collation: Some(("public".into(), r#"c"i"#.into())),
+            }),
+            None,
+        ]);
+        let layout = Arrays { positions: true, mask: false };
+        let source = arrays(&NULLABLE_MODEL, "u", layout, &shape);
+        assert_eq!(
+            source,
+            r#"(SELECT u."__bulk_ord", u."owner" AS "owner", CAST(u."label" AS "ext"."citext") COLLATE "public"."c""i" AS "label", u."note" FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::bytea[]) AS u("__bulk_ord", "owner", "label", "note")) AS u"#
+        );
+        assert_eq!(
+            arrays(&NULLABLE_MODEL, "u", layout, &KeyShape::default()),
+            r#"unnest($1::bigint[], $2::integer[], $3::text[], $4::bytea[]) AS u("__bulk_ord", "owner", "label", "note")"#
+        );
+        let cast = r#"CAST(u."label" AS "ext"."citext") COLLATE "public"."c""i" AS "label""#;
+        let plain = insert::arrays_plain(&NULLABLE_MODEL, false, &shape);
+        assert!(at(&plain, cast) < at(&plain, r#") AS u WHERE NOT EXISTS"#), "{plain}");
+        let on_conflict = insert::arrays_on_conflict(&NULLABLE_MODEL, false, &shape);
+        assert!(at(&on_conflict, cast) < at(&on_conflict, r#") AS u ORDER BY"#), "{on_conflict}");
+        let ddl = scratch_ddl(&NULLABLE_MODEL, &shape);
+        at(
+            &ddl,
+            r#""owner" integer, "label" "ext"."citext" COLLATE "public"."c""i", "note" bytea) ON COMMIT DELETE ROWS"#,
+        );
+    }
+
+    #[test]
+    fn plain_insert_skips_stored_keys_first_then_keeps_the_first_row_per_key() {
+        let plan = Plan::new(&MODEL);
+        let sql = plan.insert_plain.as_str();
+        let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
+        assert_eq!(insert, 0, "{sql}");
+        let distinct = at(sql, r#"SELECT DISTINCT ON ("s"."tweet", "s"."re""tweeter") "s"."tweet", "#);
+        let scratch = at(sql, &format!(r#"FROM pg_temp."{}" AS "s""#, plan.scratch));
+        let not_exists = at(sql, r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+        at(sql, r#""t"."tweet" = "s"."tweet" AND "t"."re""tweeter" = "s"."re""tweeter""#);
+        let order = at(sql, r#"ORDER BY "s"."tweet", "s"."re""tweeter", "s"."__bulk_ord""#);
+        assert!(distinct < scratch && scratch < not_exists && not_exists < order, "{sql}");
+        assert!(sql.ends_with(r#""s"."__bulk_ord""#), "{sql}");
+        assert!(!sql.contains("ON CONFLICT") && !sql.to_uppercase().contains("LOCK"), "{sql}");
+        assert!(!sql.contains('$'), "no parameters: {sql}");
+        let guard = at(sql, &format!("AND {}", key_index_guard(&MODEL)));
+        assert!(not_exists < guard && guard < order, "{sql}");
+        // The ON CONFLICT form reads the same scratch table.
+        assert!(plan.insert.contains(&format!(r#"pg_temp."{}""#, plan.scratch)), "{}", plan.insert);
+
+        // Without repeated keys: no DISTINCT ON, ordered by the key alone.
+        let sql = plan.insert_plain_distinct_keys.as_str();
+        let select = at(sql, r#"SELECT "s"."tweet", "s"."re""tweeter", "s"."author" FROM pg_temp."#);
+        let not_exists = at(sql, r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+        assert!(select < not_exists, "{sql}");
+        at(sql, &key_index_guard(&MODEL));
+        assert!(sql.ends_with(r#"ORDER BY "s"."tweet", "s"."re""tweeter""#), "{sql}");
+        assert!(!sql.contains("DISTINCT") && !sql.contains(ORD) && !sql.contains("ON CONFLICT"), "{sql}");
+        assert_eq!(plan.key_columns, [true, true, false]);
+
+        let plan = Plan::new(&NULLABLE_MODEL);
+        assert_eq!(plan.key_columns, [true, true, false]);
+        let sql = plan.insert_plain.as_str();
+        at(sql, r#"DISTINCT ON ("s"."label", "s"."owner")"#);
+        at(sql, r#""t"."label" = "s"."label" OR ("t"."label" IS NULL AND "s"."label" IS NULL)"#);
+        at(sql, r#"ORDER BY "s"."label", "s"."owner", "s"."__bulk_ord""#);
+    }
+
+    #[test]
+    fn plain_small_batch_statement_skips_stored_keys_in_key_order() {
+        // A client-ordered key: the rows arrive in key order, each key once.
+        let plan = Plan::new(&MODEL);
+        let sql = plan.small_insert_plain.as_str();
+        let select =
+            at(sql, r#"("tweet", "re""tweeter", "author") SELECT u."tweet", u."re""tweeter", u."author" FROM "#);
+        let arrays =
+            at(sql, r#"unnest($1::bigint[], $2::bigint[], $3::text[]) AS u("tweet", "re""tweeter", "author")"#);
+        let not_exists = at(
+            sql,
+            r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "t"."tweet" = u."tweet" AND "t"."re""tweeter" = u."re""tweeter")"#,
+        );
+        let order = at(sql, r#"ORDER BY u."tweet", u."re""tweeter""#);
+        assert!(select < arrays && arrays < not_exists && not_exists < order, "{sql}");
+        let guard = at(sql, &format!("AND {}", key_index_guard(&MODEL)));
+        assert!(not_exists < guard && guard < order, "{sql}");
+        assert!(sql.ends_with(r#"ORDER BY u."tweet", u."re""tweeter""#), "{sql}");
+        assert!(!sql.contains("DISTINCT") && !sql.contains(ORD) && !sql.contains("ON CONFLICT"), "{sql}");
+
+        // A text key: the server keeps the first offered row of each key.
+        let plan = Plan::new(&NULLABLE_MODEL);
+        let sql = plan.small_insert_plain.as_str();
+        let distinct = at(sql, r#"SELECT DISTINCT ON (u."label", u."owner") u."owner", u."label", u."note" FROM "#);
+        let arrays = at(sql, r#"unnest($1::bigint[], $2::integer[], $3::text[], $4::bytea[])"#);
+        let names = at(sql, r#"AS u("__bulk_ord", "owner", "label", "note")"#);
+        let stored = at(
+            sql,
+            r#"("t"."label" = u."label" OR ("t"."label" IS NULL AND u."label" IS NULL)) AND "t"."owner" = u."owner""#,
+        );
+        let order = at(sql, r#"ORDER BY u."label", u."owner", u."__bulk_ord""#);
+        assert!(distinct < arrays && arrays < names && names < stored && stored < order, "{sql}");
+        assert!(!sql.contains("ON CONFLICT"), "{sql}");
+    }
+
+    #[test]
+    fn small_batch_statement_inserts_in_key_then_offered_order() {
+        // A text key: PostgreSQL orders it by collation, so the server sorts.
+        let plan = Plan::new(&NULLABLE_MODEL);
+        assert!(!plan.client_ordered);
+        let sql = plan.small_insert.as_str();
+        let insert = at(sql, r#"INSERT INTO "tag" ("owner", "label", "note") SELECT "#);
+        let arrays = at(sql, "unnest($1::bigint[], $2::integer[], $3::text[], $4::bytea[])");
+        let names = at(sql, r#"AS u("__bulk_ord", "owner", "label", "note")"#);
+        let order = at(sql, r#"ORDER BY u."label", u."owner", u."__bulk_ord""#);
+        let conflict = at(sql, r#"ON CONFLICT ("label", "owner") DO NOTHING"#);
+        assert!(insert < arrays && arrays < names && names < order && order < conflict, "{sql}");
+        assert!(sql.ends_with("DO NOTHING"), "{sql}");
+        assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
+        assert_eq!(plan.small_types, vec![Type::INT8_ARRAY, Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::BYTEA_ARRAY]);
+        assert_eq!(plan.scratch_regclass, format!("pg_temp.{}", plan.scratch));
+
+        // An integer key: the client sends the rows in key order already.
+        let plan = Plan::new(&MODEL);
+        assert!(plan.client_ordered);
+        let sql = plan.small_insert.as_str();
+        let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
+        let arrays =
+            at(sql, r#"unnest($1::bigint[], $2::bigint[], $3::text[]) AS u("tweet", "re""tweeter", "author")"#);
+        let conflict = at(sql, r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
+        assert!(insert < arrays && arrays < conflict, "{sql}");
+        assert!(!sql.contains("ORDER BY") && !sql.contains(ORD), "{sql}");
+        assert_eq!(plan.small_types, vec![Type::INT8_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY]);
+    }
+
+    #[test]
+    fn nullable_key_columns_match_null_to_null() {
+        let plan = Plan::new(&NULLABLE_MODEL);
+        let sql = plan.insert.as_str();
+        // The key in declaration order (label, owner), not column order.
+        at(sql, r#"SELECT DISTINCT ON ("label", "owner") "owner", "label", "note" FROM "#);
+        at(sql, r#"ORDER BY "label", "owner", "__bulk_ord""#);
+        at(sql, r#"ON CONFLICT ("label", "owner") DO NOTHING"#);
+        at(sql, r#"INSERT INTO "tag" ("owner", "label", "note")"#);
+        let eq = at(sql, r#""t"."label" = "s"."label" OR ("t"."label" IS NULL AND "s"."label" IS NULL)"#);
+        assert!(eq > at(sql, "NOT EXISTS"), "{sql}");
+        // The non-null key column is compared plainly.
+        at(sql, r#""t"."owner" = "s"."owner""#);
+        assert!(!sql.contains(r#""t"."owner" IS NULL"#), "{sql}");
+    }
+
+    #[test]
+    fn scratch_table_is_temporary_unconstrained_and_emptied_on_commit() {
+        let plan = Plan::new(&MODEL);
+        assert!(plan.scratch.starts_with("__bulk_"), "{}", plan.scratch);
+        assert!(
+            plan.scratch.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{}",
+            plan.scratch
+        );
+        let create = plan.create_scratch.as_str();
+        assert!(
+            create.starts_with(&format!(r#"CREATE TEMPORARY TABLE IF NOT EXISTS "{}" ("#, plan.scratch)),
+            "{create}"
+        );
+        assert!(create.ends_with("ON COMMIT DELETE ROWS"), "{create}");
+        // The ordinal, then the columns with their wire types (not the DDL override).
+        let ord = at(create, r#""__bulk_ord" bigint"#);
+        let tweet = at(create, r#""tweet" bigint"#);
+        let retweeter = at(create, r#""re""tweeter" bigint"#);
+        let author = at(create, r#""author" text"#);
+        assert!(ord < tweet && tweet < retweeter && retweeter < author, "{create}");
+        for word in ["NOT NULL", "PRIMARY KEY", "UNIQUE", "REFERENCES", "varchar"] {
+            assert!(!create.contains(word), "{word} in {create}");
+        }
+        assert_eq!(plan.clear, format!(r#"DELETE FROM pg_temp."{}""#, plan.scratch));
+    }
+
+    #[test]
+    fn copy_lists_the_ordinal_then_every_column() {
+        let plan = Plan::new(&MODEL);
+        assert_eq!(
+            plan.copy,
+            format!(
+                r#"COPY pg_temp."{}" ("__bulk_ord", "tweet", "re""tweeter", "author") FROM STDIN (FORMAT binary)"#,
+                plan.scratch
+            )
+        );
+        assert_eq!(plan.copy_types, [Type::INT8, Type::INT8, Type::INT8, Type::TEXT]);
+        let plan = Plan::new(&NULLABLE_MODEL);
+        assert_eq!(plan.copy_types, [Type::INT8, Type::INT4, Type::TEXT, Type::BYTEA]);
+        assert_eq!(plan.target_regclass, r#""tag""#);
+        assert_eq!(Plan::new(&MODEL).target_regclass, r#""my schema"."re""tweet""#);
+    }
+
+    #[test]
+    fn scratch_names_differ_per_model_and_are_stable() {
+        assert_eq!(Plan::new(&MODEL).scratch, Plan::new(&MODEL).scratch);
+        assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&NULLABLE_MODEL).scratch);
+        // Same table and column names, one column type changed: another scratch table.
+        static RETYPED: [Column; 3] = [
+            Column::__new("tweet", "tweet", PgType::Int4, false, None, false),
+            Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
+            Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+        ];
+        static RETYPED_MODEL: Model =
+            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &RETYPED, &[0, 1]);
+        assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&RETYPED_MODEL).scratch);
+        // Same columns, another key: the schema check must run for it too.
+        static REKEYED_MODEL: Model =
+            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0]);
+        assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&REKEYED_MODEL).scratch);
+        // Same columns and key, one field now an Option.
+        static NULLABLE_TWEET: [Column; 3] = [
+            Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
+            Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, true, None, true),
+            Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+        ];
+        static NULLABLE_TWEET_MODEL: Model =
+            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), true, &NULLABLE_TWEET, &[0, 1]);
+        assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&NULLABLE_TWEET_MODEL).scratch);
+    }
+
+    #[test]
+    fn hostile_names_stay_inside_their_quotes() {
+        let plan = Plan::new(&EVIL_MODEL);
+        let table = r#""s""; DROP SCHEMA x; --"."t""; DROP TABLE victim; --""#;
+        let key = r#""k""; DROP TABLE victim; --""#;
+        at(&plan.insert, &format!("INSERT INTO {table} ({key}, \"select\") SELECT "));
+        at(&plan.insert, &format!("NOT EXISTS (SELECT 1 FROM {table} AS \"t\""));
+        at(&plan.insert, &format!("ON CONFLICT ({key}) DO NOTHING"));
+        at(&plan.copy, &format!("(\"__bulk_ord\", {key}, \"select\")"));
+        at(&plan.create_scratch, &format!("{key} bigint"));
+        assert_eq!(plan.target_regclass, table);
+        at(&plan.small_insert, &format!("INSERT INTO {table} ({key}, \"select\") SELECT "));
+        at(&plan.insert_plain, &format!("INSERT INTO {table} ({key}, \"select\") SELECT "));
+        at(&plan.insert_plain, &format!("NOT EXISTS (SELECT 1 FROM {table} AS \"t\""));
+        at(&plan.small_insert_plain, &format!("NOT EXISTS (SELECT 1 FROM {table} AS \"t\""));
+        let statements = [
+            &plan.insert,
+            &plan.insert_plain,
+            &plan.copy,
+            &plan.create_scratch,
+            &plan.small_insert,
+            &plan.small_insert_plain,
+        ];
+        for sql in statements {
+            // Remove every properly quoted identifier: no quote, and no `;`, may remain.
+            assert_eq!(strip_identifiers(sql).matches(['"', ';']).count(), 0, "{sql}");
+        }
+        for sql in EVIL_MODEL.migration_statements() {
+            assert_eq!(strip_identifiers(&sql).matches(['"', ';']).count(), 0, "{sql}");
+        }
+    }
+
+    /// `sql` with every `"..."` identifier (with `""` escapes) and every
+    /// `E'...'` literal removed; panics on an unterminated one.
+    fn strip_identifiers(sql: &str) -> String {
+        let mut out = String::new();
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == 'E' && chars.peek() == Some(&'\'') {
+                // An escape string literal: '' and backslash escapes.
+                chars.next();
+                loop {
+                    match chars.next() {
+                        Some('\'') if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                        }
+                        Some('\\') => {
+                            chars.next();
+                        }
+                        Some('\'') => break,
+                        Some(_) => {}
+                        None => panic!("unterminated literal in {sql}"),
+                    }
+                }
+                continue;
+            }
+            if c != '"' {
+                out.push(c);
+                continue;
+            }
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                    }
+                    Some('"') => break,
+                    Some(_) => {}
+                    None => panic!("unterminated identifier in {sql}"),
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn migration_creates_schema_table_unique_key_and_indexes() {
+        let ddl = MODEL.migration_statements();
+        assert_eq!(ddl.len(), 4, "{ddl:#?}");
+        assert_eq!(ddl[0], r#"CREATE SCHEMA IF NOT EXISTS "my schema""#);
+        let table = &ddl[1];
+        assert!(table.starts_with(r#"CREATE TABLE IF NOT EXISTS "my schema"."re""tweet" ("#), "{table}");
+        at(table, r#""id" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY"#);
+        at(table, r#""tweet" bigint NOT NULL"#);
+        at(table, r#""re""tweeter" bigint NOT NULL"#);
+        // The sql_type override, and nullable: no NOT NULL after it.
+        let author = at(table, r#""author" varchar(40)"#);
+        assert!(!table[author..].contains("NOT NULL"), "{table}");
+        let unique = &ddl[2];
+        assert!(unique.starts_with("CREATE UNIQUE INDEX IF NOT EXISTS "), "{unique}");
+        assert!(unique.ends_with(r#" ON "my schema"."re""tweet" ("tweet", "re""tweeter")"#), "{unique}");
+        assert!(!unique.contains("NULLS NOT DISTINCT"), "{unique}");
+        let index = &ddl[3];
+        assert!(index.starts_with("CREATE INDEX IF NOT EXISTS "), "{index}");
+        assert!(index.ends_with(r#" ON "my schema"."re""tweet" ("re""tweeter")"#), "{index}");
+        let script = MODEL.migration_sql();
+        assert_eq!(script.matches(";\n").count(), 4, "{script}");
+    }
+
+    #[test]
+    fn migration_without_id_or_schema_and_with_nulls_not_distinct() {
+        let ddl = NULLABLE_MODEL.migration_statements();
+        assert_eq!(ddl.len(), 2, "{ddl:#?}");
+        let table = &ddl[0];
+        assert!(table.starts_with(r#"CREATE TABLE IF NOT EXISTS "tag" ("#), "{table}");
+        assert!(!table.contains("PRIMARY KEY") && !table.contains("IDENTITY"), "{table}");
+        at(table, r#""owner" integer NOT NULL"#);
+        at(table, r#""note" bytea NOT NULL"#);
+        let label = at(table, r#""label" text"#);
+        assert!(!table[label..].starts_with(r#""label" text NOT NULL"#), "{table}");
+        let unique = &ddl[1];
+        assert!(unique.starts_with("CREATE UNIQUE INDEX IF NOT EXISTS "), "{unique}");
+        at(unique, r#"ON "tag" ("label", "owner")"#);
+        assert!(unique.ends_with("NULLS NOT DISTINCT"), "{unique}");
+
+        // A custom id name.
+        let ddl = EVIL_MODEL.migration_statements();
+        at(&ddl[1], r#""order" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY"#);
+    }
+}
