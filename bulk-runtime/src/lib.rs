@@ -449,7 +449,7 @@ pub mod __test_hooks {
 pub mod __private {
     pub use crate::PgEnum;
     pub use crate::bulk::UpdateColumn;
-    pub use crate::model::{Column, Model};
+    pub use crate::model::{Column, ColumnSpec, Model, ModelSpec};
     pub use crate::protocol::{PLAIN_FROM, SMALL_BATCH};
     pub use crate::types::{BulkColumn, BulkValue, KeyColumn, NonNullColumn, NonOptionColumn, PgType, ValueError};
     pub use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
