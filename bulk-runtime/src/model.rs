@@ -283,7 +283,7 @@ impl Model {
     ///
     /// The unique key and the indexes are separate statements
     /// ([`create_index_statements`](Self::create_index_statements)).
-    pub fn create_table_statement(&self) -> TableCreateStatement {
+    fn create_table_statement(&self) -> TableCreateStatement {
         let mut table = Table::create();
         table.table(self.table_ref()).if_not_exists();
         if let Some(id) = self.id {
@@ -307,7 +307,7 @@ impl Model {
 
     /// The unique index on the key (what `ON CONFLICT` needs), then one plain
     /// index per `#[bulk(index)]` column; all `IF NOT EXISTS`.
-    pub fn create_index_statements(&self) -> Vec<IndexCreateStatement> {
+    fn create_index_statements(&self) -> Vec<IndexCreateStatement> {
         let mut out = Vec::new();
         let key: Vec<&str> = self.unique_key().map(|c| c.name).collect();
         let mut unique = Index::create();
