@@ -26,7 +26,15 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
         let pg_type = column_item(f, quote!(PG_TYPE));
         let nullable = column_item(f, quote!(NULLABLE));
         quote! {
-            ::bulk_runtime::__private::Column::__new(#field, #column, #pg_type, #nullable, #sql_type, #index)
+            ::bulk_runtime::__private::ColumnSpec {
+                field: #field,
+                name: #column,
+                pg_type: #pg_type,
+                nullable: #nullable,
+                sql_type: #sql_type,
+                index: #index,
+            }
+            .build()
         }
     });
 
@@ -79,7 +87,7 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
     let handle_values = updatable.iter().map(|f| {
         let name = f.ident;
         let field = unraw(f.ident);
-        quote!(#name: ::bulk_runtime::__private::UpdateColumn::__new(#struct_name, #field))
+        quote!(#name: ::bulk_runtime::__private::update_column(#struct_name, #field))
     });
     let columns_doc = format!("The columns of `{struct_name}` an upsert can update (`{struct_name}::columns()`).");
 
@@ -111,15 +119,16 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
 
                 fn model() -> &'static ::bulk_runtime::__private::Model {
                     static COLUMNS: [::bulk_runtime::__private::Column; #n] = [#(#columns),*];
-                    static MODEL: ::bulk_runtime::__private::Model = ::bulk_runtime::__private::Model::__new(
-                        #struct_name,
-                        #schema,
-                        #table,
-                        #id,
-                        #nulls_not_distinct,
-                        &COLUMNS,
-                        &[#(#key_indices),*],
-                    );
+                    static MODEL: ::bulk_runtime::__private::Model = ::bulk_runtime::__private::ModelSpec {
+                        struct_name: #struct_name,
+                        schema: #schema,
+                        table: #table,
+                        id: #id,
+                        nulls_not_distinct: #nulls_not_distinct,
+                        columns: &COLUMNS,
+                        unique: &[#(#key_indices),*],
+                    }
+                    .build();
                     &MODEL
                 }
 

@@ -745,7 +745,7 @@ async fn explain_run(size: usize, mix: Mix) {
     let client = connect().await;
     setup(&client).await;
     let case = make_case(size, mix, 5);
-    let sql = bulk_runtime::__private::protocol_sql(Retweet::model());
+    let sql = bulk_runtime::__test_hooks::protocol_sql(Retweet::model());
     // The plain form the call runs (with DISTINCT ON only if a key repeats),
     // and the ON CONFLICT form it falls back to, each from the same table
     // state and scratch rows, in a transaction rolled back afterwards.

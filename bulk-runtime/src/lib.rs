@@ -67,7 +67,7 @@
 //!   (which it uses from the start for batches under 128 rows, and for a
 //!   while after such conflicts): the key is skipped and the counts stay
 //!   exact;
-//! * the [`Outcome`] reports rows offered, inserted and skipped.
+//! * the [`Report`] counts rows offered, inserted and skipped.
 //!
 //! Concurrent writers need no retry under `READ COMMITTED`; for serialization
 //! failures, deadlocks with the caller's own statements and lost connections,
@@ -162,8 +162,8 @@ use std::borrow::Borrow;
 use std::future::Future;
 
 pub use api::{
-    BoxError, Bulk, CreateNew, FromKey, Keep, Ledger, Mode, NewRow, Outcome, Progress, Report, ReturningKeys,
-    ReturningKeysWith, ReturningSkipped, UpdateColumn, Upsert, Upserting,
+    BoxError, Bulk, CreateNew, FromKey, Keep, Ledger, Mode, NewRow, Progress, Report, ReturningKeys, ReturningKeysWith,
+    ReturningSkipped, UpdateColumn, Upsert, Upserting,
 };
 pub use connection::Connection;
 pub use error::{Error, SchemaProblem, Step};
@@ -365,7 +365,7 @@ pub trait BulkCreateNew: Sized + Sync {
     /// [`Error::SchemaMismatch`] when the live table does not fit the model,
     /// [`Error::Database`] for anything PostgreSQL reports. Nothing of the
     /// batch is written when an error is returned.
-    fn bulk_create_new<C, I, It, R>(conn: &mut C, rows: I) -> impl Future<Output = Result<Outcome, Error>>
+    fn bulk_create_new<C, I, It, R>(conn: &mut C, rows: I) -> impl Future<Output = Result<Report, Error>>
     where
         C: Connection + ?Sized,
         I: IntoIterator<IntoIter = It, Item = R>,
@@ -428,24 +428,63 @@ pub async fn verify_schema<T: BulkCreateNew>(
     schema::problems(client, T::model()).await
 }
 
-/// Hooks for this workspace's tests; not part of the API.
+/// Hooks for this workspace's tests and benchmarks; not part of the API.
 #[doc(hidden)]
 pub mod __test_hooks {
+    use crate::model::Model;
+
+    pub use crate::call::{PLAIN_FROM, SMALL_BATCH};
+
     /// The backend process id the library reads from `client` to tell
     /// connections apart (see `statements::Identity`).
     pub fn connection_process_id(client: &tokio_postgres::Client) -> i32 {
         crate::statements::Identity::of(client).process_id()
     }
+
+    /// The protocol's SQL for a model, for the benchmark's and the tests'
+    /// `EXPLAIN` runs.
+    #[derive(Debug, Clone, Copy)]
+    pub struct ProtocolSql {
+        /// `CREATE TEMP TABLE IF NOT EXISTS` of the scratch table.
+        pub create_scratch: &'static str,
+        /// `COPY` into it.
+        pub copy: &'static str,
+        /// The insert's plain form, for a batch that may repeat keys.
+        pub insert_plain: &'static str,
+        /// The insert's plain form, for a batch without repeated keys.
+        pub insert_plain_distinct_keys: &'static str,
+        /// The insert's `ON CONFLICT` form.
+        pub insert_on_conflict: &'static str,
+    }
+
+    /// The protocol's SQL for `model`.
+    pub fn protocol_sql(model: &'static Model) -> ProtocolSql {
+        let plan = crate::sql::plan(model);
+        ProtocolSql {
+            create_scratch: &plan.create_scratch,
+            copy: &plan.copy,
+            insert_plain: &plan.insert_plain,
+            insert_plain_distinct_keys: &plan.insert_plain_distinct_keys,
+            insert_on_conflict: &plan.insert,
+        }
+    }
 }
 
+/// What the derive's generated code names, and nothing else; not part of
+/// the API.
 #[doc(hidden)]
 pub mod __private {
+    /// The handle of a model's column, for the derived `columns()`.
+    pub const fn update_column(model: &'static str, field: &'static str) -> UpdateColumn {
+        UpdateColumn::new(model, field)
+    }
+
     pub use crate::PgEnum;
     pub use crate::api::UpdateColumn;
-    pub use crate::call::{PLAIN_FROM, SMALL_BATCH};
-    pub use crate::model::{Column, Model};
+    pub use crate::model::{Column, ColumnSpec, Model, ModelSpec};
     pub use crate::types::{BulkColumn, BulkValue, KeyColumn, NonNullColumn, NonOptionColumn, PgType, ValueError};
-    pub use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
+    use tokio_postgres::types::Kind;
+    pub use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
     /// The boxed error `ToSql` and `FromSql` return.
     pub type SqlError = Box<dyn std::error::Error + Sync + Send>;
@@ -478,34 +517,6 @@ pub mod __private {
     /// The error of a derived enum's `FromSql` for a label it does not have.
     pub fn unknown_label(raw: &[u8], rust_name: &str) -> SqlError {
         format!("`{rust_name}` has no variant for the label {:?}", String::from_utf8_lossy(raw)).into()
-    }
-
-    /// The protocol's SQL for a model, for the benchmark's and the tests'
-    /// `EXPLAIN` runs.
-    #[derive(Debug, Clone, Copy)]
-    pub struct ProtocolSql {
-        /// `CREATE TEMP TABLE IF NOT EXISTS` of the scratch table.
-        pub create_scratch: &'static str,
-        /// `COPY` into it.
-        pub copy: &'static str,
-        /// The insert's plain form, for a batch that may repeat keys.
-        pub insert_plain: &'static str,
-        /// The insert's plain form, for a batch without repeated keys.
-        pub insert_plain_distinct_keys: &'static str,
-        /// The insert's `ON CONFLICT` form.
-        pub insert_on_conflict: &'static str,
-    }
-
-    /// The protocol's SQL for `model`.
-    pub fn protocol_sql(model: &'static Model) -> ProtocolSql {
-        let plan = crate::sql::plan(model);
-        ProtocolSql {
-            create_scratch: &plan.create_scratch,
-            copy: &plan.copy,
-            insert_plain: &plan.insert_plain,
-            insert_plain_distinct_keys: &plan.insert_plain_distinct_keys,
-            insert_on_conflict: &plan.insert,
-        }
     }
 
     /// Asserts at compile time that a unique key field is not nullable.

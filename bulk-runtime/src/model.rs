@@ -1,6 +1,7 @@
 //! What the derive knows about a model: table, columns, unique key.
 //!
-//! The derive emits a [`Model`] per struct; the runtime turns it into SQL.
+//! The derive describes each struct by name in a [`ModelSpec`] of
+//! [`ColumnSpec`]s, built into a [`Model`]; the runtime turns that into SQL.
 
 use std::any::Any;
 use std::fmt::Write as _;
@@ -14,6 +15,131 @@ use sea_query::{
 use crate::contention::Contention;
 use crate::types::PgType;
 
+/// What the derive knows about one stored field, by name: the input of
+/// [`ColumnSpec::build`]. Reached only through `__private`, for the derive's
+/// generated code.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnSpec {
+    /// The Rust field name.
+    pub field: &'static str,
+    /// The column name (`#[bulk(rename = "...")]`, else the field name).
+    pub name: &'static str,
+    /// The PostgreSQL type of the field's Rust type.
+    pub pg_type: PgType,
+    /// Whether the field is an `Option`.
+    pub nullable: bool,
+    /// The DDL type from `#[bulk(sql_type = "...")]`.
+    pub sql_type: Option<&'static str>,
+    /// Whether `#[bulk(index)]` is set.
+    pub index: bool,
+}
+
+impl ColumnSpec {
+    /// The column.
+    pub const fn build(self) -> Column {
+        let ColumnSpec { field, name, pg_type, nullable, sql_type, index } = self;
+        Column { field, name, pg_type, nullable, sql_type, index }
+    }
+}
+
+/// What the derive knows about a model struct, by name: the input of
+/// [`ModelSpec::build`]. Reached only through `__private`, for the derive's
+/// generated code.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSpec {
+    /// The Rust struct name.
+    pub struct_name: &'static str,
+    /// `#[bulk(schema = "...")]`.
+    pub schema: Option<&'static str>,
+    /// The table name.
+    pub table: &'static str,
+    /// The surrogate identity key's column, `None` for `id = false`.
+    pub id: Option<&'static str>,
+    /// `#[bulk(nulls_not_distinct)]`.
+    pub nulls_not_distinct: bool,
+    /// The stored fields, in field order.
+    pub columns: &'static [Column],
+    /// The unique key: indices into `columns`, in `unique(...)` order.
+    pub unique: &'static [usize],
+}
+
+impl ModelSpec {
+    /// The model.
+    pub const fn build(self) -> Model {
+        let ModelSpec { struct_name, schema, table, id, nulls_not_distinct, columns, unique } = self;
+        Model {
+            struct_name,
+            schema,
+            table,
+            id,
+            nulls_not_distinct,
+            columns,
+            unique,
+            plan: OnceLock::new(),
+            contention: Contention::new(),
+        }
+    }
+}
+
+/// Short spellings for the unit tests' fixtures, one line per column or
+/// model; every flag is named (the derive writes out every field).
+#[cfg(test)]
+impl ColumnSpec {
+    /// A NOT NULL, unindexed column named as its field, its DDL type `pg_type`'s.
+    pub(crate) const fn of(field: &'static str, pg_type: PgType) -> Self {
+        ColumnSpec { field, name: field, pg_type, nullable: false, sql_type: None, index: false }
+    }
+
+    /// Another column name, as `#[bulk(rename = "...")]`.
+    pub(crate) const fn rename(self, name: &'static str) -> Self {
+        ColumnSpec { name, ..self }
+    }
+
+    /// An `Option` field.
+    pub(crate) const fn nullable(self) -> Self {
+        ColumnSpec { nullable: true, ..self }
+    }
+
+    /// `#[bulk(sql_type = "...")]`.
+    pub(crate) const fn sql_type(self, sql_type: &'static str) -> Self {
+        ColumnSpec { sql_type: Some(sql_type), ..self }
+    }
+
+    /// `#[bulk(index)]`.
+    pub(crate) const fn index(self) -> Self {
+        ColumnSpec { index: true, ..self }
+    }
+}
+
+#[cfg(test)]
+impl ModelSpec {
+    /// `struct_name` stored in `table` on the `search_path`, keyed on
+    /// `unique`, without an id column, NULLs distinct.
+    pub(crate) const fn of(
+        struct_name: &'static str,
+        table: &'static str,
+        columns: &'static [Column],
+        unique: &'static [usize],
+    ) -> Self {
+        ModelSpec { struct_name, schema: None, table, id: None, nulls_not_distinct: false, columns, unique }
+    }
+
+    /// `#[bulk(schema = "...")]`.
+    pub(crate) const fn schema(self, schema: &'static str) -> Self {
+        ModelSpec { schema: Some(schema), ..self }
+    }
+
+    /// `#[bulk(id = "...")]`.
+    pub(crate) const fn id(self, id: &'static str) -> Self {
+        ModelSpec { id: Some(id), ..self }
+    }
+
+    /// `#[bulk(nulls_not_distinct)]`.
+    pub(crate) const fn nulls_not_distinct(self) -> Self {
+        ModelSpec { nulls_not_distinct: true, ..self }
+    }
+}
+
 /// One stored field of a model.
 #[derive(Debug)]
 pub struct Column {
@@ -26,18 +152,6 @@ pub struct Column {
 }
 
 impl Column {
-    #[doc(hidden)]
-    pub const fn __new(
-        field: &'static str,
-        name: &'static str,
-        pg_type: PgType,
-        nullable: bool,
-        sql_type: Option<&'static str>,
-        index: bool,
-    ) -> Self {
-        Column { field, name, pg_type, nullable, sql_type, index }
-    }
-
     /// The Rust field name.
     pub fn field(&self) -> &'static str {
         self.field
@@ -95,29 +209,6 @@ pub struct Model {
 }
 
 impl Model {
-    #[doc(hidden)]
-    pub const fn __new(
-        struct_name: &'static str,
-        schema: Option<&'static str>,
-        table: &'static str,
-        id: Option<&'static str>,
-        nulls_not_distinct: bool,
-        columns: &'static [Column],
-        unique: &'static [usize],
-    ) -> Self {
-        Model {
-            struct_name,
-            schema,
-            table,
-            id,
-            nulls_not_distinct,
-            columns,
-            unique,
-            plan: OnceLock::new(),
-            contention: Contention::new(),
-        }
-    }
-
     /// Whether every batch must take the COPY path: a column's values cannot
     /// travel in the short path's arrays (an array column).
     pub(crate) fn copy_only(&self) -> bool {
@@ -192,7 +283,7 @@ impl Model {
     ///
     /// The unique key and the indexes are separate statements
     /// ([`create_index_statements`](Self::create_index_statements)).
-    pub fn create_table_statement(&self) -> TableCreateStatement {
+    fn create_table_statement(&self) -> TableCreateStatement {
         let mut table = Table::create();
         table.table(self.table_ref()).if_not_exists();
         if let Some(id) = self.id {
@@ -216,7 +307,7 @@ impl Model {
 
     /// The unique index on the key (what `ON CONFLICT` needs), then one plain
     /// index per `#[bulk(index)]` column; all `IF NOT EXISTS`.
-    pub fn create_index_statements(&self) -> Vec<IndexCreateStatement> {
+    fn create_index_statements(&self) -> Vec<IndexCreateStatement> {
         let mut out = Vec::new();
         let key: Vec<&str> = self.unique_key().map(|c| c.name).collect();
         let mut unique = Index::create();

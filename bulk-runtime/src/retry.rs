@@ -18,7 +18,7 @@
 //! [`Error::is_retryable`] (or [`Retryable::is_retryable`]) is true, at most
 //! [`RetryPolicy::max_attempts`] times, after a bounded exponential backoff
 //! with jitter. Retrying is always safe: the call skips keys already stored,
-//! so a rerun never duplicates a row, and its [`Outcome`](crate::Outcome)
+//! so a rerun never duplicates a row, and its [`Report`](crate::Report)
 //! counts what *that* attempt inserted.
 //!
 //! Each attempt must start from scratch: a fresh transaction (the failed one

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::bail;
-use bulk_runtime::{BulkCreateNew, Outcome};
+use bulk_runtime::{BulkCreateNew, Report};
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, IsolationLevel};
@@ -25,7 +25,7 @@ pub struct TweetResult {
     /// The tweet.
     pub tweet: i64,
     /// Retweets fetched and how many were new, or why the fetch failed.
-    pub result: Result<Outcome, anyhow::Error>,
+    pub result: Result<Report, anyhow::Error>,
 }
 
 /// What one poll did.
@@ -34,7 +34,7 @@ pub struct PollResult {
     /// Per tweet, in the order asked.
     pub tweets: Vec<TweetResult>,
     /// All tweets together.
-    pub total: Outcome,
+    pub total: Report,
 }
 
 impl PollResult {
@@ -92,7 +92,7 @@ pub async fn poll_once(client: &mut Client, source: &Source, tweets: &[i64], cou
             result: result.map(|rows| {
                 let offered = rows.len() as u64;
                 let inserted = new_per_tweet.get(&tweet).copied().unwrap_or(0);
-                Outcome { offered, inserted, skipped: offered.saturating_sub(inserted), ..Outcome::default() }
+                Report { offered, inserted, skipped: offered.saturating_sub(inserted), ..Report::default() }
             }),
         })
         .collect();
@@ -105,9 +105,9 @@ const WRITE_ATTEMPTS: u32 = 5;
 
 /// Stores the rows with one bulk call; returns the outcome and the number of
 /// new rows per tweet.
-async fn store(client: &mut Client, rows: &[&Retweet]) -> anyhow::Result<(Outcome, HashMap<i64, u64>)> {
+async fn store(client: &mut Client, rows: &[&Retweet]) -> anyhow::Result<(Report, HashMap<i64, u64>)> {
     if rows.is_empty() {
-        return Ok((Outcome::default(), HashMap::new()));
+        return Ok((Report::default(), HashMap::new()));
     }
     let mut attempt = 0;
     loop {
@@ -148,7 +148,7 @@ SELECT b.tweet, count(*)::bigint
  WHERE NOT EXISTS (SELECT 1 FROM {table} AS r WHERE r.tweet = b.tweet AND r.retweeter = b.retweeter)
  GROUP BY b.tweet";
 
-async fn store_once(client: &mut Client, rows: &[&Retweet]) -> Result<(Outcome, HashMap<i64, u64>), Failure> {
+async fn store_once(client: &mut Client, rows: &[&Retweet]) -> Result<(Report, HashMap<i64, u64>), Failure> {
     let mut tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
     // Which rows are new, seen from the snapshot the insert will use. A
     // concurrent writer that commits one of these keys first makes the
@@ -266,7 +266,7 @@ pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     let mut interval = tokio::time::interval(args.every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client: Option<Client> = None;
-    let mut total = Outcome::default();
+    let mut total = Report::default();
     let mut ticks: u64 = 0;
     let mut failed_ticks: u64 = 0;
     loop {

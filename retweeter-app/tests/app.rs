@@ -6,7 +6,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use bulk_runtime::Outcome;
+use bulk_runtime::Report;
 use common::{Background, Proxy, TempDir, TestSchema, app, database_line, fake_api, outcomes, run, run_command};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -84,7 +84,8 @@ fn poll_over_http_adds_one_of_one_then_one_of_two_then_two_of_four() {
     let seen: Vec<String> = lines.iter().flat_map(|o| o.lines().map(str::to_owned)).collect();
     // The library's wording of an outcome ("2 of 4 records added").
     let added = |inserted: u64, offered: u64| {
-        Outcome { offered, inserted, skipped: offered - inserted, ..Outcome::default() }.to_string()
+        let report: Report = Report { offered, inserted, skipped: offered - inserted, ..Report::default() };
+        report.to_string()
     };
     assert_eq!(
         seen,

@@ -24,7 +24,7 @@ pub const DATABASE: &str = "bulk_tests";
 /// (binary COPY into the scratch table); shorter batches take its
 /// one-statement array path. Tests of behaviour both paths share run once
 /// with a short batch and once padded to this size.
-pub const COPY_BATCH: usize = bulk_runtime::__private::SMALL_BATCH + 100;
+pub const COPY_BATCH: usize = bulk_runtime::__test_hooks::SMALL_BATCH + 100;
 
 const HOW_TO_START: &str = "the integration tests need PostgreSQL on 127.0.0.1:5432 that lets user postgres \
 log in with password `postgres` (or trusts it), or BULK_TEST_DATABASE_URL pointing at another server; \

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use bulk_runtime::{BulkCreateNew, Outcome};
+use bulk_runtime::{BulkCreateNew, Report};
 use bulk_tests::{
     COPY_BATCH, Contended, TestDb, contended_batch, count, distinct_keys, gate_at, lock_key, wait_for_backend,
 };
@@ -73,7 +73,7 @@ async fn run_rounds(
     first_round: u64,
     rounds: &[[usize; WRITERS as usize]],
     universe: u64,
-) -> (Vec<Client>, BTreeMap<(u64, u64), (Vec<Contended>, Outcome)>) {
+) -> (Vec<Client>, BTreeMap<(u64, u64), (Vec<Contended>, Report)>) {
     let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS as usize));
     let rounds: Arc<Vec<[usize; WRITERS as usize]>> = Arc::new(rounds.to_vec());
     let mut tasks = Vec::new();
@@ -108,9 +108,9 @@ async fn run_rounds(
 /// inserted counts is the row count is the number of distinct keys offered;
 /// each call inserted exactly the stored rows whose payload names it; each
 /// stored row is the first row of its key in the batch that stored it.
-async fn check(client: &Client, calls: &BTreeMap<(u64, u64), (Vec<Contended>, Outcome)>) {
+async fn check(client: &Client, calls: &BTreeMap<(u64, u64), (Vec<Contended>, Report)>) {
     let keys = distinct_keys(calls.values().map(|(b, _)| b));
-    let mut total = Outcome::default();
+    let mut total = Report::default();
     for (batch, o) in calls.values() {
         assert_eq!(o.offered, batch.len() as u64);
         assert_eq!(o.inserted + o.skipped, o.offered);
@@ -177,7 +177,7 @@ async fn writers_under_plan(name: &str, plan: Plan) {
     if let Some(node) = plan.join_node() {
         // Every form of the insert: the plain first attempt (with and
         // without DISTINCT ON), and the ON CONFLICT one a conflict falls back to.
-        let sql = bulk_runtime::__private::protocol_sql(Contended::model());
+        let sql = bulk_runtime::__test_hooks::protocol_sql(Contended::model());
         for insert in [sql.insert_plain, sql.insert_plain_distinct_keys, sql.insert_on_conflict] {
             let plan_text = explain(&clients[0], insert).await;
             assert!(plan_text.contains(node), "expected {node}:\n{plan_text}");

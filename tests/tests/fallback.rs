@@ -10,8 +10,8 @@
 //! Each test has a model of its own: the choice of form is kept per model
 //! for the whole process, and other tests' conflicts must not change it.
 
-use bulk_runtime::__private::PLAIN_FROM;
-use bulk_runtime::{BulkCreateNew, Ledger, Outcome};
+use bulk_runtime::__test_hooks::PLAIN_FROM;
+use bulk_runtime::{BulkCreateNew, Ledger, Report};
 use bulk_tests::{COPY_BATCH, TestDb, count};
 use tokio_postgres::Client;
 
@@ -102,12 +102,12 @@ async fn payload(client: &Client, table: &str, k: i64) -> String {
 
 /// Counts of a batch from `batch`, of which `stored` distinct keys were
 /// stored by someone else.
-fn expected(rows: usize, distinct: usize, stored: usize) -> Outcome {
-    Outcome {
+fn expected(rows: usize, distinct: usize, stored: usize) -> Report {
+    Report {
         offered: rows as u64,
         inserted: (distinct - stored) as u64,
         skipped: (rows - distinct + stored) as u64,
-        ..Outcome::default()
+        ..Report::default()
     }
 }
 
@@ -264,10 +264,10 @@ async fn keys_equal_only_under_the_columns_collation_are_stored_once() {
          CREATE TABLE ci_long (name text COLLATE ci NOT NULL, payload text NOT NULL);
          CREATE UNIQUE INDEX ci_long_name ON ci_long (name);";
     let Scene { db, admin, mut writer, .. } = scene("fallback_collation", ddl).await;
-    let check = |outcome: Outcome, len: usize| {
+    let check = |outcome: Report, len: usize| {
         assert_eq!(
             outcome,
-            Outcome { offered: len as u64 + 1, inserted: len as u64, skipped: 1, ..Outcome::default() },
+            Report { offered: len as u64 + 1, inserted: len as u64, skipped: 1, ..Report::default() },
             "{len} rows"
         );
     };

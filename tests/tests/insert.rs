@@ -100,7 +100,7 @@ async fn empty_batch_writes_nothing() {
     // And an empty batch after a non-empty one.
     Entry::bulk_create_new(&mut client, [entry(1, 1, "a")]).await.unwrap();
     let o = Entry::bulk_create_new(&mut client, std::iter::empty::<Entry>()).await.unwrap();
-    assert_eq!(o, bulk_runtime::Outcome::default());
+    assert_eq!(o, bulk_runtime::Report::default());
     assert_eq!(count(&client, "entry").await, 1);
     db.drop().await;
 }
@@ -410,7 +410,7 @@ async fn concurrent_overlapping_batches_insert_each_key_once() {
     for w in 0..4i64 {
         let mut client = db.connect().await;
         tasks.push(tokio::spawn(async move {
-            let mut total = bulk_runtime::Outcome::default();
+            let mut total = bulk_runtime::Report::default();
             for round in 0..5i64 {
                 let range = batch_range(w, round);
                 let rows: Vec<Entry> = if w % 2 == 0 {
@@ -423,7 +423,7 @@ async fn concurrent_overlapping_batches_insert_each_key_once() {
             total
         }));
     }
-    let mut total = bulk_runtime::Outcome::default();
+    let mut total = bulk_runtime::Report::default();
     for t in tasks {
         total += t.await.unwrap();
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bulk_runtime::retry::{RetryPolicy, with_retry};
-use bulk_runtime::{BulkCreateNew, Outcome};
+use bulk_runtime::{BulkCreateNew, Report};
 use bulk_tests::{COPY_BATCH, Contended, TestDb, contended_batch, count, distinct_keys};
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
@@ -49,7 +49,7 @@ async fn read_committed_callers_transactions_need_no_retry() {
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             let mut batches = Vec::new();
-            let mut total = Outcome::default();
+            let mut total = Report::default();
             for round in 0..3 {
                 let batch =
                     contended_batch(seed, round, w, if (w + round) % 2 == 0 { 2_000 } else { COPY_BATCH }, 9_000);
@@ -65,7 +65,7 @@ async fn read_committed_callers_transactions_need_no_retry() {
             (total, batches)
         }));
     }
-    let mut total = Outcome::default();
+    let mut total = Report::default();
     let mut batches = Vec::new();
     for t in tasks {
         let (o, b) = t.await.unwrap();

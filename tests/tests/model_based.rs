@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use bulk_runtime::__private::SMALL_BATCH;
+use bulk_runtime::__test_hooks::SMALL_BATCH;
 use bulk_runtime::BulkCreateNew;
 use bulk_tests::TestDb;
 use proptest::prelude::*;
@@ -109,7 +109,7 @@ async fn stored(client: &Client) -> Table {
         .collect()
 }
 
-async fn call(client: &mut Client, rows: &[Modeled], mode: Mode) -> bulk_runtime::Outcome {
+async fn call(client: &mut Client, rows: &[Modeled], mode: Mode) -> bulk_runtime::Report {
     match mode {
         Mode::Own => Modeled::bulk_create_new(client, rows).await.unwrap(),
         Mode::Commit | Mode::Rollback => {

@@ -2,7 +2,7 @@
 //! in one statement with array parameters, longer ones through binary COPY
 //! into the scratch table. Both must give the same results.
 
-use bulk_runtime::__private::SMALL_BATCH;
+use bulk_runtime::__test_hooks::SMALL_BATCH;
 use bulk_runtime::BulkCreateNew;
 use bulk_tests::{TestDb, count};
 
@@ -24,7 +24,7 @@ fn batch(n: usize) -> Vec<Item> {
     (0..n as i64).map(|i| if i % 10 == 9 { item(i - 1, "repeat") } else { item(i, "first") }).collect()
 }
 
-async fn run(n: usize) -> (bulk_runtime::Outcome, Vec<(i64, String, Option<String>)>) {
+async fn run(n: usize) -> (bulk_runtime::Report, Vec<(i64, String, Option<String>)>) {
     let db = TestDb::new(&format!("paths_{n}")).await;
     let mut client = db.connect().await;
     client.batch_execute(&Item::model().migration_sql()).await.unwrap();

@@ -2,7 +2,7 @@
 //! a different backend, whose session has neither the scratch table nor the
 //! prepared statement; the call must notice and work with exact counts.
 
-use bulk_runtime::{BulkCreateNew, Outcome};
+use bulk_runtime::{BulkCreateNew, Report};
 use bulk_tests::pgbouncer::Pgbouncer;
 use bulk_tests::{COPY_BATCH, Contended, TestDb, contended_batch, count, distinct_keys};
 use tokio_postgres::Client;
@@ -91,7 +91,7 @@ async fn transaction_pooler_switching_backends_between_calls() {
         let skipped = repeats.len() as u64;
         assert_eq!(
             o,
-            Outcome { offered: n as u64 + skipped, inserted: n as u64, skipped, ..Outcome::default() },
+            Report { offered: n as u64 + skipped, inserted: n as u64, skipped, ..Report::default() },
             "step {step}"
         );
         next += n as u64;
@@ -127,7 +127,7 @@ async fn concurrent_writers_through_a_transaction_pooler() {
         batches.extend(mine.clone());
         let mut client = bouncer.connect().await;
         tasks.push(tokio::spawn(async move {
-            let mut total = Outcome::default();
+            let mut total = Report::default();
             for (r, batch) in mine.iter().enumerate() {
                 match Contended::bulk_create_new(&mut client, batch).await {
                     Ok(o) => total += o,
@@ -137,7 +137,7 @@ async fn concurrent_writers_through_a_transaction_pooler() {
             total
         }));
     }
-    let mut total = Outcome::default();
+    let mut total = Report::default();
     for t in tasks {
         total += t.await.unwrap();
     }

@@ -6,7 +6,7 @@
 //! and kept by its commit.
 
 use bb8_postgres::PostgresConnectionManager;
-use bulk_runtime::{BulkCreateNew, Connection, Outcome};
+use bulk_runtime::{BulkCreateNew, Connection, Report};
 use bulk_tests::{COPY_BATCH, Contended, TestDb, contended_batch, count, distinct_keys};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::stream;
@@ -27,7 +27,7 @@ const ROUNDS: [(u64, usize); 2] = [(0, 300), (1, COPY_BATCH)];
 
 /// What one task's call reports: its counts, and how many new rows the
 /// builder returned (the inserted count again, for the plain call).
-type TaskResult = (Outcome, u64);
+type TaskResult = (Report, u64);
 
 /// Even tasks make the plain call, odd ones the builder with `returning_keys`.
 async fn task_call<C: Connection>(task: usize, conn: &mut C, batch: &[Contended]) -> TaskResult {

@@ -8,8 +8,8 @@
 
 use std::sync::Mutex;
 
-use bulk_runtime::__private::{BulkColumn, BulkValue, Column, Model, PgType};
-use bulk_runtime::{BulkCreateNew, quote_ident, verify_schema};
+use bulk_runtime::__private::{ColumnSpec, ModelSpec};
+use bulk_runtime::{BulkColumn, BulkCreateNew, BulkValue, Column, Model, PgType, quote_ident, verify_schema};
 use bulk_tests::recorder::{SqlRecorder, lex_sql};
 use bulk_tests::{COPY_BATCH, TestDb};
 use proptest::prelude::*;
@@ -134,12 +134,27 @@ impl BulkCreateNew for Dynamic {
 /// A model with these names, leaked to live as long as the test.
 fn dynamic_model(schema: &str, table: &str, columns: &[String; 3]) -> &'static Model {
     let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
-    let cols: &'static [Column] = Box::leak(Box::new([
-        Column::__new("key", leak(&columns[0]), PgType::Int8, false, None, true),
-        Column::__new("text", leak(&columns[1]), PgType::Text, false, None, false),
-        Column::__new("number", leak(&columns[2]), PgType::Int4, true, None, true),
-    ]));
-    Box::leak(Box::new(Model::__new("Dynamic", Some(leak(schema)), leak(table), Some("id"), false, cols, &[0])))
+    let key = ColumnSpec {
+        field: "key",
+        name: leak(&columns[0]),
+        pg_type: PgType::Int8,
+        nullable: false,
+        sql_type: None,
+        index: true,
+    };
+    let text = ColumnSpec { field: "text", name: leak(&columns[1]), pg_type: PgType::Text, index: false, ..key };
+    let number = ColumnSpec { field: "number", name: leak(&columns[2]), pg_type: PgType::Int4, nullable: true, ..key };
+    let cols: &'static [Column] = Box::leak(Box::new([key.build(), text.build(), number.build()]));
+    let spec = ModelSpec {
+        struct_name: "Dynamic",
+        schema: Some(leak(schema)),
+        table: leak(table),
+        id: Some("id"),
+        nulls_not_distinct: false,
+        columns: cols,
+        unique: &[0],
+    };
+    Box::leak(Box::new(spec.build()))
 }
 
 /// Names made of what breaks naive SQL assembly, with the marker in each.

@@ -149,8 +149,8 @@ pub struct UpdateColumn {
 }
 
 impl UpdateColumn {
-    #[doc(hidden)]
-    pub const fn __new(model: &'static str, field: &'static str) -> UpdateColumn {
+    /// The handle of `field` of the model named `model` (the derive's).
+    pub(crate) const fn new(model: &'static str, field: &'static str) -> UpdateColumn {
         UpdateColumn { model, field }
     }
 

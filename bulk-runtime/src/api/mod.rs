@@ -15,4 +15,4 @@ pub use builder::{
 };
 pub(crate) use builder::{Kind, UpdateSet};
 pub use ledger::Ledger;
-pub use report::{Outcome, Report};
+pub use report::Report;

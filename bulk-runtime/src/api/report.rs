@@ -3,9 +3,8 @@
 use std::fmt;
 
 /// What a bulk call did: the plain call
-/// ([`bulk_create_new`](crate::BulkCreateNew::bulk_create_new), whose result
-/// is spelled [`Outcome`]) and every call of the [`Bulk`](crate::Bulk)
-/// builder return it.
+/// ([`bulk_create_new`](crate::BulkCreateNew::bulk_create_new)) and every
+/// call of the [`Bulk`](crate::Bulk) builder return it.
 ///
 /// `offered = inserted + updated + unchanged + skipped`. `returned` holds
 /// what the call was asked to return: nothing (`()`), the new rows
@@ -40,13 +39,9 @@ pub struct Report<R = ()> {
     pub returned: R,
 }
 
-/// The plain call's result: a [`Report`] that returns nothing besides the
-/// counts (`updated` and `unchanged` are 0, `skipped = offered - inserted`).
-pub type Outcome = Report;
-
 impl<R> Report<R> {
     /// The counts alone, without what the call returned.
-    pub fn outcome(&self) -> Outcome {
+    pub fn outcome(&self) -> Report {
         let Report { offered, inserted, updated, unchanged, skipped, replayed, returned: _ } = *self;
         Report { offered, inserted, updated, unchanged, skipped, replayed, returned: () }
     }

@@ -203,17 +203,17 @@ pub(crate) fn scratch_ddl(model: &'static Model, shape: &KeyShape) -> String {
 /// Fixtures shared by the SQL unit tests of this module and of `variants`.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use crate::model::{Column, Model};
+    use crate::model::{Column, ColumnSpec, Model, ModelSpec};
     use crate::types::PgType;
 
     /// A model with a schema, and table and column names that need quoting.
     pub(crate) static COLUMNS: [Column; 3] = [
-        Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
-        Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
-        Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+        ColumnSpec::of("tweet", PgType::Int8).build(),
+        ColumnSpec::of("retweeter", PgType::Int8).rename(r#"re"tweeter"#).index().build(),
+        ColumnSpec::of("author", PgType::Text).nullable().sql_type("varchar(40)").build(),
     ];
     pub(crate) static MODEL: Model =
-        Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0, 1]);
+        ModelSpec::of("Retweet", r#"re"tweet"#, &COLUMNS, &[0, 1]).schema("my schema").id("id").build();
 
     /// The byte offset of `needle` in `hay`, failing the test when absent.
     pub(crate) fn at(hay: &str, needle: &str) -> usize {
@@ -225,32 +225,27 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::{COLUMNS, MODEL, at};
     use super::*;
-    use crate::model::Column;
+    use crate::model::{Column, ColumnSpec, ModelSpec};
     use crate::sql::fragments::{Arrays, arrays, key_index_guard, literal};
     use crate::types::PgType;
 
     /// A `nulls_not_distinct` model whose key has a nullable column, no schema, no id.
     static NULLABLE_COLUMNS: [Column; 3] = [
-        Column::__new("owner", "owner", PgType::Int4, false, None, false),
-        Column::__new("label", "label", PgType::Text, true, None, false),
-        Column::__new("note", "note", PgType::Bytea, false, None, false),
+        ColumnSpec::of("owner", PgType::Int4).build(),
+        ColumnSpec::of("label", PgType::Text).nullable().build(),
+        ColumnSpec::of("note", PgType::Bytea).build(),
     ];
-    static NULLABLE_MODEL: Model = Model::__new("Tag", None, "tag", None, true, &NULLABLE_COLUMNS, &[1, 0]);
+    static NULLABLE_MODEL: Model = ModelSpec::of("Tag", "tag", &NULLABLE_COLUMNS, &[1, 0]).nulls_not_distinct().build();
 
     /// Names built to break out of a quoted identifier if quotes were not doubled.
     static EVIL_COLUMNS: [Column; 2] = [
-        Column::__new("key", r#"k"; DROP TABLE victim; --"#, PgType::Int8, false, None, false),
-        Column::__new("select", "select", PgType::Text, false, None, true),
+        ColumnSpec::of("key", PgType::Int8).rename(r#"k"; DROP TABLE victim; --"#).build(),
+        ColumnSpec::of("select", PgType::Text).index().build(),
     ];
-    static EVIL_MODEL: Model = Model::__new(
-        "Evil",
-        Some(r#"s"; DROP SCHEMA x; --"#),
-        r#"t"; DROP TABLE victim; --"#,
-        Some("order"),
-        false,
-        &EVIL_COLUMNS,
-        &[0],
-    );
+    static EVIL_MODEL: Model = ModelSpec::of("Evil", r#"t"; DROP TABLE victim; --"#, &EVIL_COLUMNS, &[0])
+        .schema(r#"s"; DROP SCHEMA x; --"#)
+        .id("order")
+        .build();
 
     #[test]
     fn insert_keeps_the_first_row_per_key_and_skips_stored_keys() {
@@ -498,25 +493,28 @@ mod tests {
         assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&NULLABLE_MODEL).scratch);
         // Same table and column names, one column type changed: another scratch table.
         static RETYPED: [Column; 3] = [
-            Column::__new("tweet", "tweet", PgType::Int4, false, None, false),
-            Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, false, None, true),
-            Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+            ColumnSpec::of("tweet", PgType::Int4).build(),
+            ColumnSpec::of("retweeter", PgType::Int8).rename(r#"re"tweeter"#).index().build(),
+            ColumnSpec::of("author", PgType::Text).nullable().sql_type("varchar(40)").build(),
         ];
         static RETYPED_MODEL: Model =
-            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &RETYPED, &[0, 1]);
+            ModelSpec::of("Retweet", r#"re"tweet"#, &RETYPED, &[0, 1]).schema("my schema").id("id").build();
         assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&RETYPED_MODEL).scratch);
         // Same columns, another key: the schema check must run for it too.
         static REKEYED_MODEL: Model =
-            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), false, &COLUMNS, &[0]);
+            ModelSpec::of("Retweet", r#"re"tweet"#, &COLUMNS, &[0]).schema("my schema").id("id").build();
         assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&REKEYED_MODEL).scratch);
         // Same columns and key, one field now an Option.
         static NULLABLE_TWEET: [Column; 3] = [
-            Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
-            Column::__new("retweeter", r#"re"tweeter"#, PgType::Int8, true, None, true),
-            Column::__new("author", "author", PgType::Text, true, Some("varchar(40)"), false),
+            ColumnSpec::of("tweet", PgType::Int8).build(),
+            ColumnSpec::of("retweeter", PgType::Int8).rename(r#"re"tweeter"#).nullable().index().build(),
+            ColumnSpec::of("author", PgType::Text).nullable().sql_type("varchar(40)").build(),
         ];
-        static NULLABLE_TWEET_MODEL: Model =
-            Model::__new("Retweet", Some("my schema"), r#"re"tweet"#, Some("id"), true, &NULLABLE_TWEET, &[0, 1]);
+        static NULLABLE_TWEET_MODEL: Model = ModelSpec::of("Retweet", r#"re"tweet"#, &NULLABLE_TWEET, &[0, 1])
+            .schema("my schema")
+            .id("id")
+            .nulls_not_distinct()
+            .build();
         assert_ne!(Plan::new(&MODEL).scratch, Plan::new(&NULLABLE_TWEET_MODEL).scratch);
     }
 

@@ -286,14 +286,13 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ColumnSpec, ModelSpec};
     use crate::sql::fixtures::{COLUMNS, MODEL, at};
     use crate::types::PgType;
 
-    static NULLABLE_COLUMNS: [Column; 2] = [
-        Column::__new("owner", "owner", PgType::Int4, false, None, false),
-        Column::__new("label", "label", PgType::Text, true, None, false),
-    ];
-    static NULLABLE_MODEL: Model = Model::__new("Tag", None, "tag", None, true, &NULLABLE_COLUMNS, &[1, 0]);
+    static NULLABLE_COLUMNS: [Column; 2] =
+        [ColumnSpec::of("owner", PgType::Int4).build(), ColumnSpec::of("label", PgType::Text).nullable().build()];
+    static NULLABLE_MODEL: Model = ModelSpec::of("Tag", "tag", &NULLABLE_COLUMNS, &[1, 0]).nulls_not_distinct().build();
 
     #[test]
     fn returning_keys_inserts_in_key_order_and_maps_keys_back_to_positions() {
@@ -377,19 +376,15 @@ mod tests {
 
     /// Names built to break out of a quoted identifier if quotes were not doubled.
     static EVIL_COLUMNS: [Column; 3] = [
-        Column::__new("key", r#"k"; DROP TABLE victim; --"#, PgType::Int8, false, None, false),
-        Column::__new("nk", r#"n"k"#, PgType::Text, true, None, false),
-        Column::__new("select", "select", PgType::Text, false, None, true),
+        ColumnSpec::of("key", PgType::Int8).rename(r#"k"; DROP TABLE victim; --"#).build(),
+        ColumnSpec::of("nk", PgType::Text).rename(r#"n"k"#).nullable().build(),
+        ColumnSpec::of("select", PgType::Text).index().build(),
     ];
-    static EVIL_MODEL: Model = Model::__new(
-        "Evil",
-        Some(r#"s"; DROP SCHEMA x; --"#),
-        r#"t"; DROP TABLE victim; --"#,
-        Some(r#"i"d"#),
-        true,
-        &EVIL_COLUMNS,
-        &[0, 1],
-    );
+    static EVIL_MODEL: Model = ModelSpec::of("Evil", r#"t"; DROP TABLE victim; --"#, &EVIL_COLUMNS, &[0, 1])
+        .schema(r#"s"; DROP SCHEMA x; --"#)
+        .id(r#"i"d"#)
+        .nulls_not_distinct()
+        .build();
 
     /// `sql` with every `"..."` identifier (with `""` escapes) and every
     /// `'...'` literal removed; panics on an unterminated one.

@@ -159,6 +159,7 @@ fn first_of_each_key_in_order(cols: &ColumnBuffers, key: &[(usize, &Column)], fo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ColumnSpec;
     use crate::types::{PgType, order_key};
 
     /// Column buffers holding `rows` (each a value per column, `None` for NULL).
@@ -269,18 +270,14 @@ mod tests {
     #[test]
     fn rows_come_in_key_order_once_per_key_whatever_the_key_is() {
         static PACKED: [Column; 3] = [
-            Column::__new("tweet", "tweet", PgType::Int8, false, None, false),
-            Column::__new("retweeter", "retweeter", PgType::Int8, false, None, false),
-            Column::__new("day", "day", PgType::Date, true, None, false),
+            ColumnSpec::of("tweet", PgType::Int8).build(),
+            ColumnSpec::of("retweeter", PgType::Int8).build(),
+            ColumnSpec::of("day", PgType::Date).nullable().build(),
         ];
-        static WIDE: [Column; 2] = [
-            Column::__new("id", "id", PgType::Uuid, false, None, false),
-            Column::__new("at", "at", PgType::Timestamptz, true, None, false),
-        ];
-        static VARIABLE: [Column; 2] = [
-            Column::__new("owner", "owner", PgType::Int4, true, None, false),
-            Column::__new("blob", "blob", PgType::Bytea, false, None, false),
-        ];
+        static WIDE: [Column; 2] =
+            [ColumnSpec::of("id", PgType::Uuid).build(), ColumnSpec::of("at", PgType::Timestamptz).nullable().build()];
+        static VARIABLE: [Column; 2] =
+            [ColumnSpec::of("owner", PgType::Int4).nullable().build(), ColumnSpec::of("blob", PgType::Bytea).build()];
         let mut seed = 7u64;
         let mut next = move || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -10,7 +10,7 @@
 use std::io::BufRead;
 use std::sync::Arc;
 
-use bulk_runtime::{BulkCreateNew, Outcome};
+use bulk_runtime::{BulkCreateNew, Report};
 use bulk_tests::{Contended, TestDb, contended_batch};
 
 #[tokio::main]
@@ -40,7 +40,7 @@ async fn main() {
         let barrier = barrier.clone();
         let writer = first + i as u64;
         tasks.push(tokio::spawn(async move {
-            let mut total = Outcome::default();
+            let mut total = Report::default();
             for round in 0..rounds {
                 let batch = contended_batch(seed, round, writer, len, universe);
                 barrier.wait().await;
@@ -55,7 +55,7 @@ async fn main() {
             total
         }));
     }
-    let mut total = Outcome::default();
+    let mut total = Report::default();
     for t in tasks {
         total += t.await.unwrap();
     }
