@@ -19,7 +19,8 @@ pub enum Step {
     Scratch,
     /// Streaming the rows with binary `COPY`.
     Copy,
-    /// The anti-join `INSERT ... SELECT ... ON CONFLICT DO NOTHING`.
+    /// The call's statements: the anti-join `INSERT ... SELECT` (plain, or
+    /// with `ON CONFLICT DO NOTHING`), or a variant's (returning, upsert).
     Insert,
     /// Committing (or releasing the savepoint).
     Commit,

@@ -138,6 +138,19 @@
 //! are not supported yet: Citus refuses the long batches' statements and
 //! miscounts the short ones' (see the README's section "Partitioned and
 //! sharded tables").
+//!
+//! # Inside the crate
+//! Every call, plain or configured, runs one driver (`call`): it reads the
+//! first rows, picks the path (`call::arrays` for a short batch, `call::copy`
+//! for a long one), runs the attempts (`call::form`: the plain insert, then
+//! `ON CONFLICT` after a conflict; a forgotten prepared statement prepared
+//! again), and wraps them in the call's transaction or savepoint with the
+//! ledger's claim and record. What a caller configures and gets back lives
+//! in `api` (the builder, [`Report`], [`Ledger`]), which imports nothing from
+//! the driver; values are encoded in `wire`; every statement's text is
+//! assembled in `sql` from one module of fragments, and a model's statements
+//! are built once per process. The README's "The workspace" maps every
+//! module.
 
 // The derive's code names `::bulk_runtime`; unit tests derive models too.
 #[cfg(test)]

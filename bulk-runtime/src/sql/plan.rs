@@ -13,7 +13,6 @@ use crate::types::{PgType, fixed_width};
 #[derive(Debug)]
 pub(crate) struct Plan {
     /// Name of the session-local scratch table (only `[a-z0-9_]`).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub scratch: String,
     /// `CREATE TEMP TABLE IF NOT EXISTS ... ON COMMIT DELETE ROWS`.
     pub create_scratch: String,
