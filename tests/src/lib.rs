@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_postgres::{Client, Config, NoTls};
 
+pub mod citus;
 pub mod pgbouncer;
 pub mod recorder;
 
