@@ -709,7 +709,10 @@ async fn worker_killed(len: usize, n: i64) {
             (writer, result)
         })
     };
-    // Find the waiting backend on a worker and terminate it.
+    // Find the waiting backend on a worker and terminate it: this test's
+    // (its schema's shard of `contended`), not another fault test's.
+    let schema: String = admin.query_one("SELECT current_schema()::text", &[]).await.unwrap().get(0);
+    let shard = format!("%{schema}.contended%");
     let mut killed = false;
     'wait: for _ in 0..4000 {
         if call.is_finished() {
@@ -719,8 +722,8 @@ async fn worker_killed(len: usize, n: i64) {
             let pid: Option<i32> = holder
                 .query_opt(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'
-                        AND pid <> pg_backend_pid() AND query LIKE '%contended%' LIMIT 1",
-                    &[],
+                        AND pid <> pg_backend_pid() AND query LIKE $1 LIMIT 1",
+                    &[&shard],
                 )
                 .await
                 .unwrap()
