@@ -764,3 +764,69 @@ async fn worker_backend_killed_during_a_short_call() {
 async fn worker_backend_killed_during_a_copy_call() {
     worker_killed(COPY_BATCH + 500, 2).await;
 }
+
+// ---- What the schema check tells apart ----
+
+/// A model keyed by `retweeter` alone, on `rt`.
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "rt", unique(retweeter))]
+pub struct ByRetweeter {
+    pub tweet: i64,
+    pub retweeter: i64,
+    pub original_author: i64,
+}
+
+/// The problems of the schema check's refusal of `result`.
+fn problems<R: std::fmt::Debug>(result: Result<R, bulk_runtime::Error>) -> Vec<bulk_runtime::SchemaProblem> {
+    match result {
+        Err(bulk_runtime::Error::SchemaMismatch { problems, .. }) => problems,
+        other => panic!("expected the schema check's refusal, got {other:?}"),
+    }
+}
+
+/// A distributed table whose distribution column is not part of the
+/// model's key is refused with that reason, and nothing is written.
+#[tokio::test]
+async fn a_key_without_the_distribution_column_is_refused() {
+    let (db, mut client) = setup("refuse_key", DIST, SHORT, On::Client).await;
+    let rows: Vec<ByRetweeter> = (0..3).map(|i| ByRetweeter { tweet: i, retweeter: i, original_author: 0 }).collect();
+    let found = problems(ByRetweeter::bulk_create_new(&mut client, &rows).await);
+    let expected = bulk_runtime::SchemaProblem::DistributionColumnNotInKey {
+        column: "tweet".into(),
+        key: vec!["retweeter".into()],
+    };
+    assert!(found.contains(&expected), "{found:?}");
+    assert!(expected.to_string().contains("distributed by Citus on \"tweet\""), "{expected}");
+    assert_eq!(count(&client, "rt").await, 0);
+    db.drop().await;
+}
+
+/// A single-shard table (`create_distributed_table(..., NULL)`) is refused:
+/// only hash-distributed and reference tables are supported.
+#[tokio::test]
+async fn a_single_shard_table_is_refused() {
+    let db = CitusDb::new("refuse_single").await;
+    let mut client = db.connect().await;
+    client.batch_execute(RT_DDL).await.expect("create rt");
+    client.batch_execute("SELECT create_distributed_table('rt', NULL)").await.expect("a single-shard table");
+    let found = problems(Retweet::bulk_create_new(&mut client, &[rt(1, 1, 1)]).await);
+    assert_eq!(found, vec![bulk_runtime::SchemaProblem::CitusTableUnsupported { kind: "single_shard".into() }]);
+    assert_eq!(count(&client, "rt").await, 0);
+    db.drop().await;
+}
+
+/// A table the coordinator keeps to itself (not distributed) takes plain
+/// PostgreSQL's statements, on both paths, with exact counts.
+#[tokio::test]
+async fn a_local_table_on_the_coordinator_works_on_both_paths() {
+    let db = CitusDb::new("local_rt").await;
+    let mut client = db.connect().await;
+    client.batch_execute(RT_DDL).await.expect("create rt");
+    for (n, from) in [(MEDIUM, 0), (LONG, 100_000)] {
+        let (pre, rows, new) = batch(n, from);
+        store(&client, &pre).await;
+        let o = Retweet::bulk_create_new(&mut client, &rows).await.unwrap();
+        assert_eq!((o.offered, o.inserted, o.skipped), (n as u64, new.len() as u64, (n - new.len()) as u64));
+    }
+    db.drop().await;
+}
