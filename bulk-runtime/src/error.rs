@@ -85,6 +85,23 @@ pub enum SchemaProblem {
         /// The database.
         database: String,
     },
+    /// The table is distributed by Citus on a column that is not part of
+    /// the model's unique key: Citus cannot check such a key across shards
+    /// (and refuses a unique constraint without the distribution column).
+    DistributionColumnNotInKey {
+        /// The distribution column.
+        column: String,
+        /// The model's unique key.
+        key: Vec<String>,
+    },
+    /// The table is a kind of Citus table the calls do not support:
+    /// `single_shard` (schema-based sharding or a null shard key),
+    /// `citus_local` (added to Citus's metadata), or `unsupported` (append
+    /// or range distribution). Hash-distributed and reference tables work.
+    CitusTableUnsupported {
+        /// The kind, as the schema check names it.
+        kind: String,
+    },
     /// A key column's type rounds the values it stores (`timestamptz(0)`,
     /// `numeric` with a negative scale): two offered keys could become one
     /// stored key, which no call could count or match exactly.
@@ -148,6 +165,16 @@ impl fmt::Display for SchemaProblem {
                      nothing was written (the plain call's counts stay exact on this table)",
                 )
             }
+            SchemaProblem::DistributionColumnNotInKey { column, key } => write!(
+                f,
+                "the table is distributed by Citus on \"{column}\", which is not part of the unique key ({}); \
+                 distribute it by a key column",
+                key.join(", ")
+            ),
+            SchemaProblem::CitusTableUnsupported { kind } => write!(
+                f,
+                "the table is a Citus {kind} table; calls support local, hash-distributed and reference tables"
+            ),
             SchemaProblem::KeyRounded { column, found } => write!(
                 f,
                 "key column \"{column}\" is {found}, which rounds the values it stores, so two offered keys could \

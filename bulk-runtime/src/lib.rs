@@ -134,21 +134,24 @@
 //! A target partitioned natively by part of its unique key (PostgreSQL
 //! requires a unique key of a partitioned table to contain the partition
 //! key) works with every call; this is tested on PostgreSQL 15 with a hash
-//! partitioned table, on both paths. Citus distributed and reference tables
-//! are not supported yet: Citus refuses the long batches' statements and
-//! miscounts the short ones' (see the README's section "Partitioned and
-//! sharded tables").
+//! partitioned table, on both paths. So does a Citus hash-distributed table
+//! whose distribution column is part of the unique key, and a Citus
+//! reference table: the schema check finds out from Citus's metadata, and
+//! the statements then take Citus's dialect (`ON CONFLICT` over one row per
+//! key, counts from `RETURNING`); tested on Citus 13.2 (see the README's
+//! section "Partitioned and sharded tables").
 //!
 //! # Inside the crate
 //! Every call, plain or configured, runs one driver (`call`): it reads the
 //! first rows, picks the path (`call::arrays` for a short batch, `call::copy`
 //! for a long one), runs the attempts (`call::form`: the plain insert, then
-//! `ON CONFLICT` after a conflict; a forgotten prepared statement prepared
-//! again), and wraps them in the call's transaction or savepoint with the
+//! `ON CONFLICT` after a conflict, only `ON CONFLICT` on Citus; a forgotten
+//! prepared statement prepared again), and wraps them in the call's transaction or savepoint with the
 //! ledger's claim and record. What a caller configures and gets back lives
 //! in `api` (the builder, [`Report`], [`Ledger`]), which imports nothing from
 //! the driver; values are encoded in `wire`; every statement's text is
-//! assembled in `sql` from one module of fragments, and a model's statements
+//! assembled in `sql` from one module of fragments, in the dialect the
+//! schema check found (PostgreSQL's or Citus's), and a model's statements
 //! are built once per process. The README's "The workspace" maps every
 //! module.
 

@@ -5,7 +5,8 @@ use tokio_postgres::{Client, Row};
 
 use crate::error::{Error, SchemaProblem, Step};
 use crate::model::Model;
-use crate::sql::{KeyAs, KeyShape};
+use crate::sql::{Dialect, KeyAs, KeyShape};
+use crate::statements;
 use crate::types::PgType;
 
 const COLUMNS: &str = "\
@@ -36,6 +37,40 @@ SELECT ic.relname::text,
  WHERE i.indrelid = to_regclass($1) AND i.indisunique
  ORDER BY ic.relname";
 
+/// What the target is to Citus, in one statement that also runs without
+/// Citus (`pg_dist_partition` exists only with the extension, so it is
+/// named inside `query_to_xml`'s text; see `notes/citus.md`, §4): `local`
+/// (plain PostgreSQL, or a Citus coordinator's own table), `distributed`
+/// (hash) with its distribution column, `reference`, `single_shard`,
+/// `citus_local`, `unsupported` (append or range), or `missing`.
+const CITUS_KIND: &str = "\
+SELECT CASE WHEN c.oid IS NULL THEN 'missing'
+            WHEN m.partmethod IS NULL THEN 'local'
+            WHEN m.partmethod = 'h' THEN 'distributed'
+            WHEN m.partmethod = 'n' AND m.repmodel = 't' THEN 'reference'
+            WHEN m.partmethod = 'n' AND m.colocationid <> 0 THEN 'single_shard'
+            WHEN m.partmethod = 'n' THEN 'citus_local'
+            ELSE 'unsupported' END,
+       (SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = c.oid AND a.attnum = m.distattnum)
+  FROM (SELECT pg_catalog.to_regclass($1) AS oid) AS c
+  LEFT JOIN LATERAL (
+    SELECT (pg_catalog.xpath('/row/partmethod/text()', r))[1]::text AS partmethod,
+           (pg_catalog.xpath('/row/repmodel/text()', r))[1]::text AS repmodel,
+           (pg_catalog.xpath('/row/colocationid/text()', r))[1]::text::int4 AS colocationid,
+           (pg_catalog.xpath('/row/attnum/text()', r))[1]::text::int2 AS distattnum
+      FROM pg_catalog.unnest(pg_catalog.xpath('/table/row', pg_catalog.query_to_xml(
+             CASE WHEN pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL
+                  THEN 'SELECT 1 WHERE false'
+                  ELSE pg_catalog.format(
+                    'SELECT p.partmethod, p.repmodel, p.colocationid, a.attnum
+                       FROM pg_catalog.pg_dist_partition AS p
+                       LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = p.logicalrelid AND p.partkey IS NOT NULL
+                        AND a.attname = pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+                      WHERE p.logicalrelid = %s::pg_catalog.oid', coalesce(c.oid::int8, 0)) END,
+             false, false, ''))) AS r
+  ) AS m ON true";
+
 const RESOLVE_TYPES: &str = "SELECT format_type(to_regtype(t), NULL) FROM unnest($1::text[]) AS t";
 
 /// Checks the live table against the model; returns every difference at
@@ -44,6 +79,7 @@ pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<KeyShap
     let (problems, shape) =
         check(tx, model).await.map_err(|source| Error::database(model, Step::SchemaCheck, source))?;
     if problems.is_empty() {
+        statements::checked_dialect(tx, model, shape.dialect);
         Ok(shape)
     } else {
         Err(Error::SchemaMismatch { table: model.qualified_name(), model: model.struct_name(), problems })
@@ -94,7 +130,7 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
     let name = crate::sql::plan(model).target_regclass.as_str();
     let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
     // The catalog queries go out together: one round trip.
-    let (live, resolved, indexes) = futures_util::future::try_join3(
+    let (live, resolved, indexes, citus) = futures_util::future::try_join4(
         tx.query_typed(COLUMNS, &[(&name, Type::TEXT)]),
         async {
             if overrides.is_empty() {
@@ -104,6 +140,7 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
             Ok(rows.iter().map(|r| r.get::<_, Option<String>>(0)).collect::<Vec<_>>())
         },
         tx.query_typed(UNIQUE_INDEXES, &[(&name, Type::TEXT)]),
+        tx.query_typed(CITUS_KIND, &[(&name, Type::TEXT)]),
     )
     .await?;
     if live.is_empty() {
@@ -114,9 +151,33 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
         problems.push(SchemaProblem::TemporaryTablesNotAllowed { role: live[0].get(6), database: live[0].get(7) });
     }
     column_problems(model, &live, resolved, &mut problems);
-    let shape = key_shape(model, &live, &mut problems);
+    let mut shape = key_shape(model, &live, &mut problems);
     problems.extend(index_problem(model, &indexes));
+    shape.dialect = citus_dialect(model, citus.first(), &mut problems);
     Ok((problems, shape))
+}
+
+/// The dialect of a table whose Citus placement is `row` (a row of
+/// [`CITUS_KIND`]), with what Citus cannot do with it.
+fn citus_dialect(model: &Model, row: Option<&Row>, problems: &mut Vec<SchemaProblem>) -> Dialect {
+    let Some(row) = row else { return Dialect::Postgres };
+    let (kind, column): (&str, Option<String>) = (row.get(0), row.get(1));
+    match kind {
+        "reference" => Dialect::Citus,
+        "distributed" => {
+            let column = column.unwrap_or_default();
+            if !model.unique_key().any(|c| c.name() == column) {
+                let key = model.unique_key().map(|c| c.name().to_owned()).collect();
+                problems.push(SchemaProblem::DistributionColumnNotInKey { column, key });
+            }
+            Dialect::Citus
+        }
+        "single_shard" | "citus_local" | "unsupported" => {
+            problems.push(SchemaProblem::CitusTableUnsupported { kind: kind.to_owned() });
+            Dialect::Citus
+        }
+        _ => Dialect::Postgres,
+    }
 }
 
 /// The model's columns against the live ones (rows of [`COLUMNS`]);
@@ -165,7 +226,7 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
     let mut shape = KeyShape::default();
     for column in model.unique_key() {
         let Some(row) = live.iter().find(|r| r.get::<_, &str>(0) == column.name()) else {
-            shape.0.push(None);
+            shape.keys.push(None);
             continue;
         };
         let (typname, typschema, typmod): (&str, &str, i32) = (row.get(4), row.get(8), row.get(10));
@@ -173,7 +234,7 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
             problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(9) });
         }
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));
-        shape.0.push(key_as(column.pg_type(), typschema, typname, collation));
+        shape.keys.push(key_as(column.pg_type(), typschema, typname, collation));
     }
     shape
 }

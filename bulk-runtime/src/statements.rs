@@ -36,6 +36,7 @@ use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 use tokio_postgres::{Client, Statement};
 
 use crate::model::Model;
+use crate::sql::Dialect;
 
 /// The label of the plain call's short-batch insert, plain form (the first attempt).
 pub(crate) const PLAIN: &str = "create_new";
@@ -217,6 +218,39 @@ pub(crate) fn evict(client: &Client, model: &'static Model, label: &str) {
             entry.stale = entry.stale.saturating_add(1);
         }
     });
+}
+
+/// Per (connection, model address), the dialect the connection's last
+/// schema check found (see [`Dialect`]).
+static DIALECTS: Mutex<Option<HashMap<(Identity, usize), Dialect>>> = Mutex::new(None);
+
+/// Keeps the dialect `client`'s schema check of `model` found.
+pub(crate) fn checked_dialect(client: &Client, model: &'static Model, dialect: Dialect) {
+    let key = key(client, model);
+    if !key.0.known() {
+        return;
+    }
+    let mut guard = DIALECTS.lock().unwrap_or_else(PoisonError::into_inner);
+    let map = guard.get_or_insert_with(HashMap::new);
+    if map.len() >= MAX_ENTRIES && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, dialect);
+}
+
+/// The dialect `client`'s last schema check of `model` found; PostgreSQL's
+/// when it has not checked it (a statement in the wrong dialect fails,
+/// and the driver's next attempt checks again; see [`dialect_unknown`]).
+pub(crate) fn dialect(client: &Client, model: &'static Model) -> Dialect {
+    let guard = DIALECTS.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_ref().and_then(|m| m.get(&key(client, model)).copied()).unwrap_or_default()
+}
+
+/// Whether `client` has no schema check of `model` on record (the COPY
+/// path then checks again before its first insert).
+pub(crate) fn dialect_unknown(client: &Client, model: &'static Model) -> bool {
+    let guard = DIALECTS.lock().unwrap_or_else(PoisonError::into_inner);
+    !guard.as_ref().is_some_and(|m| m.contains_key(&key(client, model)))
 }
 
 /// At most this many scratch tables stay on one connection's session; see

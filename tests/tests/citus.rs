@@ -433,16 +433,18 @@ async fn batch_id_call(placement: Placement, n: usize, on: On, reference_ledger:
     assert_stored(&client, &pre, &rows, &new).await;
 
     // A batch id with an upsert and one with returning_keys, on new keys.
-    let (_, more, more_new) = batch(n, 10 * n as i64);
+    // (Nothing of these batches is stored beforehand: every distinct key is new.)
+    let distinct = |rows: &[Retweet]| rows.iter().map(|r| (r.tweet, r.retweeter)).collect::<BTreeSet<_>>().len();
+    let (_, more, _) = batch(n, 10 * n as i64);
     let up = call!(client, on, |c| Retweet::bulk(c)
         .upsert(Upsert::set([Retweet::columns().original_author]))
         .batch_id("import 2")
         .run(&more))
     .unwrap();
-    assert_eq!((up.inserted, up.updated), (more_new.len() as u64, 0));
-    let (_, third, third_new) = batch(n, 20 * n as i64);
+    assert_eq!((up.inserted, up.updated), (distinct(&more) as u64, 0));
+    let (_, third, _) = batch(n, 20 * n as i64);
     let keys = call!(client, on, |c| Retweet::bulk(c).returning_keys().batch_id("import 3").run(&third)).unwrap();
-    assert_eq!(keys.returned.len(), third_new.len());
+    assert_eq!(keys.returned.len(), distinct(&third));
     assert_eq!(count(&client, "bulk_batches").await, 3);
     db.drop().await;
 }
@@ -707,7 +709,10 @@ async fn worker_killed(len: usize, n: i64) {
             (writer, result)
         })
     };
-    // Find the waiting backend on a worker and terminate it.
+    // Find the waiting backend on a worker and terminate it: this test's
+    // (its schema's shard of `contended`), not another fault test's.
+    let schema: String = admin.query_one("SELECT current_schema()::text", &[]).await.unwrap().get(0);
+    let shard = format!("%{schema}.contended%");
     let mut killed = false;
     'wait: for _ in 0..4000 {
         if call.is_finished() {
@@ -717,15 +722,15 @@ async fn worker_killed(len: usize, n: i64) {
             let pid: Option<i32> = holder
                 .query_opt(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'
-                        AND pid <> pg_backend_pid() AND query LIKE '%contended%' LIMIT 1",
-                    &[],
+                        AND pid <> pg_backend_pid() AND query LIKE $1 LIMIT 1",
+                    &[&shard],
                 )
                 .await
                 .unwrap()
                 .map(|r| r.get(0));
             if let Some(pid) = pid {
                 let done: bool =
-                    holder.query_one("SELECT pg_terminate_backend($1, 10000)", &[&pid]).await.unwrap().get(0);
+                    holder.query_one("SELECT pg_terminate_backend($1::int4, 10000)", &[&pid]).await.unwrap().get(0);
                 assert!(done, "worker backend {pid} terminated");
                 killed = true;
                 break 'wait;
@@ -758,4 +763,70 @@ async fn worker_backend_killed_during_a_short_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_backend_killed_during_a_copy_call() {
     worker_killed(COPY_BATCH + 500, 2).await;
+}
+
+// ---- What the schema check tells apart ----
+
+/// A model keyed by `retweeter` alone, on `rt`.
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "rt", unique(retweeter))]
+pub struct ByRetweeter {
+    pub tweet: i64,
+    pub retweeter: i64,
+    pub original_author: i64,
+}
+
+/// The problems of the schema check's refusal of `result`.
+fn problems<R: std::fmt::Debug>(result: Result<R, bulk_runtime::Error>) -> Vec<bulk_runtime::SchemaProblem> {
+    match result {
+        Err(bulk_runtime::Error::SchemaMismatch { problems, .. }) => problems,
+        other => panic!("expected the schema check's refusal, got {other:?}"),
+    }
+}
+
+/// A distributed table whose distribution column is not part of the
+/// model's key is refused with that reason, and nothing is written.
+#[tokio::test]
+async fn a_key_without_the_distribution_column_is_refused() {
+    let (db, mut client) = setup("refuse_key", DIST, SHORT, On::Client).await;
+    let rows: Vec<ByRetweeter> = (0..3).map(|i| ByRetweeter { tweet: i, retweeter: i, original_author: 0 }).collect();
+    let found = problems(ByRetweeter::bulk_create_new(&mut client, &rows).await);
+    let expected = bulk_runtime::SchemaProblem::DistributionColumnNotInKey {
+        column: "tweet".into(),
+        key: vec!["retweeter".into()],
+    };
+    assert!(found.contains(&expected), "{found:?}");
+    assert!(expected.to_string().contains("distributed by Citus on \"tweet\""), "{expected}");
+    assert_eq!(count(&client, "rt").await, 0);
+    db.drop().await;
+}
+
+/// A single-shard table (`create_distributed_table(..., NULL)`) is refused:
+/// only hash-distributed and reference tables are supported.
+#[tokio::test]
+async fn a_single_shard_table_is_refused() {
+    let db = CitusDb::new("refuse_single").await;
+    let mut client = db.connect().await;
+    client.batch_execute(RT_DDL).await.expect("create rt");
+    client.batch_execute("SELECT create_distributed_table('rt', NULL)").await.expect("a single-shard table");
+    let found = problems(Retweet::bulk_create_new(&mut client, &[rt(1, 1, 1)]).await);
+    assert_eq!(found, vec![bulk_runtime::SchemaProblem::CitusTableUnsupported { kind: "single_shard".into() }]);
+    assert_eq!(count(&client, "rt").await, 0);
+    db.drop().await;
+}
+
+/// A table the coordinator keeps to itself (not distributed) takes plain
+/// PostgreSQL's statements, on both paths, with exact counts.
+#[tokio::test]
+async fn a_local_table_on_the_coordinator_works_on_both_paths() {
+    let db = CitusDb::new("local_rt").await;
+    let mut client = db.connect().await;
+    client.batch_execute(RT_DDL).await.expect("create rt");
+    for (n, from) in [(MEDIUM, 0), (LONG, 100_000)] {
+        let (pre, rows, new) = batch(n, from);
+        store(&client, &pre).await;
+        let o = Retweet::bulk_create_new(&mut client, &rows).await.unwrap();
+        assert_eq!((o.offered, o.inserted, o.skipped), (n as u64, new.len() as u64, (n - new.len()) as u64));
+    }
+    db.drop().await;
 }

@@ -18,15 +18,15 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, RowStream, Statement};
 
 use super::form::Form;
-use super::spec::{Call, Mask, counts, deliver, upsert_report};
+use super::spec::{Call, Mask, counted, counts, deliver, upsert_report};
 use crate::BulkCreateNew;
 use crate::api::{Keep, Kind, Report, UpdateSet};
 use crate::error::{Error, Step};
 use crate::model::Model;
 use crate::schema;
 use crate::sql;
-use crate::sql::KeyShape;
 use crate::sql::variants::{self, Returned, Source};
+use crate::sql::{Dialect, KeyShape};
 use crate::statements::{self, Lookup};
 use crate::wire::{self, Encoded};
 
@@ -69,7 +69,8 @@ pub(crate) async fn run(
     prepared: bool,
     form: Form,
 ) -> Result<Report, Error> {
-    let mut statements = Statements { client, model, prepared, checked: None };
+    let dialect = statements::dialect(client, model);
+    let mut statements = Statements { client, model, prepared, checked: None, dialect };
     match call.kind {
         Kind::CreateNew => {
             let statement =
@@ -137,6 +138,8 @@ struct Statements<'a> {
     prepared: bool,
     /// The schema check's result, once this attempt has run it.
     checked: Option<KeyShape>,
+    /// The table's dialect: the connection's last check's, then this attempt's.
+    dialect: Dialect,
 }
 
 /// A statement of the short path: prepared (and kept per connection, under
@@ -161,9 +164,11 @@ impl Statements<'_> {
         build: impl Fn(bool, &KeyShape) -> Cow<'static, str>,
     ) -> Result<Prepared, Error> {
         let (client, model) = (self.client, self.model);
-        let found = if self.prepared { statements::lookup(client, model, label) } else { Lookup::Unnamed };
+        let labelled = |dialect: Dialect| format!("{label}{}", dialect.label_suffix());
+        let found =
+            if self.prepared { statements::lookup(client, model, &labelled(self.dialect)) } else { Lookup::Unnamed };
         let prepare = match found {
-            Lookup::Prepared(statement) => return Ok(Prepared::Statement(statement, label.to_owned())),
+            Lookup::Prepared(statement) => return Ok(Prepared::Statement(statement, labelled(self.dialect))),
             Lookup::Prepare => true,
             Lookup::Unnamed => false,
         };
@@ -180,7 +185,8 @@ impl Statements<'_> {
             .await;
         let (shape, with_id) = (shape?, with_id?);
         self.checked = Some(shape.clone());
-        let (sql, statement) = if shape.is_plain() && with_id == guess_id {
+        self.dialect = shape.dialect;
+        let (sql, statement) = if shape.is_default() && with_id == guess_id {
             (guess, statement)
         } else {
             let sql = build(with_id, &shape);
@@ -194,8 +200,9 @@ impl Statements<'_> {
             None => Ok(Prepared::Text(sql.into_owned())),
             Some(statement) => {
                 let statement = statement.map_err(|source| Error::insert(model, source))?;
-                statements::put(client, model, label, statement.clone());
-                Ok(Prepared::Statement(statement, label.to_owned()))
+                let label = labelled(self.dialect);
+                statements::put(client, model, &label, statement.clone());
+                Ok(Prepared::Statement(statement, label))
             }
         }
     }
@@ -210,8 +217,13 @@ impl Statements<'_> {
 }
 
 impl Prepared {
-    /// Runs the statement; returns the rows it wrote.
+    /// Runs the statement; returns the rows it wrote: its command tag, or
+    /// on Citus the count its one row says (see [`Dialect::Citus`]).
     async fn execute(&self, on: &Statements<'_>, params: &[Param<'_>]) -> Result<u64, Error> {
+        if on.dialect == Dialect::Citus {
+            let rows = self.query(on, params).await?;
+            return counted(on.model, rows).await;
+        }
         let result = match self {
             Prepared::Statement(statement, _) => on.client.execute_raw(statement, params.iter().map(|(v, _)| *v)).await,
             Prepared::Text(sql) => on.client.execute_typed(sql, params).await,

@@ -54,6 +54,10 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
 async fn use_scratch(tx: &Client, model: &'static Model, exists: bool) -> Result<(), Error> {
     if !exists {
         create_scratch(tx, model).await?;
+    } else if statements::dialect_unknown(tx, model) {
+        // A session whose scratch table this process has not seen checked
+        // (a cache cleared): the check finds the table's dialect again.
+        schema::verify(tx, model).await?;
     }
     let Some(old) = statements::scratch_used(tx, model, !exists) else { return Ok(()) };
     // Only a table the current role may drop (after `SET ROLE`, another
@@ -165,21 +169,22 @@ pub(crate) async fn insert(
     let fail = |source| Error::insert(model, source);
     let none = std::iter::empty::<(&(dyn ToSql + Sync), Type)>;
     let offered = sent.offered;
+    let dialect = statements::dialect(tx, model);
     let report = match call.kind {
         Kind::CreateNew => return insert_new(scope, model, sent, and_commit).await,
         Kind::Keys | Kind::Positions => {
             set_work_mem(tx, model, sent, nested).await?;
             let returned =
                 if matches!(call.kind, Kind::Keys) { Returned::Keys { with_id } } else { Returned::Positions };
-            let sql = variants::returning(model, Source::Scratch, Keep::First, returned);
+            let sql = variants::returning(model, Source::Scratch(dialect), Keep::First, returned);
             let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
             Report::counts(offered, deliver(model, rows, offered, call.receiver).await?)
         }
         Kind::Upsert(set) => {
             set_work_mem(tx, model, sent, nested).await?;
-            let sql = variants::upsert_insert_from_scratch(model, set.keep);
+            let sql = variants::upsert_insert_from_scratch(model, set.keep, dialect);
             let (inserted, distinct) = counts(model, tx.query_typed_raw(&sql, none()).await.map_err(fail)?).await?;
-            let sql = variants::upsert_update(model, Source::Scratch, set);
+            let sql = variants::upsert_update(model, Source::Scratch(dialect), set);
             let (_, updated) = counts(model, tx.query_typed_raw(&sql, none()).await.map_err(fail)?).await?;
             upsert_report(offered, inserted, distinct, updated)
         }
@@ -231,15 +236,16 @@ async fn insert_new(
     // there the savepoint is released only once the insert has succeeded, so
     // that a dropped call is rolled back to it.
     let commit = (and_commit && !nested).then(|| scope.commit_sql());
-    let mut form = Form::first(model, &Kind::CreateNew, sent.offered);
+    let dialect = statements::dialect(scope.client(), model);
+    let mut form = Form::first(model, &Kind::CreateNew, sent.offered, dialect);
     let mut request = Request::default();
     request.push_opt(work_mem_sql(sent, nested).as_deref());
     if form == Form::Plain {
         request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
-        request.push_counted(form.scratch_sql(model, sent.repeats));
+        request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
         request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
     } else {
-        request.push_counted(form.scratch_sql(model, sent.repeats));
+        request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
     }
     let mut refused: Option<Error> = None;
     loop {
@@ -259,7 +265,7 @@ async fn insert_new(
             request = Request::default();
             request.push(&format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}"));
             request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
-            request.push_counted(form.scratch_sql(model, sent.repeats));
+            request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
             refused = result.err();
             continue;
         }
@@ -321,12 +327,24 @@ impl Request {
         }
     }
 
-    /// The insert's row count among the request's results.
+    /// The insert's row count among the request's results: its command
+    /// tag's, or the value of the one row it returned (an insert counted in
+    /// SQL, Citus's dialect).
     fn count(&self, messages: &[SimpleQueryMessage]) -> u64 {
-        let mut completed = messages.iter().filter_map(|m| match m {
-            SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
-            _ => None,
-        });
-        completed.nth(self.counted).unwrap_or(0)
+        let mut statement = 0;
+        let mut row_count = None;
+        for message in messages {
+            match message {
+                SimpleQueryMessage::Row(row) if statement == self.counted => {
+                    row_count = row.get(0).and_then(|v| v.parse::<u64>().ok());
+                }
+                SimpleQueryMessage::CommandComplete(rows) if statement == self.counted => {
+                    return row_count.unwrap_or(*rows);
+                }
+                SimpleQueryMessage::CommandComplete(_) => statement += 1,
+                _ => {}
+            }
+        }
+        0
     }
 }

@@ -10,7 +10,7 @@ use crate::api::Kind;
 use crate::error::Error;
 use crate::model::Model;
 use crate::sql;
-use crate::sql::KeyShape;
+use crate::sql::{Dialect, KeyShape};
 use crate::statements::{PLAIN, PLAIN_ON_CONFLICT};
 
 /// The form of an insert.
@@ -33,11 +33,15 @@ pub(crate) enum Form {
 pub const PLAIN_FROM: usize = 128;
 
 impl Form {
-    /// The form of the first attempt of a call of `kind` on `rows` rows:
-    /// only the plain call has a plain form, from [`PLAIN_FROM`] rows, when
-    /// the model's recent calls met few conflicts.
-    pub(crate) fn first(model: &'static Model, kind: &Kind, rows: u64) -> Form {
-        let plain = matches!(kind, Kind::CreateNew) && rows >= PLAIN_FROM as u64 && model.contention().try_plain();
+    /// The form of the first attempt of a call of `kind` on `rows` rows of
+    /// a table in `dialect`: only the plain call has a plain form, from
+    /// [`PLAIN_FROM`] rows, when the model's recent calls met few conflicts,
+    /// and never on Citus (which refuses its anti-join).
+    pub(crate) fn first(model: &'static Model, kind: &Kind, rows: u64, dialect: Dialect) -> Form {
+        let plain = dialect == Dialect::Postgres
+            && matches!(kind, Kind::CreateNew)
+            && rows >= PLAIN_FROM as u64
+            && model.contention().try_plain();
         if plain { Form::Plain } else { Form::OnConflict }
     }
 
@@ -77,9 +81,14 @@ impl Form {
     }
 
     /// The text of the plain call's short-batch statement in this form, for
-    /// a table whose key compares as `shape` says.
+    /// a table whose key compares as `shape` says (in its dialect: on Citus
+    /// always the one `ON CONFLICT` statement counted from `RETURNING`,
+    /// whatever the form).
     pub(crate) fn small_sql(self, model: &'static Model, shape: &KeyShape) -> Cow<'static, str> {
         let plan = sql::plan(model);
+        if shape.dialect == Dialect::Citus {
+            return Cow::Owned(sql::arrays_citus(model, plan.client_ordered, shape));
+        }
         match (self, shape.is_plain()) {
             (Form::Plain, true) => Cow::Borrowed(&plan.small_insert_plain),
             (Form::OnConflict, true) => Cow::Borrowed(&plan.small_insert),
@@ -91,9 +100,13 @@ impl Form {
     }
 
     /// The COPY path's insert from the scratch table in this form (the
-    /// plain form without `DISTINCT ON` when no key `repeats`).
-    pub(crate) fn scratch_sql(self, model: &'static Model, repeats: bool) -> &'static str {
+    /// plain form without `DISTINCT ON` when no key `repeats`); on Citus
+    /// (`dialect`) the one `ON CONFLICT` statement counted from `RETURNING`.
+    pub(crate) fn scratch_sql(self, model: &'static Model, repeats: bool, dialect: Dialect) -> &'static str {
         let plan = sql::plan(model);
+        if dialect == Dialect::Citus {
+            return &plan.insert_citus;
+        }
         match (self, repeats) {
             (Form::Plain, true) => &plan.insert_plain,
             (Form::Plain, false) => &plan.insert_plain_distinct_keys,

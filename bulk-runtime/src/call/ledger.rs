@@ -29,10 +29,12 @@ use crate::sql;
 use crate::wire::Fingerprint;
 
 /// Claims `($1 resolved, $2)` for the batch of fingerprint `$3`; returns
-/// the resolved target when claimed.
+/// the resolved target when claimed. `INSERT ... SELECT`, not `VALUES`:
+/// Citus refuses a subquery inside `VALUES` on a reference-table ledger
+/// (0A000), and takes the same statement on a local one.
 fn claim_sql(ledger: &Ledger) -> String {
     format!(
-        "INSERT INTO {} ({}, {}, {}) VALUES ({RESOLVED_TARGET}, $2, $3) ON CONFLICT ({}, {}) DO NOTHING RETURNING {}",
+        "INSERT INTO {} ({}, {}, {}) SELECT {RESOLVED_TARGET}, $2, $3 ON CONFLICT ({}, {}) DO NOTHING RETURNING {}",
         ledger.qualified_name(),
         quote_ident("target"),
         quote_ident("batch_id"),
@@ -176,7 +178,9 @@ mod tests {
         let ledger = Ledger::default();
         let claim = claim_sql(&ledger);
         assert!(claim.contains(r#"ON CONFLICT ("target", "batch_id") DO NOTHING RETURNING "target""#), "{claim}");
-        assert!(claim.contains("to_regclass($1)") && claim.contains("$2, $3)"), "{claim}");
+        assert!(claim.contains("to_regclass($1)") && claim.contains("$1), $2, $3 ON CONFLICT"), "{claim}");
+        // `INSERT ... SELECT`: Citus refuses a subquery inside `VALUES` on a reference-table ledger.
+        assert!(claim.contains(r#""fingerprint") SELECT coalesce((SELECT "#) && !claim.contains("VALUES"), "{claim}");
         let record = record_sql(&ledger);
         assert!(record.starts_with(r#"UPDATE "bulk_batches" SET "offered" = $3, "inserted" = $4, "updated" = $5, "unchanged" = $6, "skipped" = $7, "recorded_at" = now()"#), "{record}");
         assert!(replay_sql(&ledger).starts_with(

@@ -228,7 +228,7 @@ where
     let arrays = arrays::encode::<T, R>(model, call.kind, &head)?;
     drop(head);
     let params = arrays::params(model, call.kind, &arrays);
-    let mut form = Form::first(model, call.kind, offered);
+    let mut form = Form::first(model, call.kind, offered, crate::statements::dialect(conn.client(), model));
     loop {
         let mut result = short_attempt(conn, model, offered, &params, call, true, form).await;
         for prepared in [true, false] {

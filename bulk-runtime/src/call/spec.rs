@@ -110,6 +110,17 @@ pub(crate) async fn counts(model: &'static Model, rows: RowStream) -> Result<(u6
     Ok(out)
 }
 
+/// The count of a statement that returns one row of one `bigint` (an
+/// insert counted in SQL, Citus's dialect).
+pub(crate) async fn counted(model: &'static Model, rows: RowStream) -> Result<u64, Error> {
+    let mut rows = pin!(rows);
+    let mut out = 0;
+    while let Some(row) = rows.try_next().await.map_err(|source| Error::insert(model, source))? {
+        out = u64::try_from(row.try_get::<_, i64>(0).map_err(|s| Error::insert(model, s))?).unwrap_or(0);
+    }
+    Ok(out)
+}
+
 /// Marks the positions of the rows the upsert's first statement inserted.
 pub(crate) struct Mask(pub Vec<bool>);
 

@@ -103,6 +103,17 @@ pub(crate) fn arrays(model: &Model, alias: &str, layout: Arrays, shape: &super::
     format!("(SELECT {} FROM {plain}) AS {alias}", select.join(", "))
 }
 
+/// `insert` (an `INSERT ... ON CONFLICT` without `RETURNING`) counted in
+/// SQL, after the CTEs `ctes`: `WITH ctes, "ins" AS (insert RETURNING 1)
+/// SELECT count(*) FROM "ins"`. Citus's dialect: there the command tag of an
+/// `INSERT ... SELECT` is the number of rows attempted, `RETURNING` gives
+/// exactly the rows the shards inserted.
+pub(crate) fn counted(ctes: &[String], insert: &str) -> String {
+    let mut with: Vec<String> = ctes.to_vec();
+    with.push(format!("\"ins\" AS ({insert} RETURNING 1)"));
+    format!("WITH {} SELECT count(*) FROM \"ins\"", with.join(", "))
+}
+
 /// The session's scratch table `scratch` as the relation `alias`.
 pub(crate) fn scratch(scratch: &str, alias: &str) -> String {
     format!("pg_temp.{} AS {alias}", q(scratch))

@@ -24,7 +24,7 @@
 //! that is gone.
 
 use super::KeyShape;
-use super::fragments::{Arrays, ORD, arrays, cols, key_index_guard, names, not_stored, q, scratch};
+use super::fragments::{Arrays, ORD, arrays, cols, counted, key_index_guard, names, not_stored, q, scratch};
 use crate::model::Model;
 
 /// The plain form (see the module's documentation) from `source`, the batch
@@ -123,4 +123,69 @@ pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &Ke
         source = arrays(model, "u", layout, shape),
         key = names(model.unique_key()),
     )
+}
+
+/// The short path's insert in Citus's dialect (see `notes/citus.md`, §0):
+/// no anti-join, `ON CONFLICT` over one row per key, counted from
+/// `RETURNING` (Citus's command tag counts attempted rows):
+///
+/// ```sql
+/// WITH "src" AS (SELECT DISTINCT ON (u.key) u.__bulk_ord, u.cols FROM unnest(...) AS u(...)
+///                ORDER BY u.key, u.__bulk_ord),
+///      "ins" AS (INSERT INTO target (cols) SELECT s.cols FROM "src" AS s ORDER BY s.key
+///                ON CONFLICT (key) DO NOTHING RETURNING 1)
+/// SELECT count(*) FROM "ins"
+/// ```
+///
+/// For a key the client orders (`client_ordered`: in key order, each key
+/// once), straight from the arrays, without `src`.
+pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
+    let layout = Arrays { positions: !client_ordered, mask: false };
+    let source = arrays(model, "u", layout, shape);
+    let target = model.qualified_name();
+    let (names, key) = (names(model.columns()), names(model.unique_key()));
+    if client_ordered {
+        let insert = format!(
+            "INSERT INTO {target} ({names}) SELECT {cols} FROM {source} ON CONFLICT ({key}) DO NOTHING",
+            cols = cols("u", model.columns()),
+        );
+        return counted(&[], &insert);
+    }
+    let u_key = cols("u", model.unique_key());
+    let src = format!(
+        "\"src\" AS (SELECT DISTINCT ON ({u_key}) u.{ord}, {u_cols} FROM {source} ORDER BY {u_key}, u.{ord})",
+        ord = q(ORD),
+        u_cols = cols("u", model.columns()),
+    );
+    let insert = format!(
+        "INSERT INTO {target} ({names}) SELECT {s_cols} FROM \"src\" AS \"s\" ORDER BY {s_key} \
+         ON CONFLICT ({key}) DO NOTHING",
+        s_cols = cols("\"s\"", model.columns()),
+        s_key = cols("\"s\"", model.unique_key()),
+    );
+    counted(&[src], &insert)
+}
+
+/// The COPY path's insert in Citus's dialect, from the scratch table: the
+/// first offered row of each key, `ON CONFLICT`, counted from `RETURNING`.
+///
+/// ```sql
+/// WITH "ins" AS (INSERT INTO target (cols)
+///                SELECT DISTINCT ON (s.key) s.cols FROM pg_temp.scratch AS s ORDER BY s.key, s.__bulk_ord
+///                ON CONFLICT (key) DO NOTHING RETURNING 1)
+/// SELECT count(*) FROM "ins"
+/// ```
+pub(crate) fn scratch_citus(model: &Model, scratch_table: &str) -> String {
+    let s_key = cols("\"s\"", model.unique_key());
+    let insert = format!(
+        "INSERT INTO {target} ({names}) SELECT DISTINCT ON ({s_key}) {s_cols} FROM {source} \
+         ORDER BY {s_key}, \"s\".{ord} ON CONFLICT ({key}) DO NOTHING",
+        target = model.qualified_name(),
+        names = names(model.columns()),
+        s_cols = cols("\"s\"", model.columns()),
+        source = scratch(scratch_table, "\"s\""),
+        ord = q(ORD),
+        key = names(model.unique_key()),
+    );
+    counted(&[], &insert)
 }

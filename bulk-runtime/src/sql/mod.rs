@@ -11,9 +11,9 @@ mod plan;
 mod shape;
 pub(crate) mod variants;
 
-pub(crate) use insert::{arrays_on_conflict, arrays_plain};
+pub(crate) use insert::{arrays_citus, arrays_on_conflict, arrays_plain};
 pub(crate) use plan::{KeyForm, plan, scratch_ddl};
-pub(crate) use shape::{KeyAs, KeyShape};
+pub(crate) use shape::{Dialect, KeyAs, KeyShape};
 
 #[cfg(test)]
 pub(crate) use plan::fixtures;

@@ -33,6 +33,8 @@ pub(crate) struct Plan {
     /// The anti-join insert with `ON CONFLICT (key) DO NOTHING`: the
     /// attempt that cannot fail on a key another writer stored meanwhile.
     pub insert: String,
+    /// The COPY path's insert in Citus's dialect; see [`insert::scratch_citus`].
+    pub insert_citus: String,
     /// Empties the scratch table (used inside a caller's transaction, where
     /// `ON COMMIT DELETE ROWS` would only act at the caller's commit).
     pub clear: String,
@@ -88,6 +90,7 @@ impl Plan {
             insert_plain: insert::scratch_plain(model, &scratch, true),
             insert_plain_distinct_keys: insert::scratch_plain(model, &scratch, false),
             insert: insert::scratch_on_conflict(model, &scratch),
+            insert_citus: insert::scratch_citus(model, &scratch),
             clear: format!("DELETE FROM pg_temp.{}", quote_ident(&scratch)),
             scratch_regclass: format!("pg_temp.{scratch}"),
             target_regclass: model.qualified_name(),
@@ -269,6 +272,31 @@ mod tests {
     }
 
     #[test]
+    fn the_citus_dialect_inserts_on_conflict_one_row_per_key_counted_from_returning() {
+        use crate::sql::{Dialect, arrays_citus};
+        let plan = Plan::new(&MODEL);
+        let sql = plan.insert_citus.as_str();
+        assert!(sql.starts_with(r#"WITH "ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT DISTINCT ON ("s"."tweet", "s"."re""tweeter") "s"."tweet", "s"."re""tweeter", "s"."author" FROM pg_temp."#), "{sql}");
+        at(
+            sql,
+            r#"ORDER BY "s"."tweet", "s"."re""tweeter", "s"."__bulk_ord" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING RETURNING 1) SELECT count(*) FROM "ins""#,
+        );
+        let shape = KeyShape { dialect: Dialect::Citus, ..KeyShape::default() };
+        let sql = arrays_citus(&MODEL, false, &shape);
+        assert!(sql.starts_with(r#"WITH "src" AS (SELECT DISTINCT ON (u."tweet", u."re""tweeter") u."__bulk_ord", u."tweet", u."re""tweeter", u."author" FROM unnest($1::bigint[]"#), "{sql}");
+        at(
+            &sql,
+            r#"ORDER BY u."tweet", u."re""tweeter", u."__bulk_ord"), "ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet", "s"."re""tweeter", "s"."author" FROM "src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING RETURNING 1) SELECT count(*) FROM "ins""#,
+        );
+        let sql = arrays_citus(&MODEL, true, &shape);
+        assert!(sql.starts_with(r#"WITH "ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT u."tweet", u."re""tweeter", u."author" FROM unnest($1::bigint[], $2::bigint[], $3::text[])"#), "{sql}");
+        for sql in [plan.insert_citus.clone(), arrays_citus(&MODEL, false, &shape), arrays_citus(&MODEL, true, &shape)]
+        {
+            assert!(!sql.contains("NOT EXISTS") && !sql.contains("pg_index"), "no anti-join, no guard: {sql}");
+        }
+    }
+
+    #[test]
     fn the_plain_forms_rely_on_a_unique_index_they_check_and_the_on_conflict_forms_need_none() {
         let guard = key_index_guard(&MODEL);
         at(&guard, r#"i.indrelid = E'"my schema"."re""tweet"'::pg_catalog.regclass"#);
@@ -294,13 +322,14 @@ mod tests {
     fn a_key_compared_as_the_table_compares_it_reads_the_batch_through_casts() {
         use crate::sql::KeyAs;
         // `label` (the first key column) is citext under a case-insensitive collation.
-        let shape = KeyShape(vec![
+        let keys = vec![
             Some(KeyAs {
                 ty: Some(("ext".into(), "citext".into())),
                 collation: Some(("public".into(), r#"c"i"#.into())),
             }),
             None,
-        ]);
+        ];
+        let shape = KeyShape { keys, ..KeyShape::default() };
         let layout = Arrays { positions: true, mask: false };
         let source = arrays(&NULLABLE_MODEL, "u", layout, &shape);
         assert_eq!(

@@ -10,8 +10,42 @@ use crate::model::quote_ident;
 /// differs from the model's type (`citext`, `char(n)`, a column collation
 /// such as a case-insensitive ICU one). The statements that deduplicate the
 /// batch and match it against stored keys read the batch through these.
+///
+/// It also carries the SQL [`Dialect`] the table needs (the schema check
+/// finds both in one round trip): every statement builder that gets the
+/// shape gets the dialect with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct KeyShape(pub Vec<Option<KeyAs>>);
+pub(crate) struct KeyShape {
+    /// Per key column (in key order), how its values are read.
+    pub keys: Vec<Option<KeyAs>>,
+    /// The dialect of the statements on this table.
+    pub dialect: Dialect,
+}
+
+/// Which SQL a table takes: plain PostgreSQL's, or Citus's for a
+/// distributed or reference table (see `notes/citus.md`, §0): no anti-join,
+/// no plain form, every insert `ON CONFLICT` over one row per key, counted
+/// from `RETURNING` (a Citus `INSERT ... SELECT`'s command tag counts the
+/// rows it attempted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) enum Dialect {
+    /// A table of plain PostgreSQL (also a Citus coordinator's local table).
+    #[default]
+    Postgres,
+    /// A Citus distributed (hash) or reference table.
+    Citus,
+}
+
+impl Dialect {
+    /// What a prepared statement's label gets in this dialect, so that the
+    /// per-connection cache never hands one dialect's statement to another.
+    pub(crate) fn label_suffix(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "",
+            Dialect::Citus => " citus",
+        }
+    }
+}
 
 /// The type (schema, name) and the collation (schema, name) a key column's
 /// values are read as; `None` where the model's own type or the type's
@@ -25,7 +59,13 @@ pub(crate) struct KeyAs {
 impl KeyShape {
     /// Whether every key column compares as the model's type does.
     pub(crate) fn is_plain(&self) -> bool {
-        self.0.iter().all(Option::is_none)
+        self.keys.iter().all(Option::is_none)
+    }
+
+    /// Whether the statements the plan built once per process (plain key,
+    /// PostgreSQL's dialect) fit this table.
+    pub(crate) fn is_default(&self) -> bool {
+        self.is_plain() && self.dialect == Dialect::Postgres
     }
 
     /// `expr` read as the `i`th key column compares; `expr` itself when plain.
@@ -43,7 +83,7 @@ impl KeyShape {
     /// otherwise `with_type` of its type (or `plain` when only the collation
     /// differs), followed by its `COLLATE` clause.
     fn spell(&self, i: usize, plain: &str, with_type: impl FnOnce(&str) -> String) -> String {
-        let Some(k) = self.0.get(i).and_then(Option::as_ref) else { return plain.to_owned() };
+        let Some(k) = self.keys.get(i).and_then(Option::as_ref) else { return plain.to_owned() };
         let name = |(schema, name): &(String, String)| format!("{}.{}", quote_ident(schema), quote_ident(name));
         let mut out = k.ty.as_ref().map_or_else(|| plain.to_owned(), |ty| with_type(&name(ty)));
         if let Some(collation) = &k.collation {

@@ -18,7 +18,7 @@ use tokio_postgres::types::Type;
 
 use super::fragments::{self, Arrays, DONE, ORD, cols as list, key_match, literal, names, not_stored, q};
 use super::plan::plan;
-use super::shape::KeyShape;
+use super::shape::{Dialect, KeyShape};
 use crate::api::{Keep, UpdateSet};
 use crate::model::{Column, Model};
 use crate::types::PgType;
@@ -41,8 +41,8 @@ pub(crate) enum Source<'a> {
     /// `unnest` of one array parameter per column (`$1` the positions),
     /// the key read as the table compares it.
     Arrays(&'a KeyShape),
-    /// The session's scratch table, filled by `COPY`.
-    Scratch,
+    /// The session's scratch table, filled by `COPY`, in the table's dialect.
+    Scratch(Dialect),
 }
 
 /// What the returning insert sends back for each inserted row.
@@ -71,7 +71,7 @@ pub(crate) fn array_types(model: &Model, mask: bool) -> Vec<Type> {
 fn source(model: &'static Model, source: Source<'_>, mask: bool) -> String {
     match source {
         Source::Arrays(shape) => fragments::arrays(model, "\"u\"", Arrays { positions: true, mask }, shape),
-        Source::Scratch => fragments::scratch(&plan(model).scratch, "\"u\""),
+        Source::Scratch(_) => fragments::scratch(&plan(model).scratch, "\"u\""),
     }
 }
 
@@ -108,7 +108,8 @@ fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String 
         "\"ins\" AS (INSERT INTO {target} ({cols}) SELECT {} FROM \"src\" AS \"s\"",
         list("\"s\"", model.columns())
     );
-    if from == Source::Scratch {
+    // (Citus refuses the anti-join: there `ON CONFLICT` alone skips stored keys.)
+    if from == Source::Scratch(Dialect::Postgres) {
         let _ = write!(sql, " WHERE {}", not_stored(model, "\"s\""));
     }
     // The key, then the other columns (for `keys_kept`'s whole-row check).
@@ -213,12 +214,12 @@ fn keys_kept(model: &Model) -> String {
 /// of every key not stored yet, then delete every scratch row of those keys,
 /// so that the second statement sees only keys that were already stored.
 /// Returns `(inserted, distinct keys offered)`.
-pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep) -> String {
+pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep, dialect: Dialect) -> String {
     format!(
         "WITH {}, {}, \"del\" AS (DELETE FROM pg_temp.{} AS \"x\" USING \"ins\" AS \"i\" WHERE {}) \
          SELECT (SELECT count(*) FROM \"ins\"), (SELECT count(*) FROM \"src\") WHERE {}",
-        src_cte(model, Source::Scratch, keep, false),
-        insert_cte(model, Source::Scratch, false),
+        src_cte(model, Source::Scratch(dialect), keep, false),
+        insert_cte(model, Source::Scratch(dialect), false),
         q(&plan(model).scratch),
         key_match(model, "\"x\"", "\"i\""),
         keys_kept(model),
@@ -327,7 +328,7 @@ mod tests {
         assert!(!sql.contains("NOT EXISTS"), "no anti-join on the array path: {sql}");
         assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
 
-        let sql = returning(&MODEL, Source::Scratch, Keep::First, Returned::Positions);
+        let sql = returning(&MODEL, Source::Scratch(Dialect::Postgres), Keep::First, Returned::Positions);
         at(&sql, &format!(r#"FROM pg_temp."{}" AS "u""#, crate::sql::plan(&MODEL).scratch));
         at(&sql, r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "t"."tweet" = "s"."tweet""#);
         at(&sql, r#"SELECT "s"."__bulk_ord" FROM "ins" AS "i" JOIN "src" AS "s" ON "#);
@@ -335,8 +336,28 @@ mod tests {
     }
 
     #[test]
+    fn on_citus_the_statements_from_the_scratch_table_have_no_anti_join() {
+        let from = Source::Scratch(Dialect::Citus);
+        let sql = returning(&MODEL, from, Keep::First, Returned::Keys { with_id: true });
+        at(&sql, r#"FROM "src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT"#);
+        let sql = upsert_insert_from_scratch(&MODEL, Keep::Last, Dialect::Citus);
+        at(&sql, r#"FROM "src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT"#);
+        for sql in [returning(&MODEL, from, Keep::First, Returned::Positions), sql] {
+            assert!(!sql.contains("NOT EXISTS"), "{sql}");
+        }
+        // The same statements in PostgreSQL's dialect keep it.
+        let sql = upsert_insert_from_scratch(&MODEL, Keep::Last, Dialect::Postgres);
+        at(&sql, r#"FROM "src" AS "s" WHERE NOT EXISTS ("#);
+    }
+
+    #[test]
     fn nullable_keys_match_null_to_null_with_a_hashable_condition() {
-        let sql = returning(&NULLABLE_MODEL, Source::Scratch, Keep::First, Returned::Keys { with_id: true });
+        let sql = returning(
+            &NULLABLE_MODEL,
+            Source::Scratch(Dialect::Postgres),
+            Keep::First,
+            Returned::Keys { with_id: true },
+        );
         at(&sql, r#"ON ARRAY["i"."label"] = ARRAY["s"."label"] AND "i"."owner" = "s"."owner""#);
         at(&sql, r#"("t"."label" = "s"."label" OR ("t"."label" IS NULL AND "s"."label" IS NULL))"#);
         assert!(!sql.contains("__bulk_id"), "no id column in the model: {sql}");
@@ -358,11 +379,11 @@ mod tests {
         at(&sql, r#"SELECT (SELECT count(*) FROM "src"), (SELECT count(*) FROM "up")"#);
 
         let set = UpdateSet { columns: vec![author], only_if_changed: false, keep: Keep::First };
-        let sql = upsert_update(&MODEL, Source::Scratch, &set);
+        let sql = upsert_update(&MODEL, Source::Scratch(Dialect::Postgres), &set);
         assert!(!sql.contains("DISTINCT FROM") && !sql.contains("__bulk_done"), "{sql}");
         at(&sql, r#""u"."__bulk_ord" ASC)"#);
 
-        let sql = upsert_insert_from_scratch(&MODEL, Keep::Last);
+        let sql = upsert_insert_from_scratch(&MODEL, Keep::Last, Dialect::Postgres);
         at(&sql, r#"DO NOTHING RETURNING "#);
         at(
             &sql,
@@ -415,10 +436,10 @@ mod tests {
         let evil = UpdateSet { columns: vec![&EVIL_COLUMNS[2]], only_if_changed: true, keep: Keep::Last };
         let statements = [
             returning(&EVIL_MODEL, Source::Arrays(&KeyShape::default()), Keep::First, Returned::Keys { with_id: true }),
-            returning(&EVIL_MODEL, Source::Scratch, Keep::First, Returned::Positions),
-            upsert_insert_from_scratch(&EVIL_MODEL, Keep::Last),
+            returning(&EVIL_MODEL, Source::Scratch(Dialect::Postgres), Keep::First, Returned::Positions),
+            upsert_insert_from_scratch(&EVIL_MODEL, Keep::Last, Dialect::Postgres),
             upsert_update(&EVIL_MODEL, Source::Arrays(&KeyShape::default()), &evil),
-            upsert_update(&EVIL_MODEL, Source::Scratch, &evil),
+            upsert_update(&EVIL_MODEL, Source::Scratch(Dialect::Postgres), &evil),
         ];
         for sql in &statements {
             at(sql, r#""s""; DROP SCHEMA x; --"."t""; DROP TABLE victim; --""#);
