@@ -293,6 +293,10 @@ fn expand(item: &Item<'_>) -> TokenStream {
                         fn as_to_sql(&self) -> &(dyn #p::ToSql + ::core::marker::Sync) {
                             #column::__bulk_value(&self.0).as_to_sql()
                         }
+                        #[inline]
+                        fn __array_len(&self) -> ::core::option::Option<usize> {
+                            #column::__bulk_value(&self.0).__array_len()
+                        }
                     }
                     impl #p::BulkColumn for #ident {
                         const PG_TYPE: #p::PgType = #column::PG_TYPE;

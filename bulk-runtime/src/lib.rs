@@ -49,7 +49,8 @@
 //! after the live table has been checked against the model once per
 //! connection:
 //!
-//! * a batch of 5,000 rows or more streams with `COPY ... FROM STDIN (FORMAT
+//! * a batch of 5,000 rows or more (or a shorter one whose array columns
+//!   hold 20,000 elements or more) streams with `COPY ... FROM STDIN (FORMAT
 //!   binary)` into a session-local scratch table (created once per backend
 //!   session), one row at a time from the iterator, so client memory stays
 //!   flat; then one `INSERT ... SELECT` drops keys already stored
@@ -57,7 +58,8 @@
 //!   in key order, which keeps concurrent writers deadlock-free without any
 //!   table lock;
 //! * a shorter batch goes in one round trip: a prepared `INSERT ... SELECT
-//!   FROM unnest(...)` with the columns bound as binary arrays and the same
+//!   FROM unnest(...)` with the columns bound as binary arrays (an array
+//!   column as its elements, rebuilt into each row's array) and the same
 //!   anti-join, rows in key order (sorted on the client for integer, date,
 //!   timestamp, boolean, uuid and bytea keys; by `ORDER BY key, position` on
 //!   the server otherwise), with the same guarantees;
@@ -449,7 +451,7 @@ pub async fn verify_schema<T: BulkCreateNew>(
 pub mod __test_hooks {
     use crate::model::Model;
 
-    pub use crate::call::{PLAIN_FROM, SMALL_BATCH};
+    pub use crate::call::{PLAIN_FROM, SMALL_BATCH, SMALL_BATCH_ARRAY_ELEMENTS};
 
     /// The backend process id the library reads from `client` to tell
     /// connections apart (see `statements::Identity`).

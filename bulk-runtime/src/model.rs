@@ -209,12 +209,6 @@ pub struct Model {
 }
 
 impl Model {
-    /// Whether every batch must take the COPY path: a column's values cannot
-    /// travel in the short path's arrays (an array column).
-    pub(crate) fn copy_only(&self) -> bool {
-        self.columns.iter().any(|c| c.pg_type().copy_only())
-    }
-
     /// The Rust struct name.
     pub fn struct_name(&self) -> &'static str {
         self.struct_name

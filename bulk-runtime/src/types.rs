@@ -40,8 +40,10 @@
 //! ordered by the server. An enum sorts by declaration order, not by label,
 //! so it is never ordered on the client.
 //!
-//! A model with an array column sends every batch by `COPY`, also a short
-//! one: the short path's `unnest` cannot carry an array per row.
+//! An array column takes both paths like any other. On the short path,
+//! whose `unnest` cannot carry an array per row (PostgreSQL arrays are
+//! rectangular), each array column travels as its elements, their rows and
+//! the rows' lengths, and the statement rebuilds each row's array.
 //!
 //! Values keep PostgreSQL's limits: a `numeric` column with a declared scale
 //! (`numeric(10, 2)`) rounds, and the schema check refuses it for a key
@@ -121,9 +123,6 @@ pub enum PgType {
     /// `inet`.
     Inet,
     /// A one-dimensional array of the scalar type it holds (`bigint[]`).
-    ///
-    /// A model with an array column always takes the `COPY` path: the short
-    /// path's `unnest` cannot carry an array per row.
     Array(&'static PgType),
     /// A PostgreSQL enum type, by the name the model declares
     /// (`#[bulk(type = "mood")]` on a [`BulkType`](crate::BulkType) enum).
@@ -173,12 +172,6 @@ impl PgType {
             },
             PgType::Enum(name) => name,
         }
-    }
-
-    /// Whether values of this type can only travel by `COPY` (arrays:
-    /// the short path's `unnest` would flatten them).
-    pub(crate) fn copy_only(self) -> bool {
-        matches!(self, PgType::Array(_))
     }
 
     /// The tokio-postgres type used on the wire (binary COPY).
@@ -245,8 +238,9 @@ impl PgType {
             PgType::Numeric => Type::NUMERIC_ARRAY,
             PgType::Time => Type::TIME_ARRAY,
             PgType::Inet => Type::INET_ARRAY,
-            // Never sent: a model with an array column takes the COPY path
-            // (`copy_only`), and PostgreSQL has no arrays of arrays.
+            // PostgreSQL has no arrays of arrays: the short path sends an
+            // array column's elements as one array of the element type
+            // (see `sql::fragments::arrays`).
             PgType::Array(element) => element.array_wire_type(),
             PgType::Enum(_) => Type::TEXT_ARRAY,
         }
@@ -401,6 +395,15 @@ pub trait BulkValue: Sync {
 
     /// Upcast to the tokio-postgres trait object the COPY writer takes.
     fn as_to_sql(&self) -> &(dyn ToSql + Sync);
+
+    /// The number of elements of an array value; `None` for NULL and for a
+    /// value that is not an array. (Whether a short batch's arrays are small
+    /// enough for the one-statement path.)
+    #[doc(hidden)]
+    #[inline]
+    fn __array_len(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A Rust type that can be stored in a column by the bulk insert.
@@ -603,6 +606,8 @@ macro_rules! array {
             }
             #[inline]
             fn as_to_sql(&self) -> &(dyn ToSql + Sync) { self }
+            #[inline]
+            fn __array_len(&self) -> Option<usize> { Some(self.len()) }
         }
         impl BulkColumn for Vec<$t> {
             const PG_TYPE: PgType = PgType::Array(&PgType::$pg);
@@ -617,6 +622,8 @@ macro_rules! array {
             }
             #[inline]
             fn as_to_sql(&self) -> &(dyn ToSql + Sync) { self }
+            #[inline]
+            fn __array_len(&self) -> Option<usize> { Some(self.len()) }
         }
         impl BulkColumn for Vec<Option<$t>> {
             const PG_TYPE: PgType = PgType::Array(&PgType::$pg);
@@ -681,6 +688,10 @@ impl<T: NonOptionColumn> BulkValue for Option<T> {
             Some(v) => v.as_to_sql(),
             None => &Null,
         }
+    }
+    #[inline]
+    fn __array_len(&self) -> Option<usize> {
+        self.as_ref().and_then(BulkValue::__array_len)
     }
 }
 
@@ -860,7 +871,6 @@ mod tests {
         assert_eq!(<Vec<Option<String>> as BulkColumn>::PG_TYPE.sql_name(), "text[]");
         assert_eq!(<Option<Vec<bool>> as BulkColumn>::PG_TYPE.wire_type(), Type::BOOL_ARRAY);
         assert_eq!(<std::net::IpAddr as BulkColumn>::PG_TYPE, PgType::Inet);
-        assert!(PgType::Array(&PgType::Int8).copy_only() && !PgType::Int8.copy_only());
         assert_eq!(PgType::Enum("mood").wire_type(), Type::TEXT);
         assert_eq!(&*PgType::Enum("app.mood").compatible_sql_names(), ["app.mood", "mood"]);
         assert_eq!(Vec::from([String::from("a"), String::from("b\0")]).check(), Err(ValueError::NulByte { offset: 1 }));

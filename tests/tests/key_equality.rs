@@ -221,3 +221,61 @@ async fn a_key_column_that_rounds_is_refused_by_the_schema_check() {
     assert_eq!(count(&client, "reading").await, 0);
     db.drop().await;
 }
+
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "member", unique(email), id = false)]
+struct TaggedMember {
+    email: String,
+    tags: Vec<String>,
+    scores: Option<Vec<Option<i32>>>,
+}
+
+fn tagged(email: &str, tags: &[&str], scores: Option<Vec<Option<i32>>>) -> TaggedMember {
+    TaggedMember { email: email.into(), tags: tags.iter().map(|t| t.to_string()).collect(), scores }
+}
+
+/// Array columns beside a key that the table compares its own way (citext,
+/// a case-insensitive collation), on the short path, where the statements
+/// read the key as the table's and rebuild the arrays: the first offered of
+/// two equal keys wins, and an upsert writes the kept row's arrays.
+#[tokio::test]
+async fn array_columns_beside_keys_equal_under_the_table() {
+    for (name, column, [first, second]) in &TABLES[..2] {
+        let db = TestDb::new(&format!("key_equality_arrays_{name}")).await;
+        let mut client = setup(&db, column).await;
+        client
+            .batch_execute(&format!(
+                "DROP TABLE member; CREATE TABLE member ({column} NOT NULL UNIQUE, tags text[] NOT NULL, scores int4[])"
+            ))
+            .await
+            .unwrap();
+        let batch = [
+            tagged(second, &["second", "x"], Some(vec![None, Some(2)])),
+            tagged(first, &["first"], None),
+            tagged("bob@example.org", &[], Some(vec![])),
+        ];
+        let outcome = TaggedMember::bulk_create_new(&mut client, &batch).await.unwrap();
+        assert_eq!((outcome.inserted, outcome.skipped), (2, 1), "{name}");
+        let report = TaggedMember::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
+        assert_eq!((report.inserted, report.skipped), (0, 3), "{name}");
+        let report = TaggedMember::bulk(&mut client)
+            .upsert(Upsert::columns(["tags", "scores"]).keep(Keep::Last))
+            .run(&[tagged(first, &["ignored"], None), tagged(second, &["kept", "last"], Some(vec![Some(7), None]))])
+            .await
+            .unwrap();
+        assert_eq!((report.inserted, report.updated, report.skipped), (0, 1, 1), "{name}");
+        let rows: Vec<TaggedMember> = client
+            .query("SELECT email::text, tags, scores FROM member ORDER BY email::text COLLATE \"C\"", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| TaggedMember { email: r.get(0), tags: r.get(1), scores: r.get(2) })
+            .collect();
+        let want = [
+            tagged(second, &["kept", "last"], Some(vec![Some(7), None])),
+            tagged("bob@example.org", &[], Some(vec![])),
+        ];
+        assert_eq!(rows, want, "{name}");
+        db.drop().await;
+    }
+}

@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 
+use bulk_runtime::__test_hooks::{SMALL_BATCH, SMALL_BATCH_ARRAY_ELEMENTS};
 use bulk_runtime::BulkCreateNew;
+use bulk_tests::recorder::SqlRecorder;
 use bulk_tests::{COPY_BATCH, TestDb};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Value, json};
@@ -750,13 +752,14 @@ struct Arrays {
     times: Vec<time::Time>,
     uuids: Vec<Uuid>,
     docs: Vec<Value>,
+    maybe_with_nulls: Option<Vec<Option<String>>>,
 }
 
 type ArraysRead = (
     i32,
     (Vec<i64>, Vec<i16>, Vec<String>, Vec<f64>, Vec<bool>, Vec<Vec<u8>>),
     (Vec<Option<i32>>, Option<Vec<String>>, Vec<Decimal>, Vec<IpAddr>, Vec<NaiveDate>, Vec<time::Time>),
-    (Vec<Uuid>, Vec<Value>),
+    (Vec<Uuid>, Vec<Value>, Option<Vec<Option<String>>>),
 );
 
 fn arrays_read(a: &Arrays) -> ArraysRead {
@@ -764,13 +767,80 @@ fn arrays_read(a: &Arrays) -> ArraysRead {
         a.key,
         (a.ints.clone(), a.smalls.clone(), a.texts.clone(), a.floats.clone(), a.flags.clone(), a.blobs.clone()),
         (a.with_nulls.clone(), a.maybe.clone(), a.decimals.clone(), a.ips.clone(), a.dates.clone(), a.times.clone()),
-        (a.uuids.clone(), a.docs.clone()),
+        (a.uuids.clone(), a.docs.clone(), a.maybe_with_nulls.clone()),
     )
+}
+
+/// Whether the statements a recorder saw from `from` on include a COPY: the
+/// COPY path sends (and parses) `COPY pg_temp.... FROM STDIN` at every call,
+/// the short path never does.
+fn sent_copy(recorder: &SqlRecorder, from: usize) -> bool {
+    recorder.statements()[from..].iter().any(|s| s.starts_with("COPY "))
+}
+
+/// Whether the statements a recorder saw include the short path's statement
+/// with its array columns rebuilt from their elements (prepared once per
+/// connection, so it is sent only by the connection's first short batch).
+fn sent_array_rebuild(recorder: &SqlRecorder) -> bool {
+    recorder.statements().iter().any(|s| s.contains("unnest(") && s.contains("array_agg(") && !s.starts_with("COPY "))
+}
+
+/// The elements of a row's arrays.
+fn array_elements(a: &Arrays) -> usize {
+    let lens = [a.ints.len(), a.smalls.len(), a.texts.len(), a.floats.len(), a.flags.len(), a.blobs.len()];
+    let more = [a.with_nulls.len(), a.maybe.as_ref().map_or(0, Vec::len), a.decimals.len(), a.ips.len()];
+    let rest =
+        [a.dates.len(), a.times.len(), a.uuids.len(), a.docs.len(), a.maybe_with_nulls.as_ref().map_or(0, Vec::len)];
+    lens.iter().chain(&more).chain(&rest).sum()
+}
+
+/// A short batch takes the short path while its arrays hold fewer than
+/// `SMALL_BATCH_ARRAY_ELEMENTS` elements in all, and COPY from there on;
+/// both store the arrays exactly.
+#[tokio::test]
+async fn short_batches_with_many_array_elements_take_copy() {
+    #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+    #[bulk(table = "heavy", unique(key))]
+    struct Heavy {
+        key: i32,
+        ints: Vec<Option<i64>>,
+        texts: Option<Vec<String>>,
+    }
+    let db = TestDb::new("arrays_budget").await;
+    let recorder = SqlRecorder::start().await;
+    let mut client = recorder.connect(&db.schema).await;
+    client.batch_execute(&Heavy::model().migration_sql()).await.unwrap();
+    let budget = SMALL_BATCH_ARRAY_ELEMENTS;
+    let mut stored = Vec::new();
+    // The batch's elements in all: one short of the budget, the budget, a few.
+    for (first, elements, copy) in [(0, budget - 1, false), (10, budget, true), (20, 3, false)] {
+        // Three rows; the third holds one element (a NULL).
+        let n = elements - 1;
+        let rows = vec![
+            Heavy { key: first, ints: (0..(n / 2) as i64).map(|i| (i % 7 != 0).then_some(i)).collect(), texts: None },
+            Heavy { key: first + 1, ints: vec![], texts: Some((0..n - n / 2).map(|i| format!("t{i}")).collect()) },
+            Heavy { key: first + 2, ints: vec![None], texts: Some(vec![]) },
+        ];
+        let before = recorder.statements().len();
+        let o = Heavy::bulk_create_new(&mut client, &rows).await.unwrap();
+        assert_eq!((o.offered, o.inserted), (3, 3));
+        assert_eq!(sent_copy(&recorder, before), copy, "{elements} elements");
+        stored.extend(rows);
+    }
+    let got: Vec<Heavy> = client
+        .query("SELECT key, ints, texts FROM heavy ORDER BY key", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| Heavy { key: r.get(0), ints: r.get(1), texts: r.get(2) })
+        .collect();
+    assert_eq!(got, stored);
+    db.drop().await;
 }
 
 #[tokio::test]
 async fn arrays_round_trip() {
-    arrays(0).await;
+    arrays(600).await;
 }
 
 #[tokio::test]
@@ -778,9 +848,14 @@ async fn arrays_round_trip_through_copy() {
     arrays(COPY_BATCH).await;
 }
 
+/// Every array type, with empty arrays, NULL arrays, NULL elements and long
+/// arrays, and `pad` rows of varied arrays after them, on the short path
+/// (under `SMALL_BATCH` rows) or the COPY path: every row reads back as its
+/// key's first offered row, and the recorder shows which path ran.
 async fn arrays(pad: usize) {
     let db = TestDb::new(&format!("arrays_{pad}")).await;
-    let mut client = db.connect().await;
+    let recorder = SqlRecorder::start().await;
+    let mut client = recorder.connect(&db.schema).await;
     client.batch_execute(&Arrays::model().migration_sql()).await.unwrap();
     let full = Arrays {
         key: 1,
@@ -798,6 +873,7 @@ async fn arrays(pad: usize) {
         times: vec![hms_micro(12, 0, 0, 5)],
         uuids: vec![Uuid::max(), Uuid::nil()],
         docs: vec![json!({"a": [1, null]}), Value::Null],
+        maybe_with_nulls: Some(vec![None, Some("NULL".into()), None, Some(String::new())]),
     };
     let empty = Arrays {
         key: 2,
@@ -815,20 +891,55 @@ async fn arrays(pad: usize) {
         times: vec![],
         uuids: vec![],
         docs: vec![],
+        maybe_with_nulls: None,
     };
-    let mut rows = vec![full, empty.clone(), Arrays { key: 3, maybe: Some(vec![]), ..empty.clone() }];
-    let want: Vec<ArraysRead> = rows.iter().map(arrays_read).collect();
-    // Key 1 again, with other values: the first offered row is kept.
-    rows.push(Arrays { key: 1, ..empty.clone() });
-    rows.extend((0..pad as i32).map(|i| Arrays { key: FILLER + i, ints: vec![i.into()], ..empty.clone() }));
+    // Long arrays: thousands of elements in one row, NULLs among them (in
+    // all, the batch stays under the short path's element budget).
+    let long = Arrays {
+        key: 4,
+        ints: (0..5_000).map(|i| i * 7919 - 1_000_000).collect(),
+        texts: (0..2_000).map(|i| format!("text {i}")).collect(),
+        with_nulls: (0..3_000).map(|i| (i % 3 != 0).then_some(i)).collect(),
+        maybe_with_nulls: Some((0..1_000usize).map(|i| i.is_multiple_of(2).then(|| "x".repeat(i % 50))).collect()),
+        ..empty.clone()
+    };
+    let varied = |key: i32| {
+        let i = key - FILLER;
+        Arrays {
+            key,
+            ints: (0..i64::from(i % 5)).map(|j| j * 1000 + i64::from(i)).collect(),
+            texts: (0..i % 3).map(|j| format!("{i}.{j}")).collect(),
+            with_nulls: (0..i % 4).map(|j| (j % 2 == 1).then_some(i)).collect(),
+            maybe: (i % 5 != 0).then(|| (0..i % 2).map(|_| i.to_string()).collect()),
+            maybe_with_nulls: (i % 7 != 0).then(|| vec![None; (i % 3) as usize]),
+            ..empty.clone()
+        }
+    };
+    let mut rows = vec![
+        full,
+        empty.clone(),
+        Arrays { key: 3, maybe: Some(vec![]), maybe_with_nulls: Some(vec![]), ..empty.clone() },
+        long,
+    ];
+    rows.extend((0..pad as i32).map(|i| varied(FILLER + i)));
+    let mut want: Vec<ArraysRead> = rows.iter().map(arrays_read).collect();
+    want.sort_by_key(|r| r.0);
+    // Keys 1 and FILLER + 1 again, with other values: the first offered row is kept.
+    rows.insert(pad / 2, Arrays { key: 1, ..empty.clone() });
+    rows.push(Arrays { key: FILLER + 1, ..varied(FILLER + 4) });
+    let before = recorder.statements().len();
     let o = Arrays::bulk_create_new(&mut client, &rows).await.unwrap();
-    assert_eq!((o.offered, o.inserted), (rows.len() as u64, rows.len() as u64 - 1));
+    assert_eq!((o.offered, o.inserted, o.skipped), (rows.len() as u64, rows.len() as u64 - 2, 2));
+    let short = rows.len() < SMALL_BATCH;
+    assert_eq!(short, pad < COPY_BATCH);
+    let elements: usize = rows.iter().map(array_elements).sum();
+    assert!(!short || elements < SMALL_BATCH_ARRAY_ELEMENTS, "{elements} elements");
+    assert_eq!(sent_copy(&recorder, before), !short, "COPY sent for {} rows", rows.len());
+    assert_eq!(sent_array_rebuild(&recorder), short);
     let got: Vec<ArraysRead> = client
         .query(
-            &format!(
-                "SELECT key, ints, smalls, texts, floats, flags, blobs, with_nulls, maybe, decimals, ips, dates, \
-                 times, uuids, docs FROM arrays WHERE key < {FILLER} ORDER BY key"
-            ),
+            "SELECT key, ints, smalls, texts, floats, flags, blobs, with_nulls, maybe, decimals, ips, dates, \
+             times, uuids, docs, maybe_with_nulls FROM arrays ORDER BY key",
             &[],
         )
         .await
@@ -839,26 +950,133 @@ async fn arrays(pad: usize) {
                 r.get(0),
                 (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
                 (r.get(7), r.get(8), r.get(9), r.get(10), r.get(11), r.get(12)),
-                (r.get(13), r.get(14)),
+                (r.get(13), r.get(14), r.get(15)),
             )
         })
         .collect();
-    assert_eq!(got, want);
+    assert_eq!(got.len(), want.len());
+    for (got, want) in got.iter().zip(&want) {
+        assert_eq!(got, want, "key {}", want.0);
+    }
     let r = client
         .query_one(
-            "SELECT pg_typeof(ints)::text, array_length(with_nulls, 1), array_position(with_nulls, NULL) \
+            "SELECT pg_typeof(ints)::text, array_length(with_nulls, 1), array_position(with_nulls, NULL), \
+             array_lower(with_nulls, 1), array_ndims(texts), array_ndims(maybe_with_nulls) \
              FROM arrays WHERE key = 1",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!((r.get::<_, String>(0).as_str(), r.get::<_, i32>(1), r.get::<_, i32>(2)), ("bigint[]", 3, 1));
+    let dims: (&str, i32, i32, i32, Option<i32>, i32) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+    assert_eq!(dims, ("bigint[]", 3, 1, 1, Some(1), 1));
+    // Empty arrays are `'{}'`, not NULL, and NULL arrays NULL.
+    let r = client
+        .query_one(
+            "SELECT ints = '{}', texts IS NOT NULL, cardinality(docs), maybe IS NULL, maybe_with_nulls IS NULL \
+             FROM arrays WHERE key = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let empty_and_null: (bool, bool, i32, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    assert_eq!(empty_and_null, (true, true, 0, true, true));
     // A NUL inside an array's text is refused on the client, as in a text column.
     let bad = Arrays { key: 9, texts: vec!["a\0b".into()], ..empty };
     let err = Arrays::bulk_create_new(&mut client, [&bad]).await.unwrap_err();
     assert!(err.to_string().contains("NUL"), "{err}");
     db.drop().await;
 }
+
+/// Array columns beside a key that each short-path encoding handles: the
+/// client packs `(i64, i16)` keys into 16 bytes, sorts `(Uuid, i16)` keys on
+/// a longer form and `(bytea, i16)` keys on their bytes; the server orders
+/// `(text, i16)` keys. Half the keys stored first; then every key offered,
+/// every third again (other arrays, later in the batch): exact counts, stored
+/// rows untouched, each new key from its first offered row, on both paths.
+macro_rules! array_repeats {
+    ($module:ident, $ty:ty, $key:expr) => {
+        mod $module {
+            use super::*;
+
+            #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+            #[bulk(table = "tagged", unique(key, part))]
+            struct Tagged {
+                key: $ty,
+                part: i16,
+                tags: Vec<String>,
+                nums: Option<Vec<Option<i64>>>,
+                pos: i32,
+            }
+
+            fn tagged(i: usize, pos: i32, what: &str) -> Tagged {
+                let key: fn(usize) -> $ty = $key;
+                Tagged {
+                    key: key(i),
+                    part: (i % 3) as i16,
+                    tags: (0..i % 4).map(|j| format!("{what} {i}.{j}")).collect(),
+                    nums: (!i.is_multiple_of(5))
+                        .then(|| (0..i % 3).map(|j| (j != 1).then_some((i * 10 + j) as i64)).collect()),
+                    pos,
+                }
+            }
+
+            async fn run(n: usize) {
+                let db = TestDb::new(&format!("array_repeats_{}_{n}", stringify!($module))).await;
+                let recorder = SqlRecorder::start().await;
+                let mut client = recorder.connect(&db.schema).await;
+                client.batch_execute(&Tagged::model().migration_sql()).await.unwrap();
+                let stored: Vec<Tagged> = (0..n).step_by(2).map(|i| tagged(i, -1 - i as i32, "stored")).collect();
+                let o = Tagged::bulk_create_new(&mut client, &stored).await.unwrap();
+                assert_eq!(o.inserted, stored.len() as u64);
+                let mut offered: Vec<Tagged> = (0..n).map(|i| tagged(i, i as i32, "first")).collect();
+                offered.extend((0..n).step_by(3).map(|i| Tagged {
+                    tags: vec!["repeat".into()],
+                    nums: Some(vec![None]),
+                    ..tagged(i, (n + i) as i32, "repeat")
+                }));
+                let before = recorder.statements().len();
+                let o = Tagged::bulk_create_new(&mut client, &offered).await.unwrap();
+                let new = n - stored.len();
+                assert_eq!(
+                    (o.offered, o.inserted, o.skipped),
+                    (offered.len() as u64, new as u64, (offered.len() - new) as u64)
+                );
+                assert_eq!(sent_copy(&recorder, before), offered.len() >= SMALL_BATCH);
+                assert!(sent_array_rebuild(&recorder), "the stored rows took the short path");
+                let mut want: Vec<Tagged> = stored;
+                want.extend((1..n).step_by(2).map(|i| tagged(i, i as i32, "first")));
+                want.sort_by_key(|t| t.pos);
+                let got: Vec<Tagged> = client
+                    .query("SELECT key, part, tags, nums, pos FROM tagged ORDER BY pos", &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| Tagged { key: r.get(0), part: r.get(1), tags: r.get(2), nums: r.get(3), pos: r.get(4) })
+                    .collect();
+                assert_eq!(got.len(), want.len());
+                for (got, want) in got.iter().zip(&want) {
+                    assert_eq!(got, want);
+                }
+                db.drop().await;
+            }
+
+            #[tokio::test]
+            async fn short_batch() {
+                run(1200).await;
+            }
+
+            #[tokio::test]
+            async fn through_copy() {
+                run(COPY_BATCH).await;
+            }
+        }
+    };
+}
+
+array_repeats!(arrays_packed_key, i64, |i| i as i64 * 7919 - 1_000_000);
+array_repeats!(arrays_sorted_key, Uuid, |i| Uuid::from_u128(u128::MAX / 3 - (i as u128) * 0x1_0000_0001));
+array_repeats!(arrays_bytea_key, Vec<u8>, |i| i.to_string().into_bytes());
+array_repeats!(arrays_text_key, String, |i| format!("k{}", i * 37 % 10_007));
 
 /// A key of one type on both paths: half the values stored first, then all
 /// of them offered, each twice (in order, then reversed). Only the new half
@@ -1052,11 +1270,96 @@ async fn the_schema_check_knows_enums_and_rounding_numerics() {
     db.drop().await;
 }
 
-/// The builder on a model with array, enum and newtype columns: a short batch
-/// takes the COPY path (arrays) with upsert and `returning_skipped` alike.
+/// The short path's statements on array columns under a generic plan (which
+/// a prepared statement may switch to from its sixth run on): the plain
+/// call, `returning_skipped` and an upsert that keeps the last offered row,
+/// each run three times on one connection, store what a custom plan does.
+#[tokio::test]
+async fn arrays_on_a_generic_plan() {
+    use bulk_runtime::{Keep, Upsert};
+
+    #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+    #[bulk(table = "generic", unique(name), id = false)]
+    struct Generic {
+        name: String,
+        tags: Vec<String>,
+        nums: Option<Vec<Option<i32>>>,
+    }
+    let db = TestDb::new("arrays_generic_plan").await;
+    let recorder = SqlRecorder::start().await;
+    let mut client = recorder.connect(&db.schema).await;
+    client.batch_execute(&Generic::model().migration_sql()).await.unwrap();
+    client.batch_execute("SET plan_cache_mode = force_generic_plan").await.unwrap();
+    let row = |k: usize, round: usize| Generic {
+        name: format!("n{k}"),
+        tags: (0..(k + round) % 4).map(|j| format!("{round}.{j}")).collect(),
+        nums: (!k.is_multiple_of(5))
+            .then(|| (0..k % 3).map(|j| j.is_multiple_of(2).then_some((k * round) as i32)).collect()),
+    };
+    let mut want = std::collections::BTreeMap::new();
+    let before = recorder.statements().len();
+    for round in 0..3 {
+        // New keys 0..300 of this round, each offered twice (the first wins).
+        let keys = round * 200..round * 200 + 300;
+        let rows: Vec<Generic> = keys.clone().map(|k| row(k, round)).chain(keys.clone().map(|k| row(k, 9))).collect();
+        let o = Generic::bulk_create_new(&mut client, &rows).await.unwrap();
+        let new = keys.clone().filter(|k| !want.contains_key(&format!("n{k}"))).count();
+        assert_eq!((o.offered, o.inserted), (600, new as u64));
+        for k in keys.clone() {
+            want.entry(format!("n{k}")).or_insert_with(|| row(k, round));
+        }
+        let report = Generic::bulk(&mut client).returning_skipped().run(&rows[..300]).await.unwrap();
+        assert_eq!(report.returned, (0..300).collect::<Vec<_>>());
+        // Every stored key again, twice: the last offered row's arrays are kept.
+        let all: Vec<Generic> =
+            want.values().map(|g| Generic { tags: vec![], ..g.clone() }).chain(want.values().cloned()).collect();
+        let report = Generic::bulk(&mut client)
+            .upsert(Upsert::columns(["tags", "nums"]).only_if_changed().keep(Keep::Last))
+            .run(&all)
+            .await
+            .unwrap();
+        assert_eq!((report.inserted, report.updated, report.skipped), (0, 0, want.len() as u64), "{report:?}");
+        let changed: Vec<Generic> =
+            want.values().map(|g| Generic { tags: vec![format!("{round}")], ..g.clone() }).collect();
+        let report = Generic::bulk(&mut client)
+            .upsert(Upsert::columns(["tags"]).keep(Keep::Last))
+            .run(want.values().chain(&changed))
+            .await
+            .unwrap();
+        assert_eq!((report.inserted, report.updated), (0, want.len() as u64), "{report:?}");
+        for g in want.values_mut() {
+            g.tags = vec![format!("{round}")];
+        }
+    }
+    assert!(!sent_copy(&recorder, before));
+    let got: Vec<Generic> = client
+        .query("SELECT name, tags, nums FROM generic ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| Generic { name: r.get(0), tags: r.get(1), nums: r.get(2) })
+        .collect();
+    assert_eq!(got, want.into_values().collect::<Vec<_>>());
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn arrays_enums_and_newtypes_with_the_builder() {
-    use bulk_runtime::Upsert;
+    arrays_with_the_builder(0).await;
+}
+
+#[tokio::test]
+async fn arrays_enums_and_newtypes_with_the_builder_through_copy() {
+    arrays_with_the_builder(COPY_BATCH).await;
+}
+
+/// The builder on a model with array, enum and newtype columns (an enum key:
+/// the server orders it), each statement on the short path (no `pad`) or
+/// the COPY path (`pad` more rows in every batch): `returning_skipped`,
+/// `returning_keys`, and upserts that keep the last or the first offered row
+/// and set an array column.
+async fn arrays_with_the_builder(pad: usize) {
+    use bulk_runtime::{Keep, Upsert};
 
     #[derive(BulkCreateNew, Debug, Clone)]
     #[bulk(table = "tagged", unique(owner, mood))]
@@ -1066,8 +1369,9 @@ async fn arrays_enums_and_newtypes_with_the_builder() {
         tags: Vec<String>,
         scores: Option<Vec<Decimal>>,
     }
-    let db = TestDb::new("arrays_builder").await;
-    let mut client = db.connect().await;
+    let db = TestDb::new(&format!("arrays_builder_{pad}")).await;
+    let recorder = SqlRecorder::start().await;
+    let mut client = recorder.connect(&db.schema).await;
     client.batch_execute(&Mood::create_type_sql()).await.unwrap();
     client.batch_execute(&Tagged::model().migration_sql()).await.unwrap();
     let row = |owner: i64, mood: Mood, tags: &[&str]| Tagged {
@@ -1076,27 +1380,80 @@ async fn arrays_enums_and_newtypes_with_the_builder() {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         scores: (owner % 2 == 0).then(|| vec![Decimal::new(owner, 1)]),
     };
-    let first = [row(1, Mood::Happy, &["a"]), row(2, Mood::Sad, &[]), row(1, Mood::Sad, &["b", "c"])];
-    let report = Tagged::bulk(&mut client).returning_skipped().run(&first).await.unwrap();
-    assert_eq!((report.offered, report.inserted), (3, 3));
-    assert!(report.returned.is_empty());
+    const FILL: i64 = 1000;
+    let fill = |tags: &'static [&'static str]| (0..pad as i64).map(move |i| row(FILL + i, Mood::SoSo, tags));
+    let pad64 = pad as u64;
+    let path = |from: usize| sent_copy(&recorder, from);
 
-    let second = [
+    let first: Vec<Tagged> = [row(1, Mood::Happy, &["a"]), row(2, Mood::Sad, &[]), row(1, Mood::Sad, &["b", "c"])]
+        .into_iter()
+        .chain(fill(&["first"]))
+        .collect();
+    let before = recorder.statements().len();
+    let report = Tagged::bulk(&mut client).returning_skipped().run(&first).await.unwrap();
+    assert_eq!((report.offered, report.inserted), (3 + pad64, 3 + pad64));
+    assert!(report.returned.is_empty());
+    assert_eq!(path(before), pad > 0);
+
+    let keyed: Vec<Tagged> =
+        [row(4, Mood::Happy, &["k"]), row(1, Mood::Happy, &["stored"]), row(4, Mood::Happy, &["k2"])]
+            .into_iter()
+            .chain(fill(&["stored"]))
+            .collect();
+    let before = recorder.statements().len();
+    let report = Tagged::bulk(&mut client).returning_keys().run(&keyed).await.unwrap();
+    assert_eq!((report.offered, report.inserted, report.skipped), (3 + pad64, 1, 2 + pad64));
+    let returned: Vec<(usize, (UserId, Mood))> = report.returned.into_iter().map(|r| (r.index, r.key)).collect();
+    assert_eq!(returned, [(0, (UserId(4), Mood::Happy))]);
+    assert_eq!(path(before), pad > 0);
+
+    let second: Vec<Tagged> = [
         row(1, Mood::Happy, &["a"]),     // unchanged
         row(2, Mood::Sad, &["new"]),     // updated
         row(3, Mood::SoSo, &["x", "y"]), // inserted
         row(3, Mood::SoSo, &["repeat"]), // repeat: the last offered is kept
-    ];
+    ]
+    .into_iter()
+    .chain(fill(&["second", ""]))
+    .collect();
+    let before = recorder.statements().len();
     let report = Tagged::bulk(&mut client)
-        .upsert(Upsert::columns(["tags"]).only_if_changed().keep(bulk_runtime::Keep::Last))
+        .upsert(Upsert::columns(["tags"]).only_if_changed().keep(Keep::Last))
         .run(&second)
         .await
         .unwrap();
     assert_eq!(
         (report.offered, report.inserted, report.updated, report.unchanged, report.skipped),
-        (4, 1, 1, 1, 1),
+        (4 + pad64, 1, 1 + pad64, 1, 1),
         "{report:?}"
     );
+    assert_eq!(path(before), pad > 0);
+
+    let with_scores =
+        |owner: i64, mood: Mood, scores: Option<Vec<Decimal>>| Tagged { scores, ..row(owner, mood, &["ignored"]) };
+    let third: Vec<Tagged> = [
+        with_scores(1, Mood::Sad, Some(vec![Decimal::new(7, 0)])), // stored: updated
+        with_scores(5, Mood::Happy, Some(vec![])),                 // inserted
+        with_scores(5, Mood::Happy, None),                         // repeat: the first offered is kept
+        with_scores(1, Mood::Sad, None),                           // repeat of a stored key
+    ]
+    .into_iter()
+    .chain((0..pad as i64).map(|i| with_scores(FILL + i, Mood::SoSo, Some(vec![Decimal::new(i, 0), Decimal::ZERO]))))
+    .collect();
+    let before = recorder.statements().len();
+    let report = Tagged::bulk(&mut client)
+        .upsert(Upsert::set([Tagged::columns().scores]).keep(Keep::First))
+        .run(&third)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.offered, report.inserted, report.updated, report.unchanged, report.skipped),
+        (4 + pad64, 1, 1 + pad64, 0, 2),
+        "{report:?}"
+    );
+    assert_eq!(path(before), pad > 0);
+    assert_eq!(sent_array_rebuild(&recorder), pad == 0);
+
     type Stored = (UserId, Mood, Vec<String>, Option<Vec<Decimal>>);
     let stored: Vec<Stored> = client
         .query("SELECT owner, mood, tags, scores FROM tagged ORDER BY owner, mood", &[])
@@ -1106,14 +1463,27 @@ async fn arrays_enums_and_newtypes_with_the_builder() {
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
     let want: Vec<Stored> = [
-        row(1, Mood::Sad, &["b", "c"]),
+        Tagged { scores: Some(vec![Decimal::new(7, 0)]), ..row(1, Mood::Sad, &["b", "c"]) },
         row(1, Mood::Happy, &["a"]),
         row(2, Mood::Sad, &["new"]),
         row(3, Mood::SoSo, &["repeat"]),
+        row(4, Mood::Happy, &["k"]),
+        with_scores(5, Mood::Happy, Some(vec![])),
     ]
     .into_iter()
     .map(|t| (t.owner, t.mood, t.tags, t.scores))
+    .chain((0..pad as i64).map(|i| {
+        (
+            UserId(FILL + i),
+            Mood::SoSo,
+            vec!["second".into(), String::new()],
+            Some(vec![Decimal::new(i, 0), Decimal::ZERO]),
+        )
+    }))
     .collect();
-    assert_eq!(stored, want, "enum keys sort by declaration order (sad, happy, so so)");
+    assert_eq!(stored.len(), want.len());
+    for (got, want) in stored.iter().zip(&want) {
+        assert_eq!(got, want, "enum keys sort by declaration order (sad, happy, so so)");
+    }
     db.drop().await;
 }

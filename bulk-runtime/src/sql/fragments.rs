@@ -7,7 +7,13 @@
 //! identifier goes through [`quote_ident`], values never appear (the one
 //! literal, [`literal`], is a name the library itself writes).
 
+use std::fmt::Write as _;
+
+use tokio_postgres::types::Type;
+
+use super::KeyShape;
 use crate::model::{Column, Model, quote_ident};
+use crate::types::PgType;
 
 /// Name of the batch's position column: the scratch table's, and the first
 /// array's on the short path, so that the first offered row of a key wins.
@@ -69,38 +75,148 @@ pub(crate) struct Arrays {
     pub mask: bool,
 }
 
-/// The batch as the relation `alias`: `unnest($1::type[], ...) AS
-/// alias(names)`, one array per column. When the table compares its key
-/// otherwise than the model's types ([`KeyShape`](super::KeyShape)), the
-/// key columns are read as the table's, under the same names.
-pub(crate) fn arrays(model: &Model, alias: &str, layout: Arrays, shape: &super::KeyShape) -> String {
-    let mut arrays = Vec::new();
-    let mut names = Vec::new();
-    if layout.positions {
-        arrays.push("bigint".to_owned());
-        names.push(q(ORD));
+/// Name of a row's place in the short path's arrays as sent (`WITH
+/// ORDINALITY`), which the elements of an array column refer to.
+const ROW: &str = "__bulk_row";
+
+/// The array parameters of [`arrays`], in their order, with what the
+/// relation makes of them.
+struct Params {
+    /// Each parameter as the statement reads it (`$2::bigint[]`).
+    arrays: Vec<String>,
+    /// Each parameter's type, for the prepare.
+    types: Vec<Type>,
+    /// The relation's columns, quoted, one per parameter but an array
+    /// column's elements and their rows.
+    names: Vec<String>,
+    /// Per array column: its place among the model's columns, the
+    /// parameters of its elements and of their rows.
+    elements: Vec<(usize, String, String)>,
+}
+
+impl Params {
+    /// The parameters laid out as `layout`: the positions, then the model's
+    /// columns in order (three for an array column: its rows' lengths, its
+    /// elements, each element's row), then the mask.
+    fn new(model: &Model, layout: Arrays) -> Params {
+        let mut p = Params { arrays: Vec::new(), types: Vec::new(), names: Vec::new(), elements: Vec::new() };
+        if layout.positions {
+            p.column(q(ORD), "bigint[]", Type::INT8_ARRAY);
+        }
+        for (i, c) in model.columns().iter().enumerate() {
+            match c.pg_type() {
+                ty @ PgType::Array(_) => {
+                    p.column(q(c.name()), "integer[]", Type::INT4_ARRAY);
+                    let elements = p.push(ty.sql_name(), ty.wire_type());
+                    let rows = p.push("integer[]", Type::INT4_ARRAY);
+                    p.elements.push((i, elements, rows));
+                }
+                ty => p.column(q(c.name()), &format!("{}[]", ty.sql_name()), ty.array_wire_type()),
+            }
+        }
+        if layout.mask {
+            p.column(q(DONE), "boolean[]", Type::BOOL_ARRAY);
+        }
+        p
     }
-    for c in model.columns() {
-        arrays.push(c.pg_type().sql_name().to_owned());
-        names.push(q(c.name()));
+
+    /// The next parameter, of SQL type `sql_type` and wire type `ty`.
+    fn push(&mut self, sql_type: &str, ty: Type) -> String {
+        self.types.push(ty);
+        format!("${}::{sql_type}", self.types.len())
     }
-    if layout.mask {
-        arrays.push("boolean".to_owned());
-        names.push(q(DONE));
+
+    /// The next parameter, read as the relation's column `name`.
+    fn column(&mut self, name: String, sql_type: &str, ty: Type) {
+        let param = self.push(sql_type, ty);
+        self.arrays.push(param);
+        self.names.push(name);
     }
-    let params: Vec<String> = arrays.iter().enumerate().map(|(i, ty)| format!("${}::{ty}[]", i + 1)).collect();
-    let plain = format!("unnest({}) AS {alias}({})", params.join(", "), names.join(", "));
-    if shape.is_plain() {
-        return plain;
+}
+
+/// The types of the array parameters laid out as `layout`, in their order:
+/// what [`arrays`] reads (three for an array column; see there).
+pub(crate) fn array_types(model: &Model, layout: Arrays) -> Vec<Type> {
+    Params::new(model, layout).types
+}
+
+/// The batch as the relation `alias`, rows in the order sent, from the
+/// short path's array parameters laid out as `layout` (their types:
+/// [`array_types`]). Without array columns this is `unnest($1::type[],
+/// ...) AS alias(names)`, one array per column. When the table compares its
+/// key otherwise than the model's types ([`KeyShape`]), the key columns are
+/// read as the table's, under the same names.
+///
+/// An array column cannot be one parameter: PostgreSQL arrays are
+/// rectangular, and `unnest` would flatten an array of arrays. It travels as
+/// its rows' lengths (`integer[]`, NULL for a NULL array), all its elements
+/// in row order (`T[]`), and the row of each element (`integer[]`, a row's
+/// place from 1); each row's array is rebuilt by `array_agg(... ORDER BY`
+/// the element's place`)` of its elements, grouped by row, joined to the
+/// rows on their ordinality. Element NULLs stay, a row without elements
+/// gets `'{}'`, a NULL length NULL. The elements are read by set-returning
+/// functions in a select list (run in lockstep, not stored first as a
+/// function in `FROM` is). The join is a `FULL JOIN` (every element's row is
+/// sent, so it returns what a left join would): PostgreSQL runs a full join
+/// only as a hash or merge join, linear in the batch whatever the planner
+/// estimates for `unnest` of a parameter (10 rows in a generic plan), where
+/// a nested loop would take rows × rows. (Slices of one array of all the
+/// elements, `elems[a:b]`, would be quadratic too: each slice walks a
+/// variable-width array from its start; measured, seconds for 5,000 rows of
+/// 20 `text` elements.) The rebuild still costs more per element than COPY
+/// does: see [`SMALL_BATCH_ARRAY_ELEMENTS`](crate::call::SMALL_BATCH_ARRAY_ELEMENTS).
+pub(crate) fn arrays(model: &Model, alias: &str, layout: Arrays, shape: &KeyShape) -> String {
+    let params = Params::new(model, layout);
+    let unnest = format!("unnest({})", params.arrays.join(", "));
+    let names = params.names.join(", ");
+    if params.elements.is_empty() && shape.is_plain() {
+        return format!("{unnest} AS {alias}({names})");
     }
-    let select: Vec<String> = names
-        .iter()
-        .map(|n| match model.unique_key().position(|k| q(k.name()) == *n) {
-            Some(i) => format!("{} AS {n}", shape.read(i, &format!("{alias}.{n}"))),
-            None => format!("{alias}.{n}"),
-        })
-        .collect();
-    format!("(SELECT {} FROM {plain}) AS {alias}", select.join(", "))
+    let select: Vec<String> = params.names.iter().map(|n| read(model, alias, n, shape)).collect();
+    let select = select.join(", ");
+    if params.elements.is_empty() {
+        return format!("(SELECT {select} FROM {unnest} AS {alias}({names})) AS {alias}");
+    }
+    let row = q(ROW);
+    let mut from = format!("{unnest} WITH ORDINALITY AS {alias}({names}, {row})");
+    for (i, elements, rows) in &params.elements {
+        let e = element_alias(*i);
+        let _ = write!(
+            from,
+            " FULL JOIN (SELECT \"x\".\"r\", array_agg(\"x\".\"v\" ORDER BY \"x\".\"i\") AS \"v\" \
+             FROM (SELECT unnest({elements}) AS \"v\", unnest({rows}) AS \"r\", \
+             generate_series(1, cardinality({elements})) AS \"i\") AS \"x\" GROUP BY \"x\".\"r\") AS {e} \
+             ON {e}.\"r\" = {alias}.{row}"
+        );
+    }
+    format!("(SELECT {select} FROM {from} ORDER BY {alias}.{row}) AS {alias}")
+}
+
+/// The relation of the rebuilt arrays of the model's column `i` (an array
+/// column) in [`arrays`].
+fn element_alias(i: usize) -> String {
+    q(&format!("__bulk_e{i}"))
+}
+
+/// The column `name` (quoted) of the relation [`arrays`] as its select list
+/// reads it: an array column rebuilt from its elements, a key column as the
+/// table compares it, any other as sent.
+fn read(model: &Model, alias: &str, name: &str, shape: &KeyShape) -> String {
+    let Some(i) = model.columns().iter().position(|c| q(c.name()) == name) else {
+        return format!("{alias}.{name}");
+    };
+    let c = &model.columns()[i];
+    if let ty @ PgType::Array(_) = c.pg_type() {
+        return format!(
+            "CASE WHEN {alias}.{name} IS NOT NULL THEN COALESCE({e}.\"v\", ARRAY[]::{ty}) END AS {name}",
+            e = element_alias(i),
+            ty = ty.sql_name(),
+        );
+    }
+    match model.unique_key().position(|k| std::ptr::eq(k, c)) {
+        Some(k) if !shape.is_plain() => format!("{} AS {name}", shape.read(k, &format!("{alias}.{name}"))),
+        _ => format!("{alias}.{name}"),
+    }
 }
 
 /// `insert` (an `INSERT ... ON CONFLICT` without `RETURNING`) counted in

@@ -47,6 +47,12 @@ fn plain(model: &Model, source: &str, alias: &str, dedup: bool) -> String {
     )
 }
 
+/// The layout of the plain call's array parameters (both forms): the
+/// positions first, unless the client orders the key (`client_ordered`).
+pub(super) fn layout(client_ordered: bool) -> Arrays {
+    Arrays { positions: !client_ordered, mask: false }
+}
+
 /// The COPY path's plain form, from the scratch table; with `repeats`, the
 /// batch may hold a key twice.
 pub(crate) fn scratch_plain(model: &Model, scratch_table: &str, repeats: bool) -> String {
@@ -59,8 +65,7 @@ pub(crate) fn scratch_plain(model: &Model, scratch_table: &str, repeats: bool) -
 /// one pass over rows already in order, and keeps the insert in key order
 /// whatever join the planner picks.
 pub(crate) fn arrays_plain(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
-    let layout = Arrays { positions: !client_ordered, mask: false };
-    plain(model, &arrays(model, "u", layout, shape), "u", !client_ordered)
+    plain(model, &arrays(model, "u", layout(client_ordered), shape), "u", !client_ordered)
 }
 
 /// The COPY path's `ON CONFLICT` form:
@@ -109,7 +114,6 @@ pub(crate) fn scratch_on_conflict(model: &Model, scratch_table: &str) -> String 
 /// wins, exact counts from the command tag, key order against deadlocks, no
 /// table lock.
 pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
-    let layout = Arrays { positions: !client_ordered, mask: false };
     let order = if client_ordered {
         String::new()
     } else {
@@ -120,7 +124,7 @@ pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &Ke
         target = model.qualified_name(),
         names = names(model.columns()),
         cols = cols("u", model.columns()),
-        source = arrays(model, "u", layout, shape),
+        source = arrays(model, "u", layout(client_ordered), shape),
         key = names(model.unique_key()),
     )
 }

@@ -3,7 +3,7 @@
 
 use tokio_postgres::types::Type;
 
-use super::fragments::ORD;
+use super::fragments::{self, ORD};
 use super::insert;
 use super::shape::KeyShape;
 use crate::model::{Column, Model, fnv1a, quote_ident};
@@ -50,7 +50,8 @@ pub(crate) struct Plan {
     /// The one-statement path with `ON CONFLICT (key) DO NOTHING`; see [`insert::arrays_on_conflict`].
     pub small_insert: String,
     /// Parameter types of `small_insert` and `small_insert_plain`: the
-    /// ordinal array (unless `client_ordered`), then one array per column.
+    /// ordinal array (unless `client_ordered`), then one array per column
+    /// (three per array column: see [`fragments::arrays`]).
     pub small_types: Vec<Type>,
     /// Whether the short-batch path orders the rows on the client (every key
     /// column's binary form sorts like PostgreSQL's `ORDER BY`) and drops
@@ -84,8 +85,7 @@ impl Plan {
 
         let key_columns = model.columns().iter().map(|c| model.unique_key().any(|k| std::ptr::eq(k, c))).collect();
         let client_ordered = model.unique_key().all(|c| c.pg_type().client_orderable());
-        let mut small_types = if client_ordered { Vec::new() } else { vec![Type::INT8_ARRAY] };
-        small_types.extend(model.columns().iter().map(|c| c.pg_type().array_wire_type()));
+        let small_types = fragments::array_types(model, insert::layout(client_ordered));
         Plan {
             insert_plain: insert::scratch_plain(model, &scratch, true),
             insert_plain_distinct_keys: insert::scratch_plain(model, &scratch, false),
@@ -228,7 +228,7 @@ mod tests {
     use super::fixtures::{COLUMNS, MODEL, at};
     use super::*;
     use crate::model::{Column, ColumnSpec, ModelSpec};
-    use crate::sql::fragments::{Arrays, arrays, key_index_guard, literal};
+    use crate::sql::fragments::{Arrays, array_types, arrays, key_index_guard, literal};
     use crate::types::PgType;
 
     /// A `nulls_not_distinct` model whose key has a nullable column, no schema, no id.
@@ -453,6 +453,96 @@ mod tests {
         assert!(insert < arrays && arrays < conflict, "{sql}");
         assert!(!sql.contains("ORDER BY") && !sql.contains(ORD), "{sql}");
         assert_eq!(plan.small_types, vec![Type::INT8_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY]);
+    }
+
+    /// Array columns (one nullable) beside an integer key and a text column.
+    static ARRAY_COLUMNS: [Column; 4] = [
+        ColumnSpec::of("key", PgType::Int8).build(),
+        ColumnSpec::of("tags", PgType::Array(&PgType::Text)).build(),
+        ColumnSpec::of("note", PgType::Text).build(),
+        ColumnSpec::of("scores", PgType::Array(&PgType::Int4)).nullable().build(),
+    ];
+    static ARRAY_MODEL: Model = ModelSpec::of("Tagged", "tagged", &ARRAY_COLUMNS, &[0]).build();
+    static TEXT_KEYED_ARRAY_MODEL: Model = ModelSpec::of("Tagged", "tagged", &ARRAY_COLUMNS, &[2]).build();
+
+    #[test]
+    fn array_columns_travel_as_lengths_elements_and_rows_and_are_rebuilt_per_row() {
+        let columns_only = Arrays { positions: false, mask: false };
+        assert_eq!(
+            array_types(&ARRAY_MODEL, columns_only),
+            [
+                Type::INT8_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT4_ARRAY,
+                Type::INT4_ARRAY,
+                Type::INT4_ARRAY
+            ]
+        );
+        let source = arrays(&ARRAY_MODEL, "u", Arrays { positions: true, mask: true }, &KeyShape::default());
+        assert_eq!(
+            source,
+            concat!(
+                r#"(SELECT u."__bulk_ord", u."key", "#,
+                r#"CASE WHEN u."tags" IS NOT NULL THEN COALESCE("__bulk_e1"."v", ARRAY[]::text[]) END AS "tags", "#,
+                r#"u."note", "#,
+                r#"CASE WHEN u."scores" IS NOT NULL THEN COALESCE("__bulk_e3"."v", ARRAY[]::integer[]) END AS "scores", "#,
+                r#"u."__bulk_done" "#,
+                r#"FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $6::text[], $7::integer[], $10::boolean[]) "#,
+                r#"WITH ORDINALITY AS u("__bulk_ord", "key", "tags", "note", "scores", "__bulk_done", "__bulk_row") "#,
+                r#"FULL JOIN (SELECT "x"."r", array_agg("x"."v" ORDER BY "x"."i") AS "v" "#,
+                r#"FROM (SELECT unnest($4::text[]) AS "v", unnest($5::integer[]) AS "r", "#,
+                r#"generate_series(1, cardinality($4::text[])) AS "i") AS "x" GROUP BY "x"."r") AS "__bulk_e1" "#,
+                r#"ON "__bulk_e1"."r" = u."__bulk_row" "#,
+                r#"FULL JOIN (SELECT "x"."r", array_agg("x"."v" ORDER BY "x"."i") AS "v" "#,
+                r#"FROM (SELECT unnest($8::integer[]) AS "v", unnest($9::integer[]) AS "r", "#,
+                r#"generate_series(1, cardinality($8::integer[])) AS "i") AS "x" GROUP BY "x"."r") AS "__bulk_e3" "#,
+                r#"ON "__bulk_e3"."r" = u."__bulk_row" "#,
+                r#"ORDER BY u."__bulk_row") AS u"#,
+            )
+        );
+    }
+
+    #[test]
+    fn array_columns_reach_both_forms_of_the_short_path() {
+        use crate::sql::KeyAs;
+        let columns_only = Arrays { positions: false, mask: false };
+        // A client-ordered key: no positions, the rows kept in the order sent.
+        let plan = Plan::new(&ARRAY_MODEL);
+        assert!(plan.client_ordered);
+        assert_eq!(plan.small_types, array_types(&ARRAY_MODEL, columns_only));
+        for sql in [&plan.small_insert, &plan.small_insert_plain] {
+            at(
+                sql,
+                r#"INSERT INTO "tagged" ("key", "tags", "note", "scores") SELECT u."key", u."tags", u."note", u."scores" FROM (SELECT u."key", CASE "#,
+            );
+            at(sql, r#"FROM unnest($1::bigint[], $2::integer[], $5::text[], $6::integer[]) WITH ORDINALITY"#);
+            at(sql, r#"FROM (SELECT unnest($3::text[]) AS "v", unnest($4::integer[]) AS "r", "#);
+            at(sql, r#"FROM (SELECT unnest($7::integer[]) AS "v", unnest($8::integer[]) AS "r", "#);
+            assert!(!sql.contains("$9") && !sql.contains(ORD), "{sql}");
+        }
+        at(&plan.small_insert, r#"ORDER BY u."__bulk_row") AS u ON CONFLICT ("key") DO NOTHING"#);
+        at(&plan.small_insert_plain, r#"ORDER BY u."__bulk_row") AS u WHERE NOT EXISTS"#);
+
+        // A text key: positions first, the server sorts, the key read as the table's.
+        let plan = Plan::new(&TEXT_KEYED_ARRAY_MODEL);
+        assert!(!plan.client_ordered);
+        assert_eq!(plan.small_types[0], Type::INT8_ARRAY);
+        assert_eq!(plan.small_types[1..], array_types(&TEXT_KEYED_ARRAY_MODEL, columns_only));
+        at(&plan.small_insert, r#"FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $6::text[], $7::integer[])"#);
+        at(&plan.small_insert, r#"ORDER BY u."note", u."__bulk_ord" ON CONFLICT ("note") DO NOTHING"#);
+        let shape = KeyShape(vec![Some(KeyAs { ty: Some(("ext".into(), "citext".into())), collation: None })]);
+        let plain = insert::arrays_plain(&TEXT_KEYED_ARRAY_MODEL, false, &shape);
+        at(&plain, r#"CAST(u."note" AS "ext"."citext") AS "note", CASE WHEN u."scores" IS NOT NULL"#);
+        at(
+            &plain,
+            r#"SELECT DISTINCT ON (u."note") u."key", u."tags", u."note", u."scores" FROM (SELECT u."__bulk_ord", "#,
+        );
+        for sql in [&plan.small_insert, &plan.small_insert_plain, &plain] {
+            assert_eq!(strip_identifiers(sql).matches(['"', ';']).count(), 0, "{sql}");
+        }
     }
 
     #[test]

@@ -38,8 +38,9 @@ fn order(keep: Keep) -> &'static str {
 /// Where a statement reads the batch from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source<'a> {
-    /// `unnest` of one array parameter per column (`$1` the positions),
-    /// the key read as the table compares it.
+    /// `unnest` of the array parameters (`$1` the positions, then the
+    /// columns', see [`fragments::arrays`]), the key read as the table
+    /// compares it.
     Arrays(&'a KeyShape),
     /// The session's scratch table, filled by `COPY`, in the table's dialect.
     Scratch(Dialect),
@@ -55,15 +56,11 @@ pub(crate) enum Returned {
     Positions,
 }
 
-/// Parameter types of the array source: positions, one array per column, and
-/// (for the upsert's second statement) the mask.
+/// Parameter types of the array source: positions, the columns' arrays
+/// (three for an array column, see [`fragments::arrays`]), and (for the
+/// upsert's second statement) the mask.
 pub(crate) fn array_types(model: &Model, mask: bool) -> Vec<Type> {
-    let mut types = vec![Type::INT8_ARRAY];
-    types.extend(model.columns().iter().map(|c| c.pg_type().array_wire_type()));
-    if mask {
-        types.push(Type::BOOL_ARRAY);
-    }
-    types
+    fragments::array_types(model, Arrays { positions: true, mask })
 }
 
 /// The batch as the relation `"u"`: the array parameters (with the
@@ -450,6 +447,47 @@ mod tests {
         let ledger = crate::api::Ledger::new(r#"l"; DROP TABLE victim; --"#).in_schema(r#"s"x"#);
         for sql in ledger.migration_statements() {
             assert_eq!(strip_quoted(&sql).matches(['"', ';']).count(), 0, "{sql}");
+        }
+    }
+
+    #[test]
+    fn array_columns_take_three_parameters_before_the_mask() {
+        static ARRAY_COLUMNS: [Column; 3] = [
+            ColumnSpec::of("key", PgType::Int8).build(),
+            ColumnSpec::of("tags", PgType::Array(&PgType::Text)).nullable().build(),
+            ColumnSpec::of("note", PgType::Text).build(),
+        ];
+        static ARRAY_MODEL: Model = ModelSpec::of("Tagged", "tagged", &ARRAY_COLUMNS, &[0]).build();
+        assert_eq!(
+            array_types(&ARRAY_MODEL, true),
+            [
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::BOOL_ARRAY
+            ]
+        );
+        let shape = KeyShape::default();
+        let set = UpdateSet { columns: vec![&ARRAY_COLUMNS[1]], only_if_changed: true, keep: Keep::Last };
+        let sql = upsert_update(&ARRAY_MODEL, Source::Arrays(&shape), &set);
+        at(
+            &sql,
+            r#"FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $6::text[], $7::boolean[]) WITH ORDINALITY AS "u"("__bulk_ord", "key", "tags", "note", "__bulk_done", "__bulk_row")"#,
+        );
+        at(&sql, r#"FROM (SELECT unnest($4::text[]) AS "v", unnest($5::integer[]) AS "r", "#);
+        at(&sql, r#"CASE WHEN "u"."tags" IS NOT NULL THEN COALESCE("__bulk_e1"."v", ARRAY[]::text[]) END AS "tags""#);
+        at(&sql, r#""u"."__bulk_done" FROM unnest("#);
+        at(&sql, r#"WHERE ROW("t"."tags") IS DISTINCT FROM ROW(EXCLUDED."tags")"#);
+        for returned in [Returned::Positions, Returned::Keys { with_id: false }] {
+            for keep in [Keep::First, Keep::Last] {
+                let sql = returning(&ARRAY_MODEL, Source::Arrays(&shape), keep, returned);
+                at(&sql, r#"FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $6::text[]) WITH ORDINALITY"#);
+                at(&sql, r#"ORDER BY "u"."__bulk_row") AS "u" ORDER BY "u"."key", "u"."__bulk_ord""#);
+                assert!(!sql.contains("$7"), "{sql}");
+            }
         }
     }
 

@@ -7,14 +7,15 @@ use std::borrow::Borrow;
 
 use bytes::{BufMut, BytesMut};
 
-use super::values::{ColumnBuffers, Encoded, array_header, encode_columns, put_value};
+use super::values::{ArrayColumn, ColumnBuffers, Encoded, array_header, encode_columns, put_value};
 use crate::BulkCreateNew;
 use crate::error::Error;
 use crate::model::{Column, Model};
 use crate::sql::KeyForm;
 use crate::types::{self, ValueError};
 
-/// One binary array per column, rows sorted on the client into the order of
+/// One binary array per column (three for an array column: see
+/// [`ArrayColumn`]), rows sorted on the client into the order of
 /// PostgreSQL's `ORDER BY key`, each key once: its first offered row (the
 /// sort is stable), for a model whose key the client can order
 /// ([`Plan::client_ordered`](crate::sql::plan)). Two keys are equal when
@@ -42,17 +43,21 @@ fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
     let key: Vec<(usize, &Column)> =
         key.iter().filter_map(|k| columns.iter().position(|c| std::ptr::eq(c, *k)).map(|i| (i, *k))).collect();
     let order = first_of_each_key_in_order(&cols, &key, crate::sql::plan(model).key_form.as_ref());
-    Ok((0..columns.len())
-        .map(|c| {
-            // Whether the kept rows (not the dropped repeats) hold a NULL here.
-            let has_null = cols.has_null[c] && order.iter().any(|&i| cols.value(c, i).is_none());
-            let mut out = array_header(&cols.types[c], has_null, order.len(), cols.elements[c].len());
-            for &i in &order {
-                out.put_slice(cols.element(c, i));
-            }
-            Encoded(out.freeze())
-        })
-        .collect())
+    let mut out = Vec::with_capacity(columns.len());
+    for (c, column) in columns.iter().enumerate() {
+        if let Some(parts) = ArrayColumn::split(column, &cols, c, order.iter().copied())? {
+            out.extend(parts);
+            continue;
+        }
+        // Whether the kept rows (not the dropped repeats) hold a NULL here.
+        let has_null = cols.has_null[c] && order.iter().any(|&i| cols.value(c, i).is_none());
+        let mut values = array_header(&cols.types[c], has_null, order.len(), cols.elements[c].len());
+        for &i in &order {
+            values.put_slice(cols.element(c, i));
+        }
+        out.push(Encoded(values.freeze()));
+    }
+    Ok(out)
 }
 
 /// [`encode_arrays_key_ordered`] for a key whose form packs into 16 bytes
@@ -66,28 +71,47 @@ fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
     rows: &[R],
     key: &KeyForm,
 ) -> Result<Vec<Encoded>, Error> {
+    let keyed = packed_keys::<T, R>(model, rows, key)?;
     let columns = model.columns();
+    let mut arrays = Vec::with_capacity(columns.len());
+    for c in 0..columns.len() {
+        packed_column::<T, R>(model, rows, &keyed, c, &mut arrays)?;
+    }
+    Ok(arrays)
+}
+
+/// The error of the value of column `c` in row `row`.
+fn invalid(model: &Model, row: usize, c: usize, source: ValueError) -> Error {
+    Error::InvalidValue { row, field: model.columns()[c].field(), source }
+}
+
+/// For [`encode_arrays_packed`]: every value checked, then each key once
+/// (its first offered row's position) in key order, with its form.
+fn packed_keys<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    rows: &[R],
+    key: &KeyForm,
+) -> Result<Vec<(u128, usize)>, Error> {
     let types = &crate::sql::plan(model).copy_types[1..];
-    let invalid = |row: usize, c: usize, source| Error::InvalidValue { row, field: columns[c].field(), source };
     let mut value_buf = BytesMut::with_capacity(16);
     let mut keyed: Vec<(u128, usize)> = Vec::with_capacity(rows.len());
     for (index, row) in rows.iter().enumerate() {
         let values = row.borrow().copy_values();
         let values = values.as_ref();
         for (c, value) in values.iter().enumerate() {
-            value.check().map_err(|source| invalid(index, c, source))?;
+            value.check().map_err(|source| invalid(model, index, c, source))?;
         }
         let mut form = [0u8; 16];
         for k in &key.columns {
             value_buf.clear();
             let len = put_value(values[k.column], &types[k.column], &mut value_buf)
-                .map_err(|source| invalid(index, k.column, source))?;
+                .map_err(|source| invalid(model, index, k.column, source))?;
             let value = match usize::try_from(len) {
                 Err(_) => None,
                 Ok(len) if len + usize::from(k.nullable) == k.width => Some(&value_buf[4..]),
                 Ok(len) => {
                     let message = format!("{len} bytes for a value of type {}", k.ty.sql_name());
-                    return Err(invalid(index, k.column, ValueError::Encode(message)));
+                    return Err(invalid(model, index, k.column, ValueError::Encode(message)));
                 }
             };
             types::write_sort_form(k.ty, k.nullable, value, &mut form[k.at..k.at + k.width]);
@@ -96,24 +120,47 @@ fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
     }
     keyed.sort_unstable();
     keyed.dedup_by_key(|(form, _)| *form);
+    Ok(keyed)
+}
 
-    let mut arrays = Vec::with_capacity(columns.len());
-    for (c, column) in columns.iter().enumerate() {
-        let guess = keyed.len() * (4 + types::fixed_width(column.pg_type()).unwrap_or(16));
-        let mut out = array_header(&types[c], false, keyed.len(), guess);
-        let mut has_null = false;
-        for &(_, index) in &keyed {
+/// For [`encode_arrays_packed`]: appends to `arrays` the array of column `c`
+/// (three for an array column: see [`ArrayColumn`]), rows in the order of
+/// `keyed`.
+fn packed_column<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    rows: &[R],
+    keyed: &[(u128, usize)],
+    c: usize,
+    arrays: &mut Vec<Encoded>,
+) -> Result<(), Error> {
+    let ty = &crate::sql::plan(model).copy_types[1 + c];
+    let column = &model.columns()[c];
+    if let Some(mut parts) = ArrayColumn::of(column.pg_type(), keyed.len()) {
+        let mut value_buf = BytesMut::new();
+        for &(_, index) in keyed {
             let values = rows[index].borrow().copy_values();
-            let len = put_value(values.as_ref()[c], &types[c], &mut out).map_err(|source| invalid(index, c, source))?;
-            has_null |= len < 0;
+            value_buf.clear();
+            let len = put_value(values.as_ref()[c], ty, &mut value_buf).map_err(|e| invalid(model, index, c, e))?;
+            let value = usize::try_from(len).ok().map(|_| &value_buf[4..]);
+            parts.push(value).map_err(|source| invalid(model, index, c, source))?;
         }
-        if has_null {
-            // The header's flag: the array holds NULLs.
-            out[4..8].copy_from_slice(&1i32.to_be_bytes());
-        }
-        arrays.push(Encoded(out.freeze()));
+        arrays.extend(parts.finish());
+        return Ok(());
     }
-    Ok(arrays)
+    let guess = keyed.len() * (4 + types::fixed_width(column.pg_type()).unwrap_or(16));
+    let mut out = array_header(ty, false, keyed.len(), guess);
+    let mut has_null = false;
+    for &(_, index) in keyed {
+        let values = rows[index].borrow().copy_values();
+        let len = put_value(values.as_ref()[c], ty, &mut out).map_err(|source| invalid(model, index, c, source))?;
+        has_null |= len < 0;
+    }
+    if has_null {
+        // The header's flag: the array holds NULLs.
+        out[4..8].copy_from_slice(&1i32.to_be_bytes());
+    }
+    arrays.push(Encoded(out.freeze()));
+    Ok(())
 }
 
 /// The positions of the rows in key order, each key once (the first offered

@@ -6,7 +6,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use crate::BulkCreateNew;
 use crate::error::Error;
-use crate::model::Model;
+use crate::model::{Column, Model};
 use crate::types::{self, BulkValue, ValueError};
 
 /// A parameter encoded ahead of time (a binary array), so nothing borrowed
@@ -118,8 +118,105 @@ pub(crate) fn array_header(elem: &Type, has_null: bool, n: usize, body: usize) -
     out
 }
 
+/// An array column's parameters on the short path (see
+/// `sql::fragments::arrays`): its rows' lengths (NULL for a NULL array),
+/// every element of every row in the order sent, and each element's row (a
+/// row's place in the arrays sent, from 1).
+pub(crate) struct ArrayColumn {
+    /// The elements' type.
+    elem: Type,
+    lengths: BytesMut,
+    rows: usize,
+    length_null: bool,
+    elements: BytesMut,
+    element_null: bool,
+    owners: BytesMut,
+    count: usize,
+}
+
+impl ArrayColumn {
+    /// The parameters of a column of type `ty`, when it is an array column
+    /// of `rows` rows.
+    pub(crate) fn of(ty: types::PgType, rows: usize) -> Option<ArrayColumn> {
+        let types::PgType::Array(elem) = ty else { return None };
+        Some(ArrayColumn {
+            elem: elem.wire_type(),
+            lengths: BytesMut::with_capacity(8 * rows),
+            rows: 0,
+            length_null: false,
+            elements: BytesMut::new(),
+            element_null: false,
+            owners: BytesMut::new(),
+            count: 0,
+        })
+    }
+
+    /// The parameters of the column `c` of `cols` (of the model's column
+    /// `column`) for the rows `order`, in that order, when it is an array
+    /// column.
+    pub(crate) fn split(
+        column: &Column,
+        cols: &ColumnBuffers,
+        c: usize,
+        order: impl ExactSizeIterator<Item = usize>,
+    ) -> Result<Option<[Encoded; 3]>, Error> {
+        let Some(mut parts) = ArrayColumn::of(column.pg_type(), order.len()) else { return Ok(None) };
+        for i in order {
+            let fail = |source| Error::InvalidValue { row: i, field: column.field(), source };
+            parts.push(cols.value(c, i)).map_err(fail)?;
+        }
+        Ok(Some(parts.finish()))
+    }
+
+    /// Appends the next row's value: a one-dimensional binary array as
+    /// PostgreSQL's binary format lays it out (without the length before
+    /// it), or `None` for NULL.
+    pub(crate) fn push(&mut self, value: Option<&[u8]>) -> Result<(), ValueError> {
+        self.rows += 1;
+        let Some(value) = value else {
+            self.lengths.put_i32(-1);
+            self.length_null = true;
+            return Ok(());
+        };
+        let malformed = || ValueError::Encode("not a one-dimensional binary array".into());
+        let word = |at: usize| -> Result<i32, ValueError> {
+            let bytes = value.get(at..at + 4).ok_or_else(malformed)?;
+            Ok(i32::from_be_bytes(bytes.try_into().expect("four bytes")))
+        };
+        // Dimensions, NULL flag, element type, then (length, lower bound)
+        // per dimension, then the elements, each with its length before it.
+        let (len, body) = match word(0)? {
+            0 => (0, 12),
+            1 => (word(12)?, 20),
+            _ => return Err(ValueError::Encode("an array of more than one dimension".into())),
+        };
+        let elements = value.get(body..).ok_or_else(malformed)?;
+        self.lengths.put_i32(4);
+        self.lengths.put_i32(len);
+        self.element_null |= word(4)? != 0;
+        self.elements.put_slice(elements);
+        let row = i32::try_from(self.rows).map_err(|_| malformed())?;
+        for _ in 0..len {
+            self.owners.put_i32(4);
+            self.owners.put_i32(row);
+        }
+        self.count += usize::try_from(len).map_err(|_| malformed())?;
+        Ok(())
+    }
+
+    /// The three parameters, in their order.
+    pub(crate) fn finish(self) -> [Encoded; 3] {
+        [
+            array(&Type::INT4, self.length_null, self.rows, &self.lengths),
+            array(&self.elem, self.element_null, self.count, &self.elements),
+            array(&Type::INT4, false, self.count, &self.owners),
+        ]
+    }
+}
+
 /// One binary array per column (and one for the ordinals), in PostgreSQL's
-/// array wire format, rows in offered order.
+/// array wire format, rows in offered order (three for an array column:
+/// see [`ArrayColumn`]).
 pub(crate) fn encode_arrays<'r, T: BulkCreateNew + 'r>(
     model: &Model,
     rows: impl ExactSizeIterator<Item = &'r T>,
@@ -132,8 +229,51 @@ pub(crate) fn encode_arrays<'r, T: BulkCreateNew + 'r>(
         ords.put_i64(i as i64);
     }
     let mut out = vec![array(&Type::INT8, false, n, &ords)];
-    out.extend(
-        cols.elements.iter().zip(&cols.types).zip(&cols.has_null).map(|((body, ty), &null)| array(ty, null, n, body)),
-    );
+    for (c, column) in model.columns().iter().enumerate() {
+        match ArrayColumn::split(column, &cols, c, 0..n)? {
+            Some(parts) => out.extend(parts),
+            None => out.push(array(&cols.types[c], cols.has_null[c], n, &cols.elements[c])),
+        }
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::PgType;
+
+    #[test]
+    fn array_columns_split_into_lengths_elements_and_rows() {
+        use tokio_postgres::types::FromSql;
+
+        let encode = |v: Vec<Option<String>>| {
+            let mut buf = BytesMut::new();
+            v.to_sql(&Type::TEXT_ARRAY, &mut buf).unwrap();
+            buf
+        };
+        let mut parts = ArrayColumn::of(PgType::Array(&PgType::Text), 5).unwrap();
+        assert!(ArrayColumn::of(PgType::Text, 5).is_none());
+        parts.push(Some(&encode(vec![Some("a".into()), None, Some(String::new())]))).unwrap();
+        parts.push(None).unwrap();
+        parts.push(Some(&encode(vec![]))).unwrap();
+        // An empty array of no dimension, as PostgreSQL itself sends `'{}'`.
+        parts.push(Some(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25])).unwrap();
+        parts.push(Some(&encode(vec![None]))).unwrap();
+        let [lengths, elements, rows] = parts.finish();
+        let lengths = Vec::<Option<i32>>::from_sql(&Type::INT4_ARRAY, &lengths.0).unwrap();
+        assert_eq!(lengths, [Some(3), None, Some(0), Some(0), Some(1)]);
+        let elements = Vec::<Option<String>>::from_sql(&Type::TEXT_ARRAY, &elements.0).unwrap();
+        assert_eq!(elements, [Some("a".into()), None, Some(String::new()), None]);
+        let rows = Vec::<i32>::from_sql(&Type::INT4_ARRAY, &rows.0).unwrap();
+        assert_eq!(rows, [1, 1, 1, 5]);
+
+        // Two dimensions, or a value cut short, are refused.
+        let mut parts = ArrayColumn::of(PgType::Array(&PgType::Int4), 1).unwrap();
+        let two_dims = [0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1];
+        assert!(
+            matches!(parts.push(Some(&two_dims)), Err(ValueError::Encode(e)) if e.contains("more than one dimension"))
+        );
+        assert!(parts.push(Some(&[0, 0, 0, 1, 0, 0])).is_err());
+    }
 }
