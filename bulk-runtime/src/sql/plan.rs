@@ -533,7 +533,8 @@ mod tests {
         assert_eq!(plan.small_types[1..], array_types(&TEXT_KEYED_ARRAY_MODEL, columns_only));
         at(&plan.small_insert, r#"FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $6::text[], $7::integer[])"#);
         at(&plan.small_insert, r#"ORDER BY u."note", u."__bulk_ord" ON CONFLICT ("note") DO NOTHING"#);
-        let shape = KeyShape(vec![Some(KeyAs { ty: Some(("ext".into(), "citext".into())), collation: None })]);
+        let keys = vec![Some(KeyAs { ty: Some(("ext".into(), "citext".into())), collation: None })];
+        let shape = KeyShape { keys, ..KeyShape::default() };
         let plain = insert::arrays_plain(&TEXT_KEYED_ARRAY_MODEL, false, &shape);
         at(&plain, r#"CAST(u."note" AS "ext"."citext") AS "note", CASE WHEN u."scores" IS NOT NULL"#);
         at(
