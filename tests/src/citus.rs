@@ -207,38 +207,8 @@ impl Drop for CitusDb {
             return;
         }
         let schema = std::mem::take(&mut self.schema);
-        let cleanup = {
-            let schema = schema.clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                let runtime =
-                    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-                runtime.block_on(async move {
-                    let (client, connection) = coordinator_config().connect(NoTls).await.map_err(|e| e.to_string())?;
-                    let connection = tokio::spawn(connection);
-                    client
-                        .execute(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                              WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                            &[&application_name(&schema)],
-                        )
-                        .await
-                        .map_err(|e| format!("{e:?}"))?;
-                    let q = bulk_runtime::quote_ident(&schema);
-                    client
-                        .batch_execute(&format!("SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS {q} CASCADE"))
-                        .await
-                        .map_err(|e| format!("{e:?}"))?;
-                    drop(client);
-                    let _ = connection.await;
-                    Ok(())
-                })
-            })
-        };
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop the Citus test schema {schema}: {e}"),
-            Err(_) => eprintln!("could not drop the Citus test schema {schema}: the cleanup thread panicked"),
-        }
+        let sessions = application_name(&schema);
+        crate::drop_schema_from_a_thread(coordinator_config(), schema, sessions, "Citus test");
     }
 }
 

@@ -176,40 +176,46 @@ impl Drop for TestDb {
             return;
         }
         let schema = std::mem::take(&mut self.schema);
-        let cleanup = {
-            let schema = schema.clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                let runtime =
-                    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-                runtime.block_on(async move {
-                    let mut config = config(DATABASE, None);
-                    config.connect_timeout(std::time::Duration::from_secs(10));
-                    let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
-                    let connection = tokio::spawn(connection);
-                    client
-                        .execute(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                              WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                            &[&application_name(&schema)],
-                        )
-                        .await
-                        .map_err(|e| format!("{e:?}"))?;
-                    let q = bulk_runtime::quote_ident(&schema);
-                    client
-                        .batch_execute(&format!("SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS {q} CASCADE"))
-                        .await
-                        .map_err(|e| format!("{e:?}"))?;
-                    drop(client);
-                    let _ = connection.await;
-                    Ok(())
-                })
-            })
-        };
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop the test schema {schema}: {e}"),
-            Err(_) => eprintln!("could not drop the test schema {schema}: the cleanup thread panicked"),
-        }
+        let mut config = config(DATABASE, None);
+        config.connect_timeout(std::time::Duration::from_secs(10));
+        let sessions = application_name(&schema);
+        drop_schema_from_a_thread(config, schema, sessions, "test");
+    }
+}
+
+/// Drops `schema` through a connection made with `config`, after ending the
+/// sessions whose `application_name` is `sessions`, on a thread of its own
+/// with its own runtime: a drop guard may run inside the test's runtime,
+/// which cannot block on a future. A failure is reported on stderr, naming
+/// `what` kind of test schema it was.
+pub(crate) fn drop_schema_from_a_thread(config: Config, schema: String, sessions: String, what: &str) {
+    let q = bulk_runtime::quote_ident(&schema);
+    let cleanup = std::thread::spawn(move || -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+            let connection = tokio::spawn(connection);
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                    &[&sessions],
+                )
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            client
+                .batch_execute(&format!("SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS {q} CASCADE"))
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            drop(client);
+            let _ = connection.await;
+            Ok(())
+        })
+    });
+    match cleanup.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("could not drop the {what} schema {schema}: {e}"),
+        Err(_) => eprintln!("could not drop the {what} schema {schema}: the cleanup thread panicked"),
     }
 }
 

@@ -815,6 +815,39 @@ async fn a_single_shard_table_is_refused() {
     db.drop().await;
 }
 
+/// A Citus-local table (`citus_add_local_table_to_metadata`) is refused with
+/// its kind, and nothing is written.
+#[tokio::test]
+async fn a_citus_local_table_is_refused() {
+    let db = CitusDb::new("refuse_citus_local").await;
+    let mut client = db.connect().await;
+    client.batch_execute(RT_DDL).await.expect("create rt");
+    client.batch_execute("SELECT citus_add_local_table_to_metadata('rt')").await.expect("a Citus-local table");
+    let found = problems(Retweet::bulk_create_new(&mut client, &[rt(1, 1, 1)]).await);
+    assert_eq!(found, vec![bulk_runtime::SchemaProblem::CitusTableUnsupported { kind: "citus_local".into() }]);
+    assert_eq!(count(&client, "rt").await, 0);
+    db.drop().await;
+}
+
+/// Append- and range-distributed tables are refused as unsupported, and
+/// nothing is written.
+#[tokio::test]
+async fn append_and_range_distributed_tables_are_refused() {
+    for method in ["append", "range"] {
+        let db = CitusDb::new(&format!("refuse_{method}")).await;
+        let mut client = db.connect().await;
+        client.batch_execute(RT_DDL).await.expect("create rt");
+        client
+            .batch_execute(&format!("SELECT create_distributed_table('rt', 'tweet', '{method}')"))
+            .await
+            .unwrap_or_else(|e| panic!("an {method}-distributed table: {e}"));
+        let found = problems(Retweet::bulk_create_new(&mut client, &[rt(1, 1, 1)]).await);
+        assert_eq!(found, vec![bulk_runtime::SchemaProblem::CitusTableUnsupported { kind: "unsupported".into() }]);
+        assert_eq!(count(&client, "rt").await, 0, "{method}");
+        db.drop().await;
+    }
+}
+
 /// A table the coordinator keeps to itself (not distributed) takes plain
 /// PostgreSQL's statements, on both paths, with exact counts.
 #[tokio::test]

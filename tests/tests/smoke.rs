@@ -31,3 +31,30 @@ async fn original_scenario() {
     assert_eq!(count(&client, "retweeter").await, 4);
     db.drop().await;
 }
+
+/// A test that panics while its session holds a lock in an open transaction
+/// still drops its schema (the harness ends the session first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_test_still_drops_its_schema() {
+    let admin = TestDb::new("failed_test_probe").await;
+    let probe = admin.connect_plain().await;
+    let failed = tokio::spawn(async {
+        let db = TestDb::new("failed_test").await;
+        let client = db.connect().await;
+        client
+            .batch_execute("CREATE TABLE held (a int); BEGIN; LOCK TABLE held; INSERT INTO held VALUES (1)")
+            .await
+            .unwrap();
+        let schema = db.schema.clone();
+        // The test "fails" here: `db` is dropped while unwinding, its session
+        // still holding the lock in an open transaction.
+        std::panic::panic_any(schema);
+    })
+    .await
+    .expect_err("the test task panics");
+    let schema = failed.into_panic().downcast::<String>().expect("the schema's name");
+    let left: i64 =
+        probe.query_one("SELECT count(*) FROM pg_namespace WHERE nspname = $1", &[&*schema]).await.unwrap().get(0);
+    assert_eq!(left, 0, "schema {schema} is left behind by a failed test");
+    admin.drop().await;
+}
