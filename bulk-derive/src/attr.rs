@@ -11,12 +11,14 @@ use crate::ctxt::Ctxt;
 use crate::suggest::closest;
 
 /// The struct's keys, each with its syntax.
-const CONTAINER_KEYS: [(&str, &str); 5] = [
+const CONTAINER_KEYS: [(&str, &str); 7] = [
     ("table", "table = \"...\""),
     ("schema", "schema = \"...\""),
     ("unique", "unique(field, ...)"),
     ("id", "id = \"...\""),
     ("nulls_not_distinct", "nulls_not_distinct"),
+    ("distribute_by", "distribute_by(field)"),
+    ("reference_table", "reference_table"),
 ];
 
 /// A field's keys, each with its syntax.
@@ -102,6 +104,10 @@ pub(crate) struct ContainerAttrs {
     pub unique: Attr<Vec<Ident>>,
     pub id: Attr<IdAttr>,
     pub nulls_not_distinct: Attr<()>,
+    /// `distribute_by(field)`: the Citus distribution column's field.
+    pub distribute_by: Attr<Ident>,
+    /// `reference_table`: a Citus reference table.
+    pub reference_table: Attr<()>,
     /// A mistake in or near `unique` (a typo of the key, a malformed value)
     /// was reported, so a missing or empty unique key is not reported again.
     pub unique_reported: bool,
@@ -232,6 +238,29 @@ fn unique_fields(cx: &Ctxt, meta: &ParseNestedMeta<'_>, reported: &mut bool) -> 
     Ok(fields)
 }
 
+/// The field of `distribute_by(field)`: one field name in parentheses. On a
+/// mistake the whole parenthesis is consumed, so it is reported once.
+fn distribution_field(meta: &ParseNestedMeta<'_>) -> syn::Result<Ident> {
+    let expected = "expected one field name in parentheses: `distribute_by(field)`";
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(expected));
+    }
+    let content;
+    syn::parenthesized!(content in meta.input);
+    let fork = content.fork();
+    let field = fork.call(Ident::parse_any).ok();
+    let result = match field {
+        Some(field) if fork.is_empty() => Ok(field),
+        // Point past the name at what follows it (`, other`), else at the start.
+        Some(_) => Err(syn::Error::new(next_token_span(&fork), expected)),
+        None => Err(syn::Error::new(next_token_span(&content), expected)),
+    };
+    while !content.is_empty() {
+        content.parse::<proc_macro2::TokenTree>()?;
+    }
+    result
+}
+
 fn id_value(meta: &ParseNestedMeta<'_>) -> syn::Result<IdAttr> {
     let expected = "expected `id = \"name\"` or `id = false` (the surrogate key is on by default)";
     if !meta.input.peek(Token![=]) {
@@ -256,6 +285,8 @@ impl ContainerAttrs {
             unique: Attr::none("unique"),
             id: Attr::none("id"),
             nulls_not_distinct: Attr::none("nulls_not_distinct"),
+            distribute_by: Attr::none("distribute_by"),
+            reference_table: Attr::none("reference_table"),
             unique_reported: false,
         };
         parse_keys(cx, attrs, Place::Struct, |meta| {
@@ -274,6 +305,11 @@ impl ContainerAttrs {
             } else if meta.path.is_ident("nulls_not_distinct") {
                 flag(meta, "nulls_not_distinct")?;
                 out.nulls_not_distinct.set(cx, span, ());
+            } else if meta.path.is_ident("distribute_by") {
+                out.distribute_by.set(cx, span, distribution_field(meta)?);
+            } else if meta.path.is_ident("reference_table") {
+                flag(meta, "reference_table")?;
+                out.reference_table.set(cx, span, ());
             } else {
                 let keys = CONTAINER_KEYS.iter().map(|(k, _)| *k);
                 out.unique_reported |= closest(&key_name(meta), keys) == Some("unique");

@@ -19,6 +19,7 @@ impl Input<'_> {
         self.check_generics(cx);
         self.check_names(cx);
         self.check_unique(cx);
+        self.check_citus(cx);
         self.check_columns(cx);
         self.check_fields(cx);
     }
@@ -126,6 +127,55 @@ impl Input<'_> {
                     format!("`unique` names `{name}`, which is `#[bulk(skip)]` and so not stored"),
                 ),
                 Some(_) => {}
+            }
+        }
+    }
+
+    /// `distribute_by(field)` names a stored field of the unique key (Citus
+    /// refuses a unique key without the distribution column), and excludes
+    /// `reference_table`.
+    fn check_citus(&self, cx: &Ctxt) {
+        let a = &self.attrs;
+        if let (Some(_), Some(span)) = (a.distribute_by.get(), a.reference_table.span()) {
+            cx.error_at(
+                span,
+                "`reference_table` and `distribute_by(...)` exclude each other: \
+                 a Citus table is either distributed by a column or a reference table",
+            );
+        }
+        let Some(name) = a.distribute_by.get() else {
+            return;
+        };
+        match self.field_named(name) {
+            None => {
+                let names: Vec<String> = self.stored_fields().map(|f| f.ident.to_string()).collect();
+                let hint = match closest(&name.to_string(), names.iter().map(String::as_str)) {
+                    Some(near) => format!(", did you mean `{near}`?"),
+                    None => String::new(),
+                };
+                cx.error_spanned_by(
+                    name,
+                    format!("`distribute_by` names `{name}`, which is not a field of `{}`{hint}", self.ident),
+                );
+            }
+            Some(f) if !f.stored() => cx.error_spanned_by(
+                name,
+                format!("`distribute_by` names `{name}`, which is `#[bulk(skip)]` and so not stored"),
+            ),
+            Some(f) => {
+                let Some(key) = a.unique.get() else {
+                    return;
+                };
+                if !key.is_empty() && !key.iter().any(|k| unraw(k) == unraw(f.ident)) {
+                    let key = key.iter().map(unraw).collect::<Vec<_>>().join(", ");
+                    cx.error_spanned_by(
+                        name,
+                        format!(
+                            "`distribute_by` names `{name}`, which is not in the unique key `unique({key})`: \
+                             Citus needs the distribution column in the unique key, so add `{name}` to `unique(...)`"
+                        ),
+                    );
+                }
             }
         }
     }

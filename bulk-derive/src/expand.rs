@@ -66,6 +66,17 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let nulls_not_distinct = input.attrs.nulls_not_distinct.get().is_some();
+    let citus = match (
+        input.attrs.distribute_by.get().and_then(|f| input.field_named(f)),
+        &input.attrs.reference_table.get(),
+    ) {
+        (Some(f), _) => {
+            let column = f.column();
+            quote!(::bulk_runtime::__private::CitusTable::Distributed { column: #column })
+        }
+        (None, Some(())) => quote!(::bulk_runtime::__private::CitusTable::Reference),
+        (None, None) => quote!(::bulk_runtime::__private::CitusTable::None),
+    };
 
     // The key type: each key field's owned type, in key order.
     // Through `BulkColumn::__Column`, as the other uses of a field's type,
@@ -127,6 +138,7 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
                         nulls_not_distinct: #nulls_not_distinct,
                         columns: &COLUMNS,
                         unique: &[#(#key_indices),*],
+                        citus: #citus,
                     }
                     .build();
                     &MODEL

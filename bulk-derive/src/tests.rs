@@ -26,6 +26,29 @@ fn snapshot_retweet() {
 }
 
 #[test]
+fn snapshot_distributed_by_a_renamed_key_field() {
+    insta::assert_snapshot!(expand(quote! {
+        #[bulk(unique(tweet, retweeter), distribute_by(tweet))]
+        pub struct Retweet {
+            #[bulk(rename = "tweet id")]
+            pub tweet: i64,
+            pub retweeter: i64,
+        }
+    }));
+}
+
+#[test]
+fn snapshot_reference_table() {
+    insta::assert_snapshot!(expand(quote! {
+        #[bulk(unique(code), reference_table, id = false)]
+        pub struct Country {
+            pub code: String,
+            pub name: String,
+        }
+    }));
+}
+
+#[test]
 fn snapshot_borrowed_row_with_options_and_renames() {
     insta::assert_snapshot!(expand(quote! {
         #[bulk(schema = "audit log", unique(source, external_id), nulls_not_distinct, id = "row id")]

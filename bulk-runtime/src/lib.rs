@@ -185,7 +185,7 @@ pub use api::{
 };
 pub use connection::Connection;
 pub use error::{Error, SchemaProblem, Step};
-pub use model::{Column, Model, quote_ident};
+pub use model::{CitusTable, Column, Model, quote_ident};
 pub use types::{BulkColumn, BulkValue, NonNullColumn, NonOptionColumn, PgType, ValueError};
 
 /// Typed JSON for a `jsonb` column: `Json(value)` stores any
@@ -218,6 +218,15 @@ pub use tokio_postgres;
 /// | `id = "name"` | name of the surrogate `bigint` identity primary key the DDL adds | `id = "id"` |
 /// | `id = false` | no surrogate key in the DDL | |
 /// | `nulls_not_distinct` | NULLs in the key compare equal (needed for `Option` key fields; PostgreSQL 15+) | NULLs distinct |
+/// | `distribute_by(field)` | on Citus, the migration hash-distributes the table by this field's column (a stored field of the unique key; with the surrogate id the primary key becomes `(id, column)`) | a plain table |
+/// | `reference_table` | on Citus, the migration makes the table a reference table (not with `distribute_by`) | a plain table |
+///
+/// `distribute_by` and `reference_table` shape only the DDL of
+/// [`Model::migration_sql`] ([`Model::citus_table`] tells which was chosen):
+/// after the table and its indexes it adds a `DO` block that calls Citus's
+/// `create_distributed_table` or `create_reference_table` when the `citus`
+/// extension is installed and the table is not distributed yet. The same
+/// script runs unchanged on plain PostgreSQL, and again on Citus.
 ///
 /// On a field, in `#[bulk(...)]`:
 ///
@@ -499,7 +508,7 @@ pub mod __private {
 
     pub use crate::PgEnum;
     pub use crate::api::UpdateColumn;
-    pub use crate::model::{Column, ColumnSpec, Model, ModelSpec};
+    pub use crate::model::{CitusTable, Column, ColumnSpec, Model, ModelSpec};
     pub use crate::types::{BulkColumn, BulkValue, KeyColumn, NonNullColumn, NonOptionColumn, PgType, ValueError};
     use tokio_postgres::types::Kind;
     pub use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::bail;
 use bulk_runtime::{BulkCreateNew, Report};
 use tokio::sync::Notify;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, IsolationLevel};
 use tracing::{error, info, warn};
 
 use crate::cli::{PollArgs, WatchArgs};
 use crate::db::{Database, Purpose, hint_migrate};
-use crate::model::{Retweet, table};
+use crate::model::Retweet;
 use crate::source::Source;
 use crate::ui;
 
@@ -142,43 +142,23 @@ impl From<tokio_postgres::Error> for Failure {
     }
 }
 
-const NEW_PER_TWEET: &str = "\
-SELECT b.tweet, count(*)::bigint
-  FROM (SELECT DISTINCT tweet, retweeter FROM unnest($1::int8[], $2::int8[]) AS u(tweet, retweeter)) AS b
- WHERE NOT EXISTS (SELECT 1 FROM {table} AS r WHERE r.tweet = b.tweet AND r.retweeter = b.retweeter)
- GROUP BY b.tweet";
-
+/// Stores the rows in one call that returns the key of each row it inserted,
+/// and counts the new rows per tweet from those keys. Exact on plain
+/// PostgreSQL and on Citus alike (where the table is distributed by tweet,
+/// and a correlated `NOT EXISTS` over it would be refused).
 async fn store_once(client: &mut Client, rows: &[&Retweet]) -> Result<(Report, HashMap<i64, u64>), Failure> {
-    let mut tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
-    // Which rows are new, seen from the snapshot the insert will use. A
-    // concurrent writer that commits one of these keys first makes the
-    // insert fail with a serialization error (and we retry), so the counts
-    // never disagree with what is stored.
-    let tweets: Vec<i64> = rows.iter().map(|r| r.tweet).collect();
-    let retweeters: Vec<i64> = rows.iter().map(|r| r.retweeter).collect();
-    let sql = NEW_PER_TWEET.replace("{table}", &table());
-    let per_tweet = tx
-        .query(&sql, &[&tweets, &retweeters])
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get::<_, i64>(0)?, r.try_get::<_, i64>(1)?.unsigned_abs())))
-        .collect::<Result<HashMap<i64, u64>, tokio_postgres::Error>>()?;
-    let outcome = match Retweet::bulk_create_new(&mut tx, rows.iter().copied()).await {
-        Ok(outcome) => outcome,
+    let report = match Retweet::bulk(client).returning_keys().run(rows.iter().copied()).await {
+        Ok(report) => report,
         Err(e) if e.is_retryable() && e.connection_usable() => {
             return Err(Failure::Retry(anyhow::Error::new(e).context("storing the poll failed")));
         }
         Err(e) => return Err(Failure::Fatal(hint_migrate(e).context("storing the poll failed"))),
     };
-    tx.commit().await?;
-    let predicted: u64 = per_tweet.values().sum();
-    if predicted != outcome.inserted {
-        warn!(
-            "per-tweet counts ({predicted} new) disagree with the bulk call ({}); the total is exact",
-            outcome.inserted
-        );
+    let mut per_tweet: HashMap<i64, u64> = HashMap::new();
+    for row in &report.returned {
+        *per_tweet.entry(row.key.0).or_default() += 1;
     }
-    Ok((outcome, per_tweet))
+    Ok((report.outcome(), per_tweet))
 }
 
 fn unique(tweets: &[i64]) -> Vec<i64> {

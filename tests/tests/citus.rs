@@ -863,3 +863,128 @@ async fn a_local_table_on_the_coordinator_works_on_both_paths() {
     }
     db.drop().await;
 }
+
+/// The derive's DDL: `#[bulk(distribute_by(field))]`, with the surrogate id
+/// (so the primary key is `(id, tweet)`) and names that need quoting.
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "mig \"rt\" $bulk$", unique(tweet, retweeter), distribute_by(tweet))]
+pub struct MigratedRetweet {
+    #[bulk(rename = "tweet's id")]
+    pub tweet: i64,
+    #[bulk(index)]
+    pub retweeter: i64,
+    #[bulk(index)]
+    pub original_author: i64,
+}
+
+/// The derive's DDL: `#[bulk(reference_table)]`.
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "mig_ref", unique(tweet, retweeter), reference_table)]
+pub struct MigratedReference {
+    pub tweet: i64,
+    pub retweeter: i64,
+    #[bulk(index)]
+    pub original_author: i64,
+}
+
+/// How Citus placed `table` (a `regclass` input): its type in
+/// `citus_tables` and its distribution column.
+async fn citus_placement(client: &Client, table: &str) -> (String, String) {
+    let row = client
+        .query_one(
+            "SELECT citus_table_type, distribution_column FROM public.citus_tables
+              WHERE table_name = pg_catalog.to_regclass($1)",
+            &[&table],
+        )
+        .await
+        .expect("the table is in citus_tables");
+    (row.get(0), row.get(1))
+}
+
+/// Applies the model's migration the way a migration tool does: the whole
+/// script once, then (the table being distributed by now) each statement on
+/// its own, as Citus wants DDL on a distributed table.
+async fn migrate_twice<T: BulkCreateNew>(client: &Client) {
+    let model = T::model();
+    client.batch_execute(&model.migration_sql()).await.expect("the migration script");
+    for statement in model.migration_statements() {
+        client.execute(&statement, &[]).await.unwrap_or_else(|e| panic!("again: {statement}: {e:?}"));
+    }
+}
+
+/// Offers `batch`'s batches (short, medium and COPY-path lengths) as rows of
+/// `$model` (the issue's columns), with a quarter of their keys stored
+/// first: exact counts, the keys returned, nothing new the second time.
+macro_rules! offer_batches {
+    ($client:expr, $model:ident, $table:expr) => {{
+        let mut offered = 0usize;
+        for (n, from) in [(SHORT, 0), (MEDIUM, 1_000), (LONG, 100_000)] {
+            let (pre, rows, new) = batch(n, from);
+            let pre: Vec<$model> = pre
+                .iter()
+                .map(|r| $model { tweet: r.tweet, retweeter: r.retweeter, original_author: r.original_author })
+                .collect();
+            let rows: Vec<$model> = rows
+                .iter()
+                .map(|r| $model { tweet: r.tweet, retweeter: r.retweeter, original_author: r.original_author })
+                .collect();
+            let first = $model::bulk_create_new(&mut $client, &pre).await.unwrap();
+            assert_eq!(first.inserted, pre.len() as u64);
+            let report = $model::bulk(&mut $client).returning_keys().run(&rows).await.unwrap();
+            assert_eq!(
+                (report.offered, report.inserted, report.skipped),
+                (n as u64, new.len() as u64, (n - new.len()) as u64),
+                "{n} rows"
+            );
+            let mut keys: Vec<(usize, (i64, i64))> = report.returned.iter().map(|r| (r.index, r.key)).collect();
+            keys.sort_unstable();
+            let expected: Vec<(usize, (i64, i64))> =
+                new.iter().map(|&i| (i, (rows[i].tweet, rows[i].retweeter))).collect();
+            assert_eq!(keys, expected, "the rows inserted: the first offered of each new key");
+            let again = $model::bulk_create_new(&mut $client, &rows).await.unwrap();
+            assert_eq!((again.inserted, again.skipped), (0, n as u64));
+            offered += pre.len() + new.len();
+        }
+        assert_eq!(count(&$client, $table).await, offered as i64);
+    }};
+}
+
+/// `migration_sql()` of a `distribute_by` model makes a hash-distributed
+/// table on Citus (primary key `(id, tweet)`), runs again harmlessly, and
+/// every path of the call counts exactly on it.
+#[tokio::test]
+async fn the_derives_ddl_makes_a_distributed_table() {
+    let db = CitusDb::new("mig_dist").await;
+    let mut client = db.connect().await;
+    migrate_twice::<MigratedRetweet>(&client).await;
+    let table = MigratedRetweet::model().qualified_name();
+    assert_eq!(citus_placement(&client, &table).await, ("distributed".to_owned(), "tweet's id".to_owned()));
+    let primary_key: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_index AS i
+               JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+              WHERE i.indrelid = pg_catalog.to_regclass($1) AND i.indisprimary ORDER BY a.attnum",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(primary_key, ["id", "tweet's id"]);
+    offer_batches!(client, MigratedRetweet, MigratedRetweet::model().table());
+    db.drop().await;
+}
+
+/// `migration_sql()` of a `reference_table` model makes a reference table
+/// on Citus, runs again harmlessly, and the call counts exactly on it.
+#[tokio::test]
+async fn the_derives_ddl_makes_a_reference_table() {
+    let db = CitusDb::new("mig_ref").await;
+    let mut client = db.connect().await;
+    migrate_twice::<MigratedReference>(&client).await;
+    let table = MigratedReference::model().qualified_name();
+    assert_eq!(citus_placement(&client, &table).await, ("reference".to_owned(), "<none>".to_owned()));
+    offer_batches!(client, MigratedReference, MigratedReference::model().table());
+    db.drop().await;
+}

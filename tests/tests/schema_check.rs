@@ -455,3 +455,42 @@ async fn each_model_is_checked_even_after_another_model_of_the_same_table() {
     assert_eq!((o.inserted, o.skipped), (1, 1));
     db.drop().await;
 }
+
+/// A model declared for Citus, distributed by `a`.
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "sharded item", unique(a, b), distribute_by(a))]
+pub struct ShardedItem {
+    pub a: i64,
+    pub b: String,
+}
+
+/// On plain PostgreSQL the DDL of a `distribute_by` model makes a plain
+/// table keyed on `(id, a)`: its Citus call is skipped (no `citus`
+/// extension), the script runs twice, and the table passes the check.
+#[tokio::test]
+async fn a_model_declared_for_citus_migrates_on_plain_postgresql() {
+    let (db, mut client) = with_table("sc_citus_ddl", "").await;
+    assert!(ShardedItem::model().migration_sql().contains("create_distributed_table"));
+    for _ in 0..2 {
+        client.batch_execute(&ShardedItem::model().migration_sql()).await.unwrap();
+    }
+    let primary_key: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_index AS i
+               JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+              WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY a.attnum",
+            &[&ShardedItem::model().qualified_name()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(primary_key, ["id", "a"]);
+    assert_eq!(verify_schema::<ShardedItem>(&client).await.unwrap(), []);
+    let rows = [ShardedItem { a: 1, b: "x".into() }, ShardedItem { a: 1, b: "x".into() }];
+    let report = ShardedItem::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((report.inserted, report.skipped), (1, 1));
+    assert_eq!(count(&client, "sharded item").await, 1);
+    db.drop().await;
+}

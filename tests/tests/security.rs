@@ -9,7 +9,9 @@
 use std::sync::Mutex;
 
 use bulk_runtime::__private::{ColumnSpec, ModelSpec};
-use bulk_runtime::{BulkColumn, BulkCreateNew, BulkValue, Column, Model, PgType, quote_ident, verify_schema};
+use bulk_runtime::{
+    BulkColumn, BulkCreateNew, BulkValue, CitusTable, Column, Model, PgType, quote_ident, verify_schema,
+};
 use bulk_tests::recorder::{SqlRecorder, lex_sql};
 use bulk_tests::{COPY_BATCH, TestDb};
 use proptest::prelude::*;
@@ -153,6 +155,7 @@ fn dynamic_model(schema: &str, table: &str, columns: &[String; 3]) -> &'static M
         nulls_not_distinct: false,
         columns: cols,
         unique: &[0],
+        citus: CitusTable::None,
     };
     Box::leak(Box::new(spec.build()))
 }

@@ -98,22 +98,30 @@ fn ensure_database() {
 pub struct TestSchema {
     /// The schema's name.
     pub name: String,
+    /// The connection string of its database.
+    database_url: String,
 }
 
 impl TestSchema {
     /// A fresh schema named after the test.
     pub fn new(test: &str) -> TestSchema {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
         ensure_database();
+        TestSchema::in_database(&format!("{} dbname={DATABASE}", server_url()), test)
+    }
+
+    /// A fresh schema named after the test in the database `database_url`
+    /// names (which must exist), e.g. on a Citus coordinator.
+    pub fn in_database(database_url: &str, test: &str) -> TestSchema {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let name = format!("rt_{test}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let schema = TestSchema { name };
+        let schema = TestSchema { name, database_url: database_url.to_owned() };
         schema.admin(&format!("DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}", schema.name));
         schema
     }
 
     /// The connection string the app gets (`--database-url`).
     pub fn url(&self) -> String {
-        format!("{} dbname={DATABASE}", server_url())
+        self.database_url.clone()
     }
 
     /// `--database-url URL --schema NAME`.
