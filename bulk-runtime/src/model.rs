@@ -390,7 +390,16 @@ impl Model {
             out.push(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)));
         }
         out.push(self.create_table_statement().build(PostgresQueryBuilder));
-        out.extend(self.create_index_statements().iter().map(|s| s.build(PostgresQueryBuilder)));
+        let indexes = self.create_index_statements().into_iter().map(|s| s.build(PostgresQueryBuilder));
+        if self.citus == CitusTable::None {
+            out.extend(indexes);
+        } else {
+            // Citus sends a DDL statement on a distributed table to the
+            // workers with its whole query string, and refuses a string of
+            // several commands: each index goes through `EXECUTE`, whose
+            // string is its own, so that the script runs again in one piece.
+            out.extend(indexes.map(|index| do_block(&format!("\nBEGIN\n  EXECUTE {};\nEND\n", quote_literal(&index)))));
+        }
         out.extend(self.citus_statement());
         out
     }
@@ -422,25 +431,30 @@ impl Model {
              \x20 END IF;\n\
              END\n"
         );
-        // A dollar-quote tag that the body does not contain.
-        let mut tag = String::from("$bulk$");
-        while body.contains(&tag) {
-            tag.insert(tag.len() - 1, '_');
-        }
-        Some(format!("DO {tag}{body}{tag}"))
+        Some(do_block(&body))
     }
 
     /// The whole DDL for the model as one SQL script (schema, table, unique
     /// index, indexes, and with `distribute_by` or `reference_table` the
     /// Citus call), each statement ending in `;`. Applying it twice is harmless.
     ///
-    /// On a Citus cluster, run the statements of
-    /// [`migration_statements`](Self::migration_statements) one at a time when
-    /// the table may already be distributed: Citus refuses two `CREATE INDEX`
-    /// in one query string on a distributed table.
+    /// With `distribute_by` or `reference_table` the indexes are created
+    /// through `EXECUTE` in `DO` blocks: Citus refuses a `CREATE INDEX` on a
+    /// distributed table inside a query string of several commands, so this
+    /// keeps the script runnable again, in one piece, on Citus.
     pub fn migration_sql(&self) -> String {
         script(self.migration_statements())
     }
+}
+
+/// A `DO` block of PL/pgSQL `body`, dollar-quoted with a tag the body does
+/// not contain.
+fn do_block(body: &str) -> String {
+    let mut tag = String::from("$bulk$");
+    while body.contains(&tag) {
+        tag.insert(tag.len() - 1, '_');
+    }
+    format!("DO {tag}{body}{tag}")
 }
 
 /// Statements as one script, each ending in `;` on its own line.

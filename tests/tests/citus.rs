@@ -901,12 +901,13 @@ async fn citus_placement(client: &Client, table: &str) -> (String, String) {
     (row.get(0), row.get(1))
 }
 
-/// Applies the model's migration the way a migration tool does: the whole
-/// script once, then (the table being distributed by now) each statement on
-/// its own, as Citus wants DDL on a distributed table.
+/// Applies the model's migration again and again: the whole script in one
+/// query string, twice (the second time on a table Citus has distributed),
+/// then each statement on its own, as a migration tool may.
 async fn migrate_twice<T: BulkCreateNew>(client: &Client) {
     let model = T::model();
     client.batch_execute(&model.migration_sql()).await.expect("the migration script");
+    client.batch_execute(&model.migration_sql()).await.expect("the migration script, in one piece, again");
     for statement in model.migration_statements() {
         client.execute(&statement, &[]).await.unwrap_or_else(|e| panic!("again: {statement}: {e:?}"));
     }
