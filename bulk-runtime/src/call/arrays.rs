@@ -12,6 +12,9 @@
 //! (see `statements`).
 
 use std::borrow::{Borrow, Cow};
+use std::pin::pin;
+
+use futures_util::TryStreamExt;
 
 use futures_util::future::{join, join3};
 use tokio_postgres::types::{ToSql, Type};
@@ -129,7 +132,16 @@ async fn trusted(st: &mut Statements<'_>, form: Form, params: &[Param<'_>]) -> R
     );
     let plain = form.small_sql(model, &checked.shape);
     let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-    let (inserted, statement) = join(client.execute_typed(&guarded, params), async {
+    // Read as rows, not with `execute_typed`: that one takes a stray
+    // ReadyForQuery (a connection left out of step by a failed COPY) for a
+    // statement that wrote nothing.
+    let insert = async {
+        let rows = client.query_typed_raw(&guarded, params.iter().map(|(v, t)| (*v, t.clone()))).await?;
+        let mut rows = pin!(rows);
+        while rows.try_next().await?.is_some() {}
+        Ok(rows.rows_affected())
+    };
+    let (inserted, statement) = join(insert, async {
         if prepare { Some(client.prepare_typed(&plain, &types).await) } else { None }
     })
     .await;
@@ -138,7 +150,10 @@ async fn trusted(st: &mut Statements<'_>, form: Form, params: &[Param<'_>]) -> R
             trust::forget(model);
             return Ok(None);
         }
-        other => other?,
+        // No command tag: not an insert's answer; check as usual.
+        Ok(None) => return Ok(None),
+        Ok(Some(inserted)) => inserted,
+        Err(e) => return Err(e),
     };
     statements::checked_dialect(client, model, Dialect::Postgres);
     st.checked = Some(checked.shape);
