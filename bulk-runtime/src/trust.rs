@@ -18,15 +18,16 @@
 //!   collation, and whether it rounds, cannot change without rebuilding
 //!   the index, see below);
 //! - the checked unique index is still there, on that table, valid and
-//!   ready. Its other properties (unique, its columns, their collations,
+//!   ready (for the plain form, and for a key with a text or nullable
+//!   column; see [`guard`] for the others). Its other properties (unique, its columns, their collations,
 //!   `NULLS NOT DISTINCT`, not partial, not deferrable) cannot change
 //!   while it keeps its OID: `ALTER COLUMN ... TYPE` (or `COLLATE`) rebuilds
 //!   it under a new one;
 //! - the database has no Citus (whose tables take another dialect).
 //!
-//! The guard reads what planning the insert has already loaded (the name,
-//! the row type) plus one index lookup in `pg_index`; the full check is
-//! several catalog queries. When the guard refuses (an error whose message
+//! The guard makes a few catalog lookups (the name, the row type, Citus's
+//! table, and one index lookup in `pg_index` when the form needs it); the
+//! full check is several catalog queries, each planned on a cold backend. When the guard refuses (an error whose message
 //! holds [`STALE`]), or the insert fails as a table that does not fit the
 //! model would make it fail (SQLSTATE class 42, or a `NOT NULL` violation:
 //! a required column the model lacks, a nullable field whose column became
@@ -49,6 +50,7 @@ use crate::error::Error;
 use crate::model::Model;
 use crate::sql::fragments::{literal, q};
 use crate::sql::{self, KeyShape};
+use crate::types::PgType;
 
 /// What a passed schema check of a model found, to be verified by [`guard`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,27 +108,40 @@ pub(crate) fn forget(model: &'static Model) {
 /// (SQLSTATE 22P02), so that the statement writes nothing. It reads no row
 /// of the statement: the planner evaluates it once, before the insert
 /// writes (after it has locked the table).
-pub(crate) fn guard(model: &'static Model, trusted: &Trusted) -> String {
+///
+/// For the `ON CONFLICT` form (`plain_form` false) of a model whose key has
+/// no text and no nullable column, the guard checks the column types and
+/// Citus only: every unique index that `ON CONFLICT (key)` can take as its
+/// arbiter (valid, not partial, not on an expression, exactly the key's
+/// columns; PostgreSQL refuses the statement without one) then refuses a
+/// repeated key as the model means it, on whichever table the name
+/// resolves to now. Each catalog lookup costs a cold backend about 0.1 to
+/// 0.7 ms (see BENCHMARKS.md), so the guard makes only the ones the
+/// statement needs.
+pub(crate) fn guard(model: &'static Model, trusted: &Trusted, plain_form: bool) -> String {
     let target = model.qualified_name();
-    let mut holds = vec![
-        format!(
+    let any_arbiter = !plain_form && !model.unique_key().any(|c| c.nullable() || c.pg_type() == PgType::Text);
+    let mut holds = vec!["pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL".to_owned()];
+    if !any_arbiter {
+        holds.push(format!(
             "pg_catalog.to_regclass({})::pg_catalog.oid = {}::pg_catalog.oid",
             literal(&sql::plan(model).target_regclass),
             trusted.table
-        ),
-        "pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL".to_owned(),
-    ];
+        ));
+    }
     for (column, ty) in model.columns().iter().zip(&trusted.types) {
         holds.push(format!(
             "pg_catalog.pg_typeof((NULL::{target}).{})::pg_catalog.oid = {ty}::pg_catalog.oid",
             q(column.name())
         ));
     }
-    holds.push(format!(
-        "EXISTS (SELECT FROM pg_catalog.pg_index AS \"i\" WHERE \"i\".indexrelid = {}::pg_catalog.oid \
-         AND \"i\".indrelid = {}::pg_catalog.oid AND \"i\".indisvalid AND \"i\".indisready)",
-        trusted.index, trusted.table
-    ));
+    if !any_arbiter {
+        holds.push(format!(
+            "EXISTS (SELECT FROM pg_catalog.pg_index AS \"i\" WHERE \"i\".indexrelid = {}::pg_catalog.oid \
+             AND \"i\".indrelid = {}::pg_catalog.oid AND \"i\".indisvalid AND \"i\".indisready)",
+            trusted.index, trusted.table
+        ));
+    }
     format!(
         "CASE WHEN {} THEN true ELSE pg_catalog.concat({})::pg_catalog.int4 = 0 END",
         holds.join(" AND "),
@@ -136,11 +151,47 @@ pub(crate) fn guard(model: &'static Model, trusted: &Trusted) -> String {
 
 /// Whether a statement sent with a [`guard`] failed because the table is
 /// not (or no longer fits) the one checked: the guard refused, or the
-/// insert met a missing table, column or index, a type it cannot assign, or
-/// a `NOT NULL` column it does not fill. Nothing was written.
+/// insert met a missing table, column or index, a type it cannot assign, a
+/// `NOT NULL` column it does not fill, or a deferrable unique index. Nothing
+/// was written.
 pub(crate) fn refused(error: &Error) -> bool {
     let Some(code) = error.sqlstate() else { return false };
     let stale = *code == SqlState::INVALID_TEXT_REPRESENTATION
         && error.db_error().is_some_and(|db| db.message().contains(STALE));
-    stale || *code == SqlState::NOT_NULL_VIOLATION || code.code().starts_with("42")
+    // 55000: `ON CONFLICT` refuses a deferrable unique index as its arbiter.
+    stale
+        || matches!(*code, SqlState::NOT_NULL_VIOLATION | SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+        || code.code().starts_with("42")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::fixtures::{MODEL, at};
+
+    #[test]
+    fn the_guard_names_what_the_check_found_and_refuses_with_its_marker() {
+        let trusted = Trusted { table: 16_388, index: 16_391, types: vec![20, 20, 1043], shape: KeyShape::default() };
+        let guard = guard(&MODEL, &trusted, true);
+        at(&guard, r#"pg_catalog.to_regclass(E'"my schema"."re""tweet"')::pg_catalog.oid = 16388::pg_catalog.oid"#);
+        at(&guard, r#"pg_catalog.pg_typeof((NULL::"my schema"."re""tweet")."re""tweeter")::pg_catalog.oid = 20::"#);
+        at(&guard, r#"pg_catalog.pg_typeof((NULL::"my schema"."re""tweet")."author")::pg_catalog.oid = 1043::"#);
+        at(&guard, r#""i".indexrelid = 16391::pg_catalog.oid AND "i".indrelid = 16388::pg_catalog.oid"#);
+        at(&guard, "to_regclass('pg_catalog.pg_dist_partition') IS NULL");
+        at(&guard, &format!("ELSE pg_catalog.concat(E'{STALE}')::pg_catalog.int4 = 0 END"));
+        // The fixture's key is two bigint columns: in the `ON CONFLICT`
+        // form, any arbiter refuses a repeated key.
+        let light = super::guard(&MODEL, &trusted, false);
+        assert!(!light.contains("pg_index") && !light.contains("16388"), "{light}");
+        at(&light, "pg_typeof");
+    }
+
+    #[test]
+    fn a_forgotten_check_is_not_trusted() {
+        let trusted = Trusted { table: 1, index: 2, types: vec![20, 20, 25], shape: KeyShape::default() };
+        remember(&MODEL, trusted.clone());
+        assert_eq!(get(&MODEL), Some(trusted));
+        forget(&MODEL);
+        assert_eq!(get(&MODEL), None);
+    }
 }

@@ -128,7 +128,7 @@ async fn trusted(st: &mut Statements<'_>, form: Form, params: &[Param<'_>]) -> R
         form == Form::Plain,
         plan.client_ordered,
         &checked.shape,
-        &trust::guard(model, &checked),
+        &trust::guard(model, &checked, form == Form::Plain),
     );
     let plain = form.small_sql(model, &checked.shape);
     let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
