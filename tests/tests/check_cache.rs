@@ -176,7 +176,10 @@ async fn a_new_required_column_is_explained() {
     admin.batch_execute(&Required::model().migration_sql()).await.unwrap();
     let mut first = db.connect().await;
     Required::bulk_create_new(&mut first, &Required::batch(0, 10)).await.unwrap();
-    admin.batch_execute("TRUNCATE cache_required; ALTER TABLE cache_required ADD COLUMN extra int NOT NULL").await.unwrap();
+    admin
+        .batch_execute("TRUNCATE cache_required; ALTER TABLE cache_required ADD COLUMN extra int NOT NULL")
+        .await
+        .unwrap();
     let mut next = db.connect().await;
     let err = Required::bulk_create_new(&mut next, &Required::batch(10, 10)).await.unwrap_err();
     assert_problem(&err, |p| matches!(p, SchemaProblem::RequiredColumnNotInModel { column } if column == "extra"));

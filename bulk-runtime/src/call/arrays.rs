@@ -141,10 +141,8 @@ async fn trusted(st: &mut Statements<'_>, form: Form, params: &[Param<'_>]) -> R
         while rows.try_next().await?.is_some() {}
         Ok(rows.rows_affected())
     };
-    let (inserted, statement) = join(insert, async {
-        if prepare { Some(client.prepare_typed(&plain, &types).await) } else { None }
-    })
-    .await;
+    let (inserted, statement) =
+        join(insert, async { if prepare { Some(client.prepare_typed(&plain, &types).await) } else { None } }).await;
     let inserted = match inserted.map_err(|source| Error::insert(model, source)) {
         Err(e) if trust::refused(&e) => {
             trust::forget(model);
