@@ -76,9 +76,9 @@ fn assert_problem(err: &Error, wanted: impl Fn(&SchemaProblem) -> bool) {
     }
 }
 
-/// A second connection's first call sends the guarded insert (and the
-/// prepare of the plain one) without the check's queries; the next call on
-/// that connection runs the prepared statement.
+/// A second connection's first call sends the guarded insert without the
+/// check's queries; its second call prepares the plain statement, and the
+/// third runs it.
 #[tokio::test]
 async fn a_new_connection_writes_without_checking_again() {
     let db = TestDb::new("cache_skipped").await;
@@ -96,12 +96,22 @@ async fn a_new_connection_writes_without_checking_again() {
     assert_eq!((report.inserted, report.skipped), (5, 5));
     let sent = since(&recorder, before);
     assert!(!sent.iter().any(|s| s.contains(CHECK_QUERY)), "no check on the second connection: {sent:#?}");
-    assert_eq!(sent.iter().filter(|s| s.contains(GUARD)).count(), 1, "{sent:#?}");
+    // The SET, and the guarded insert alone: the first call does not prepare.
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert!(sent[1].contains(GUARD), "{sent:#?}");
 
+    // The second call prepares the plain statement with its guarded insert;
+    // the third runs the prepared statement.
     let before = recorder.statements().len();
     let report = Skipped::bulk_create_new(&mut second, &Skipped::batch(10, 10)).await.unwrap();
     assert_eq!((report.inserted, report.skipped), (5, 5));
-    assert!(since(&recorder, before).is_empty(), "the statement prepared by the first call runs");
+    let sent = since(&recorder, before);
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert!(sent[0].contains(GUARD) && !sent[1].contains(GUARD), "{sent:#?}");
+    let before = recorder.statements().len();
+    let report = Skipped::bulk_create_new(&mut second, &Skipped::batch(15, 10)).await.unwrap();
+    assert_eq!((report.inserted, report.skipped), (5, 5));
+    assert!(since(&recorder, before).is_empty(), "the prepared statement runs");
     assert_eq!(copies(&admin, "cache_skipped", 12).await, 1);
     db.drop().await;
 }

@@ -2,7 +2,9 @@
 //! (two for an upsert), prepared once per connection.
 //!
 //! A connection prepares a statement right after it checked the live table
-//! against the model, in the same round trip, so "has the prepared
+//! against the model, in the same round trip, or (when the process trusts
+//! an earlier check, see [`trust`](crate::trust)) with its second guarded
+//! insert, once that insert's guard has passed; so "has the prepared
 //! statement" means "has checked". When the server no longer knows the
 //! statement (`DISCARD ALL`, a new connection that took a dropped client's
 //! address, a pooler that switched backends), the driver runs the attempt
@@ -109,8 +111,8 @@ pub(crate) async fn run(
 /// The plain call's insert on a connection that has not prepared it (a new
 /// connection's first call), when the process has a passed check of the
 /// model (see [`trust`](crate::trust)): the insert with the check's guard,
-/// unnamed, and the prepare of the statement for the connection's next
-/// calls, in one round trip. `None` when there is no such check, or when the
+/// unnamed; from the connection's second call, with the prepare of the
+/// statement for its next calls, in the same round trip. `None` when there is no such check, or when the
 /// guard refused it (it is then forgotten, nothing was written, and the
 /// caller checks as on any connection that has not checked).
 async fn trusted(st: &mut Statements<'_>, form: Form, params: &[Param<'_>]) -> Result<Option<u64>, Error> {
@@ -118,7 +120,10 @@ async fn trusted(st: &mut Statements<'_>, form: Form, params: &[Param<'_>]) -> R
     let label = format!("{}{}", form.label(), Dialect::Postgres.label_suffix());
     let prepare = match statements::lookup(client, model, &label) {
         Lookup::Prepared(_) => return Ok(None),
-        Lookup::Prepare => st.prepared,
+        // The connection's first call does not prepare (a new connection
+        // that makes one call would not use the statement); its second
+        // prepares, in the same round trip as its insert.
+        Lookup::Prepare => st.prepared && statements::used_before(client, model, &label),
         Lookup::Unnamed => false,
     };
     let Some(checked) = trust::get(model) else { return Ok(None) };
