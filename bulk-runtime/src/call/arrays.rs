@@ -17,7 +17,6 @@ use std::borrow::{Borrow, Cow};
 use std::pin::pin;
 
 use futures_util::TryStreamExt;
-
 use futures_util::future::{join, join3};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, RowStream, Statement};
@@ -112,9 +111,10 @@ pub(crate) async fn run(
 /// connection's first call), when the process has a passed check of the
 /// model (see [`trust`](crate::trust)): the insert with the check's guard,
 /// unnamed; from the connection's second call, with the prepare of the
-/// statement for its next calls, in the same round trip. `None` when there is no such check, or when the
-/// guard refused it (it is then forgotten, nothing was written, and the
-/// caller checks as on any connection that has not checked).
+/// statement for its next calls, in the same round trip. `None` when there
+/// is no such check, or when the guard refused it (it is then forgotten,
+/// nothing was written, and the caller checks as on any connection that has
+/// not checked).
 async fn trusted(st: &mut Statements<'_>, form: Form, params: &[Param<'_>]) -> Result<Option<u64>, Error> {
     let (client, model) = (st.client, st.model);
     let label = format!("{}{}", form.label(), Dialect::Postgres.label_suffix());
