@@ -11,6 +11,7 @@
 //! cargo bench -p bulk-runtime --bench strategies -- explain 100000 stored50
 //! cargo bench -p bulk-runtime --bench strategies -- models    # other models' scratch tables in the session
 //! cargo bench -p bulk-runtime --bench strategies -- fresh [REPS]  # each call on a new connection
+//! cargo bench -p bulk-runtime --bench strategies -- fresh-cpu [REPS] [SIZES]  # the same, the server's CPU time
 //! /usr/bin/time -v target/release/deps/strategies-* stream 10000000 [--collect]
 //! ```
 //!
@@ -23,6 +24,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use bulk_runtime::BulkCreateNew;
+
+#[path = "modes/fresh_cpu.rs"]
+mod fresh_cpu;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
@@ -931,6 +935,14 @@ async fn main() {
         Some("concurrent") => concurrent_run().await,
         Some("models") => models_run().await,
         Some("fresh") => fresh_run(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15)).await,
+        Some("fresh-cpu") => {
+            let reps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15);
+            let sizes: Vec<usize> = args.get(2).map_or_else(
+                || vec![10, 100, 1_000, 10_000],
+                |s| s.split(',').map(|n| n.parse().expect("sizes: N,N,...")).collect(),
+            );
+            fresh_cpu::run(reps, &sizes).await
+        }
         Some("stream") => {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
             stream_run(n, args.iter().any(|a| a == "--collect")).await
@@ -942,7 +954,7 @@ async fn main() {
         }
         Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected warm, concurrent, models, fresh [REPS], stream N [--collect], explain N MIX, \
+                "unknown mode {other}; expected warm, concurrent, models, fresh [REPS], fresh-cpu [REPS] [SIZES], stream N [--collect], explain N MIX, \
                  or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"
             );
             std::process::exit(2);

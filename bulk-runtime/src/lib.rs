@@ -173,6 +173,7 @@ mod schema;
 mod scope;
 mod sql;
 mod statements;
+mod trust;
 pub mod types;
 mod wire;
 

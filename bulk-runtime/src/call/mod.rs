@@ -290,7 +290,7 @@ async fn short_attempt<C: Connection + ?Sized>(
     form: Form,
 ) -> Result<Report, Error> {
     if !call.needs_transaction(conn.nested()) {
-        return arrays::run(conn.client(), model, offered, params, call, prepared, form).await;
+        return arrays::run(conn.client(), model, offered, params, call, prepared, form, true).await;
     }
     let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
     let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
@@ -300,7 +300,7 @@ async fn short_attempt<C: Connection + ?Sized>(
             return Ok(replay);
         }
     };
-    let report = arrays::run(scope.client(), model, offered, params, call, prepared, form).await?;
+    let report = arrays::run(scope.client(), model, offered, params, call, prepared, form, false).await?;
     finish(scope, model, call.ledger, claimed, &report).await?;
     Ok(report)
 }
