@@ -1,0 +1,234 @@
+//! The `citus` mode: the same retweeter table, distributed by Citus on
+//! `tweet` (`create_distributed_table`), and the strategies a user has
+//! there: the call; a raw binary COPY of only the new rows (the ceiling);
+//! `INSERT ... SELECT * FROM unnest(...) ON CONFLICT DO NOTHING`; multi-row
+//! `INSERT ... VALUES ... ON CONFLICT DO NOTHING`, chunked as Diesel does.
+//!
+//! ```sh
+//! BULK_BENCH_CITUS_URL="host=127.0.0.1 port=9700 user=postgres dbname=postgres" \
+//!   cargo bench -p bulk-runtime --bench strategies -- citus [--sizes 1000,10000] [--mixes fresh] [--reps N]
+//! ```
+//!
+//! The cluster is `BULK_BENCH_CITUS_URL` (no default: the mode fails when
+//! it is unset). Each case runs every strategy once per repetition, in a new
+//! random order each time, from the same table state; the table's rows are
+//! counted after every run. Citus's command tag of an `INSERT ... SELECT`
+//! counts the rows attempted, not inserted: the `unnest` strategy's own
+//! count is not checked, only the rows stored.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bulk_runtime::BulkCreateNew;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{Case, Mix, Retweet, Rng, TABLE, UPSERT_COLS, VALUES_CHUNK, columns, copy_rows, make_case, median, ms};
+
+/// The strategies of the mode, in the order of its tables.
+const STRATEGIES: [&str; 4] = [
+    "1 bulk_create_new",
+    "2 COPY new rows only (ceiling)",
+    "3 INSERT unnest ON CONFLICT",
+    "4 INSERT VALUES ON CONFLICT (chunked)",
+];
+
+/// What a `citus` run measures: `--sizes N,N`, `--mixes fresh,stored50`, `--reps N`.
+struct Options {
+    sizes: Vec<usize>,
+    mixes: Vec<Mix>,
+    reps: Option<usize>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options {
+            sizes: vec![1_000, 10_000, 100_000, 1_000_000],
+            mixes: vec![Mix::Fresh, Mix::Stored50],
+            reps: None,
+        };
+        let mut args = args.iter();
+        while let Some(a) = args.next() {
+            let value = args.next().ok_or_else(|| format!("{a} needs a value"))?;
+            match a.as_str() {
+                "--sizes" => {
+                    o.sizes = value
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("--sizes: {e}"))?
+                }
+                "--mixes" => {
+                    o.mixes = value
+                        .split(',')
+                        .map(Mix::parse)
+                        .collect::<Option<_>>()
+                        .ok_or("--mixes: expected fresh, stored50, inbatch10")?
+                }
+                "--reps" => o.reps = Some(value.parse().map_err(|e| format!("--reps: {e}"))?),
+                other => return Err(format!("citus: unknown option {other}")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Repetitions of one case on the cluster.
+fn repetitions(size: usize) -> usize {
+    match size {
+        s if s >= 1_000_000 => 3,
+        s if s >= 100_000 => 5,
+        s if s >= 10_000 => 9,
+        _ => 21,
+    }
+}
+
+async fn connect() -> Client {
+    let Ok(url) = std::env::var("BULK_BENCH_CITUS_URL") else {
+        eprintln!(
+            "the citus mode needs a Citus cluster named by BULK_BENCH_CITUS_URL, e.g. \
+             BULK_BENCH_CITUS_URL=\"host=127.0.0.1 port=9700 user=postgres dbname=postgres\" \
+             (start one with `bash ../shared/citus/cluster.sh start /tmp/citus 9700`)"
+        );
+        std::process::exit(2);
+    };
+    let config: tokio_postgres::Config = url.parse().expect("BULK_BENCH_CITUS_URL");
+    let (client, conn) = config
+        .connect(NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the Citus cluster at BULK_BENCH_CITUS_URL ({url}): {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// The benchmark's table, distributed on its first key column.
+async fn setup(client: &Client) {
+    client.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}")).await.unwrap();
+    client.batch_execute(&Retweet::model().migration_sql()).await.unwrap();
+    client.batch_execute(&format!("SELECT create_distributed_table('{TABLE}', 'tweet')")).await.unwrap();
+    let shards: i64 = client
+        .query_one(&format!("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = '{TABLE}'::regclass"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let workers: i64 =
+        client.query_one("SELECT count(*) FROM citus_get_active_worker_nodes()", &[]).await.unwrap().get(0);
+    println!("{TABLE}: distributed by tweet, {shards} shards on {workers} workers");
+}
+
+async fn reset(client: &Client, case: &Case) {
+    client.batch_execute(&format!("TRUNCATE {TABLE}")).await.unwrap();
+    copy_rows(client, TABLE, &case.prestored).await;
+    client.batch_execute(&format!("VACUUM ANALYZE {TABLE}")).await.unwrap();
+}
+
+/// The peers' statements, prepared once (their best case).
+struct Prepared {
+    unnest: Statement,
+    values: HashMap<usize, Statement>,
+}
+
+/// Runs strategy `s` (an index into [`STRATEGIES`]); returns the count it reports.
+async fn run(s: usize, client: &mut Client, prepared: &mut Prepared, case: &Case) -> u64 {
+    match s {
+        0 => Retweet::bulk_create_new(client, &case.batch).await.unwrap().inserted,
+        1 => copy_rows(client, TABLE, &case.new_rows).await,
+        2 => {
+            let (a, b, c) = columns(case.batch.iter());
+            client.execute(&prepared.unnest, &[&a, &b, &c]).await.unwrap()
+        }
+        _ => {
+            let tx = client.transaction().await.unwrap();
+            let mut inserted = 0;
+            for chunk in case.batch.chunks(VALUES_CHUNK) {
+                if !prepared.values.contains_key(&chunk.len()) {
+                    let statement = tx.prepare(&super::values_sql(chunk.len())).await.unwrap();
+                    prepared.values.insert(chunk.len(), statement);
+                }
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    chunk.iter().flat_map(|r| [&r.tweet as _, &r.retweeter as _, &r.original_author as _]).collect();
+                inserted += tx.execute(&prepared.values[&chunk.len()], &params).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            inserted
+        }
+    }
+}
+
+/// The `citus` mode (see the module's documentation).
+pub(crate) async fn citus_run(args: &[String]) {
+    let options = match Options::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let mut client = connect().await;
+    setup(&client).await;
+    let unnest = client
+        .prepare(&format!(
+            "INSERT INTO {TABLE} {UPSERT_COLS} SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) \
+             ON CONFLICT (tweet, retweeter) DO NOTHING"
+        ))
+        .await
+        .unwrap();
+    let mut prepared = Prepared { unnest, values: HashMap::new() };
+    // The connection's first call checks the table (and finds it distributed).
+    let warm = Retweet { tweet: -1, retweeter: -1, original_author: 0 };
+    Retweet::bulk_create_new(&mut client, [warm]).await.unwrap();
+    let mut rng = Rng(4242);
+    let mut summary = String::new();
+    for &mix in &options.mixes {
+        for &size in &options.sizes {
+            let reps = options.reps.unwrap_or_else(|| repetitions(size));
+            let case = make_case(size, mix, size as u64 * 31 + mix as u64);
+            let expected = case.new_rows.len() as u64;
+            let mut times: Vec<Vec<Duration>> = vec![Vec::new(); STRATEGIES.len()];
+            for _ in 0..reps {
+                let mut order: Vec<usize> = (0..STRATEGIES.len()).collect();
+                rng.shuffle(&mut order);
+                for s in order {
+                    reset(&client, &case).await;
+                    let start = Instant::now();
+                    let reported = run(s, &mut client, &mut prepared, &case).await;
+                    times[s].push(start.elapsed());
+                    let stored: i64 =
+                        client.query_one(&format!("SELECT count(*) FROM {TABLE}"), &[]).await.unwrap().get(0);
+                    assert_eq!(stored as u64, case.prestored.len() as u64 + expected, "{}: rows stored", STRATEGIES[s]);
+                    if s != 2 {
+                        assert_eq!(reported, expected, "{}: rows reported inserted", STRATEGIES[s]);
+                    }
+                }
+            }
+            let medians: Vec<Duration> = times.iter().map(|t| median(t)).collect();
+            let ceiling = medians[1].as_secs_f64();
+            let best_other = medians[2].min(medians[3]).as_secs_f64();
+            println!("\n### {size} rows, {} (new rows: {expected}, {reps} repetitions)\n", mix.name());
+            println!("| strategy | median ms | min–max ms | rows/s | × ceiling | × best of 3, 4 |");
+            println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+            for (s, name) in STRATEGIES.iter().enumerate() {
+                let m = medians[s].as_secs_f64();
+                let (lo, hi) = (times[s].iter().min().unwrap(), times[s].iter().max().unwrap());
+                println!(
+                    "| {name} | {} | {}–{} | {:.0} | {:.2} | {:.2} |",
+                    ms(medians[s]),
+                    ms(*lo),
+                    ms(*hi),
+                    size as f64 / m,
+                    m / ceiling,
+                    m / best_other
+                );
+            }
+            summary.push_str(&format!(
+                "| {size} | {} | {:.2} | {:.2} |\n",
+                mix.name(),
+                medians[0].as_secs_f64() / ceiling,
+                medians[0].as_secs_f64() / best_other
+            ));
+        }
+    }
+    println!("\n### Summary: bulk_create_new ÷ the ceiling (2) and ÷ the best other strategy (3, 4)\n");
+    println!("| rows | mix | call ÷ ceiling | call ÷ best other |\n| ---: | --- | ---: | ---: |");
+    print!("{summary}");
+}
