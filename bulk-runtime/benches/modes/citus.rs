@@ -151,9 +151,8 @@ async fn run(s: usize, client: &mut Client, prepared: &mut Prepared, case: &Case
             let tx = client.transaction().await.unwrap();
             let mut inserted = 0;
             for chunk in case.batch.chunks(VALUES_CHUNK) {
-                if !prepared.values.contains_key(&chunk.len()) {
-                    let statement = tx.prepare(&super::values_sql(chunk.len())).await.unwrap();
-                    prepared.values.insert(chunk.len(), statement);
+                if let std::collections::hash_map::Entry::Vacant(slot) = prepared.values.entry(chunk.len()) {
+                    slot.insert(tx.prepare(&super::values_sql(chunk.len())).await.unwrap());
                 }
                 let params: Vec<&(dyn ToSql + Sync)> =
                     chunk.iter().flat_map(|r| [&r.tweet as _, &r.retweeter as _, &r.original_author as _]).collect();
