@@ -140,7 +140,9 @@
 //! whose distribution column is part of the unique key, and a Citus
 //! reference table: the schema check finds out from Citus's metadata, and
 //! the statements then take Citus's dialect (`ON CONFLICT` over one row per
-//! key, counts from `RETURNING`); tested on Citus 13.2 (see the README's
+//! key, counts from `RETURNING`; the plain call's short batches as one
+//! multi-row `VALUES` statement, counted from its tag, which Citus sums
+//! from the shards'); tested on Citus 13.2 (see the README's
 //! section "Partitioned and sharded tables").
 //!
 //! # Inside the crate
