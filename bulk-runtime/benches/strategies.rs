@@ -12,6 +12,7 @@
 //! cargo bench -p bulk-runtime --bench strategies -- models    # other models' scratch tables in the session
 //! cargo bench -p bulk-runtime --bench strategies -- fresh [REPS]  # each call on a new connection
 //! cargo bench -p bulk-runtime --bench strategies -- fresh-cpu [REPS] [SIZES]  # the same, the server's CPU time
+//! BULK_BENCH_CITUS_URL=... cargo bench -p bulk-runtime --bench strategies -- citus  # on a Citus cluster
 //! /usr/bin/time -v target/release/deps/strategies-* stream 10000000 [--collect]
 //! ```
 //!
@@ -30,6 +31,9 @@ mod fresh_cpu;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
+
+#[path = "modes/citus.rs"]
+mod citus;
 
 /// The retweeter model of the original use case.
 #[derive(BulkCreateNew, Clone, Copy, Debug)]
@@ -933,6 +937,7 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("warm") => warm_run().await,
         Some("concurrent") => concurrent_run().await,
+        Some("citus") => citus::citus_run(&args[1..]).await,
         Some("models") => models_run().await,
         Some("fresh") => fresh_run(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15)).await,
         Some("fresh-cpu") => {
@@ -954,7 +959,7 @@ async fn main() {
         }
         Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected warm, concurrent, models, fresh [REPS], fresh-cpu [REPS] [SIZES], stream N [--collect], explain N MIX, \
+                "unknown mode {other}; expected warm, concurrent, citus [OPTIONS], models, fresh [REPS], fresh-cpu [REPS] [SIZES], stream N [--collect], explain N MIX, \
                  or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"
             );
             std::process::exit(2);

@@ -140,7 +140,9 @@
 //! whose distribution column is part of the unique key, and a Citus
 //! reference table: the schema check finds out from Citus's metadata, and
 //! the statements then take Citus's dialect (`ON CONFLICT` over one row per
-//! key, counts from `RETURNING`); tested on Citus 13.2 (see the README's
+//! key, counts from `RETURNING`; the plain call's short batches as one
+//! multi-row `VALUES` statement, counted from its tag, which Citus sums
+//! from the shards'); tested on Citus 13.2 (see the README's
 //! section "Partitioned and sharded tables").
 //!
 //! # Inside the crate
@@ -461,7 +463,7 @@ pub async fn verify_schema<T: BulkCreateNew>(
 pub mod __test_hooks {
     use crate::model::Model;
 
-    pub use crate::call::{PLAIN_FROM, SMALL_BATCH, SMALL_BATCH_ARRAY_ELEMENTS};
+    pub use crate::call::{CITUS_VALUES_ROWS, PLAIN_FROM, SMALL_BATCH, SMALL_BATCH_ARRAY_ELEMENTS};
 
     /// The backend process id the library reads from `client` to tell
     /// connections apart (see `statements::Identity`).

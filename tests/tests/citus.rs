@@ -989,3 +989,72 @@ async fn the_derives_ddl_makes_a_reference_table() {
     offer_batches!(client, MigratedReference, MigratedReference::model().table());
     db.drop().await;
 }
+
+// ---- The plain call as one multi-row VALUES statement ----
+
+/// The multi-row `VALUES` statements `client`'s session has prepared.
+async fn values_statements(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO %rt% VALUES ($1, $2, $3)%'",
+            &[],
+        )
+        .await
+        .expect("read pg_prepared_statements")
+        .get(0)
+}
+
+/// On a connection that has checked the table, the plain call of up to
+/// `CITUS_VALUES_ROWS` rows goes as one multi-row `VALUES ... ON CONFLICT
+/// DO NOTHING` statement, counted from its command tag: exact (Citus sums
+/// the shards' own tags), the first offered row of a key kept; a longer
+/// batch takes the COPY path, exact too.
+async fn values_statement_counts_exactly(placement: Placement, on: On) {
+    let (db, mut client) = setup("values", placement, 0, on).await;
+    // The connection's first call checks the table (and finds it on Citus).
+    let o = call!(client, on, |c| Retweet::bulk_create_new(c, [rt(-1, -1, 0)])).unwrap();
+    assert_eq!(o.inserted, 1);
+    store(&client, &[rt(1, 1, 100)]).await;
+    let o = call!(client, on, |c| Retweet::bulk_create_new(c, [rt(1, 1, 7), rt(1, 2, 8)])).unwrap();
+    assert_eq!((o.offered, o.inserted, o.skipped), (2, 1, 1), "(1,1) stored, (1,2) new: {o:?}");
+    assert!(values_statements(&client).await > 0, "the call went as a multi-row VALUES statement");
+    let o = call!(client, on, |c| Retweet::bulk_create_new(c, [rt(2, 1, 1), rt(1, 2, 9), rt(2, 1, 2), rt(3, 1, 3)]))
+        .unwrap();
+    assert_eq!((o.offered, o.inserted, o.skipped), (4, 2, 2), "{o:?}");
+    let table = stored(&client).await;
+    let authors: Vec<i64> = [(1, 1), (1, 2), (2, 1), (3, 1)].iter().map(|k| table[k].1).collect();
+    assert_eq!(authors, [100, 8, 1, 3], "stored rows untouched, the first offered row of a new key kept");
+
+    let max = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS;
+    for (n, from) in [(max, 1_000_000), (max + 1, 2_000_000)] {
+        let (pre, rows, new) = batch(n, from);
+        store(&client, &pre).await;
+        let before = count(&client, "rt").await;
+        let o = call!(client, on, |c| Retweet::bulk_create_new(c, &rows)).unwrap();
+        assert_eq!((o.offered, o.inserted, o.skipped), (n as u64, new.len() as u64, (n - new.len()) as u64), "{n}");
+        assert_eq!(count(&client, "rt").await - before, new.len() as i64, "{n} rows: stored what it reported");
+        let table = stored(&client).await;
+        for &i in &new {
+            let r = &rows[i];
+            assert_eq!(table[&(r.tweet, r.retweeter)].1, r.original_author, "first offered: {r:?}");
+        }
+        let again = call!(client, on, |c| Retweet::bulk_create_new(c, &rows)).unwrap();
+        assert_eq!((again.inserted, again.skipped), (0, n as u64), "{n} rows again");
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn values_statement_counts_exactly_dist() {
+    values_statement_counts_exactly(DIST, On::Client).await;
+}
+
+#[tokio::test]
+async fn values_statement_counts_exactly_dist_in_transaction() {
+    values_statement_counts_exactly(DIST, On::Transaction).await;
+}
+
+#[tokio::test]
+async fn values_statement_counts_exactly_ref() {
+    values_statement_counts_exactly(REF, On::Client).await;
+}

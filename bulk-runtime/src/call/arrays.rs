@@ -63,10 +63,122 @@ pub(crate) fn params<'a>(model: &'static Model, kind: &Kind, arrays: &'a [Encode
     arrays.iter().zip(types).map(|(a, t)| (a as &(dyn ToSql + Sync), t)).collect()
 }
 
-/// Runs the kind's statements on `client` (in `form`, for the plain call);
-/// `prepared` is false for the last try after stale statements; `trust`
-/// when the statement runs on its own, outside a transaction (a plain call
-/// may then rely on the process's last passed check, see [`trust`](crate::trust)).
+/// At most this many rows go in one multi-row `VALUES` statement on Citus
+/// (see [`citus_values_rows`]).
+pub const CITUS_VALUES_ROWS: usize = 16_384;
+
+/// The most parameters a statement can have (the protocol counts them in 16 bits).
+const MAX_PARAMS: usize = 65_535;
+
+/// The most rows of a plain call on Citus that go as one multi-row `VALUES`
+/// statement ([`sql::values_on_conflict`]), one parameter per value: for a
+/// model whose key the client orders (rows sorted and each key once on the
+/// client) and without array columns; `None` for other models. On Citus
+/// such a statement is routed shard by shard, where `unnest` or a scratch
+/// table is pulled through the coordinator (see `notes/citus.md`, §1.1).
+pub(crate) fn citus_values_rows(model: &'static Model) -> Option<usize> {
+    let columns = model.columns();
+    let eligible = sql::plan(model).client_ordered
+        && !columns.is_empty()
+        && !columns.iter().any(|c| matches!(c.pg_type(), crate::types::PgType::Array(_)));
+    eligible.then(|| CITUS_VALUES_ROWS.min(MAX_PARAMS / columns.len()))
+}
+
+/// The row count of the `VALUES` statement for `rows` rows, at most `max`:
+/// rounded up (by less than an eighth, from 16 rows on), so that a
+/// connection prepares a few dozen statements, not one per batch length.
+fn values_bucket(rows: usize, max: usize) -> usize {
+    let step = (rows.next_power_of_two() / 16).max(1);
+    rows.div_ceil(step).saturating_mul(step).min(max).max(rows)
+}
+
+/// One value of a row, cut from a binary array: its bytes, or NULL.
+#[derive(Debug)]
+pub(crate) struct Element(Option<bytes::Bytes>);
+
+impl ToSql for Element {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            Some(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+            None => Ok(tokio_postgres::types::IsNull::Yes),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// The elements of a one-dimensional binary array (as [`wire`] encodes them).
+fn elements(array: &Encoded) -> Vec<Element> {
+    let bytes = &array.0;
+    let int = |at: usize| i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if int(0) == 0 {
+        return Vec::new();
+    }
+    let n = usize::try_from(int(12)).unwrap_or(0);
+    let mut at = 20;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = int(at);
+        at += 4;
+        match usize::try_from(len) {
+            Ok(len) => {
+                out.push(Element(Some(bytes.slice(at..at + len))));
+                at += len;
+            }
+            Err(_) => out.push(Element(None)),
+        }
+    }
+    out
+}
+
+/// The plain call's key-ordered arrays (see [`encode`]) as the values of a
+/// [`sql::values_on_conflict`] statement, row after row, with the row count
+/// of that statement (at most `max`): the last row is repeated up to it
+/// (a repeat meets `ON CONFLICT` and is not counted).
+pub(crate) fn values(arrays: &[Encoded], max: usize) -> (Vec<Element>, usize) {
+    let columns: Vec<Vec<Element>> = arrays.iter().map(elements).collect();
+    let rows = columns.first().map_or(0, Vec::len);
+    let bucket = values_bucket(rows, max);
+    let mut out = Vec::with_capacity(bucket * columns.len());
+    for row in 0..bucket {
+        let row = row.min(rows.saturating_sub(1));
+        for column in &columns {
+            out.push(Element(column[row].0.clone()));
+        }
+    }
+    (out, bucket)
+}
+
+/// The values of [`values`] as parameters, typed as the columns' elements.
+pub(crate) fn values_params<'a>(model: &'static Model, values: &'a [Element]) -> Vec<Param<'a>> {
+    let types: Vec<Type> = sql::plan(model)
+        .small_types
+        .iter()
+        .map(|t| match t.kind() {
+            tokio_postgres::types::Kind::Array(member) => member.clone(),
+            _ => t.clone(),
+        })
+        .collect();
+    values.iter().zip(types.iter().cycle()).map(|(v, t)| (v as &(dyn ToSql + Sync), t.clone())).collect()
+}
+
+/// Runs the kind's statements on `client` (in `form`, for the plain call;
+/// with `values`, the plain call as a [`sql::values_on_conflict`] statement
+/// of that many rows, `params` from [`values_params`]); `prepared` is false
+/// for the last try after stale statements; `trust` when the statement runs
+/// on its own, outside a transaction (a plain call may then rely on the
+/// process's last passed check, see [`trust`](crate::trust)).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     client: &Client,
@@ -75,13 +187,21 @@ pub(crate) async fn run(
     params: &[Param<'_>],
     call: &mut Call<'_>,
     prepared: bool,
-    form: Form,
+    (form, values): (Form, Option<usize>),
     trust: bool,
 ) -> Result<Report, Error> {
     let dialect = statements::dialect(client, model);
     let mut statements = Statements { client, model, prepared, checked: None, dialect };
     match call.kind {
         Kind::CreateNew => {
+            if let Some(rows) = values {
+                let label = format!("create_new values {rows}");
+                let statement = statements
+                    .get(&label, false, params, |_, shape| sql::values_on_conflict(model, rows, shape).into())
+                    .await?;
+                let inserted = statement.execute_tagged(&statements, params).await?;
+                return Ok(Report::counts(offered, inserted));
+            }
             if trust && let Some(inserted) = trusted(&mut statements, form, params).await? {
                 return Ok(Report::counts(offered, inserted));
             }
@@ -303,6 +423,16 @@ impl Prepared {
         result.map_err(|source| self.failed(on, source))
     }
 
+    /// Runs the statement; returns its command tag's count of rows (exact
+    /// also on Citus for [`sql::values_on_conflict`]).
+    async fn execute_tagged(&self, on: &Statements<'_>, params: &[Param<'_>]) -> Result<u64, Error> {
+        let result = match self {
+            Prepared::Statement(statement, _) => on.client.execute_raw(statement, params.iter().map(|(v, _)| *v)).await,
+            Prepared::Text(sql) => on.client.execute_typed(sql, params).await,
+        };
+        result.map_err(|source| self.failed(on, source))
+    }
+
     /// Runs the statement; returns its rows.
     async fn query(&self, on: &Statements<'_>, params: &[Param<'_>]) -> Result<RowStream, Error> {
         let result = match self {
@@ -332,4 +462,51 @@ async fn id_usable(client: &Client, model: &'static Model) -> Result<bool, Error
         .await
         .map_err(Error::at_step(model, Step::SchemaCheck))?;
     Ok(row.first().is_some_and(|r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_buckets_cover_the_rows_by_less_than_an_eighth_and_are_few() {
+        let max = CITUS_VALUES_ROWS;
+        let mut buckets = std::collections::BTreeSet::new();
+        for rows in 1..=max {
+            let b = values_bucket(rows, max);
+            assert!(b >= rows && b <= max, "{rows} -> {b}");
+            assert!(rows <= 16 || (b - rows) * 8 <= rows, "{rows} -> {b}");
+            buckets.insert(b);
+        }
+        assert!(buckets.len() < 120, "{} statements", buckets.len());
+        assert_eq!(values_bucket(100, 40), 100, "never fewer rows than the batch has");
+    }
+
+    #[test]
+    fn values_are_the_arrays_elements_row_after_row_the_last_row_repeated() {
+        let column = |values: &[Option<i64>]| {
+            let mut body = bytes::BytesMut::new();
+            for v in values {
+                match v {
+                    Some(v) => {
+                        body.extend_from_slice(&8i32.to_be_bytes());
+                        body.extend_from_slice(&v.to_be_bytes());
+                    }
+                    None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
+            wire::array(&Type::INT8, values.contains(&None), values.len(), &body)
+        };
+        let rows = 17;
+        let a: Vec<Option<i64>> = (0..rows).map(Some).collect();
+        let b: Vec<Option<i64>> = (0..rows).map(|i| (i % 3 != 0).then_some(-i)).collect();
+        let (values, bucket) = values(&[column(&a), column(&b)], 1000);
+        assert_eq!(bucket, 18);
+        assert_eq!(values.len(), 2 * bucket);
+        let decode = |e: &Element| e.0.as_ref().map(|b| i64::from_be_bytes(b[..].try_into().unwrap()));
+        for row in 0..bucket {
+            let i = row.min(rows as usize - 1);
+            assert_eq!((decode(&values[2 * row]), decode(&values[2 * row + 1])), (a[i], b[i]), "row {row}");
+        }
+    }
 }

@@ -101,11 +101,12 @@ impl Form {
 
     /// The COPY path's insert from the scratch table in this form (the
     /// plain form without `DISTINCT ON` when no key `repeats`); on Citus
-    /// (`dialect`) the one `ON CONFLICT` statement counted from `RETURNING`.
+    /// (`dialect`) the one `ON CONFLICT` statement counted from `RETURNING`
+    /// (without `DISTINCT ON` too when no key repeats).
     pub(crate) fn scratch_sql(self, model: &'static Model, repeats: bool, dialect: Dialect) -> &'static str {
         let plan = sql::plan(model);
         if dialect == Dialect::Citus {
-            return &plan.insert_citus;
+            return if repeats { &plan.insert_citus } else { &plan.insert_citus_distinct_keys };
         }
         match (self, repeats) {
             (Form::Plain, true) => &plan.insert_plain,

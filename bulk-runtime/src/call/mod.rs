@@ -32,6 +32,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
+pub use arrays::CITUS_VALUES_ROWS;
 use form::Form;
 pub use form::PLAIN_FROM;
 use spec::{Call, Nothing};
@@ -191,10 +192,11 @@ where
 {
     let model: &'static Model = T::model();
     let mut rows = pin!(rows);
-    let head = first_rows(rows.as_mut()).await?;
+    let limit = short_limit(conn, model, call.kind);
+    let head = first_rows(rows.as_mut(), limit).await?;
     let result = if head.is_empty() {
         Ok(Report::default())
-    } else if short_path::<T, R>(model, &head) {
+    } else if short_path::<T, R>(model, &head, limit) {
         short::<T, C, R>(conn, model, head, call).await
     } else {
         long::<T, C, S, R>(conn, model, head, rows, call).await
@@ -207,11 +209,33 @@ where
     Ok(report)
 }
 
-/// Whether a batch whose first rows (up to [`SMALL_BATCH`]) are `head` takes
-/// the short path: it has fewer than [`SMALL_BATCH`] rows, and fewer than
-/// [`SMALL_BATCH_ARRAY_ELEMENTS`] elements in its array columns.
-fn short_path<T: BulkCreateNew, R: Borrow<T>>(model: &Model, head: &[R]) -> bool {
-    if head.len() >= SMALL_BATCH {
+/// The most rows a batch of a call of `kind` on `conn` has on the short
+/// path: [`SMALL_BATCH`], or on Citus, for the plain call of a model that
+/// goes as one multi-row `VALUES` statement there
+/// ([`arrays::citus_values_rows`]), what one such statement takes (if more):
+/// on Citus it is faster than the COPY path's scratch table, whose rows the
+/// coordinator pulls through itself.
+fn short_limit<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, kind: &Kind) -> usize {
+    match citus_values_rows(conn, model, kind) {
+        Some(rows) => rows.max(SMALL_BATCH),
+        None => SMALL_BATCH,
+    }
+}
+
+/// The most rows of a call of `kind` that go as one multi-row `VALUES`
+/// statement on `conn`: for the plain call of a model of
+/// [`arrays::citus_values_rows`], once the connection's schema check found
+/// a Citus table.
+fn citus_values_rows<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, kind: &Kind) -> Option<usize> {
+    let citus = crate::statements::dialect(conn.client(), model) == sql::Dialect::Citus;
+    if citus && matches!(kind, Kind::CreateNew) { arrays::citus_values_rows(model) } else { None }
+}
+
+/// Whether a batch whose first rows (up to `limit`, see [`short_limit`])
+/// are `head` takes the short path: it has fewer than `limit` rows, and
+/// fewer than [`SMALL_BATCH_ARRAY_ELEMENTS`] elements in its array columns.
+fn short_path<T: BulkCreateNew, R: Borrow<T>>(model: &Model, head: &[R], limit: usize) -> bool {
+    if head.len() >= limit {
         return false;
     }
     if !model.columns().iter().any(|c| matches!(c.pg_type(), PgType::Array(_))) {
@@ -228,13 +252,13 @@ fn short_path<T: BulkCreateNew, R: Borrow<T>>(model: &Model, head: &[R]) -> bool
     true
 }
 
-/// The first rows of the batch: [`SMALL_BATCH`] of them, or all when fewer.
-async fn first_rows<S, R>(mut rows: Pin<&mut S>) -> Result<Vec<R>, Error>
+/// The first rows of the batch: `limit` of them, or all when fewer.
+async fn first_rows<S, R>(mut rows: Pin<&mut S>, limit: usize) -> Result<Vec<R>, Error>
 where
     S: Stream<Item = Result<R, BoxError>>,
 {
-    let mut head: Vec<R> = Vec::with_capacity(rows.size_hint().0.min(SMALL_BATCH));
-    while head.len() < SMALL_BATCH {
+    let mut head: Vec<R> = Vec::with_capacity(rows.size_hint().0.min(limit));
+    while head.len() < limit {
         match rows.next().await {
             Some(Ok(row)) => head.push(row),
             Some(Err(source)) => return Err(Error::Stream { row: head.len(), source }),
@@ -258,17 +282,27 @@ where
     if call.ledger.is_some() {
         call.fingerprint = Some(crate::wire::copy::fingerprint::<T, R>(model, &head)?);
     }
+    let values_max = citus_values_rows(conn, model, call.kind).filter(|&max| head.len() <= max);
     let arrays = arrays::encode::<T, R>(model, call.kind, &head)?;
     drop(head);
-    let params = arrays::params(model, call.kind, &arrays);
+    // On Citus, the plain call's rows as one multi-row `VALUES` statement.
+    let (values, rows) = match values_max {
+        Some(max) => {
+            let (values, rows) = arrays::values(&arrays, max);
+            (values, Some(rows))
+        }
+        None => (Vec::new(), None),
+    };
+    let params =
+        if rows.is_some() { arrays::values_params(model, &values) } else { arrays::params(model, call.kind, &arrays) };
     let mut form = Form::first(model, call.kind, offered, crate::statements::dialect(conn.client(), model));
     loop {
-        let mut result = short_attempt(conn, model, offered, &params, call, true, form).await;
+        let mut result = short_attempt(conn, model, offered, &params, call, true, (form, rows)).await;
         for prepared in [true, false] {
             if !result.as_ref().is_err_and(Error::is_stale_statement) {
                 break;
             }
-            result = short_attempt(conn, model, offered, &params, call, prepared, form).await;
+            result = short_attempt(conn, model, offered, &params, call, prepared, (form, rows)).await;
         }
         match form.after(model, &result) {
             Some(again) => form = again,
@@ -287,10 +321,10 @@ async fn short_attempt<C: Connection + ?Sized>(
     params: &[arrays::Param<'_>],
     call: &mut Call<'_>,
     prepared: bool,
-    form: Form,
+    (form, values): (Form, Option<usize>),
 ) -> Result<Report, Error> {
     if !call.needs_transaction(conn.nested()) {
-        return arrays::run(conn.client(), model, offered, params, call, prepared, form, true).await;
+        return arrays::run(conn.client(), model, offered, params, call, prepared, (form, values), true).await;
     }
     let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
     let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
@@ -300,7 +334,7 @@ async fn short_attempt<C: Connection + ?Sized>(
             return Ok(replay);
         }
     };
-    let report = arrays::run(scope.client(), model, offered, params, call, prepared, form, false).await?;
+    let report = arrays::run(scope.client(), model, offered, params, call, prepared, (form, values), false).await?;
     finish(scope, model, call.ledger, claimed, &report).await?;
     Ok(report)
 }

@@ -221,17 +221,67 @@ pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape
 ///                ON CONFLICT (key) DO NOTHING RETURNING 1)
 /// SELECT count(*) FROM "ins"
 /// ```
-pub(crate) fn scratch_citus(model: &Model, scratch_table: &str) -> String {
+///
+/// Without `repeats` (the client saw no key twice), without `DISTINCT ON`
+/// and its sort: the coordinator only reads the scratch table and hands
+/// each shard its rows (Citus locks the shards of a multi-shard write in
+/// shard order, so the rows' order does not matter against deadlocks; see
+/// `notes/citus.md`, §3).
+pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -> String {
     let s_key = cols("\"s\"", model.unique_key());
+    let (distinct, order) = if repeats {
+        (format!("DISTINCT ON ({s_key}) "), format!(" ORDER BY {s_key}, \"s\".{}", q(ORD)))
+    } else {
+        (String::new(), String::new())
+    };
     let insert = format!(
-        "INSERT INTO {target} ({names}) SELECT DISTINCT ON ({s_key}) {s_cols} FROM {source} \
-         ORDER BY {s_key}, \"s\".{ord} ON CONFLICT ({key}) DO NOTHING",
+        "INSERT INTO {target} ({names}) SELECT {distinct}{s_cols} FROM {source}{order} \
+         ON CONFLICT ({key}) DO NOTHING",
         target = model.qualified_name(),
         names = names(model.columns()),
         s_cols = cols("\"s\"", model.columns()),
         source = scratch(scratch_table, "\"s\""),
-        ord = q(ORD),
         key = names(model.unique_key()),
     );
     counted(&[], &insert)
+}
+
+/// The short path's insert of `rows` rows on Citus for a key the client
+/// orders: one multi-row `VALUES` list, one parameter per value (rows in
+/// key order, each key once, as the client sends them), counted from the
+/// command tag:
+///
+/// ```sql
+/// INSERT INTO target (cols) VALUES ($1, $2, $3), ($4, $5, $6), ...
+/// ON CONFLICT (key) DO NOTHING
+/// ```
+///
+/// Citus routes each row to its shard and runs one `INSERT ... VALUES` per
+/// shard, in parallel, with no intermediate result; the command tag is the
+/// sum of the shards' own tags: the rows they inserted (unlike an
+/// `INSERT ... SELECT`'s, which counts the rows attempted). A key column
+/// that the table compares otherwise (`shape`) is cast as it says.
+pub(crate) fn values_on_conflict(model: &Model, rows: usize, shape: &KeyShape) -> String {
+    let columns = model.columns();
+    let key: Vec<Option<usize>> = columns.iter().map(|c| model.unique_key().position(|k| std::ptr::eq(k, c))).collect();
+    let mut sql = format!("INSERT INTO {} ({}) VALUES ", model.qualified_name(), names(columns));
+    sql.reserve(rows * columns.len() * 8 + 64);
+    let mut n = 0;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for (c, k) in key.iter().enumerate() {
+            n += 1;
+            let param = format!("${n}");
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            match k {
+                Some(k) if !shape.is_plain() => sql.push_str(&shape.read(*k, &param)),
+                _ => sql.push_str(&param),
+            }
+        }
+        sql.push(')');
+    }
+    sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", names(model.unique_key())));
+    sql
 }

@@ -11,7 +11,7 @@ mod plan;
 mod shape;
 pub(crate) mod variants;
 
-pub(crate) use insert::{arrays_citus, arrays_on_conflict, arrays_plain, arrays_trusted};
+pub(crate) use insert::{arrays_citus, arrays_on_conflict, arrays_plain, arrays_trusted, values_on_conflict};
 pub(crate) use plan::{KeyForm, plan, scratch_ddl};
 pub(crate) use shape::{Dialect, KeyAs, KeyShape};
 

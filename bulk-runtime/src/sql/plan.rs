@@ -35,6 +35,8 @@ pub(crate) struct Plan {
     pub insert: String,
     /// The COPY path's insert in Citus's dialect; see [`insert::scratch_citus`].
     pub insert_citus: String,
+    /// The same, for a batch without a repeated key (no `DISTINCT ON`).
+    pub insert_citus_distinct_keys: String,
     /// Empties the scratch table (used inside a caller's transaction, where
     /// `ON COMMIT DELETE ROWS` would only act at the caller's commit).
     pub clear: String,
@@ -90,7 +92,8 @@ impl Plan {
             insert_plain: insert::scratch_plain(model, &scratch, true),
             insert_plain_distinct_keys: insert::scratch_plain(model, &scratch, false),
             insert: insert::scratch_on_conflict(model, &scratch),
-            insert_citus: insert::scratch_citus(model, &scratch),
+            insert_citus: insert::scratch_citus(model, &scratch, true),
+            insert_citus_distinct_keys: insert::scratch_citus(model, &scratch, false),
             clear: format!("DELETE FROM pg_temp.{}", quote_ident(&scratch)),
             scratch_regclass: format!("pg_temp.{scratch}"),
             target_regclass: model.qualified_name(),
@@ -290,8 +293,26 @@ mod tests {
         );
         let sql = arrays_citus(&MODEL, true, &shape);
         assert!(sql.starts_with(r#"WITH "ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT u."tweet", u."re""tweeter", u."author" FROM unnest($1::bigint[], $2::bigint[], $3::text[])"#), "{sql}");
-        for sql in [plan.insert_citus.clone(), arrays_citus(&MODEL, false, &shape), arrays_citus(&MODEL, true, &shape)]
-        {
+        let sql = plan.insert_citus_distinct_keys.as_str();
+        assert!(sql.starts_with(r#"WITH "ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet", "s"."re""tweeter", "s"."author" FROM pg_temp."#), "{sql}");
+        assert!(
+            sql.ends_with(
+                r#"AS "s" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING RETURNING 1) SELECT count(*) FROM "ins""#
+            ),
+            "{sql}"
+        );
+        let values = crate::sql::values_on_conflict(&MODEL, 2, &shape);
+        assert_eq!(
+            values,
+            r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") VALUES ($1, $2, $3), ($4, $5, $6) ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#
+        );
+        for sql in [
+            plan.insert_citus.clone(),
+            plan.insert_citus_distinct_keys.clone(),
+            arrays_citus(&MODEL, false, &shape),
+            arrays_citus(&MODEL, true, &shape),
+            values,
+        ] {
             assert!(!sql.contains("NOT EXISTS") && !sql.contains("pg_index"), "no anti-join, no guard: {sql}");
         }
     }

@@ -8,4 +8,6 @@ mod values;
 
 pub(crate) use copy::{CopyWriter, Fingerprint};
 pub(crate) use order::encode_arrays_key_ordered;
+#[cfg(test)]
+pub(crate) use values::array;
 pub(crate) use values::{Encoded, encode_arrays};
