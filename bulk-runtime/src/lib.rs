@@ -175,7 +175,6 @@ mod schema;
 mod scope;
 mod sql;
 mod statements;
-mod trust;
 pub mod types;
 mod wire;
 

@@ -7,7 +7,6 @@ use crate::error::{Error, SchemaProblem, Step};
 use crate::model::Model;
 use crate::sql::{Dialect, KeyAs, KeyShape};
 use crate::statements;
-use crate::trust::{self, Trusted};
 use crate::types::PgType;
 
 const COLUMNS: &str = "\
@@ -16,8 +15,7 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull,
        has_database_privilege(current_database(), 'TEMPORARY'), current_user::text, current_database()::text,
        tn.nspname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod,
        CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END,
-       CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END,
-       a.attrelid, a.atttypid
+       CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
@@ -34,8 +32,7 @@ SELECT ic.relname::text,
        coalesce((SELECT bool_and(c.coll = a.attcollation)
                    FROM unnest(i.indcollation::oid[]) WITH ORDINALITY AS c(coll, n)
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = (i.indkey::int2[])[c.n - 1]
-                  WHERE c.n <= i.indnkeyatts), true),
-       i.indexrelid
+                  WHERE c.n <= i.indnkeyatts), true)
   FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
  WHERE i.indrelid = to_regclass($1) AND i.indisunique
  ORDER BY ic.relname";
@@ -45,8 +42,7 @@ SELECT ic.relname::text,
 /// named inside `query_to_xml`'s text; see `notes/citus.md`, §4): `local`
 /// (plain PostgreSQL, or a Citus coordinator's own table), `distributed`
 /// (hash) with its distribution column, `reference`, `single_shard`,
-/// `citus_local`, `unsupported` (append or range), or `missing`; and whether
-/// the database has Citus at all.
+/// `citus_local`, `unsupported` (append or range), or `missing`.
 const CITUS_KIND: &str = "\
 SELECT CASE WHEN c.oid IS NULL THEN 'missing'
             WHEN m.partmethod IS NULL THEN 'local'
@@ -56,8 +52,7 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
             WHEN m.partmethod = 'n' THEN 'citus_local'
             ELSE 'unsupported' END,
        (SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = c.oid AND a.attnum = m.distattnum),
-       pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+         WHERE a.attrelid = c.oid AND a.attnum = m.distattnum)
   FROM (SELECT pg_catalog.to_regclass($1) AS oid) AS c
   LEFT JOIN LATERAL (
     SELECT (pg_catalog.xpath('/row/partmethod/text()', r))[1]::text AS partmethod,
@@ -80,35 +75,15 @@ const RESOLVE_TYPES: &str = "SELECT format_type(to_regtype(t), NULL) FROM unnest
 
 /// Checks the live table against the model; returns every difference at
 /// once, or how its key compares.
-///
-/// A passed check of a plain PostgreSQL table is kept for the process (see
-/// [`trust`]); a failed one is forgotten.
 pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<KeyShape, Error> {
-    let checked = check(tx, model).await.map_err(|source| Error::database(model, Step::SchemaCheck, source));
-    let Checked { problems, shape, trusted } = checked.inspect_err(|_| trust::forget(model))?;
+    let (problems, shape) =
+        check(tx, model).await.map_err(|source| Error::database(model, Step::SchemaCheck, source))?;
     if problems.is_empty() {
         statements::checked_dialect(tx, model, shape.dialect);
-        match trusted {
-            Some(trusted) => trust::remember(model, trusted),
-            None => trust::forget(model),
-        }
         Ok(shape)
     } else {
-        trust::forget(model);
         Err(Error::SchemaMismatch { table: model.qualified_name(), model: model.struct_name(), problems })
     }
-}
-
-/// What a check found.
-struct Checked {
-    /// Every difference between the live table and the model.
-    problems: Vec<SchemaProblem>,
-    /// How the key compares.
-    shape: KeyShape,
-    /// What a new connection's guard verifies instead of checking again:
-    /// on plain PostgreSQL (no Citus in the database), when the table has
-    /// a unique index the call can rely on.
-    trusted: Option<Trusted>,
 }
 
 /// Every difference between the live table and the model.
@@ -116,7 +91,7 @@ struct Checked {
 /// # Errors
 /// A database error from the catalog queries.
 pub(crate) async fn problems(tx: &Client, model: &'static Model) -> Result<Vec<SchemaProblem>, tokio_postgres::Error> {
-    Ok(check(tx, model).await?.problems)
+    Ok(check(tx, model).await?.0)
 }
 
 /// How a key column of type `typname` (in schema `typschema`) with the
@@ -150,9 +125,8 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
     }
 }
 
-/// The live table's differences from the model, how its key compares, and
-/// what to trust of it.
-async fn check(tx: &Client, model: &'static Model) -> Result<Checked, tokio_postgres::Error> {
+/// The live table's differences from the model, and how its key compares.
+async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>, KeyShape), tokio_postgres::Error> {
     let name = crate::sql::plan(model).target_regclass.as_str();
     let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
     // The catalog queries go out together: one round trip.
@@ -170,7 +144,7 @@ async fn check(tx: &Client, model: &'static Model) -> Result<Checked, tokio_post
     )
     .await?;
     if live.is_empty() {
-        return Ok(Checked { problems: vec![SchemaProblem::TableMissing], shape: KeyShape::default(), trusted: None });
+        return Ok((vec![SchemaProblem::TableMissing], KeyShape::default()));
     }
     let mut problems = Vec::new();
     if !live[0].get::<_, bool>(5) {
@@ -178,27 +152,9 @@ async fn check(tx: &Client, model: &'static Model) -> Result<Checked, tokio_post
     }
     column_problems(model, &live, resolved, &mut problems);
     let mut shape = key_shape(model, &live, &mut problems);
-    let index = match usable_index(model, &indexes) {
-        Ok(index) => Some(index),
-        Err(problem) => {
-            problems.push(problem);
-            None
-        }
-    };
+    problems.extend(index_problem(model, &indexes));
     shape.dialect = citus_dialect(model, citus.first(), &mut problems);
-    let citus_installed = citus.first().is_some_and(|r| r.get::<_, bool>(2));
-    let types: Option<Vec<u32>> = model
-        .columns()
-        .iter()
-        .map(|c| live.iter().find(|r| r.get::<_, &str>(0) == c.name()).map(|r| r.get::<_, u32>(14)))
-        .collect();
-    let trusted = match (index, types) {
-        (Some(index), Some(types)) if !citus_installed && shape.dialect == Dialect::Postgres => {
-            Some(Trusted { table: live[0].get(13), index, types, shape: shape.clone() })
-        }
-        _ => None,
-    };
-    Ok(Checked { problems, shape, trusted })
+    Ok((problems, shape))
 }
 
 /// The dialect of a table whose Citus placement is `row` (a row of
@@ -283,16 +239,15 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
     shape
 }
 
-/// The OID of one of the table's unique indexes (rows of [`UNIQUE_INDEXES`])
-/// that refuses a repeated key as the call needs; otherwise
-/// [`SchemaProblem::UniqueKeyMissing`], with the reasons the others on the
-/// key's columns do not.
-fn usable_index(model: &Model, indexes: &[Row]) -> Result<u32, SchemaProblem> {
+/// [`SchemaProblem::UniqueKeyMissing`] unless one of the table's unique
+/// indexes (rows of [`UNIQUE_INDEXES`]) refuses a repeated key as the call
+/// needs, with the reasons the others on the key's columns do not.
+fn index_problem(model: &Model, indexes: &[Row]) -> Option<SchemaProblem> {
     let mut key: Vec<String> = model.unique_key().map(|c| c.name().to_owned()).collect();
     key.sort();
     let key_nullable = model.unique_key().any(|c| c.nullable());
     let mut rejected = Vec::new();
-    let mut usable = None;
+    let mut usable = false;
     for row in indexes {
         let mut cols: Vec<String> = row.get(1);
         cols.sort();
@@ -301,12 +256,11 @@ fn usable_index(model: &Model, indexes: &[Row]) -> Result<u32, SchemaProblem> {
                 let index: String = row.get(0);
                 rejected.push(format!("unique index \"{index}\" on ({}) {why}", cols.join(", ")));
             }
-            None if cols == key => usable = usable.or(Some(row.get::<_, u32>(8))),
-            None => {}
+            None => usable |= cols == key,
         }
     }
     let key = model.unique_key().map(|c| c.name().to_owned()).collect();
-    usable.ok_or(SchemaProblem::UniqueKeyMissing { key, rejected })
+    (!usable).then_some(SchemaProblem::UniqueKeyMissing { key, rejected })
 }
 
 /// Why a unique index (a row of [`UNIQUE_INDEXES`]) cannot serve the key;

@@ -210,23 +210,6 @@ pub(crate) fn put(client: &Client, model: &'static Model, label: &str, statement
     });
 }
 
-/// Whether `client` has run the statement `label` of `model` before (as
-/// the first call's unnamed statement: see `call::arrays`); records that it
-/// has now.
-pub(crate) fn used_before(client: &Client, model: &'static Model, label: &str) -> bool {
-    with(|map| {
-        if map.len() >= MAX_ENTRIES {
-            map.clear();
-        }
-        let by_label = map.entry(key(client, model)).or_default();
-        if by_label.contains_key(label) {
-            return true;
-        }
-        by_label.insert(label.to_owned(), Entry::default());
-        false
-    })
-}
-
 /// Forgets a statement the server no longer knows, and counts it as stale.
 pub(crate) fn evict(client: &Client, model: &'static Model, label: &str) {
     with(|map| {

@@ -2,9 +2,7 @@
 //! (two for an upsert), prepared once per connection.
 //!
 //! A connection prepares a statement right after it checked the live table
-//! against the model, in the same round trip, or (when the process trusts
-//! an earlier check, see [`trust`](crate::trust)) with its second guarded
-//! insert, once that insert's guard has passed; so "has the prepared
+//! against the model, in the same round trip, so "has the prepared
 //! statement" means "has checked". When the server no longer knows the
 //! statement (`DISCARD ALL`, a new connection that took a dropped client's
 //! address, a pooler that switched backends), the driver runs the attempt
@@ -14,10 +12,8 @@
 //! (see `statements`).
 
 use std::borrow::{Borrow, Cow};
-use std::pin::pin;
 
-use futures_util::TryStreamExt;
-use futures_util::future::{join, join3};
+use futures_util::future::join3;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, RowStream, Statement};
 
@@ -32,7 +28,6 @@ use crate::sql;
 use crate::sql::variants::{self, Returned, Source};
 use crate::sql::{Dialect, KeyShape};
 use crate::statements::{self, Lookup};
-use crate::trust;
 use crate::wire::{self, Encoded};
 
 /// A statement parameter with its type.
@@ -176,10 +171,7 @@ pub(crate) fn values_params<'a>(model: &'static Model, values: &'a [Element]) ->
 /// Runs the kind's statements on `client` (in `form`, for the plain call;
 /// with `values`, the plain call as a [`sql::values_on_conflict`] statement
 /// of that many rows, `params` from [`values_params`]); `prepared` is false
-/// for the last try after stale statements; `trust` when the statement runs
-/// on its own, outside a transaction (a plain call may then rely on the
-/// process's last passed check, see [`trust`](crate::trust)).
-#[allow(clippy::too_many_arguments)]
+/// for the last try after stale statements.
 pub(crate) async fn run(
     client: &Client,
     model: &'static Model,
@@ -188,7 +180,6 @@ pub(crate) async fn run(
     call: &mut Call<'_>,
     prepared: bool,
     (form, values): (Form, Option<usize>),
-    trust: bool,
 ) -> Result<Report, Error> {
     let dialect = statements::dialect(client, model);
     let mut statements = Statements { client, model, prepared, checked: None, dialect };
@@ -200,9 +191,6 @@ pub(crate) async fn run(
                     .get(&label, false, params, |_, shape| sql::values_on_conflict(model, rows, shape).into())
                     .await?;
                 let inserted = statement.execute_tagged(&statements, params).await?;
-                return Ok(Report::counts(offered, inserted));
-            }
-            if trust && let Some(inserted) = trusted(&mut statements, form, params).await? {
                 return Ok(Report::counts(offered, inserted));
             }
             let statement =
@@ -225,66 +213,6 @@ pub(crate) async fn run(
         }
         Kind::Upsert(set) => upsert(&mut statements, offered, params, set).await,
     }
-}
-
-/// The plain call's insert on a connection that has not prepared it (a new
-/// connection's first call), when the process has a passed check of the
-/// model (see [`trust`](crate::trust)): the insert with the check's guard,
-/// unnamed; from the connection's second call, with the prepare of the
-/// statement for its next calls, in the same round trip. `None` when there
-/// is no such check, or when the guard refused it (it is then forgotten,
-/// nothing was written, and the caller checks as on any connection that has
-/// not checked).
-async fn trusted(st: &mut Statements<'_>, form: Form, params: &[Param<'_>]) -> Result<Option<u64>, Error> {
-    let (client, model) = (st.client, st.model);
-    let label = format!("{}{}", form.label(), Dialect::Postgres.label_suffix());
-    let prepare = match statements::lookup(client, model, &label) {
-        Lookup::Prepared(_) => return Ok(None),
-        // The connection's first call does not prepare (a new connection
-        // that makes one call would not use the statement); its second
-        // prepares, in the same round trip as its insert.
-        Lookup::Prepare => st.prepared && statements::used_before(client, model, &label),
-        Lookup::Unnamed => false,
-    };
-    let Some(checked) = trust::get(model) else { return Ok(None) };
-    let plan = sql::plan(model);
-    let guarded = sql::arrays_trusted(
-        model,
-        form == Form::Plain,
-        plan.client_ordered,
-        &checked.shape,
-        &trust::guard(model, &checked, form == Form::Plain),
-    );
-    let plain = form.small_sql(model, &checked.shape);
-    let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-    // Read as rows, not with `execute_typed`: that one takes a stray
-    // ReadyForQuery (a connection left out of step by a failed COPY) for a
-    // statement that wrote nothing.
-    let insert = async {
-        let rows = client.query_typed_raw(&guarded, params.iter().map(|(v, t)| (*v, t.clone()))).await?;
-        let mut rows = pin!(rows);
-        while rows.try_next().await?.is_some() {}
-        Ok(rows.rows_affected())
-    };
-    let (inserted, statement) =
-        join(insert, async { if prepare { Some(client.prepare_typed(&plain, &types).await) } else { None } }).await;
-    let inserted = match inserted.map_err(|source| Error::insert(model, source)) {
-        Err(e) if trust::refused(&e) => {
-            trust::forget(model);
-            return Ok(None);
-        }
-        // No command tag: not an insert's answer; check as usual.
-        Ok(None) => return Ok(None),
-        Ok(Some(inserted)) => inserted,
-        Err(e) => return Err(e),
-    };
-    statements::checked_dialect(client, model, Dialect::Postgres);
-    st.checked = Some(checked.shape);
-    st.dialect = Dialect::Postgres;
-    if let Some(Ok(statement)) = statement {
-        statements::put(client, model, &label, statement);
-    }
-    Ok(Some(inserted))
 }
 
 /// An upsert's two statements: insert the new keys (and mark the rows they

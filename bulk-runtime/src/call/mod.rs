@@ -324,7 +324,7 @@ async fn short_attempt<C: Connection + ?Sized>(
     (form, values): (Form, Option<usize>),
 ) -> Result<Report, Error> {
     if !call.needs_transaction(conn.nested()) {
-        return arrays::run(conn.client(), model, offered, params, call, prepared, (form, values), true).await;
+        return arrays::run(conn.client(), model, offered, params, call, prepared, (form, values)).await;
     }
     let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
     let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
@@ -334,7 +334,7 @@ async fn short_attempt<C: Connection + ?Sized>(
             return Ok(replay);
         }
     };
-    let report = arrays::run(scope.client(), model, offered, params, call, prepared, (form, values), false).await?;
+    let report = arrays::run(scope.client(), model, offered, params, call, prepared, (form, values)).await?;
     finish(scope, model, call.ledger, claimed, &report).await?;
     Ok(report)
 }

@@ -30,11 +30,6 @@ use crate::model::Model;
 /// The plain form (see the module's documentation) from `source`, the batch
 /// as the relation `alias`; with `dedup`, the first offered row of each key.
 fn plain(model: &Model, source: &str, alias: &str, dedup: bool) -> String {
-    plain_guarded(model, source, alias, dedup, &key_index_guard(model))
-}
-
-/// [`plain`] with `guard` in place of [`key_index_guard`].
-fn plain_guarded(model: &Model, source: &str, alias: &str, dedup: bool, guard: &str) -> String {
     let key = cols(alias, model.unique_key());
     let (distinct, order) = if dedup {
         (format!("DISTINCT ON ({key}) "), format!("{key}, {alias}.{}", q(ORD)))
@@ -48,6 +43,7 @@ fn plain_guarded(model: &Model, source: &str, alias: &str, dedup: bool, guard: &
         names = names(model.columns()),
         cols = cols(alias, model.columns()),
         not_stored = not_stored(model, alias),
+        guard = key_index_guard(model),
     )
 }
 
@@ -70,44 +66,6 @@ pub(crate) fn scratch_plain(model: &Model, scratch_table: &str, repeats: bool) -
 /// whatever join the planner picks.
 pub(crate) fn arrays_plain(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
     plain(model, &arrays(model, "u", layout(client_ordered), shape), "u", !client_ordered)
-}
-
-/// The short path's insert (the plain form when `plain`, else the `ON
-/// CONFLICT` form) for a new connection's first call, whose schema check
-/// the process trusts: `trust_guard` (see `trust::guard`) decides, before
-/// any row is written, whether the table is still the one checked. In the
-/// plain form it takes the place of [`key_index_guard`]: the index it names
-/// is one the check found to refuse a repeated key; the form still runs only
-/// under `READ COMMITTED` (as [`key_index_guard`] says why), refusing with
-/// 22012 otherwise.
-pub(crate) fn arrays_trusted(
-    model: &Model,
-    plain: bool,
-    client_ordered: bool,
-    shape: &KeyShape,
-    trust_guard: &str,
-) -> String {
-    let source = arrays(model, "u", layout(client_ordered), shape);
-    if plain {
-        let guard = format!(
-            "{trust_guard} AND 1 / (pg_catalog.current_setting('transaction_isolation') = 'read committed')\
-             ::pg_catalog.int4 >= 0"
-        );
-        return plain_guarded(model, &source, "u", !client_ordered, &guard);
-    }
-    let order = if client_ordered {
-        String::new()
-    } else {
-        format!(" ORDER BY {}, u.{}", cols("u", model.unique_key()), q(ORD))
-    };
-    format!(
-        "INSERT INTO {target} ({names}) SELECT {cols} FROM {source} WHERE {trust_guard}{order} \
-         ON CONFLICT ({key}) DO NOTHING",
-        target = model.qualified_name(),
-        names = names(model.columns()),
-        cols = cols("u", model.columns()),
-        key = names(model.unique_key()),
-    )
 }
 
 /// The COPY path's `ON CONFLICT` form:

@@ -5,13 +5,13 @@
 //! migrations (`model.rs`). Every identifier is quoted; no value is ever
 //! part of a statement's text.
 
-pub(crate) mod fragments;
+mod fragments;
 mod insert;
 mod plan;
 mod shape;
 pub(crate) mod variants;
 
-pub(crate) use insert::{arrays_citus, arrays_on_conflict, arrays_plain, arrays_trusted, values_on_conflict};
+pub(crate) use insert::{arrays_citus, arrays_on_conflict, arrays_plain, values_on_conflict};
 pub(crate) use plan::{KeyForm, plan, scratch_ddl};
 pub(crate) use shape::{Dialect, KeyAs, KeyShape};
 
