@@ -12,6 +12,8 @@
 //! cargo bench -p bulk-runtime --bench strategies -- models    # other models' scratch tables in the session
 //! cargo bench -p bulk-runtime --bench strategies -- fresh [REPS]  # each call on a new connection
 //! /usr/bin/time -v target/release/deps/strategies-* stream 10000000 [--collect]
+//! cargo bench -p bulk-runtime --bench strategies -- writers [W] [N] [--shared PCT] [--rounds R] [--explain]
+//! cargo bench -p bulk-runtime --bench strategies -- stream-marks 100000000 [--calls C] [--every M] [--sample S] [--keep]
 //! ```
 //!
 //! The server is `BULK_BENCH_DATABASE_URL` (default
@@ -26,6 +28,11 @@ use bulk_runtime::BulkCreateNew;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
+
+#[path = "modes/stream_marks.rs"]
+mod stream_marks;
+#[path = "modes/writers.rs"]
+mod writers;
 
 /// The retweeter model of the original use case.
 #[derive(BulkCreateNew, Clone, Copy, Debug)]
@@ -930,6 +937,8 @@ async fn main() {
         Some("warm") => warm_run().await,
         Some("concurrent") => concurrent_run().await,
         Some("models") => models_run().await,
+        Some("writers") => writers::run(&args[1..]).await,
+        Some("stream-marks") => stream_marks::run(&args[1..]).await,
         Some("fresh") => fresh_run(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15)).await,
         Some("stream") => {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
@@ -942,7 +951,9 @@ async fn main() {
         }
         Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected warm, concurrent, models, fresh [REPS], stream N [--collect], explain N MIX, \
+                "unknown mode {other}; expected warm, concurrent, models, fresh [REPS], stream N [--collect], \
+                 writers [W] [N] [--shared PCT] [--rounds R] [--explain], \
+                 stream-marks N [--calls C] [--every M] [--sample S] [--keep], explain N MIX, \
                  or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"
             );
             std::process::exit(2);
