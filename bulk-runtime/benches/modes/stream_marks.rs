@@ -116,7 +116,7 @@ impl Marks<'_> {
         let total = (now - self.start).as_secs_f64();
         self.printed += 1;
         let mb = |b: i64| b as f64 / 1e6;
-        let sampled = if self.printed % self.sample == 0 {
+        let sampled = if self.printed.is_multiple_of(self.sample) {
             let t = Instant::now();
             let s = read_server(self.sampler).await;
             let p = self.server;
@@ -141,10 +141,10 @@ impl Marks<'_> {
                 ratio(s.idx_read - p.idx_read, s.idx_hit - p.idx_hit),
             )
         } else {
-            "| | ".to_owned()
+            "– | – | – | –".to_owned()
         };
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {sampled} |",
+            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {sampled} |",
             rows,
             self.committed,
             total,
@@ -213,7 +213,7 @@ pub(crate) async fn run(args: &[String]) {
             if at == end {
                 return None;
             }
-            if at > 0 && at % marks.every == 0 {
+            if at > 0 && at.is_multiple_of(marks.every) {
                 marks.mark(at).await;
             }
             let row =
