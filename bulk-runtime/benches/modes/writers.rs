@@ -8,17 +8,18 @@
 //! (default 1) alternate which side goes first. Prints the aggregate rows/s
 //! of each side, their ratio, the errors, the counts (checked exact), and
 //! the CPU time of the writers' backends (read from `/proc/<pid>/stat`, on
-//! the same machine) and of this process. `--explain` adds
-//! `EXPLAIN (ANALYZE, BUFFERS)` of the call's insert on a sample batch
-//! against the filled table.
+//! the same machine) and of this process. `--explain` adds the plan
+//! (`EXPLAIN (ANALYZE, BUFFERS)`, from `auto_explain`) of the call's insert
+//! of a sample batch into the filled table.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulk_runtime::BulkCreateNew;
-use futures_util::stream;
-use tokio_postgres::Client;
+use futures_util::{StreamExt, stream};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{connect, median};
 
@@ -278,51 +279,71 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// `EXPLAIN (ANALYZE, BUFFERS)` of the call's insert of a sample batch
-/// (`SAMPLE` rows, the first `PCT`% on keys already stored) against the
-/// filled table, and the time of a raw COPY of its new rows, in a
-/// transaction rolled back afterwards.
-async fn explain(admin: &Client, keys: Keys) {
-    let sql = bulk_runtime::__test_hooks::protocol_sql(Written::model());
+/// A connection whose notices (here: `auto_explain`'s plans) are kept.
+async fn connect_with_notices() -> (Client, Arc<Mutex<Vec<String>>>) {
+    let config: tokio_postgres::Config = super::db_url().parse().expect("BULK_BENCH_DATABASE_URL");
+    let (client, mut conn) = config.connect(NoTls).await.expect("connect");
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let kept = notices.clone();
+    tokio::spawn(async move {
+        let mut messages = stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notice(notice) = message {
+                kept.lock().unwrap().push(notice.message().to_owned());
+            }
+        }
+    });
+    (client, notices)
+}
+
+/// The plan of the call's insert on a sample batch (`SAMPLE` rows, `PCT`%
+/// of them on keys already stored) against the filled table: the real
+/// call, on a connection where `auto_explain` (loaded for this session
+/// only) sends each statement's `EXPLAIN (ANALYZE, BUFFERS)` as a notice;
+/// then a raw COPY of the sample's new rows into the filled raw table.
+async fn explain(keys: Keys) {
+    let (mut client, notices) = connect_with_notices().await;
+    client
+        .batch_execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_analyze = on; \
+             SET auto_explain.log_buffers = on; SET auto_explain.log_level = notice",
+        )
+        .await
+        .expect("auto_explain (a contrib module, loaded by a superuser for this session)");
     let stored = SAMPLE * keys.pct / 100;
-    let sample = (0..SAMPLE).map(|i| {
+    let sample = (0..SAMPLE).map(move |i| {
         let id = if i < stored { i * keys.shared().max(1) / stored.max(1) } else { keys.distinct() + i };
         row(id, 99)
     });
-    admin.batch_execute("BEGIN").await.unwrap();
-    admin.batch_execute(sql.create_scratch).await.unwrap();
+    let rows_before = count(&client, TABLE).await;
     let t = Instant::now();
-    let sink = admin.copy_in(sql.copy).await.unwrap();
-    let mut w = Box::pin(BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::INT8, Type::INT8]));
-    for (i, r) in sample.clone().enumerate() {
-        w.as_mut().write(&[&(i as i64), &r.tweet, &r.retweeter, &r.original_author]).await.unwrap();
-    }
-    w.as_mut().finish().await.unwrap();
-    let copy = t.elapsed();
+    let report = Written::bulk_create_new(&mut client, sample.clone()).await.unwrap();
+    let call = t.elapsed();
     println!(
-        "\nA sample batch of {SAMPLE} rows, {stored} of them on keys stored, against the filled `{TABLE}` \
-         ({} rows): COPY into the scratch table {:.0} ms, then the insert (rolled back):\n\n```\n{}\n",
-        count(admin, TABLE).await,
-        copy.as_secs_f64() * 1e3,
-        sql.insert_plain_distinct_keys
+        "\nA sample batch of {SAMPLE} rows, {stored} of them on keys stored, offered to the filled `{TABLE}` \
+         ({rows_before} rows) in one call: {report} in {:.0} ms. The insert's plan (auto_explain):\n\n```",
+        call.as_secs_f64() * 1e3
     );
-    for row in
-        admin.query(&format!("EXPLAIN (ANALYZE, BUFFERS) {}", sql.insert_plain_distinct_keys), &[]).await.unwrap()
-    {
-        println!("{}", row.get::<_, String>(0));
+    for notice in notices.lock().unwrap().iter().filter(|n| n.contains("Insert on")) {
+        for line in notice.lines() {
+            match line.strip_prefix("Query Text: ") {
+                Some(text) => println!("Query Text: {}...", &text[..text.len().min(160)]),
+                None => println!("{line}"),
+            }
+        }
     }
+    client.batch_execute("SET auto_explain.log_min_duration = -1").await.unwrap();
     let t = Instant::now();
-    let sink = admin.copy_in(&format!("COPY {RAW} {COLS} FROM STDIN (FORMAT binary)")).await.unwrap();
+    let sink = client.copy_in(&format!("COPY {RAW} {COLS} FROM STDIN (FORMAT binary)")).await.unwrap();
     let mut w = Box::pin(BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::INT8]));
     for r in sample.skip(stored as usize) {
         w.as_mut().write(&[&r.tweet, &r.retweeter, &r.original_author]).await.unwrap();
     }
     let n = w.as_mut().finish().await.unwrap();
     println!(
-        "```\n\nRaw COPY of the sample's {n} new rows into the filled `{RAW}` (rolled back): {:.0} ms",
+        "```\n\nRaw COPY of the sample's {n} new rows into the filled `{RAW}`: {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    admin.batch_execute("ROLLBACK").await.unwrap();
 }
 
 /// Runs the mode; see the module's docs.
@@ -426,7 +447,7 @@ pub(crate) async fn run(args: &[String]) {
     );
     assert_eq!(differ, 0, "the calls and the COPYs store the same keys");
     if o.explain {
-        explain(&admin, keys).await;
+        explain(keys).await;
     }
     admin.batch_execute(&format!("DROP TABLE {TABLE}; DROP TABLE {RAW}")).await.unwrap();
 }
