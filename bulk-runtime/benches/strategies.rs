@@ -14,6 +14,8 @@
 //! cargo bench -p bulk-runtime --bench strategies -- fresh-cpu [REPS] [SIZES]  # the same, the server's CPU time
 //! BULK_BENCH_CITUS_URL=... cargo bench -p bulk-runtime --bench strategies -- citus  # on a Citus cluster
 //! /usr/bin/time -v target/release/deps/strategies-* stream 10000000 [--collect]
+//! cargo bench -p bulk-runtime --bench strategies -- writers [W] [N] [--shared PCT] [--rounds R] [--explain]
+//! cargo bench -p bulk-runtime --bench strategies -- stream-marks 100000000 [--calls C] [--every M] [--sample S] [--keep]
 //! ```
 //!
 //! The server is `BULK_BENCH_DATABASE_URL` (default
@@ -34,6 +36,10 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 #[path = "modes/citus.rs"]
 mod citus;
+#[path = "modes/stream_marks.rs"]
+mod stream_marks;
+#[path = "modes/writers.rs"]
+mod writers;
 
 /// The retweeter model of the original use case.
 #[derive(BulkCreateNew, Clone, Copy, Debug)]
@@ -939,6 +945,8 @@ async fn main() {
         Some("concurrent") => concurrent_run().await,
         Some("citus") => citus::citus_run(&args[1..]).await,
         Some("models") => models_run().await,
+        Some("writers") => writers::run(&args[1..]).await,
+        Some("stream-marks") => stream_marks::run(&args[1..]).await,
         Some("fresh") => fresh_run(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15)).await,
         Some("fresh-cpu") => {
             let reps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15);
@@ -959,7 +967,9 @@ async fn main() {
         }
         Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected warm, concurrent, citus [OPTIONS], models, fresh [REPS], fresh-cpu [REPS] [SIZES], stream N [--collect], explain N MIX, \
+                "unknown mode {other}; expected warm, concurrent, citus [OPTIONS], models, fresh [REPS], fresh-cpu [REPS] [SIZES], stream N [--collect], \
+                 writers [W] [N] [--shared PCT] [--rounds R] [--explain], \
+                 stream-marks N [--calls C] [--every M] [--sample S] [--keep], explain N MIX, \
                  or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"
             );
             std::process::exit(2);
