@@ -110,24 +110,35 @@ impl Input<'_> {
                 continue;
             }
             seen.push(unraw(name));
-            match self.field_named(name) {
-                None => {
-                    let names: Vec<String> = self.stored_fields().map(|f| f.ident.to_string()).collect();
-                    let hint = match closest(&name.to_string(), names.iter().map(String::as_str)) {
-                        Some(near) => format!(", did you mean `{near}`?"),
-                        None => String::new(),
-                    };
-                    cx.error_spanned_by(
-                        name,
-                        format!("`unique` names `{name}`, which is not a field of `{}`{hint}", self.ident),
-                    )
-                }
-                Some(f) if !f.stored() => cx.error_spanned_by(
+            self.stored_field_named(cx, "unique", name);
+        }
+    }
+
+    /// The stored field `attr` names as `name`; `None`, with an error naming
+    /// `attr`, when there is no such field (with the closest name as a hint)
+    /// or it is `#[bulk(skip)]`.
+    fn stored_field_named(&self, cx: &Ctxt, attr: &str, name: &syn::Ident) -> Option<&crate::ast::Field<'_>> {
+        match self.field_named(name) {
+            None => {
+                let names: Vec<String> = self.stored_fields().map(|f| f.ident.to_string()).collect();
+                let hint = match closest(&name.to_string(), names.iter().map(String::as_str)) {
+                    Some(near) => format!(", did you mean `{near}`?"),
+                    None => String::new(),
+                };
+                cx.error_spanned_by(
                     name,
-                    format!("`unique` names `{name}`, which is `#[bulk(skip)]` and so not stored"),
-                ),
-                Some(_) => {}
+                    format!("`{attr}` names `{name}`, which is not a field of `{}`{hint}", self.ident),
+                );
+                None
             }
+            Some(f) if !f.stored() => {
+                cx.error_spanned_by(
+                    name,
+                    format!("`{attr}` names `{name}`, which is `#[bulk(skip)]` and so not stored"),
+                );
+                None
+            }
+            Some(f) => Some(f),
         }
     }
 
@@ -146,37 +157,21 @@ impl Input<'_> {
         let Some(name) = a.distribute_by.get() else {
             return;
         };
-        match self.field_named(name) {
-            None => {
-                let names: Vec<String> = self.stored_fields().map(|f| f.ident.to_string()).collect();
-                let hint = match closest(&name.to_string(), names.iter().map(String::as_str)) {
-                    Some(near) => format!(", did you mean `{near}`?"),
-                    None => String::new(),
-                };
-                cx.error_spanned_by(
-                    name,
-                    format!("`distribute_by` names `{name}`, which is not a field of `{}`{hint}", self.ident),
-                );
-            }
-            Some(f) if !f.stored() => cx.error_spanned_by(
+        let Some(f) = self.stored_field_named(cx, "distribute_by", name) else {
+            return;
+        };
+        let Some(key) = a.unique.get() else {
+            return;
+        };
+        if !key.is_empty() && !key.iter().any(|k| unraw(k) == unraw(f.ident)) {
+            let key = key.iter().map(unraw).collect::<Vec<_>>().join(", ");
+            cx.error_spanned_by(
                 name,
-                format!("`distribute_by` names `{name}`, which is `#[bulk(skip)]` and so not stored"),
-            ),
-            Some(f) => {
-                let Some(key) = a.unique.get() else {
-                    return;
-                };
-                if !key.is_empty() && !key.iter().any(|k| unraw(k) == unraw(f.ident)) {
-                    let key = key.iter().map(unraw).collect::<Vec<_>>().join(", ");
-                    cx.error_spanned_by(
-                        name,
-                        format!(
-                            "`distribute_by` names `{name}`, which is not in the unique key `unique({key})`: \
-                             Citus needs the distribution column in the unique key, so add `{name}` to `unique(...)`"
-                        ),
-                    );
-                }
-            }
+                format!(
+                    "`distribute_by` names `{name}`, which is not in the unique key `unique({key})`: \
+                     Citus needs the distribution column in the unique key, so add `{name}` to `unique(...)`"
+                ),
+            );
         }
     }
 
