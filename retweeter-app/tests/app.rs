@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use bulk_runtime::Report;
@@ -194,19 +194,8 @@ fn report_formats_agree_with_counts_computed_here() {
     let counts = schema.counts();
     let total: i64 = counts.values().sum();
     assert!(total > 300, "enough data for a top-K table: {total}");
-    let mut retweeter_totals: HashMap<i64, i64> = HashMap::new();
-    let mut author_totals: HashMap<i64, i64> = HashMap::new();
-    for (&(r, a), &n) in &counts {
-        *retweeter_totals.entry(r).or_default() += n;
-        *author_totals.entry(a).or_default() += n;
-    }
-    let ranked = |totals: &HashMap<i64, i64>| {
-        let mut v: Vec<(i64, i64)> = totals.iter().map(|(&id, &n)| (id, n)).collect();
-        v.sort_by_key(|&(id, n)| (-n, id));
-        v.into_iter().map(|(id, _)| id).collect::<Vec<i64>>()
-    };
-    let retweeters = ranked(&retweeter_totals);
-    let authors = ranked(&author_totals);
+    let common::Totals { retweeter: retweeter_totals, author: author_totals, retweeters, authors } =
+        common::Totals::of(&counts);
     assert!(authors.len() >= 3, "{authors:?}");
     let cell = |r: i64, a: i64| counts.get(&(r, a)).copied().unwrap_or(0);
 

@@ -153,19 +153,8 @@ fn report_agrees_with_counts_computed_here() {
     let total: i64 = counts.values().sum();
     assert_eq!(total, inserted as i64, "the polls' counts are what is stored");
     assert!(total > 300, "enough data for a top-K table: {total}");
-    let mut retweeter_totals: HashMap<i64, i64> = HashMap::new();
-    let mut author_totals: HashMap<i64, i64> = HashMap::new();
-    for (&(r, a), &n) in &counts {
-        *retweeter_totals.entry(r).or_default() += n;
-        *author_totals.entry(a).or_default() += n;
-    }
-    let ranked = |totals: &HashMap<i64, i64>| {
-        let mut v: Vec<(i64, i64)> = totals.iter().map(|(&id, &n)| (id, n)).collect();
-        v.sort_by_key(|&(id, n)| (-n, id));
-        v.into_iter().map(|(id, _)| id).collect::<Vec<i64>>()
-    };
-    let retweeters = ranked(&retweeter_totals);
-    let authors = ranked(&author_totals);
+    let common::Totals { retweeter: retweeter_totals, author: author_totals, retweeters, authors } =
+        common::Totals::of(&counts);
 
     // CSV: every cell.
     let csv = run(args(&schema, &["report", "--format", "csv"]));

@@ -87,31 +87,9 @@ fn values_bucket(rows: usize, max: usize) -> usize {
     rows.div_ceil(step).saturating_mul(step).min(max).max(rows)
 }
 
-/// One value of a row, cut from a binary array: its bytes, or NULL.
-#[derive(Debug)]
-pub(crate) struct Element(Option<bytes::Bytes>);
-
-impl ToSql for Element {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match &self.0 {
-            Some(bytes) => {
-                out.extend_from_slice(bytes);
-                Ok(tokio_postgres::types::IsNull::No)
-            }
-            None => Ok(tokio_postgres::types::IsNull::Yes),
-        }
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-
-    tokio_postgres::types::to_sql_checked!();
-}
+/// One value of a row, cut from a binary array: its bytes (sent as they
+/// are, like a whole array), or `None` for NULL.
+pub(crate) type Element = Option<Encoded>;
 
 /// The elements of a one-dimensional binary array (as [`wire`] encodes them).
 fn elements(array: &Encoded) -> Vec<Element> {
@@ -128,10 +106,10 @@ fn elements(array: &Encoded) -> Vec<Element> {
         at += 4;
         match usize::try_from(len) {
             Ok(len) => {
-                out.push(Element(Some(bytes.slice(at..at + len))));
+                out.push(Some(Encoded(bytes.slice(at..at + len))));
                 at += len;
             }
-            Err(_) => out.push(Element(None)),
+            Err(_) => out.push(None),
         }
     }
     out
@@ -149,7 +127,7 @@ pub(crate) fn values(arrays: &[Encoded], max: usize) -> (Vec<Element>, usize) {
     for row in 0..bucket {
         let row = row.min(rows.saturating_sub(1));
         for column in &columns {
-            out.push(Element(column[row].0.clone()));
+            out.push(column[row].clone());
         }
     }
     (out, bucket)
@@ -431,7 +409,7 @@ mod tests {
         let (values, bucket) = values(&[column(&a), column(&b)], 1000);
         assert_eq!(bucket, 18);
         assert_eq!(values.len(), 2 * bucket);
-        let decode = |e: &Element| e.0.as_ref().map(|b| i64::from_be_bytes(b[..].try_into().unwrap()));
+        let decode = |e: &Element| e.as_ref().map(|b| i64::from_be_bytes(b.0[..].try_into().unwrap()));
         for row in 0..bucket {
             let i = row.min(rows as usize - 1);
             assert_eq!((decode(&values[2 * row]), decode(&values[2 * row + 1])), (a[i], b[i]), "row {row}");

@@ -11,7 +11,7 @@ use crate::types::{self, BulkValue, ValueError};
 
 /// A parameter encoded ahead of time (a binary array), so nothing borrowed
 /// from the rows lives across an await.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Encoded(pub(crate) Bytes);
 
 impl ToSql for Encoded {

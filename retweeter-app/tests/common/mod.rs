@@ -530,3 +530,31 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(Shutdown::Write);
     });
 }
+
+/// What the report should show, computed here from the stored `(retweeter,
+/// author) -> count` pairs: each retweeter's and each author's total, and
+/// both ranked by total (highest first, ties by id).
+pub struct Totals {
+    pub retweeter: HashMap<i64, i64>,
+    pub author: HashMap<i64, i64>,
+    pub retweeters: Vec<i64>,
+    pub authors: Vec<i64>,
+}
+
+impl Totals {
+    pub fn of(counts: &HashMap<(i64, i64), i64>) -> Totals {
+        let mut retweeter: HashMap<i64, i64> = HashMap::new();
+        let mut author: HashMap<i64, i64> = HashMap::new();
+        for (&(r, a), &n) in counts {
+            *retweeter.entry(r).or_default() += n;
+            *author.entry(a).or_default() += n;
+        }
+        let ranked = |totals: &HashMap<i64, i64>| {
+            let mut v: Vec<(i64, i64)> = totals.iter().map(|(&id, &n)| (id, n)).collect();
+            v.sort_by_key(|&(id, n)| (-n, id));
+            v.into_iter().map(|(id, _)| id).collect::<Vec<i64>>()
+        };
+        let (retweeters, authors) = (ranked(&retweeter), ranked(&author));
+        Totals { retweeter, author, retweeters, authors }
+    }
+}
