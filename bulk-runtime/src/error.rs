@@ -527,6 +527,9 @@ pub(crate) fn retryable(source: &tokio_postgres::Error) -> bool {
     if source.is_closed() {
         return true;
     }
+    if citus_copy_lost_a_worker(source) {
+        return true;
+    }
     match source.code() {
         Some(code) => {
             let c = code.code();
@@ -544,6 +547,27 @@ pub(crate) fn retryable(source: &tokio_postgres::Error) -> bool {
             source.as_db_error().is_none()
                 && std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>())
         }
+    }
+}
+
+/// Whether `source` is Citus's report of a COPY into a distributed table
+/// (the staging table of [`Model::citus_staging_sql`]) that lost its worker
+/// connection or met a retryable failure there: Citus re-raises the
+/// worker's message without its SQLSTATE (`XX000`, from `ReportCopyError`),
+/// or says `failed to complete COPY` (58030) when the connection broke.
+fn citus_copy_lost_a_worker(source: &tokio_postgres::Error) -> bool {
+    let Some(db) = source.as_db_error() else { return false };
+    let message = db.message();
+    match db.code().code() {
+        "XX000" if db.routine() == Some("ReportCopyError") => {
+            message.starts_with("terminating connection")
+                || message.starts_with("server closed the connection")
+                || message.starts_with("deadlock detected")
+                || message.starts_with("could not serialize access")
+                || message.starts_with("canceling statement due to lock timeout")
+        }
+        "58030" => message.starts_with("failed to complete COPY on"),
+        _ => false,
     }
 }
 

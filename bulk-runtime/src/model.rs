@@ -312,6 +312,113 @@ impl Model {
         }
     }
 
+    /// A hash of what the session-local scratch table and the Citus staging
+    /// table hold for this model (its table, columns, types, nullability
+    /// and key), so that a table of another layout gets another name.
+    pub(crate) fn layout_hash(&self) -> u64 {
+        // The first part names the tables' layout and grants, so a session
+        // never reuses one made by another version of this crate.
+        let mut parts = vec!["v2", self.schema.unwrap_or(""), self.table];
+        for c in self.columns {
+            parts.push(c.name());
+            parts.push(c.pg_type().sql_name());
+            parts.push(if c.nullable() { "null" } else { "not null" });
+            parts.push(c.sql_type().unwrap_or(""));
+        }
+        parts.push(if self.nulls_not_distinct { "nulls not distinct" } else { "nulls distinct" });
+        parts.extend(self.unique_key().map(|c| c.name()));
+        fnv1a(&parts)
+    }
+
+    /// The name of the model's Citus staging table (only `[a-z0-9_]`), in
+    /// the target's schema; see [`Model::citus_staging_sql`].
+    pub fn citus_staging_table(&self) -> String {
+        format!("__bulk_stage_{:016x}", self.layout_hash())
+    }
+
+    /// [`Model::citus_staging_table`], qualified as the target is and quoted.
+    pub(crate) fn staging_qualified_name(&self) -> String {
+        let stage = quote_ident(&self.citus_staging_table());
+        match self.schema {
+            Some(s) => format!("{}.{stage}", quote_ident(s)),
+            None => stage,
+        }
+    }
+
+    /// The staging table's columns, as `(name, type)`: the position, the
+    /// surrogate id (when the model has one: filled from the target's
+    /// sequence as the rows are copied, so that the insert from the staging
+    /// table names every value and Citus runs it on the shards), then the
+    /// model's columns with their wire types.
+    pub(crate) fn staging_columns(&self) -> Vec<(&'static str, &'static str)> {
+        let mut cols = vec![(STAGING_ORD, "bigint")];
+        cols.extend(self.id.map(|id| (id, "bigint")));
+        cols.extend(self.columns.iter().map(|c| (c.name(), c.pg_type().sql_name())));
+        cols
+    }
+
+    /// A `DO` block that gives a hash-distributed table its staging table,
+    /// co-located with it, where the large plain calls copy their rows on
+    /// Citus: an unlogged table of the rows' positions and the model's
+    /// columns ([`Model::citus_staging_table`], in the target's schema),
+    /// distributed by the target's distribution column with
+    /// `colocate_with`, so that the insert from it runs on each shard where
+    /// its rows are. A model with a surrogate id gets the id column too,
+    /// defaulting to the target's id sequence. The block does nothing
+    /// without Citus, on a table that is not hash-distributed (or whose id
+    /// column has no sequence), or when the staging table exists; so it
+    /// runs again harmlessly. [`Model::migration_sql`] includes it for a
+    /// `distribute_by` model; a table distributed by hand gets it by
+    /// running this after `create_distributed_table`.
+    ///
+    /// A call uses the staging table when it finds it co-located with the
+    /// target, of these columns, open to the role (`SELECT`, `INSERT`,
+    /// `DELETE`, and `USAGE` of the id sequence), and Citus plans the insert
+    /// from it on the shards; otherwise the session's temporary table. Rows
+    /// a call copies there are deleted in the call's own transaction: no
+    /// other session ever sees them.
+    pub fn citus_staging_sql(&self) -> String {
+        let table = quote_literal(&self.qualified_name());
+        let stage = quote_literal(&self.staging_qualified_name());
+        // The DDL goes through `format`, whose `%L` is the id sequence.
+        let cols: Vec<String> = self
+            .staging_columns()
+            .into_iter()
+            .map(|(name, ty)| match self.id {
+                Some(id) if id == name => format!(
+                    "{} bigint DEFAULT pg_catalog.nextval(%L::pg_catalog.regclass)",
+                    quote_ident(name).replace('%', "%%")
+                ),
+                _ => format!("{} {ty}", quote_ident(name).replace('%', "%%")),
+            })
+            .collect();
+        let create =
+            format!("CREATE UNLOGGED TABLE {} ({})", self.staging_qualified_name().replace('%', "%%"), cols.join(", "));
+        let sequence = match self.id {
+            Some(id) => format!("pg_catalog.pg_get_serial_sequence({table}, {})", quote_literal(id)),
+            None => "''".to_owned(),
+        };
+        let body = format!(
+            "\nDECLARE\n\
+             \x20 dist text;\n\
+             \x20 seq text;\n\
+             BEGIN\n\
+             \x20 IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN\n\
+             \x20   SELECT pg_catalog.column_to_column_name(logicalrelid, partkey) INTO dist\n\
+             \x20     FROM pg_catalog.pg_dist_partition\n\
+             \x20    WHERE logicalrelid = pg_catalog.to_regclass({table}) AND partmethod = 'h';\n\
+             \x20   seq := {sequence};\n\
+             \x20   IF dist IS NOT NULL AND seq IS NOT NULL AND pg_catalog.to_regclass({stage}) IS NULL THEN\n\
+             \x20     EXECUTE pg_catalog.format({create}, seq);\n\
+             \x20     PERFORM pg_catalog.create_distributed_table({stage}, dist, colocate_with => {table});\n\
+             \x20   END IF;\n\
+             \x20 END IF;\n\
+             END\n",
+            create = quote_literal(&create),
+        );
+        do_block(&body)
+    }
+
     /// The value cached for the model by `init` on first use: the SQL
     /// plan of [`sql::plan`](crate::sql::plan), the only caller.
     pub(crate) fn cached<P: Any + Send + Sync>(&'static self, init: impl FnOnce() -> P) -> &'static P {
@@ -401,6 +508,9 @@ impl Model {
             out.extend(indexes.map(|index| do_block(&format!("\nBEGIN\n  EXECUTE {};\nEND\n", quote_literal(&index)))));
         }
         out.extend(self.citus_statement());
+        if matches!(self.citus, CitusTable::Distributed { .. }) {
+            out.push(self.citus_staging_sql());
+        }
         out
     }
 
@@ -487,6 +597,9 @@ pub fn quote_ident(name: &str) -> String {
 pub(crate) fn quote_literal(text: &str) -> String {
     format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
+
+/// The staging table's column of each row's position in the batch.
+pub(crate) const STAGING_ORD: &str = "__bulk_ord";
 
 /// FNV-1a: a stable hash for generated names (not for security).
 pub(crate) fn fnv1a(parts: &[&str]) -> u64 {

@@ -1,6 +1,6 @@
 //! Verifying that the live table matches the model before the first write.
 
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 
 use crate::error::{Error, SchemaProblem, Step};
@@ -42,7 +42,16 @@ SELECT ic.relname::text,
 /// named inside `query_to_xml`'s text; see `notes/citus.md`, §4): `local`
 /// (plain PostgreSQL, or a Citus coordinator's own table), `distributed`
 /// (hash) with its distribution column, `reference`, `single_shard`,
-/// `citus_local`, `unsupported` (append or range), or `missing`.
+/// `citus_local`, `unsupported` (append or range), or `missing`; then
+/// whether the staging table `$2` (see [`Model::citus_staging_sql`]) is
+/// usable: hash-distributed by a column of the same name as the target's,
+/// co-located with it, with the columns `$3` of the types `$4`, and open
+/// to the role for `SELECT`, `INSERT` and `DELETE`, with `USAGE` of the
+/// sequence of the model's id column `$5` (NULL without one); and no other
+/// column of the target left to a default that calls a function (a
+/// sequence, a volatile function: Citus would then pull the insert's rows
+/// to the coordinator, and its command tag would count the rows attempted)
+/// or to an identity or generated column.
 const CITUS_KIND: &str = "\
 SELECT CASE WHEN c.oid IS NULL THEN 'missing'
             WHEN m.partmethod IS NULL THEN 'local'
@@ -52,10 +61,29 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
             WHEN m.partmethod = 'n' THEN 'citus_local'
             ELSE 'unsupported' END,
        (SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = c.oid AND a.attnum = m.distattnum)
+         WHERE a.attrelid = c.oid AND a.attnum = m.distattnum),
+       coalesce(m.partmethod = 'h' AND m.staged
+         AND (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute AS a
+               WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped) = $3::text[]
+         AND (SELECT pg_catalog.array_agg(a.atttypid ORDER BY a.attnum) FROM pg_catalog.pg_attribute AS a
+               WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped) = $4::oid[]
+         AND pg_catalog.has_table_privilege(s.oid, 'SELECT, INSERT, DELETE')
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                           LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                            AND a.attname::text <> ALL ($3::text[])
+                            AND (a.attidentity <> '' OR a.attgenerated <> ''
+                                 OR pg_catalog.strpos(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '(') > 0))
+         AND CASE WHEN $5::text IS NULL THEN true
+                  WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                                    WHERE a.attrelid = c.oid AND a.attname = $5::text AND NOT a.attisdropped) THEN false
+                  ELSE coalesce(pg_catalog.has_sequence_privilege(
+                         pg_catalog.pg_get_serial_sequence($1, $5::text), 'USAGE'), false) END, false)
   FROM (SELECT pg_catalog.to_regclass($1) AS oid) AS c
+  CROSS JOIN (SELECT pg_catalog.to_regclass($2) AS oid) AS s
   LEFT JOIN LATERAL (
     SELECT (pg_catalog.xpath('/row/partmethod/text()', r))[1]::text AS partmethod,
+           (pg_catalog.xpath('/row/staged/text()', r))[1]::text::bool AS staged,
            (pg_catalog.xpath('/row/repmodel/text()', r))[1]::text AS repmodel,
            (pg_catalog.xpath('/row/colocationid/text()', r))[1]::text::int4 AS colocationid,
            (pg_catalog.xpath('/row/attnum/text()', r))[1]::text::int2 AS distattnum
@@ -63,11 +91,16 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
              CASE WHEN pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL
                   THEN 'SELECT 1 WHERE false'
                   ELSE pg_catalog.format(
-                    'SELECT p.partmethod, p.repmodel, p.colocationid, a.attnum
+                    'SELECT p.partmethod, p.repmodel, p.colocationid, a.attnum,
+                            (SELECT q.partmethod = ''h'' AND q.colocationid = p.colocationid
+                                    AND pg_catalog.column_to_column_name(q.logicalrelid, q.partkey)
+                                      = pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+                               FROM pg_catalog.pg_dist_partition AS q
+                              WHERE q.logicalrelid = %s::pg_catalog.oid) AS staged
                        FROM pg_catalog.pg_dist_partition AS p
                        LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = p.logicalrelid AND p.partkey IS NOT NULL
                         AND a.attname = pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
-                      WHERE p.logicalrelid = %s::pg_catalog.oid', coalesce(c.oid::int8, 0)) END,
+                      WHERE p.logicalrelid = %s::pg_catalog.oid', coalesce(s.oid::int8, 0), coalesce(c.oid::int8, 0)) END,
              false, false, ''))) AS r
   ) AS m ON true";
 
@@ -127,7 +160,15 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
 
 /// The live table's differences from the model, and how its key compares.
 async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>, KeyShape), tokio_postgres::Error> {
-    let name = crate::sql::plan(model).target_regclass.as_str();
+    let plan = crate::sql::plan(model);
+    let name = plan.target_regclass.as_str();
+    // The staging table's columns: the position, the id, then the model's, of the COPY's types.
+    let stage_names: Vec<&str> = model.staging_columns().into_iter().map(|(name, _)| name).collect();
+    let mut stage_types: Vec<u32> = plan.copy_types.iter().map(Type::oid).collect();
+    if model.id_column().is_some() {
+        stage_types.insert(1, Type::INT8.oid());
+    }
+    let id = model.id_column();
     let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
     // The catalog queries go out together: one round trip.
     let (live, resolved, indexes, citus) = futures_util::future::try_join4(
@@ -140,7 +181,16 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
             Ok(rows.iter().map(|r| r.get::<_, Option<String>>(0)).collect::<Vec<_>>())
         },
         tx.query_typed(UNIQUE_INDEXES, &[(&name, Type::TEXT)]),
-        tx.query_typed(CITUS_KIND, &[(&name, Type::TEXT)]),
+        tx.query_typed(
+            CITUS_KIND,
+            &[
+                (&name as &(dyn ToSql + Sync), Type::TEXT),
+                (&plan.stage_regclass, Type::TEXT),
+                (&stage_names, Type::TEXT_ARRAY),
+                (&stage_types, Type::OID_ARRAY),
+                (&id, Type::TEXT),
+            ],
+        ),
     )
     .await?;
     if live.is_empty() {
@@ -154,6 +204,12 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
     let mut shape = key_shape(model, &live, &mut problems);
     problems.extend(index_problem(model, &indexes));
     shape.dialect = citus_dialect(model, citus.first(), &mut problems);
+    let staged = citus.first().is_some_and(|row| row.get::<_, bool>(2));
+    if shape.dialect == Dialect::Citus && staged && shape.is_plain() {
+        // (A key compared otherwise than the model's types keeps to the
+        // session's scratch table, whose key columns take the table's.)
+        shape.dialect = Dialect::CitusStaged;
+    }
     Ok((problems, shape))
 }
 

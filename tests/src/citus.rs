@@ -33,6 +33,9 @@ pub enum Placement {
     Distributed(&'static str),
     /// `create_reference_table(table)`: one copy on every node.
     Reference,
+    /// As [`Placement::Distributed`], and the table gets its staging table
+    /// (`Model::citus_staging_sql`; the test runs it, knowing the model).
+    Staged(&'static str),
 }
 
 impl Placement {
@@ -41,7 +44,7 @@ impl Placement {
     pub fn sql(self, table: &str) -> String {
         let table = quote_literal(table);
         match self {
-            Placement::Distributed(column) => {
+            Placement::Distributed(column) | Placement::Staged(column) => {
                 // The column goes as its name, not as a quoted identifier.
                 format!("SELECT create_distributed_table({table}, {})", quote_literal(column))
             }
@@ -54,6 +57,7 @@ impl Placement {
         match self {
             Placement::Distributed(_) => "dist",
             Placement::Reference => "ref",
+            Placement::Staged(_) => "stag",
         }
     }
 }

@@ -318,7 +318,7 @@ impl Prepared {
     /// Runs the statement; returns the rows it wrote: its command tag, or
     /// on Citus the count its one row says (see [`Dialect::Citus`]).
     async fn execute(&self, on: &Statements<'_>, params: &[Param<'_>]) -> Result<u64, Error> {
-        if on.dialect == Dialect::Citus {
+        if on.dialect.is_citus() {
             let rows = self.query(on, params).await?;
             return counted(on.model, rows).await;
         }

@@ -18,7 +18,7 @@ use crate::model::{Model, quote_ident};
 use crate::schema;
 use crate::scope::Scope;
 use crate::sql::variants::{self, Returned, Source};
-use crate::sql::{self};
+use crate::sql::{self, Dialect};
 use crate::statements;
 use crate::wire::{CopyWriter, Fingerprint};
 
@@ -31,6 +31,9 @@ pub(crate) struct Sent {
     /// Whether a key may repeat in the batch (always, unless the writer
     /// watched the keys: see [`repeats`](crate::repeats)).
     pub repeats: bool,
+    /// Whether the rows went to the target's Citus staging table (see
+    /// [`Dialect::CitusStaged`]) instead of the session's scratch table.
+    pub staged: bool,
 }
 
 /// Makes sure the session has the scratch table (after the schema check the
@@ -39,11 +42,20 @@ pub(crate) struct Sent {
 pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> Result<bool, Error> {
     let plan = sql::plan(model);
     let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
-    let params: [(&(dyn ToSql + Sync), Type); 3] =
-        [(&plan.scratch_regclass, Type::TEXT), (&plan.target_regclass, Type::TEXT), (&id, Type::TEXT)];
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&plan.scratch_regclass, Type::TEXT),
+        (&plan.target_regclass, Type::TEXT),
+        (&id, Type::TEXT),
+        (&plan.stage_regclass, Type::TEXT),
+    ];
     let before = tx.query_typed(variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
-    let (exists, with_id) = before.first().map_or((false, false), |r| (r.get(0), r.get(1)));
+    let (exists, with_id, stage) = before.first().map_or((false, false, false), |r| (r.get(0), r.get(1), r.get(2)));
     use_scratch(tx, model, exists).await?;
+    if !stage && statements::dialect(tx, model) == Dialect::CitusStaged {
+        // The staging table this connection's check found is gone: the
+        // check again (the session's scratch table serves instead).
+        schema::verify(tx, model).await?;
+    }
     Ok(with_id)
 }
 
@@ -109,7 +121,9 @@ where
     S: Stream<Item = Result<R, BoxError>>,
     R: Borrow<T>,
 {
-    let mut copy = CopyWriter::start(tx, model, matches!(call.kind, Kind::CreateNew)).await?;
+    let plain = matches!(call.kind, Kind::CreateNew);
+    let staged = plain && statements::dialect(tx, model) == Dialect::CitusStaged;
+    let mut copy = CopyWriter::start(tx, model, plain, staged).await?;
     if call.ledger.is_some() {
         copy.fingerprint = Some(Fingerprint::new());
     }
@@ -137,7 +151,7 @@ where
         }
     }
     flush(&mut copy, model, call).await?;
-    let sent = Sent { offered: copy.offered, bytes: copy.bytes_sent(), repeats: copy.repeats_possible() };
+    let sent = Sent { offered: copy.offered, bytes: copy.bytes_sent(), repeats: copy.repeats_possible(), staged };
     call.fingerprint = copy.fingerprint.take();
     let copied = copy.finish(model).await?;
     debug_assert_eq!(copied, sent.offered);
@@ -236,7 +250,15 @@ async fn insert_new(
     // there the savepoint is released only once the insert has succeeded, so
     // that a dropped call is rolled back to it.
     let commit = (and_commit && !nested).then(|| scope.commit_sql());
-    let dialect = statements::dialect(scope.client(), model);
+    let dialect = match statements::dialect(scope.client(), model) {
+        _ if sent.staged => Dialect::CitusStaged,
+        Dialect::CitusStaged => Dialect::Citus,
+        dialect => dialect,
+    };
+    // The rows to delete once inserted: the staging table's, or inside a
+    // caller's transaction the scratch table's.
+    let clear = if sent.staged { Some(sql::plan(model).clear_stage.as_str()) } else { None };
+    let clear = clear.or(nested.then_some(sql::plan(model).clear.as_str()));
     let mut form = Form::first(model, &Kind::CreateNew, sent.offered, dialect);
     let mut request = Request::default();
     request.push_opt(work_mem_sql(sent, nested).as_deref());
@@ -249,7 +271,7 @@ async fn insert_new(
     }
     let mut refused: Option<Error> = None;
     loop {
-        request.push_opt(nested.then_some(sql::plan(model).clear.as_str()));
+        request.push_opt(clear);
         request.push_opt(commit);
         let result = request.send(scope, model, commit.is_some()).await;
         if refused.is_some()

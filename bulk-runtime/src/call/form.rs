@@ -86,7 +86,7 @@ impl Form {
     /// whatever the form).
     pub(crate) fn small_sql(self, model: &'static Model, shape: &KeyShape) -> Cow<'static, str> {
         let plan = sql::plan(model);
-        if shape.dialect == Dialect::Citus {
+        if shape.dialect.is_citus() {
             return Cow::Owned(sql::arrays_citus(model, plan.client_ordered, shape));
         }
         match (self, shape.is_plain()) {
@@ -102,11 +102,16 @@ impl Form {
     /// The COPY path's insert from the scratch table in this form (the
     /// plain form without `DISTINCT ON` when no key `repeats`); on Citus
     /// (`dialect`) the one `ON CONFLICT` statement counted from `RETURNING`
-    /// (without `DISTINCT ON` too when no key repeats).
+    /// (without `DISTINCT ON` too when no key repeats), or with the staging
+    /// table, its insert from there, counted from the command tag.
     pub(crate) fn scratch_sql(self, model: &'static Model, repeats: bool, dialect: Dialect) -> &'static str {
         let plan = sql::plan(model);
-        if dialect == Dialect::Citus {
-            return if repeats { &plan.insert_citus } else { &plan.insert_citus_distinct_keys };
+        match dialect {
+            Dialect::Citus => return if repeats { &plan.insert_citus } else { &plan.insert_citus_distinct_keys },
+            Dialect::CitusStaged => {
+                return if repeats { &plan.insert_staged } else { &plan.insert_staged_distinct_keys };
+            }
+            Dialect::Postgres => {}
         }
         match (self, repeats) {
             (Form::Plain, true) => &plan.insert_plain,

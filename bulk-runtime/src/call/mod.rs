@@ -227,7 +227,7 @@ fn short_limit<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, kind
 /// [`arrays::citus_values_rows`], once the connection's schema check found
 /// a Citus table.
 fn citus_values_rows<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, kind: &Kind) -> Option<usize> {
-    let citus = crate::statements::dialect(conn.client(), model) == sql::Dialect::Citus;
+    let citus = crate::statements::dialect(conn.client(), model).is_citus();
     if citus && matches!(kind, Kind::CreateNew) { arrays::citus_values_rows(model) } else { None }
 }
 

@@ -17,7 +17,7 @@ use crate::types::PgType;
 
 /// Name of the batch's position column: the scratch table's, and the first
 /// array's on the short path, so that the first offered row of a key wins.
-pub(crate) const ORD: &str = "__bulk_ord";
+pub(crate) const ORD: &str = crate::model::STAGING_ORD;
 
 /// Column of the upsert's mask array: the row's key was inserted by the
 /// upsert's first statement.

@@ -204,6 +204,49 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
     counted(&[], &insert)
 }
 
+/// The COPY path's insert on Citus from the target's co-located staging
+/// table ([`Model::citus_staging_sql`](crate::Model::citus_staging_sql)):
+/// the first offered row of each key, in key order, `ON CONFLICT`, counted
+/// from the command tag:
+///
+/// ```sql
+/// INSERT INTO target (id, cols)
+/// SELECT DISTINCT ON (s.key) s.id, s.cols FROM schema.stage AS s ORDER BY s.key, s.__bulk_ord
+/// ON CONFLICT (key) DO NOTHING
+/// ```
+///
+/// The staging table is distributed by the target's distribution column
+/// and co-located with it, so Citus pushes the whole statement down: each
+/// shard inserts from its own staging shard, and the command tag is the sum
+/// of the shards' own tags (the rows inserted, exact). Without `repeats`,
+/// no `DISTINCT ON`; the rows still go in key order, against deadlocks
+/// between writers of overlapping keys on a shard. The staging table holds
+/// only the call's own rows (the rows of other sessions' calls are never
+/// committed, so never seen).
+pub(crate) fn staged_citus(model: &Model, repeats: bool) -> String {
+    let s_key = cols("\"s\"", model.unique_key());
+    let (distinct, order) = if repeats {
+        (format!("DISTINCT ON ({s_key}) "), format!("{s_key}, \"s\".{}", q(ORD)))
+    } else {
+        (String::new(), s_key)
+    };
+    // The surrogate id, drawn from the target's sequence as the rows were
+    // copied: with every value named, Citus runs the insert on the shards.
+    let (id, s_id) = match model.id_column() {
+        Some(id) => (format!("{}, ", q(id)), format!("\"s\".{}, ", q(id))),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        "INSERT INTO {target} ({id}{names}) SELECT {distinct}{s_id}{s_cols} FROM {stage} AS \"s\" \
+         ORDER BY {order} ON CONFLICT ({key}) DO NOTHING",
+        target = model.qualified_name(),
+        names = names(model.columns()),
+        s_cols = cols("\"s\"", model.columns()),
+        stage = model.staging_qualified_name(),
+        key = names(model.unique_key()),
+    )
+}
+
 /// The short path's insert of `rows` rows on Citus for a key the client
 /// orders: one multi-row `VALUES` list, one parameter per value (rows in
 /// key order, each key once, as the client sends them), counted from the

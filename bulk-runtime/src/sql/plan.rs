@@ -6,7 +6,7 @@ use tokio_postgres::types::Type;
 use super::fragments::{self, ORD};
 use super::insert;
 use super::shape::KeyShape;
-use crate::model::{Column, Model, fnv1a, quote_ident};
+use crate::model::{Column, Model, quote_ident};
 use crate::types::{PgType, fixed_width};
 
 /// The SQL text and wire types of one model's protocol.
@@ -37,6 +37,19 @@ pub(crate) struct Plan {
     pub insert_citus: String,
     /// The same, for a batch without a repeated key (no `DISTINCT ON`).
     pub insert_citus_distinct_keys: String,
+    /// `COPY` into the target's Citus staging table (see
+    /// [`Model::citus_staging_sql`](crate::Model::citus_staging_sql)).
+    pub copy_stage: String,
+    /// The plain call's insert from the staging table; see [`insert::staged_citus`].
+    pub insert_staged: String,
+    /// The same, for a batch without a repeated key (no `DISTINCT ON`).
+    pub insert_staged_distinct_keys: String,
+    /// Deletes the call's rows from the staging table (in the call's own
+    /// transaction, which is the only one that sees them).
+    pub clear_stage: String,
+    /// The staging table's name, qualified as the target's, quoted, as a
+    /// text value for `to_regclass($1)`.
+    pub stage_regclass: String,
     /// Empties the scratch table (used inside a caller's transaction, where
     /// `ON COMMIT DELETE ROWS` would only act at the caller's commit).
     pub clear: String,
@@ -82,6 +95,8 @@ impl Plan {
         copy_cols.extend(model.columns().iter().map(|c| quote_ident(c.name())));
         let copy =
             format!("COPY pg_temp.{} ({}) FROM STDIN (FORMAT binary)", quote_ident(&scratch), copy_cols.join(", "));
+        let stage = model.staging_qualified_name();
+        let copy_stage = format!("COPY {stage} ({}) FROM STDIN (FORMAT binary)", copy_cols.join(", "));
         let mut copy_types = vec![Type::INT8];
         copy_types.extend(model.columns().iter().map(|c| c.pg_type().wire_type()));
 
@@ -95,6 +110,11 @@ impl Plan {
             insert_citus: insert::scratch_citus(model, &scratch, true),
             insert_citus_distinct_keys: insert::scratch_citus(model, &scratch, false),
             clear: format!("DELETE FROM pg_temp.{}", quote_ident(&scratch)),
+            insert_staged: insert::staged_citus(model, true),
+            insert_staged_distinct_keys: insert::staged_citus(model, false),
+            clear_stage: format!("DELETE FROM {stage}"),
+            stage_regclass: stage,
+            copy_stage,
             scratch_regclass: format!("pg_temp.{scratch}"),
             target_regclass: model.qualified_name(),
             small_insert_plain: insert::arrays_plain(model, client_ordered, &plain),
@@ -168,18 +188,7 @@ pub(crate) struct KeyFormColumn {
 /// check depend on, so two models (or two versions of one model) never share a
 /// scratch table: its existence tells the call that *this* model was checked.
 fn scratch_name(model: &Model) -> String {
-    // The first part names the scratch table's layout and grants, so a
-    // session never reuses one made by another version of this crate.
-    let mut parts = vec!["v2", model.schema().unwrap_or(""), model.table()];
-    for c in model.columns() {
-        parts.push(c.name());
-        parts.push(c.pg_type().sql_name());
-        parts.push(if c.nullable() { "null" } else { "not null" });
-        parts.push(c.sql_type().unwrap_or(""));
-    }
-    parts.push(if model.nulls_not_distinct() { "nulls not distinct" } else { "nulls distinct" });
-    parts.extend(model.unique_key().map(|c| c.name()));
-    format!("__bulk_{:016x}", fnv1a(&parts))
+    format!("__bulk_{:016x}", model.layout_hash())
 }
 
 /// `CREATE TEMP TABLE` of the scratch table `scratch`: the position, then

@@ -34,6 +34,12 @@ pub(crate) enum Dialect {
     Postgres,
     /// A Citus distributed (hash) or reference table.
     Citus,
+    /// A Citus hash-distributed table with its co-located staging table
+    /// ([`Model::citus_staging_sql`](crate::Model::citus_staging_sql)): as
+    /// [`Dialect::Citus`], except that the COPY path of the plain call
+    /// copies into the staging table, and the insert from it runs on each
+    /// shard.
+    CitusStaged,
 }
 
 impl Dialect {
@@ -42,8 +48,13 @@ impl Dialect {
     pub(crate) fn label_suffix(self) -> &'static str {
         match self {
             Dialect::Postgres => "",
-            Dialect::Citus => " citus",
+            Dialect::Citus | Dialect::CitusStaged => " citus",
         }
+    }
+
+    /// Whether the table is a Citus distributed or reference table.
+    pub(crate) fn is_citus(self) -> bool {
+        self != Dialect::Postgres
     }
 }
 

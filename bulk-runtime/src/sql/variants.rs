@@ -273,13 +273,15 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                   AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{20,21,23}'::oid[]))";
 
 /// One round trip before the COPY of the call's variants: whether the scratch
-/// table exists (`$1`), and whether the id column is usable (`$2`, `$3` as in
-/// [`ID_COLUMN_USABLE`]; `$3` NULL when not asked).
+/// table exists (`$1`), whether the id column is usable (`$2`, `$3` as in
+/// [`ID_COLUMN_USABLE`]; `$3` NULL when not asked), and whether the Citus
+/// staging table exists (`$4`).
 pub(crate) const BEFORE_COPY: &str = "\
 SELECT pg_catalog.to_regclass($1) IS NOT NULL,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                 WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $3::name
-                  AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{20,21,23}'::oid[]))";
+                  AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{20,21,23}'::oid[])),
+       pg_catalog.to_regclass($4) IS NOT NULL";
 
 #[cfg(test)]
 mod tests {

@@ -47,13 +47,22 @@ pub(crate) struct CopyWriter {
 impl CopyWriter {
     /// Starts `COPY ... FROM STDIN (FORMAT binary)` into the scratch table;
     /// with `watch_repeats`, the writer tells whether a key may repeat (see
-    /// [`repeats_possible`](Self::repeats_possible)).
-    pub(crate) async fn start(tx: &Client, model: &'static Model, watch_repeats: bool) -> Result<CopyWriter, Error> {
+    /// [`repeats_possible`](Self::repeats_possible)); with `staged`, into the
+    /// target's Citus staging table instead (see
+    /// [`Model::citus_staging_sql`](crate::Model::citus_staging_sql)).
+    pub(crate) async fn start(
+        tx: &Client,
+        model: &'static Model,
+        watch_repeats: bool,
+        staged: bool,
+    ) -> Result<CopyWriter, Error> {
         // Prepared apart: a COPY statement the server refuses at parse time
         // (a missing scratch table) leaves the connection as it was, but one
         // refused when it starts (a permission) leaves tokio-postgres's
         // connection unusable, and the error says so.
-        let statement = tx.prepare(&sql::plan(model).copy).await.map_err(Error::at_step(model, Step::Copy))?;
+        let plan = sql::plan(model);
+        let copy = if staged { &plan.copy_stage } else { &plan.copy };
+        let statement = tx.prepare(copy).await.map_err(Error::at_step(model, Step::Copy))?;
         let sink =
             tx.copy_in::<_, Bytes>(&statement).await.map_err(|e| Error::database(model, Step::Copy, e).broken())?;
         let mut buf = BytesMut::with_capacity(CHUNK + 4096);
