@@ -63,10 +63,10 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
        (SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
          WHERE a.attrelid = c.oid AND a.attnum = m.distattnum),
        coalesce(m.partmethod = 'h' AND m.staged
-         AND (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute AS a
-               WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped) = $3::text[]
-         AND (SELECT pg_catalog.array_agg(a.atttypid ORDER BY a.attnum) FROM pg_catalog.pg_attribute AS a
-               WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped) = $4::oid[]
+         AND ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                    WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) = $3::text[]
+         AND ARRAY(SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                    WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) = $4::oid[]
          AND pg_catalog.has_table_privilege(s.oid, 'SELECT, INSERT, DELETE')
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
                            LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
