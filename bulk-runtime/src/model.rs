@@ -299,9 +299,14 @@ impl Model {
 
     /// The table name, schema-qualified when a schema is set, quoted for display.
     pub fn qualified_name(&self) -> String {
+        self.in_schema(self.table)
+    }
+
+    /// `name`, quoted, qualified by the model's schema when it has one.
+    fn in_schema(&self, name: &str) -> String {
         match self.schema {
-            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(self.table)),
-            None => quote_ident(self.table),
+            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(name)),
+            None => quote_ident(name),
         }
     }
 
@@ -338,11 +343,7 @@ impl Model {
 
     /// [`Model::citus_staging_table`], qualified as the target is and quoted.
     pub(crate) fn staging_qualified_name(&self) -> String {
-        let stage = quote_ident(&self.citus_staging_table());
-        match self.schema {
-            Some(s) => format!("{}.{stage}", quote_ident(s)),
-            None => stage,
-        }
+        self.in_schema(&self.citus_staging_table())
     }
 
     /// The staging table's columns, as `(name, type)`: the position, the
@@ -373,30 +374,29 @@ impl Model {
     ///
     /// A call uses the staging table when it finds it co-located with the
     /// target, of these columns, open to the role (`SELECT`, `INSERT`,
-    /// `DELETE`, and `USAGE` of the id sequence), and Citus plans the insert
-    /// from it on the shards; otherwise the session's temporary table. Rows
+    /// `DELETE`, and `USAGE` of the id sequence), and no other column of
+    /// the target is left to a default that calls a function (Citus would
+    /// then run the insert through the coordinator); otherwise the
+    /// session's temporary table. Rows
     /// a call copies there are deleted in the call's own transaction: no
     /// other session ever sees them.
     pub fn citus_staging_sql(&self) -> String {
         let table = quote_literal(&self.qualified_name());
         let stage = quote_literal(&self.staging_qualified_name());
-        // The DDL goes through `format`, whose `%L` is the id sequence.
-        let cols: Vec<String> = self
-            .staging_columns()
-            .into_iter()
-            .map(|(name, ty)| match self.id {
-                Some(id) if id == name => format!(
-                    "{} bigint DEFAULT pg_catalog.nextval(%L::pg_catalog.regclass)",
-                    quote_ident(name).replace('%', "%%")
+        let cols: Vec<String> =
+            self.staging_columns().into_iter().map(|(name, ty)| format!("{} {ty}", quote_ident(name))).collect();
+        let create = format!("CREATE UNLOGGED TABLE {} ({})", self.staging_qualified_name(), cols.join(", "));
+        // The id column defaults to the target's id sequence, found on the server.
+        let (sequence, id_default) = match self.id {
+            Some(id) => (
+                format!("pg_catalog.pg_get_serial_sequence({table}, {})", quote_literal(id)),
+                format!(
+                    "\x20     EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT \
+                     pg_catalog.nextval(%L::pg_catalog.regclass)', {stage}, {}, seq);\n",
+                    quote_literal(id)
                 ),
-                _ => format!("{} {ty}", quote_ident(name).replace('%', "%%")),
-            })
-            .collect();
-        let create =
-            format!("CREATE UNLOGGED TABLE {} ({})", self.staging_qualified_name().replace('%', "%%"), cols.join(", "));
-        let sequence = match self.id {
-            Some(id) => format!("pg_catalog.pg_get_serial_sequence({table}, {})", quote_literal(id)),
-            None => "''".to_owned(),
+            ),
+            None => ("''".to_owned(), String::new()),
         };
         let body = format!(
             "\nDECLARE\n\
@@ -409,7 +409,8 @@ impl Model {
              \x20    WHERE logicalrelid = pg_catalog.to_regclass({table}) AND partmethod = 'h';\n\
              \x20   seq := {sequence};\n\
              \x20   IF dist IS NOT NULL AND seq IS NOT NULL AND pg_catalog.to_regclass({stage}) IS NULL THEN\n\
-             \x20     EXECUTE pg_catalog.format({create}, seq);\n\
+             \x20     EXECUTE {create};\n\
+             {id_default}\
              \x20     PERFORM pg_catalog.create_distributed_table({stage}, dist, colocate_with => {table});\n\
              \x20   END IF;\n\
              \x20 END IF;\n\

@@ -257,8 +257,8 @@ async fn insert_new(
     };
     // The rows to delete once inserted: the staging table's, or inside a
     // caller's transaction the scratch table's.
-    let clear = if sent.staged { Some(sql::plan(model).clear_stage.as_str()) } else { None };
-    let clear = clear.or(nested.then_some(sql::plan(model).clear.as_str()));
+    let plan = sql::plan(model);
+    let clear = if sent.staged { Some(plan.clear_stage.as_str()) } else { nested.then_some(plan.clear.as_str()) };
     let mut form = Form::first(model, &Kind::CreateNew, sent.offered, dialect);
     let mut request = Request::default();
     request.push_opt(work_mem_sql(sent, nested).as_deref());

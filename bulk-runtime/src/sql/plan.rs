@@ -806,7 +806,7 @@ mod tests {
         let name = DISTRIBUTED.citus_staging_table();
         assert!(name.starts_with("__bulk_stage_") && name.len() < 64, "{name}");
         at(stage, &format!(r#"E'"my schema"."{name}"'"#));
-        at(stage, r#""id" bigint DEFAULT pg_catalog.nextval(%L::pg_catalog.regclass)"#);
+        at(stage, r#"ALTER TABLE %s ALTER COLUMN %I SET DEFAULT pg_catalog.nextval(%L::pg_catalog.regclass)'"#);
         at(stage, r#"colocate_with => E'"my schema"."re""tweet"'"#);
         // The insert from it names the id and orders by the key.
         let insert = &Plan::new(&DISTRIBUTED).insert_staged;
