@@ -885,6 +885,111 @@ async fn a_column_with_a_volatile_default_keeps_the_call_off_the_staging_table()
     db.drop().await;
 }
 
+/// The plain call's first attempt from the staging table is the anti-join
+/// without `ON CONFLICT`. A key that another session stores while the
+/// insert runs makes it fail with `unique_violation` (on a worker, where it
+/// waits for that session's row); the call then rolls back to its
+/// savepoint and runs the `ON CONFLICT` form on the same staged rows:
+/// no error, exact counts, the other session's row kept, every other new
+/// key stored as its first offered row, the staging table left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stored_meanwhile_sends_the_staged_insert_to_its_on_conflict_form() {
+    let (db, mut client) = setup("staging_meanwhile", STAGED, LONG, On::Client).await;
+    let (pre, rows, mut new) = batch(LONG, 0);
+    store(&client, &pre).await;
+    let taken = new.remove(new.len() / 2);
+    let (tweet, retweeter) = (rows[taken].tweet, rows[taken].retweeter);
+    let mut other = db.connect().await;
+    let other_tx = other.transaction().await.unwrap();
+    other_tx
+        .execute("INSERT INTO rt (tweet, retweeter, original_author) VALUES ($1, $2, -1)", &[&tweet, &retweeter])
+        .await
+        .expect("the other session's row, not committed yet");
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let call = {
+        let rows = rows.clone();
+        tokio::spawn(async move { Retweet::bulk_create_new(&mut client, &rows).await })
+    };
+    // The call's request on the coordinator, and its insert waiting on a
+    // worker for the other session's row.
+    let admin = db.connect().await;
+    let schema: String = admin.query_one("SELECT current_schema()::text", &[]).await.unwrap().get(0);
+    let shard = format!("%{schema}.rt_%");
+    let mut request = None;
+    let mut waiting = false;
+    for _ in 0..4000 {
+        assert!(!call.is_finished(), "the call finished before the other session committed: {:?}", call.await);
+        if request.is_none() {
+            request = admin
+                .query_opt("SELECT query FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%INSERT INTO%'", &[&pid])
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, String>(0));
+        }
+        for (host, port) in workers(&admin).await {
+            let worker = db.connect_worker(&host, port).await;
+            let found: bool = worker
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                        AND wait_event = 'transactionid' AND query LIKE $1)",
+                    &[&shard],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            waiting |= found;
+        }
+        if waiting && request.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(waiting, "the call's insert never waited for the other session's row");
+    let request = request.expect("the call's request on the coordinator");
+    let insert = request.find("INSERT INTO").expect("the request holds the insert");
+    assert!(request[..insert].contains("SAVEPOINT bulk_create_new_plain"), "{request}");
+    let statement = request[insert..].split("; ").next().unwrap_or_default();
+    assert!(statement.contains("NOT EXISTS") && !statement.contains("ON CONFLICT"), "the plain form: {request}");
+    other_tx.commit().await.expect("the other session commits");
+
+    let o = call.await.unwrap().expect("the call falls back to ON CONFLICT");
+    assert_eq!((o.offered, o.inserted, o.skipped), (LONG as u64, new.len() as u64, (LONG - new.len()) as u64));
+    let table = stored(&admin).await;
+    assert_eq!(table[&(tweet, retweeter)].1, -1, "the other session's row is kept");
+    assert_eq!(table.len(), pre.len() + new.len() + 1, "rows stored");
+    for &i in &new {
+        let r = &rows[i];
+        assert_eq!(table[&(r.tweet, r.retweeter)].1, r.original_author, "the first offered row of its key: {r:?}");
+    }
+    assert_eq!(count(&admin, &Retweet::model().citus_staging_table()).await, 0, "the staging table keeps no row");
+    db.drop().await;
+}
+
+/// Inside a caller's `REPEATABLE READ` transaction the plain form's guard
+/// refuses (the transaction's snapshot may predate an index dropped since):
+/// the call rolls back to its savepoint and runs the `ON CONFLICT` form from
+/// the staging table; counts are exact and the caller's transaction goes on.
+#[tokio::test]
+async fn a_repeatable_read_caller_gets_the_staged_on_conflict_form() {
+    let (db, mut client) = setup("staging_rr", STAGED, LONG, On::Transaction).await;
+    let (pre, rows, new) = batch(LONG, 0);
+    store(&client, &pre).await;
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .expect("begin REPEATABLE READ");
+    let o = Retweet::bulk_create_new(&mut tx, &rows).await.expect("the call under REPEATABLE READ");
+    assert_eq!((o.offered, o.inserted, o.skipped), (LONG as u64, new.len() as u64, (LONG - new.len()) as u64));
+    let seen: i64 = tx.query_one("SELECT count(*) FROM rt", &[]).await.expect("the transaction goes on").get(0);
+    assert_eq!(seen as usize, pre.len() + new.len());
+    tx.commit().await.expect("commit");
+    assert_stored(&client, &pre, &rows, &new).await;
+    assert_eq!(count(&client, &Retweet::model().citus_staging_table()).await, 0, "the staging table keeps no row");
+    db.drop().await;
+}
+
 /// The distinct keys of `rows`.
 fn distinct_rt(rows: &[Retweet]) -> u64 {
     rows.iter().map(|r| (r.tweet, r.retweeter)).collect::<BTreeSet<_>>().len() as u64

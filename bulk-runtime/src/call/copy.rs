@@ -265,6 +265,9 @@ async fn insert_new(
     if form == Form::Plain {
         request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
         request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+        // From the staging table, the guard follows the insert (see
+        // `Plan::staged_guard`); a refusal rolls back to the savepoint.
+        request.push_opt((dialect == Dialect::CitusStaged).then_some(plan.staged_guard.as_str()));
         request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
     } else {
         request.push_counted(form.scratch_sql(model, sent.repeats, dialect));

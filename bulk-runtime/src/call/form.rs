@@ -35,10 +35,12 @@ pub const PLAIN_FROM: usize = 128;
 impl Form {
     /// The form of the first attempt of a call of `kind` on `rows` rows of
     /// a table in `dialect`: only the plain call has a plain form, from
-    /// [`PLAIN_FROM`] rows, when the model's recent calls met few conflicts,
-    /// and never on Citus (which refuses its anti-join).
+    /// [`PLAIN_FROM`] rows, when the model's recent calls met few conflicts;
+    /// on Citus only from the staging table (`Dialect::CitusStaged`: the
+    /// anti-join of a temporary table or of arrays with a distributed table
+    /// is refused).
     pub(crate) fn first(model: &'static Model, kind: &Kind, rows: u64, dialect: Dialect) -> Form {
-        let plain = dialect == Dialect::Postgres
+        let plain = matches!(dialect, Dialect::Postgres | Dialect::CitusStaged)
             && matches!(kind, Kind::CreateNew)
             && rows >= PLAIN_FROM as u64
             && model.contention().try_plain();
@@ -109,7 +111,12 @@ impl Form {
         match dialect {
             Dialect::Citus => return if repeats { &plan.insert_citus } else { &plan.insert_citus_distinct_keys },
             Dialect::CitusStaged => {
-                return if repeats { &plan.insert_staged } else { &plan.insert_staged_distinct_keys };
+                return match (self, repeats) {
+                    (Form::Plain, true) => &plan.insert_staged_plain,
+                    (Form::Plain, false) => &plan.insert_staged_plain_distinct_keys,
+                    (Form::OnConflict, true) => &plan.insert_staged,
+                    (Form::OnConflict, false) => &plan.insert_staged_distinct_keys,
+                };
             }
             Dialect::Postgres => {}
         }

@@ -206,14 +206,25 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
 
 /// The COPY path's insert on Citus from the target's co-located staging
 /// table ([`Model::citus_staging_sql`](crate::Model::citus_staging_sql)):
-/// the first offered row of each key, in key order, `ON CONFLICT`, counted
-/// from the command tag:
+/// the first offered row of each key, in key order, counted from the
+/// command tag. In the `ON CONFLICT` form:
 ///
 /// ```sql
 /// INSERT INTO target (id, cols)
 /// SELECT DISTINCT ON (s.key) s.id, s.cols FROM schema.stage AS s ORDER BY s.key, s.__bulk_ord
 /// ON CONFLICT (key) DO NOTHING
 /// ```
+///
+/// In the plain form (`plain`, a call's first attempt), the anti-join
+/// instead of `ON CONFLICT`: `... FROM schema.stage AS s WHERE NOT EXISTS
+/// (SELECT 1 FROM target AS t WHERE t.key = s.key) ORDER BY ...`, one plain
+/// insert per new row (no speculative insertion); a key another writer
+/// stored meanwhile fails it with `unique_violation`, and the call runs the
+/// `ON CONFLICT` form. The anti-join joins on the key, which holds the
+/// distribution column, so it stays on each shard. Its guard is a statement
+/// of its own ([`Plan::staged_guard`](super::Plan::staged_guard)), run after
+/// it: a catalog query inside a distributed statement would not stay on
+/// the shards.
 ///
 /// The staging table is distributed by the target's distribution column
 /// and co-located with it, so Citus pushes the whole statement down: each
@@ -223,7 +234,7 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
 /// between writers of overlapping keys on a shard. The staging table holds
 /// only the call's own rows (the rows of other sessions' calls are never
 /// committed, so never seen).
-pub(crate) fn staged_citus(model: &Model, repeats: bool) -> String {
+pub(crate) fn staged_citus(model: &Model, repeats: bool, plain: bool) -> String {
     let s_key = cols("\"s\"", model.unique_key());
     let (distinct, order) = if repeats {
         (format!("DISTINCT ON ({s_key}) "), format!("{s_key}, \"s\".{}", q(ORD)))
@@ -236,14 +247,18 @@ pub(crate) fn staged_citus(model: &Model, repeats: bool) -> String {
         Some(id) => (format!("{}, ", q(id)), format!("\"s\".{}, ", q(id))),
         None => (String::new(), String::new()),
     };
+    let (filter, on_conflict) = if plain {
+        (format!(" WHERE {}", not_stored(model, "\"s\"")), String::new())
+    } else {
+        (String::new(), format!(" ON CONFLICT ({}) DO NOTHING", names(model.unique_key())))
+    };
     format!(
-        "INSERT INTO {target} ({id}{names}) SELECT {distinct}{s_id}{s_cols} FROM {stage} AS \"s\" \
-         ORDER BY {order} ON CONFLICT ({key}) DO NOTHING",
+        "INSERT INTO {target} ({id}{names}) SELECT {distinct}{s_id}{s_cols} FROM {stage} AS \"s\"{filter} \
+         ORDER BY {order}{on_conflict}",
         target = model.qualified_name(),
         names = names(model.columns()),
         s_cols = cols("\"s\"", model.columns()),
         stage = model.staging_qualified_name(),
-        key = names(model.unique_key()),
     )
 }
 
