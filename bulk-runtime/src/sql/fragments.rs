@@ -251,7 +251,8 @@ pub(crate) fn literal(value: &str) -> String {
 /// stored meanwhile; without it (an index dropped since the session checked
 /// the table, or a `search_path` that now leads to another table of the same
 /// name) the insert would store duplicates. Uncorrelated, the condition is
-/// evaluated once, before any row is inserted, after the insert has locked
+/// evaluated once (in the select list: see `insert`'s module documentation),
+/// before any row is inserted, after the insert has locked
 /// the table (so the index cannot be dropped until the call ends); the call
 /// answers 22012 with the `ON CONFLICT` form, which refuses to run without
 /// such an index (42P10), and the schema check then explains what changed.
