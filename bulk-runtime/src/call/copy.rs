@@ -252,8 +252,7 @@ async fn insert_new(
     let commit = (and_commit && !nested).then(|| scope.commit_sql());
     let dialect = match statements::dialect(scope.client(), model) {
         _ if sent.staged => Dialect::CitusStaged,
-        Dialect::CitusStaged => Dialect::Citus,
-        dialect => dialect,
+        dialect => dialect.without_stage(),
     };
     // The rows to delete once inserted: the staging table's, or inside a
     // caller's transaction the scratch table's.

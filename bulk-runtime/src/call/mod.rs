@@ -46,7 +46,7 @@ use crate::error::{Error, SchemaProblem, Step};
 use crate::model::Model;
 use crate::schema;
 use crate::scope::Scope;
-use crate::sql::{self, Dialect, variants};
+use crate::sql::{self, variants};
 use crate::types::PgType;
 use crate::wire::Fingerprint;
 use ledger::Claim;
@@ -295,12 +295,8 @@ where
     };
     let params =
         if rows.is_some() { arrays::values_params(model, &values) } else { arrays::params(model, call.kind, &arrays) };
-    // (A staging table serves only the COPY path: the short path's
-    // statements are Citus's either way.)
-    let dialect = match crate::statements::dialect(conn.client(), model) {
-        Dialect::CitusStaged => Dialect::Citus,
-        dialect => dialect,
-    };
+    // (A staging table serves only the COPY path.)
+    let dialect = crate::statements::dialect(conn.client(), model).without_stage();
     let mut form = Form::first(model, call.kind, offered, dialect);
     loop {
         let mut result = short_attempt(conn, model, offered, &params, call, true, (form, rows)).await;

@@ -56,6 +56,16 @@ impl Dialect {
     pub(crate) fn is_citus(self) -> bool {
         self != Dialect::Postgres
     }
+
+    /// The dialect of a statement that does not read the staging table
+    /// (the short path's, or a COPY that went to the session's scratch
+    /// table): [`Dialect::Citus`] for [`Dialect::CitusStaged`].
+    pub(crate) fn without_stage(self) -> Dialect {
+        match self {
+            Dialect::CitusStaged => Dialect::Citus,
+            dialect => dialect,
+        }
+    }
 }
 
 /// The type (schema, name) and the collation (schema, name) a key column's
