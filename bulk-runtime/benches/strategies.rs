@@ -12,6 +12,7 @@
 //! cargo bench -p bulk-runtime --bench strategies -- models    # other models' scratch tables in the session
 //! cargo bench -p bulk-runtime --bench strategies -- fresh [REPS]  # each call on a new connection
 //! cargo bench -p bulk-runtime --bench strategies -- fresh-cpu [REPS] [SIZES]  # the same, the server's CPU time
+//! cargo bench -p bulk-runtime --bench strategies -- first-parts [REPS] [SIZES]  # each piece of a first call, the same way
 //! BULK_BENCH_CITUS_URL=... cargo bench -p bulk-runtime --bench strategies -- citus  # on a Citus cluster
 //! /usr/bin/time -v target/release/deps/strategies-* stream 10000000 [--collect]
 //! cargo bench -p bulk-runtime --bench strategies -- writers [W] [N] [--shared PCT] [--rounds R] [--explain]
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use bulk_runtime::BulkCreateNew;
 
+#[path = "modes/first_parts.rs"]
+mod first_parts;
 #[path = "modes/fresh_cpu.rs"]
 mod fresh_cpu;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -956,6 +959,13 @@ async fn main() {
             );
             fresh_cpu::run(reps, &sizes).await
         }
+        Some("first-parts") => {
+            let reps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(15);
+            let sizes: Vec<usize> = args
+                .get(2)
+                .map_or_else(|| vec![10, 100], |s| s.split(',').map(|n| n.parse().expect("sizes: N,N,...")).collect());
+            first_parts::parts(reps, &sizes).await
+        }
         Some("stream") => {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
             stream_run(n, args.iter().any(|a| a == "--collect")).await
@@ -967,7 +977,7 @@ async fn main() {
         }
         Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected warm, concurrent, citus [OPTIONS], models, fresh [REPS], fresh-cpu [REPS] [SIZES], stream N [--collect], \
+                "unknown mode {other}; expected warm, concurrent, citus [OPTIONS], models, fresh [REPS], fresh-cpu [REPS] [SIZES], first-parts [REPS] [SIZES], stream N [--collect], \
                  writers [W] [N] [--shared PCT] [--rounds R] [--explain], \
                  stream-marks N [--calls C] [--every M] [--sample S] [--keep], explain N MIX, \
                  or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"

@@ -462,7 +462,9 @@ pub async fn verify_schema<T: BulkCreateNew>(
 pub mod __test_hooks {
     use crate::model::Model;
 
-    pub use crate::call::{CITUS_VALUES_ROWS, PLAIN_FROM, SMALL_BATCH, SMALL_BATCH_ARRAY_ELEMENTS};
+    pub use crate::call::{
+        CITUS_VALUES_ROWS, FIRST_CALL_VALUES_UP_TO, PLAIN_FROM, SMALL_BATCH, SMALL_BATCH_ARRAY_ELEMENTS,
+    };
 
     /// The backend process id the library reads from `client` to tell
     /// connections apart (see `statements::Identity`).

@@ -1,5 +1,8 @@
 //! Verifying that the live table matches the model before the first write.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 
@@ -15,7 +18,8 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull,
        has_database_privilege(current_database(), 'TEMPORARY'), current_user::text, current_database()::text,
        tn.nspname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod,
        CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END,
-       CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END
+       CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END,
+       a.attrelid, a.atttypid, has_database_privilege('public', current_database(), 'TEMPORARY')
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
@@ -109,10 +113,11 @@ const RESOLVE_TYPES: &str = "SELECT format_type(to_regtype(t), NULL) FROM unnest
 /// Checks the live table against the model; returns every difference at
 /// once, or how its key compares.
 pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<KeyShape, Error> {
-    let (problems, shape) =
+    let (problems, shape, live) =
         check(tx, model).await.map_err(|source| Error::database(model, Step::SchemaCheck, source))?;
     if problems.is_empty() {
         statements::checked_dialect(tx, model, shape.dialect);
+        passed(model, &live, &shape);
         Ok(shape)
     } else {
         Err(Error::SchemaMismatch { table: model.qualified_name(), model: model.struct_name(), problems })
@@ -125,6 +130,80 @@ pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<KeyShap
 /// A database error from the catalog queries.
 pub(crate) async fn problems(tx: &Client, model: &'static Model) -> Result<Vec<SchemaProblem>, tokio_postgres::Error> {
     Ok(check(tx, model).await?.0)
+}
+
+/// What a passed schema check of a model found, for a new connection's
+/// first call (see `call::first`): the table's OID and each model column's
+/// type OID and type modifier, in the model's order. A table (a relation
+/// OID) cannot become another kind of relation, so an insert whose result
+/// names this table and these types writes where the check looked and as
+/// it saw; what else the check verified, the insert itself enforces or the
+/// model leaves out (see `Plan::first_insert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Passed {
+    /// The table's OID.
+    pub table: u32,
+    /// Per model column: type OID, type modifier.
+    pub columns: Vec<(u32, i32)>,
+}
+
+/// At most this many passed checks are kept per model (tables of one name
+/// in several schemas or databases).
+const PASSED_PER_MODEL: usize = 8;
+
+/// Per model address, the passed checks, most recent last.
+static PASSED: Mutex<Option<HashMap<usize, Vec<Passed>>>> = Mutex::new(None);
+
+/// The passed checks of `model` that a first call may rely on.
+pub(crate) fn passed_checks(model: &'static Model) -> Vec<Passed> {
+    let guard = PASSED.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_ref().and_then(|m| m.get(&(std::ptr::from_ref(model) as usize))).cloned().unwrap_or_default()
+}
+
+/// Forgets the passed check of `model` on `table` (all of them with `None`).
+pub(crate) fn forget(model: &'static Model, table: Option<u32>) {
+    let mut guard = PASSED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(list) = guard.as_mut().and_then(|m| m.get_mut(&(std::ptr::from_ref(model) as usize))) {
+        list.retain(|p| table.is_some_and(|t| p.table != t));
+    }
+}
+
+/// Keeps what a passed check of `model` found (rows of [`COLUMNS`]), when a
+/// first call may rely on it: a model with a `first_insert`, a plain
+/// PostgreSQL table (on Citus the insert's `RowDescription` cannot tell a
+/// distributed table), keys compared byte for byte, `TEMPORARY` open to
+/// every role (the check tells a role without it, which the short insert
+/// does not need), and every column of a built-in type (whose description
+/// tokio-postgres reads without a query).
+fn passed(model: &'static Model, live: &[Row], shape: &KeyShape) {
+    if crate::sql::plan(model).first_insert.is_none() || shape.dialect != Dialect::Postgres || !shape.is_plain() {
+        return;
+    }
+    let Some(first) = live.first() else { return };
+    if !first.get::<_, bool>(15) {
+        return;
+    }
+    let mut columns = Vec::with_capacity(model.columns().len());
+    for column in model.columns() {
+        let Some(row) = live.iter().find(|r| r.get::<_, &str>(0) == column.name()) else { return };
+        let (oid, typmod): (u32, i32) = (row.get(14), row.get(10));
+        if Type::from_oid(oid).is_none() {
+            return;
+        }
+        columns.push((oid, typmod));
+    }
+    let entry = Passed { table: first.get(13), columns };
+    let mut guard = PASSED.lock().unwrap_or_else(PoisonError::into_inner);
+    let map = guard.get_or_insert_with(HashMap::new);
+    if map.len() >= 4096 {
+        map.clear();
+    }
+    let list = map.entry(std::ptr::from_ref(model) as usize).or_default();
+    list.retain(|p| p.table != entry.table);
+    if list.len() >= PASSED_PER_MODEL {
+        list.remove(0);
+    }
+    list.push(entry);
 }
 
 /// How a key column of type `typname` (in schema `typschema`) with the
@@ -158,8 +237,12 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
     }
 }
 
-/// The live table's differences from the model, and how its key compares.
-async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>, KeyShape), tokio_postgres::Error> {
+/// The live table's differences from the model, how its key compares, and
+/// its columns (rows of [`COLUMNS`]).
+async fn check(
+    tx: &Client,
+    model: &'static Model,
+) -> Result<(Vec<SchemaProblem>, KeyShape, Vec<Row>), tokio_postgres::Error> {
     let plan = crate::sql::plan(model);
     let name = plan.target_regclass.as_str();
     // The staging table's columns: the position, the id, then the model's, of the COPY's types.
@@ -194,7 +277,7 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
     )
     .await?;
     if live.is_empty() {
-        return Ok((vec![SchemaProblem::TableMissing], KeyShape::default()));
+        return Ok((vec![SchemaProblem::TableMissing], KeyShape::default(), live));
     }
     let mut problems = Vec::new();
     if !live[0].get::<_, bool>(5) {
@@ -210,7 +293,7 @@ async fn check(tx: &Client, model: &'static Model) -> Result<(Vec<SchemaProblem>
         // session's scratch table, whose key columns take the table's.)
         shape.dialect = Dialect::CitusStaged;
     }
-    Ok((problems, shape))
+    Ok((problems, shape, live))
 }
 
 /// The dialect of a table whose Citus placement is `row` (a row of

@@ -53,6 +53,25 @@ impl<'a> Scope<'a> {
         Ok(scope)
     }
 
+    /// Opens the call's own transaction on `client` (not a savepoint) and
+    /// sends `then`'s requests right behind its `BEGIN`, in the same round
+    /// trip; returns the scope (or `BEGIN`'s error) and `then`'s output.
+    pub(crate) async fn begin_then<T>(
+        client: &'a Client,
+        then: impl Future<Output = T>,
+    ) -> (Result<Scope<'a>, tokio_postgres::Error>, T) {
+        let mut scope = Scope { client, nested: false, state: State::Open };
+        // `join` polls `BEGIN` first: its request goes out first.
+        let (begun, out) = futures_util::future::join(client.batch_execute("BEGIN"), then).await;
+        match begun {
+            Ok(()) => (Ok(scope), out),
+            Err(e) => {
+                scope.state = State::Done;
+                (Err(e), out)
+            }
+        }
+    }
+
     /// The client the scope's statements run on.
     pub(crate) fn client(&self) -> &'a Client {
         self.client

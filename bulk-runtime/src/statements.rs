@@ -253,6 +253,27 @@ pub(crate) fn dialect_unknown(client: &Client, model: &'static Model) -> bool {
     !guard.as_ref().is_some_and(|m| m.contains_key(&key(client, model)))
 }
 
+/// Per connection, the models whose first call went without the schema
+/// check (see `call::first`).
+static FIRST_CALLS: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);
+
+/// Whether `client` may make a call of `model` without the schema check:
+/// true once per connection and model (its later calls check, and keep
+/// their statements prepared), never for a connection that cannot be
+/// identified or has checked the model already.
+pub(crate) fn first_call(client: &Client, model: &'static Model) -> bool {
+    let key = key(client, model);
+    if !key.0.known() || !dialect_unknown(client, model) {
+        return false;
+    }
+    let mut guard = FIRST_CALLS.lock().unwrap_or_else(PoisonError::into_inner);
+    let set = guard.get_or_insert_with(Default::default);
+    if set.len() >= MAX_ENTRIES && !set.contains(&key) {
+        set.clear();
+    }
+    set.insert(key)
+}
+
 /// At most this many scratch tables stay on one connection's session; see
 /// [`scratch_used`].
 pub(crate) const SCRATCH_TABLES: usize = 8;

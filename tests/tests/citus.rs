@@ -1314,3 +1314,65 @@ async fn values_statement_counts_exactly_dist_in_transaction() {
 async fn values_statement_counts_exactly_ref() {
     values_statement_counts_exactly(REF, On::Client).await;
 }
+
+/// A model checked on plain PostgreSQL (which a new connection's first call
+/// may then rely on, see `first_call.rs`) and a table of the same name on
+/// Citus: each new Citus connection's first call, right after a new plain
+/// connection's, counts exactly in both forms of the short path; what was
+/// checked on one server never stands for the other.
+#[tokio::test]
+async fn a_check_passed_on_plain_postgres_does_not_stand_for_citus() {
+    let plain = bulk_tests::TestDb::new("citus_first_plain").await;
+    plain.connect().await.batch_execute(RT_DDL).await.unwrap();
+    for placement in [DIST, REF] {
+        let (db, admin) = setup(&format!("first_{}", placement.name()), placement, SHORT, On::Client).await;
+        let mut from = 0;
+        for len in [SHORT, MEDIUM] {
+            let batch: Vec<Retweet> = (from..from + len as i64).map(|k| rt(key(k).0, key(k).1, 7)).collect();
+            from += len as i64;
+            for round in 0..2 {
+                let mut local = plain.connect().await;
+                Retweet::bulk_create_new(&mut local, &batch).await.unwrap();
+                let mut client = db.connect().await;
+                let report = Retweet::bulk_create_new(&mut client, &batch)
+                    .await
+                    .unwrap_or_else(|e| panic!("{} {len} rows, round {round}: {e:?}", placement.name()));
+                let inserted = if round == 0 { len as u64 } else { 0 };
+                assert_eq!((report.inserted, report.skipped), (inserted, len as u64 - inserted), "{len} rows");
+            }
+            assert_eq!(count(&admin, "rt").await, from);
+        }
+        db.drop().await;
+    }
+    plain.drop().await;
+}
+
+/// The table distributed after this process checked it as a plain
+/// coordinator table (same OID, same types): a new connection's first call
+/// may then run on the distributed table without a check, in every form
+/// of the short path, and still counts exactly (from the rows it returns)
+/// and keeps each key once; the connection's next call checks and finds
+/// Citus.
+#[tokio::test]
+async fn a_table_distributed_after_the_check_counts_exactly_on_first_calls() {
+    let db = CitusDb::new("first_distributed_later").await;
+    let admin = db.connect().await;
+    admin.batch_execute(RT_DDL).await.unwrap();
+    let mut local = db.connect().await;
+    assert_eq!(Retweet::bulk_create_new(&mut local, &[rt(-1, -1, 0)]).await.unwrap().inserted, 1);
+    admin.batch_execute(&DIST.sql("rt")).await.unwrap();
+    let mut from = 0;
+    for len in [10, SHORT, MEDIUM] {
+        let batch: Vec<Retweet> = (from..from + len as i64).map(|k| rt(key(k).0, key(k).1, 7)).collect();
+        // Half of the batch stored beforehand.
+        store(&admin, &batch[..len / 2]).await;
+        from += len as i64;
+        let mut client = db.connect().await;
+        let report = Retweet::bulk_create_new(&mut client, &batch).await.unwrap();
+        assert_eq!((report.inserted, report.skipped), ((len - len / 2) as u64, (len / 2) as u64), "{len} rows");
+        let again = Retweet::bulk_create_new(&mut client, &batch).await.unwrap();
+        assert_eq!((again.inserted, again.skipped), (0, len as u64), "{len} rows, second call");
+        assert_eq!(count(&admin, "rt").await, 1 + from);
+    }
+    db.drop().await;
+}

@@ -152,6 +152,51 @@ async fn concurrent_writers_through_a_transaction_pooler() {
     db.drop().await;
 }
 
+/// New connections through a pooler in transaction mode, after this
+/// process checked the table on a direct connection: each one's first call
+/// goes without the check (its `BEGIN`, insert and `COMMIT` keep to one
+/// backend), concurrently and on overlapping keys; every count is exact and
+/// each key is stored once.
+#[tokio::test]
+async fn first_calls_of_new_connections_through_a_transaction_pooler() {
+    let db = setup("pooler_first_calls").await;
+    let mut direct = db.connect().await;
+    Contended::bulk_create_new(&mut direct, &rows(1_000_000, 1, "direct")).await.unwrap();
+    let bouncer = Pgbouncer::start(&db, "transaction", 2).await;
+    let seed = bulk_tests::seed("first_calls_of_new_connections_through_a_transaction_pooler");
+    let mut tasks = Vec::new();
+    let mut batches = Vec::new();
+    for w in 0..12u64 {
+        let mine: Vec<Vec<Contended>> =
+            (0..2).map(|r| contended_batch(seed, r, w, if w % 2 == 0 { 10 } else { 300 }, 2_000)).collect();
+        batches.extend(mine.clone());
+        tasks.push(tokio::spawn({
+            let bouncer_client = bouncer.connect();
+            let client = bouncer_client.await;
+            async move {
+                let mut client = client;
+                let mut total = Report::default();
+                for (r, batch) in mine.iter().enumerate() {
+                    match Contended::bulk_create_new(&mut client, batch).await {
+                        Ok(o) => total += o,
+                        Err(e) => panic!("writer {w}, call {r}: {e}"),
+                    }
+                }
+                total
+            }
+        }));
+    }
+    let mut total = Report::default();
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let keys = distinct_keys(&batches);
+    assert_eq!(total.offered, batches.iter().map(|b| b.len() as u64).sum::<u64>());
+    assert_eq!(total.inserted, keys.len() as u64);
+    assert_eq!(count(&db.connect().await, "contended").await, keys.len() as i64 + 1);
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn session_pooler_resets_the_backend_between_clients() {
     // A session pooler with one server connection runs DISCARD ALL when a

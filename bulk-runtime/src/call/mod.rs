@@ -21,6 +21,7 @@
 
 mod arrays;
 mod copy;
+mod first;
 mod form;
 mod ledger;
 mod spec;
@@ -33,6 +34,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 pub use arrays::CITUS_VALUES_ROWS;
+pub use first::VALUES_UP_TO as FIRST_CALL_VALUES_UP_TO;
 use form::Form;
 pub use form::PLAIN_FROM;
 use spec::{Call, Nothing};
@@ -285,6 +287,15 @@ where
     let values_max = citus_values_rows(conn, model, call.kind).filter(|&max| head.len() <= max);
     let arrays = arrays::encode::<T, R>(model, call.kind, &head)?;
     drop(head);
+    // A new connection's first call, when this process has checked the table.
+    let passed = first::eligible(conn.client(), model, call.kind, conn.nested(), call.ledger.is_some());
+    if !passed.is_empty() {
+        match first::run(conn.client(), model, offered, &arrays, &passed).await {
+            first::First::Done(report) => return Ok(report),
+            first::First::Failed(error) => return Err(error),
+            first::First::Check => {}
+        }
+    }
     // On Citus, the plain call's rows as one multi-row `VALUES` statement.
     let (values, rows) = match values_max {
         Some(max) => {

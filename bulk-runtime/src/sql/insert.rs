@@ -317,3 +317,10 @@ pub(crate) fn values_on_conflict(model: &Model, rows: usize, shape: &KeyShape) -
     sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", names(model.unique_key())));
     sql
 }
+
+/// `insert` (one of this module's `INSERT`s) returning every model column,
+/// in the model's order: the server's description of the result then names
+/// the table and each column's type and type modifier (see `call::first`).
+pub(crate) fn returning_all(model: &Model, insert: &str) -> String {
+    format!("{insert} RETURNING {}", names(model.columns()))
+}

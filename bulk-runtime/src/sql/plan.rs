@@ -88,6 +88,12 @@ pub(crate) struct Plan {
     /// For a client-ordered key of fixed-width columns: where each key
     /// column's sort form goes in a row's key form.
     pub key_form: Option<KeyForm>,
+    /// For a model whose new connections may make their first call without
+    /// the schema check (see `call::first`): `small_insert` returning every
+    /// model column.
+    pub first_insert: Option<String>,
+    /// The same for `small_insert_plain`.
+    pub first_insert_plain: Option<String>,
 }
 
 /// The plan of `model`, built once per process.
@@ -136,6 +142,10 @@ impl Plan {
             small_insert_plain: insert::arrays_plain(model, client_ordered, &plain),
             small_insert: insert::arrays_on_conflict(model, client_ordered, &plain),
             key_form: if client_ordered { KeyForm::of(model) } else { None },
+            first_insert: first_call_eligible(model, client_ordered)
+                .then(|| insert::returning_all(model, &insert::arrays_on_conflict(model, client_ordered, &plain))),
+            first_insert_plain: first_call_eligible(model, client_ordered)
+                .then(|| insert::returning_all(model, &insert::arrays_plain(model, client_ordered, &plain))),
             scratch,
             create_scratch,
             grant_scratch,
@@ -146,6 +156,18 @@ impl Plan {
             client_ordered,
         }
     }
+}
+
+/// Whether a new connection's first call of `model` may go without the
+/// schema check (see `call::first`): its key is ordered and deduplicated on
+/// the client (no text, so no collation), no column is nullable (the check
+/// would refuse a nullable field on a `NOT NULL` column, which an insert
+/// without NULLs cannot see) and none is an array.
+fn first_call_eligible(model: &Model, client_ordered: bool) -> bool {
+    let columns = model.columns();
+    client_ordered
+        && !columns.is_empty()
+        && !columns.iter().any(|c| c.nullable() || matches!(c.pg_type(), crate::types::PgType::Array(_)))
 }
 
 /// The layout of a key of fixed-width columns whose bytes, each column in
@@ -893,5 +915,30 @@ mod tests {
         assert_eq!(REFERENCE.citus_table(), CitusTable::Reference);
         assert_eq!(MODEL.citus_table(), CitusTable::None);
         assert!(!MODEL.migration_sql().contains("DO "));
+    }
+
+    static FIRST_COLUMNS: [Column; 3] = [
+        ColumnSpec::of("tweet", PgType::Int8).build(),
+        ColumnSpec::of("retweeter", PgType::Int8).build(),
+        ColumnSpec::of("body", PgType::Text).build(),
+    ];
+    static FIRST_MODEL: Model = ModelSpec::of("Rt", "rt", &FIRST_COLUMNS, &[0, 1]).build();
+
+    /// A new connection's first call returns every model column, in the
+    /// model's order, from both forms; a model with a nullable column or a
+    /// text key has no such call.
+    #[test]
+    fn the_first_call_returns_every_column_in_both_forms() {
+        let plan = Plan::new(&FIRST_MODEL);
+        let returning = r#" RETURNING "tweet", "retweeter", "body""#;
+        let on_conflict = plan.first_insert.as_deref().expect("eligible");
+        assert_eq!(on_conflict, format!("{}{returning}", plan.small_insert));
+        assert!(on_conflict.contains("ON CONFLICT"), "{on_conflict}");
+        let plain = plan.first_insert_plain.as_deref().expect("eligible");
+        assert_eq!(plain, format!("{}{returning}", plan.small_insert_plain));
+        assert!(plain.contains(&key_index_guard(&FIRST_MODEL)), "{plain}");
+        for other in [Plan::new(&MODEL), Plan::new(&NULLABLE_MODEL)] {
+            assert!(other.first_insert.is_none() && other.first_insert_plain.is_none());
+        }
     }
 }
