@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
@@ -120,6 +121,9 @@ pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<KeyShap
         passed(model, &live, &shape);
         Ok(shape)
     } else {
+        // A first call must not rely on an earlier pass of this table (or,
+        // when the name finds no table, of any).
+        forget(model, live.first().map(|row| row.get::<_, u32>(13)));
         Err(Error::SchemaMismatch { table: model.qualified_name(), model: model.struct_name(), problems })
     }
 }
@@ -145,27 +149,52 @@ pub(crate) struct Passed {
     pub table: u32,
     /// Per model column: type OID, type modifier.
     pub columns: Vec<(u32, i32)>,
+    /// When the check passed.
+    at: Instant,
 }
+
+/// How long a passed check stands for new connections' first calls: after
+/// that the next new connection checks again (and renews it). What a first
+/// call cannot see of a table changed since (a column made a domain over
+/// its type, a required column a trigger fills, `TEMPORARY` revoked) is
+/// thus found by a check within this time, as well as by the connection's
+/// own next call.
+pub(crate) const TRUSTED_FOR: Duration = Duration::from_secs(60);
 
 /// At most this many passed checks are kept per model (tables of one name
 /// in several schemas or databases).
 const PASSED_PER_MODEL: usize = 8;
 
-/// Per model address, the passed checks, most recent last.
-static PASSED: Mutex<Option<HashMap<usize, Vec<Passed>>>> = Mutex::new(None);
+/// Per model address, the passed checks, most recent last; `None` for a
+/// model whose first calls were refused `RETURNING` (see [`refuse_first_calls`]).
+static PASSED: Mutex<Option<HashMap<usize, Option<Vec<Passed>>>>> = Mutex::new(None);
 
-/// The passed checks of `model` that a first call may rely on.
+fn model_key(model: &'static Model) -> usize {
+    std::ptr::from_ref(model) as usize
+}
+
+/// The passed checks of `model` that a first call may rely on now.
 pub(crate) fn passed_checks(model: &'static Model) -> Vec<Passed> {
     let guard = PASSED.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.as_ref().and_then(|m| m.get(&(std::ptr::from_ref(model) as usize))).cloned().unwrap_or_default()
+    let Some(Some(list)) = guard.as_ref().and_then(|m| m.get(&model_key(model))) else { return Vec::new() };
+    list.iter().filter(|p| p.at.elapsed() < TRUSTED_FOR).cloned().collect()
 }
 
 /// Forgets the passed check of `model` on `table` (all of them with `None`).
 pub(crate) fn forget(model: &'static Model, table: Option<u32>) {
     let mut guard = PASSED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(list) = guard.as_mut().and_then(|m| m.get_mut(&(std::ptr::from_ref(model) as usize))) {
+    if let Some(Some(list)) = guard.as_mut().and_then(|m| m.get_mut(&model_key(model))) {
         list.retain(|p| table.is_some_and(|t| p.table != t));
     }
+}
+
+/// No first call of `model` goes without the check again in this process:
+/// the server refused one its `RETURNING` (a role without `SELECT` on a
+/// column, or row security without a `SELECT` policy), which the call's
+/// usual statements do not need.
+pub(crate) fn refuse_first_calls(model: &'static Model) {
+    let mut guard = PASSED.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.get_or_insert_with(HashMap::new).insert(model_key(model), None);
 }
 
 /// Keeps what a passed check of `model` found (rows of [`COLUMNS`]), when a
@@ -192,13 +221,13 @@ fn passed(model: &'static Model, live: &[Row], shape: &KeyShape) {
         }
         columns.push((oid, typmod));
     }
-    let entry = Passed { table: first.get(13), columns };
+    let entry = Passed { table: first.get(13), columns, at: Instant::now() };
     let mut guard = PASSED.lock().unwrap_or_else(PoisonError::into_inner);
     let map = guard.get_or_insert_with(HashMap::new);
     if map.len() >= 4096 {
         map.clear();
     }
-    let list = map.entry(std::ptr::from_ref(model) as usize).or_default();
+    let Some(list) = map.entry(model_key(model)).or_insert_with(|| Some(Vec::new())) else { return };
     list.retain(|p| p.table != entry.table);
     if list.len() >= PASSED_PER_MODEL {
         list.remove(0);

@@ -112,7 +112,8 @@ model!(AllStored, "first_all_stored");
 
 /// A first call whose keys are all stored returns no row to read the
 /// description from: it checks in the rollback's round trip, counts
-/// exactly, and still explains a table that no longer fits the model.
+/// exactly, and still explains a table that no longer fits the model (here
+/// a key column made a domain, which the insert alone would accept).
 #[tokio::test]
 async fn a_first_call_whose_keys_are_all_stored_checks() {
     let db = TestDb::new("first_all_stored").await;
@@ -126,18 +127,51 @@ async fn a_first_call_whose_keys_are_all_stored_checks() {
         let mut next = recorder.connect(&db.schema).await;
         let report = AllStored::bulk_create_new(&mut next, &AllStored::batch(0, len)).await.unwrap();
         assert_eq!((report.inserted, report.skipped), (0, len as u64));
-        assert!(since(&recorder, before).iter().any(|s| s.contains(CHECK_QUERY)), "it checked");
+        let sent = since(&recorder, before);
+        assert!(sent.iter().any(|s| s.contains("RETURNING")), "a first call: {sent:#?}");
+        assert!(sent.iter().any(|s| s.contains(CHECK_QUERY)), "it checked: {sent:#?}");
     }
     admin
-        .batch_execute("ALTER TABLE first_all_stored ALTER COLUMN payload TYPE bytea USING payload::bytea")
+        .batch_execute("CREATE DOMAIN first_key AS bigint; ALTER TABLE first_all_stored ALTER COLUMN k TYPE first_key")
         .await
         .unwrap();
     for len in LENGTHS {
         let mut next = db.connect().await;
         let err = AllStored::bulk_create_new(&mut next, &AllStored::batch(0, len)).await.unwrap_err();
-        assert_problem(&err, |p| matches!(p, SchemaProblem::ColumnType { column, .. } if column == "payload"));
+        assert_problem(&err, |p| matches!(p, SchemaProblem::ColumnType { column, .. } if column == "k"));
     }
     assert_eq!(count(&admin, "first_all_stored").await, 400);
+    db.drop().await;
+}
+
+model!(Domain, "first_domain");
+
+/// What a first call cannot see: a key column made a domain over its own
+/// type (the server describes the base type). The first call of the first
+/// new connection after the change writes (as the table takes it); that
+/// connection's next call checks and refuses, and so does every new
+/// connection after that check.
+#[tokio::test]
+async fn a_column_made_a_domain_is_refused_from_the_next_check_on() {
+    let db = TestDb::new("first_domain").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&Domain::model().migration_sql()).await.unwrap();
+    let mut first = db.connect().await;
+    Domain::bulk_create_new(&mut first, &Domain::batch(0, 10)).await.unwrap();
+    admin
+        .batch_execute("CREATE DOMAIN first_key AS bigint; ALTER TABLE first_domain ALTER COLUMN k TYPE first_key")
+        .await
+        .unwrap();
+    let mut next = db.connect().await;
+    assert_eq!(Domain::bulk_create_new(&mut next, &Domain::batch(10, 10)).await.unwrap().inserted, 10);
+    let err = Domain::bulk_create_new(&mut next, &Domain::batch(20, 10)).await.unwrap_err();
+    assert_problem(&err, |p| matches!(p, SchemaProblem::ColumnType { column, .. } if column == "k"));
+    for len in LENGTHS {
+        let mut next = db.connect().await;
+        let err = Domain::bulk_create_new(&mut next, &Domain::batch(20, len)).await.unwrap_err();
+        assert_problem(&err, |p| matches!(p, SchemaProblem::ColumnType { column, .. } if column == "k"));
+    }
+    assert_eq!(count(&admin, "first_domain").await, 20);
     db.drop().await;
 }
 
@@ -576,4 +610,48 @@ async fn a_key_stored_meanwhile_is_skipped() {
         admin.batch_execute("DELETE FROM first_meanwhile WHERE k < 100000").await.unwrap();
     }
     db.drop().await;
+}
+
+model!(Narrow, "first_narrow");
+
+/// A role that may insert but read only the key column: `RETURNING` every
+/// column is refused, so its first call runs as usual, with the check (and
+/// this process's later first calls of the model do too); every count is
+/// exact and nothing fails.
+#[tokio::test]
+async fn a_role_that_may_not_read_every_column_is_served_as_usual() {
+    let db = TestDb::new("first_narrow").await;
+    let admin = db.connect_plain().await;
+    let role = format!("{}_role", db.schema);
+    let r = bulk_runtime::quote_ident(&role);
+    let schema = bulk_runtime::quote_ident(&db.schema);
+    admin.batch_execute(&format!("DROP ROLE IF EXISTS {r}")).await.unwrap();
+    admin.batch_execute(&format!("CREATE ROLE {r} LOGIN")).await.unwrap();
+    let owner = db.connect().await;
+    owner.batch_execute(&Narrow::model().migration_sql()).await.unwrap();
+    owner
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {schema} TO {r}; GRANT INSERT, SELECT (k) ON first_narrow TO {r}"
+        ))
+        .await
+        .unwrap();
+    let mut checked = db.connect().await;
+    Narrow::bulk_create_new(&mut checked, &Narrow::batch(0, 10)).await.unwrap();
+    let mut config = db.config();
+    config.user(&role);
+    let mut from = 5;
+    for _ in 0..2 {
+        for len in LENGTHS {
+            let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let report = Narrow::bulk_create_new(&mut client, &Narrow::batch(from, len)).await.unwrap();
+            let stored = if from == 5 { 5 } else { 0 };
+            assert_eq!((report.inserted as usize, report.skipped as usize), (len - stored, stored));
+            from += len as i64 + 1000;
+        }
+    }
+    assert_eq!(count(&owner, "first_narrow").await, 10 + 5 + 300 + 10 + 300);
+    drop(owner);
+    db.drop().await;
+    admin.batch_execute(&format!("DROP ROLE {r}")).await.unwrap();
 }

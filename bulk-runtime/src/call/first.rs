@@ -4,9 +4,10 @@
 //! On a new backend the schema check's catalog queries cost several times
 //! the insert of a short batch (they are planned and run on cold caches;
 //! see BENCHMARKS.md, issue 14). A job that opens a connection per batch
-//! pays that on every call. So when this process has already passed a
-//! check of the model ([`schema::passed_checks`]), a connection's first
-//! short plain call sends, in one round trip:
+//! pays that on every call. So when this process has passed a check of the
+//! model in the last [`TRUSTED_FOR`](schema::TRUSTED_FOR)
+//! ([`schema::passed_checks`]), a connection's first short plain call
+//! sends, in one round trip:
 //!
 //! ```sql
 //! BEGIN;
@@ -14,29 +15,40 @@
 //! ```
 //!
 //! (`unnest` of one array per column instead of `VALUES` from
-//! [`VALUES_UP_TO`] rows; from [`PLAIN_FROM`](super::PLAIN_FROM) rows
-//! the plain form, whose guard refuses a table without a unique index on
-//! the key, as the connection's later calls do). The `RowDescription` of the result names, per
-//! column, the table's OID, the column's type OID and its type modifier.
-//! When they are those of a passed check, the call commits: the rows went
-//! into the table the check accepted, with the types it accepted (a type
-//! modifier that rounds a key shows as another modifier). What else the
-//! check verifies, the statement enforces on its own: `ON CONFLICT (key)`
-//! fails unless a unique, valid, immediate, non-partial index on exactly
-//! the key columns exists (so no key is stored twice, whatever changed);
-//! a missing column or table, a new required column, a lost privilege make
-//! it fail. Models whose check reads more than that (a text key's
-//! collation, a nullable field's `NOT NULL` column, arrays) never take this
-//! path (see `Plan::first_insert`), nor does a table on Citus or a database
-//! without `TEMPORARY` for every role (see `schema::passed`).
+//! [`VALUES_UP_TO`] rows; from [`PLAIN_FROM`](super::PLAIN_FROM) rows the
+//! plain form, whose guard refuses a table without a unique index on the
+//! key, as the connection's later calls do). The `RowDescription` of the
+//! result names, per column, the table's OID, the column's type OID and its
+//! type modifier. When they are those of a passed check, the call commits:
+//! the rows went into the table the check accepted, with the types it
+//! accepted (a type modifier that rounds a key shows as another modifier).
+//! The count is the rows returned: exact on any server, Citus included.
+//!
+//! What else the check verifies, the statement enforces on its own: `ON
+//! CONFLICT (key)` fails unless a unique, valid, immediate, non-partial
+//! index on exactly the key columns exists (so no key is stored twice,
+//! whatever changed); a missing column or table, a new required column, a
+//! lost privilege make it fail. Models whose check reads more than that (a
+//! text key's collation, a nullable field's `NOT NULL` column, arrays)
+//! never take this path (see `Plan::first_insert`), nor does a table the
+//! check found on Citus or in a database without `TEMPORARY` for every
+//! role (see `schema::passed`). What the description cannot show, and the
+//! statement does not refuse, a first call writes to as the table is: a
+//! column made a domain over its type (the server describes the base type),
+//! a required column that a trigger fills, `TEMPORARY` revoked since the
+//! check. The connection's next call checks, as does every first call once
+//! the pass is older than `TRUSTED_FOR`.
 //!
 //! Otherwise the call rolls back and runs as it always did, with the check:
 //! after a result of other types or another table, after an error that a
-//! table which no longer fits the model would raise, and when no row came
-//! back (the description is only read from a row; the check then runs in
-//! the rollback's round trip). The count is the rows returned: exact on any
-//! server. Two round trips, one more than a warm call, and no prepared
-//! statement: the connection's next call checks and prepares as before.
+//! table which no longer fits the model would raise (`table_changed`), and
+//! when no row came back (the description is only read from a row; the
+//! check then runs in the rollback's round trip). A failed check, and such
+//! an error, forget the passed checks. Two round trips, one more than a
+//! warm call, and no prepared statement: the connection's next call checks
+//! and prepares as before. Unlike the usual short path's statement, the
+//! insert commits only once its answer was read: a first call dropped
+//! before that (a timeout) writes nothing.
 
 use futures_util::TryStreamExt;
 use tokio_postgres::error::SqlState;
@@ -45,7 +57,7 @@ use tokio_postgres::{Client, Column};
 use super::arrays::{self, Param};
 use super::form::Form;
 use crate::api::{Kind, Report};
-use crate::error::{Error, Step, retryable};
+use crate::error::{Error, Step};
 use crate::model::Model;
 use crate::schema::{self, Passed};
 use crate::scope::Scope;
@@ -160,17 +172,49 @@ pub(super) async fn run(
         }
         Err(error) => {
             let rolled_back = scope.rollback().await;
-            if !error.connection_usable() || rolled_back.is_err() || !worth_checking(&error) {
-                First::Failed(error)
-            } else {
-                if !conflicted {
+            if !error.connection_usable() || rolled_back.is_err() {
+                return First::Failed(error);
+            }
+            if conflicted {
+                // The plain form met a key stored meanwhile, or its guard
+                // refused (REPEATABLE READ): the call's `ON CONFLICT` form
+                // decides, as on any connection.
+                return First::Check;
+            }
+            match error.sqlstate() {
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    // Perhaps `RETURNING` alone (see `refuse_first_calls`).
+                    schema::refuse_first_calls(model);
+                    First::Check
+                }
+                Some(code) if table_changed(code) => {
                     // The checks this process passed may no longer hold.
                     schema::forget(model, None);
+                    First::Check
                 }
-                First::Check
+                _ => First::Failed(error),
             }
         }
     }
+}
+
+/// Whether an insert's error may come from a table that no longer fits
+/// the model (which the call with the check then explains, or writes to):
+/// a name, type or privilege the statement could not resolve (class 42,
+/// 3F), a value the column's type refuses (class 22, e.g. a narrowed
+/// type), a column required or a feature missing (23502, 0A000, e.g. a
+/// table moved to Citus), an index `ON CONFLICT` cannot use (55000). Any
+/// other error (a conflict between transactions, a constraint, a trigger,
+/// a timeout) is the call's answer as it would be with the check.
+fn table_changed(code: &SqlState) -> bool {
+    let class = &code.code()[..2];
+    matches!(class, "42" | "3F" | "22")
+        || matches!(
+            code,
+            &SqlState::NOT_NULL_VIOLATION
+                | &SqlState::FEATURE_NOT_SUPPORTED
+                | &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
+        )
 }
 
 /// The passed check whose table and column types `columns` (the insert's
@@ -182,24 +226,6 @@ fn fitting<'p>(columns: &[Column], passed: &'p [Passed]) -> Option<&'p Passed> {
                 c.table_oid() == Some(p.table) && c.type_().oid() == oid && c.type_modifier() == typmod
             })
     })
-}
-
-/// Whether the first call's error may come from a table that no longer
-/// fits the model, so that the call with the check explains it (or runs):
-/// not a lost connection, a conflict between transactions, a timeout or a
-/// cancel, which would only happen again.
-fn worth_checking(error: &Error) -> bool {
-    let Error::Database { source, .. } = error else { return false };
-    !retryable(source)
-        && !matches!(
-            source.code(),
-            Some(
-                &SqlState::QUERY_CANCELED
-                    | &SqlState::READ_ONLY_SQL_TRANSACTION
-                    | &SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
-            )
-        )
-        && !source.code().is_some_and(|c| c.code().starts_with("53"))
 }
 
 /// The number of elements of a one-dimensional binary array.
