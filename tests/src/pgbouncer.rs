@@ -45,6 +45,23 @@ impl Pgbouncer {
     /// Starts a pgbouncer in `pool_mode` (`session` or `transaction`) with at
     /// most `pool_size` server connections, in front of `db`'s schema.
     pub async fn start(db: &TestDb, pool_mode: &str, pool_size: u32) -> Pgbouncer {
+        // A port found free may be taken again before pgbouncer binds it
+        // (by another test's pgbouncer or proxy, which the readiness probe
+        // would then reach instead): a pgbouncer that exits is started
+        // again on another port.
+        for _ in 0..10 {
+            if let Some(bouncer) = Self::try_start(db, pool_mode, pool_size).await {
+                return bouncer;
+            }
+        }
+        panic!(
+            "pgbouncer did not start (10 ports tried); run it by hand with a config like Pgbouncer::start's to see why"
+        );
+    }
+
+    /// One attempt of [`start`](Self::start): `None` when pgbouncer exited
+    /// (its port was taken meanwhile).
+    async fn try_start(db: &TestDb, pool_mode: &str, pool_size: u32) -> Option<Pgbouncer> {
         let (host, port) = crate::server_address();
         let user = crate::server_user();
         // PgBouncer logs in to the server with the test connections' password, if any.
@@ -68,9 +85,14 @@ impl Pgbouncer {
              pool_mode = {pool_mode}\n\
              default_pool_size = {pool_size}\n\
              max_client_conn = 200\n\
-             server_reset_query = DISCARD ALL\n",
+             server_reset_query = DISCARD ALL\n\
+             logfile = {log}\n",
             auth = dir.join("users.txt").display(),
+            log = dir.join("pgbouncer.log").display(),
         );
+        // (pgbouncer runs as `postgres` when the tests run as root, and
+        // writes its log here.)
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let config_path = dir.join("pgbouncer.ini");
         std::fs::write(&config_path, ini).unwrap();
         let quote = |s: &str| s.replace('"', "\"\"");
@@ -87,13 +109,22 @@ impl Pgbouncer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start pgbouncer");
-        let bouncer = Pgbouncer { child, dir, port: free_port };
-        let up = crate::eventually(2000, || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", free_port)).await.is_ok()
-        })
-        .await;
-        assert!(up, "pgbouncer did not start listening on 127.0.0.1:{free_port}");
-        bouncer
+        let mut bouncer = Pgbouncer { child, dir, port: free_port };
+        // Up when its log says it listens on its port (a probe of the port
+        // alone could reach another listener that took it), gone when it
+        // exits (it could not bind the port).
+        let listening = format!("listening on 127.0.0.1:{free_port}");
+        for _ in 0..2000 {
+            if bouncer.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            let log = std::fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default();
+            if log.contains(&listening) {
+                return Some(bouncer);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("pgbouncer did not start listening on 127.0.0.1:{free_port} within 10 s");
     }
 
     /// A new client connection through the pooler.
