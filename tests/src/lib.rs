@@ -390,6 +390,16 @@ pub async fn connect_at(host: &str, port: u16) -> Client {
     }
     connect_config(&config).await
 }
+/// A new connection to `database` on the test server (not the tests'
+/// database), as `user` when given: for tests that make a database or a
+/// role of their own.
+pub async fn connect_to(database: &str, user: Option<&str>) -> Client {
+    let mut config = config(database, None);
+    if let Some(user) = user {
+        config.user(user);
+    }
+    connect_config(&config).await
+}
 
 /// The test server's host and port.
 pub fn server_address() -> (String, u16) {

@@ -6,7 +6,6 @@
 use bulk_runtime::{BulkCreateNew, Error, SchemaProblem, Upsert};
 use bulk_tests::{COPY_BATCH, TestDb, count};
 use serde_json::json;
-use tokio_postgres::Client;
 
 #[derive(BulkCreateNew, Debug, Clone)]
 #[bulk(table = "setting", unique(name), id = false)]
@@ -116,7 +115,7 @@ async fn a_role_without_the_temporary_privilege_is_told_at_the_first_call() {
     admin.batch_execute(&format!("CREATE DATABASE {d}")).await.unwrap();
     admin.batch_execute(&format!("CREATE ROLE {r} LOGIN")).await.unwrap();
     admin.batch_execute(&format!("REVOKE TEMPORARY ON DATABASE {d} FROM PUBLIC")).await.unwrap();
-    let owner = connect_to(&database, None).await;
+    let owner = bulk_tests::connect_to(&database, None).await;
     owner
         .batch_execute(&format!(
             "CREATE TABLE reading (sensor bigint NOT NULL, at bigint NOT NULL, UNIQUE (sensor, at)); \
@@ -125,7 +124,7 @@ async fn a_role_without_the_temporary_privilege_is_told_at_the_first_call() {
         .await
         .unwrap();
     let rows = |from: i64, len: usize| (0..len as i64).map(|i| Reading { sensor: 1, at: from + i }).collect::<Vec<_>>();
-    let mut client = connect_to(&database, Some(&role)).await;
+    let mut client = bulk_tests::connect_to(&database, Some(&role)).await;
     let err = Reading::bulk_create_new(&mut client, &rows(0, 10)).await.unwrap_err();
     match &err {
         Error::SchemaMismatch { problems, .. } => {
@@ -145,16 +144,4 @@ async fn a_role_without_the_temporary_privilege_is_told_at_the_first_call() {
     admin.batch_execute(&format!("DROP DATABASE {d} WITH (FORCE)")).await.unwrap();
     admin.batch_execute(&format!("DROP ROLE {r}")).await.unwrap();
     db.drop().await;
-}
-
-/// A connection to `database` on the test server, as `user` when given.
-async fn connect_to(database: &str, user: Option<&str>) -> Client {
-    let mut config: tokio_postgres::Config = bulk_tests::server_url().parse().unwrap();
-    config.dbname(database);
-    if let Some(user) = user {
-        config.user(user);
-    }
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }

@@ -476,18 +476,6 @@ async fn another_table_whose_key_rounds_is_refused() {
 
 model!(NoTemp, "first_no_temp");
 
-/// A connection to `database` on the test server, as `user` when given.
-async fn connect_to(database: &str, user: Option<&str>) -> Client {
-    let mut config: tokio_postgres::Config = bulk_tests::server_url().parse().unwrap();
-    config.dbname(database);
-    if let Some(user) = user {
-        config.user(user);
-    }
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 /// A role that may write the table but not create temporary tables, after
 /// the table's owner passed the check in the same process: its first call
 /// of any size still says what is missing (a database that does not open
@@ -504,15 +492,15 @@ async fn a_role_without_the_temporary_privilege_is_still_told() {
     admin.batch_execute(&format!("CREATE DATABASE {d}")).await.unwrap();
     admin.batch_execute(&format!("CREATE ROLE {r} LOGIN")).await.unwrap();
     admin.batch_execute(&format!("REVOKE TEMPORARY ON DATABASE {d} FROM PUBLIC")).await.unwrap();
-    let mut owner = connect_to(&database, None).await;
+    let mut owner = bulk_tests::connect_to(&database, None).await;
     owner.batch_execute(&NoTemp::model().migration_sql()).await.unwrap();
     owner.batch_execute(&format!("GRANT SELECT, INSERT ON first_no_temp TO {r}")).await.unwrap();
     assert_eq!(NoTemp::bulk_create_new(&mut owner, &NoTemp::batch(0, 10)).await.unwrap().inserted, 10);
     for len in LENGTHS {
-        let mut client = connect_to(&database, Some(&role)).await;
+        let mut client = bulk_tests::connect_to(&database, Some(&role)).await;
         let err = NoTemp::bulk_create_new(&mut client, &NoTemp::batch(5, len)).await.unwrap_err();
         assert_problem(&err, |p| matches!(p, SchemaProblem::TemporaryTablesNotAllowed { .. }));
-        let mut again = connect_to(&database, None).await;
+        let mut again = bulk_tests::connect_to(&database, None).await;
         NoTemp::bulk_create_new(&mut again, &NoTemp::batch(0, 10)).await.unwrap();
     }
     assert_eq!(count(&owner, "first_no_temp").await, 10);

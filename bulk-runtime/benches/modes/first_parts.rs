@@ -14,14 +14,9 @@ use futures_util::TryStreamExt;
 use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 
+use super::fresh_cpu::cpu_ns;
 use super::{Mix, Retweet, Rng, TABLE, UPSERT_COLS, columns, connect, make_case, median, reset, setup};
 use bulk_runtime::BulkCreateNew;
-
-/// Nanoseconds the process `pid` has spent on a CPU.
-fn cpu_ns(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("read the backend's schedstat");
-    stat.split_whitespace().next().and_then(|s| s.parse().ok()).expect("schedstat's first field")
-}
 
 const VARIANTS: [&str; 7] = [
     "unnest",

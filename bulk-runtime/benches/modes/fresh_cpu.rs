@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::{Mix, Rng, Strategy, connect, make_case, median, ms, reset, run_fresh, setup};
 
 /// Nanoseconds the process `pid` has spent on a CPU.
-fn cpu_ns(pid: i32) -> u64 {
+pub(super) fn cpu_ns(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("read the backend's schedstat");
     stat.split_whitespace().next().and_then(|s| s.parse().ok()).expect("schedstat's first field")
 }

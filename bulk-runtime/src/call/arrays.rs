@@ -91,14 +91,22 @@ fn values_bucket(rows: usize, max: usize) -> usize {
 /// are, like a whole array), or `None` for NULL.
 pub(crate) type Element = Option<Encoded>;
 
+/// The number of elements of a one-dimensional binary array (as [`wire`]
+/// encodes them): its header's length of the one dimension.
+pub(crate) fn element_count(array: &Encoded) -> usize {
+    let bytes = &array.0;
+    let int = |at: usize| i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if int(0) == 0 { 0 } else { usize::try_from(int(12)).unwrap_or(0) }
+}
+
 /// The elements of a one-dimensional binary array (as [`wire`] encodes them).
 fn elements(array: &Encoded) -> Vec<Element> {
     let bytes = &array.0;
     let int = |at: usize| i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    if int(0) == 0 {
+    let n = element_count(array);
+    if n == 0 {
         return Vec::new();
     }
-    let n = usize::try_from(int(12)).unwrap_or(0);
     let mut at = 20;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {

@@ -88,6 +88,11 @@ pub(super) fn eligible(client: &Client, model: &'static Model, kind: &Kind, nest
     if nested || ledger || !matches!(kind, Kind::CreateNew) || sql::plan(model).first_insert.is_none() {
         return Vec::new();
     }
+    // (A warm connection, the usual case, stops here, before the passed
+    // checks are looked up and copied.)
+    if !crate::statements::dialect_unknown(client, model) {
+        return Vec::new();
+    }
     let passed = schema::passed_checks(model);
     if passed.is_empty() || !crate::statements::first_call(client, model) {
         return Vec::new();
@@ -104,7 +109,7 @@ pub(super) async fn run(
     arrays: &[Encoded],
     passed: &[Passed],
 ) -> First {
-    let rows = arrays.first().map_or(0, element_count);
+    let rows = arrays.first().map_or(0, arrays::element_count);
     let plan = sql::plan(model);
     let form = Form::first(model, &Kind::CreateNew, rows as u64, Dialect::Postgres);
     let (sql, values);
@@ -226,11 +231,4 @@ fn fitting<'p>(columns: &[Column], passed: &'p [Passed]) -> Option<&'p Passed> {
                 c.table_oid() == Some(p.table) && c.type_().oid() == oid && c.type_modifier() == typmod
             })
     })
-}
-
-/// The number of elements of a one-dimensional binary array.
-fn element_count(array: &Encoded) -> usize {
-    let bytes = &array.0;
-    let int = |at: usize| i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    if int(0) == 0 { 0 } else { usize::try_from(int(12)).unwrap_or(0) }
 }
