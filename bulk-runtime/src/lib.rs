@@ -466,6 +466,23 @@ pub mod __test_hooks {
         CITUS_VALUES_ROWS, FIRST_CALL_VALUES_UP_TO, PLAIN_FROM, SMALL_BATCH, SMALL_BATCH_ARRAY_ELEMENTS,
     };
 
+    /// PostgreSQL's hash of a `bigint`, `integer` and `smallint` value
+    /// (`hashint8`, `hashint4`, `hashint2`), as the library computes it to
+    /// group a batch by Citus worker.
+    pub fn citus_hashes(value: i64) -> (i32, Option<i32>, Option<i32>) {
+        use crate::call::shards::{hash_int8, hash_uint32};
+        let int4 = i32::try_from(value).ok().map(|v| hash_uint32(v as u32) as i32);
+        let int2 = i16::try_from(value).ok().map(|v| hash_uint32(i32::from(v) as u32) as i32);
+        (hash_int8(value) as i32, int4, int2)
+    }
+
+    /// The statement a grouped Citus call sends with its `BEGIN`.
+    pub const CITUS_ONE_CONNECTION_PER_WORKER: &str = crate::call::shards::ONE_CONNECTION_PER_WORKER;
+
+    /// Batches of at least this many rows go to Citus as one `VALUES`
+    /// statement per worker.
+    pub const CITUS_GROUPED_FROM: usize = crate::call::shards::GROUPED_FROM;
+
     /// The backend process id the library reads from `client` to tell
     /// connections apart (see `statements::Identity`).
     pub fn connection_process_id(client: &tokio_postgres::Client) -> i32 {

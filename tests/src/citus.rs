@@ -95,6 +95,16 @@ async fn connect_config(config: &Config) -> Client {
     client
 }
 
+/// The coordinator's host and port, from `BULK_CITUS_URL`.
+pub fn coordinator_address() -> (String, u16) {
+    let config = coordinator_config();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
 /// Checks once per test process that the coordinator runs Citus with at
 /// least one active worker.
 async fn ensure_citus() {
@@ -173,6 +183,22 @@ impl CitusDb {
     /// A new connection to the coordinator, `search_path` the test's schema.
     pub async fn connect(&self) -> Client {
         connect_config(&self.config()).await
+    }
+
+    /// A new connection as [`connect`](Self::connect) makes, through
+    /// `recorder` (a [`SqlRecorder`](crate::recorder::SqlRecorder) started
+    /// in front of the coordinator, see [`coordinator_address`]).
+    pub async fn connect_through(&self, recorder: &crate::recorder::SqlRecorder) -> Client {
+        // A new `Config`: `host` and `port` add to a config's lists.
+        let mut config = Config::new();
+        let from = self.config();
+        config.host("127.0.0.1").port(recorder.port()).application_name(application_name(&self.schema));
+        config.user(from.get_user().unwrap_or("postgres")).dbname(from.get_dbname().unwrap_or("postgres"));
+        if let Some(password) = from.get_password() {
+            config.password(password);
+        }
+        config.options(from.get_options().unwrap_or_default());
+        connect_config(&config).await
     }
 
     /// A connection to a worker node (`host`, `port` as `pg_dist_node` names

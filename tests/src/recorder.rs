@@ -15,18 +15,23 @@ pub struct SqlRecorder {
 }
 
 impl SqlRecorder {
-    /// Starts a proxy on a free loopback port.
+    /// Starts a proxy on a free loopback port, in front of the test server.
     pub async fn start() -> SqlRecorder {
+        SqlRecorder::start_in_front_of(crate::server_address()).await
+    }
+
+    /// Starts a proxy on a free loopback port, in front of the server at
+    /// `server` (host, port).
+    pub async fn start_in_front_of(server: (String, u16)) -> SqlRecorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let port = listener.local_addr().unwrap().port();
         let statements = Arc::new(Mutex::new(Vec::new()));
         let log = statements.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let log = log.clone();
+                let (log, server) = (log.clone(), server.clone());
                 tokio::spawn(async move {
-                    let (host, port) = crate::server_address();
-                    let Ok(server) = TcpStream::connect((host.as_str(), port)).await else { return };
+                    let Ok(server) = TcpStream::connect((server.0.as_str(), server.1)).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
                     let (mut client_read, client_write) = client.into_split();
                     let (server_read, mut server_write) = server.into_split();
@@ -46,6 +51,11 @@ impl SqlRecorder {
         let client = crate::connect_at("127.0.0.1", self.port).await;
         client.batch_execute(&format!("SET search_path = {}", bulk_runtime::quote_ident(schema))).await.unwrap();
         client
+    }
+
+    /// The proxy's loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Every statement text recorded so far, in order.

@@ -495,6 +495,16 @@ async fn caller_rollback(placement: Placement) {
 
 const WRITERS: u64 = 8;
 
+/// One 8-writer test at a time. Two at once are 16 writers, and a COPY-path
+/// call that pulls its rows through the coordinator makes Citus open up to
+/// 16 connections to each worker: with `cluster.sh`'s settings (the
+/// coordinator's `citus.max_shared_pool_size` defaults to its
+/// `max_connections`, 200, the same as each worker's) the workers then
+/// refuse connections ("too many clients already"), with or without this
+/// library; with the pool set below the workers' limit Citus waits for a
+/// connection instead (README, "Partitioned and sharded tables").
+static EIGHT_WRITERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `contended` distributed by `b` (a column of its key `(a, b)`), or a
 /// reference table.
 async fn contended_setup(test: &str, placement: Placement) -> CitusDb {
@@ -521,6 +531,7 @@ async fn contended_setup(test: &str, placement: Placement) -> CitusDb {
 /// distinct keys offered, each call stored exactly what it reported, and
 /// every stored row is the first offered row of its key in its batch.
 async fn eight_writers(placement: Placement) {
+    let _alone = EIGHT_WRITERS.lock().await;
     let db = contended_setup("conc", placement).await;
     let seed = bulk_tests::seed("citus eight writers");
     let universe = 12_000u64;
@@ -622,6 +633,7 @@ async fn eight_writers_on_a_reference_table() {
 /// the inserted counts add up to the rows stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_writers_returning_keys_and_upserting_on_a_distributed_table() {
+    let _alone = EIGHT_WRITERS.lock().await;
     let db = contended_setup("conc_variants", Placement::Distributed("b")).await;
     let seed = bulk_tests::seed("citus eight writers, variants");
     let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS as usize));
@@ -1313,6 +1325,145 @@ async fn values_statement_counts_exactly_dist_in_transaction() {
 #[tokio::test]
 async fn values_statement_counts_exactly_ref() {
     values_statement_counts_exactly(REF, On::Client).await;
+}
+
+/// The `INSERT ... VALUES` statements among `sent`, with their row counts.
+fn values_rows(sent: &[String]) -> Vec<usize> {
+    sent.iter()
+        .filter(|s| s.starts_with("INSERT INTO") && s.contains(" VALUES "))
+        .map(|s| s.matches("), (").count() + 1)
+        .collect()
+}
+
+/// From `CITUS_GROUPED_FROM` rows, the plain call on a distributed table
+/// goes as one `VALUES` statement per worker, in its own transaction, which
+/// first limits each statement to one connection per worker: counts exact,
+/// the first offered row of each key kept. Inside a caller's transaction
+/// the batch goes as one statement (the setting would outlive the call).
+async fn a_batch_goes_as_one_values_statement_per_worker(on: On) {
+    let (db, admin) = setup("grouped", DIST, 1_000, on).await;
+    let recorder = bulk_tests::recorder::SqlRecorder::start_in_front_of(bulk_tests::citus::coordinator_address()).await;
+    let mut client = db.connect_through(&recorder).await;
+    // The connection's first call checks the table (and finds it on Citus).
+    call!(client, on, |c| Retweet::bulk_create_new(c, [rt(-1, -1, 0)])).unwrap();
+    let n = 1_000;
+    assert!(n >= bulk_runtime::__test_hooks::CITUS_GROUPED_FROM);
+    let (pre, rows, new) = batch(n, 0);
+    store(&admin, &pre).await;
+    let before = recorder.statements().len();
+    let o = call!(client, on, |c| Retweet::bulk_create_new(c, &rows)).unwrap();
+    assert_eq!((o.offered, o.inserted, o.skipped), (n as u64, new.len() as u64, (n - new.len()) as u64));
+    let stored_before: Vec<Retweet> = std::iter::once(rt(-1, -1, 0)).chain(pre.iter().cloned()).collect();
+    assert_stored(&admin, &stored_before, &rows, &new).await;
+    let sent: Vec<String> = recorder.statements().into_iter().skip(before).collect();
+    let limit = bulk_runtime::__test_hooks::CITUS_ONE_CONNECTION_PER_WORKER;
+    let distinct = n - n / 5;
+    let statements = values_rows(&sent);
+    match on {
+        On::Client => {
+            assert!(sent.iter().any(|s| s == limit), "{limit} sent: {sent:#?}");
+            assert!(sent.iter().any(|s| s == "BEGIN") && sent.iter().any(|s| s == "COMMIT"), "{sent:#?}");
+            // Two workers: two statements (one when both groups round up
+            // to the same length; each may be prepared twice, before and
+            // after the check), each well under the batch's distinct keys.
+            assert!(!statements.is_empty(), "{sent:#?}");
+            for &len in &statements {
+                assert!(len < distinct * 3 / 4, "a statement of {len} rows of {distinct}: not one worker's share");
+            }
+        }
+        On::Transaction => {
+            assert!(!sent.iter().any(|s| s.contains("max_adaptive_executor_pool_size")), "{sent:#?}");
+            // (Prepared once or, after the check, twice: the same statement.)
+            assert!(!statements.is_empty(), "{sent:#?}");
+            assert!(statements.iter().all(|&len| len >= distinct), "one statement of every row: {statements:?}");
+        }
+    }
+    // The same batch again: everything stored, nothing prepared again.
+    let before = recorder.statements().len();
+    let again = call!(client, on, |c| Retweet::bulk_create_new(c, &rows)).unwrap();
+    assert_eq!((again.inserted, again.skipped), (0, n as u64));
+    let sent: Vec<String> = recorder.statements().into_iter().skip(before).collect();
+    assert!(values_rows(&sent).is_empty(), "the prepared statements run again: {sent:#?}");
+    assert_eq!(count(&admin, "rt").await, (1 + pre.len() + new.len()) as i64);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_batch_goes_as_one_values_statement_per_worker_on_a_client() {
+    a_batch_goes_as_one_values_statement_per_worker(On::Client).await;
+}
+
+#[tokio::test]
+async fn a_batch_goes_as_one_statement_inside_a_callers_transaction() {
+    a_batch_goes_as_one_values_statement_per_worker(On::Transaction).await;
+}
+
+/// The library's hashes of `bigint`, `integer` and `smallint` values (by
+/// which it groups a batch per worker) are Citus's own (`worker_hash`).
+#[tokio::test]
+async fn the_client_hashes_distribution_values_as_citus_does() {
+    let db = CitusDb::new("hashes").await;
+    let client = db.connect().await;
+    let mut values: Vec<i64> = (-300..300).collect();
+    values.extend([i64::MIN, i64::MAX, i64::from(i32::MIN), i64::from(i32::MAX), 1 << 40, -(1 << 33) - 7]);
+    values.extend([i64::from(i16::MIN), i64::from(i16::MAX), 65_536, 4_294_967_296, 1_234_567_890_123]);
+    let mut rng = bulk_tests::Rng::new(bulk_tests::seed("citus hashes"));
+    values.extend((0..500).map(|_| rng.below(u64::MAX) as i64));
+    for v in values {
+        let row = client
+            .query_one(
+                "SELECT worker_hash($1::int8),
+                        CASE WHEN $1 BETWEEN -2147483648 AND 2147483647 THEN worker_hash($1::int4) END,
+                        CASE WHEN $1 BETWEEN -32768 AND 32767 THEN worker_hash($1::int2) END",
+                &[&v],
+            )
+            .await
+            .unwrap();
+        let citus: (i32, Option<i32>, Option<i32>) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(bulk_runtime::__test_hooks::citus_hashes(v), citus, "{v}");
+    }
+    db.drop().await;
+}
+
+/// The shard map a call read stands for a while; a table redistributed
+/// meanwhile (other shards, other hash ranges) puts rows in the wrong
+/// groups, which Citus routes anyway: counts stay exact. Also on an
+/// `integer` distribution column.
+#[tokio::test]
+async fn a_stale_shard_map_costs_nothing_but_speed() {
+    let db = CitusDb::new("stale_map").await;
+    let mut client = db.connect().await;
+    // (No identity column: Citus cannot undistribute a table with one.)
+    client
+        .batch_execute(
+            "CREATE TABLE contended (a integer NOT NULL, b bigint NOT NULL, payload text NOT NULL, UNIQUE (a, b));
+             SELECT create_distributed_table('contended', 'a', shard_count := 8)",
+        )
+        .await
+        .expect("create contended");
+    let seed = bulk_tests::seed("citus stale shard map");
+    let mut batches = Vec::new();
+    for round in 0..3u64 {
+        if round > 0 {
+            // Redistributed with another shard count: new ranges, new placements.
+            let shards = [0, 5, 3][round as usize];
+            client
+                .batch_execute(&format!(
+                    "SELECT undistribute_table('contended');
+                     SELECT create_distributed_table('contended', 'a', shard_count := {shards})"
+                ))
+                .await
+                .expect("redistribute contended");
+        }
+        let batch = contended_batch(seed, round, 0, 1_200, 3_000);
+        let stored_before = count(&client, "contended").await;
+        let o = Contended::bulk_create_new(&mut client, &batch).await.unwrap();
+        batches.push(batch);
+        let distinct = distinct_keys(batches.iter()).len() as i64;
+        assert_eq!(count(&client, "contended").await, distinct, "round {round}: one row per distinct key");
+        assert_eq!(o.inserted as i64, distinct - stored_before, "round {round}: counted exactly");
+    }
+    db.drop().await;
 }
 
 /// A model checked on plain PostgreSQL (which a new connection's first call

@@ -100,7 +100,7 @@ pub(crate) fn element_count(array: &Encoded) -> usize {
 }
 
 /// The elements of a one-dimensional binary array (as [`wire`] encodes them).
-fn elements(array: &Encoded) -> Vec<Element> {
+pub(crate) fn elements(array: &Encoded) -> Vec<Element> {
     let bytes = &array.0;
     let int = |at: usize| i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     let n = element_count(array);
@@ -139,6 +139,58 @@ pub(crate) fn values(arrays: &[Encoded], max: usize) -> (Vec<Element>, usize) {
         }
     }
     (out, bucket)
+}
+
+/// The rows `rows` (indexes, in order) of `columns` (each column's
+/// elements, from [`elements`]) as the values of a
+/// [`sql::values_on_conflict`] statement, as [`values`] makes them for all
+/// the rows.
+pub(crate) fn values_of(columns: &[Vec<Element>], rows: &[usize], max: usize) -> (Vec<Element>, usize) {
+    let bucket = values_bucket(rows.len(), max);
+    let mut out = Vec::with_capacity(bucket * columns.len());
+    for i in 0..bucket {
+        let row = rows[i.min(rows.len().saturating_sub(1))];
+        for column in columns {
+            out.push(column[row].clone());
+        }
+    }
+    (out, bucket)
+}
+
+/// The plain call on Citus as one [`sql::values_on_conflict`] statement per
+/// group of rows (`groups`: each one's values, from [`values_of`], and row
+/// count), pipelined on `client` inside the call's transaction; the count
+/// is the sum of their command tags (exact for `VALUES` on Citus). The
+/// statements are kept per connection as [`run`]'s are (and run unnamed
+/// where they went stale twice: a pooler); a stale one fails the call with
+/// [`Error::is_stale_statement`], and the caller sends the batch as one
+/// statement.
+pub(crate) async fn run_values_groups(
+    client: &Client,
+    model: &'static Model,
+    offered: u64,
+    groups: &[(Vec<Element>, usize)],
+) -> Result<Report, Error> {
+    // (A staging table serves only the COPY path.)
+    let dialect = statements::dialect(client, model).without_stage();
+    let mut statements = Statements { client, model, prepared: true, checked: None, dialect };
+    let params: Vec<Vec<Param<'_>>> = groups.iter().map(|(values, _)| values_params(model, values)).collect();
+    let mut prepared = Vec::with_capacity(groups.len());
+    for ((_, rows), params) in groups.iter().zip(&params) {
+        let label = format!("create_new values {rows}");
+        prepared.push(
+            statements
+                .get(&label, false, params, |_, shape| sql::values_on_conflict(model, *rows, shape).into())
+                .await?,
+        );
+    }
+    let statements = &statements;
+    let runs = prepared.iter().zip(&params).map(|(statement, params)| statement.execute_tagged(statements, params));
+    let mut inserted = 0;
+    for result in futures_util::future::join_all(runs).await {
+        inserted += result?;
+    }
+    Ok(Report::counts(offered, inserted))
 }
 
 /// The values of [`values`] as parameters, typed as the columns' elements.

@@ -24,12 +24,14 @@ mod copy;
 mod first;
 mod form;
 mod ledger;
+pub(crate) mod shards;
 mod spec;
 
 use std::borrow::Borrow;
 use std::pin::{Pin, pin};
 
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
@@ -286,7 +288,26 @@ where
     }
     let values_max = citus_values_rows(conn, model, call.kind).filter(|&max| head.len() <= max);
     let arrays = arrays::encode::<T, R>(model, call.kind, &head)?;
+    let head_len = head.len();
     drop(head);
+    // On Citus, a longer batch as one `VALUES` statement per worker, in the
+    // call's own transaction (inside a caller's, one statement: see `shards`).
+    if let Some(max) = values_max
+        && call.ledger.is_none()
+        && !conn.nested()
+        && head_len >= shards::GROUPED_FROM
+        && let Some(map) = shards::map(conn.client(), model).await
+    {
+        let columns: Vec<Vec<arrays::Element>> = arrays.iter().map(arrays::elements).collect();
+        if let Some(groups) = map.split(&columns).filter(|groups| groups.len() > 1) {
+            let groups: Vec<_> = groups.iter().map(|rows| arrays::values_of(&columns, rows, max)).collect();
+            match grouped(conn.client(), model, offered, &groups).await {
+                // (A prepared statement the server forgot: the one statement below.)
+                Err(e) if e.is_stale_statement() => {}
+                result => return result,
+            }
+        }
+    }
     // A new connection's first call, when this process has checked the table.
     let passed = first::eligible(conn.client(), model, call.kind, conn.nested(), call.ledger.is_some());
     if !passed.is_empty() {
@@ -322,6 +343,23 @@ where
             None => return result,
         }
     }
+}
+
+/// The plain call on Citus as one `VALUES` statement per group of rows
+/// (see [`shards`]), in the call's own transaction, whose statements use one
+/// connection per worker.
+async fn grouped(
+    client: &Client,
+    model: &'static Model,
+    offered: u64,
+    groups: &[(Vec<arrays::Element>, usize)],
+) -> Result<Report, Error> {
+    let (scope, set) = Scope::begin_then(client, client.batch_execute(shards::ONE_CONNECTION_PER_WORKER)).await;
+    let scope = scope.map_err(Error::at_step(model, Step::Begin))?;
+    set.map_err(Error::at_step(model, Step::Begin))?;
+    let report = arrays::run_values_groups(scope.client(), model, offered, groups).await?;
+    scope.commit().await.map_err(Error::at_step(model, Step::Commit))?;
+    Ok(report)
 }
 
 /// One attempt of the short path: a single statement runs as its own
