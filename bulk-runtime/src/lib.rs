@@ -468,7 +468,7 @@ pub mod __test_hooks {
 
     /// PostgreSQL's hash of a `bigint`, `integer` and `smallint` value
     /// (`hashint8`, `hashint4`, `hashint2`), as the library computes it to
-    /// group a batch by Citus worker.
+    /// group a batch by Citus shard.
     pub fn citus_hashes(value: i64) -> (i32, Option<i32>, Option<i32>) {
         use crate::call::shards::{hash_int8, hash_uint32};
         let int4 = i32::try_from(value).ok().map(|v| hash_uint32(v as u32) as i32);
@@ -476,11 +476,8 @@ pub mod __test_hooks {
         (hash_int8(value) as i32, int4, int2)
     }
 
-    /// The statement a grouped Citus call sends with its `BEGIN`.
-    pub const CITUS_ONE_CONNECTION_PER_WORKER: &str = crate::call::shards::ONE_CONNECTION_PER_WORKER;
-
     /// Batches of at least this many rows go to Citus as one `VALUES`
-    /// statement per worker.
+    /// statement per run of shard ids.
     pub const CITUS_GROUPED_FROM: usize = crate::call::shards::GROUPED_FROM;
 
     /// The backend process id the library reads from `client` to tell

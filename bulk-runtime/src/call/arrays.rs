@@ -159,7 +159,8 @@ pub(crate) fn values_of(columns: &[Vec<Element>], rows: &[usize], max: usize) ->
 
 /// The plain call on Citus as one [`sql::values_on_conflict`] statement per
 /// group of rows (`groups`: each one's values, from [`values_of`], and row
-/// count), pipelined on `client` inside the call's transaction; the count
+/// count), pipelined on `client` inside the call's transaction or
+/// savepoint, in the groups' order; the count
 /// is the sum of their command tags (exact for `VALUES` on Citus). The
 /// statements are kept per connection as [`run`]'s are (and run unnamed
 /// where they went stale twice: a pooler); a stale one fails the call with

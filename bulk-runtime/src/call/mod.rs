@@ -31,7 +31,6 @@ use std::borrow::Borrow;
 use std::pin::{Pin, pin};
 
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
-use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
@@ -290,22 +289,16 @@ where
     let arrays = arrays::encode::<T, R>(model, call.kind, &head)?;
     let head_len = head.len();
     drop(head);
-    // On Citus, a longer batch as one `VALUES` statement per worker, in the
-    // call's own transaction (inside a caller's, one statement: see `shards`).
+    // On Citus, a longer batch as a few `VALUES` statements, one per run of
+    // shard ids (see `shards`).
     if let Some(max) = values_max
         && call.ledger.is_none()
-        && !conn.nested()
         && head_len >= shards::GROUPED_FROM
-        && let Some(map) = shards::map(conn.client(), model).await
+        && shards::worth_reading(conn.client(), model)
     {
-        let columns: Vec<Vec<arrays::Element>> = arrays.iter().map(arrays::elements).collect();
-        if let Some(groups) = map.split(&columns).filter(|groups| groups.len() > 1) {
-            let groups: Vec<_> = groups.iter().map(|rows| arrays::values_of(&columns, rows, max)).collect();
-            match grouped(conn.client(), model, offered, &groups).await {
-                // (A prepared statement the server forgot: the one statement below.)
-                Err(e) if e.is_stale_statement() => {}
-                result => return result,
-            }
+        match grouped(conn, model, offered, &arrays, max).await {
+            Grouped::Done(result) => return result,
+            Grouped::OneStatement => {}
         }
     }
     // A new connection's first call, when this process has checked the table.
@@ -345,21 +338,56 @@ where
     }
 }
 
-/// The plain call on Citus as one `VALUES` statement per group of rows
-/// (see [`shards`]), in the call's own transaction, whose statements use one
-/// connection per worker.
-async fn grouped(
-    client: &Client,
+/// How [`grouped`] ended.
+enum Grouped {
+    /// The call's result.
+    Done(Result<Report, Error>),
+    /// Nothing was written (the call's transaction or savepoint is rolled
+    /// back): send the batch as one statement.
+    OneStatement,
+}
+
+/// The plain call on Citus as one `VALUES` statement per run of shard ids
+/// (see [`shards`]), in the call's transaction or savepoint, which first
+/// reads the shard map (pipelined with `BEGIN` on a `Client`).
+async fn grouped<C: Connection + ?Sized>(
+    conn: &mut C,
     model: &'static Model,
     offered: u64,
-    groups: &[(Vec<arrays::Element>, usize)],
-) -> Result<Report, Error> {
-    let (scope, set) = Scope::begin_then(client, client.batch_execute(shards::ONE_CONNECTION_PER_WORKER)).await;
-    let scope = scope.map_err(Error::at_step(model, Step::Begin))?;
-    set.map_err(Error::at_step(model, Step::Begin))?;
-    let report = arrays::run_values_groups(scope.client(), model, offered, groups).await?;
-    scope.commit().await.map_err(Error::at_step(model, Step::Commit))?;
-    Ok(report)
+    arrays: &[crate::wire::Encoded],
+    max: usize,
+) -> Grouped {
+    let (client, nested) = (conn.client(), conn.nested());
+    let (scope, map) = if nested {
+        match Scope::begin(client, true).await {
+            Ok(scope) => (scope, shards::read(client, model).await),
+            Err(e) => return Grouped::Done(Err(Error::at_step(model, Step::Begin)(e))),
+        }
+    } else {
+        match Scope::begin_then(client, shards::read(client, model)).await {
+            (Ok(scope), map) => (scope, map),
+            (Err(e), _) => return Grouped::Done(Err(Error::at_step(model, Step::Begin)(e))),
+        }
+    };
+    let columns: Vec<Vec<arrays::Element>> = arrays.iter().map(arrays::elements).collect();
+    let Ok(Some(groups)) = map.map(|map| map.and_then(|map| map.split(&columns))) else {
+        // (No usable map, or the read failed: it aborted the transaction.)
+        return match scope.rollback().await {
+            Ok(()) => Grouped::OneStatement,
+            Err(e) => Grouped::Done(Err(Error::at_step(model, Step::Insert)(e))),
+        };
+    };
+    let groups: Vec<_> = groups.iter().map(|rows| arrays::values_of(&columns, rows, max)).collect();
+    match arrays::run_values_groups(scope.client(), model, offered, &groups).await {
+        Ok(report) => Grouped::Done(scope.commit().await.map(|()| report).map_err(Error::at_step(model, Step::Commit))),
+        // (A prepared statement the server forgot: rolled back, then the one
+        // statement, which prepares again.)
+        Err(e) if e.is_stale_statement() => match scope.rollback().await {
+            Ok(()) => Grouped::OneStatement,
+            Err(_) => Grouped::Done(Err(e)),
+        },
+        Err(e) => Grouped::Done(Err(e)),
+    }
 }
 
 /// One attempt of the short path: a single statement runs as its own

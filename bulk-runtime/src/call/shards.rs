@@ -1,32 +1,43 @@
-//! On Citus, a plain call's batch of [`GROUPED_FROM`] rows or more as one
-//! multi-row `VALUES` statement per worker instead of one for the whole
-//! batch.
+//! On Citus, a plain call's batch of [`GROUPED_FROM`] rows or more as a few
+//! multi-row `VALUES` statements, each for the rows of one run of the
+//! table's shards, instead of one statement for the whole batch.
 //!
 //! Citus routes a multi-row `VALUES` insert by splitting it into one task per
 //! shard, and copies the whole statement, every row, once per task: work that
 //! grows with rows × shards (28 ms of the coordinator's 45 ms for 1,000 rows
-//! over 32 shards; see `notes/citus.md`, §10). The rows of one worker's
-//! shards in a statement of their own meet fewer shards each. The call reads
-//! where each shard's hash range starts and which worker holds it
-//! ([`map`], kept per model for [`MAP_FOR`]), hashes the distribution column
-//! on the client as PostgreSQL's hash operator class does (`hashint8`,
-//! `hashint4`, `hashint2`), and sends the statements, each in key order,
-//! workers in one order, pipelined in the call's own transaction. The
-//! grouping is only a hint: Citus routes every row by itself, so a stale map
-//! or a row in the wrong group costs speed, never a row in the wrong shard,
-//! and the counts are the statements' command tags, exact for `VALUES` on
-//! Citus.
+//! over 32 shards; see `notes/citus.md`, §10). A statement of half the rows
+//! that meets half the shards costs a quarter of that. The call reads each
+//! shard's hash range and id ([`read`]) inside its transaction (or
+//! savepoint), right before the insert, hashes the distribution column on
+//! the client as PostgreSQL's hash operator class does (`hashint8`,
+//! `hashint4`, `hashint2`), and sends one statement per run of shard ids,
+//! runs in ascending order, pipelined.
 //!
-//! Citus may open up to `citus.max_adaptive_executor_pool_size` (16)
-//! connections to a worker for one statement, and a transaction keeps them
-//! to its end; these statements need one per worker, so the transaction
-//! first sets [`ONE_CONNECTION_PER_WORKER`] (it ends with the transaction),
-//! which measured no slower at 1,000 rows (`notes/citus.md`, §10). Inside a
-//! caller's transaction the setting would outlive the call, so there the
-//! batch goes as one statement, as it does below [`GROUPED_FROM`] rows.
+//! The order matters: Citus runs a multi-row insert's shard tasks one after
+//! the other in shard-id order (rows of a shard in the statement's order,
+//! here key order), and takes no other lock for it. Statements cut by runs
+//! of shard ids and sent in that order take the rows' locks in exactly the
+//! order one statement would, so they cannot deadlock with any other call,
+//! grouped or not. (Grouping by worker instead interleaves the shard ids,
+//! and did deadlock against single statements: see
+//! `eight_writers_of_short_batches_of_every_length` in the Citus suite.)
+//!
+//! The map is read for every grouped call (one small catalog query,
+//! pipelined with `BEGIN`), not kept: a map kept across calls could be
+//! another table's (the same model through another `search_path`, database
+//! or cluster) or one whose shards were split since, and then the rows of
+//! one shard could go in two statements against their key order, which
+//! does deadlock (seen in the suite when the map was kept per model). A
+//! table whose map is of no use (a reference table, a distribution column
+//! that is not an integer column of the model) is remembered per
+//! connection for [`NOT_GROUPED_FOR`], so that its calls do not read again.
+//!
+//! Whatever the map, Citus routes every row by itself: the grouping never
+//! puts a row in the wrong shard, and the counts are the statements'
+//! command tags, exact for `VALUES` on Citus.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -35,18 +46,25 @@ use tokio_postgres::types::Type;
 use super::arrays::Element;
 use crate::model::Model;
 use crate::sql;
+use crate::statements::Identity;
 use crate::types::PgType;
 
-/// Batches of at least this many rows go as one statement per worker (below
-/// it, one statement meets few shards, and needs no transaction).
+/// Batches of at least this many rows go as several statements (below it,
+/// one statement meets few shards).
 pub(crate) const GROUPED_FROM: usize = 256;
 
-/// Sent with the grouped call's `BEGIN`: each statement uses one connection
-/// per worker, for the rest of the transaction (see the module's documentation).
-pub(crate) const ONE_CONNECTION_PER_WORKER: &str = "SET LOCAL citus.max_adaptive_executor_pool_size = 1";
+/// How many runs of shard ids (statements) a batch is cut into: one per
+/// 100 rows, 2 to 8 of them. Measured with 32 shards (`notes/citus.md`,
+/// §10): against multi-row `VALUES` at 1,000 rows, 2, 4 and 8 statements
+/// came out 0.81–0.90, 0.82–0.88 and 0.80–0.83; at 10,000 rows 4, 8 and 16
+/// came out 0.62, 0.59 and 0.55–0.61.
+fn statements_for(rows: usize) -> usize {
+    (rows / 100).clamp(2, 8)
+}
 
-/// How long a shard map stands before the next call reads it again.
-const MAP_FOR: Duration = Duration::from_secs(60);
+/// How long a connection remembers that a model's table has no usable
+/// shard map.
+const NOT_GROUPED_FOR: Duration = Duration::from_secs(60);
 
 /// Where the rows of a hash-distributed table go.
 #[derive(Debug)]
@@ -57,71 +75,84 @@ pub(crate) struct ShardMap {
     ty: PgType,
     /// Each shard's lowest hash value, ascending.
     mins: Vec<i32>,
-    /// The worker group of each shard.
-    groups: Vec<i32>,
+    /// Each shard's rank among the shards in shard-id order (same order as
+    /// `mins`).
+    ranks: Vec<usize>,
 }
 
 /// The distribution column of the table `$1` names, and its shards' ranges
-/// and worker groups, in hash order (no column for a reference table).
+/// and ids, in hash order (no column for a reference table).
 const SHARD_MAP: &str = "\
 SELECT (SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) FROM pg_catalog.pg_dist_partition AS p
          WHERE p.logicalrelid = pg_catalog.to_regclass($1) AND p.partmethod = 'h'),
        ARRAY(SELECT s.shardminvalue::int4 FROM pg_catalog.pg_dist_shard AS s
               WHERE s.logicalrelid = pg_catalog.to_regclass($1) ORDER BY s.shardminvalue::int4),
-       ARRAY(SELECT (SELECT min(pl.groupid) FROM pg_catalog.pg_dist_placement AS pl WHERE pl.shardid = s.shardid)
-               FROM pg_catalog.pg_dist_shard AS s
+       ARRAY(SELECT s.shardid FROM pg_catalog.pg_dist_shard AS s
               WHERE s.logicalrelid = pg_catalog.to_regclass($1) ORDER BY s.shardminvalue::int4)";
 
-/// Per model address, its table's shard map (`None`: not worth grouping).
-type Maps = HashMap<usize, (Instant, Option<Arc<ShardMap>>)>;
+/// Per (connection, model address), when its table was found to have no
+/// usable shard map.
+static NOT_GROUPED: Mutex<Option<HashMap<(Identity, usize), Instant>>> = Mutex::new(None);
 
-static MAPS: Mutex<Option<Maps>> = Mutex::new(None);
+/// Whether a call of `model` on `client` should read the shard map: not
+/// when this connection found it of no use within [`NOT_GROUPED_FOR`].
+pub(crate) fn worth_reading(client: &Client, model: &'static Model) -> bool {
+    let key = (Identity::of(client), std::ptr::from_ref(model) as usize);
+    let guard = NOT_GROUPED.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_ref().and_then(|m| m.get(&key)).is_none_or(|at| at.elapsed() >= NOT_GROUPED_FOR)
+}
 
-/// The shard map of `model`'s table, read on `client` when this process has
-/// none younger than [`MAP_FOR`]; `None` when the rows are not worth
-/// grouping: a reference table, a distribution column that is not an
-/// integer column of the model, shards on one worker, or a failed read.
-/// Only outside a transaction (a failed read would abort it).
-pub(crate) async fn map(client: &Client, model: &'static Model) -> Option<Arc<ShardMap>> {
-    let key = std::ptr::from_ref(model) as usize;
-    {
-        let guard = MAPS.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, map)) = guard.as_ref().and_then(|m| m.get(&key))
-            && at.elapsed() < MAP_FOR
-        {
-            return map.clone();
-        }
-    }
+/// Reads the shard map of `model`'s table on `client` (inside the call's
+/// transaction or savepoint): `Ok(None)` when it is of no use (a reference
+/// table, a distribution column that is not an integer column of the
+/// model, a single shard), which the connection then remembers; `Err` when
+/// the read failed (the transaction is then aborted).
+pub(crate) async fn read(client: &Client, model: &'static Model) -> Result<Option<ShardMap>, tokio_postgres::Error> {
     let target = sql::plan(model).target_regclass.as_str();
-    let read = client.query_typed(SHARD_MAP, &[(&target, Type::TEXT)]).await.ok();
-    let map = read.and_then(|rows| {
-        let row = rows.first()?;
+    let rows = client.query_typed(SHARD_MAP, &[(&target, Type::TEXT)]).await?;
+    let map = rows.first().and_then(|row| {
         // (A reference table has no distribution column, and its shard no range.)
         let name: Option<String> = row.try_get(0).ok()?;
         let column = model.columns().iter().position(|c| Some(c.name()) == name.as_deref())?;
         let mins: Vec<i32> = row.try_get::<_, Vec<Option<i32>>>(1).ok()?.into_iter().collect::<Option<_>>()?;
-        let groups: Vec<i32> = row.try_get::<_, Vec<Option<i32>>>(2).ok()?.into_iter().collect::<Option<_>>()?;
+        let ids: Vec<i64> = row.try_get::<_, Vec<Option<i64>>>(2).ok()?.into_iter().collect::<Option<_>>()?;
         let ty = model.columns()[column].pg_type();
-        let several = groups.iter().any(|g| *g != groups[0]);
-        let usable = matches!(ty, PgType::Int2 | PgType::Int4 | PgType::Int8) && mins.len() == groups.len() && several;
-        usable.then(|| Arc::new(ShardMap { column, ty, mins, groups }))
+        let usable = matches!(ty, PgType::Int2 | PgType::Int4 | PgType::Int8) && mins.len() == ids.len();
+        (usable && ids.len() > 1).then(|| ShardMap::new(column, ty, mins, &ids))
     });
-    let mut guard = MAPS.lock().unwrap_or_else(PoisonError::into_inner);
-    let maps = guard.get_or_insert_with(HashMap::new);
-    if maps.len() >= 4096 {
-        maps.clear();
+    if map.is_none() {
+        let key = (Identity::of(client), std::ptr::from_ref(model) as usize);
+        let mut guard = NOT_GROUPED.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = guard.get_or_insert_with(HashMap::new);
+        if seen.len() >= 4096 {
+            seen.clear();
+        }
+        seen.insert(key, Instant::now());
     }
-    maps.insert(key, (Instant::now(), map.clone()));
-    map
+    Ok(map)
 }
 
 impl ShardMap {
+    /// The map of shards whose lowest hash values are `mins` (ascending)
+    /// and ids `ids` (same order).
+    fn new(column: usize, ty: PgType, mins: Vec<i32>, ids: &[i64]) -> ShardMap {
+        let mut by_id: Vec<usize> = (0..ids.len()).collect();
+        by_id.sort_by_key(|&i| ids[i]);
+        let mut ranks = vec![0; ids.len()];
+        for (rank, &i) in by_id.iter().enumerate() {
+            ranks[i] = rank;
+        }
+        ShardMap { column, ty, mins, ranks }
+    }
+
     /// The rows (indexes into `columns`, the batch's values per model
-    /// column, one per row) of each worker, in row order; `None` when a
-    /// value cannot be read (then the batch goes as one statement).
+    /// column, one per row) of each statement, in row order, statements in
+    /// shard-id order, none empty; `None` when a value cannot be read
+    /// (then the batch goes as one statement).
     pub(crate) fn split(&self, columns: &[Vec<Element>]) -> Option<Vec<Vec<usize>>> {
         let values = columns.get(self.column)?;
-        let mut by_group: Vec<(i32, Vec<usize>)> = Vec::new();
+        let statements = statements_for(values.len()).min(self.ranks.len());
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); statements];
         for (row, value) in values.iter().enumerate() {
             let bytes = &value.as_ref()?.0;
             let hash = match (self.ty, bytes.len()) {
@@ -131,16 +162,10 @@ impl ShardMap {
                 _ => return None,
             } as i32;
             let shard = self.mins.partition_point(|min| *min <= hash).checked_sub(1)?;
-            let group = self.groups[shard];
-            match by_group.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, rows)) => rows.push(row),
-                None => by_group.push((group, vec![row])),
-            }
+            groups[self.ranks[shard] * statements / self.ranks.len()].push(row);
         }
-        // Workers in one order for every call (writers that meet on keys
-        // take their locks in the same order).
-        by_group.sort_by_key(|(g, _)| *g);
-        Some(by_group.into_iter().map(|(_, rows)| rows).collect())
+        groups.retain(|rows| !rows.is_empty());
+        Some(groups)
     }
 }
 
@@ -199,18 +224,23 @@ mod tests {
     }
 
     #[test]
-    fn rows_split_by_the_worker_of_their_shard_in_row_order() {
-        let map = ShardMap { column: 0, ty: PgType::Int8, mins: vec![i32::MIN, 0], groups: vec![1, 2] };
-        let values: Vec<i64> = (0..50).collect();
+    fn rows_split_by_runs_of_shard_ids_in_row_order() {
+        // Four shards in hash order, their ids out of that order: by id,
+        // the shards of ranges 2, 0 | 3, 1 (two statements for 250 rows).
+        let mins = vec![i32::MIN, -1 << 30, 0, 1 << 30];
+        let map = ShardMap::new(0, PgType::Int8, mins.clone(), &[102, 104, 101, 103]);
+        let values: Vec<i64> = (0..250).collect();
         let column: Vec<Element> =
             values.iter().map(|v| Some(Encoded(bytes::Bytes::copy_from_slice(&v.to_be_bytes())))).collect();
         let groups = map.split(&[column]).unwrap();
-        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 50);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 250);
+        let range = |v: i64| mins.partition_point(|m| *m <= hash_int8(v) as i32) - 1;
         for (g, rows) in groups.iter().enumerate() {
             assert!(rows.windows(2).all(|w| w[0] < w[1]), "row order kept");
             for &row in rows {
-                let negative = (hash_int8(values[row]) as i32) < 0;
-                assert_eq!(g == 0, negative, "row {row} in the group of its shard");
+                let wanted = if g == 0 { [2, 0] } else { [3, 1] };
+                assert!(wanted.contains(&range(values[row])), "row {row} in the statement of its shard's id");
             }
         }
     }
