@@ -187,7 +187,8 @@ impl CitusDb {
 
     /// A new connection as [`connect`](Self::connect) makes, through
     /// `recorder` (a [`SqlRecorder`](crate::recorder::SqlRecorder) started
-    /// in front of the coordinator, see [`coordinator_address`]).
+    /// in front of the coordinator, see [`coordinator_address`], or of a
+    /// worker, see [`workers`]).
     pub async fn connect_through(&self, recorder: &crate::recorder::SqlRecorder) -> Client {
         // A new `Config`: `host` and `port` add to a config's lists.
         let mut config = Config::new();

@@ -495,9 +495,10 @@ async fn caller_rollback(placement: Placement) {
 
 const WRITERS: u64 = 8;
 
-/// One 8-writer test at a time. Two at once are 16 writers, and a COPY-path
-/// call that pulls its rows through the coordinator makes Citus open up to
-/// 16 connections to each worker: with `cluster.sh`'s settings (the
+/// One 8-writer test at a time. Two at once are 16 writers, and a call that
+/// pulls its rows through the coordinator (the COPY path without a staging
+/// table, and a connection's first call) makes Citus open up to 16
+/// connections to each worker: with `cluster.sh`'s settings (the
 /// coordinator's `citus.max_shared_pool_size` defaults to its
 /// `max_connections`, 200, the same as each worker's) the workers then
 /// refuse connections ("too many clients already"), with or without this
@@ -630,8 +631,8 @@ async fn eight_writers_on_a_reference_table() {
 }
 
 /// 8 writers at once of short batches of every form the plain call sends
-/// to Citus (one `VALUES` statement under 256 rows or inside a caller's
-/// transaction, several from 256 rows on a `Client`), overlapping and
+/// to Citus (one `VALUES` statement under 256 rows, several from 256 rows,
+/// on a `Client` or inside a caller's transaction), overlapping and
 /// shuffled, the forms mixed in every round: no call fails (no distributed
 /// deadlock: every form takes its rows' locks in the same order), and the
 /// inserted counts add up to the rows stored.
@@ -644,6 +645,10 @@ async fn eight_writers_of_short_batches_of_every_length() {
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let mut client = db.connect().await;
+        // The connection's first call checks the table; from the next one
+        // on, batches of 256 rows or more are grouped.
+        let key = Contended::key(1_000_000 + w, format!("w{w} warm-up"));
+        Contended::bulk_create_new(&mut client, [key]).await.expect("warm-up call");
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             let mut batches = Vec::new();
@@ -682,7 +687,8 @@ async fn eight_writers_of_short_batches_of_every_length() {
     assert!(errors.is_empty(), "{} of {} calls failed:\n{}", errors.len(), 6 * WRITERS, errors.join("\n"));
     let keys = distinct_keys(batches.iter());
     assert_eq!(inserted, keys.len() as u64, "the inserted counts add up to the distinct keys offered");
-    assert_eq!(count(&db.connect().await, "contended").await, keys.len() as i64, "one row per distinct key");
+    let stored = count(&db.connect().await, "contended").await;
+    assert_eq!(stored, keys.len() as i64 + WRITERS as i64, "one row per distinct key (and the warm-up rows)");
     db.drop().await;
 }
 
@@ -1456,8 +1462,32 @@ async fn a_batch_goes_as_one_values_statement_per_run_of_shards_in_a_transaction
     a_batch_goes_as_one_values_statement_per_run_of_shards(On::Transaction).await;
 }
 
+/// Connected to a worker (Citus syncs its metadata there), where some of
+/// the table's shards are local: Citus would run those after the others,
+/// out of shard-id order, so the batch goes as one statement; counts exact.
+#[tokio::test]
+async fn a_batch_through_a_worker_that_holds_shards_goes_as_one_statement() {
+    let (db, admin) = setup("grouped_worker", DIST, 1_000, On::Client).await;
+    let (host, port) = workers(&admin).await.into_iter().next().expect("a worker");
+    let recorder = bulk_tests::recorder::SqlRecorder::start_in_front_of((host, port)).await;
+    let mut client = db.connect_through(&recorder).await;
+    Retweet::bulk_create_new(&mut client, [rt(-1, -1, 0)]).await.unwrap();
+    let n = 1_000;
+    let (pre, rows, new) = batch(n, 0);
+    store(&admin, &pre).await;
+    let before = recorder.statements().len();
+    let o = Retweet::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((o.offered, o.inserted, o.skipped), (n as u64, new.len() as u64, (n - new.len()) as u64));
+    let sent: Vec<String> = recorder.statements().into_iter().skip(before).collect();
+    let statements = values_rows(&sent);
+    let distinct = n - n / 5;
+    assert!(!statements.is_empty() && statements.iter().all(|&len| len >= distinct), "{statements:?}: {sent:#?}");
+    assert_eq!(count(&admin, "rt").await, (1 + pre.len() + new.len()) as i64);
+    db.drop().await;
+}
+
 /// The library's hashes of `bigint`, `integer` and `smallint` values (by
-/// which it groups a batch per worker) are Citus's own (`worker_hash`).
+/// which it groups a batch by shard) are Citus's own (`worker_hash`).
 #[tokio::test]
 async fn the_client_hashes_distribution_values_as_citus_does() {
     let db = CitusDb::new("hashes").await;
@@ -1499,7 +1529,9 @@ async fn a_table_redistributed_between_calls_counts_exactly() {
         .await
         .expect("create contended");
     let seed = bulk_tests::seed("citus redistributed between calls");
-    let mut batches = Vec::new();
+    // The connection's first call checks the table; the next ones are grouped.
+    Contended::bulk_create_new(&mut client, [Contended::key(1_000_000, "warm-up".into())]).await.unwrap();
+    let mut batches = vec![vec![Contended::key(1_000_000, "warm-up".into())]];
     for round in 0..3u64 {
         if round > 0 {
             // Redistributed with another shard count: new ranges, new placements.
