@@ -97,12 +97,7 @@ async fn connect_config(config: &Config) -> Client {
 
 /// The coordinator's host and port, from `BULK_CITUS_URL`.
 pub fn coordinator_address() -> (String, u16) {
-    let config = coordinator_config();
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    (host, config.get_ports().first().copied().unwrap_or(5432))
+    crate::address_of(&coordinator_config())
 }
 
 /// Checks once per test process that the coordinator runs Citus with at
@@ -190,22 +185,21 @@ impl CitusDb {
     /// in front of the coordinator, see [`coordinator_address`], or of a
     /// worker, see [`workers`]).
     pub async fn connect_through(&self, recorder: &crate::recorder::SqlRecorder) -> Client {
-        // A new `Config`: `host` and `port` add to a config's lists.
-        let mut config = Config::new();
-        let from = self.config();
-        config.host("127.0.0.1").port(recorder.port()).application_name(application_name(&self.schema));
-        config.user(from.get_user().unwrap_or("postgres")).dbname(from.get_dbname().unwrap_or("postgres"));
-        if let Some(password) = from.get_password() {
-            config.password(password);
-        }
-        config.options(from.get_options().unwrap_or_default());
+        let mut config = self.config_at("127.0.0.1", recorder.port());
+        config.options(self.config().get_options().unwrap_or_default());
         connect_config(&config).await
     }
 
     /// A connection to a worker node (`host`, `port` as `pg_dist_node` names
     /// them), as the coordinator's user, to the same database.
     pub async fn connect_worker(&self, host: &str, port: u16) -> Client {
-        // A new `Config`: `host` and `port` add to a config's lists.
+        connect_config(&self.config_at(host, port)).await
+    }
+
+    /// The coordinator's user, password and database at `host`, `port`,
+    /// with the test's `application_name` (a new `Config`: `host` and
+    /// `port` add to a config's lists).
+    fn config_at(&self, host: &str, port: u16) -> Config {
         let coordinator = coordinator_config();
         let mut config = Config::new();
         config.host(host).port(port).application_name(application_name(&self.schema));
@@ -215,7 +209,7 @@ impl CitusDb {
             config.password(password);
         }
         config.connect_timeout(std::time::Duration::from_secs(10));
-        connect_config(&config).await
+        config
     }
 
     /// Drops the schema and everything in it.

@@ -403,7 +403,11 @@ pub async fn connect_to(database: &str, user: Option<&str>) -> Client {
 
 /// The test server's host and port.
 pub fn server_address() -> (String, u16) {
-    let config = config(DATABASE, None);
+    address_of(&config(DATABASE, None))
+}
+
+/// The first TCP host (else 127.0.0.1) and port (else 5432) of `config`.
+pub fn address_of(config: &Config) -> (String, u16) {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".to_owned(),

@@ -129,22 +129,14 @@ pub(crate) fn elements(array: &Encoded) -> Vec<Element> {
 /// (a repeat meets `ON CONFLICT` and is not counted).
 pub(crate) fn values(arrays: &[Encoded], max: usize) -> (Vec<Element>, usize) {
     let columns: Vec<Vec<Element>> = arrays.iter().map(elements).collect();
-    let rows = columns.first().map_or(0, Vec::len);
-    let bucket = values_bucket(rows, max);
-    let mut out = Vec::with_capacity(bucket * columns.len());
-    for row in 0..bucket {
-        let row = row.min(rows.saturating_sub(1));
-        for column in &columns {
-            out.push(column[row].clone());
-        }
-    }
-    (out, bucket)
+    let rows: Vec<usize> = (0..columns.first().map_or(0, Vec::len)).collect();
+    values_of(&columns, &rows, max)
 }
 
 /// The rows `rows` (indexes, in order) of `columns` (each column's
 /// elements, from [`elements`]) as the values of a
-/// [`sql::values_on_conflict`] statement, as [`values`] makes them for all
-/// the rows.
+/// [`sql::values_on_conflict`] statement, row after row, with the row count
+/// of that statement (see [`values`]).
 pub(crate) fn values_of(columns: &[Vec<Element>], rows: &[usize], max: usize) -> (Vec<Element>, usize) {
     let bucket = values_bucket(rows.len(), max);
     let mut out = Vec::with_capacity(bucket * columns.len());
@@ -178,12 +170,7 @@ pub(crate) async fn run_values_groups(
     let params: Vec<Vec<Param<'_>>> = groups.iter().map(|(values, _)| values_params(model, values)).collect();
     let mut prepared = Vec::with_capacity(groups.len());
     for ((_, rows), params) in groups.iter().zip(&params) {
-        let label = format!("create_new values {rows}");
-        prepared.push(
-            statements
-                .get(&label, false, params, |_, shape| sql::values_on_conflict(model, *rows, shape).into())
-                .await?,
-        );
+        prepared.push(statements.values(*rows, params).await?);
     }
     let statements = &statements;
     let runs = prepared.iter().zip(&params).map(|(statement, params)| statement.execute_tagged(statements, params));
@@ -225,10 +212,7 @@ pub(crate) async fn run(
     match call.kind {
         Kind::CreateNew => {
             if let Some(rows) = values {
-                let label = format!("create_new values {rows}");
-                let statement = statements
-                    .get(&label, false, params, |_, shape| sql::values_on_conflict(model, rows, shape).into())
-                    .await?;
+                let statement = statements.values(rows, params).await?;
                 let inserted = statement.execute_tagged(&statements, params).await?;
                 return Ok(Report::counts(offered, inserted));
             }
@@ -364,6 +348,13 @@ impl Statements<'_> {
                 Ok(Prepared::Statement(statement, label))
             }
         }
+    }
+
+    /// The plain call's [`sql::values_on_conflict`] statement of `rows` rows.
+    async fn values(&mut self, rows: usize, params: &[Param<'_>]) -> Result<Prepared, Error> {
+        let model = self.model;
+        let label = format!("create_new values {rows}");
+        self.get(&label, false, params, |_, shape| sql::values_on_conflict(model, rows, shape).into()).await
     }
 
     /// The schema check, once per attempt.

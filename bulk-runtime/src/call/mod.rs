@@ -287,13 +287,12 @@ where
     }
     let values_max = citus_values_rows(conn, model, call.kind).filter(|&max| head.len() <= max);
     let arrays = arrays::encode::<T, R>(model, call.kind, &head)?;
-    let head_len = head.len();
     drop(head);
     // On Citus, a longer batch as a few `VALUES` statements, one per run of
     // shard ids (see `shards`).
     if let Some(max) = values_max
         && call.ledger.is_none()
-        && head_len >= shards::GROUPED_FROM
+        && offered >= shards::GROUPED_FROM as u64
         && shards::worth_reading(conn.client(), model)
     {
         match grouped(conn, model, offered, &arrays, max).await {
