@@ -198,7 +198,10 @@ async fn deadlock_with_the_callers_own_statements_is_retried() {
     // Two transactions each insert a key with a plain INSERT, then bulk-insert
     // the other's key: a deadlock the call cannot prevent (the caller's own
     // rows came first). One of them fails with a retryable deadlock error;
-    // the helper reruns its whole transaction after the other committed.
+    // the helper reruns its whole transaction. A rerun that starts before the
+    // other side has taken the victim's key can collide with it again (seen
+    // once in CI), so the backoff leaves the other side time to commit and the
+    // test asserts that every failure was a deadlock, not how many there were.
     let db = setup("iso_deadlock").await;
     let first = db.connect().await;
     let second = db.connect().await;
@@ -211,7 +214,10 @@ async fn deadlock_with_the_callers_own_statements_is_retried() {
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             let mut errors = Vec::new();
-            let mut retry = quick().start();
+            let policy = RetryPolicy::new()
+                .max_attempts(8)
+                .backoff(std::time::Duration::from_millis(20), std::time::Duration::from_millis(200));
+            let mut retry = policy.start();
             let result = loop {
                 let attempt = async {
                     let mut tx = client.transaction().await?;
@@ -249,7 +255,7 @@ async fn deadlock_with_the_callers_own_statements_is_retried() {
         assert_eq!(attempt as usize, errors.len() + 1);
         inserted += o.inserted;
     }
-    assert_eq!(deadlocks, 1, "exactly one side was chosen as the deadlock victim");
+    assert!(deadlocks >= 1, "the two transactions deadlocked, and a victim was chosen");
     // Each transaction stored its own plain row; of the bulk rows, the other's
     // key was skipped by whichever committed second, and both new keys went in.
     assert_eq!(inserted, 3);
