@@ -6,8 +6,13 @@
 //!
 //! ```sh
 //! BULK_BENCH_CITUS_URL="host=127.0.0.1 port=9700 user=postgres dbname=postgres" \
-//!   cargo bench -p bulk-runtime --bench strategies -- citus [--sizes 1000,10000] [--mixes fresh] [--reps N]
+//!   cargo bench -p bulk-runtime --bench strategies -- citus [--sizes 1000,10000] [--mixes fresh] [--reps N] \
+//!   [--strategies 1,2]
 //! ```
+//!
+//! `--strategies` runs only the strategies named by their numbers (for
+//! more repetitions of the call against the ceiling in the same time); a
+//! ratio to a strategy that did not run prints as `–`.
 //!
 //! The cluster is `BULK_BENCH_CITUS_URL` (no default: the mode fails when
 //! it is unset). Each case runs every strategy once per repetition, in a new
@@ -33,11 +38,13 @@ const STRATEGIES: [&str; 4] = [
     "4 INSERT VALUES ON CONFLICT (chunked)",
 ];
 
-/// What a `citus` run measures: `--sizes N,N`, `--mixes fresh,stored50`, `--reps N`.
+/// What a `citus` run measures: `--sizes N,N`, `--mixes fresh,stored50`,
+/// `--reps N`, `--strategies 1,2` (numbers as in [`STRATEGIES`]).
 struct Options {
     sizes: Vec<usize>,
     mixes: Vec<Mix>,
     reps: Option<usize>,
+    strategies: Vec<usize>,
 }
 
 impl Options {
@@ -46,6 +53,7 @@ impl Options {
             sizes: vec![1_000, 10_000, 100_000, 1_000_000],
             mixes: vec![Mix::Fresh, Mix::Stored50],
             reps: None,
+            strategies: (0..STRATEGIES.len()).collect(),
         };
         let mut args = args.iter();
         while let Some(a) = args.next() {
@@ -66,6 +74,13 @@ impl Options {
                         .ok_or("--mixes: expected fresh, stored50, inbatch10")?
                 }
                 "--reps" => o.reps = Some(value.parse().map_err(|e| format!("--reps: {e}"))?),
+                "--strategies" => {
+                    o.strategies = value
+                        .split(',')
+                        .map(|n| n.parse::<usize>().ok().filter(|n| (1..=STRATEGIES.len()).contains(n)).map(|n| n - 1))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| format!("--strategies: numbers from 1 to {}", STRATEGIES.len()))?
+                }
                 other => return Err(format!("citus: unknown option {other}")),
             }
         }
@@ -199,7 +214,7 @@ pub(crate) async fn citus_run(args: &[String]) {
             let expected = case.new_rows.len() as u64;
             let mut times: Vec<Vec<Duration>> = vec![Vec::new(); STRATEGIES.len()];
             for _ in 0..reps {
-                let mut order: Vec<usize> = (0..STRATEGIES.len()).collect();
+                let mut order = options.strategies.clone();
                 rng.shuffle(&mut order);
                 for s in order {
                     reset(&client, &case).await;
@@ -214,30 +229,34 @@ pub(crate) async fn citus_run(args: &[String]) {
                     }
                 }
             }
-            let medians: Vec<Duration> = times.iter().map(|t| median(t)).collect();
-            let ceiling = medians[1].as_secs_f64();
-            let best_other = medians[2].min(medians[3]).as_secs_f64();
+            // A strategy that did not run has no median; a ratio to it is NaN, printed as `–`.
+            let medians: Vec<f64> =
+                times.iter().map(|t| if t.is_empty() { f64::NAN } else { median(t).as_secs_f64() }).collect();
+            let ceiling = medians[1];
+            let best_other = [medians[2], medians[3]].into_iter().filter(|m| !m.is_nan()).reduce(f64::min);
+            let best_other = best_other.unwrap_or(f64::NAN);
+            let ratio = |r: f64| if r.is_nan() { "–".to_owned() } else { format!("{r:.2}") };
             println!("\n### {size} rows, {} (new rows: {expected}, {reps} repetitions)\n", mix.name());
             println!("| strategy | median ms | min–max ms | rows/s | × ceiling | × best of 3, 4 |");
             println!("| --- | ---: | ---: | ---: | ---: | ---: |");
             for (s, name) in STRATEGIES.iter().enumerate() {
-                let m = medians[s].as_secs_f64();
-                let (lo, hi) = (times[s].iter().min().unwrap(), times[s].iter().max().unwrap());
+                let (Some(lo), Some(hi)) = (times[s].iter().min(), times[s].iter().max()) else { continue };
+                let m = medians[s];
                 println!(
-                    "| {name} | {} | {}–{} | {:.0} | {:.2} | {:.2} |",
-                    ms(medians[s]),
+                    "| {name} | {} | {}–{} | {:.0} | {} | {} |",
+                    ms(median(&times[s])),
                     ms(*lo),
                     ms(*hi),
                     size as f64 / m,
-                    m / ceiling,
-                    m / best_other
+                    ratio(m / ceiling),
+                    ratio(m / best_other)
                 );
             }
             summary.push_str(&format!(
-                "| {size} | {} | {:.2} | {:.2} |\n",
+                "| {size} | {} | {} | {} |\n",
                 mix.name(),
-                medians[0].as_secs_f64() / ceiling,
-                medians[0].as_secs_f64() / best_other
+                ratio(medians[0] / ceiling),
+                ratio(medians[0] / best_other)
             ));
         }
     }
