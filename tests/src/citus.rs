@@ -212,6 +212,21 @@ impl CitusDb {
         config
     }
 
+    /// The coordinator, its user and database, and the test's schema: for a
+    /// [`Pgbouncer`](crate::pgbouncer::Pgbouncer) in front of the cluster.
+    pub fn upstream(&self) -> crate::pgbouncer::Upstream {
+        let config = coordinator_config();
+        let (host, port) = coordinator_address();
+        crate::pgbouncer::Upstream {
+            host,
+            port,
+            user: config.get_user().unwrap_or("postgres").to_owned(),
+            password: config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()),
+            dbname: config.get_dbname().unwrap_or("postgres").to_owned(),
+            schema: self.schema.clone(),
+        }
+    }
+
     /// Drops the schema and everything in it.
     ///
     /// # Panics

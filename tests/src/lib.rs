@@ -383,9 +383,15 @@ where
 /// a proxy in front of the server), as the server's user with its password,
 /// without any startup options.
 pub async fn connect_at(host: &str, port: u16) -> Client {
+    connect_as(host, port, &server_user(), server_password().as_deref()).await
+}
+
+/// A connection to the test database's name on `host`, `port` as `user`
+/// with `password` (a pooler whose database of that name leads elsewhere).
+pub async fn connect_as(host: &str, port: u16, user: &str, password: Option<&str>) -> Client {
     let mut config = Config::new();
-    config.host(host).port(port).user(server_user()).dbname(DATABASE);
-    if let Some(password) = server_password() {
+    config.host(host).port(port).user(user).dbname(DATABASE);
+    if let Some(password) = password {
         config.password(password);
     }
     connect_config(&config).await

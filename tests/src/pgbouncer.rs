@@ -12,13 +12,50 @@ use tokio_postgres::Client;
 
 use crate::{DATABASE, TestDb};
 
-/// A running PgBouncer whose one database, `bulk_tests`, leads to the test
-/// server with `search_path` set to a test's schema on every server connection.
+/// A running PgBouncer whose one database, `bulk_tests`, leads to a server
+/// (the test server, or a Citus coordinator) with `search_path` set to a
+/// test's schema on every server connection.
 pub struct Pgbouncer {
     child: Child,
     dir: PathBuf,
     /// The loopback port it listens on.
     pub port: u16,
+    /// The user its clients (and its server connections) log in as.
+    user: String,
+    /// That user's password, if the server wants one.
+    password: Option<String>,
+}
+
+/// Where a [`Pgbouncer`] leads: a server, its user and database, and the
+/// schema every server connection gets as its `search_path`.
+pub struct Upstream {
+    /// The server's host.
+    pub host: String,
+    /// The server's port.
+    pub port: u16,
+    /// The user to log in as.
+    pub user: String,
+    /// Its password, if any.
+    pub password: Option<String>,
+    /// The database on the server.
+    pub dbname: String,
+    /// The test's schema.
+    pub schema: String,
+}
+
+impl Upstream {
+    /// The test server's database and `db`'s schema.
+    pub fn test_db(db: &TestDb) -> Upstream {
+        let (host, port) = crate::server_address();
+        Upstream {
+            host,
+            port,
+            user: crate::server_user(),
+            password: crate::server_password(),
+            dbname: DATABASE.to_owned(),
+            schema: db.schema.clone(),
+        }
+    }
 }
 
 /// The pgbouncer binary: on `PATH`, or where the Debian package puts it.
@@ -45,12 +82,17 @@ impl Pgbouncer {
     /// Starts a pgbouncer in `pool_mode` (`session` or `transaction`) with at
     /// most `pool_size` server connections, in front of `db`'s schema.
     pub async fn start(db: &TestDb, pool_mode: &str, pool_size: u32) -> Pgbouncer {
+        Self::start_for(&Upstream::test_db(db), pool_mode, pool_size).await
+    }
+
+    /// As [`start`](Self::start), in front of `upstream`.
+    pub async fn start_for(upstream: &Upstream, pool_mode: &str, pool_size: u32) -> Pgbouncer {
         // A port found free may be taken again before pgbouncer binds it
         // (by another test's pgbouncer or proxy, which the readiness probe
         // would then reach instead): a pgbouncer that exits is started
         // again on another port.
         for _ in 0..10 {
-            if let Some(bouncer) = Self::try_start(db, pool_mode, pool_size).await {
+            if let Some(bouncer) = Self::try_start(upstream, pool_mode, pool_size).await {
                 return bouncer;
             }
         }
@@ -61,21 +103,20 @@ impl Pgbouncer {
 
     /// One attempt of [`start`](Self::start): `None` when pgbouncer exited
     /// (its port was taken meanwhile).
-    async fn try_start(db: &TestDb, pool_mode: &str, pool_size: u32) -> Option<Pgbouncer> {
-        let (host, port) = crate::server_address();
-        let user = crate::server_user();
+    async fn try_start(upstream: &Upstream, pool_mode: &str, pool_size: u32) -> Option<Pgbouncer> {
+        let Upstream { host, port, user, dbname, .. } = upstream;
         // PgBouncer logs in to the server with the test connections' password, if any.
-        let password = crate::server_password().unwrap_or_default();
+        let password = upstream.password.clone().unwrap_or_default();
         let listen = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
         let free_port = listen.local_addr().unwrap().port();
         drop(listen);
         let dir = std::env::temp_dir().join(format!("bulk-pgbouncer-{}-{free_port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let schema = bulk_runtime::quote_ident(&db.schema);
+        let schema = bulk_runtime::quote_ident(&upstream.schema);
         assert!(!schema.contains('\''), "schema names of the pooler tests are plain");
         let ini = format!(
             "[databases]\n\
-             {DATABASE} = host={host} port={port} dbname={DATABASE} user={user} connect_query='SET search_path = {schema}'\n\
+             {DATABASE} = host={host} port={port} dbname={dbname} user={user} connect_query='SET search_path = {schema}'\n\
              [pgbouncer]\n\
              listen_addr = 127.0.0.1\n\
              listen_port = {free_port}\n\
@@ -96,7 +137,7 @@ impl Pgbouncer {
         let config_path = dir.join("pgbouncer.ini");
         std::fs::write(&config_path, ini).unwrap();
         let quote = |s: &str| s.replace('"', "\"\"");
-        std::fs::write(dir.join("users.txt"), format!("\"{}\" \"{}\"\n", quote(&user), quote(&password))).unwrap();
+        std::fs::write(dir.join("users.txt"), format!("\"{}\" \"{}\"\n", quote(user), quote(&password))).unwrap();
         let mut command = Command::new(binary());
         if is_root() {
             // pgbouncer refuses to run as root.
@@ -109,7 +150,8 @@ impl Pgbouncer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start pgbouncer");
-        let mut bouncer = Pgbouncer { child, dir, port: free_port };
+        let mut bouncer =
+            Pgbouncer { child, dir, port: free_port, user: user.clone(), password: upstream.password.clone() };
         // Up when its log says it listens on its port (a probe of the port
         // alone could reach another listener that took it), gone when it
         // exits (it could not bind the port).
@@ -129,7 +171,7 @@ impl Pgbouncer {
 
     /// A new client connection through the pooler.
     pub async fn connect(&self) -> Client {
-        crate::connect_at("127.0.0.1", self.port).await
+        crate::connect_as("127.0.0.1", self.port, &self.user, self.password.as_deref()).await
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use bulk_runtime::{BulkCreateNew, Keep, Ledger, NewRow, Progress, Report, Upsert};
 use bulk_tests::citus::{CitusDb, Placement, workers};
+use bulk_tests::pgbouncer::Pgbouncer;
 use bulk_tests::{COPY_BATCH, Contended, contended_batch, count, distinct_keys, lock_key};
 use tokio_postgres::Client;
 
@@ -1511,6 +1512,245 @@ async fn the_client_hashes_distribution_values_as_citus_does() {
         assert_eq!(bulk_runtime::__test_hooks::citus_hashes(v), citus, "{v}");
     }
     db.drop().await;
+}
+
+/// A transaction pooler (PgBouncer, 2 server connections) in front of the
+/// coordinator, with each call on the other server connection than the one
+/// before (a pinning client holds the one used last): the session a call
+/// meets has not checked the table, or has a stale check, scratch table and
+/// statements. Every call on every path, on a `Client` and in a caller's
+/// transaction, and `returning_keys` and upsert, count exactly.
+async fn through_a_transaction_pooler(placement: Placement) {
+    let db = CitusDb::new(&format!("pooler_{}", placement.name())).await;
+    let direct = db.connect().await;
+    direct.batch_execute(RT_DDL).await.expect("create rt");
+    direct.batch_execute(&placement.sql("rt")).await.expect("place rt on the cluster");
+    if let Placement::Staged(_) = placement {
+        direct.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
+    }
+    let bouncer = Pgbouncer::start_for(&db.upstream(), "transaction", 2).await;
+    let mut writer = bouncer.connect().await;
+    let pins = [bouncer.connect().await, bouncer.connect().await];
+    let pin = |step: usize| {
+        let client = &pins[step % 2];
+        async move {
+            client.batch_execute("BEGIN").await.expect("pin a server connection");
+            client.query_one("SELECT pg_backend_pid()", &[]).await.expect("its pid").get::<_, i32>(0)
+        }
+    };
+    let mut backends = BTreeSet::new();
+    let (mut next, mut last) = (0i64, Vec::<Retweet>::new());
+    for step in 0..12usize {
+        backends.insert(pin(step).await);
+        if step > 0 {
+            pins[(step + 1) % 2].batch_execute("COMMIT").await.expect("unpin");
+        }
+        let n = [SHORT, MEDIUM, LONG][step % 3];
+        let on = if step % 2 == 0 { On::Client } else { On::Transaction };
+        let fresh: Vec<Retweet> = (next..next + n as i64)
+            .map(|k| {
+                let (t, r) = key(k);
+                rt(t, r, k)
+            })
+            .collect();
+        // Half of the previous call's rows again, first.
+        let repeats = &last[..last.len() / 2];
+        let offered: Vec<Retweet> = repeats.iter().chain(&fresh).cloned().collect();
+        let (m, skipped) = (offered.len() as u64, repeats.len() as u64);
+        let what = format!("step {step}: {n} new rows after {skipped} stored, {on:?}");
+        match step / 6 {
+            0 => {
+                let o = call!(writer, on, |c| Retweet::bulk_create_new(c, &offered)).expect(&what);
+                assert_eq!((o.offered, o.inserted, o.skipped), (m, n as u64, skipped), "{what}");
+            }
+            _ if step % 2 == 0 => {
+                let o = call!(writer, on, |c| Retweet::bulk(c).returning_keys().run(&offered)).expect(&what);
+                assert_eq!((o.offered, o.inserted, o.skipped), (m, n as u64, skipped), "{what}");
+                let got: Vec<usize> = o.returned.iter().map(|r| r.index).collect();
+                assert_eq!(got, (repeats.len()..offered.len()).collect::<Vec<_>>(), "{what}: the new rows' positions");
+            }
+            _ => {
+                // The repeats change their author: updated; the rest new.
+                let changed: Vec<Retweet> =
+                    repeats.iter().map(|r| rt(r.tweet, r.retweeter, -r.original_author)).chain(fresh.clone()).collect();
+                let upsert = || Upsert::set([Retweet::columns().original_author]).only_if_changed();
+                let o = call!(writer, on, |c| Retweet::bulk(c).upsert(upsert()).run(&changed)).expect(&what);
+                assert_eq!(counts(&o), (m, n as u64, skipped, 0, 0), "{what}");
+            }
+        }
+        next += n as i64;
+        last = fresh;
+    }
+    pins[1].batch_execute("COMMIT").await.expect("unpin");
+    assert_eq!(backends.len(), 2, "the pins held both server connections in turn");
+    assert_eq!(count(&direct, "rt").await, next, "one row per key offered");
+    drop((writer, pins, bouncer));
+    db.drop().await;
+}
+
+/// Rows `from..from + n` of the pooler and session tests: key `key(k)`,
+/// author `k`.
+fn numbered(from: i64, n: usize) -> Vec<Retweet> {
+    (from..from + n as i64)
+        .map(|k| {
+            let (t, r) = key(k);
+            rt(t, r, k)
+        })
+        .collect()
+}
+
+/// `search_path` switched between calls on one connection, between a
+/// distributed table with its staging table and a same-named reference
+/// table in another schema: each call writes the table its `search_path`
+/// names, on its path, and counts against that table's rows.
+#[tokio::test]
+async fn search_path_switches_between_a_distributed_and_a_reference_table() {
+    let db = CitusDb::new("path_switch").await;
+    let other = format!("{}_ref", db.schema);
+    let (here, there) = (bulk_runtime::quote_ident(&db.schema), bulk_runtime::quote_ident(&other));
+    let admin = db.connect().await;
+    admin.batch_execute(RT_DDL).await.expect("create rt");
+    admin.batch_execute(&STAGED.sql("rt")).await.expect("distribute rt");
+    admin.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {there}; SET search_path = {there}; {RT_DDL}; {}", REF.sql("rt")))
+        .await
+        .expect("a reference table rt in another schema");
+    let mut client = db.connect().await;
+    // The keys each table holds: the next call offers half of them again.
+    let mut held: [Vec<Retweet>; 2] = [Vec::new(), Vec::new()];
+    let mut next = 0i64;
+    for step in 0..12usize {
+        let which = step % 2;
+        let schema = [&here, &there][which];
+        client.batch_execute(&format!("SET search_path = {schema}")).await.expect("switch search_path");
+        let n = [LONG, SHORT, MEDIUM][(step / 2) % 3];
+        let fresh = numbered(next, n);
+        let repeats: Vec<Retweet> = held[which].iter().step_by(2).cloned().collect();
+        let offered: Vec<Retweet> = repeats.iter().chain(&fresh).cloned().collect();
+        let on = if step % 4 < 2 { On::Client } else { On::Transaction };
+        let what = format!("step {step}: {schema}.rt, {n} new rows after {} stored, {on:?}", repeats.len());
+        let o = call!(client, on, |c| Retweet::bulk_create_new(c, &offered)).expect(&what);
+        assert_eq!((o.inserted, o.skipped), (n as u64, repeats.len() as u64), "{what}");
+        held[which].extend(fresh);
+        next += n as i64;
+    }
+    for (schema, rows) in [(&here, &held[0]), (&there, &held[1])] {
+        let n: i64 = admin.query_one(&format!("SELECT count(*) FROM {schema}.rt"), &[]).await.unwrap().get(0);
+        assert_eq!(n as usize, rows.len(), "the rows of {schema}.rt");
+    }
+    admin.batch_execute(&format!("DROP SCHEMA {there} CASCADE")).await.expect("drop the other schema");
+    drop(client);
+    db.drop().await;
+}
+
+/// `SET ROLE` between calls, to a role that may write the target but not
+/// its staging table (nor use the id sequence by name): that role's COPY
+/// calls go through the session's scratch table, the owner's through the
+/// staging table, all counting exactly; also with `SET LOCAL ROLE` inside
+/// a caller's transaction.
+#[tokio::test]
+async fn role_switches_to_a_role_without_the_staging_table() {
+    let db = CitusDb::new("role_switch").await;
+    let admin = db.connect().await;
+    admin.batch_execute(RT_DDL).await.expect("create rt");
+    admin.batch_execute(&STAGED.sql("rt")).await.expect("distribute rt");
+    admin.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
+    let role = format!("{}_writer", db.schema);
+    let r = bulk_runtime::quote_ident(&role);
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN; GRANT USAGE ON SCHEMA {s} TO {r}; \
+             GRANT SELECT, INSERT ON rt TO {r}",
+            s = bulk_runtime::quote_ident(&db.schema)
+        ))
+        .await
+        .expect("a role that may write rt");
+    // A row of this author is refused by the staging table only: a call
+    // offering it fails if, and only if, it copies there.
+    const MARK: i64 = -7;
+    let stage = bulk_runtime::quote_ident(&Retweet::model().citus_staging_table());
+    admin
+        .batch_execute(&format!("ALTER TABLE {stage} ADD CONSTRAINT staging_probe CHECK (original_author <> {MARK})"))
+        .await
+        .expect("a CHECK on the staging table");
+    // Longer than one `VALUES` statement takes: the COPY path.
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let mut client = db.connect().await;
+    let mut next = 0i64;
+    let set_role = format!("SET ROLE {r}");
+    for (step, (set, staged)) in
+        [("", true), (set_role.as_str(), false), ("RESET ROLE", true), (set_role.as_str(), false)]
+            .into_iter()
+            .enumerate()
+    {
+        if !set.is_empty() {
+            client.batch_execute(set).await.expect(set);
+        }
+        let mut probe = numbered(next, big);
+        probe[5].original_author = MARK;
+        match Retweet::bulk_create_new(&mut client, &probe).await {
+            Err(e) => {
+                assert!(staged, "step {step} ({set:?}): {e}");
+                assert!(e.to_string().contains("staging_probe"), "the staging table's CHECK: {e}");
+            }
+            Ok(o) => {
+                assert!(!staged, "step {step} ({set:?}): the COPY call did not go through the staging table");
+                assert_eq!(o.inserted, big as u64);
+                next += big as i64;
+            }
+        }
+        for n in [big, LONG, SHORT, MEDIUM] {
+            let rows = numbered(next, n);
+            let again: Vec<Retweet> = rows.iter().step_by(3).cloned().collect();
+            let offered: Vec<Retweet> = rows.iter().chain(&again).cloned().collect();
+            let o = Retweet::bulk_create_new(&mut client, &offered)
+                .await
+                .unwrap_or_else(|e| panic!("step {step} ({set:?}), {n} rows: {e}"));
+            assert_eq!((o.inserted, o.skipped), (n as u64, again.len() as u64), "step {step} ({set:?}), {n} rows");
+            next += n as i64;
+        }
+    }
+    client.batch_execute("RESET ROLE").await.unwrap();
+    for (k, local) in [(0, true), (1, false)] {
+        let mut tx = client.transaction().await.unwrap();
+        if local {
+            tx.batch_execute(&format!("SET LOCAL ROLE {r}")).await.unwrap();
+        }
+        let rows = numbered(next, big);
+        let o = Retweet::bulk_create_new(&mut tx, &rows).await.unwrap_or_else(|e| panic!("transaction {k}: {e}"));
+        assert_eq!(o.inserted, big as u64, "transaction {k}");
+        tx.commit().await.unwrap();
+        next += big as i64;
+    }
+    assert_eq!(count(&admin, "rt").await, next, "one row per key offered");
+    drop(client);
+    // (One statement each: Citus alters a role over one connection per
+    // node, not in a transaction that wrote to shards in parallel.)
+    let schema = bulk_runtime::quote_ident(&db.schema);
+    for sql in [
+        format!("REVOKE ALL ON rt FROM {r}"),
+        format!("REVOKE ALL ON SCHEMA {schema} FROM {r}"),
+        format!("DROP ROLE {r}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn through_a_transaction_pooler_on_a_distributed_table() {
+    through_a_transaction_pooler(DIST).await;
+}
+
+#[tokio::test]
+async fn through_a_transaction_pooler_on_a_distributed_table_with_its_staging_table() {
+    through_a_transaction_pooler(STAGED).await;
+}
+
+#[tokio::test]
+async fn through_a_transaction_pooler_on_a_reference_table() {
+    through_a_transaction_pooler(REF).await;
 }
 
 /// A table redistributed between calls (other shards, other hash ranges,

@@ -42,18 +42,23 @@ pub(crate) struct Sent {
 pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> Result<bool, Error> {
     let plan = sql::plan(model);
     let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
-    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+    let stage_id = model.id_column();
+    let params: [(&(dyn ToSql + Sync), Type); 5] = [
         (&plan.scratch_regclass, Type::TEXT),
         (&plan.target_regclass, Type::TEXT),
         (&id, Type::TEXT),
         (&plan.stage_regclass, Type::TEXT),
+        (&stage_id, Type::TEXT),
     ];
     let before = tx.query_typed(variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
     let (exists, with_id, stage) = before.first().map_or((false, false, false), |r| (r.get(0), r.get(1), r.get(2)));
     use_scratch(tx, model, exists).await?;
-    if !stage && statements::dialect(tx, model) == Dialect::CitusStaged {
-        // The staging table this connection's check found is gone: the
-        // check again (the session's scratch table serves instead).
+    let dialect = statements::dialect(tx, model);
+    if (!stage && dialect == Dialect::CitusStaged) || (stage && dialect == Dialect::Citus) {
+        // The staging table this connection's check found is gone or closed
+        // to the current role (a `SET ROLE`), or one has become open to it:
+        // the check again, which decides between it and the session's
+        // scratch table.
         schema::verify(tx, model).await?;
     }
     Ok(with_id)

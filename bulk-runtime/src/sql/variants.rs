@@ -275,13 +275,23 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// One round trip before the COPY of the call's variants: whether the scratch
 /// table exists (`$1`), whether the id column is usable (`$2`, `$3` as in
 /// [`ID_COLUMN_USABLE`]; `$3` NULL when not asked), and whether the Citus
-/// staging table exists (`$4`).
+/// staging table (`$4`) exists and is open to the current role as the
+/// schema check requires (`SELECT`, `INSERT`, `DELETE`, and `USAGE` of the
+/// sequence of the model's id column `$5`, NULL without one): a `SET ROLE`
+/// since the check changes the answer.
 pub(crate) const BEFORE_COPY: &str = "\
 SELECT pg_catalog.to_regclass($1) IS NOT NULL,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                 WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $3::name
                   AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{20,21,23}'::oid[])),
-       pg_catalog.to_regclass($4) IS NOT NULL";
+       CASE WHEN pg_catalog.to_regclass($4) IS NULL THEN false
+            WHEN NOT pg_catalog.has_table_privilege(pg_catalog.to_regclass($4), 'SELECT, INSERT, DELETE') THEN false
+            WHEN $5::text IS NULL THEN true
+            WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                              WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $5::name
+                                AND attnum > 0 AND NOT attisdropped) THEN false
+            ELSE coalesce(pg_catalog.has_sequence_privilege(
+                   pg_catalog.pg_get_serial_sequence($2, $5::text), 'USAGE'), false) END";
 
 #[cfg(test)]
 mod tests {
