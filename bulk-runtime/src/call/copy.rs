@@ -54,11 +54,16 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let (exists, with_id, stage) = before.first().map_or((false, false, false), |r| (r.get(0), r.get(1), r.get(2)));
     use_scratch(tx, model, exists).await?;
     let dialect = statements::dialect(tx, model);
-    if (!stage && dialect == Dialect::CitusStaged) || (stage && dialect == Dialect::Citus) {
-        // The staging table this connection's check found is gone or closed
-        // to the current role (a `SET ROLE`), or one has become open to it:
-        // the check again, which decides between it and the session's
-        // scratch table.
+    let plain = matches!(kind, Kind::CreateNew);
+    if plain && (dialect == Dialect::CitusStaged || (stage && dialect == Dialect::Citus)) {
+        // The check again, which decides between the staging table and the
+        // session's scratch table, before every plain COPY call that could
+        // use the staging table: it may be gone or closed to the current
+        // role (a `SET ROLE`), or have become open to it; and a column the
+        // target gained since (a volatile default, an identity) would make
+        // Citus run the insert from it through the coordinator, where an
+        // `ON CONFLICT` insert's command tag counts the rows attempted. One
+        // round trip, on a call of more rows than a `VALUES` statement takes.
         schema::verify(tx, model).await?;
     }
     Ok(with_id)
