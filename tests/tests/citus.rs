@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bulk_runtime::{BulkCreateNew, Keep, Ledger, NewRow, Progress, Report, Upsert};
 use bulk_tests::citus::{CitusDb, Placement, workers};
@@ -1183,6 +1184,123 @@ async fn a_volatile_default_added_between_calls_keeps_the_next_call_off_the_stag
     call(&mut client, "after it was dropped").await;
     assert_eq!(count(&client, "rt").await, next, "one row per key");
     assert_eq!(count(&client, &stage).await, 0, "the staging table keeps no row");
+    db.drop().await;
+}
+
+/// A call dropped (a timeout) in the middle of its COPY, its stream stalled
+/// after 1,000 rows: nothing of its batch is stored, the staging table
+/// keeps nothing, no transaction is left open, and the connection takes the
+/// next batch with exact counts; in a caller's transaction, the caller's
+/// transaction goes on without the dropped call's rows.
+async fn dropped_while_copying(placement: Placement, on: On) {
+    let (db, mut client) = setup("dropped_copy", placement, LONG, on).await;
+    let admin = db.connect().await;
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let stalled = || {
+        futures_util::StreamExt::chain(futures_util::stream::iter(numbered(0, 1000)), futures_util::stream::pending())
+    };
+    // A first call checks the table (the next one then copies to the staging table, if any).
+    Retweet::bulk_create_new(&mut client, numbered(-10, 10)).await.expect("a first call");
+    match on {
+        On::Client => {
+            let call =
+                tokio::time::timeout(Duration::from_millis(500), Retweet::bulk(&mut client).run_stream(stalled()));
+            assert!(call.await.is_err(), "the call waits for its stream until the timeout");
+            let o = Retweet::bulk_create_new(&mut client, numbered(0, big)).await.expect("the next call");
+            assert_eq!((o.inserted, o.skipped), (big as u64, 0), "nothing of the dropped call was stored");
+        }
+        On::Transaction => {
+            let mut tx = client.transaction().await.unwrap();
+            tx.batch_execute("INSERT INTO rt (tweet, retweeter, original_author) VALUES (-100, -100, 0)")
+                .await
+                .unwrap();
+            let call = tokio::time::timeout(Duration::from_millis(500), Retweet::bulk(&mut tx).run_stream(stalled()));
+            assert!(call.await.is_err(), "the call waits for its stream until the timeout");
+            let o =
+                Retweet::bulk_create_new(&mut tx, numbered(0, big)).await.expect("the next call in the transaction");
+            assert_eq!((o.inserted, o.skipped), (big as u64, 0), "nothing of the dropped call was stored");
+            tx.commit().await.expect("the caller's transaction commits");
+        }
+    }
+    let expected = 10 + big as i64 + i64::from(on == On::Transaction);
+    assert_eq!(count(&admin, "rt").await, expected, "the rows of the calls that ran, and the caller's");
+    if let Placement::Staged(_) = placement {
+        assert_eq!(count(&admin, &Retweet::model().citus_staging_table()).await, 0, "the staging table keeps no row");
+    }
+    let open: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND xact_start IS NOT NULL", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "no transaction left open");
+    drop(client);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_copying_to_the_staging_table_writes_nothing() {
+    dropped_while_copying(STAGED, On::Client).await;
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_copying_to_the_staging_table_in_a_transaction_writes_nothing() {
+    dropped_while_copying(STAGED, On::Transaction).await;
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_copying_to_the_scratch_table_writes_nothing() {
+    dropped_while_copying(DIST, On::Client).await;
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_copying_on_a_reference_table_in_a_transaction_writes_nothing() {
+    dropped_while_copying(REF, On::Transaction).await;
+}
+
+/// A call dropped (a timeout) while its insert from the staging table waits
+/// on a worker for a key another session is inserting: the insert went out
+/// with the call's commit, so once the other session rolls back the batch is
+/// stored whole, as when the call is not dropped, the staging table keeps
+/// nothing, and the connection takes the next batch.
+#[tokio::test]
+async fn a_call_dropped_while_its_staged_insert_waits_completes_on_the_server() {
+    let (db, mut client) = setup("dropped_wait", STAGED, LONG, On::Client).await;
+    let admin = db.connect().await;
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    Retweet::bulk_create_new(&mut client, numbered(-10, 10)).await.expect("a first call");
+    let rows = numbered(0, big);
+    let other = db.connect().await;
+    let held = &rows[big / 2];
+    other
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO rt (tweet, retweeter, original_author) VALUES ({}, {}, -1)",
+            held.tweet, held.retweeter
+        ))
+        .await
+        .expect("another session inserts one of the batch's keys");
+    {
+        // Dropped once a worker shows its insert waiting on the held key.
+        let mut call = Box::pin(Retweet::bulk_create_new(&mut client, &rows));
+        let waiting = async {
+            loop {
+                let n: i64 = admin.query_one("SELECT count(*) FROM citus_lock_waits", &[]).await.unwrap().get(0);
+                if n > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            r = &mut call => panic!("the call ended while another session held one of its keys: {r:?}"),
+            w = tokio::time::timeout(Duration::from_secs(60), waiting) => w.expect("the insert waits on a worker"),
+        }
+    }
+    other.batch_execute("ROLLBACK").await.unwrap();
+    let next = Retweet::bulk_create_new(&mut client, numbered(big as i64, 10)).await.expect("the next call");
+    assert_eq!(next.inserted, 10);
+    assert_eq!(count(&admin, "rt").await, 10 + big as i64 + 10, "the dropped call's batch is stored whole");
+    assert_eq!(count(&admin, &Retweet::model().citus_staging_table()).await, 0, "the staging table keeps no row");
     db.drop().await;
 }
 
