@@ -1304,6 +1304,89 @@ async fn a_call_dropped_while_its_staged_insert_waits_completes_on_the_server() 
     db.drop().await;
 }
 
+/// A text key column whose equal keys differ in bytes (a case-insensitive
+/// ICU collation, `citext`), in a distributed table (by a `bigint` column of
+/// the key) and a reference table: on every path (short, medium, the COPY
+/// path) the first offered of two equal keys wins, a key stored under
+/// another spelling is skipped, and `returning_keys` returns exactly the
+/// inserted rows.
+async fn equal_text_keys(placement: Placement) {
+    #[derive(BulkCreateNew, Debug, Clone)]
+    #[bulk(table = "member", unique(shard, email), id = false)]
+    struct Member {
+        shard: i64,
+        email: String,
+        name: String,
+    }
+    let member = |shard: i64, email: &str, name: &str| Member { shard, email: email.into(), name: name.into() };
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    for (kind, column) in [("collation", "email text COLLATE case_insensitive"), ("citext", "email public.citext")] {
+        let db = CitusDb::new(&format!("text_keys_{kind}_{}", placement.name())).await;
+        let admin = db.connect().await;
+        let citext = admin.batch_execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public").await;
+        if let Err(e) = citext {
+            // Another test may create it at the same moment.
+            let there = admin.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'citext'", &[]).await.unwrap();
+            assert!(there.is_some(), "{e:?}");
+        }
+        admin
+            .batch_execute(&format!(
+                "CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+                 CREATE TABLE member (shard bigint NOT NULL, {column} NOT NULL, name text NOT NULL, \
+                 UNIQUE (shard, email)); {}",
+                placement.sql("member")
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: create and place member: {e}"));
+        let mut client = db.connect().await;
+        let mut rows_stored = 0u64;
+        for (step, pad) in [0, MEDIUM, big, 3, LONG].into_iter().enumerate() {
+            let what = format!("{kind}, {} rows", pad + 3);
+            let (a, b) = (format!("Ann{step}@example.org"), format!("ann{step}@EXAMPLE.org"));
+            let filler = (0..pad).map(|i| member(i as i64 % 50, &format!("filler{step}.{i}@x"), "filler"));
+            let batch: Vec<Member> = [member(7, &b, "second"), member(7, &a, "first"), member(8, &a, "other shard")]
+                .into_iter()
+                .chain(filler)
+                .collect();
+            let o = Member::bulk_create_new(&mut client, &batch).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!((o.inserted, o.skipped), (2 + pad as u64, 1), "{what}");
+            rows_stored += 2 + pad as u64;
+            let name: Vec<String> = admin
+                .query("SELECT name FROM member WHERE shard = 7 AND lower(email::text) = lower($1)", &[&a])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(name, ["second"], "{what}: the first offered of two equal keys");
+
+            // Again under a third spelling, with one new key: returning_keys.
+            let again: Vec<Member> = [member(7, &a.to_uppercase(), "third"), member(9, &a, "new")]
+                .into_iter()
+                .chain(batch[3..].iter().cloned())
+                .collect();
+            let r =
+                Member::bulk(&mut client).returning_keys().run(&again).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            let got: Vec<usize> = r.returned.iter().map(|k| k.index).collect();
+            assert_eq!((r.inserted, got), (1, vec![1]), "{what}: only the new key");
+            rows_stored += 1;
+        }
+        assert_eq!(count(&admin, "member").await as u64, rows_stored, "{kind}");
+        drop(client);
+        db.drop().await;
+    }
+}
+
+#[tokio::test]
+async fn text_keys_equal_under_the_table_on_a_distributed_table() {
+    equal_text_keys(Placement::Distributed("shard")).await;
+}
+
+#[tokio::test]
+async fn text_keys_equal_under_the_table_on_a_reference_table() {
+    equal_text_keys(REF).await;
+}
+
 /// The distinct keys of `rows`.
 fn distinct_rt(rows: &[Retweet]) -> u64 {
     rows.iter().map(|r| (r.tweet, r.retweeter)).collect::<BTreeSet<_>>().len() as u64
