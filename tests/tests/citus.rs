@@ -1387,6 +1387,87 @@ async fn text_keys_equal_under_the_table_on_a_reference_table() {
     equal_text_keys(REF).await;
 }
 
+/// The unique key dropped between calls, on a connection that checked the
+/// table, while another session holds (uncommitted) a key of the next
+/// batch: the next call, on each path, refuses with the schema check's
+/// `UniqueKeyMissing` and writes nothing, and the held key is stored once.
+async fn unique_key_dropped_between_calls(placement: Placement) {
+    let db = CitusDb::new(&format!("key_dropped_{}", placement.name())).await;
+    let admin = db.connect().await;
+    admin.batch_execute(RT_DDL).await.expect("create rt");
+    admin.batch_execute(&placement.sql("rt")).await.expect("place rt");
+    if let Placement::Staged(_) = placement {
+        admin.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
+    }
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let mut next = 0i64;
+    for n in [SHORT, MEDIUM, big] {
+        let what = format!("{} rows, {}", n, placement.name());
+        let mut writer = db.connect().await;
+        let first =
+            Retweet::bulk_create_new(&mut writer, numbered(next, n)).await.expect("a first call checks the table");
+        assert_eq!(first.inserted, n as u64, "{what}");
+        next += n as i64;
+        admin
+            .batch_execute("ALTER TABLE rt DROP CONSTRAINT rt_tweet_retweeter_key")
+            .await
+            .expect("drop the unique key");
+        let rows = numbered(next, n);
+        let held = &rows[n / 2];
+        let other = db.connect().await;
+        other
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO rt (tweet, retweeter, original_author) VALUES ({}, {}, -1)",
+                held.tweet, held.retweeter
+            ))
+            .await
+            .expect("another session inserts one of the batch's keys");
+        let err = Retweet::bulk_create_new(&mut writer, &rows).await.expect_err("the unique key is gone");
+        other.batch_execute("COMMIT").await.unwrap();
+        match &err {
+            bulk_runtime::Error::SchemaMismatch { problems, .. } => assert!(
+                problems.iter().any(|p| matches!(p, bulk_runtime::SchemaProblem::UniqueKeyMissing { .. })),
+                "{what}: {err}"
+            ),
+            other => panic!("{what}: expected the schema check's explanation, got {other}"),
+        }
+        assert!(err.connection_usable(), "{what}: {err}");
+        let copies: i64 = admin
+            .query_one("SELECT count(*) FROM rt WHERE tweet = $1 AND retweeter = $2", &[&held.tweet, &held.retweeter])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(copies, 1, "{what}: the held key stored once");
+        assert_eq!(count(&admin, "rt").await, next + 1, "{what}: nothing of the refused batch is written");
+        // The key back, and the held row gone, for the next path.
+        // (Citus refuses DDL in a query string of several commands.)
+        admin
+            .execute("DELETE FROM rt WHERE tweet = $1 AND retweeter = $2", &[&held.tweet, &held.retweeter])
+            .await
+            .expect("the held row gone");
+        admin
+            .batch_execute("ALTER TABLE rt ADD CONSTRAINT rt_tweet_retweeter_key UNIQUE (tweet, retweeter)")
+            .await
+            .expect("the unique key back");
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_unique_key_dropped_between_calls_is_refused_on_a_distributed_table() {
+    unique_key_dropped_between_calls(DIST).await;
+}
+
+#[tokio::test]
+async fn a_unique_key_dropped_between_calls_is_refused_on_a_distributed_table_with_its_staging_table() {
+    unique_key_dropped_between_calls(STAGED).await;
+}
+
+#[tokio::test]
+async fn a_unique_key_dropped_between_calls_is_refused_on_a_reference_table() {
+    unique_key_dropped_between_calls(REF).await;
+}
+
 /// The distinct keys of `rows`.
 fn distinct_rt(rows: &[Retweet]) -> u64 {
     rows.iter().map(|r| (r.tweet, r.retweeter)).collect::<BTreeSet<_>>().len() as u64
