@@ -627,6 +627,48 @@ async fn eight_writers_on_a_distributed_table_with_its_staging_table() {
     eight_writers(Placement::Staged("b")).await;
 }
 
+/// Four writers of 60,000-row batches over overlapping keys, shuffled, on
+/// a table with its staging table: each call's own transaction truncates
+/// the staging table when no other writer uses it and deletes its rows
+/// otherwise. No error, no deadlock, the inserted counts add up to the
+/// distinct keys, and the staging table keeps no row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_writers_of_large_batches_through_the_staging_table() {
+    const LARGE_WRITERS: u64 = 4;
+    let _alone = EIGHT_WRITERS.lock().await;
+    let db = contended_setup("large", Placement::Staged("b")).await;
+    let seed = bulk_tests::seed("citus four large writers");
+    let mut tasks = Vec::new();
+    for w in 0..LARGE_WRITERS {
+        let mut client = db.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            for round in 0..2u64 {
+                let batch = contended_batch(seed, round, w, 60_000, 150_000);
+                let result = Contended::bulk_create_new(&mut client, &batch).await;
+                done.push((batch, result.map_err(|e| format!("writer {w}, round {round}: {e}"))));
+            }
+            done
+        }));
+    }
+    let mut inserted = 0;
+    let mut batches = Vec::new();
+    for t in tasks {
+        for (batch, result) in t.await.expect("a writer panicked") {
+            let o = result.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(o.inserted + o.skipped, batch.len() as u64);
+            inserted += o.inserted;
+            batches.push(batch);
+        }
+    }
+    let keys = distinct_keys(&batches);
+    assert_eq!(inserted, keys.len() as u64, "the inserted counts add up to the distinct keys offered");
+    let admin = db.connect().await;
+    assert_eq!(count(&admin, "contended").await, keys.len() as i64, "one row per distinct key");
+    assert_eq!(count(&admin, &Contended::model().citus_staging_table()).await, 0, "the staging table keeps no row");
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_writers_on_a_reference_table() {
     eight_writers(REF).await;
@@ -1521,6 +1563,93 @@ async fn a_partitioned_distributed_table_works_on_every_path() {
         client.query_one("SELECT (SELECT count(*) FROM rt_0) + (SELECT count(*) FROM rt_1)", &[]).await.unwrap().get(0);
     assert_eq!(rows, parts, "every row in a partition");
     assert_eq!(count(&client, &Retweet::model().citus_staging_table()).await, 0, "the staging table keeps no row");
+    db.drop().await;
+}
+
+/// From 50,000 rows the call's own transaction empties the staging table
+/// with `TRUNCATE` when no other transaction uses it (each shard gets a new
+/// file), and otherwise deletes its rows: while another session has
+/// uncommitted rows there (which must survive), and for a role that may
+/// delete from the staging table but not truncate it. Each call counts
+/// exactly and leaves no row of its own in the staging table.
+#[tokio::test]
+async fn a_large_call_truncates_the_staging_table_unless_another_transaction_uses_it() {
+    let (db, mut client) = setup("staging_truncate", STAGED, LONG, On::Client).await;
+    let admin = db.connect().await;
+    let stage = Retweet::model().citus_staging_table();
+    let quoted = bulk_runtime::quote_ident(&stage);
+    // Each staging shard's file (a `TRUNCATE` gives it a new one).
+    let files = async |admin: &Client| -> BTreeMap<i64, String> {
+        let sql = format!(
+            "SELECT shardid, result FROM run_command_on_shards({}, $$SELECT pg_relation_filenode('%s')$$)",
+            bulk_tests::citus::quote_literal(&stage)
+        );
+        admin.query(&sql, &[]).await.expect("the staging shards' files").iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let n = 60_000;
+    let mut next = 0i64;
+    let mut call = async |client: &mut Client, what: &str| {
+        let (pre, rows) = (numbered(next, n / 4), numbered(next, n));
+        next += n as i64;
+        store(client, &pre).await;
+        let o = Retweet::bulk_create_new(client, &rows).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((o.inserted, o.skipped), ((n - n / 4) as u64, (n / 4) as u64), "{what}");
+    };
+
+    let before = files(&admin).await;
+    call(&mut client, "alone").await;
+    let after = files(&admin).await;
+    assert_eq!(before.len(), after.len());
+    assert!(
+        before.iter().all(|(shard, file)| after[shard] != *file),
+        "every staging shard truncated: {before:?} -> {after:?}"
+    );
+    assert_eq!(count(&admin, &stage).await, 0);
+
+    // Another session's uncommitted rows in the staging table.
+    let other = db.connect().await;
+    other
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {quoted} (__bulk_ord, tweet, retweeter, original_author) \
+             SELECT g, -g, -g, 0 FROM generate_series(1, 100) AS g"
+        ))
+        .await
+        .expect("another session's rows in the staging table");
+    call(&mut client, "beside another transaction's staged rows").await;
+    assert_eq!(files(&admin).await, after, "not truncated while another transaction uses it");
+    let theirs: i64 = other.query_one(&format!("SELECT count(*) FROM {quoted}"), &[]).await.unwrap().get(0);
+    assert_eq!(theirs, 100, "the other session's rows are left alone");
+    other.batch_execute("ROLLBACK").await.unwrap();
+
+    // A role that may delete from the staging table, not truncate it.
+    let role = format!("{}_deleter", db.schema);
+    let r = bulk_runtime::quote_ident(&role);
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN; GRANT USAGE ON SCHEMA {s} TO {r}; \
+             GRANT SELECT, INSERT ON rt TO {r}; GRANT SELECT, INSERT, DELETE ON {quoted} TO {r}; \
+             GRANT USAGE ON SEQUENCE rt_id_seq TO {r}",
+            s = bulk_runtime::quote_ident(&db.schema)
+        ))
+        .await
+        .expect("a role without TRUNCATE on the staging table");
+    client.batch_execute(&format!("SET ROLE {r}")).await.unwrap();
+    call(&mut client, "as a role that cannot truncate").await;
+    client.batch_execute("RESET ROLE").await.unwrap();
+    assert_eq!(files(&admin).await, after, "not truncated by a role that may not");
+    assert_eq!(count(&admin, &stage).await, 0, "the staging table keeps no row");
+    assert_eq!(count(&admin, "rt").await, next, "one row per key");
+    drop(client);
+    // (One statement each: Citus alters a role over one connection per node.)
+    let schema = bulk_runtime::quote_ident(&db.schema);
+    for sql in [
+        format!("REVOKE ALL ON rt, {quoted} FROM {r}"),
+        format!("REVOKE ALL ON SEQUENCE rt_id_seq FROM {r}"),
+        format!("REVOKE ALL ON SCHEMA {schema} FROM {r}"),
+        format!("DROP ROLE {r}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
     db.drop().await;
 }
 
