@@ -378,9 +378,8 @@ impl Model {
     /// the target is left to a default that calls a function (Citus would
     /// then run the insert through the coordinator); otherwise the
     /// session's temporary table. Rows
-    /// a call copies there are deleted in the call's own transaction (or,
-    /// from 50,000 rows, the table truncated when no other transaction
-    /// uses it and the role may): no other session ever sees them.
+    /// a call copies there are deleted in the call's own transaction: no
+    /// other session ever sees them.
     pub fn citus_staging_sql(&self) -> String {
         let table = quote_literal(&self.qualified_name());
         let stage = quote_literal(&self.staging_qualified_name());
@@ -561,7 +560,7 @@ impl Model {
 
 /// A `DO` block of PL/pgSQL `body`, dollar-quoted with a tag the body does
 /// not contain.
-pub(crate) fn do_block(body: &str) -> String {
+fn do_block(body: &str) -> String {
     let mut tag = String::from("$bulk$");
     while body.contains(&tag) {
         tag.insert(tag.len() - 1, '_');

@@ -72,7 +72,8 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
                     WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) = $3::text[]
          AND ARRAY(SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
                     WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) = $4::oid[]
-         AND pg_catalog.has_table_privilege(s.oid, 'SELECT, INSERT, DELETE')
+         AND pg_catalog.has_table_privilege(s.oid, 'SELECT') AND pg_catalog.has_table_privilege(s.oid, 'INSERT')
+         AND pg_catalog.has_table_privilege(s.oid, 'DELETE')
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
                            LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -253,6 +253,38 @@ pub(crate) fn dialect_unknown(client: &Client, model: &'static Model) -> bool {
     !guard.as_ref().is_some_and(|m| m.contains_key(&key(client, model)))
 }
 
+/// Per connection, the models whose schema check kept the calls off a
+/// Citus staging table that the query before each COPY found open to the
+/// role (a key compared otherwise than the model's types, other columns,
+/// another co-location): the COPY path does not check again for it each
+/// call (see `call::copy::scratch`).
+static STAGE_REFUSED: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);
+
+/// Records whether `client`'s schema check of `model` refused a staging
+/// table that looked usable.
+pub(crate) fn set_stage_refused(client: &Client, model: &'static Model, refused: bool) {
+    let key = key(client, model);
+    if !key.0.known() {
+        return;
+    }
+    let mut guard = STAGE_REFUSED.lock().unwrap_or_else(PoisonError::into_inner);
+    let set = guard.get_or_insert_with(Default::default);
+    if refused {
+        if set.len() >= MAX_ENTRIES {
+            set.clear();
+        }
+        set.insert(key);
+    } else {
+        set.remove(&key);
+    }
+}
+
+/// Whether [`set_stage_refused`] recorded a refusal for `client` and `model`.
+pub(crate) fn stage_refused(client: &Client, model: &'static Model) -> bool {
+    let guard = STAGE_REFUSED.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
+}
+
 /// Per connection, the models whose first call went without the schema
 /// check (see `call::first`).
 static FIRST_CALLS: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);

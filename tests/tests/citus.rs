@@ -628,10 +628,9 @@ async fn eight_writers_on_a_distributed_table_with_its_staging_table() {
 }
 
 /// Four writers of 60,000-row batches over overlapping keys, shuffled, on
-/// a table with its staging table: each call's own transaction truncates
-/// the staging table when no other writer uses it and deletes its rows
-/// otherwise. No error, no deadlock, the inserted counts add up to the
-/// distinct keys, and the staging table keeps no row.
+/// a table with its staging table (every call on the COPY path, through
+/// the staging table): no error, no deadlock, the inserted counts add up to
+/// the distinct keys, and the staging table keeps no row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_writers_of_large_batches_through_the_staging_table() {
     const LARGE_WRITERS: u64 = 4;
@@ -1566,91 +1565,65 @@ async fn a_partitioned_distributed_table_works_on_every_path() {
     db.drop().await;
 }
 
-/// From 50,000 rows the call's own transaction empties the staging table
-/// with `TRUNCATE` when no other transaction uses it (each shard gets a new
-/// file), and otherwise deletes its rows: while another session has
-/// uncommitted rows there (which must survive), and for a role that may
-/// delete from the staging table but not truncate it. Each call counts
-/// exactly and leaves no row of its own in the staging table.
+/// How many times the schema check's Citus statement appears in `sent`.
+fn citus_checks(sent: &[String]) -> usize {
+    sent.iter().filter(|s| s.contains("THEN 'missing'")).count()
+}
+
+/// The schema check on the COPY path, counted in the statements a
+/// connection sends: once on a connection's first call; once before each
+/// call that copies into the staging table (which may have changed); and
+/// for a staging table that is open to the role but that the check keeps
+/// the calls off (here: a key under a case-insensitive collation), once on
+/// that connection, not before every call.
 #[tokio::test]
-async fn a_large_call_truncates_the_staging_table_unless_another_transaction_uses_it() {
-    let (db, mut client) = setup("staging_truncate", STAGED, LONG, On::Client).await;
-    let admin = db.connect().await;
-    let stage = Retweet::model().citus_staging_table();
-    let quoted = bulk_runtime::quote_ident(&stage);
-    // Each staging shard's file (a `TRUNCATE` gives it a new one).
-    let files = async |admin: &Client| -> BTreeMap<i64, String> {
-        let sql = format!(
-            "SELECT shardid, result FROM run_command_on_shards({}, $$SELECT pg_relation_filenode('%s')$$)",
-            bulk_tests::citus::quote_literal(&stage)
-        );
-        admin.query(&sql, &[]).await.expect("the staging shards' files").iter().map(|r| (r.get(0), r.get(1))).collect()
-    };
-    let n = 60_000;
-    let mut next = 0i64;
-    let mut call = async |client: &mut Client, what: &str| {
-        let (pre, rows) = (numbered(next, n / 4), numbered(next, n));
-        next += n as i64;
-        store(client, &pre).await;
-        let o = Retweet::bulk_create_new(client, &rows).await.unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!((o.inserted, o.skipped), ((n - n / 4) as u64, (n / 4) as u64), "{what}");
-    };
-
-    let before = files(&admin).await;
-    call(&mut client, "alone").await;
-    let after = files(&admin).await;
-    assert_eq!(before.len(), after.len());
-    assert!(
-        before.iter().all(|(shard, file)| after[shard] != *file),
-        "every staging shard truncated: {before:?} -> {after:?}"
-    );
-    assert_eq!(count(&admin, &stage).await, 0);
-
-    // Another session's uncommitted rows in the staging table.
-    let other = db.connect().await;
-    other
-        .batch_execute(&format!(
-            "BEGIN; INSERT INTO {quoted} (__bulk_ord, tweet, retweeter, original_author) \
-             SELECT g, -g, -g, 0 FROM generate_series(1, 100) AS g"
-        ))
-        .await
-        .expect("another session's rows in the staging table");
-    call(&mut client, "beside another transaction's staged rows").await;
-    assert_eq!(files(&admin).await, after, "not truncated while another transaction uses it");
-    let theirs: i64 = other.query_one(&format!("SELECT count(*) FROM {quoted}"), &[]).await.unwrap().get(0);
-    assert_eq!(theirs, 100, "the other session's rows are left alone");
-    other.batch_execute("ROLLBACK").await.unwrap();
-
-    // A role that may delete from the staging table, not truncate it.
-    let role = format!("{}_deleter", db.schema);
-    let r = bulk_runtime::quote_ident(&role);
-    admin
-        .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN; GRANT USAGE ON SCHEMA {s} TO {r}; \
-             GRANT SELECT, INSERT ON rt TO {r}; GRANT SELECT, INSERT, DELETE ON {quoted} TO {r}; \
-             GRANT USAGE ON SEQUENCE rt_id_seq TO {r}",
-            s = bulk_runtime::quote_ident(&db.schema)
-        ))
-        .await
-        .expect("a role without TRUNCATE on the staging table");
-    client.batch_execute(&format!("SET ROLE {r}")).await.unwrap();
-    call(&mut client, "as a role that cannot truncate").await;
-    client.batch_execute("RESET ROLE").await.unwrap();
-    assert_eq!(files(&admin).await, after, "not truncated by a role that may not");
-    assert_eq!(count(&admin, &stage).await, 0, "the staging table keeps no row");
-    assert_eq!(count(&admin, "rt").await, next, "one row per key");
-    drop(client);
-    // (One statement each: Citus alters a role over one connection per node.)
-    let schema = bulk_runtime::quote_ident(&db.schema);
-    for sql in [
-        format!("REVOKE ALL ON rt, {quoted} FROM {r}"),
-        format!("REVOKE ALL ON SEQUENCE rt_id_seq FROM {r}"),
-        format!("REVOKE ALL ON SCHEMA {schema} FROM {r}"),
-        format!("DROP ROLE {r}"),
-    ] {
-        admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+async fn the_copy_path_checks_the_table_once_per_call_it_may_stage_and_not_again_for_a_refused_staging_table() {
+    #[derive(BulkCreateNew, Debug, Clone)]
+    #[bulk(table = "member", unique(shard, email), id = false)]
+    struct Member {
+        shard: i64,
+        email: String,
+        name: String,
     }
-    db.drop().await;
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let members = |from: usize| -> Vec<Member> {
+        (from..from + big)
+            .map(|i| Member { shard: i as i64 % 97, email: format!("m{i}@x"), name: "m".into() })
+            .collect()
+    };
+    for (case, column, staged) in
+        [("plain", "email text", true), ("collation", "email text COLLATE case_insensitive", false)]
+    {
+        let db = CitusDb::new(&format!("checks_{case}")).await;
+        let admin = db.connect().await;
+        admin
+            .batch_execute(&format!(
+                "CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+                 CREATE TABLE member (shard bigint NOT NULL, {column} NOT NULL, name text NOT NULL, \
+                 UNIQUE (shard, email)); {}",
+                Placement::Distributed("shard").sql("member")
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: create member: {e}"));
+        admin.batch_execute(&Member::model().citus_staging_sql()).await.expect("member's staging table");
+        let recorder =
+            bulk_tests::recorder::SqlRecorder::start_in_front_of(bulk_tests::citus::coordinator_address()).await;
+        let mut client = db.connect_through(&recorder).await;
+        let mut checks = Vec::new();
+        for call in 0..3 {
+            let before = recorder.statements().len();
+            let o = Member::bulk_create_new(&mut client, members(call * big))
+                .await
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(o.inserted, big as u64, "{case}, call {call}");
+            checks.push(citus_checks(&recorder.statements()[before..]));
+        }
+        let expected = if staged { [1, 1, 1] } else { [1, 0, 0] };
+        assert_eq!(checks, expected, "{case}: the schema checks of three COPY calls");
+        assert_eq!(count(&admin, "member").await, 3 * big as i64, "{case}");
+        drop(client);
+        db.drop().await;
+    }
 }
 
 /// The distinct keys of `rows`.
@@ -2220,10 +2193,11 @@ async fn search_path_switches_between_a_distributed_and_a_reference_table() {
 }
 
 /// `SET ROLE` between calls, to a role that may write the target but not
-/// its staging table (nor use the id sequence by name): that role's COPY
-/// calls go through the session's scratch table, the owner's through the
-/// staging table, all counting exactly; also with `SET LOCAL ROLE` inside
-/// a caller's transaction.
+/// its staging table (it may read and insert there, and use the id
+/// sequence, but not delete there): that role's COPY calls go through the
+/// session's scratch table, the owner's through the staging table, all
+/// counting exactly; also with `SET LOCAL ROLE` inside a caller's
+/// transaction.
 #[tokio::test]
 async fn role_switches_to_a_role_without_the_staging_table() {
     let db = CitusDb::new("role_switch").await;
@@ -2236,8 +2210,10 @@ async fn role_switches_to_a_role_without_the_staging_table() {
     admin
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN; GRANT USAGE ON SCHEMA {s} TO {r}; \
-             GRANT SELECT, INSERT ON rt TO {r}",
-            s = bulk_runtime::quote_ident(&db.schema)
+             GRANT SELECT, INSERT ON rt TO {r}; GRANT SELECT, INSERT ON {stage} TO {r}; \
+             GRANT USAGE ON SEQUENCE rt_id_seq TO {r}",
+            s = bulk_runtime::quote_ident(&db.schema),
+            stage = bulk_runtime::quote_ident(&Retweet::model().citus_staging_table()),
         ))
         .await
         .expect("a role that may write rt");
@@ -2303,8 +2279,10 @@ async fn role_switches_to_a_role_without_the_staging_table() {
     // (One statement each: Citus alters a role over one connection per
     // node, not in a transaction that wrote to shards in parallel.)
     let schema = bulk_runtime::quote_ident(&db.schema);
+    let stage = bulk_runtime::quote_ident(&Retweet::model().citus_staging_table());
     for sql in [
-        format!("REVOKE ALL ON rt FROM {r}"),
+        format!("REVOKE ALL ON rt, {stage} FROM {r}"),
+        format!("REVOKE ALL ON SEQUENCE rt_id_seq FROM {r}"),
         format!("REVOKE ALL ON SCHEMA {schema} FROM {r}"),
         format!("DROP ROLE {r}"),
     ] {

@@ -43,28 +43,39 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let plan = sql::plan(model);
     let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
     let stage_id = model.id_column();
-    let params: [(&(dyn ToSql + Sync), Type); 5] = [
+    let stage_names: Vec<&str> = model.staging_columns().into_iter().map(|(name, _)| name).collect();
+    let params: [(&(dyn ToSql + Sync), Type); 6] = [
         (&plan.scratch_regclass, Type::TEXT),
         (&plan.target_regclass, Type::TEXT),
         (&id, Type::TEXT),
         (&plan.stage_regclass, Type::TEXT),
         (&stage_id, Type::TEXT),
+        (&stage_names, Type::TEXT_ARRAY),
     ];
     let before = tx.query_typed(variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
     let (exists, with_id, stage) = before.first().map_or((false, false, false), |r| (r.get(0), r.get(1), r.get(2)));
-    use_scratch(tx, model, exists).await?;
+    let checked = use_scratch(tx, model, exists).await?;
     let dialect = statements::dialect(tx, model);
     let plain = matches!(kind, Kind::CreateNew);
-    if plain && (dialect == Dialect::CitusStaged || (stage && dialect == Dialect::Citus)) {
+    let staged = dialect == Dialect::CitusStaged;
+    let opened = stage && dialect == Dialect::Citus && !statements::stage_refused(tx, model);
+    if plain && (staged || opened) && !checked {
         // The check again, which decides between the staging table and the
         // session's scratch table, before every plain COPY call that could
         // use the staging table: it may be gone or closed to the current
-        // role (a `SET ROLE`), or have become open to it; and a column the
-        // target gained since (a volatile default, an identity) would make
-        // Citus run the insert from it through the coordinator, where an
-        // `ON CONFLICT` insert's command tag counts the rows attempted. One
-        // round trip, on a call of more rows than a `VALUES` statement takes.
+        // role (a `SET ROLE`), or have become open to it; and the target
+        // may have changed since (a column with a volatile default or an
+        // identity, another distribution) so that Citus would run the
+        // insert from it through the coordinator, where an `ON CONFLICT`
+        // insert's command tag counts the rows attempted. One round trip,
+        // on a call of more rows than a `VALUES` statement takes.
         schema::verify(tx, model).await?;
+    }
+    if plain && stage {
+        // A staging table the query found usable and the check refused
+        // (other columns, a key compared otherwise): not checked again for
+        // it on this connection.
+        statements::set_stage_refused(tx, model, statements::dialect(tx, model) == Dialect::Citus);
     }
     Ok(with_id)
 }
@@ -73,15 +84,17 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
 /// check) unless it `exists`, and counted as the connection's most recently
 /// used; beyond [`SCRATCH_TABLES`](statements::SCRATCH_TABLES) per session,
 /// the least recently used one is dropped (see [`statements::scratch_used`]).
-async fn use_scratch(tx: &Client, model: &'static Model, exists: bool) -> Result<(), Error> {
+/// Returns whether it ran the schema check.
+async fn use_scratch(tx: &Client, model: &'static Model, exists: bool) -> Result<bool, Error> {
+    let checked = !exists || statements::dialect_unknown(tx, model);
     if !exists {
         create_scratch(tx, model).await?;
-    } else if statements::dialect_unknown(tx, model) {
+    } else if checked {
         // A session whose scratch table this process has not seen checked
         // (a cache cleared): the check finds the table's dialect again.
         schema::verify(tx, model).await?;
     }
-    let Some(old) = statements::scratch_used(tx, model, !exists) else { return Ok(()) };
+    let Some(old) = statements::scratch_used(tx, model, !exists) else { return Ok(checked) };
     // Only a table the current role may drop (after `SET ROLE`, another
     // role's may stay: it is dropped by a later call of its owner, or ends
     // with the session).
@@ -99,7 +112,7 @@ async fn use_scratch(tx: &Client, model: &'static Model, exists: bool) -> Result
         let sql = format!("DROP TABLE IF EXISTS pg_temp.{}", quote_ident(&sql::plan(old).scratch));
         tx.batch_execute(&sql).await.map_err(Error::at_step(model, Step::Scratch))?;
     }
-    Ok(())
+    Ok(checked)
 }
 
 /// Checks the live table against the model and creates the session's scratch
@@ -239,15 +252,6 @@ async fn set_work_mem(tx: &Client, model: &'static Model, sent: &Sent, nested: b
     }
 }
 
-/// From this many staged rows, the call's own transaction empties the
-/// staging table with `TRUNCATE` (`Plan::truncate_stage`) when
-/// no other transaction uses it, instead of deleting its rows: measured on
-/// a 2-core cluster (`notes/citus.md`, section 12), a `DELETE` of 20,000
-/// staged rows took 8-11 ms and the `TRUNCATE` 16-19 ms, of 100,000 rows
-/// 19-27 against 16-19 ms, of 1,000,000 rows 100-230 against 12-18 ms; and
-/// a `DELETE` leaves every row dead for vacuum to clear.
-const TRUNCATE_STAGE_FROM: u64 = 50_000;
-
 /// The savepoint around the plain form of the COPY path's insert.
 const PLAIN_SAVEPOINT: &str = "bulk_create_new_plain";
 
@@ -276,14 +280,7 @@ async fn insert_new(
     // The rows to delete once inserted: the staging table's, or inside a
     // caller's transaction the scratch table's.
     let plan = sql::plan(model);
-    // (From `TRUNCATE_STAGE_FROM` rows, right before the call's own commit,
-    // the staging table is truncated when no other transaction uses it.)
-    let truncate = commit.is_some() && sent.offered >= TRUNCATE_STAGE_FROM;
-    let clear = match (sent.staged, truncate) {
-        (true, true) => Some(plan.truncate_stage.as_str()),
-        (true, false) => Some(plan.clear_stage.as_str()),
-        (false, _) => nested.then_some(plan.clear.as_str()),
-    };
+    let clear = if sent.staged { Some(plan.clear_stage.as_str()) } else { nested.then_some(plan.clear.as_str()) };
     let mut form = Form::first(model, &Kind::CreateNew, sent.offered, dialect);
     let mut request = Request::default();
     request.push_opt(work_mem_sql(sent, nested).as_deref());

@@ -60,13 +60,6 @@ pub(crate) struct Plan {
     /// Deletes the call's rows from the staging table (in the call's own
     /// transaction, which is the only one that sees them).
     pub clear_stage: String,
-    /// Empties the staging table with `TRUNCATE` when no other transaction
-    /// uses it (`LOCK ... NOWAIT` succeeds: no other session has rows
-    /// there) and the role may; otherwise deletes the call's rows as
-    /// [`clear_stage`](Self::clear_stage) does. Only in the call's own
-    /// transaction, right before its commit: the lock it takes stops other
-    /// writers' copies into the staging table until then.
-    pub truncate_stage: String,
     /// The staging table's name, qualified as the target's, quoted, as a
     /// text value for `to_regclass($1)`.
     pub stage_regclass: String,
@@ -142,10 +135,6 @@ impl Plan {
             insert_staged_plain_distinct_keys: insert::staged_citus(model, false, true),
             staged_guard: format!("SELECT {}", fragments::key_index_guard(model)),
             clear_stage: format!("DELETE FROM {stage}"),
-            truncate_stage: crate::model::do_block(&format!(
-                "BEGIN LOCK TABLE {stage} IN ACCESS EXCLUSIVE MODE NOWAIT; TRUNCATE {stage}; \
-                 EXCEPTION WHEN OTHERS THEN DELETE FROM {stage}; END"
-            )),
             stage_regclass: stage,
             copy_stage,
             scratch_regclass: format!("pg_temp.{scratch}"),

@@ -277,15 +277,26 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// [`ID_COLUMN_USABLE`]; `$3` NULL when not asked), and whether the Citus
 /// staging table (`$4`) exists and is open to the current role as the
 /// schema check requires (`SELECT`, `INSERT`, `DELETE`, and `USAGE` of the
-/// sequence of the model's id column `$5`, NULL without one): a `SET ROLE`
-/// since the check changes the answer.
+/// sequence of the model's id column `$5`, NULL without one; a `SET ROLE`
+/// since the check changes the answer), and no column of the target other
+/// than the staging table's `$6` is left to a default that calls a
+/// function, an identity or a generated column (as the schema check's
+/// Citus statement requires).
 pub(crate) const BEFORE_COPY: &str = "\
 SELECT pg_catalog.to_regclass($1) IS NOT NULL,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                 WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $3::name
                   AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{20,21,23}'::oid[])),
        CASE WHEN pg_catalog.to_regclass($4) IS NULL THEN false
-            WHEN NOT pg_catalog.has_table_privilege(pg_catalog.to_regclass($4), 'SELECT, INSERT, DELETE') THEN false
+            WHEN NOT (pg_catalog.has_table_privilege(pg_catalog.to_regclass($4), 'SELECT')
+                      AND pg_catalog.has_table_privilege(pg_catalog.to_regclass($4), 'INSERT')
+                      AND pg_catalog.has_table_privilege(pg_catalog.to_regclass($4), 'DELETE')) THEN false
+            WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                           LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                          WHERE a.attrelid = pg_catalog.to_regclass($2) AND a.attnum > 0 AND NOT a.attisdropped
+                            AND a.attname::text <> ALL ($6::text[])
+                            AND (a.attidentity <> '' OR a.attgenerated <> ''
+                                 OR pg_catalog.strpos(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '(') > 0)) THEN false
             WHEN $5::text IS NULL THEN true
             WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                               WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $5::name
