@@ -1345,6 +1345,30 @@ async fn a_call_dropped_while_its_staged_insert_waits_completes_on_the_server() 
     db.drop().await;
 }
 
+/// A model with a text key column, for the tables of [`create_member`].
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "member", unique(shard, email), id = false)]
+struct Member {
+    shard: i64,
+    email: String,
+    name: String,
+}
+
+/// Table `member` with its `email` column declared as `column`, placed as
+/// `placement` (distributed by `shard`), and the collation
+/// `case_insensitive` in the test's schema.
+async fn create_member(admin: &Client, column: &str, placement: Placement) {
+    admin
+        .batch_execute(&format!(
+            "CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+             CREATE TABLE member (shard bigint NOT NULL, {column} NOT NULL, name text NOT NULL, \
+             UNIQUE (shard, email)); {}",
+            placement.sql("member")
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{column}: create and place member: {e}"));
+}
+
 /// A text key column whose equal keys differ in bytes (a case-insensitive
 /// ICU collation, `citext`), in a distributed table (by a `bigint` column of
 /// the key) and a reference table: on every path (short, medium, the COPY
@@ -1352,13 +1376,6 @@ async fn a_call_dropped_while_its_staged_insert_waits_completes_on_the_server() 
 /// another spelling is skipped, and `returning_keys` returns exactly the
 /// inserted rows.
 async fn equal_text_keys(placement: Placement) {
-    #[derive(BulkCreateNew, Debug, Clone)]
-    #[bulk(table = "member", unique(shard, email), id = false)]
-    struct Member {
-        shard: i64,
-        email: String,
-        name: String,
-    }
     let member = |shard: i64, email: &str, name: &str| Member { shard, email: email.into(), name: name.into() };
     let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
     for (kind, column) in [("collation", "email text COLLATE case_insensitive"), ("citext", "email public.citext")] {
@@ -1370,15 +1387,7 @@ async fn equal_text_keys(placement: Placement) {
             let there = admin.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'citext'", &[]).await.unwrap();
             assert!(there.is_some(), "{e:?}");
         }
-        admin
-            .batch_execute(&format!(
-                "CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
-                 CREATE TABLE member (shard bigint NOT NULL, {column} NOT NULL, name text NOT NULL, \
-                 UNIQUE (shard, email)); {}",
-                placement.sql("member")
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("{kind}: create and place member: {e}"));
+        create_member(&admin, column, placement).await;
         let mut client = db.connect().await;
         let mut rows_stored = 0u64;
         for (step, pad) in [0, MEDIUM, big, 3, LONG].into_iter().enumerate() {
@@ -1578,13 +1587,6 @@ fn citus_checks(sent: &[String]) -> usize {
 /// that connection, not before every call.
 #[tokio::test]
 async fn the_copy_path_checks_the_table_once_per_call_it_may_stage_and_not_again_for_a_refused_staging_table() {
-    #[derive(BulkCreateNew, Debug, Clone)]
-    #[bulk(table = "member", unique(shard, email), id = false)]
-    struct Member {
-        shard: i64,
-        email: String,
-        name: String,
-    }
     let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
     let members = |from: usize| -> Vec<Member> {
         (from..from + big)
@@ -1596,15 +1598,7 @@ async fn the_copy_path_checks_the_table_once_per_call_it_may_stage_and_not_again
     {
         let db = CitusDb::new(&format!("checks_{case}")).await;
         let admin = db.connect().await;
-        admin
-            .batch_execute(&format!(
-                "CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
-                 CREATE TABLE member (shard bigint NOT NULL, {column} NOT NULL, name text NOT NULL, \
-                 UNIQUE (shard, email)); {}",
-                Placement::Distributed("shard").sql("member")
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("{case}: create member: {e}"));
+        create_member(&admin, column, Placement::Distributed("shard")).await;
         admin.batch_execute(&Member::model().citus_staging_sql()).await.expect("member's staging table");
         let recorder =
             bulk_tests::recorder::SqlRecorder::start_in_front_of(bulk_tests::citus::coordinator_address()).await;
