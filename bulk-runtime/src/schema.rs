@@ -1,7 +1,7 @@
 //! Verifying that the live table matches the model before the first write.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::{ToSql, Type};
@@ -57,7 +57,9 @@ SELECT ic.relname::text,
 /// sequence, a volatile function: Citus would then pull the insert's rows
 /// to the coordinator, and its command tag would count the rows attempted)
 /// or to an identity or generated column.
-const CITUS_KIND: &str = "\
+static CITUS_KIND: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
 SELECT CASE WHEN c.oid IS NULL THEN 'missing'
             WHEN m.partmethod IS NULL THEN 'local'
             WHEN m.partmethod = 'h' THEN 'distributed'
@@ -72,19 +74,7 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
                     WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) = $3::text[]
          AND ARRAY(SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
                     WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) = $4::oid[]
-         AND pg_catalog.has_table_privilege(s.oid, 'SELECT') AND pg_catalog.has_table_privilege(s.oid, 'INSERT')
-         AND pg_catalog.has_table_privilege(s.oid, 'DELETE')
-         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
-                           LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                            AND a.attname::text <> ALL ($3::text[])
-                            AND (a.attidentity <> '' OR a.attgenerated <> ''
-                                 OR pg_catalog.strpos(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '(') > 0))
-         AND CASE WHEN $5::text IS NULL THEN true
-                  WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
-                                    WHERE a.attrelid = c.oid AND a.attname = $5::text AND NOT a.attisdropped) THEN false
-                  ELSE coalesce(pg_catalog.has_sequence_privilege(
-                         pg_catalog.pg_get_serial_sequence($1, $5::text), 'USAGE'), false) END, false)
+         AND {open}, false)
   FROM (SELECT pg_catalog.to_regclass($1) AS oid) AS c
   CROSS JOIN (SELECT pg_catalog.to_regclass($2) AS oid) AS s
   LEFT JOIN LATERAL (
@@ -108,7 +98,39 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
                         AND a.attname = pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
                       WHERE p.logicalrelid = %s::pg_catalog.oid', coalesce(s.oid::int8, 0), coalesce(c.oid::int8, 0)) END,
              false, false, ''))) AS r
-  ) AS m ON true";
+  ) AS m ON true",
+        open = staging_open("c.oid", "$1", "s.oid", "$3", "$5")
+    )
+});
+
+/// SQL true when the staging table `stage` (an OID expression) is open to
+/// the current role as a call needs it, for the target `target` (an OID
+/// expression; `target_name` its name as text): `SELECT`, `INSERT` and
+/// `DELETE` on the staging table (each: `has_table_privilege` with a list
+/// is true for any one of them); no column of the target outside the
+/// staging table's `names` (a `text[]`) left to a default that calls a
+/// function, to an identity or a generated column (Citus would then pull
+/// the insert's rows to the coordinator); and `USAGE` of the sequence of
+/// the id column `id` (a `text`, NULL without one). Shared by the schema
+/// check's [`CITUS_KIND`] and the query before each COPY
+/// ([`BEFORE_COPY`](crate::sql::variants::BEFORE_COPY)).
+pub(crate) fn staging_open(target: &str, target_name: &str, stage: &str, names: &str, id: &str) -> String {
+    format!(
+        "pg_catalog.has_table_privilege({stage}, 'SELECT') AND pg_catalog.has_table_privilege({stage}, 'INSERT')
+         AND pg_catalog.has_table_privilege({stage}, 'DELETE')
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                           LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                          WHERE a.attrelid = {target} AND a.attnum > 0 AND NOT a.attisdropped
+                            AND a.attname::text <> ALL ({names}::text[])
+                            AND (a.attidentity <> '' OR a.attgenerated <> ''
+                                 OR pg_catalog.strpos(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '(') > 0))
+         AND CASE WHEN {id}::text IS NULL THEN true
+                  WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                                    WHERE a.attrelid = {target} AND a.attname = {id}::text AND NOT a.attisdropped) THEN false
+                  ELSE coalesce(pg_catalog.has_sequence_privilege(
+                         pg_catalog.pg_get_serial_sequence({target_name}, {id}::text), 'USAGE'), false) END"
+    )
+}
 
 const RESOLVE_TYPES: &str = "SELECT format_type(to_regtype(t), NULL) FROM unnest($1::text[]) AS t";
 
@@ -275,8 +297,8 @@ async fn check(
 ) -> Result<(Vec<SchemaProblem>, KeyShape, Vec<Row>), tokio_postgres::Error> {
     let plan = crate::sql::plan(model);
     let name = plan.target_regclass.as_str();
-    // The staging table's columns: the position, the id, then the model's, of the COPY's types.
-    let stage_names: Vec<&str> = model.staging_columns().into_iter().map(|(name, _)| name).collect();
+    // The staging table's columns (the position, the id, then the model's), of the COPY's types.
+    let stage_names: &Vec<&str> = &plan.stage_columns;
     let mut stage_types: Vec<u32> = plan.copy_types.iter().map(Type::oid).collect();
     if model.id_column().is_some() {
         stage_types.insert(1, Type::INT8.oid());
@@ -295,11 +317,11 @@ async fn check(
         },
         tx.query_typed(UNIQUE_INDEXES, &[(&name, Type::TEXT)]),
         tx.query_typed(
-            CITUS_KIND,
+            CITUS_KIND.as_str(),
             &[
                 (&name as &(dyn ToSql + Sync), Type::TEXT),
                 (&plan.stage_regclass, Type::TEXT),
-                (&stage_names, Type::TEXT_ARRAY),
+                (stage_names, Type::TEXT_ARRAY),
                 (&stage_types, Type::OID_ARRAY),
                 (&id, Type::TEXT),
             ],

@@ -228,6 +228,16 @@ pub async fn count(client: &Client, table: &str) -> i64 {
         .get(0)
 }
 
+/// Whether the backend `pid` is inside a transaction (seen from `admin`).
+pub async fn in_transaction(admin: &Client, pid: i32) -> bool {
+    let open: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND xact_start IS NOT NULL", &[&pid])
+        .await
+        .expect("read pg_stat_activity")
+        .get(0);
+    open > 0
+}
+
 /// A small deterministic random number generator (SplitMix64), so that
 /// randomized tests can be replayed from their seed.
 #[derive(Debug, Clone)]

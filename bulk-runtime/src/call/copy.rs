@@ -43,16 +43,15 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let plan = sql::plan(model);
     let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
     let stage_id = model.id_column();
-    let stage_names: Vec<&str> = model.staging_columns().into_iter().map(|(name, _)| name).collect();
     let params: [(&(dyn ToSql + Sync), Type); 6] = [
         (&plan.scratch_regclass, Type::TEXT),
         (&plan.target_regclass, Type::TEXT),
         (&id, Type::TEXT),
         (&plan.stage_regclass, Type::TEXT),
         (&stage_id, Type::TEXT),
-        (&stage_names, Type::TEXT_ARRAY),
+        (&plan.stage_columns, Type::TEXT_ARRAY),
     ];
-    let before = tx.query_typed(variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
+    let before = tx.query_typed(&variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
     let (exists, with_id, stage) = before.first().map_or((false, false, false), |r| (r.get(0), r.get(1), r.get(2)));
     let checked = use_scratch(tx, model, exists).await?;
     let dialect = statements::dialect(tx, model);

@@ -23,6 +23,8 @@ pub(crate) struct Plan {
     pub copy: String,
     /// Wire types of the COPY columns: the ordinal, then the model's columns.
     pub copy_types: Vec<Type>,
+    /// The staging table's column names ([`Model::staging_columns`]).
+    pub stage_columns: Vec<&'static str>,
     /// The anti-join insert without `ON CONFLICT`: a call's first attempt
     /// (see [`insert_plain_sql`]).
     pub insert_plain: String,
@@ -151,6 +153,7 @@ impl Plan {
             grant_scratch,
             copy,
             copy_types,
+            stage_columns: model.staging_columns().into_iter().map(|(name, _)| name).collect(),
             key_columns,
             small_types,
             client_ordered,

@@ -13,6 +13,7 @@
 //! keywords and type names besides; no value is ever part of the text.
 
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 
 use tokio_postgres::types::Type;
 
@@ -282,27 +283,18 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// than the staging table's `$6` is left to a default that calls a
 /// function, an identity or a generated column (as the schema check's
 /// Citus statement requires).
-pub(crate) const BEFORE_COPY: &str = "\
+pub(crate) static BEFORE_COPY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
 SELECT pg_catalog.to_regclass($1) IS NOT NULL,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                 WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $3::name
-                  AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{20,21,23}'::oid[])),
-       CASE WHEN pg_catalog.to_regclass($4) IS NULL THEN false
-            WHEN NOT (pg_catalog.has_table_privilege(pg_catalog.to_regclass($4), 'SELECT')
-                      AND pg_catalog.has_table_privilege(pg_catalog.to_regclass($4), 'INSERT')
-                      AND pg_catalog.has_table_privilege(pg_catalog.to_regclass($4), 'DELETE')) THEN false
-            WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
-                           LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                          WHERE a.attrelid = pg_catalog.to_regclass($2) AND a.attnum > 0 AND NOT a.attisdropped
-                            AND a.attname::text <> ALL ($6::text[])
-                            AND (a.attidentity <> '' OR a.attgenerated <> ''
-                                 OR pg_catalog.strpos(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '(') > 0)) THEN false
-            WHEN $5::text IS NULL THEN true
-            WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-                              WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $5::name
-                                AND attnum > 0 AND NOT attisdropped) THEN false
-            ELSE coalesce(pg_catalog.has_sequence_privilege(
-                   pg_catalog.pg_get_serial_sequence($2, $5::text), 'USAGE'), false) END";
+                  AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{{20,21,23}}'::oid[])),
+       coalesce(pg_catalog.to_regclass($4) IS NOT NULL AND {open}, false)",
+        open =
+            crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5")
+    )
+});
 
 #[cfg(test)]
 mod tests {
