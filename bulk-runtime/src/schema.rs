@@ -263,13 +263,23 @@ fn passed(model: &'static Model, live: &[Row], shape: &KeyShape) {
 /// a key field of the model's `ty`: only text keys can differ (`citext` has
 /// its own equality, `char(n)` ignores trailing spaces; a collation may hold
 /// different strings equal).
-fn key_as(ty: PgType, typschema: &str, typname: &str, collation: Option<(String, String)>) -> Option<KeyAs> {
+fn key_as(
+    ty: PgType,
+    nullable: bool,
+    typschema: &str,
+    typname: &str,
+    collation: Option<(String, String)>,
+) -> Option<KeyAs> {
     if ty != PgType::Text {
         return None;
     }
     let ty = match typname {
         "citext" => Some((typschema.to_owned(), typname.to_owned())),
         "bpchar" => Some(("pg_catalog".to_owned(), "bpchar".to_owned())),
+        // A nullable key compares as `ARRAY[k]` (see `key_match`), and
+        // `varchar[]` has no `=` with `text[]`: the batch's values are read
+        // as `varchar` (the type alone: its length is the insert's to check).
+        "varchar" if nullable => Some(("pg_catalog".to_owned(), "varchar".to_owned())),
         _ => None,
     };
     (ty.is_some() || collation.is_some()).then_some(KeyAs { ty, collation })
@@ -425,7 +435,7 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
             problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(9) });
         }
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));
-        shape.keys.push(key_as(column.pg_type(), typschema, typname, collation));
+        shape.keys.push(key_as(column.pg_type(), column.nullable(), typschema, typname, collation));
     }
     shape
 }

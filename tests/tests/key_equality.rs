@@ -279,3 +279,115 @@ async fn array_columns_beside_keys_equal_under_the_table() {
         db.drop().await;
     }
 }
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "doc", unique(k), id = false)]
+struct Doc {
+    k: i64,
+    body: String,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A time with microseconds, which a `timestamptz(3)` column rounds.
+fn micros(n: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456 + n).unwrap()
+}
+
+/// The table stores a column other than the key otherwise than offered (a
+/// trigger that sets `updated_at`, or a `timestamptz(3)` column that rounds):
+/// `returning_keys`, `returning_skipped` and upsert still map every stored
+/// row to its offered row by its key, and count exactly.
+async fn other_columns_stored_otherwise(table: &str, pad: usize) {
+    let db = TestDb::new("other_columns_otherwise").await;
+    let mut client = db.connect().await;
+    client.batch_execute(table).await.unwrap();
+    let batch: Vec<Doc> =
+        (0..3 + pad as i64).map(|k| Doc { k, body: format!("b{k}"), updated_at: micros(k) }).collect();
+    Doc::bulk_create_new(&mut client, &batch[..1]).await.unwrap();
+    let keys = Doc::bulk(&mut client).returning_keys().run(&batch[..2 + pad]).await.unwrap();
+    assert_eq!((keys.inserted, keys.skipped), (1 + pad as u64, 1), "{table}");
+    let returned: Vec<i64> = keys.returned.iter().map(|k| k.key.0).collect();
+    assert_eq!(returned, (1..2 + pad as i64).collect::<Vec<_>>(), "{table}");
+    let skipped = Doc::bulk(&mut client).returning_skipped().run(&batch).await.unwrap();
+    assert_eq!(skipped.inserted, 1, "{table}");
+    assert_eq!(skipped.returned.len(), 2 + pad, "{table}");
+    let changed: Vec<Doc> = batch.iter().map(|d| Doc { body: format!("{}!", d.body), ..d.clone() }).collect();
+    let mut more = changed.clone();
+    more.push(Doc { k: 10_000_000, body: "new".into(), updated_at: micros(0) });
+    let up = Doc::bulk(&mut client).upsert(Upsert::set([Doc::columns().body])).run(&more).await.unwrap();
+    assert_eq!((up.inserted, up.updated), (1, 3 + pad as u64), "{table}");
+    let bodies: i64 = client.query_one("SELECT count(*) FROM doc WHERE body LIKE '%!'", &[]).await.unwrap().get(0);
+    assert_eq!(bodies, 3 + pad as i64, "{table}");
+    assert_eq!(count(&client, "doc").await, 4 + pad as i64);
+    db.drop().await;
+}
+
+const TOUCHED: &str = "CREATE TABLE doc (k bigint PRIMARY KEY, body text NOT NULL, updated_at timestamptz NOT NULL);
+     CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS
+       $$ BEGIN NEW.updated_at := clock_timestamp(); RETURN NEW; END $$;
+     CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON doc FOR EACH ROW EXECUTE FUNCTION touch();";
+const ROUNDED: &str = "CREATE TABLE doc (k bigint PRIMARY KEY, body text NOT NULL, updated_at timestamptz(3) NOT NULL)";
+
+#[tokio::test]
+async fn a_trigger_that_sets_another_column_leaves_the_calls_that_map_rows_back_exact() {
+    other_columns_stored_otherwise(TOUCHED, 0).await;
+    other_columns_stored_otherwise(TOUCHED, COPY_BATCH).await;
+}
+
+#[tokio::test]
+async fn a_column_the_table_rounds_outside_the_key_leaves_the_calls_that_map_rows_back_exact() {
+    other_columns_stored_otherwise(ROUNDED, 0).await;
+    other_columns_stored_otherwise(ROUNDED, COPY_BATCH).await;
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "tag", unique(owner, label), nulls_not_distinct, id = false)]
+struct Tag {
+    owner: i32,
+    label: Option<String>,
+    note: String,
+}
+
+/// A nullable key in columns of other types than the model's (`varchar`
+/// for a `String`, `bigint` for an `i32`): every call that matches stored
+/// rows to offered ones works, NULL matching NULL.
+async fn nullable_key_in_other_types(pad: usize) {
+    let db = TestDb::new("nullable_key_types").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE tag (owner bigint NOT NULL, label varchar(50), note text NOT NULL,
+                               UNIQUE NULLS NOT DISTINCT (owner, label))",
+        )
+        .await
+        .unwrap();
+    let mut batch = vec![
+        Tag { owner: 1, label: None, note: "a".into() },
+        Tag { owner: 1, label: Some("x".into()), note: "b".into() },
+        Tag { owner: 1, label: None, note: "repeat".into() },
+    ];
+    batch.extend((0..pad as i32).map(|i| Tag { owner: 100 + i, label: None, note: "pad".into() }));
+    Tag::bulk_create_new(&mut client, &batch[..1]).await.unwrap();
+    let keys = Tag::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
+    assert_eq!((keys.inserted, keys.skipped), (1 + pad as u64, 2));
+    assert_eq!((keys.returned[0].index, keys.returned[0].key.1.as_deref()), (1, Some("x")));
+    let skipped = Tag::bulk(&mut client).returning_skipped().run(&batch).await.unwrap();
+    assert_eq!((skipped.inserted, skipped.returned.len()), (0, 3 + pad));
+    let up = Tag::bulk(&mut client).upsert(Upsert::all_columns().keep(Keep::Last)).run(&batch).await.unwrap();
+    assert_eq!((up.inserted, up.updated, up.skipped), (0, 2 + pad as u64, 1));
+    let note: String =
+        client.query_one("SELECT note FROM tag WHERE owner = 1 AND label IS NULL", &[]).await.unwrap().get(0);
+    assert_eq!(note, "repeat", "the last offered row of the NULL key");
+    assert_eq!(count(&client, "tag").await, 2 + pad as i64);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_nullable_key_in_columns_of_other_types_matches_stored_rows() {
+    nullable_key_in_other_types(0).await;
+}
+
+#[tokio::test]
+async fn a_nullable_key_in_columns_of_other_types_matches_stored_rows_through_copy() {
+    nullable_key_in_other_types(COPY_BATCH).await;
+}

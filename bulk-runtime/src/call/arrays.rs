@@ -28,6 +28,7 @@ use crate::sql;
 use crate::sql::variants::{self, Returned, Source};
 use crate::sql::{Dialect, KeyShape};
 use crate::statements::{self, Lookup};
+use crate::types::PgType;
 use crate::wire::{self, Encoded};
 
 /// A statement parameter with its type.
@@ -318,9 +319,15 @@ impl Statements<'_> {
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let guess_id = wants_id && model.id_column().is_some();
         let guess = build(guess_id, &KeyShape::default());
+        // A nullable text key compares as `ARRAY[k]`, which does not parse
+        // for a `varchar` column against the batch's `text` (see
+        // `schema::key_as`): its guess is not prepared, since a failed
+        // prepare would abort the call's transaction.
+        let guess_parses = !model.unique_key().any(|c| c.nullable() && c.pg_type() == PgType::Text);
+        let prepare_guess = prepare && guess_parses;
         let (shape, with_id, statement) =
             join3(self.check(), async { if wants_id { id_usable(client, model).await } else { Ok(false) } }, async {
-                match prepare {
+                match prepare_guess {
                     true => Some(client.prepare_typed(&guess, &types).await),
                     false => None,
                 }
@@ -329,7 +336,7 @@ impl Statements<'_> {
         let (shape, with_id) = (shape?, with_id?);
         self.checked = Some(shape.clone());
         self.dialect = shape.dialect;
-        let (sql, statement) = if shape.is_default() && with_id == guess_id {
+        let (sql, statement) = if shape.is_default() && with_id == guess_id && prepare_guess == prepare {
             (guess, statement)
         } else {
             let sql = build(with_id, &shape);

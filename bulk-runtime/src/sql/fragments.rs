@@ -51,11 +51,21 @@ pub(crate) fn key_equal(model: &Model, a: &str, b: &str) -> String {
 
 /// `a.k = b.k AND ...` over the key, for a join: a nullable key column
 /// compares `ARRAY[a.k] = ARRAY[b.k]`, which holds for two NULLs and, unlike
-/// `IS NOT DISTINCT FROM`, can be hashed.
+/// `IS NOT DISTINCT FROM`, can be hashed. Arrays compare only of one type,
+/// while one side may be the table's (a stored row) and the other the
+/// model's (the batch): a scalar key other than text is read as the model's
+/// type on both sides (a `bigint` column of an `i32` field; its values came
+/// from the model), and a text key compares as the table's type on both
+/// (the batch is read as the column's type when it is not `text`: see
+/// `schema::key_as`).
 pub(crate) fn key_match(model: &Model, a: &str, b: &str) -> String {
     let matches = |c: &Column| {
         let (l, r) = (format!("{a}.{}", q(c.name())), format!("{b}.{}", q(c.name())));
-        if c.nullable() { format!("ARRAY[{l}] = ARRAY[{r}]") } else { format!("{l} = {r}") }
+        match c.pg_type() {
+            _ if !c.nullable() => format!("{l} = {r}"),
+            PgType::Text | PgType::Enum(_) | PgType::Array(_) => format!("ARRAY[{l}] = ARRAY[{r}]"),
+            ty => format!("ARRAY[CAST({l} AS {t})] = ARRAY[CAST({r} AS {t})]", t = ty.sql_name()),
+        }
     };
     model.unique_key().map(matches).collect::<Vec<_>>().join(" AND ")
 }
