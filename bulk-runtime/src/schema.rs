@@ -61,6 +61,8 @@ static CITUS_KIND: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
 SELECT CASE WHEN c.oid IS NULL THEN 'missing'
+            WHEN m.partmethod IS NULL AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+              THEN 'citus_coordinator_local'
             WHEN m.partmethod IS NULL THEN 'local'
             WHEN m.partmethod = 'h' THEN 'distributed'
             WHEN m.partmethod = 'n' AND m.repmodel = 't' THEN 'reference'
@@ -109,9 +111,11 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
 /// `DELETE` on the staging table (each: `has_table_privilege` with a list
 /// is true for any one of them); no column of the target outside the
 /// staging table's `names` (a `text[]`) left to a default that calls a
-/// function, to an identity or a generated column (Citus would then pull
-/// the insert's rows to the coordinator); and `USAGE` of the sequence of
-/// the id column `id` (a `text`, NULL without one). Shared by the schema
+/// function (its own, or its domain's), to an identity or a generated
+/// column (Citus would then pull the insert's rows to the coordinator);
+/// and, for the id column `id` (a `text`, NULL without one), not
+/// `GENERATED ALWAYS` (the insert from the staging table names its value)
+/// and `USAGE` of its sequence. Shared by the schema
 /// check's [`CITUS_KIND`] and the query before each COPY
 /// ([`BEFORE_COPY`](crate::sql::variants::BEFORE_COPY)).
 pub(crate) fn staging_open(target: &str, target_name: &str, stage: &str, names: &str, id: &str) -> String {
@@ -123,10 +127,15 @@ pub(crate) fn staging_open(target: &str, target_name: &str, stage: &str, names: 
                           WHERE a.attrelid = {target} AND a.attnum > 0 AND NOT a.attisdropped
                             AND a.attname::text <> ALL ({names}::text[])
                             AND (a.attidentity <> '' OR a.attgenerated <> ''
-                                 OR pg_catalog.strpos(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '(') > 0))
+                                 OR pg_catalog.strpos(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '(') > 0
+                                 OR (d.adbin IS NULL AND EXISTS (
+                                       SELECT 1 FROM pg_catalog.pg_type AS t
+                                        WHERE t.oid = a.atttypid AND t.typtype = 'd'
+                                          AND pg_catalog.strpos(coalesce(t.typdefault, ''), '(') > 0))))
          AND CASE WHEN {id}::text IS NULL THEN true
                   WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
-                                    WHERE a.attrelid = {target} AND a.attname = {id}::text AND NOT a.attisdropped) THEN false
+                                    WHERE a.attrelid = {target} AND a.attname = {id}::text AND NOT a.attisdropped
+                                      AND a.attidentity <> 'a') THEN false
                   ELSE coalesce(pg_catalog.has_sequence_privilege(
                          pg_catalog.pg_get_serial_sequence({target_name}, {id}::text), 'USAGE'), false) END"
     )
@@ -364,7 +373,14 @@ fn citus_dialect(model: &Model, row: Option<&Row>, problems: &mut Vec<SchemaProb
     let Some(row) = row else { return Dialect::Postgres };
     let (kind, column): (&str, Option<String>) = (row.get(0), row.get(1));
     match kind {
-        "reference" => Dialect::Citus,
+        // A local table of a database with Citus: the same SQL as on a
+        // distributed table, so that a connection that checked it keeps
+        // exact counts (and its statements keep working) after the table
+        // is distributed, made a reference table, or a `search_path`
+        // switch leads to a distributed table of the same name: plain
+        // PostgreSQL's statements would count the rows Citus attempted
+        // (their command tag) or be refused (0A000).
+        "reference" | "citus_coordinator_local" => Dialect::Citus,
         "distributed" => {
             let column = column.unwrap_or_default();
             if !model.unique_key().any(|c| c.name() == column) {

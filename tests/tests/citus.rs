@@ -1703,8 +1703,8 @@ async fn append_and_range_distributed_tables_are_refused() {
     }
 }
 
-/// A table the coordinator keeps to itself (not distributed) takes plain
-/// PostgreSQL's statements, on both paths, with exact counts.
+/// A table the coordinator keeps to itself (not distributed) takes the
+/// statements of a distributed table, on both paths, with exact counts.
 #[tokio::test]
 async fn a_local_table_on_the_coordinator_works_on_both_paths() {
     let db = CitusDb::new("local_rt").await;
@@ -2396,5 +2396,121 @@ async fn a_table_distributed_after_the_check_counts_exactly_on_first_calls() {
         assert_eq!((again.inserted, again.skipped), (0, len as u64), "{len} rows, second call");
         assert_eq!(count(&admin, "rt").await, 1 + from);
     }
+    db.drop().await;
+}
+
+/// A connection checks `rt` while it is a table of the coordinator's own;
+/// then `rt` is distributed (or made a reference table), or the connection's
+/// `search_path` leads to a distributed `rt` of another schema. The same
+/// connection's next calls, on every path, count exactly (Citus's command
+/// tag would count the rows attempted) and work (plain PostgreSQL's
+/// statements would be refused with 0A000).
+async fn local_then_placed(n: usize, placement: Option<Placement>) {
+    let name = placement.map_or("search_path", |p| p.name());
+    let db = CitusDb::new(&format!("local_then_{name}_{n}")).await;
+    let admin = db.connect().await;
+    let mut client = db.connect().await;
+    let other = bulk_runtime::quote_ident(&format!("{}_other", db.schema));
+    admin.batch_execute(&format!("CREATE SCHEMA {other}; {RT_DDL}")).await.unwrap();
+    for from in [1_000_000, 2_000_000] {
+        let warm = numbered(from, n);
+        assert_eq!(Retweet::bulk_create_new(&mut client, &warm).await.unwrap().inserted, n as u64);
+    }
+    let path: String = client.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    match placement {
+        Some(placement) => admin.batch_execute(&placement.sql("rt")).await.unwrap(),
+        None => {
+            admin.batch_execute(&format!("SET search_path = {other}; {RT_DDL}")).await.unwrap();
+            admin.batch_execute(&DIST.sql("rt")).await.unwrap();
+            client.batch_execute(&format!("SET search_path = {other}, {path}")).await.unwrap();
+        }
+    }
+    // Half of the next batch stored by another connection.
+    let rows = numbered(0, n);
+    store(&admin, &rows[..n / 2]).await;
+    let before = count(&admin, "rt").await;
+    let o = Retweet::bulk_create_new(&mut client, &rows).await.unwrap_or_else(|e| panic!("{name} {n}: {e}"));
+    assert_eq!((o.inserted, o.skipped), ((n - n / 2) as u64, (n / 2) as u64), "{name} {n}");
+    assert_eq!(count(&admin, "rt").await, before + o.inserted as i64, "{name} {n}: one row per key");
+    let o = Retweet::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((o.inserted, o.skipped), (0, n as u64), "{name} {n}: again");
+    let keys = Retweet::bulk(&mut client).returning_keys().run(&numbered(n as i64 - 10, 20)).await.unwrap();
+    assert_eq!((keys.inserted, keys.returned.len()), (10, 10), "{name} {n}: returning_keys");
+    admin.batch_execute(&format!("DROP SCHEMA {other} CASCADE")).await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_checked_connection_counts_exactly_after_its_local_table_is_distributed() {
+    for n in [SHORT, MEDIUM, LONG] {
+        local_then_placed(n, Some(DIST)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_checked_connection_counts_exactly_after_its_local_table_is_made_a_reference_table() {
+    for n in [SHORT, MEDIUM, LONG] {
+        local_then_placed(n, Some(REF)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_checked_connection_counts_exactly_after_its_search_path_leads_from_a_local_to_a_distributed_table() {
+    for n in [SHORT, MEDIUM, LONG] {
+        local_then_placed(n, None).await;
+    }
+}
+
+/// An id column `GENERATED ALWAYS AS IDENTITY`: the insert from the staging
+/// table would name its value (428C9), so the call keeps to the session's
+/// scratch table, and counts exactly.
+#[tokio::test]
+async fn an_id_generated_always_keeps_the_call_off_the_staging_table() {
+    let db = CitusDb::new("staging_always").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&RT_DDL.replace("BY DEFAULT", "ALWAYS")).await.unwrap();
+    client.batch_execute(&STAGED.sql("rt")).await.unwrap();
+    client.batch_execute(&Retweet::model().citus_staging_sql()).await.unwrap();
+    let stage = Retweet::model().citus_staging_table();
+    let (pre, rows, new) = batch(LONG, 0);
+    store(&client, &pre).await;
+    for expected in [new.len(), 0] {
+        let o = Retweet::bulk_create_new(&mut client, &rows).await.unwrap();
+        assert_eq!((o.inserted, o.skipped), (expected as u64, (LONG - expected) as u64), "{o:?}");
+    }
+    assert_stored(&client, &pre, &rows, &new).await;
+    assert_eq!(count(&client, &stage).await, 0, "the staging table keeps no row");
+    db.drop().await;
+}
+
+/// A column whose *domain* defaults to a volatile function (no default of
+/// the column's own): Citus would run the insert from the staging table
+/// through the coordinator, where (under `REPEATABLE READ`, the `ON
+/// CONFLICT` form) the command tag counts the rows attempted. The call
+/// keeps to the session's scratch table, and counts exactly.
+#[tokio::test]
+async fn a_domain_with_a_volatile_default_keeps_the_call_off_the_staging_table() {
+    let (db, mut client) = setup("staging_domain", STAGED, LONG, On::Client).await;
+    client
+        .batch_execute(
+            "CREATE DOMAIN seen_at AS timestamptz DEFAULT clock_timestamp();
+             ALTER TABLE rt ADD COLUMN seen seen_at",
+        )
+        .await
+        .unwrap();
+    let (pre, rows, new) = batch(LONG, 0);
+    store(&client, &pre).await;
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .unwrap();
+    let o = Retweet::bulk_create_new(&mut tx, &rows).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((o.inserted, o.skipped), (new.len() as u64, (LONG - new.len()) as u64), "{o:?}");
+    assert_stored(&client, &pre, &rows, &new).await;
+    let unseen: i64 = client.query_one("SELECT count(*) FROM rt WHERE seen IS NULL", &[]).await.unwrap().get(0);
+    assert_eq!(unseen, 0, "the domain's default filled every row");
     db.drop().await;
 }
