@@ -2514,3 +2514,43 @@ async fn a_domain_with_a_volatile_default_keeps_the_call_off_the_staging_table()
     assert_eq!(unseen, 0, "the domain's default filled every row");
     db.drop().await;
 }
+
+/// A `BEFORE INSERT` trigger that gives every row a key of its own (here
+/// from `random()`; Citus needs `citus.enable_unsafe_triggers`): the
+/// repeats of the last row that round a `VALUES` statement up to a size
+/// the connection keeps would be inserted. The plain call sends such a
+/// statement in a transaction, sees it inserted more rows than the batch
+/// has, rolls back, and sends the rows as a statement of their own length:
+/// its counts stay exact and no row is stored that was not offered (one
+/// statement, and one per run of shards).
+#[tokio::test]
+async fn a_trigger_that_gives_every_row_a_new_key_leaves_the_plain_call_exact() {
+    let db = CitusDb::new("fresh_key_trigger").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&format!("SET citus.enable_unsafe_triggers = on; {RT_DDL}")).await.unwrap();
+    client.batch_execute(&DIST.sql("rt")).await.unwrap();
+    let schema = bulk_runtime::quote_ident(&db.schema);
+    // (One statement each: Citus propagates them to the workers.)
+    for ddl in [
+        format!(
+            "CREATE FUNCTION {schema}.fresh() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN NEW.retweeter := NEW.retweeter * 1000000000 + (random() * 999999999)::bigint; RETURN NEW; END $$"
+        ),
+        format!("CREATE TRIGGER fresh BEFORE INSERT ON rt FOR EACH ROW EXECUTE FUNCTION {schema}.fresh()"),
+    ] {
+        client.batch_execute(&ddl).await.unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    }
+    let mut from = 0;
+    let mut stored = 0;
+    // A first call (the connection checks the table), then one statement
+    // rounded up (17 rows), and one statement per run of shards (700).
+    for n in [17, 17, 700, 700] {
+        let rows = numbered(from, n);
+        from += 10 * n as i64;
+        let o = Retweet::bulk_create_new(&mut client, &rows).await.unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert_eq!((o.offered, o.inserted, o.skipped), (n as u64, n as u64, 0), "{n}");
+        stored += n as i64;
+        assert_eq!(count(&client, "rt").await, stored, "{n}: one row per offered row");
+    }
+    db.drop().await;
+}

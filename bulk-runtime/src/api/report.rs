@@ -55,9 +55,10 @@ impl<R> Report<R> {
 
 impl Report {
     /// The counts of a call that inserted `inserted` of `offered` rows and
-    /// skipped the others.
+    /// skipped the others (none when a statement inserted more rows than
+    /// offered, which the short path's `VALUES` statement checks).
     pub(crate) fn counts(offered: u64, inserted: u64) -> Report {
-        Report { offered, inserted, skipped: offered - inserted, ..Report::default() }
+        Report { offered, inserted, skipped: offered.saturating_sub(inserted), ..Report::default() }
     }
 }
 

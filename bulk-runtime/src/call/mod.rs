@@ -309,30 +309,49 @@ where
             first::First::Check => {}
         }
     }
-    // On Citus, the plain call's rows as one multi-row `VALUES` statement.
-    let (values, rows) = match values_max {
-        Some(max) => {
-            let (values, rows) = arrays::values(&arrays, max);
-            (values, Some(rows))
-        }
-        None => (Vec::new(), None),
-    };
-    let params =
-        if rows.is_some() { arrays::values_params(model, &values) } else { arrays::params(model, call.kind, &arrays) };
-    // (A staging table serves only the COPY path.)
-    let dialect = crate::statements::dialect(conn.client(), model).without_stage();
-    let mut form = Form::first(model, call.kind, offered, dialect);
-    loop {
-        let mut result = short_attempt(conn, model, offered, &params, call, true, (form, rows)).await;
-        for prepared in [true, false] {
-            if !result.as_ref().is_err_and(Error::is_stale_statement) {
-                break;
+    // On Citus, the plain call's rows as one multi-row `VALUES` statement
+    // (of `values_max` rows at most: see `call_values`).
+    let distinct = arrays.first().map_or(0, arrays::element_count);
+    let mut values_max = values_max;
+    'statement: loop {
+        let (values, rows) = match values_max {
+            Some(max) => {
+                let (values, rows) = arrays::values(&arrays, max);
+                (values, Some(rows))
             }
-            result = short_attempt(conn, model, offered, &params, call, prepared, (form, rows)).await;
-        }
-        match form.after(model, &result) {
-            Some(again) => form = again,
-            None => return result,
+            None => (Vec::new(), None),
+        };
+        let params = if rows.is_some() {
+            arrays::values_params(model, &values)
+        } else {
+            arrays::params(model, call.kind, &arrays)
+        };
+        // (A staging table serves only the COPY path.)
+        let dialect = crate::statements::dialect(conn.client(), model).without_stage();
+        let mut form = Form::first(model, call.kind, offered, dialect);
+        loop {
+            let shape = (form, rows, distinct);
+            let mut result = short_attempt(conn, model, offered, &params, call, true, shape).await;
+            for prepared in [true, false] {
+                if !result.as_ref().is_err_and(Error::is_stale_statement) {
+                    break;
+                }
+                result = short_attempt(conn, model, offered, &params, call, prepared, shape).await;
+            }
+            let result = match result {
+                // The rows repeated to round the statement up were inserted
+                // (rolled back): the same rows as a statement of their own length.
+                Ok(None) => {
+                    values_max = Some(distinct);
+                    continue 'statement;
+                }
+                Ok(Some(report)) => Ok(report),
+                Err(e) => Err(e),
+            };
+            match form.after(model, &result) {
+                Some(again) => form = again,
+                None => return result,
+            }
         }
     }
 }
@@ -377,7 +396,14 @@ async fn grouped<C: Connection + ?Sized>(
         };
     };
     let groups: Vec<_> = groups.iter().map(|rows| arrays::values_of(&columns, rows, max)).collect();
+    let distinct = columns.first().map_or(0, Vec::len) as u64;
     match arrays::run_values_groups(scope.client(), model, offered, &groups).await {
+        // The rows repeated to round a statement up were inserted (a trigger
+        // that gives each row a new key): rolled back, one statement then.
+        Ok(report) if report.inserted > distinct => match scope.rollback().await {
+            Ok(()) => Grouped::OneStatement,
+            Err(e) => Grouped::Done(Err(Error::at_step(model, Step::Insert)(e))),
+        },
         Ok(report) => Grouped::Done(scope.commit().await.map(|()| report).map_err(Error::at_step(model, Step::Commit))),
         // (A prepared statement the server forgot: rolled back, then the one
         // statement, which prepares again.)
@@ -390,8 +416,12 @@ async fn grouped<C: Connection + ?Sized>(
 }
 
 /// One attempt of the short path: a single statement runs as its own
-/// transaction; with a batch id, an upsert (two statements), or inside a
-/// caller's transaction, the attempt opens a transaction (or savepoint).
+/// transaction; with a batch id, an upsert (two statements), inside a
+/// caller's transaction, or as a `VALUES` statement rounded up by repeats of
+/// its last row (of `distinct` rows), the attempt opens a transaction (or
+/// savepoint). `Ok(None)` when the repeats were inserted (a trigger that
+/// gives each row a new key, where the repeats would otherwise meet
+/// `ON CONFLICT`): rolled back, nothing written.
 async fn short_attempt<C: Connection + ?Sized>(
     conn: &mut C,
     model: &'static Model,
@@ -399,22 +429,27 @@ async fn short_attempt<C: Connection + ?Sized>(
     params: &[arrays::Param<'_>],
     call: &mut Call<'_>,
     prepared: bool,
-    (form, values): (Form, Option<usize>),
-) -> Result<Report, Error> {
-    if !call.needs_transaction(conn.nested()) {
-        return arrays::run(conn.client(), model, offered, params, call, prepared, (form, values)).await;
+    (form, values, distinct): (Form, Option<usize>, usize),
+) -> Result<Option<Report>, Error> {
+    let padded = values.is_some_and(|rows| rows > distinct);
+    if !call.needs_transaction(conn.nested()) && !padded {
+        return arrays::run(conn.client(), model, offered, params, call, prepared, (form, values)).await.map(Some);
     }
     let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
     let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
         Ok(claimed) => claimed,
         Err(replay) => {
             scope.commit().await.map_err(Error::at_step(model, Step::Commit))?;
-            return Ok(replay);
+            return Ok(Some(replay));
         }
     };
     let report = arrays::run(scope.client(), model, offered, params, call, prepared, (form, values)).await?;
+    if padded && report.inserted > distinct as u64 {
+        scope.rollback().await.map_err(Error::at_step(model, Step::Insert))?;
+        return Ok(None);
+    }
     finish(scope, model, call.ledger, claimed, &report).await?;
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// The COPY path, in one transaction (or savepoint): the scratch table, the
