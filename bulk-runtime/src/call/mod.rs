@@ -322,6 +322,7 @@ where
     // (A staging table serves only the COPY path.)
     let dialect = crate::statements::dialect(conn.client(), model).without_stage();
     let mut form = Form::first(model, call.kind, offered, dialect);
+    let mut rechecked = false;
     loop {
         let mut result = short_attempt(conn, model, offered, &params, call, true, (form, rows)).await;
         for prepared in [true, false] {
@@ -330,10 +331,21 @@ where
             }
             result = short_attempt(conn, model, offered, &params, call, prepared, (form, rows)).await;
         }
-        match form.after(model, &result) {
-            Some(again) => form = again,
-            None => return result,
+        if let Some(again) = form.after(model, &result) {
+            form = again;
+            continue;
         }
+        if !rechecked && result.as_ref().is_err_and(Form::index_changed) {
+            // The `ON CONFLICT` form's guard found the key's index or shape
+            // changed since the connection checked the table (nothing was
+            // written): the next attempt checks it again, and runs a
+            // statement built for what the check finds, or returns the
+            // check's explanation.
+            crate::statements::forget_prepared(conn.client(), model);
+            rechecked = true;
+            continue;
+        }
+        return result;
     }
 }
 
@@ -510,6 +522,16 @@ async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static M
             table: model.qualified_name(),
             model: model.struct_name(),
             problems: vec![SchemaProblem::KeyChangedOnInsert { triggers }],
+        };
+    }
+    if Form::index_changed(&error) {
+        // (The COPY path's `ON CONFLICT` form; the short path got here
+        // after checking again.) The connection's statements were built for
+        // the table as its last check found it.
+        crate::statements::forget_prepared(conn.client(), model);
+        return match schema::verify(conn.client(), model).await {
+            Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,
+            _ => error,
         };
     }
     let schema_related = error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
