@@ -220,6 +220,20 @@ pub(crate) fn evict(client: &Client, model: &'static Model, label: &str) {
     });
 }
 
+/// Forgets every statement `client` prepared for `model`, without counting
+/// them stale: they were built for a table the connection's check no longer
+/// describes (a guard found the key's index or shape changed), so its next
+/// statement checks the table again and is built for what it finds.
+pub(crate) fn forget_prepared(client: &Client, model: &'static Model) {
+    with(|map| {
+        if let Some(by_label) = map.get_mut(&key(client, model)) {
+            for entry in by_label.values_mut() {
+                entry.statement = None;
+            }
+        }
+    });
+}
+
 /// Per (connection, model address), the dialect the connection's last
 /// schema check found (see [`Dialect`]).
 static DIALECTS: Mutex<Option<HashMap<(Identity, usize), Dialect>>> = Mutex::new(None);

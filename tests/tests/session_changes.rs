@@ -527,3 +527,268 @@ async fn a_deferred_constraint_failing_at_commit_is_the_calls_error() {
     assert_eq!(ok.inserted, COPY_BATCH as u64);
     db.drop().await;
 }
+
+/// A `nulls_not_distinct` model whose key has a nullable column.
+macro_rules! tag_model {
+    ($name:ident, $table:literal) => {
+        #[derive(BulkCreateNew, Debug, Clone)]
+        #[bulk(table = $table, unique(owner, label), nulls_not_distinct, id = false)]
+        struct $name {
+            owner: i64,
+            label: Option<i64>,
+            note: String,
+        }
+
+        impl $name {
+            /// Owners `from..from + len`, each with a NULL label.
+            fn batch(from: i64, len: usize) -> Vec<$name> {
+                (from..from + len as i64).map(|owner| $name { owner, label: None, note: "new".into() }).collect()
+            }
+        }
+    };
+}
+
+tag_model!(NullsShort, "nulls_short");
+tag_model!(NullsPlain, "nulls_plain");
+tag_model!(NullsCopy, "nulls_copy");
+tag_model!(NullsRepeatable, "nulls_repeatable");
+
+/// The connection checked the table (and prepared its statements, both
+/// forms on the short path); then the NULLS NOT DISTINCT unique index is
+/// replaced by a plain (NULLS DISTINCT) one on the same columns, which
+/// `ON CONFLICT` takes as its arbiter but which lets a NULL key in twice.
+/// The next call must refuse with the schema check's explanation, writing
+/// nothing; `repeatable`: inside a caller's REPEATABLE READ transaction.
+macro_rules! nulls_index_swapped {
+    ($model:ident, $table:literal, $len:expr, $repeatable:expr) => {{
+        let db = TestDb::new(concat!("nulls_swapped_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut client = db.connect().await;
+        // A short batch (the `ON CONFLICT` form), then one of `len` rows.
+        $model::bulk_create_new(&mut client, &$model::batch(0, 5)).await.unwrap();
+        $model::bulk_create_new(&mut client, &$model::batch(5, $len)).await.unwrap();
+        let stored = count(&admin, $table).await;
+        let index: String = admin
+            .query_one(
+                "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = $1::text::regclass AND indisunique",
+                &[&$table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        admin
+            .batch_execute(&format!(
+                "DROP INDEX {index}; CREATE UNIQUE INDEX {}_nd ON {} (owner, label)",
+                $table, $table
+            ))
+            .await
+            .unwrap();
+        // Stored keys (owner 0..) again, and new ones.
+        let rows = $model::batch(0, 2 * $len);
+        let err = if $repeatable {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await
+                .unwrap();
+            let err = $model::bulk_create_new(&mut tx, &rows).await.unwrap_err();
+            tx.commit().await.unwrap();
+            err
+        } else {
+            $model::bulk_create_new(&mut client, &rows).await.unwrap_err()
+        };
+        assert_unique_key_missing(&err);
+        let twice: i64 = admin
+            .query_one(&format!("SELECT count(*) FROM {} WHERE owner = 0 AND label IS NULL", $table), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(twice, 1, "key (0, NULL) stored twice");
+        assert_eq!(count(&admin, $table).await, stored, "nothing of the refused batch is written");
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_on_the_short_path() {
+    nulls_index_swapped!(NullsShort, "nulls_short", 5, false)
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_by_the_plain_form() {
+    nulls_index_swapped!(NullsPlain, "nulls_plain", 300, false)
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_through_copy() {
+    nulls_index_swapped!(NullsCopy, "nulls_copy", COPY_BATCH, false)
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_in_a_repeatable_read_transaction() {
+    nulls_index_swapped!(NullsRepeatable, "nulls_repeatable", 300, true)
+}
+
+/// Inside a caller's REPEATABLE READ transaction (whose snapshot predates
+/// the call), the `ON CONFLICT` form's guard passes a table whose index
+/// fits: calls on both paths go through, also after a row of another key.
+#[tokio::test]
+async fn the_on_conflict_guard_lets_calls_through_in_a_repeatable_read_transaction() {
+    let db = TestDb::new("guard_repeatable").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&NullsRepeatable::model().migration_sql()).await.unwrap();
+    let mut client = db.connect().await;
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .unwrap();
+    for (from, len) in [(0, 5), (0, 10), (10, 300), (0, COPY_BATCH)] {
+        let report = NullsRepeatable::bulk_create_new(&mut tx, &NullsRepeatable::batch(from, len)).await.unwrap();
+        assert_eq!(report.offered, len as u64);
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(count(&admin, "nulls_repeatable").await, COPY_BATCH as i64);
+    db.drop().await;
+}
+
+/// A model with a text key.
+macro_rules! member_model {
+    ($name:ident, $table:literal) => {
+        #[derive(BulkCreateNew, Debug, Clone)]
+        #[bulk(table = $table, unique(email), id = false)]
+        struct $name {
+            email: String,
+            name: String,
+        }
+
+        impl $name {
+            /// `ann@x` offered as "first", `Ann@x` as "second", then `pad`
+            /// other keys.
+            fn batch(pad: usize) -> Vec<$name> {
+                let mut rows = vec![
+                    $name { email: "ann@x".into(), name: "first".into() },
+                    $name { email: "Ann@x".into(), name: "second".into() },
+                ];
+                rows.extend((0..pad).map(|i| $name { email: format!("f{i}@y"), name: "pad".into() }));
+                rows
+            }
+        }
+    };
+}
+
+member_model!(CollatedShort, "collated_short");
+member_model!(CollatedPlain, "collated_plain");
+member_model!(CollatedCopy, "collated_copy");
+member_model!(CiPathShort, "ci_path");
+member_model!(CiPathPlain, "ci_path");
+member_model!(CiPathCopy, "ci_path");
+
+const CASE_INSENSITIVE: &str = "CREATE COLLATION IF NOT EXISTS case_insensitive \
+     (provider = icu, locale = 'und-u-ks-level2', deterministic = false)";
+
+/// The names stored under a key equal to `ann@x` ignoring case.
+async fn kept(client: &Client, table: &str) -> Vec<String> {
+    let sql = format!("SELECT name FROM {table} WHERE lower(email COLLATE \"C\") = 'ann@x' ORDER BY name");
+    client.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+/// The connection checked the table; then the key's unique index is
+/// replaced by one under a case-insensitive collation, which the schema
+/// check does not accept as the key (`ON CONFLICT` takes it). The next
+/// call must refuse, writing nothing.
+macro_rules! index_under_another_collation {
+    ($model:ident, $table:literal, $pad:expr) => {{
+        let db = TestDb::new(concat!("index_collation_", $table)).await;
+        let admin = db.connect().await;
+        admin
+            .batch_execute(&format!(
+                "{CASE_INSENSITIVE}; CREATE TABLE {t} (email text NOT NULL, name text NOT NULL); \
+                 CREATE UNIQUE INDEX {t}_email ON {t} (email)",
+                t = $table
+            ))
+            .await
+            .unwrap();
+        let mut client = db.connect().await;
+        $model::bulk_create_new(&mut client, &$model::batch(0)[..1]).await.unwrap();
+        $model::bulk_create_new(&mut client, &$model::batch($pad)[2..]).await.unwrap();
+        admin
+            .batch_execute(&format!(
+                "TRUNCATE {t}; DROP INDEX {t}_email; CREATE UNIQUE INDEX {t}_email ON {t} (email COLLATE case_insensitive)",
+                t = $table
+            ))
+            .await
+            .unwrap();
+        let err = $model::bulk_create_new(&mut client, &$model::batch($pad)).await.unwrap_err();
+        assert_unique_key_missing(&err);
+        assert_eq!(count(&admin, $table).await, 0, "nothing of the refused batch is written");
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn a_key_index_under_another_collation_is_refused_on_the_short_path() {
+    index_under_another_collation!(CollatedShort, "collated_short", 0)
+}
+
+#[tokio::test]
+async fn a_key_index_under_another_collation_is_refused_by_the_plain_form() {
+    index_under_another_collation!(CollatedPlain, "collated_plain", 200)
+}
+
+#[tokio::test]
+async fn a_key_index_under_another_collation_is_refused_through_copy() {
+    index_under_another_collation!(CollatedCopy, "collated_copy", COPY_BATCH)
+}
+
+/// The connection checked `ci_path` in its schema; then its `search_path`
+/// leads to a same-named table whose key column compares case-insensitively.
+/// The next call must compare keys as that table does (the first offered of
+/// `ann@x` and `Ann@x` is kept), as a new connection with that path does.
+macro_rules! search_path_to_another_collation {
+    ($model:ident, $pad:expr) => {{
+        let db = TestDb::new("search_path_collation").await;
+        let admin = db.connect().await;
+        let other = format!("{}_ci", db.schema);
+        let o = bulk_runtime::quote_ident(&other);
+        admin
+            .batch_execute(&format!(
+                "{CASE_INSENSITIVE}; CREATE TABLE ci_path (email text NOT NULL UNIQUE, name text NOT NULL); \
+                 CREATE SCHEMA {o}; \
+                 CREATE TABLE {o}.ci_path (email text COLLATE case_insensitive NOT NULL UNIQUE, name text NOT NULL)"
+            ))
+            .await
+            .unwrap();
+        let mut client = db.connect().await;
+        $model::bulk_create_new(&mut client, &$model::batch(0)[..1]).await.unwrap();
+        $model::bulk_create_new(&mut client, &$model::batch($pad)[2..]).await.unwrap();
+        client.batch_execute(&format!("SET search_path = {o}")).await.unwrap();
+        let report = $model::bulk_create_new(&mut client, &$model::batch($pad)).await.unwrap();
+        assert_eq!((report.inserted, report.skipped), ($pad as u64 + 1, 1), "{report:?}");
+        assert_eq!(kept(&client, "ci_path").await, ["first"], "the first offered row of a key is kept");
+        // Again, now that the connection knows the table.
+        client.batch_execute("TRUNCATE ci_path").await.unwrap();
+        $model::bulk_create_new(&mut client, &$model::batch($pad)).await.unwrap();
+        assert_eq!(kept(&client, "ci_path").await, ["first"]);
+        admin.batch_execute(&format!("DROP SCHEMA {o} CASCADE")).await.unwrap();
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_on_the_short_path() {
+    search_path_to_another_collation!(CiPathShort, 0)
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_for_the_plain_form() {
+    search_path_to_another_collation!(CiPathPlain, 200)
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_through_copy() {
+    search_path_to_another_collation!(CiPathCopy, COPY_BATCH)
+}

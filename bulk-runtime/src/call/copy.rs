@@ -43,16 +43,28 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let plan = sql::plan(model);
     let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
     let stage_id = model.id_column();
-    let params: [(&(dyn ToSql + Sync), Type); 6] = [
+    let params: [(&(dyn ToSql + Sync), Type); 8] = [
         (&plan.scratch_regclass, Type::TEXT),
         (&plan.target_regclass, Type::TEXT),
         (&id, Type::TEXT),
         (&plan.stage_regclass, Type::TEXT),
         (&stage_id, Type::TEXT),
         (&plan.stage_columns, Type::TEXT_ARRAY),
+        (&plan.text_key, Type::TEXT_ARRAY),
+        (&plan.text_key_nullable, Type::BOOL_ARRAY),
     ];
     let before = tx.query_typed(&variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
-    let (exists, with_id, stage) = before.first().map_or((false, false, false), |r| (r.get(0), r.get(1), r.get(2)));
+    let (mut exists, with_id, stage, fits) =
+        before.first().map_or((false, false, false, true), |r| (r.get(0), r.get(1), r.get(2), r.get(3)));
+    if exists && !fits {
+        // The key compares otherwise than when the scratch table was made
+        // (its key columns took the table's type and collation then): made
+        // again after a check, which finds the table's key as it is now.
+        let sql = format!("DROP TABLE pg_temp.{}", quote_ident(&plan.scratch));
+        tx.batch_execute(&sql).await.map_err(Error::at_step(model, Step::Scratch))?;
+        statements::forget_prepared(tx, model);
+        exists = false;
+    }
     let checked = use_scratch(tx, model, exists).await?;
     let dialect = statements::dialect(tx, model);
     let plain = matches!(kind, Kind::CreateNew);

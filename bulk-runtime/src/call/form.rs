@@ -74,6 +74,15 @@ impl Form {
         }
     }
 
+    /// Whether `error` is the refusal of an `ON CONFLICT` form's guard
+    /// ([`KEY_INDEX_CHANGED`](crate::sql::KEY_INDEX_CHANGED)): the key's
+    /// unique index or how the table compares the key changed since the
+    /// connection checked the table; nothing was written.
+    pub(crate) fn index_changed(error: &Error) -> bool {
+        error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+            && error.db_error().is_some_and(|db| db.message().contains(sql::KEY_INDEX_CHANGED))
+    }
+
     /// The label of the plain call's short-batch statement in this form.
     pub(crate) fn label(self) -> &'static str {
         match self {

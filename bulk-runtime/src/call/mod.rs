@@ -313,6 +313,7 @@ where
     // (of `values_max` rows at most: see `call_values`).
     let distinct = arrays.first().map_or(0, arrays::element_count);
     let mut values_max = values_max;
+    let mut rechecked = false;
     'statement: loop {
         let (values, rows) = match values_max {
             Some(max) => {
@@ -348,10 +349,21 @@ where
                 Ok(Some(report)) => Ok(report),
                 Err(e) => Err(e),
             };
-            match form.after(model, &result) {
-                Some(again) => form = again,
-                None => return result,
+            if let Some(again) = form.after(model, &result) {
+                form = again;
+                continue;
             }
+            if !rechecked && result.as_ref().is_err_and(Form::index_changed) {
+                // The `ON CONFLICT` form's guard found the key's index or shape
+                // changed since the connection checked the table (nothing was
+                // written): the next attempt checks it again, and runs a
+                // statement built for what the check finds, or returns the
+                // check's explanation.
+                crate::statements::forget_prepared(conn.client(), model);
+                rechecked = true;
+                continue;
+            }
+            return result;
         }
     }
 }
@@ -545,6 +557,16 @@ async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static M
             table: model.qualified_name(),
             model: model.struct_name(),
             problems: vec![SchemaProblem::KeyChangedOnInsert { triggers }],
+        };
+    }
+    if Form::index_changed(&error) {
+        // (The COPY path's `ON CONFLICT` form; the short path got here
+        // after checking again.) The connection's statements were built for
+        // the table as its last check found it.
+        crate::statements::forget_prepared(conn.client(), model);
+        return match schema::verify(conn.client(), model).await {
+            Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,
+            _ => error,
         };
     }
     let schema_related = error.sqlstate().is_some_and(|code| code.code().starts_with("42"));

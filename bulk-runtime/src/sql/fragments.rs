@@ -1,6 +1,6 @@
 //! The pieces every statement is assembled from: column lists, the key's
 //! equality, the anti-join, the batch as a relation (array parameters or
-//! the scratch table), literals and the plain form's guard.
+//! the scratch table), literals and the guards of the insert's two forms.
 //!
 //! Each is written once; the statements in [`insert`](super::insert) and
 //! [`variants`](super::variants) are text assembled from them. Every
@@ -251,11 +251,128 @@ pub(crate) fn literal(value: &str) -> String {
     format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// How the statements of a call expect the target's key to compare: what
+/// the guards ([`key_index_guard`], [`on_conflict_guard`]) check besides the
+/// unique index, for a key with a text column (only a text key compares
+/// otherwise than the model's types: see [`KeyShape`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Compared<'a> {
+    /// Not checked: the guard of the Citus staging table's insert (a staged
+    /// table's key compares as the model's types), as it always was.
+    Unchecked,
+    /// As `shape` says: the short path's statement reads the batch through it.
+    As(&'a KeyShape),
+    /// As the key columns of the session's scratch table `scratch` do: the
+    /// COPY path's statements read the batch from there, whose key columns
+    /// took the table's type and collation when the connection checked it.
+    AsScratch(&'a str),
+}
+
+/// The message of the error the `ON CONFLICT` forms' guard raises (SQLSTATE
+/// 22P02, see [`on_conflict_guard`]): the driver then checks the table again.
+pub(crate) const KEY_INDEX_CHANGED: &str =
+    "bulk_runtime: the unique index on the key, or how the table compares the key, changed since the check";
+
+/// How the column `name` (an SQL text expression) of the relation `rel` (an
+/// OID expression) compares, as a `text[]` of four: the schema and name of
+/// its type when that is `citext` or `bpchar` (or `varchar`, for a key
+/// field the model declares nullable: `nullable`, an SQL boolean
+/// expression), the schema and name of its collation when that is not its
+/// type's default (NULL otherwise); NULL when there is no such column. The
+/// same four the schema check's `key_as` reads, so equal arrays mean equal
+/// [`KeyAs`](super::KeyAs).
+pub(crate) fn column_compares(rel: &str, name: &str, nullable: &str) -> String {
+    format!(
+        "(SELECT ARRAY[CASE WHEN t.typname = 'citext' THEN tn.nspname::text \
+         WHEN t.typname = 'bpchar' OR (t.typname = 'varchar' AND {nullable}) THEN 'pg_catalog' END, \
+         CASE WHEN t.typname IN ('citext', 'bpchar') OR (t.typname = 'varchar' AND {nullable}) \
+         THEN t.typname::text END, \
+         CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END, \
+         CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END] \
+         FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid \
+         JOIN pg_catalog.pg_namespace AS tn ON tn.oid = t.typnamespace \
+         LEFT JOIN pg_catalog.pg_collation AS co ON co.oid = a.attcollation \
+         LEFT JOIN pg_catalog.pg_namespace AS cn ON cn.oid = co.collnamespace \
+         WHERE a.attrelid = {rel} AND a.attname = {name} AND NOT a.attisdropped)"
+    )
+}
+
+/// The four of [`column_compares`] for a key column read as `k` says.
+fn compares_literal(k: Option<&super::KeyAs>) -> String {
+    let (ty, collation) = k.map_or((None, None), |k| (k.ty.as_ref(), k.collation.as_ref()));
+    let pair = |p: Option<&(String, String)>| match p {
+        Some((schema, name)) => format!("{}, {}", literal(schema), literal(name)),
+        None => "NULL, NULL".to_owned(),
+    };
+    format!("ARRAY[{}, {}]::pg_catalog.text[]", pair(ty), pair(collation))
+}
+
+/// Whether the guards check how the key compares: the key has a text
+/// column (see [`Compared`]).
+fn text_key(model: &Model) -> bool {
+    model.unique_key().any(|c| c.pg_type() == PgType::Text)
+}
+
+/// The conditions on the row `i` of `pg_index` under which that index
+/// refuses a repeated key as the call needs: on the table the target's name
+/// resolves to *now*, unique, valid, ready, checked immediately, not
+/// partial, on exactly the key's columns (NULLs not distinct when the key
+/// is nullable); for a text key (`compared`), under the columns' own
+/// collations, and the key columns compare as the statement expects.
+fn index_fits(model: &Model, compared: Compared<'_>) -> String {
+    let k = model.unique_key().len();
+    let names: Vec<String> = model.unique_key().map(|c| literal(c.name())).collect();
+    let nulls = if model.unique_key().any(Column::nullable) { " AND i.indnullsnotdistinct" } else { "" };
+    let mut fits = format!(
+        "i.indrelid = {target}::pg_catalog.regclass AND i.indisunique AND i.indisvalid AND i.indisready \
+         AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = {k}{nulls} \
+         AND (SELECT count(*) FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = i.indrelid \
+         AND a.attnum = ANY ((i.indkey::pg_catalog.int2[])[0:{last}]) \
+         AND a.attname = ANY (ARRAY[{names}]::pg_catalog.name[])) = {k}",
+        target = literal(&model.qualified_name()),
+        last = k - 1,
+        names = names.join(", "),
+    );
+    if matches!(compared, Compared::Unchecked) || !text_key(model) {
+        return fits;
+    }
+    // Each key column under its own collation (ON CONFLICT's inference
+    // takes an index under any collation).
+    let _ = write!(
+        fits,
+        " AND NOT EXISTS (SELECT 1 FROM pg_catalog.generate_series(0, {last}) AS n(n) \
+         JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[n.n] \
+         WHERE a.attcollation <> i.indcollation[n.n])",
+        last = k - 1,
+    );
+    // Each text key column compares as the statement reads the batch.
+    for (j, c) in model.unique_key().enumerate() {
+        if c.pg_type() != PgType::Text {
+            continue;
+        }
+        let nullable = if c.nullable() { "true" } else { "false" };
+        let now = column_compares("i.indrelid", &literal(c.name()), nullable);
+        let expected = match compared {
+            Compared::As(shape) => compares_literal(shape.keys.get(j).and_then(Option::as_ref)),
+            Compared::AsScratch(table) => column_compares(
+                &format!("{}::pg_catalog.regclass", literal(&format!("pg_temp.{}", q(table)))),
+                &literal(c.name()),
+                nullable,
+            ),
+            Compared::Unchecked => unreachable!("returned above"),
+        };
+        let _ = write!(fits, " AND {now} = {expected}");
+    }
+    fits
+}
+
 /// The guard of the insert's plain form: a condition that divides by zero
 /// (SQLSTATE 22012) unless the table the target's name resolves to *now*
 /// has a unique index that refuses a repeated key: unique, valid, ready,
 /// checked immediately, not partial, on exactly the key's columns (NULLs
-/// not distinct when the key is nullable).
+/// not distinct when the key is nullable); for a text key, also under the
+/// columns' own collations, with the key columns comparing as the
+/// statement reads the batch (`compared`; see [`index_fits`]).
 ///
 /// The plain form relies on that index to refuse a key another writer
 /// stored meanwhile; without it (an index dropped since the session checked
@@ -264,28 +381,57 @@ pub(crate) fn literal(value: &str) -> String {
 /// evaluated once (in the select list: see `insert`'s module documentation),
 /// before any row is inserted, after the insert has locked
 /// the table (so the index cannot be dropped until the call ends); the call
-/// answers 22012 with the `ON CONFLICT` form, which refuses to run without
-/// such an index (42P10), and the schema check then explains what changed.
+/// answers 22012 with the `ON CONFLICT` form, whose own guard
+/// ([`on_conflict_guard`]) or PostgreSQL (42P10) refuses to run without
+/// such an index, and the schema check then explains what changed.
 /// Under `REPEATABLE READ` or `SERIALIZABLE` the guard always refuses (the
 /// catalog the statement reads may be older than its lock), so such calls
 /// take the `ON CONFLICT` form.
-pub(crate) fn key_index_guard(model: &Model) -> String {
-    let k = model.unique_key().len();
-    let names: Vec<String> = model.unique_key().map(|c| literal(c.name())).collect();
-    let nulls = if model.unique_key().any(Column::nullable) { " AND i.indnullsnotdistinct" } else { "" };
+pub(crate) fn key_index_guard(model: &Model, compared: Compared<'_>) -> String {
     // Only under READ COMMITTED: there the statement's snapshot is taken
     // after its lock, while under REPEATABLE READ or SERIALIZABLE it is the
     // transaction's first, which may still show an index dropped since.
     format!(
         "1 / (SELECT count(*)::int4 FROM pg_catalog.pg_index AS i \
          WHERE pg_catalog.current_setting('transaction_isolation') = 'read committed' \
-         AND i.indrelid = {target}::pg_catalog.regclass AND i.indisunique AND i.indisvalid AND i.indisready \
-         AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = {k}{nulls} \
-         AND (SELECT count(*) FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = i.indrelid \
-         AND a.attnum = ANY ((i.indkey::pg_catalog.int2[])[0:{last}]) \
-         AND a.attname = ANY (ARRAY[{names}]::pg_catalog.name[])) = {k}) >= 0",
-        target = literal(&model.qualified_name()),
-        last = k - 1,
-        names = names.join(", "),
+         AND {}) >= 0",
+        index_fits(model, compared)
     )
+}
+
+/// The guard of the insert's `ON CONFLICT` forms, for a key that is
+/// nullable or has a text column (`None` for other keys): a condition that
+/// raises an error whose message holds [`KEY_INDEX_CHANGED`] (SQLSTATE
+/// 22P02) unless the target has the unique index and key that
+/// [`key_index_guard`] looks for.
+///
+/// `ON CONFLICT (key)` itself refuses a table without a valid, immediate,
+/// non-partial unique index on exactly the key's columns, but it takes a
+/// NULLS DISTINCT index, and one under another collation than the
+/// columns', as its arbiter; and a statement built for a key that compared
+/// otherwise (a `search_path` that now leads to a same-named table whose
+/// key column has another collation) would keep the wrong row of a key.
+/// The driver answers the error with the schema check, which either finds
+/// the table's new shape (the call runs again with statements built for
+/// it) or explains what changed; nothing was written.
+///
+/// Under `REPEATABLE READ` or `SERIALIZABLE` the statement reads the
+/// catalog as of the transaction's snapshot, which may be older than its
+/// lock: there the index it finds must also still exist (`pg_get_indexdef`
+/// reads the current catalog). An index's columns, collations and NULLs
+/// treatment never change, and changing a key column's type or collation
+/// rebuilds its indexes under new OIDs, so an index that still exists is
+/// as the snapshot shows it; `ON CONFLICT` checks that it is still valid.
+pub(crate) fn on_conflict_guard(model: &Model, compared: Compared<'_>) -> Option<String> {
+    if !model.unique_key().any(Column::nullable) && !text_key(model) {
+        return None;
+    }
+    Some(format!(
+        "CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_index AS i WHERE {} \
+         AND (pg_catalog.current_setting('transaction_isolation') = 'read committed' \
+         OR pg_catalog.pg_get_indexdef(i.indexrelid) IS NOT NULL)) \
+         THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
+        index_fits(model, compared),
+        literal(KEY_INDEX_CHANGED)
+    ))
 }

@@ -32,12 +32,15 @@
 //! evaluated, and nothing is written.
 
 use super::KeyShape;
-use super::fragments::{Arrays, ORD, arrays, cols, counted, key_index_guard, names, not_stored, q, scratch};
+use super::fragments::{
+    Arrays, Compared, ORD, arrays, cols, counted, key_index_guard, names, not_stored, on_conflict_guard, q, scratch,
+};
 use crate::model::Model;
 
 /// The plain form (see the module's documentation) from `source`, the batch
 /// as the relation `alias`; with `dedup`, the first offered row of each key.
-fn plain(model: &Model, source: &str, alias: &str, dedup: bool) -> String {
+/// `compared`: how the statement reads the batch's key (for the guard).
+fn plain(model: &Model, source: &str, alias: &str, dedup: bool, compared: Compared<'_>) -> String {
     let key = cols(alias, model.unique_key());
     let (distinct, order) = if dedup {
         (format!("DISTINCT ON ({key}) "), format!("{key}, {alias}.{}", q(ORD)))
@@ -48,7 +51,7 @@ fn plain(model: &Model, source: &str, alias: &str, dedup: bool) -> String {
         "INSERT INTO {target} ({names}) SELECT {distinct}{cols} FROM {source} WHERE {not_stored} ORDER BY {order}",
         target = model.qualified_name(),
         names = names(model.columns()),
-        cols = guarded_cols(model, alias),
+        cols = guarded_cols(model, alias, &key_index_guard(model, compared)),
         not_stored = not_stored(model, alias),
     )
 }
@@ -56,11 +59,20 @@ fn plain(model: &Model, source: &str, alias: &str, dedup: bool) -> String {
 /// The model's columns of `alias`, the last one as `CASE WHEN <guard> THEN
 /// alias.col END` (the value itself, once the guard let the statement go on):
 /// see the module's documentation for why the guard goes there.
-fn guarded_cols(model: &Model, alias: &str) -> String {
+fn guarded_cols(model: &Model, alias: &str, guard: &str) -> String {
     let columns = model.columns();
     let Some((last, rest)) = columns.split_last() else { return String::new() };
-    let guarded = format!("CASE WHEN {} THEN {alias}.{} END", key_index_guard(model), q(last.name()));
+    let guarded = format!("CASE WHEN {guard} THEN {alias}.{} END", q(last.name()));
     if rest.is_empty() { guarded } else { format!("{}, {guarded}", cols(alias, rest)) }
+}
+
+/// The model's columns of `alias` in an `ON CONFLICT` form: guarded as in
+/// [`guarded_cols`] by [`on_conflict_guard`] when the key needs it.
+fn on_conflict_cols(model: &Model, alias: &str, compared: Compared<'_>) -> String {
+    match on_conflict_guard(model, compared) {
+        Some(guard) => guarded_cols(model, alias, &guard),
+        None => cols(alias, model.columns()),
+    }
 }
 
 /// The layout of the plain call's array parameters (both forms): the
@@ -72,7 +84,7 @@ pub(super) fn layout(client_ordered: bool) -> Arrays {
 /// The COPY path's plain form, from the scratch table; with `repeats`, the
 /// batch may hold a key twice.
 pub(crate) fn scratch_plain(model: &Model, scratch_table: &str, repeats: bool) -> String {
-    plain(model, &scratch(scratch_table, "\"s\""), "\"s\"", repeats)
+    plain(model, &scratch(scratch_table, "\"s\""), "\"s\"", repeats, Compared::AsScratch(scratch_table))
 }
 
 /// The short path's plain form, from the array parameters: for a key the
@@ -81,7 +93,7 @@ pub(crate) fn scratch_plain(model: &Model, scratch_table: &str, repeats: bool) -
 /// one pass over rows already in order, and keeps the insert in key order
 /// whatever join the planner picks.
 pub(crate) fn arrays_plain(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
-    plain(model, &arrays(model, "u", layout(client_ordered), shape), "u", !client_ordered)
+    plain(model, &arrays(model, "u", layout(client_ordered), shape), "u", !client_ordered, Compared::As(shape))
 }
 
 /// The COPY path's `ON CONFLICT` form:
@@ -95,6 +107,10 @@ pub(crate) fn arrays_plain(model: &Model, client_ordered: bool, shape: &KeyShape
 /// ORDER BY s.key
 /// ON CONFLICT (key) DO NOTHING
 /// ```
+///
+/// For a nullable or text key, the last column is guarded as in the plain
+/// form, by [`on_conflict_guard`]: `ON CONFLICT` takes an index the call
+/// cannot rely on.
 pub(crate) fn scratch_on_conflict(model: &Model, scratch_table: &str) -> String {
     let key = names(model.unique_key());
     format!(
@@ -102,7 +118,7 @@ pub(crate) fn scratch_on_conflict(model: &Model, scratch_table: &str) -> String 
          ORDER BY {key}, {ord}) AS \"s\" WHERE {not_stored} ORDER BY {s_key} ON CONFLICT ({key}) DO NOTHING",
         target = model.qualified_name(),
         names = names(model.columns()),
-        cols = cols("\"s\"", model.columns()),
+        cols = on_conflict_cols(model, "\"s\"", Compared::AsScratch(scratch_table)),
         scratch = q(scratch_table),
         ord = q(ORD),
         not_stored = not_stored(model, "\"s\""),
@@ -128,7 +144,8 @@ pub(crate) fn scratch_on_conflict(model: &Model, scratch_table: &str) -> String 
 /// (`client_ordered`), the rows arrive in key order, each key once: no
 /// positions, no sort. The guarantees are the COPY path's: first offered
 /// wins, exact counts from the command tag, key order against deadlocks, no
-/// table lock.
+/// table lock. For a nullable or text key, the last column is guarded as in
+/// the plain form, by [`on_conflict_guard`].
 pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
     let order = if client_ordered {
         String::new()
@@ -139,7 +156,7 @@ pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &Ke
         "INSERT INTO {target} ({names}) SELECT {cols} FROM {source}{order} ON CONFLICT ({key}) DO NOTHING",
         target = model.qualified_name(),
         names = names(model.columns()),
-        cols = cols("u", model.columns()),
+        cols = on_conflict_cols(model, "u", Compared::As(shape)),
         source = arrays(model, "u", layout(client_ordered), shape),
         key = names(model.unique_key()),
     )

@@ -32,6 +32,12 @@ pub(crate) struct Plan {
     pub insert_plain_distinct_keys: String,
     /// Per column of the model, whether it is part of the unique key.
     pub key_columns: Vec<bool>,
+    /// The names of the key's text columns: the ones that may compare
+    /// otherwise than the model's types (see [`KeyShape`]).
+    pub text_key: Vec<&'static str>,
+    /// Per column of [`text_key`](Self::text_key), whether the model
+    /// declares it nullable (a nullable `varchar` key is read as `varchar`).
+    pub text_key_nullable: Vec<bool>,
     /// The anti-join insert with `ON CONFLICT (key) DO NOTHING`: the
     /// attempt that cannot fail on a key another writer stored meanwhile.
     pub insert: String,
@@ -135,7 +141,7 @@ impl Plan {
             insert_staged_distinct_keys: insert::staged_citus(model, false, false),
             insert_staged_plain: insert::staged_citus(model, true, true),
             insert_staged_plain_distinct_keys: insert::staged_citus(model, false, true),
-            staged_guard: format!("SELECT {}", fragments::key_index_guard(model)),
+            staged_guard: format!("SELECT {}", fragments::key_index_guard(model, fragments::Compared::Unchecked)),
             clear_stage: format!("DELETE FROM {stage}"),
             stage_regclass: stage,
             copy_stage,
@@ -155,6 +161,12 @@ impl Plan {
             copy_types,
             stage_columns: model.staging_columns().into_iter().map(|(name, _)| name).collect(),
             key_columns,
+            text_key: model.unique_key().filter(|c| c.pg_type() == PgType::Text).map(Column::name).collect(),
+            text_key_nullable: model
+                .unique_key()
+                .filter(|c| c.pg_type() == PgType::Text)
+                .map(Column::nullable)
+                .collect(),
             small_types,
             client_ordered,
         }
@@ -281,7 +293,7 @@ mod tests {
     use super::fixtures::{COLUMNS, MODEL, at};
     use super::*;
     use crate::model::{CitusTable, Column, ColumnSpec, ModelSpec};
-    use crate::sql::fragments::{Arrays, array_types, arrays, key_index_guard, literal};
+    use crate::sql::fragments::{Arrays, Compared, array_types, arrays, key_index_guard, literal};
     use crate::types::PgType;
 
     /// A `nulls_not_distinct` model whose key has a nullable column, no schema, no id.
@@ -369,7 +381,7 @@ mod tests {
 
     #[test]
     fn the_plain_forms_rely_on_a_unique_index_they_check_and_the_on_conflict_forms_need_none() {
-        let guard = key_index_guard(&MODEL);
+        let guard = key_index_guard(&MODEL, Compared::Unchecked);
         at(&guard, r#"i.indrelid = E'"my schema"."re""tweet"'::pg_catalog.regclass"#);
         at(&guard, "i.indisunique AND i.indisvalid AND i.indisready AND i.indimmediate");
         at(&guard, "i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2 AND");
@@ -377,7 +389,7 @@ mod tests {
         at(&guard, r#"ARRAY[E'tweet', E're"tweeter']::pg_catalog.name[])) = 2) >= 0"#);
         assert!(guard.starts_with("1 / (SELECT count(*)::int4 "), "{guard}");
         assert!(!guard.contains("indnullsnotdistinct"), "a key without NULLs: {guard}");
-        at(&key_index_guard(&NULLABLE_MODEL), "AND i.indnullsnotdistinct");
+        at(&key_index_guard(&NULLABLE_MODEL, Compared::Unchecked), "AND i.indnullsnotdistinct");
         // Backslashes and quotes stay inside the escape string.
         assert_eq!(literal(r"a'b\c"), r"E'a''b\\c'");
         let plan = Plan::new(&MODEL);
@@ -387,6 +399,37 @@ mod tests {
         for on_conflict in [&plan.insert, &plan.small_insert] {
             assert!(!on_conflict.contains("pg_index"), "{on_conflict}");
         }
+    }
+
+    #[test]
+    fn the_on_conflict_forms_of_a_nullable_or_text_key_check_what_on_conflict_takes_blindly() {
+        use crate::sql::KeyAs;
+        use crate::sql::fragments::{KEY_INDEX_CHANGED, on_conflict_guard};
+        // An integer key: ON CONFLICT's own inference is enough.
+        assert_eq!(on_conflict_guard(&MODEL, Compared::As(&KeyShape::default())), None);
+        let plan = Plan::new(&NULLABLE_MODEL);
+        let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&KeyShape::default())).unwrap();
+        at(&guard, "AND i.indnullsnotdistinct");
+        at(&guard, "a.attcollation <> i.indcollation[n.n]");
+        // The text key column compares as the statement reads it: by default as text.
+        at(&guard, "= ARRAY[NULL, NULL, NULL, NULL]::pg_catalog.text[]");
+        at(&guard, "OR pg_catalog.pg_get_indexdef(i.indexrelid) IS NOT NULL))");
+        at(&guard, &format!("ELSE pg_catalog.concat({})::int4 = 0 END", literal(KEY_INDEX_CHANGED)));
+        at(&plan.small_insert, &format!(r#"u."label", CASE WHEN {guard} THEN u."note" END FROM"#));
+        // From the scratch table: as its key columns compare.
+        let scratch = on_conflict_guard(&NULLABLE_MODEL, Compared::AsScratch(&plan.scratch)).unwrap();
+        at(&scratch, &format!(r#"WHERE a.attrelid = E'pg_temp."{}"'::pg_catalog.regclass"#, plan.scratch));
+        at(&plan.insert, &format!(r#""s"."label", CASE WHEN {scratch} THEN "s"."note" END FROM"#));
+        at(&plan.insert_plain, &key_index_guard(&NULLABLE_MODEL, Compared::AsScratch(&plan.scratch)));
+        // A shape: its type and collation, as literals.
+        let keys = vec![Some(KeyAs { ty: None, collation: Some(("public".into(), "ci".into())) }), None];
+        let shape = KeyShape { keys, ..KeyShape::default() };
+        let on_conflict = insert::arrays_on_conflict(&NULLABLE_MODEL, false, &shape);
+        at(&on_conflict, "= ARRAY[NULL, NULL, E'public', E'ci']::pg_catalog.text[]");
+        let plain = insert::arrays_plain(&NULLABLE_MODEL, false, &shape);
+        at(&plain, "= ARRAY[NULL, NULL, E'public', E'ci']::pg_catalog.text[]");
+        // The Citus staging table's guard is as it was.
+        assert!(!key_index_guard(&NULLABLE_MODEL, Compared::Unchecked).contains("indcollation"));
     }
 
     #[test]
@@ -440,8 +483,13 @@ mod tests {
         assert!(!sql.contains('$'), "no parameters: {sql}");
         // The guard in the select list (in the WHERE it would cost the
         // anti-join its index probes), around the last column.
-        let guard =
-            at(sql, &format!(r#""s"."re""tweeter", CASE WHEN {} THEN "s"."author" END FROM"#, key_index_guard(&MODEL)));
+        let guard = at(
+            sql,
+            &format!(
+                r#""s"."re""tweeter", CASE WHEN {} THEN "s"."author" END FROM"#,
+                key_index_guard(&MODEL, Compared::Unchecked)
+            ),
+        );
         assert!(distinct < guard && guard < scratch, "{sql}");
         assert!(!sql[not_exists..].contains("pg_index"), "{sql}");
         // The ON CONFLICT form reads the same scratch table.
@@ -453,7 +501,7 @@ mod tests {
         at(sql, r#"THEN "s"."author" END FROM pg_temp."#);
         let not_exists = at(sql, r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
         assert!(select < not_exists, "{sql}");
-        at(sql, &key_index_guard(&MODEL));
+        at(sql, &key_index_guard(&MODEL, Compared::Unchecked));
         assert!(sql.ends_with(r#"ORDER BY "s"."tweet", "s"."re""tweeter""#), "{sql}");
         assert!(!sql.contains("DISTINCT") && !sql.contains(ORD) && !sql.contains("ON CONFLICT"), "{sql}");
         assert_eq!(plan.key_columns, [true, true, false]);
@@ -480,8 +528,13 @@ mod tests {
         );
         let order = at(sql, r#"ORDER BY u."tweet", u."re""tweeter""#);
         assert!(select < arrays && arrays < not_exists && not_exists < order, "{sql}");
-        let guard =
-            at(sql, &format!(r#"u."re""tweeter", CASE WHEN {} THEN u."author" END FROM"#, key_index_guard(&MODEL)));
+        let guard = at(
+            sql,
+            &format!(
+                r#"u."re""tweeter", CASE WHEN {} THEN u."author" END FROM"#,
+                key_index_guard(&MODEL, Compared::Unchecked)
+            ),
+        );
         assert!(guard < arrays && !sql[not_exists..].contains("pg_index"), "{sql}");
         assert!(sql.ends_with(r#"ORDER BY u."tweet", u."re""tweeter""#), "{sql}");
         assert!(!sql.contains("DISTINCT") && !sql.contains(ORD) && !sql.contains("ON CONFLICT"), "{sql}");
@@ -884,7 +937,10 @@ mod tests {
             assert!(!plain.contains("ON CONFLICT") && !plain.contains("pg_index"), "{plain}");
         }
         assert!(!plan.insert_staged_distinct_keys.contains("DISTINCT ON"));
-        assert_eq!(plan.staged_guard, format!("SELECT {}", fragments::key_index_guard(&DISTRIBUTED)));
+        assert_eq!(
+            plan.staged_guard,
+            format!("SELECT {}", fragments::key_index_guard(&DISTRIBUTED, Compared::Unchecked))
+        );
         let table = &ddl[1];
         at(table, r#""id" bigint NOT NULL GENERATED BY DEFAULT AS IDENTITY"#);
         at(table, r#"PRIMARY KEY ("id", "re""tweeter")"#);
@@ -939,7 +995,7 @@ mod tests {
         assert!(on_conflict.contains("ON CONFLICT"), "{on_conflict}");
         let plain = plan.first_insert_plain.as_deref().expect("eligible");
         assert_eq!(plain, format!("{}{returning}", plan.small_insert_plain));
-        assert!(plain.contains(&key_index_guard(&FIRST_MODEL)), "{plain}");
+        assert!(plain.contains(&key_index_guard(&FIRST_MODEL, Compared::Unchecked)), "{plain}");
         for other in [Plan::new(&MODEL), Plan::new(&NULLABLE_MODEL)] {
             assert!(other.first_insert.is_none() && other.first_insert_plain.is_none());
         }

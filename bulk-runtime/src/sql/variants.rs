@@ -305,7 +305,11 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// since the check changes the answer), and no column of the target other
 /// than the staging table's `$6` is left to a default that calls a
 /// function, an identity or a generated column (as the schema check's
-/// Citus statement requires).
+/// Citus statement requires); and whether the target's text key columns
+/// `$7` (`$8`: whether the model declares each nullable) compare as the scratch table's do (which took the table's type and
+/// collation when the connection checked it): when not (a `search_path`
+/// that now leads to a same-named table whose key has another collation, a
+/// column altered), the call makes the scratch table again after a check.
 pub(crate) static BEFORE_COPY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -313,9 +317,13 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                 WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $3::name
                   AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{{20,21,23}}'::oid[])),
-       coalesce(pg_catalog.to_regclass($4) IS NOT NULL AND {open}, false)",
+       coalesce(pg_catalog.to_regclass($4) IS NOT NULL AND {open}, false),
+       NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])) AS k(name, nullable)
+                    WHERE {target} IS DISTINCT FROM {scratch})",
         open =
-            crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5")
+            crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5"),
+        target = fragments::column_compares("pg_catalog.to_regclass($2)", "k.name", "k.nullable"),
+        scratch = fragments::column_compares("pg_catalog.to_regclass($1)", "k.name", "k.nullable"),
     )
 });
 
