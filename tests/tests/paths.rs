@@ -190,3 +190,38 @@ async fn forgotten_prepared_statements_are_replaced() {
     assert_eq!(count(&client, "item").await, next);
     db.drop().await;
 }
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "blob", unique(k), id = false)]
+struct Blob {
+    k: i64,
+    data: Vec<u8>,
+}
+
+/// A batch of few rows but more than 1 GB of values (1,100 rows of 1 MiB):
+/// as one statement's parameters the server would refuse the message and
+/// close the connection (an error a retry would only meet again). The call
+/// sends it through COPY, row by row, and stores it all; the connection
+/// takes the next batch.
+#[tokio::test]
+async fn a_short_batch_of_more_than_a_gigabyte_goes_through_copy() {
+    let db = TestDb::new("paths_gigabyte").await;
+    let mut client = db.connect().await;
+    client.batch_execute("CREATE TABLE blob (k bigint PRIMARY KEY, data bytea NOT NULL)").await.unwrap();
+    let data = vec![7u8; 1 << 20];
+    let rows: Vec<Blob> = (0..1100).map(|k| Blob { k, data: data.clone() }).collect();
+    let o = Blob::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((o.inserted, o.skipped), (1100, 0));
+    drop(rows);
+    let (n, bytes): (i64, i64) = client
+        .query_one("SELECT count(*), sum(length(data))::int8 FROM blob", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((n, bytes), (1100, 1100 << 20));
+    let o = Blob::bulk_create_new(&mut client, &[Blob { k: 0, data: vec![1] }, Blob { k: 5000, data: vec![2] }])
+        .await
+        .unwrap();
+    assert_eq!((o.inserted, o.skipped), (1, 1));
+    db.drop().await;
+}

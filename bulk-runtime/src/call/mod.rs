@@ -68,6 +68,12 @@ pub const SMALL_BATCH: usize = 5000;
 /// elements).
 pub const SMALL_BATCH_ARRAY_ELEMENTS: usize = 20_000;
 
+/// The most bytes a short-path batch's encoded values take (its arrays, or
+/// a `VALUES` statement's parameters): a larger batch takes the COPY path,
+/// which sends its rows one by one. PostgreSQL refuses a protocol message of
+/// 1 GB or more, closing the connection.
+const SHORT_PATH_BYTES: usize = 256 << 20;
+
 /// The plain call: the driver without options.
 pub(crate) async fn create_new<T, C, I, It, R>(conn: &mut C, rows: I) -> Result<Report, Error>
 where
@@ -287,6 +293,13 @@ where
     }
     let values_max = citus_values_rows(conn, model, call.kind).filter(|&max| head.len() <= max);
     let arrays = arrays::encode::<T, R>(model, call.kind, &head)?;
+    if arrays.iter().map(|a| a.0.len()).sum::<usize>() > SHORT_PATH_BYTES {
+        // Too large for one message (the server closes the connection on a
+        // message of 1 GB): the COPY path sends the rows one by one.
+        drop(arrays);
+        let none = pin!(futures_util::stream::empty::<Result<R, BoxError>>());
+        return long::<T, C, _, R>(conn, model, head, none, call).await;
+    }
     drop(head);
     // On Citus, a longer batch as a few `VALUES` statements, one per run of
     // shard ids (see `shards`).
