@@ -792,3 +792,227 @@ async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_for_
 async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_through_copy() {
     search_path_to_another_collation!(CiPathCopy, COPY_BATCH)
 }
+
+/// The `bulk` builder's calls whose statements take `ON CONFLICT`'s arbiter
+/// as the plain call's `ON CONFLICT` forms do.
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    Keys,
+    Skipped,
+    Upsert,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::Keys, Variant::Skipped, Variant::Upsert];
+
+/// Runs `rows` as the `variant` call (an upsert of every column, keeping
+/// the first offered row of a key): `(inserted, skipped, positions)`, the
+/// positions being the new rows' for `returning_keys`, the skipped rows'
+/// for `returning_skipped`, none for an upsert.
+async fn run_variant<T: BulkCreateNew, C: bulk_runtime::Connection + ?Sized>(
+    client: &mut C,
+    variant: Variant,
+    rows: &[T],
+) -> Result<(u64, u64, Vec<usize>), Error> {
+    Ok(match variant {
+        Variant::Keys => {
+            let r = T::bulk(client).returning_keys().run(rows).await?;
+            (r.inserted, r.skipped, r.returned.iter().map(|row| row.index).collect())
+        }
+        Variant::Skipped => {
+            let r = T::bulk(client).returning_skipped().run(rows).await?;
+            (r.inserted, r.skipped, r.returned)
+        }
+        Variant::Upsert => {
+            let upsert = bulk_runtime::Upsert::all_columns().keep(bulk_runtime::Keep::First);
+            let r = T::bulk(client).upsert(upsert).run(rows).await?;
+            (r.inserted, r.skipped, Vec::new())
+        }
+    })
+}
+
+tag_model!(NullsVariantsShort, "nulls_variants_short");
+tag_model!(NullsVariantsCopy, "nulls_variants_copy");
+
+/// As `nulls_index_swapped`, for each of the builder's variants, whose
+/// connection made the same call before the swap (and so prepared its
+/// statements, on the short path, or made its scratch table).
+macro_rules! nulls_index_swapped_variants {
+    ($model:ident, $table:literal, $len:expr) => {{
+        for variant in VARIANTS {
+            let db = TestDb::new(concat!("nulls_swapped_", $table)).await;
+            let admin = db.connect().await;
+            admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+            let mut client = db.connect().await;
+            run_variant(&mut client, variant, &$model::batch(0, 5)).await.unwrap();
+            run_variant(&mut client, variant, &$model::batch(5, $len)).await.unwrap();
+            let stored = count(&admin, $table).await;
+            let index: String = admin
+                .query_one(
+                    "SELECT indexrelid::regclass::text FROM pg_index \
+                     WHERE indrelid = $1::text::regclass AND indisunique",
+                    &[&$table],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            admin
+                .batch_execute(&format!(
+                    "DROP INDEX {index}; CREATE UNIQUE INDEX {t}_nd ON {t} (owner, label)",
+                    t = $table
+                ))
+                .await
+                .unwrap();
+            let err = run_variant(&mut client, variant, &$model::batch(0, 2 * $len)).await.unwrap_err();
+            assert_unique_key_missing(&err);
+            let twice: i64 = admin
+                .query_one(&format!("SELECT count(*) FROM {} WHERE owner = 0 AND label IS NULL", $table), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(twice, 1, "{variant:?}: key (0, NULL) stored twice");
+            assert_eq!(count(&admin, $table).await, stored, "{variant:?}: nothing of the refused batch is written");
+            db.drop().await;
+        }
+    }};
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_by_the_variants_on_the_short_path() {
+    nulls_index_swapped_variants!(NullsVariantsShort, "nulls_variants_short", 5)
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_by_the_variants_through_copy() {
+    nulls_index_swapped_variants!(NullsVariantsCopy, "nulls_variants_copy", COPY_BATCH)
+}
+
+tag_model!(NullsVariantsRepeatable, "nulls_variants_repeatable");
+
+/// As `the_on_conflict_guard_lets_calls_through_in_a_repeatable_read_transaction`,
+/// for each of the builder's variants.
+#[tokio::test]
+async fn the_variants_guard_lets_calls_through_in_a_repeatable_read_transaction() {
+    for variant in VARIANTS {
+        let db = TestDb::new("guard_repeatable_variants").await;
+        let admin = db.connect().await;
+        admin.batch_execute(&NullsVariantsRepeatable::model().migration_sql()).await.unwrap();
+        let mut client = db.connect().await;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .unwrap();
+        let mut inserted = 0;
+        for (from, len) in [(0, 5), (0, 10), (0, COPY_BATCH)] {
+            let rows = NullsVariantsRepeatable::batch(from, len);
+            inserted += run_variant(&mut tx, variant, &rows).await.unwrap().0;
+        }
+        assert_eq!(inserted, COPY_BATCH as u64, "{variant:?}");
+        tx.commit().await.unwrap();
+        assert_eq!(count(&admin, "nulls_variants_repeatable").await, COPY_BATCH as i64, "{variant:?}");
+        db.drop().await;
+    }
+}
+
+member_model!(CollatedVariantsShort, "collated_variants_short");
+member_model!(CollatedVariantsCopy, "collated_variants_copy");
+
+/// As `index_under_another_collation`, for each of the builder's variants.
+macro_rules! index_under_another_collation_variants {
+    ($model:ident, $table:literal, $pad:expr) => {{
+        for variant in VARIANTS {
+            let db = TestDb::new(concat!("index_collation_", $table)).await;
+            let admin = db.connect().await;
+            admin
+                .batch_execute(&format!(
+                    "{CASE_INSENSITIVE}; CREATE TABLE {t} (email text NOT NULL, name text NOT NULL); \
+                     CREATE UNIQUE INDEX {t}_email ON {t} (email)",
+                    t = $table
+                ))
+                .await
+                .unwrap();
+            let mut client = db.connect().await;
+            run_variant(&mut client, variant, &$model::batch(0)[..1]).await.unwrap();
+            run_variant(&mut client, variant, &$model::batch($pad)[2..]).await.unwrap();
+            admin
+                .batch_execute(&format!(
+                    "TRUNCATE {t}; DROP INDEX {t}_email; \
+                     CREATE UNIQUE INDEX {t}_email ON {t} (email COLLATE case_insensitive)",
+                    t = $table
+                ))
+                .await
+                .unwrap();
+            let err = run_variant(&mut client, variant, &$model::batch($pad)).await.unwrap_err();
+            assert_unique_key_missing(&err);
+            assert_eq!(count(&admin, $table).await, 0, "{variant:?}: nothing of the refused batch is written");
+            db.drop().await;
+        }
+    }};
+}
+
+#[tokio::test]
+async fn a_key_index_under_another_collation_is_refused_by_the_variants_on_the_short_path() {
+    index_under_another_collation_variants!(CollatedVariantsShort, "collated_variants_short", 0)
+}
+
+#[tokio::test]
+async fn a_key_index_under_another_collation_is_refused_by_the_variants_through_copy() {
+    index_under_another_collation_variants!(CollatedVariantsCopy, "collated_variants_copy", COPY_BATCH)
+}
+
+member_model!(CiPathVariantsShort, "ci_path");
+member_model!(CiPathVariantsCopy, "ci_path");
+
+/// As `search_path_to_another_collation`, for each of the builder's
+/// variants: the first offered row of `ann@x` and `Ann@x` is kept, the
+/// second reported skipped.
+macro_rules! search_path_to_another_collation_variants {
+    ($model:ident, $pad:expr) => {{
+        for variant in VARIANTS {
+            let db = TestDb::new("search_path_collation").await;
+            let admin = db.connect().await;
+            let other = format!("{}_ci", db.schema);
+            let o = bulk_runtime::quote_ident(&other);
+            admin
+                .batch_execute(&format!(
+                    "{CASE_INSENSITIVE}; CREATE TABLE ci_path (email text NOT NULL UNIQUE, name text NOT NULL); \
+                     CREATE SCHEMA {o}; \
+                     CREATE TABLE {o}.ci_path (email text COLLATE case_insensitive NOT NULL UNIQUE, name text NOT NULL)"
+                ))
+                .await
+                .unwrap();
+            let mut client = db.connect().await;
+            run_variant(&mut client, variant, &$model::batch(0)[..1]).await.unwrap();
+            run_variant(&mut client, variant, &$model::batch($pad)[2..]).await.unwrap();
+            client.batch_execute(&format!("SET search_path = {o}")).await.unwrap();
+            for again in [false, true] {
+                if again {
+                    // Now that the connection knows the table.
+                    client.batch_execute("TRUNCATE ci_path").await.unwrap();
+                }
+                let (inserted, skipped, positions) =
+                    run_variant(&mut client, variant, &$model::batch($pad)).await.unwrap();
+                assert_eq!((inserted, skipped), ($pad as u64 + 1, 1), "{variant:?}");
+                assert_eq!(kept(&client, "ci_path").await, ["first"], "{variant:?}: the first offered row is kept");
+                match variant {
+                    Variant::Keys => assert!(positions.contains(&0) && !positions.contains(&1), "{variant:?}"),
+                    Variant::Skipped => assert_eq!(positions, [1], "{variant:?}"),
+                    Variant::Upsert => {}
+                }
+            }
+            admin.batch_execute(&format!("DROP SCHEMA {o} CASCADE")).await.unwrap();
+            db.drop().await;
+        }
+    }};
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_for_the_variants_on_the_short_path() {
+    search_path_to_another_collation_variants!(CiPathVariantsShort, 0)
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_for_the_variants_through_copy() {
+    search_path_to_another_collation_variants!(CiPathVariantsCopy, COPY_BATCH)
+}

@@ -83,6 +83,19 @@ impl Form {
             && error.db_error().is_some_and(|db| db.message().contains(sql::KEY_INDEX_CHANGED))
     }
 
+    /// Whether `error` is the server's refusal to run a prepared statement
+    /// whose result it would now describe otherwise (SQLSTATE 0A000, "cached
+    /// plan must not change result type"): a `returning_keys` statement after
+    /// a `search_path` switch to a same-named table whose key column has
+    /// another collation or type. Refused as the statement was planned
+    /// again, before it ran: nothing was written.
+    pub(crate) fn plan_changed(error: &Error) -> bool {
+        error.sqlstate() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
+            && error.db_error().is_some_and(|db| {
+                db.routine() == Some("RevalidateCachedQuery") || db.message().contains("cached plan must not change")
+            })
+    }
+
     /// The label of the plain call's short-batch statement in this form.
     pub(crate) fn label(self) -> &'static str {
         match self {

@@ -366,12 +366,14 @@ where
                 form = again;
                 continue;
             }
-            if !rechecked && result.as_ref().is_err_and(Form::index_changed) {
-                // The `ON CONFLICT` form's guard found the key's index or shape
-                // changed since the connection checked the table (nothing was
-                // written): the next attempt checks it again, and runs a
-                // statement built for what the check finds, or returns the
-                // check's explanation.
+            if !rechecked && result.as_ref().is_err_and(|e| Form::index_changed(e) || Form::plan_changed(e)) {
+                // The `ON CONFLICT` form's guard (also a variant's: returning
+                // rows, upsert) found the key's index or shape changed since
+                // the connection checked the table, or the server would
+                // describe a prepared statement's result otherwise now
+                // (nothing was written): the next attempt checks it again,
+                // and runs a statement built for what the check finds, or
+                // returns the check's explanation.
                 crate::statements::forget_prepared(conn.client(), model);
                 rechecked = true;
                 continue;

@@ -67,8 +67,10 @@ fn guarded_cols(model: &Model, alias: &str, guard: &str) -> String {
 }
 
 /// The model's columns of `alias` in an `ON CONFLICT` form: guarded as in
-/// [`guarded_cols`] by [`on_conflict_guard`] when the key needs it.
-fn on_conflict_cols(model: &Model, alias: &str, compared: Compared<'_>) -> String {
+/// [`guarded_cols`] by [`on_conflict_guard`] when the key needs it. Also
+/// the select list of the inserts of the call's variants (see
+/// [`variants`](super::variants)).
+pub(super) fn on_conflict_cols(model: &Model, alias: &str, compared: Compared<'_>) -> String {
     match on_conflict_guard(model, compared) {
         Some(guard) => guarded_cols(model, alias, &guard),
         None => cols(alias, model.columns()),

@@ -6,7 +6,9 @@
 //! table for a long one), keeps one row per key (`DISTINCT ON (key) ... ORDER
 //! BY key, position`), and writes in key order with `ON CONFLICT (key)`, so
 //! the guarantees of the plain call hold: no table lock, no deadlock between
-//! overlapping batches, exact counts.
+//! overlapping batches, exact counts. For a nullable or text key, each
+//! insert carries the `ON CONFLICT` forms' guard in its select list (see
+//! `values`), so it never relies on an arbiter the call cannot trust.
 //!
 //! The text is assembled from the same fragments as the plain call's
 //! statements (`fragments`): every identifier quoted, nothing but static
@@ -17,7 +19,8 @@ use std::sync::LazyLock;
 
 use tokio_postgres::types::Type;
 
-use super::fragments::{self, Arrays, DONE, ORD, cols as list, key_match, literal, names, not_stored, q};
+use super::fragments::{self, Arrays, Compared, DONE, ORD, cols as list, key_match, literal, names, not_stored, q};
+use super::insert::on_conflict_cols;
 use super::plan::plan;
 use super::shape::{Dialect, KeyShape};
 use crate::api::{Keep, UpdateSet};
@@ -73,6 +76,28 @@ fn source(model: &'static Model, source: Source<'_>, mask: bool) -> String {
     }
 }
 
+/// The select list of an insert from `"src"` AS `"s"`: the model's
+/// columns, the last one guarded by
+/// [`on_conflict_guard`](fragments::on_conflict_guard) for a nullable or
+/// text key, as in the plain call's `ON CONFLICT` forms: `ON CONFLICT
+/// (key)` takes a NULLS DISTINCT index, or one under another collation than
+/// the column's, as its arbiter, and a statement built for a key that
+/// compared otherwise would keep the wrong row of a key. The guard checks
+/// that the key's index and shape are still what the statement was built
+/// for (from the arrays, the shape the connection's check found; from the
+/// scratch table, its key columns); when not, the statement fails with
+/// [`KEY_INDEX_CHANGED`](super::KEY_INDEX_CHANGED), nothing written, and the
+/// driver checks the table again. In Citus's dialect unguarded, as the plain
+/// call's Citus statements are.
+fn values(model: &'static Model, from: Source<'_>) -> String {
+    let compared = match from {
+        Source::Arrays(shape) if !shape.dialect.is_citus() => Compared::As(shape),
+        Source::Scratch(Dialect::Postgres) => Compared::AsScratch(&plan(model).scratch),
+        Source::Arrays(_) | Source::Scratch(_) => return list("\"s\"", model.columns()),
+    };
+    on_conflict_cols(model, "\"s\"", compared)
+}
+
 /// `"src"`: one row per key, the kept one, with its position (and the mask).
 fn src_cte(model: &'static Model, from: Source<'_>, keep: Keep, mask: bool) -> String {
     let key = list("\"u\"", model.unique_key());
@@ -102,10 +127,8 @@ fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String 
     let target = model.qualified_name();
     let cols = names(model.columns());
     let key = names(model.unique_key());
-    let mut sql = format!(
-        "\"ins\" AS (INSERT INTO {target} ({cols}) SELECT {} FROM \"src\" AS \"s\"",
-        list("\"s\"", model.columns())
-    );
+    let mut sql =
+        format!("\"ins\" AS (INSERT INTO {target} ({cols}) SELECT {} FROM \"src\" AS \"s\"", values(model, from));
     // (Citus refuses the anti-join: there `ON CONFLICT` alone skips stored keys.)
     if from == Source::Scratch(Dialect::Postgres) {
         let _ = write!(sql, " WHERE {}", not_stored(model, "\"s\""));
@@ -266,7 +289,7 @@ pub(crate) fn upsert_update(model: &'static Model, from: Source<'_>, set: &Updat
         "\"up\" AS (INSERT INTO {target} AS \"t\" ({cols}) SELECT {values} FROM \"src\" AS \"s\" ORDER BY {order} \
          ON CONFLICT ({key}) DO UPDATE SET {assignments}",
         target = model.qualified_name(),
-        values = list("\"s\"", model.columns()),
+        values = values(model, from),
         order = list("\"s\"", model.unique_key()),
     );
     if set.only_if_changed {
@@ -404,6 +427,37 @@ mod tests {
         at(&sql, r#"ON ARRAY["i"."label"] = ARRAY["s"."label"] AND "i"."owner" = "s"."owner""#);
         at(&sql, r#"("t"."label" = "s"."label" OR ("t"."label" IS NULL AND "s"."label" IS NULL))"#);
         assert!(!sql.contains("__bulk_id"), "no id column in the model: {sql}");
+    }
+
+    #[test]
+    fn the_inserts_of_a_nullable_or_text_key_check_what_on_conflict_takes_blindly() {
+        use crate::sql::fragments::on_conflict_guard;
+        let shape = KeyShape::default();
+        let arrays = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape)).unwrap();
+        let scratch_table = &plan(&NULLABLE_MODEL).scratch;
+        let scratch = on_conflict_guard(&NULLABLE_MODEL, Compared::AsScratch(scratch_table)).unwrap();
+        let guarded = |guard: &str| format!(r#"SELECT "s"."owner", CASE WHEN {guard} THEN "s"."label" END FROM "src""#);
+        let set = UpdateSet { columns: vec![&NULLABLE_COLUMNS[0]], only_if_changed: false, keep: Keep::Last };
+        for keys in [Returned::Positions, Returned::Keys { with_id: false }] {
+            at(&returning(&NULLABLE_MODEL, Source::Arrays(&shape), Keep::First, keys), &guarded(&arrays));
+            let sql = returning(&NULLABLE_MODEL, Source::Scratch(Dialect::Postgres), Keep::First, keys);
+            at(&sql, &guarded(&scratch));
+        }
+        at(&upsert_insert_from_scratch(&NULLABLE_MODEL, Keep::Last, Dialect::Postgres), &guarded(&scratch));
+        at(&upsert_update(&NULLABLE_MODEL, Source::Arrays(&shape), &set), &guarded(&arrays));
+        at(&upsert_update(&NULLABLE_MODEL, Source::Scratch(Dialect::Postgres), &set), &guarded(&scratch));
+        // Citus's dialect, and an integer key, as before.
+        let citus = KeyShape { dialect: Dialect::Citus, ..KeyShape::default() };
+        let unguarded = [
+            returning(&NULLABLE_MODEL, Source::Arrays(&citus), Keep::First, Returned::Positions),
+            upsert_insert_from_scratch(&NULLABLE_MODEL, Keep::Last, Dialect::Citus),
+            upsert_update(&NULLABLE_MODEL, Source::Scratch(Dialect::Citus), &set),
+            returning(&MODEL, Source::Arrays(&shape), Keep::First, Returned::Positions),
+            upsert_insert_from_scratch(&MODEL, Keep::Last, Dialect::Postgres),
+        ];
+        for sql in unguarded {
+            assert!(!sql.contains("pg_index"), "{sql}");
+        }
     }
 
     #[test]
