@@ -275,23 +275,28 @@ fn passed(model: &'static Model, live: &[Row], shape: &KeyShape) {
 fn key_as(
     ty: PgType,
     nullable: bool,
-    typschema: &str,
-    typname: &str,
+    (typschema, typname, typmod): (&str, &str, i32),
     collation: Option<(String, String)>,
 ) -> Option<KeyAs> {
     if ty != PgType::Text {
         return None;
     }
+    // A `varchar(n)` column stores a value with trailing spaces beyond `n`
+    // cut: "abc " and "abc" are one stored key of a `varchar(3)`. The
+    // batch's values are read as the column stores them (see
+    // `KeyAs::typmod`), so that repeats are found under the stored form.
+    let limited = typname == "varchar" && typmod >= 0;
     let ty = match typname {
         "citext" => Some((typschema.to_owned(), typname.to_owned())),
         "bpchar" => Some(("pg_catalog".to_owned(), "bpchar".to_owned())),
         // A nullable key compares as `ARRAY[k]` (see `key_match`), and
         // `varchar[]` has no `=` with `text[]`: the batch's values are read
-        // as `varchar` (the type alone: its length is the insert's to check).
-        "varchar" if nullable => Some(("pg_catalog".to_owned(), "varchar".to_owned())),
+        // as `varchar` (with its length, when it has one).
+        "varchar" if nullable || limited => Some(("pg_catalog".to_owned(), "varchar".to_owned())),
         _ => None,
     };
-    (ty.is_some() || collation.is_some()).then_some(KeyAs { ty, collation })
+    let typmod = limited.then_some(typmod);
+    (ty.is_some() || collation.is_some()).then_some(KeyAs { ty, collation, typmod })
 }
 
 /// Whether a key column's type modifier makes PostgreSQL round the values it
@@ -451,7 +456,7 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
             problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(9) });
         }
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));
-        shape.keys.push(key_as(column.pg_type(), column.nullable(), typschema, typname, collation));
+        shape.keys.push(key_as(column.pg_type(), column.nullable(), (typschema, typname, typmod), collation));
     }
     shape
 }

@@ -391,3 +391,128 @@ async fn a_nullable_key_in_columns_of_other_types_matches_stored_rows() {
 async fn a_nullable_key_in_columns_of_other_types_matches_stored_rows_through_copy() {
     nullable_key_in_other_types(COPY_BATCH).await;
 }
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "code", unique(name), id = false)]
+struct Code {
+    name: String,
+    who: String,
+}
+
+fn code(name: &str, who: &str) -> Code {
+    Code { name: name.into(), who: who.into() }
+}
+
+/// `len` rows of distinct three-character keys starting with a digit (so
+/// never `abc` or `xyz`).
+fn codes(len: usize) -> impl Iterator<Item = Code> {
+    const A: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    assert!(len <= 10 * 36 * 36);
+    (0..len)
+        .map(|i| code(&[A[i / 1296], A[i / 36 % 36], A[i % 36]].iter().map(|&c| c as char).collect::<String>(), "pad"))
+}
+
+/// The `who` stored under the `varchar(3)` key `name`, and how many rows hold it.
+async fn stored_code(client: &Client, name: &str) -> (i64, Option<String>) {
+    let rows = client.query("SELECT who FROM code WHERE name = $1::text", &[&name]).await.unwrap();
+    (rows.len() as i64, rows.first().map(|r| r.get(0)))
+}
+
+/// A `varchar(3)` key: the table stores `abc ` as `abc` (it cuts trailing
+/// spaces beyond the length), so the two are one key, and the first
+/// offered row wins; a value with more than spaces beyond the length is
+/// refused (22001), nothing written, as the table refuses it.
+async fn varchar_key(pad: usize) {
+    let db = TestDb::new("varchar_key").await;
+    let mut client = db.connect().await;
+    client.batch_execute("CREATE TABLE code (name varchar(3) PRIMARY KEY, who text NOT NULL)").await.unwrap();
+    let context = format!("{} rows", 2 + pad);
+    let with = |head: Vec<Code>| -> Vec<Code> { head.into_iter().chain(codes(pad)).collect() };
+
+    // The plain call.
+    let batch = with(vec![code("abc ", "first"), code("abc", "second")]);
+    let report = Code::bulk_create_new(&mut client, &batch).await.unwrap();
+    assert_eq!((report.inserted, report.skipped), (1 + pad as u64, 1), "{context}");
+    assert_eq!(stored_code(&client, "abc").await, (1, Some("first".into())), "{context}");
+    let again = Code::bulk_create_new(&mut client, &with(vec![code("abc  ", "third")])).await.unwrap();
+    assert_eq!((again.inserted, again.skipped), (0, 1 + pad as u64), "{context}: stored under its cut form");
+
+    // Returning keys (the key as stored) and the skipped rows.
+    let batch = vec![code("xyz  ", "first"), code("xyz", "second"), code("abc", "stored")];
+    let batch: Vec<Code> = batch.into_iter().chain(codes(pad)).collect();
+    let keys = Code::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
+    assert_eq!((keys.inserted, keys.skipped), (1, 2 + pad as u64), "{context}");
+    assert_eq!((keys.returned[0].index, keys.returned[0].key.0.as_str()), (0, "xyz"), "{context}");
+    assert_eq!(stored_code(&client, "xyz").await, (1, Some("first".into())), "{context}");
+    let skipped = Code::bulk(&mut client).returning_skipped().run(&batch).await.unwrap();
+    assert_eq!((skipped.inserted, skipped.returned.len()), (0, 3 + pad), "{context}");
+
+    // Upsert: one key, Keep honoured.
+    for (keep, winner) in [(Keep::First, "kept first"), (Keep::Last, "kept last")] {
+        let batch = with(vec![code("abc ", "kept first"), code("abc", "kept last")]);
+        let report = Code::bulk(&mut client)
+            .upsert(Upsert::columns(["who"]).only_if_changed().keep(keep))
+            .run(&batch)
+            .await
+            .unwrap_or_else(|e| panic!("{context}, {keep:?}: {e}"));
+        assert_eq!((report.inserted, report.updated, report.skipped), (0, 1, 1), "{context}, {keep:?}: {report:?}");
+        assert_eq!(stored_code(&client, "abc").await, (1, Some(winner.into())), "{context}, {keep:?}");
+    }
+    let rows = count(&client, "code").await;
+    assert_eq!(rows, 2 + pad as i64, "{context}");
+
+    // Too long: refused as the table refuses it, by every call.
+    let batch = with(vec![code("new", "new"), code("abcd", "too long")]);
+    let err = Code::bulk_create_new(&mut client, &batch).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(&tokio_postgres::error::SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
+    let err = Code::bulk(&mut client).returning_keys().run(&batch).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(&tokio_postgres::error::SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
+    let err = Code::bulk(&mut client).upsert(Upsert::all_columns()).run(&batch).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(&tokio_postgres::error::SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
+    assert_eq!(count(&client, "code").await, rows, "{context}: nothing written");
+    assert_eq!(stored_code(&client, "new").await.0, 0, "{context}");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_varchar_key_keeps_the_first_offered_row_of_keys_the_length_makes_one() {
+    varchar_key(0).await;
+}
+
+#[tokio::test]
+async fn a_varchar_key_keeps_the_first_offered_row_of_keys_the_length_makes_one_in_the_plain_form() {
+    varchar_key(200).await;
+}
+
+#[tokio::test]
+async fn a_varchar_key_keeps_the_first_offered_row_of_keys_the_length_makes_one_through_copy() {
+    varchar_key(COPY_BATCH).await;
+}
+
+/// A connection checked a `varchar(3)` key; then the column is widened to
+/// `varchar(5)`. Its statements, which read the batch's keys as
+/// `varchar(3)`, would refuse `abcde` (22001): the guards see the key's
+/// shape changed, and the call checks again and goes on, keeping the first
+/// offered row of `abcde ` and `abcde`.
+#[tokio::test]
+async fn a_varchar_key_widened_after_the_check_reads_keys_at_the_new_length() {
+    for pad in [0, 200, COPY_BATCH] {
+        let db = TestDb::new("varchar_key_widened").await;
+        let mut client = db.connect().await;
+        client.batch_execute("CREATE TABLE code (name varchar(3) PRIMARY KEY, who text NOT NULL)").await.unwrap();
+        let batch: Vec<Code> = [code("abc ", "first")].into_iter().chain(codes(pad)).collect();
+        Code::bulk_create_new(&mut client, &batch).await.unwrap();
+        Code::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
+        client.batch_execute("ALTER TABLE code ALTER name TYPE varchar(5)").await.unwrap();
+        let batch: Vec<Code> =
+            [code("abcde ", "first"), code("abcde", "second")].into_iter().chain(codes(pad)).collect();
+        let report = Code::bulk_create_new(&mut client, &batch).await.unwrap_or_else(|e| panic!("{pad}: {e}"));
+        assert_eq!((report.inserted, report.skipped), (1, 1 + pad as u64), "{pad}");
+        assert_eq!(stored_code(&client, "abcde").await, (1, Some("first".into())), "{pad}");
+        client.batch_execute("DELETE FROM code WHERE name = 'abcde'").await.unwrap();
+        let keys = Code::bulk(&mut client).returning_keys().run(&batch).await.unwrap_or_else(|e| panic!("{pad}: {e}"));
+        assert_eq!((keys.inserted, keys.skipped), (1, 1 + pad as u64), "{pad}");
+        assert_eq!(stored_code(&client, "abcde").await, (1, Some("first".into())), "{pad}");
+        db.drop().await;
+    }
+}

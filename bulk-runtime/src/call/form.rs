@@ -96,6 +96,18 @@ impl Form {
             })
     }
 
+    /// Whether `error` may come from a short-path statement that reads the
+    /// batch's key as a `varchar(n)` the connection's check found, on a
+    /// column widened since (SQLSTATE 22001, for a model with a text key):
+    /// the statement reads the key (see `KeyAs::typmod`) before its guard
+    /// runs, which would have found the key's shape changed. Nothing was
+    /// written; the call checks the table again once, and a value the
+    /// column refuses fails again with the same error.
+    pub(crate) fn length_refused(model: &Model, error: &Error) -> bool {
+        error.sqlstate() == Some(&SqlState::STRING_DATA_RIGHT_TRUNCATION)
+            && model.unique_key().any(|c| c.pg_type() == crate::types::PgType::Text)
+    }
+
     /// The label of the plain call's short-batch statement in this form.
     pub(crate) fn label(self) -> &'static str {
         match self {

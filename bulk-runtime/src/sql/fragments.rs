@@ -274,21 +274,23 @@ pub(crate) const KEY_INDEX_CHANGED: &str =
     "bulk_runtime: the unique index on the key, or how the table compares the key, changed since the check";
 
 /// How the column `name` (an SQL text expression) of the relation `rel` (an
-/// OID expression) compares, as a `text[]` of four: the schema and name of
+/// OID expression) compares, as a `text[]` of five: the schema and name of
 /// its type when that is `citext` or `bpchar` (or `varchar`, for a key
 /// field the model declares nullable: `nullable`, an SQL boolean
-/// expression), the schema and name of its collation when that is not its
-/// type's default (NULL otherwise); NULL when there is no such column. The
-/// same four the schema check's `key_as` reads, so equal arrays mean equal
+/// expression; or for a `varchar(n)`), the schema and name of its collation
+/// when that is not its type's default (NULL otherwise), and the type
+/// modifier of a `varchar(n)`; NULL when there is no such column. The same
+/// five the schema check's `key_as` reads, so equal arrays mean equal
 /// [`KeyAs`](super::KeyAs).
 pub(crate) fn column_compares(rel: &str, name: &str, nullable: &str) -> String {
+    let varchar = format!("(t.typname = 'varchar' AND ({nullable} OR a.atttypmod >= 0))");
     format!(
         "(SELECT ARRAY[CASE WHEN t.typname = 'citext' THEN tn.nspname::text \
-         WHEN t.typname = 'bpchar' OR (t.typname = 'varchar' AND {nullable}) THEN 'pg_catalog' END, \
-         CASE WHEN t.typname IN ('citext', 'bpchar') OR (t.typname = 'varchar' AND {nullable}) \
-         THEN t.typname::text END, \
+         WHEN t.typname = 'bpchar' OR {varchar} THEN 'pg_catalog' END, \
+         CASE WHEN t.typname IN ('citext', 'bpchar') OR {varchar} THEN t.typname::text END, \
          CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END, \
-         CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END] \
+         CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END, \
+         CASE WHEN t.typname = 'varchar' AND a.atttypmod >= 0 THEN a.atttypmod::text END] \
          FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid \
          JOIN pg_catalog.pg_namespace AS tn ON tn.oid = t.typnamespace \
          LEFT JOIN pg_catalog.pg_collation AS co ON co.oid = a.attcollation \
@@ -297,14 +299,18 @@ pub(crate) fn column_compares(rel: &str, name: &str, nullable: &str) -> String {
     )
 }
 
-/// The four of [`column_compares`] for a key column read as `k` says.
+/// The five of [`column_compares`] for a key column read as `k` says.
 fn compares_literal(k: Option<&super::KeyAs>) -> String {
     let (ty, collation) = k.map_or((None, None), |k| (k.ty.as_ref(), k.collation.as_ref()));
     let pair = |p: Option<&(String, String)>| match p {
         Some((schema, name)) => format!("{}, {}", literal(schema), literal(name)),
         None => "NULL, NULL".to_owned(),
     };
-    format!("ARRAY[{}, {}]::pg_catalog.text[]", pair(ty), pair(collation))
+    let typmod = match k.and_then(|k| k.typmod) {
+        Some(typmod) => literal(&typmod.to_string()),
+        None => "NULL".to_owned(),
+    };
+    format!("ARRAY[{}, {}, {typmod}]::pg_catalog.text[]", pair(ty), pair(collation))
 }
 
 /// Whether the guards check how the key compares: the key has a text

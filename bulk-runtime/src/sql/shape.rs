@@ -4,6 +4,10 @@
 
 use crate::model::quote_ident;
 
+/// What a `varchar(n)` column's type modifier adds to `n` (PostgreSQL's
+/// `VARHDRSZ`).
+pub(crate) const VARHDRSZ: i32 = 4;
+
 /// How the batch's key values are compared so that they compare as the
 /// table's unique key does: per key column (in key order), the type and
 /// collation a value offered as the model's type is read as, when that
@@ -75,6 +79,13 @@ impl Dialect {
 pub(crate) struct KeyAs {
     pub ty: Option<(String, String)>,
     pub collation: Option<(String, String)>,
+    /// The type modifier of a `varchar(n)` column (`n` + 4, as
+    /// `pg_attribute.atttypmod` holds it; `ty` is then `varchar`): storing
+    /// cuts trailing spaces beyond `n`, so two offered keys may be one
+    /// stored key. Values are read with the assignment's length check
+    /// (`varchar(value, typmod, false)`): cut as the store cuts them, and
+    /// refused (22001) when more than spaces are beyond `n`.
+    pub typmod: Option<i32>,
 }
 
 impl KeyShape {
@@ -89,24 +100,36 @@ impl KeyShape {
         self.is_plain() && self.dialect == Dialect::Postgres
     }
 
-    /// `expr` read as the `i`th key column compares; `expr` itself when plain.
+    /// `expr` read as the `i`th key column compares (and as it is stored,
+    /// for a `varchar(n)` column: see [`KeyAs::typmod`]); `expr` itself
+    /// when plain.
     pub(crate) fn read(&self, i: usize, expr: &str) -> String {
-        self.spell(i, expr, |ty| format!("CAST({expr} AS {ty})"))
+        self.spell(i, expr, |ty, typmod| match typmod {
+            // The length coercion function of `varchar`, named as its type,
+            // as an assignment applies it (`false`: not an explicit cast,
+            // which would cut any characters silently).
+            Some(typmod) => format!("{ty}(CAST({expr} AS {ty}), {typmod}, false)"),
+            None => format!("CAST({expr} AS {ty})"),
+        })
     }
 
     /// The scratch table's column type of the `i`th key column, whose
-    /// model type is `wire` (an SQL type name).
+    /// model type is `wire` (an SQL type name): the table's, so that the
+    /// binary COPY into it reads the values as the table stores them.
     pub(crate) fn column_type(&self, i: usize, wire: &str) -> String {
-        self.spell(i, wire, str::to_owned)
+        self.spell(i, wire, |ty, typmod| match typmod {
+            Some(typmod) => format!("{ty}({})", typmod - VARHDRSZ),
+            None => ty.to_owned(),
+        })
     }
 
     /// `plain` when the `i`th key column compares as the model's type;
-    /// otherwise `with_type` of its type (or `plain` when only the collation
-    /// differs), followed by its `COLLATE` clause.
-    fn spell(&self, i: usize, plain: &str, with_type: impl FnOnce(&str) -> String) -> String {
+    /// otherwise `with_type` of its type and type modifier (or `plain` when
+    /// only the collation differs), followed by its `COLLATE` clause.
+    fn spell(&self, i: usize, plain: &str, with_type: impl FnOnce(&str, Option<i32>) -> String) -> String {
         let Some(k) = self.keys.get(i).and_then(Option::as_ref) else { return plain.to_owned() };
         let name = |(schema, name): &(String, String)| format!("{}.{}", quote_ident(schema), quote_ident(name));
-        let mut out = k.ty.as_ref().map_or_else(|| plain.to_owned(), |ty| with_type(&name(ty)));
+        let mut out = k.ty.as_ref().map_or_else(|| plain.to_owned(), |ty| with_type(&name(ty), k.typmod));
         if let Some(collation) = &k.collation {
             out = format!("{out} COLLATE {}", name(collation));
         }
