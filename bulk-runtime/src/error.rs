@@ -489,14 +489,31 @@ impl Error {
     /// connection if this one is closed) may succeed.
     ///
     /// True for serialization failures, deadlocks, lock timeouts, server
-    /// shutdowns and lost connections, and for a prepared statement name that
-    /// a pooler's backend already holds (the retry prepares under a new name).
+    /// shutdowns and lost connections, for a prepared statement name that
+    /// a pooler's backend already holds (the retry prepares under a new name),
+    /// and on Citus for a shard split or moved during the call and for a
+    /// distributed table changed during a call that inserted from its
+    /// staging table (the retry checks the table again).
     /// Retrying is always *safe*: the call skips keys already stored, so a
     /// retry never duplicates rows. [`retry`](crate::retry) reruns a batch on
     /// these errors.
     pub fn is_retryable(&self) -> bool {
         let Error::Database { source, .. } = self else { return false };
         retryable(source)
+    }
+
+    /// Whether the statement failed on a key another writer stored
+    /// meanwhile: `unique_violation` (23505), or the same error of a Citus
+    /// insert that ran through the coordinator and copied its rows into the
+    /// shards, which Citus re-raises without its SQLSTATE (`XX000`, from
+    /// `ReportCopyError`). The statement wrote nothing.
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION)
+            || self.db_error().is_some_and(|db| {
+                db.code() == &SqlState::INTERNAL_ERROR
+                    && db.routine() == Some("ReportCopyError")
+                    && db.message().starts_with("duplicate key value violates unique constraint")
+            })
     }
 
     /// The server no longer knows a prepared statement of the call, or has
@@ -527,7 +544,14 @@ pub(crate) fn retryable(source: &tokio_postgres::Error) -> bool {
     if source.is_closed() {
         return true;
     }
-    if citus_copy_lost_a_worker(source) {
+    if citus_copy_lost_a_worker(source) || citus_shard_moved(source) {
+        return true;
+    }
+    if source.code() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+        && source.as_db_error().is_some_and(|db| db.message().contains(crate::sql::STAGE_CHANGED))
+    {
+        // The guard after an insert from a Citus staging table: the table
+        // changed during the call; the retry checks it again.
         return true;
     }
     match source.code() {
@@ -569,6 +593,17 @@ fn citus_copy_lost_a_worker(source: &tokio_postgres::Error) -> bool {
         "58030" => message.starts_with("failed to complete COPY on"),
         _ => false,
     }
+}
+
+/// Whether `source` is Citus's report of a shard that a split or a move
+/// (`citus_split_shard_by_split_points`, `citus_move_shard_placement`)
+/// replaced while the statement was planned or ran: `XX000`, `could not
+/// find valid entry for shard N`. The statement failed as a whole, and the
+/// retry plans it against the shards as they are now.
+fn citus_shard_moved(source: &tokio_postgres::Error) -> bool {
+    source.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::INTERNAL_ERROR && db.message().starts_with("could not find valid entry for shard")
+    })
 }
 
 #[cfg(test)]

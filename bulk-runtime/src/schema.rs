@@ -20,7 +20,8 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull,
        tn.nspname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod,
        CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END,
        CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END,
-       a.attrelid, a.atttypid, has_database_privilege('public', current_database(), 'TEMPORARY')
+       a.attrelid, a.atttypid, has_database_privilege('public', current_database(), 'TEMPORARY'),
+       pg_backend_pid()
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
@@ -109,20 +110,64 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
 /// the current role as a call needs it, for the target `target` (an OID
 /// expression; `target_name` its name as text): `SELECT`, `INSERT` and
 /// `DELETE` on the staging table (each: `has_table_privilege` with a list
-/// is true for any one of them); no column of the target outside the
-/// staging table's `names` (a `text[]`) left to a default that calls a
-/// function (its own, or its domain's), to an identity or a generated
-/// column (Citus would then pull the insert's rows to the coordinator);
-/// and, for the id column `id` (a `text`, NULL without one), not
-/// `GENERATED ALWAYS` (the insert from the staging table names its value)
-/// and `USAGE` of its sequence. Shared by the schema
+/// is true for any one of them); in the target's own schema (not a
+/// staging table of another schema that a `search_path` finds for an
+/// unqualified model); no column of the target outside the staging
+/// table's `names` (a `text[]`) left to a default that calls a function
+/// ([`pushable_defaults`]); and, for the id column `id` (a `text`, NULL
+/// without one), not `GENERATED ALWAYS` (the insert from the staging table
+/// names its value), `USAGE` of its sequence, and the staging table's id
+/// column defaulting to that very sequence (not to the sequence of a table
+/// dropped and made again beside it, or of another schema's table: the
+/// rows would get ids the target's sequence hands out again). Shared by the schema
 /// check's [`CITUS_KIND`] and the query before each COPY
 /// ([`BEFORE_COPY`](crate::sql::variants::BEFORE_COPY)).
 pub(crate) fn staging_open(target: &str, target_name: &str, stage: &str, names: &str, id: &str) -> String {
     format!(
         "pg_catalog.has_table_privilege({stage}, 'SELECT') AND pg_catalog.has_table_privilege({stage}, 'INSERT')
          AND pg_catalog.has_table_privilege({stage}, 'DELETE')
-         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+         AND (SELECT stage_ns.relnamespace FROM pg_catalog.pg_class AS stage_ns WHERE stage_ns.oid = {stage})
+           = (SELECT target_ns.relnamespace FROM pg_catalog.pg_class AS target_ns WHERE target_ns.oid = {target})
+         AND {pushable}
+         AND CASE WHEN {id}::text IS NULL THEN true
+                  WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                                    WHERE a.attrelid = {target} AND a.attname = {id}::text AND NOT a.attisdropped
+                                      AND a.attidentity <> 'a') THEN false
+                  ELSE coalesce(pg_catalog.has_sequence_privilege(
+                         pg_catalog.pg_get_serial_sequence({target_name}, {id}::text), 'USAGE')
+                       AND EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef AS stage_def
+                                     JOIN pg_catalog.pg_attribute AS stage_att
+                                       ON stage_att.attrelid = stage_def.adrelid AND stage_att.attnum = stage_def.adnum
+                                     JOIN pg_catalog.pg_depend AS dep
+                                       ON dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                                      AND dep.objid = stage_def.oid
+                                      AND dep.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                    WHERE stage_def.adrelid = {stage} AND stage_att.attname = {id}::text
+                                      AND dep.refobjid IN (
+                                          SELECT owned.objid FROM pg_catalog.pg_depend AS owned
+                                            JOIN pg_catalog.pg_attribute AS target_att
+                                              ON target_att.attrelid = owned.refobjid
+                                             AND target_att.attnum = owned.refobjsubid
+                                           WHERE owned.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                             AND owned.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                             AND owned.refobjid = {target} AND target_att.attname = {id}::text
+                                             AND owned.deptype IN ('a', 'i'))),
+                       false) END",
+        pushable = pushable_defaults(target, names),
+    )
+}
+
+/// SQL true when no column of the target `target` (an OID expression)
+/// outside `names` (a `text[]`: the columns an insert from the staging
+/// table names) is left to a default that calls a function (its own, or
+/// its domain's), or is an identity or a generated column: Citus would
+/// then pull the insert's rows through the coordinator, where the command
+/// tag of an `ON CONFLICT` insert counts the rows attempted. Part of
+/// [`staging_open`], and of the guard that follows each insert from the
+/// staging table (`Plan::stage_guard`).
+pub(crate) fn pushable_defaults(target: &str, names: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
                            LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                           WHERE a.attrelid = {target} AND a.attnum > 0 AND NOT a.attisdropped
                             AND a.attname::text <> ALL ({names}::text[])
@@ -131,13 +176,7 @@ pub(crate) fn staging_open(target: &str, target_name: &str, stage: &str, names: 
                                  OR (d.adbin IS NULL AND EXISTS (
                                        SELECT 1 FROM pg_catalog.pg_type AS t
                                         WHERE t.oid = a.atttypid AND t.typtype = 'd'
-                                          AND pg_catalog.strpos(coalesce(t.typdefault, ''), '(') > 0))))
-         AND CASE WHEN {id}::text IS NULL THEN true
-                  WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
-                                    WHERE a.attrelid = {target} AND a.attname = {id}::text AND NOT a.attisdropped
-                                      AND a.attidentity <> 'a') THEN false
-                  ELSE coalesce(pg_catalog.has_sequence_privilege(
-                         pg_catalog.pg_get_serial_sequence({target_name}, {id}::text), 'USAGE'), false) END"
+                                          AND pg_catalog.strpos(coalesce(t.typdefault, ''), '(') > 0))))"
     )
 }
 
@@ -355,6 +394,7 @@ async fn check(
     if live.is_empty() {
         return Ok((vec![SchemaProblem::TableMissing], KeyShape::default(), live));
     }
+    statements::backend_seen(tx, live[0].get(16));
     let mut problems = Vec::new();
     if !live[0].get::<_, bool>(5) {
         problems.push(SchemaProblem::TemporaryTablesNotAllowed { role: live[0].get(6), database: live[0].get(7) });

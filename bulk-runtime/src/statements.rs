@@ -23,6 +23,16 @@
 //! nothing behind. The insert's two forms (plain and `ON CONFLICT`, see
 //! [`contention`](crate::contention)) are two statements, each counted on
 //! its own.
+//!
+//! Behind any pooler, though, a name this process prepared may already
+//! name another process's statement on the backend a later transaction
+//! gets (every tokio-postgres process names its statements `s0`, `s1`, ...
+//! from its own counter): a call that bound it would run that statement
+//! with the batch's values. So a connection prepares its statements only
+//! once a schema check on it found the backend's `pg_backend_pid()` to be
+//! the process id the connection started with ([`backend_seen`]): a
+//! direct connection. Behind a pooler (which answers the startup with its
+//! own pair) and before the first check, statements run unnamed.
 
 use std::collections::HashMap;
 use std::io;
@@ -181,20 +191,54 @@ pub(crate) enum Lookup {
     Prepared(Statement),
     /// Nothing yet (or it was evicted): prepare it.
     Prepare,
+    /// Nothing yet, and no schema check on this connection has told
+    /// whether it is direct: prepare it only once the check found it so.
+    PrepareAfterCheck,
     /// Its statement went stale twice (a pooler in transaction mode): run
     /// it unnamed.
     Unnamed,
 }
 
-/// What `client` has of the statement `label` of `model` (one lock, one lookup).
+/// Per connection, whether its schema checks ran on the backend it
+/// started with (`true`: a direct connection) or on another (a pooler's).
+static DIRECT: Mutex<Option<HashMap<Identity, bool>>> = Mutex::new(None);
+
+/// Records the backend process id a schema check on `client` saw.
+pub(crate) fn backend_seen(client: &Client, pid: i32) {
+    let identity = Identity::of(client);
+    if !identity.known() {
+        return;
+    }
+    let mut guard = DIRECT.lock().unwrap_or_else(PoisonError::into_inner);
+    let map = guard.get_or_insert_with(HashMap::new);
+    if map.len() >= MAX_ENTRIES && !map.contains_key(&identity) {
+        map.clear();
+    }
+    map.insert(identity, identity.process_id() == pid);
+}
+
+/// Whether a schema check on `client` found it connected to its backend
+/// directly (`Some(true)`), or through a pooler; `None` before the first check.
+pub(crate) fn direct(client: &Client) -> Option<bool> {
+    let guard = DIRECT.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_ref().and_then(|m| m.get(&Identity::of(client)).copied())
+}
+
+/// What `client` has of the statement `label` of `model` (one lock, one
+/// lookup): [`Lookup::Unnamed`] behind a pooler (see [`direct`]), and
+/// [`Lookup::PrepareAfterCheck`] before a check told.
 pub(crate) fn lookup(client: &Client, model: &'static Model, label: &str) -> Lookup {
     let key = key(client, model);
-    if !key.0.known() {
-        return Lookup::Unnamed;
-    }
+    let direct = match direct(client) {
+        _ if !key.0.known() => return Lookup::Unnamed,
+        Some(false) => return Lookup::Unnamed,
+        Some(true) => true,
+        None => false,
+    };
     with(|map| match map.get(&key).and_then(|m| m.get(label)) {
-        Some(Entry { statement: Some(statement), .. }) => Lookup::Prepared(statement.clone()),
         Some(entry) if entry.stale >= STALE_LIMIT => Lookup::Unnamed,
+        _ if !direct => Lookup::PrepareAfterCheck,
+        Some(Entry { statement: Some(statement), .. }) => Lookup::Prepared(statement.clone()),
         _ => Lookup::Prepare,
     })
 }

@@ -1161,15 +1161,27 @@ async fn a_key_stored_meanwhile_sends_the_staged_insert_to_its_on_conflict_form(
     db.drop().await;
 }
 
-/// Inside a caller's `REPEATABLE READ` transaction the plain form's guard
-/// refuses (the transaction's snapshot may predate an index dropped since):
-/// the call rolls back to its savepoint and runs the `ON CONFLICT` form from
-/// the staging table; counts are exact and the caller's transaction goes on.
+/// Inside a caller's `REPEATABLE READ` transaction the call's check reads
+/// the catalog as of the transaction's snapshot, which may be older than the
+/// target's lock: the call keeps to the session's scratch table (a `CHECK`
+/// on the staging table that refuses one of its rows does not stop it), and
+/// counts exactly; the caller's transaction goes on. In a `READ COMMITTED`
+/// caller's transaction the same kind of call copies into the staging table
+/// (the `CHECK` refuses it).
 #[tokio::test]
-async fn a_repeatable_read_caller_gets_the_staged_on_conflict_form() {
+async fn a_repeatable_read_caller_keeps_to_the_scratch_table() {
     let (db, mut client) = setup("staging_rr", STAGED, LONG, On::Transaction).await;
-    let (pre, rows, new) = batch(LONG, 0);
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let stage = bulk_runtime::quote_ident(&Retweet::model().citus_staging_table());
+    // A first call checks the table (on this connection the next ones of
+    // more rows than a `VALUES` statement takes could copy to the staging table).
+    Retweet::bulk_create_new(&mut client, numbered(-10, 10)).await.expect("a first call");
+    let (pre, rows) = (numbered(0, big / 2), numbered(0, big));
     store(&client, &pre).await;
+    client
+        .batch_execute(&format!("ALTER TABLE {stage} ADD CONSTRAINT refused CHECK (original_author <> 7)"))
+        .await
+        .expect("a CHECK on the staging table");
     let mut tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -1177,22 +1189,233 @@ async fn a_repeatable_read_caller_gets_the_staged_on_conflict_form() {
         .await
         .expect("begin REPEATABLE READ");
     let o = Retweet::bulk_create_new(&mut tx, &rows).await.expect("the call under REPEATABLE READ");
-    assert_eq!((o.offered, o.inserted, o.skipped), (LONG as u64, new.len() as u64, (LONG - new.len()) as u64));
+    assert_eq!((o.offered, o.inserted, o.skipped), (big as u64, (big - big / 2) as u64, (big / 2) as u64));
     let seen: i64 = tx.query_one("SELECT count(*) FROM rt", &[]).await.expect("the transaction goes on").get(0);
-    assert_eq!(seen as usize, pre.len() + new.len());
+    assert_eq!(seen as usize, 10 + big);
     tx.commit().await.expect("commit");
-    assert_stored(&client, &pre, &rows, &new).await;
+    assert_eq!(count(&client, "rt").await as usize, 10 + big);
+
+    let more = numbered(1_000_000, big).into_iter().map(|r| rt(r.tweet, r.retweeter, 7)).collect::<Vec<_>>();
+    let mut tx = client.transaction().await.expect("begin READ COMMITTED");
+    let err = Retweet::bulk_create_new(&mut tx, &more).await.expect_err("the staging table's CHECK refuses");
+    assert!(err.to_string().contains("refused"), "copied into the staging table: {err}");
+    tx.rollback().await.expect("roll back");
+    assert_eq!(count(&client, "rt").await as usize, 10 + big, "nothing written");
     assert_eq!(count(&client, &Retweet::model().citus_staging_table()).await, 0, "the staging table keeps no row");
     db.drop().await;
+}
+
+/// A column with a volatile default added while a call streams its rows
+/// into the staging table (after the call checked the table), and a key of
+/// the batch that another session stores meanwhile, committed while the
+/// call's plain insert waits for it: the call runs the `ON CONFLICT` form,
+/// which Citus now runs from the staging table through the coordinator,
+/// where its command tag counts the rows attempted. The guard after that
+/// insert finds the column: the call fails, retryably, with nothing
+/// written; the retry keeps to the session's scratch table and counts
+/// exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volatile_default_added_while_a_call_copies_fails_it_retryably_and_the_retry_counts_exactly() {
+    /// `Retweet` as a model of its own, whose calls try the plain form
+    /// first (see `a_key_stored_meanwhile_sends_the_staged_insert_to_its_on_conflict_form`).
+    #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+    #[bulk(table = "rt", unique(tweet, retweeter))]
+    struct Raced {
+        tweet: i64,
+        retweeter: i64,
+        original_author: i64,
+    }
+    let (db, mut client) = setup("staging_race", STAGED, LONG, On::Client).await;
+    client.batch_execute(&Raced::model().citus_staging_sql()).await.expect("its staging table");
+    let admin = db.connect().await;
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let raced = |rows: Vec<Retweet>| -> Vec<Raced> {
+        rows.into_iter()
+            .map(|r| Raced { tweet: r.tweet, retweeter: r.retweeter, original_author: r.original_author })
+            .collect()
+    };
+    Raced::bulk_create_new(&mut client, raced(numbered(-10, 10))).await.expect("a first call");
+    let (pre, rows) = (numbered(0, 2 * big / 3), raced(numbered(0, 2 * big)));
+    store(&client, &pre).await;
+    let (go, gate) = tokio::sync::oneshot::channel::<()>();
+    let (first, rest) = rows.split_at(big + 10);
+    let stream = futures_util::StreamExt::chain(
+        futures_util::stream::iter(first.to_vec()),
+        futures_util::StreamExt::flat_map(futures_util::stream::once(gate), {
+            let rest = rest.to_vec();
+            move |_| futures_util::stream::iter(rest.clone())
+        }),
+    );
+    let call = tokio::spawn(async move {
+        let result = Raced::bulk(&mut client).run_stream(stream).await;
+        (client, result)
+    });
+    // Until the call copies into the staging table.
+    let stage = Raced::model().citus_staging_table();
+    let copying = format!("COPY %{stage}%");
+    let mut waited = 0;
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND pid <> pg_backend_pid()",
+                &[&copying],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 600, "the call copies into the staging table");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin
+        .batch_execute("SET lock_timeout = '20s'; ALTER TABLE rt ADD COLUMN seen timestamptz DEFAULT clock_timestamp()")
+        .await
+        .expect("a column with a volatile default, added while the call copies");
+    let last = rows.last().expect("rows");
+    let mut other = db.connect().await;
+    let other_tx = other.transaction().await.unwrap();
+    other_tx
+        .execute(
+            "INSERT INTO rt (tweet, retweeter, original_author) VALUES ($1, $2, -1)",
+            &[&last.tweet, &last.retweeter],
+        )
+        .await
+        .expect("the other session's row, not committed yet");
+    go.send(()).expect("the call waits for the rest of its rows");
+    // The call's insert waiting on a worker for the other session's row.
+    let schema: String = admin.query_one("SELECT current_schema()::text", &[]).await.unwrap().get(0);
+    let shard = format!("%{schema}.rt_%");
+    let mut waiting = false;
+    for _ in 0..4000 {
+        assert!(!call.is_finished(), "the call finished before the other session committed");
+        for (host, port) in workers(&admin).await {
+            let worker = db.connect_worker(&host, port).await;
+            let found: bool = worker
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                        AND wait_event = 'transactionid' AND query LIKE $1)",
+                    &[&shard],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            waiting |= found;
+        }
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(waiting, "the call's insert never waited for the other session's row");
+    other_tx.commit().await.expect("the other session commits");
+    let (mut client, result) = call.await.expect("the call's task");
+    let err = result.expect_err("the insert ran through the coordinator: its count cannot be read");
+    assert!(err.is_retryable(), "retryable: {err}");
+    assert!(err.to_string().contains("changed during the call"), "{err}");
+    assert_eq!(count(&admin, "rt").await as usize, 10 + pre.len() + 1, "nothing written");
+    assert_eq!(count(&admin, &stage).await, 0, "the staging table keeps no row");
+
+    let o = Raced::bulk(&mut client).run_stream(futures_util::stream::iter(rows.clone())).await.expect("the retry");
+    assert_eq!(
+        (o.offered, o.inserted, o.skipped),
+        (rows.len() as u64, (rows.len() - pre.len() - 1) as u64, pre.len() as u64 + 1)
+    );
+    assert_eq!(count(&admin, "rt").await as usize, 10 + rows.len());
+    db.drop().await;
+}
+
+/// A target renamed away and made again under its name, beside the
+/// staging table made for the old one (whose id column defaults to the old
+/// table's sequence): the call does not copy there, and every id comes from
+/// the new table's own sequence.
+#[tokio::test]
+async fn a_target_created_again_beside_its_old_staging_table_takes_ids_of_its_own_sequence() {
+    let (db, mut client) = setup("staging_again", STAGED, LONG, On::Client).await;
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    Retweet::bulk_create_new(&mut client, numbered(-5_000, 5_000)).await.expect("rows of the old table");
+    for sql in ["ALTER TABLE rt RENAME TO rt_old", RT_DDL, &DIST.sql("rt")] {
+        client.batch_execute(sql).await.expect("the table made again");
+    }
+    for mut c in [db.connect().await, client] {
+        let o = Retweet::bulk_create_new(&mut c, numbered(0, big)).await.expect("the call on the new table");
+        assert_eq!((o.inserted, o.skipped), (big as u64, 0));
+        let o = Retweet::bulk_create_new(&mut c, numbered(0, big + 50)).await.expect("again");
+        assert_eq!((o.inserted, o.skipped), (50, big as u64));
+        c.batch_execute(
+            "INSERT INTO rt (tweet, retweeter, original_author) SELECT -k, -k, 0 FROM generate_series(1, 100) AS k",
+        )
+        .await
+        .unwrap();
+        ids_of_own_sequence(&c, "rt").await;
+        c.batch_execute("TRUNCATE rt").await.unwrap();
+    }
+    db.drop().await;
+}
+
+/// Every id of `table` distinct, and handed out by its own sequence.
+async fn ids_of_own_sequence(client: &Client, table: &str) {
+    let row =
+        client.query_one(&format!("SELECT count(*), count(DISTINCT id), max(id) FROM {table}"), &[]).await.unwrap();
+    let (rows, distinct, max): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let last: i64 = client
+        .query_one(
+            "SELECT last_value FROM pg_sequences
+              WHERE format('%I.%I', schemaname, sequencename)::regclass = pg_get_serial_sequence($1, 'id')::regclass",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, distinct, "distinct ids");
+    assert!(max <= last, "ids of the table's own sequence: max {max}, the sequence's last value {last}");
+}
+
+/// An unqualified model whose `search_path` names a schema without a
+/// staging table, then one whose same-named table has one: the call writes
+/// the first schema's table and does not copy into the other schema's
+/// staging table (whose ids come from the other table's sequence).
+#[tokio::test]
+async fn a_staging_table_of_another_schema_on_the_search_path_is_not_used() {
+    let (other, other_client) = setup("staging_other_b", STAGED, LONG, On::Client).await;
+    Retweet::bulk_create_new(&mut { other_client }, numbered(-5_000, 5_000)).await.expect("the other table's rows");
+    let db = CitusDb::new("staging_other_a").await;
+    let mut client = db.connect().await;
+    client.batch_execute(RT_DDL).await.unwrap();
+    client.batch_execute(&DIST.sql("rt")).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "SET search_path = {}, {}",
+            bulk_runtime::quote_ident(&db.schema),
+            bulk_runtime::quote_ident(&other.schema)
+        ))
+        .await
+        .unwrap();
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    for _ in 0..2 {
+        let o = Retweet::bulk_create_new(&mut client, numbered(0, big)).await.expect("the call");
+        assert_eq!(o.offered, big as u64);
+    }
+    client
+        .batch_execute(
+            "INSERT INTO rt (tweet, retweeter, original_author) SELECT -k, -k, 0 FROM generate_series(1, 100) AS k",
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&client, "rt").await as usize, big + 100, "the first schema's table");
+    ids_of_own_sequence(&client, "rt").await;
+    db.drop().await;
+    other.drop().await;
 }
 
 /// A column with a volatile default added between calls, on a connection
 /// whose check found the staging table usable: Citus would run the insert
 /// from the staging table through the coordinator, where an `ON CONFLICT`
-/// insert's command tag counts the rows attempted (here under `REPEATABLE
-/// READ`, which takes that form). The call checks the table again before it
-/// copies, keeps to the session's scratch table, and counts exactly; with
-/// the column dropped, back to the staging table.
+/// insert's command tag counts the rows attempted. The call checks the
+/// table again before it copies, keeps to the session's scratch table, and
+/// counts exactly; with the column dropped, back to the staging table.
 #[tokio::test]
 async fn a_volatile_default_added_between_calls_keeps_the_next_call_off_the_staging_table() {
     let (db, mut client) = setup("staging_altered", STAGED, LONG, On::Transaction).await;
@@ -1204,14 +1427,7 @@ async fn a_volatile_default_added_between_calls_keeps_the_next_call_off_the_stag
         let (pre, rows): (Vec<Retweet>, Vec<Retweet>) = (numbered(next, big / 2), numbered(next, big));
         next += big as i64;
         store(client, &pre).await;
-        let mut tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .await
-            .expect("begin REPEATABLE READ");
-        let o = Retweet::bulk_create_new(&mut tx, &rows).await.unwrap_or_else(|e| panic!("{what}: {e}"));
-        tx.commit().await.expect("commit");
+        let o = Retweet::bulk_create_new(client, &rows).await.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(
             (o.offered, o.inserted, o.skipped),
             (big as u64, (big - big / 2) as u64, (big / 2) as u64),

@@ -21,7 +21,9 @@ fn rows(from: u64, n: usize, tag: &str) -> Vec<Contended> {
 /// the backend's pid.
 async fn pin(client: &Client) -> i32 {
     client.batch_execute("BEGIN").await.unwrap();
-    client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+    // Unnamed: a pinned backend may hold another process's statements of
+    // the names this process prepares under.
+    client.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0)
 }
 
 async fn unpin(client: &Client) {
@@ -225,5 +227,58 @@ async fn session_pooler_resets_the_backend_between_clients() {
     }
     assert!(pids.windows(2).all(|w| w[0] == w[1]), "the same backend each time: {pids:?}");
     assert_eq!(count(&db.connect().await, "contended").await, 3 * (2 * COPY_BATCH + 40) as i64);
+    db.drop().await;
+}
+
+/// Another process's prepared statements on a transaction pooler's backend,
+/// of the names this process's tokio-postgres gives its own (`s0`, `s1`,
+/// ... from a counter of each process; here prepared with SQL `PREPARE`
+/// under the names this process gives next), taking the short path's
+/// parameters and writing elsewhere. The writer's first calls run on the
+/// other backend; its later ones land on this one. A connection behind a
+/// pooler runs its statements unnamed, so no call binds the other
+/// process's statement: every row goes to the model's table, with exact
+/// counts, and none to the other process's.
+#[tokio::test]
+async fn another_process_statements_of_the_same_names_through_a_transaction_pooler() {
+    let db = setup("pooler_names").await;
+    let direct = db.connect().await;
+    direct.batch_execute("CREATE TABLE decoy (a int4, b int8, payload text)").await.unwrap();
+    let bouncer = Pgbouncer::start(&db, "transaction", 2).await;
+    let mut writer = bouncer.connect().await;
+    let (pins, other) = ([bouncer.connect().await, bouncer.connect().await], bouncer.connect().await);
+    // The name this process's next prepared statement takes.
+    let probe = format!("{:?}", direct.prepare("SELECT 1").await.unwrap());
+    let next: usize = probe
+        .split("name: \"s")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("a statement name in {probe}"))
+        + 1;
+    let first = pin(&pins[0]).await;
+    let mut offered = 0u64;
+    for round in 0..3u64 {
+        let o = Contended::bulk_create_new(&mut writer, &rows(round * 10, 10, "first")).await.unwrap();
+        assert_eq!((o.offered, o.inserted), (10, 10));
+        offered += 10;
+    }
+    // The other backend, now the only one free, gets the other process's statements.
+    let second = pin(&pins[1]).await;
+    unpin(&pins[0]).await;
+    let prepares: Vec<String> = (next..next + 3000)
+        .map(|n| format!("PREPARE s{n} (int4[], int8[], text[]) AS INSERT INTO decoy SELECT * FROM unnest($1, $2, $3)"))
+        .collect();
+    other.batch_execute(&prepares.join(";\n")).await.expect("the other process's statements");
+    for round in 3..8u64 {
+        let o = Contended::bulk_create_new(&mut writer, &rows(round * 10, 10, "later")).await.unwrap();
+        assert_eq!((o.offered, o.inserted, o.skipped), (10, 10, 0), "round {round}");
+        offered += 10;
+    }
+    unpin(&pins[1]).await;
+    assert_ne!(first, second, "the pins held both server connections in turn");
+    assert_eq!(count(&direct, "decoy").await, 0, "no row went to the other process's table");
+    assert_eq!(count(&direct, "contended").await as u64, offered, "every row in the model's table");
+    assert_eq!(left_behind(&bouncer, 2).await, 0, "no statement of the writer left on the pooler's backends");
     db.drop().await;
 }

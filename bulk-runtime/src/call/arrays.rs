@@ -311,10 +311,11 @@ impl Statements<'_> {
         let labelled = |dialect: Dialect| format!("{label}{}", dialect.label_suffix());
         let found =
             if self.prepared { statements::lookup(client, model, &labelled(self.dialect)) } else { Lookup::Unnamed };
-        let prepare = match found {
+        let (prepare, after_check) = match found {
             Lookup::Prepared(statement) => return Ok(Prepared::Statement(statement, labelled(self.dialect))),
-            Lookup::Prepare => true,
-            Lookup::Unnamed => false,
+            Lookup::Prepare => (true, false),
+            Lookup::PrepareAfterCheck => (false, true),
+            Lookup::Unnamed => (false, false),
         };
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let guess_id = wants_id && model.id_column().is_some();
@@ -336,6 +337,10 @@ impl Statements<'_> {
         let (shape, with_id) = (shape?, with_id?);
         self.checked = Some(shape.clone());
         self.dialect = shape.dialect;
+        // The check told whether the connection is direct: only then is a
+        // name of this process's sure to be its own on the backend (see
+        // `statements`), and the statement is prepared now.
+        let prepare = prepare || (after_check && statements::direct(client) == Some(true));
         let (sql, statement) = if shape.is_default() && with_id == guess_id && prepare_guess == prepare {
             (guess, statement)
         } else {

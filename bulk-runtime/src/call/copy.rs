@@ -36,10 +36,20 @@ pub(crate) struct Sent {
     pub staged: bool,
 }
 
+/// What [`scratch`] found before the COPY.
+pub(crate) struct Before {
+    /// Whether the target has a usable id column, when the kind returns ids.
+    pub with_id: bool,
+    /// Whether the COPY of a plain call may go to the target's Citus
+    /// staging table, when the connection's check found it usable: only in
+    /// a `READ COMMITTED` transaction (see `Plan::stage_guard`).
+    pub may_stage: bool,
+}
+
 /// Makes sure the session has the scratch table (after the schema check the
-/// first time it sees the model); returns whether the target has a usable
-/// id column, when the kind returns ids. One round trip when the table exists.
-pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> Result<bool, Error> {
+/// first time it sees the model); returns what it found. One round trip
+/// when the table exists.
+pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> Result<Before, Error> {
     let plan = sql::plan(model);
     let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
     let stage_id = model.id_column();
@@ -54,8 +64,13 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
         (&plan.text_key_nullable, Type::BOOL_ARRAY),
     ];
     let before = tx.query_typed(&variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
-    let (mut exists, with_id, stage, fits) =
-        before.first().map_or((false, false, false, true), |r| (r.get(0), r.get(1), r.get(2), r.get(3)));
+    let (mut exists, with_id, stage, fits, read_committed) = before
+        .first()
+        .map_or((false, false, false, true, false), |r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)));
+    // Under `REPEATABLE READ` or `SERIALIZABLE` the check reads the catalog
+    // as of the transaction's snapshot, which may be older than the
+    // target's lock: such a call keeps to the session's scratch table.
+    let stage = stage && read_committed;
     if exists && !fits {
         // The key compares otherwise than when the scratch table was made
         // (its key columns took the table's type and collation then): made
@@ -68,7 +83,7 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let checked = use_scratch(tx, model, exists).await?;
     let dialect = statements::dialect(tx, model);
     let plain = matches!(kind, Kind::CreateNew);
-    let staged = dialect == Dialect::CitusStaged;
+    let staged = dialect == Dialect::CitusStaged && read_committed;
     let opened = stage && dialect == Dialect::Citus && !statements::stage_refused(tx, model);
     if plain && (staged || opened) && !checked {
         // The check again, which decides between the staging table and the
@@ -88,7 +103,7 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
         // it on this connection.
         statements::set_stage_refused(tx, model, statements::dialect(tx, model) == Dialect::Citus);
     }
-    Ok(with_id)
+    Ok(Before { with_id, may_stage: read_committed })
 }
 
 /// The session's scratch table for `model`, made first (after the schema
@@ -149,6 +164,7 @@ pub(crate) async fn stream<T, S, R>(
     head: Vec<R>,
     mut rows: Pin<&mut S>,
     call: &mut Call<'_>,
+    before: &Before,
 ) -> Result<Sent, Error>
 where
     T: BulkCreateNew,
@@ -156,7 +172,7 @@ where
     R: Borrow<T>,
 {
     let plain = matches!(call.kind, Kind::CreateNew);
-    let staged = plain && statements::dialect(tx, model) == Dialect::CitusStaged;
+    let staged = plain && before.may_stage && statements::dialect(tx, model) == Dialect::CitusStaged;
     let mut copy = CopyWriter::start(tx, model, plain, staged).await?;
     if call.ledger.is_some() {
         copy.fingerprint = Some(Fingerprint::new());
@@ -295,15 +311,23 @@ async fn insert_new(
     let mut form = Form::first(model, &Kind::CreateNew, sent.offered, dialect);
     let mut request = Request::default();
     request.push_opt(work_mem_sql(sent, nested).as_deref());
+    // From the staging table, a guard follows the `ON CONFLICT` form's
+    // insert: the target may have changed since the check so that Citus ran
+    // the insert through the coordinator, where its command tag counts the
+    // rows attempted (see `Plan::stage_guard`); the call then fails, nothing
+    // written. (The plain form's tag counts exactly there too: it inserts
+    // every row it attempts, or fails.)
+    let stage_guard = (dialect == Dialect::CitusStaged).then_some(plan.stage_guard.as_str());
     if form == Form::Plain {
         request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
         request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
-        // From the staging table, the guard follows the insert (see
+        // From the staging table, the key's guard follows the insert (see
         // `Plan::staged_guard`); a refusal rolls back to the savepoint.
         request.push_opt((dialect == Dialect::CitusStaged).then_some(plan.staged_guard.as_str()));
         request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
     } else {
         request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+        request.push_opt(stage_guard);
     }
     let mut refused: Option<Error> = None;
     loop {
@@ -324,6 +348,7 @@ async fn insert_new(
             request.push(&format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}"));
             request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
             request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+            request.push_opt(stage_guard);
             refused = result.err();
             continue;
         }

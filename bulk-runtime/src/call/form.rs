@@ -62,7 +62,7 @@ impl Form {
             // refusal counts as a conflict: under REPEATABLE READ it always
             // refuses, and the next calls go straight to ON CONFLICT for a
             // while.)
-            Err(e) if matches!(e.sqlstate(), Some(&SqlState::UNIQUE_VIOLATION | &SqlState::DIVISION_BY_ZERO)) => {
+            Err(e) if e.is_unique_violation() || e.sqlstate() == Some(&SqlState::DIVISION_BY_ZERO) => {
                 contention.conflicted();
                 Some(Form::OnConflict)
             }
@@ -81,6 +81,14 @@ impl Form {
     pub(crate) fn index_changed(error: &Error) -> bool {
         error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
             && error.db_error().is_some_and(|db| db.message().contains(sql::KEY_INDEX_CHANGED))
+    }
+
+    /// Whether `error` is the refusal of the guard that follows an insert
+    /// from a Citus staging table
+    /// ([`STAGE_CHANGED`](crate::sql::STAGE_CHANGED)): nothing was written.
+    pub(crate) fn stage_changed(error: &Error) -> bool {
+        error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+            && error.db_error().is_some_and(|db| db.message().contains(sql::STAGE_CHANGED))
     }
 
     /// Whether `error` is the server's refusal to run a prepared statement

@@ -499,8 +499,8 @@ where
     R: Borrow<T>,
 {
     let mut scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
-    let with_id = copy::scratch(scope.client(), model, call.kind).await?;
-    let sent = copy::stream::<T, S, R>(scope.client(), model, head, rows, call).await?;
+    let before = copy::scratch(scope.client(), model, call.kind).await?;
+    let sent = copy::stream::<T, S, R>(scope.client(), model, head, rows, call, &before).await?;
     let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
         Ok(claimed) => claimed,
         Err(replay) => {
@@ -509,7 +509,7 @@ where
         }
     };
     let and_commit = call.ledger.is_none();
-    let report = copy::insert(&mut scope, model, &sent, with_id, call, and_commit).await?;
+    let report = copy::insert(&mut scope, model, &sent, before.with_id, call, and_commit).await?;
     finish(scope, model, call.ledger, claimed, &report).await?;
     Ok(report)
 }
@@ -576,10 +576,12 @@ async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static M
             problems: vec![SchemaProblem::KeyChangedOnInsert { triggers }],
         };
     }
-    if Form::index_changed(&error) {
+    if Form::index_changed(&error) || Form::stage_changed(&error) {
         // (The COPY path's `ON CONFLICT` form; the short path got here
         // after checking again.) The connection's statements were built for
-        // the table as its last check found it.
+        // the table as its last check found it. (After the guard of an
+        // insert from the staging table, the check keeps the connection's
+        // next calls off it.)
         crate::statements::forget_prepared(conn.client(), model);
         return match schema::verify(conn.client(), model).await {
             Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,

@@ -273,6 +273,37 @@ pub(crate) enum Compared<'a> {
 pub(crate) const KEY_INDEX_CHANGED: &str =
     "bulk_runtime: the unique index on the key, or how the table compares the key, changed since the check";
 
+/// The message of the error the guard after an insert from a Citus staging
+/// table raises (SQLSTATE 22P02, see [`stage_guard`]): the target changed,
+/// after the call checked it, so that Citus may have run the insert through
+/// the coordinator, where its command tag counts the rows attempted. The
+/// call fails with nothing written, and may be retried: the driver checks
+/// the table again, and the retry keeps to the session's scratch table.
+pub(crate) const STAGE_CHANGED: &str = "bulk_runtime: the distributed table changed during the call \
+     (a column left to a default that calls a function, an identity or a generated column); \
+     nothing was written, and a retry counts exactly";
+
+/// The statement that follows each insert from the staging table of the
+/// model's target: true, or the error [`STAGE_CHANGED`] unless no column of
+/// the target outside the staging table's `names` is left to a default that
+/// calls a function, or is an identity or a generated column (see
+/// [`schema::pushable_defaults`](crate::schema::pushable_defaults)). The
+/// check before the COPY found none, but the table may have changed before
+/// the insert locked it. Under `READ COMMITTED` (the only isolation that
+/// copies into the staging table) this statement's snapshot is taken while
+/// the insert's lock is held, so it reads the catalog the insert was
+/// planned with.
+pub(crate) fn stage_guard(model: &Model, names: &[&str]) -> String {
+    let names: Vec<String> = names.iter().map(|n| literal(n)).collect();
+    let target = format!("pg_catalog.to_regclass({})", literal(&model.qualified_name()));
+    format!(
+        "SELECT CASE WHEN pg_catalog.current_setting('transaction_isolation') = 'read committed' AND {} \
+         THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
+        crate::schema::pushable_defaults(&target, &format!("ARRAY[{}]", names.join(", "))),
+        literal(STAGE_CHANGED)
+    )
+}
+
 /// How the column `name` (an SQL text expression) of the relation `rel` (an
 /// OID expression) compares, as a `text[]` of five: the schema and name of
 /// its type when that is `citext` or `bpchar` (or `varchar`, for a key

@@ -65,6 +65,11 @@ pub(crate) struct Plan {
     /// the end of the transaction), so an index it finds was there while
     /// the insert ran: building one takes a lock that waits for the insert.
     pub staged_guard: String,
+    /// Follows every insert from the staging table: the error
+    /// [`STAGE_CHANGED`](fragments::STAGE_CHANGED) if the target now has a
+    /// column that would make Citus run that insert through the
+    /// coordinator (see [`fragments::stage_guard`]).
+    pub stage_guard: String,
     /// Deletes the call's rows from the staging table (in the call's own
     /// transaction, which is the only one that sees them).
     pub clear_stage: String,
@@ -142,6 +147,10 @@ impl Plan {
             insert_staged_plain: insert::staged_citus(model, true, true),
             insert_staged_plain_distinct_keys: insert::staged_citus(model, false, true),
             staged_guard: format!("SELECT {}", fragments::key_index_guard(model, fragments::Compared::Unchecked)),
+            stage_guard: fragments::stage_guard(
+                model,
+                &model.staging_columns().into_iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            ),
             clear_stage: format!("DELETE FROM {stage}"),
             stage_regclass: stage,
             copy_stage,

@@ -332,7 +332,10 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// `$7` (`$8`: whether the model declares each nullable) compare as the scratch table's do (which took the table's type and
 /// collation when the connection checked it): when not (a `search_path`
 /// that now leads to a same-named table whose key has another collation, a
-/// column altered), the call makes the scratch table again after a check.
+/// column altered), the call makes the scratch table again after a check;
+/// and whether the transaction is `READ COMMITTED`, the only isolation
+/// that copies into the staging table (the guard after the insert from it,
+/// `Plan::stage_guard`, reads the catalog as the insert saw it only there).
 pub(crate) static BEFORE_COPY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -342,7 +345,8 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
                   AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{{20,21,23}}'::oid[])),
        coalesce(pg_catalog.to_regclass($4) IS NOT NULL AND {open}, false),
        NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])) AS k(name, nullable)
-                    WHERE {target} IS DISTINCT FROM {scratch})",
+                    WHERE {target} IS DISTINCT FROM {scratch}),
+       pg_catalog.current_setting('transaction_isolation') = 'read committed'",
         open =
             crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5"),
         target = fragments::column_compares("pg_catalog.to_regclass($2)", "k.name", "k.nullable"),
