@@ -203,7 +203,8 @@ async fn first_calls_of_new_connections_through_a_transaction_pooler() {
 async fn session_pooler_resets_the_backend_between_clients() {
     // A session pooler with one server connection runs DISCARD ALL when a
     // client leaves: the next client gets the same backend without the
-    // scratch table or the prepared statement, and the calls recreate both.
+    // scratch table, and the calls recreate it (the short batches run
+    // unnamed behind any pooler: see the test below).
     let db = setup("pooler_session").await;
     let bouncer = Pgbouncer::start(&db, "session", 1).await;
     let mut pids = Vec::new();
@@ -280,5 +281,39 @@ async fn another_process_statements_of_the_same_names_through_a_transaction_pool
     assert_eq!(count(&direct, "decoy").await, 0, "no row went to the other process's table");
     assert_eq!(count(&direct, "contended").await as u64, offered, "every row in the model's table");
     assert_eq!(left_behind(&bouncer, 2).await, 0, "no statement of the writer left on the pooler's backends");
+    db.drop().await;
+}
+
+/// A session pooler answers the startup with its own process id, as a
+/// transaction pooler does, and the client cannot tell the two apart: its
+/// short batches run unnamed there too (a schema check in each one's round
+/// trip), with exact counts, and leave no prepared statement on the
+/// session's backend. (Only the scratch table of the COPY path is reused
+/// for the client's session; see README, "Connection poolers".)
+#[tokio::test]
+async fn a_session_pooler_runs_short_batches_unnamed_with_exact_counts() {
+    let db = setup("pooler_session_unnamed").await;
+    let bouncer = Pgbouncer::start(&db, "session", 1).await;
+    let mut client = bouncer.connect().await;
+    client.batch_execute(&format!("SET search_path = {}", bulk_runtime::quote_ident(&db.schema))).await.unwrap();
+    let pid: i32 = client.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    for call in 0..6u64 {
+        let batch = rows(call * 100, 20, "session");
+        let o = Contended::bulk_create_new(&mut client, batch.iter().chain(&batch[..10])).await.unwrap();
+        assert_eq!((o.offered, o.inserted, o.skipped), (30, 20, 10), "call {call}");
+    }
+    let (same, prepared): (i32, i64) = {
+        let row = &client
+            .query_typed(
+                "SELECT pg_backend_pid(), (SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'INSERT%')",
+                &[],
+            )
+            .await
+            .unwrap()[0];
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(same, pid, "the session kept its backend");
+    assert_eq!(prepared, 0, "no short-batch statement prepared on the session's backend");
+    assert_eq!(count(&db.connect().await, "contended").await, 6 * 20);
     db.drop().await;
 }
