@@ -1069,6 +1069,26 @@ async fn a_value_too_long_for_the_key_fails_the_call_on_a_reference_table() {
     too_long_for_the_key(REF).await;
 }
 
+/// Whether a backend on a worker waits for another transaction's row
+/// while running a query on a shard whose name is like `shard`.
+async fn waits_on_a_worker(db: &CitusDb, admin: &Client, shard: &str) -> bool {
+    let mut waiting = false;
+    for (host, port) in workers(admin).await {
+        let worker = db.connect_worker(&host, port).await;
+        let found: bool = worker
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                    AND wait_event = 'transactionid' AND query LIKE $1)",
+                &[&shard],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        waiting |= found;
+    }
+    waiting
+}
+
 /// The plain call's first attempt from the staging table is the anti-join
 /// without `ON CONFLICT`. A key that another session stores while the
 /// insert runs makes it fail with `unique_violation` (on a worker, where it
@@ -1122,19 +1142,7 @@ async fn a_key_stored_meanwhile_sends_the_staged_insert_to_its_on_conflict_form(
                 .unwrap()
                 .map(|r| r.get::<_, String>(0));
         }
-        for (host, port) in workers(&admin).await {
-            let worker = db.connect_worker(&host, port).await;
-            let found: bool = worker
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                        AND wait_event = 'transactionid' AND query LIKE $1)",
-                    &[&shard],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            waiting |= found;
-        }
+        waiting |= waits_on_a_worker(&db, &admin, &shard).await;
         if waiting && request.is_some() {
             break;
         }
@@ -1291,19 +1299,7 @@ async fn a_volatile_default_added_while_a_call_copies_fails_it_retryably_and_the
     let mut waiting = false;
     for _ in 0..4000 {
         assert!(!call.is_finished(), "the call finished before the other session committed");
-        for (host, port) in workers(&admin).await {
-            let worker = db.connect_worker(&host, port).await;
-            let found: bool = worker
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                        AND wait_event = 'transactionid' AND query LIKE $1)",
-                    &[&shard],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            waiting |= found;
-        }
+        waiting |= waits_on_a_worker(&db, &admin, &shard).await;
         if waiting {
             break;
         }
