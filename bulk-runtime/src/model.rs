@@ -375,8 +375,10 @@ impl Model {
     /// A call uses the staging table when it finds it co-located with the
     /// target, of these columns, open to the role (`SELECT`, `INSERT`,
     /// `DELETE`, and `USAGE` of the id sequence), and no other column of
-    /// the target is left to a default that calls a function (Citus would
-    /// then run the insert through the coordinator); otherwise the
+    /// the target is left to a volatile default or to a
+    /// `CURRENT_TIMESTAMP`-style keyword (Citus would run the insert through
+    /// the coordinator, or leave the keyword to each worker; a stable
+    /// default such as `now()` is fine); otherwise the
     /// session's temporary table. Rows
     /// a call copies there are deleted in the call's own transaction: no
     /// other session ever sees them.

@@ -54,10 +54,12 @@ SELECT ic.relname::text,
 /// co-located with it, with the columns `$3` of the types `$4`, and open
 /// to the role for `SELECT`, `INSERT` and `DELETE`, with `USAGE` of the
 /// sequence of the model's id column `$5` (NULL without one); and no other
-/// column of the target left to a default that calls a function (a
-/// sequence, a volatile function: Citus would then pull the insert's rows
-/// to the coordinator, and its command tag would count the rows attempted)
-/// or to an identity or generated column.
+/// column of the target left to a default that Citus would not settle on
+/// the coordinator (a sequence, a volatile function: Citus would then pull
+/// the insert's rows to the coordinator, and its command tag would count
+/// the rows attempted; a `CURRENT_TIMESTAMP`-style keyword, which each
+/// worker would evaluate) or to an identity or generated column
+/// ([`pushable_defaults`]).
 static CITUS_KIND: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -113,7 +115,7 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
 /// is true for any one of them); in the target's own schema (not a
 /// staging table of another schema that a `search_path` finds for an
 /// unqualified model); no column of the target outside the staging
-/// table's `names` (a `text[]`) left to a default that calls a function
+/// table's `names` (a `text[]`) left to a default that Citus would not settle on the coordinator
 /// ([`pushable_defaults`]); and, for the id column `id` (a `text`, NULL
 /// without one), not `GENERATED ALWAYS` (the insert from the staging table
 /// names its value), `USAGE` of its sequence, and the staging table's id
@@ -159,12 +161,14 @@ pub(crate) fn staging_open(target: &str, target_name: &str, stage: &str, names: 
 
 /// SQL true when no column of the target `target` (an OID expression)
 /// outside `names` (a `text[]`: the columns an insert from the staging
-/// table names) is left to a default that calls a function (its own, or
-/// its domain's), or is an identity or a generated column: Citus would
-/// then pull the insert's rows through the coordinator, where the command
-/// tag of an `ON CONFLICT` insert counts the rows attempted. Part of
-/// [`staging_open`], and of the guard that follows each insert from the
-/// staging table (`Plan::stage_guard`).
+/// table names) is an identity or a generated column, or is left to a
+/// default (its own, or its domain's) that Citus would not turn into a
+/// constant on the coordinator ([`settled_on_the_coordinator`]). Citus would
+/// pull the insert's rows through the coordinator, where the command tag of
+/// an `ON CONFLICT` insert counts the rows attempted, or have each worker
+/// evaluate the default on its own. Part of [`staging_open`], and of the
+/// guard that follows each insert from the staging table
+/// (`Plan::stage_guard`).
 pub(crate) fn pushable_defaults(target: &str, names: &str) -> String {
     format!(
         "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
@@ -172,11 +176,36 @@ pub(crate) fn pushable_defaults(target: &str, names: &str) -> String {
                           WHERE a.attrelid = {target} AND a.attnum > 0 AND NOT a.attisdropped
                             AND a.attname::text <> ALL ({names}::text[])
                             AND (a.attidentity <> '' OR a.attgenerated <> ''
-                                 OR pg_catalog.strpos(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '(') > 0
+                                 OR NOT {own}
                                  OR (d.adbin IS NULL AND EXISTS (
                                        SELECT 1 FROM pg_catalog.pg_type AS t
                                         WHERE t.oid = a.atttypid AND t.typtype = 'd'
-                                          AND pg_catalog.strpos(coalesce(t.typdefault, ''), '(') > 0))))"
+                                          AND NOT {domain}))))",
+        own = settled_on_the_coordinator("d.adbin"),
+        domain = settled_on_the_coordinator("t.typdefaultbin"),
+    )
+}
+
+/// SQL true when the default expression `tree` (a `pg_node_tree`, NULL for
+/// none) is one that Citus evaluates on the coordinator, once per
+/// statement, when it pushes an `INSERT ... SELECT` down to the shards (as
+/// PostgreSQL gives every row of a statement the same `now()`): no volatile
+/// function or operator (Citus would pull the rows through the coordinator,
+/// as for `nextval` or `clock_timestamp()`), no `CURRENT_TIMESTAMP`-style
+/// keyword (a `SQLValueFunction`, which Citus leaves in the shard queries:
+/// each worker would give its own transaction's time or role), and no
+/// coercion through a type's text form (its I/O functions' volatility is
+/// not in the tree). Stable and immutable functions such as `now()` pass.
+/// Read from the tree's text form, which names each function and
+/// operator's function by OID (`:funcid`, `:opfuncid`, ...).
+fn settled_on_the_coordinator(tree: &str) -> String {
+    format!(
+        "({tree} IS NULL
+          OR (NOT pg_catalog.textregexeq({tree}::text, '[{{](SQLVALUEFUNCTION|NEXTVALUEEXPR|COERCEVIAIO) ')
+              AND NOT EXISTS (
+                SELECT 1 FROM pg_catalog.regexp_matches({tree}::text, ':(funcid|opfuncid|hashfuncid|negfuncid) ([0-9]+)', 'g') AS f(m)
+                  JOIN pg_catalog.pg_proc AS p ON p.oid = f.m[2]::pg_catalog.oid
+                 WHERE p.provolatile = 'v')))"
     )
 }
 

@@ -1003,6 +1003,85 @@ async fn a_column_with_a_volatile_default_keeps_the_call_off_the_staging_table()
     db.drop().await;
 }
 
+/// A target column left to a time default, in a caller's `READ COMMITTED`
+/// transaction: `now()` (stable; Citus evaluates it on the coordinator)
+/// keeps the COPY path on the staging table, `CURRENT_TIMESTAMP` (which
+/// Citus leaves to each worker) keeps it on the session's scratch table.
+/// Either way every row the COPY path inserts gets the caller's
+/// transaction time, as on one server (with `now()`, the shorter paths'
+/// rows too), and the counts are exact. `staged` says which table the
+/// call copies into, shown by a `CHECK` on the staging table that refuses
+/// the batch's rows.
+async fn a_time_default(default: &str, staged: bool) {
+    let name = if staged { "default_now" } else { "default_current_timestamp" };
+    let (db, mut client) = setup(name, STAGED, LONG, On::Transaction).await;
+    client
+        .batch_execute(&format!("ALTER TABLE rt ADD COLUMN seen timestamptz NOT NULL DEFAULT {default}"))
+        .await
+        .expect("a time default");
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let stage = bulk_runtime::quote_ident(&Retweet::model().citus_staging_table());
+    Retweet::bulk_create_new(&mut client, numbered(-10, 10)).await.expect("a first call checks the table");
+    let pre = numbered(0, big / 2);
+    store(&client, &pre).await;
+    client
+        .batch_execute(&format!("ALTER TABLE {stage} ADD CONSTRAINT refused CHECK (original_author <> 7)"))
+        .await
+        .expect("a CHECK on the staging table");
+    let rows = numbered(0, big).into_iter().map(|r| rt(r.tweet, r.retweeter, 7)).collect::<Vec<_>>();
+    let mut tx = client.transaction().await.expect("begin READ COMMITTED");
+    let called = Retweet::bulk_create_new(&mut tx, &rows).await;
+    if staged {
+        let err = called.expect_err("the staging table's CHECK refuses");
+        assert!(err.to_string().contains("refused"), "copied into the staging table: {err}");
+        tx.rollback().await.expect("roll back");
+        client.batch_execute(&format!("ALTER TABLE {stage} DROP CONSTRAINT refused")).await.expect("drop the CHECK");
+        tx = client.transaction().await.expect("begin READ COMMITTED");
+        let o = Retweet::bulk_create_new(&mut tx, &rows).await.expect("the call on the staging table");
+        assert_eq!((o.inserted, o.skipped), ((big - big / 2) as u64, (big / 2) as u64), "{o:?}");
+    } else {
+        let o = called.expect("the call keeps off the staging table");
+        assert_eq!((o.inserted, o.skipped), ((big - big / 2) as u64, (big / 2) as u64), "{o:?}");
+    }
+    // With `now()`, the other paths in the same transaction too: a short
+    // batch (the `ON CONFLICT` form) and one multi-row `VALUES` statement.
+    // (Citus leaves a `CURRENT_TIMESTAMP` default in their shard queries,
+    // as in any `INSERT`: each worker gives its own time; README.)
+    let shorter = if staged { SHORT + 1_000 } else { 0 };
+    if staged {
+        for (from, n) in [(2_000_000, SHORT), (3_000_000, 1_000)] {
+            let o = Retweet::bulk_create_new(&mut tx, numbered(from, n)).await.expect("a shorter call");
+            assert_eq!(o.inserted, n as u64, "{o:?}");
+        }
+    }
+    // (`now()` in a query of the distributed table would be each worker's.)
+    let now: std::time::SystemTime = tx.query_one("SELECT now()", &[]).await.expect("the transaction's time").get(0);
+    let at_now: i64 = tx
+        .query_one("SELECT count(*) FROM rt WHERE seen = $1", &[&now])
+        .await
+        .expect("the rows of the transaction's time")
+        .get(0);
+    assert_eq!(
+        at_now as usize,
+        big - big / 2 + shorter,
+        "every inserted row, and only those, has the transaction's time"
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!(count(&client, "rt").await as usize, 10 + big + shorter);
+    assert_eq!(count(&client, &Retweet::model().citus_staging_table()).await, 0, "the staging table keeps no row");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_column_defaulting_to_now_keeps_the_call_on_the_staging_table() {
+    a_time_default("now()", true).await;
+}
+
+#[tokio::test]
+async fn a_column_defaulting_to_current_timestamp_keeps_the_call_off_the_staging_table() {
+    a_time_default("CURRENT_TIMESTAMP", false).await;
+}
+
 /// A `varchar(5)` key column, the model's field a `String`: a value too
 /// long fails the call with the server's `22001` naming the type, on every
 /// path (a short batch, the first call's COPY path, and a batch longer than

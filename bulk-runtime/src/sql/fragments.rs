@@ -280,13 +280,13 @@ pub(crate) const KEY_INDEX_CHANGED: &str =
 /// call fails with nothing written, and may be retried: the driver checks
 /// the table again, and the retry keeps to the session's scratch table.
 pub(crate) const STAGE_CHANGED: &str = "bulk_runtime: the distributed table changed during the call \
-     (a column left to a default that calls a function, an identity or a generated column); \
+     (a column left to a volatile or per-worker default, an identity or a generated column); \
      nothing was written, and a retry counts exactly";
 
 /// The statement that follows each insert from the staging table of the
 /// model's target: true, or the error [`STAGE_CHANGED`] unless no column of
 /// the target outside the staging table's `names` is left to a default that
-/// calls a function, or is an identity or a generated column (see
+/// Citus would not settle on the coordinator, or is an identity or a generated column (see
 /// [`schema::pushable_defaults`](crate::schema::pushable_defaults)). The
 /// check before the COPY found none, but the table may have changed before
 /// the insert locked it. Under `READ COMMITTED` (the only isolation that
