@@ -2845,3 +2845,201 @@ async fn a_trigger_that_gives_every_row_a_new_key_leaves_the_plain_call_exact() 
     }
     db.drop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Review A: cases where the README's Citus guarantees do not hold.
+
+/// A schema of this review's own (`reva_<test>_<pid>`), dropped by
+/// `CitusDb::drop` (or its `Drop` when the test fails).
+async fn reva_db(test: &str) -> CitusDb {
+    let schema = format!("reva_{test}_{}", std::process::id());
+    let (client, connection) =
+        bulk_tests::citus::coordinator_config().connect(tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let q = bulk_runtime::quote_ident(&schema);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {q} CASCADE; CREATE SCHEMA {q}")).await.expect("schema");
+    CitusDb { schema }
+}
+
+/// Waits until a session copies into `stage` (a COPY whose text names it).
+async fn reva_wait_for_copy(admin: &Client, stage: &str) {
+    let copying = format!("COPY %{stage}%");
+    for _ in 0..600 {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND pid <> pg_backend_pid()",
+                &[&copying],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the call never copied into the staging table");
+}
+
+/// README ("The staging table"): the staging table is used only while it is
+/// co-located with the target, and a table changed during a call, after its
+/// check and before its insert locks the table, is caught by the guard that
+/// follows the `ON CONFLICT` form's insert (Citus would run it through the
+/// coordinator, whose command tag counts the rows attempted). The guard
+/// (`fragments::stage_guard`) only re-reads the target's defaults: the
+/// target's co-location broken while the call copies
+/// (`update_distributed_table_colocation(..., colocate_with => 'none')`,
+/// which does not wait for the copy) sends the insert from the staging table
+/// through the coordinator, and the call reports the rows attempted as
+/// inserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reva_colocation_broken_while_a_call_copies_into_the_staging_table_keeps_counts_exact() {
+    /// A model of its own, so that the contention state is this test's.
+    #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+    #[bulk(table = "rt", unique(tweet, retweeter))]
+    struct Colo {
+        tweet: i64,
+        retweeter: i64,
+        original_author: i64,
+    }
+    let colo = |rows: Vec<Retweet>| -> Vec<Colo> {
+        rows.into_iter()
+            .map(|r| Colo { tweet: r.tweet, retweeter: r.retweeter, original_author: r.original_author })
+            .collect()
+    };
+    let db = reva_db("colocation").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&format!("SET citus.enable_unsafe_triggers = on; {RT_DDL}")).await.unwrap();
+    client.batch_execute(&DIST.sql("rt")).await.unwrap();
+    client.batch_execute(&Colo::model().citus_staging_sql()).await.expect("its staging table");
+    let admin = db.connect().await;
+    let stage = Colo::model().citus_staging_table();
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+
+    // 1. A plain-form attempt that meets a stored key (a trigger moves one
+    // row onto a stored key), so that the model's next calls go straight to
+    // the `ON CONFLICT` form (`contention`). This call itself counts exactly.
+    let schema = bulk_runtime::quote_ident(&db.schema);
+    for ddl in [
+        format!(
+            "CREATE FUNCTION {schema}.onto_stored() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN IF NEW.original_author = -7 THEN NEW.retweeter := -1; END IF; RETURN NEW; END $$"
+        ),
+        format!("CREATE TRIGGER onto_stored BEFORE INSERT ON rt FOR EACH ROW EXECUTE FUNCTION {schema}.onto_stored()"),
+    ] {
+        client.batch_execute(&ddl).await.unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    }
+    let mut first = colo(numbered(10_000_000, big + 10));
+    first[0].original_author = -7;
+    store(&admin, &[rt(first[0].tweet, -1, 0)]).await;
+    let o = Colo::bulk_create_new(&mut client, &first).await.expect("the first call");
+    assert_eq!(o.inserted, first.len() as u64 - 1, "{o:?}");
+    client.batch_execute("DROP TRIGGER onto_stored ON rt").await.unwrap();
+
+    // 2. The next call, a stream that pauses once the COPY into the
+    // staging table runs; meanwhile the target leaves the staging table's
+    // co-location group.
+    let (pre, rows) = (numbered(0, big), colo(numbered(0, 2 * big)));
+    store(&admin, &pre).await;
+    let before = count(&admin, "rt").await;
+    let (go, gate) = tokio::sync::oneshot::channel::<()>();
+    let (head, rest) = rows.split_at(big + 10);
+    let stream = futures_util::StreamExt::chain(
+        futures_util::stream::iter(head.to_vec()),
+        futures_util::StreamExt::flat_map(futures_util::stream::once(gate), {
+            let rest = rest.to_vec();
+            move |_| futures_util::stream::iter(rest.clone())
+        }),
+    );
+    let call = tokio::spawn(async move {
+        let result = Colo::bulk(&mut client).run_stream(stream).await;
+        (client, result)
+    });
+    reva_wait_for_copy(&admin, &stage).await;
+    admin
+        .batch_execute(
+            "SET lock_timeout = '20s'; SELECT update_distributed_table_colocation('rt', colocate_with => 'none')",
+        )
+        .await
+        .expect("rt leaves the staging table's co-location group");
+    go.send(()).expect("the call waits for the rest of its rows");
+    let (_client, result) = call.await.expect("the call's task");
+    let stored_by_call = count(&admin, "rt").await - before;
+    match result {
+        Ok(o) => assert_eq!(
+            (o.inserted, o.skipped),
+            (stored_by_call as u64, rows.len() as u64 - stored_by_call as u64),
+            "the call's report against the rows it stored ({} offered, {} of them stored before): {o:?}",
+            rows.len(),
+            pre.len()
+        ),
+        Err(e) => {
+            assert_eq!(stored_by_call, 0, "a failed call writes nothing: {e}");
+            assert!(e.is_retryable(), "a change during the call fails it retryably: {e}");
+        }
+    }
+    db.drop().await;
+}
+
+/// As `reva_colocation_broken_while_a_call_copies_into_the_staging_table_keeps_counts_exact`,
+/// for a call whose insert from the staging table takes the plain form (the
+/// model's first call, no contention): nothing is written, but the call
+/// fails with Citus's 0A000 "cannot push down this subquery" ("rt and
+/// __bulk_stage_... are not colocated"), which `Error::is_retryable` does
+/// not take as retryable, although the retry (checked again) would succeed.
+/// Same cause: nothing re-checks the co-location after the COPY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reva_colocation_broken_while_a_call_copies_fails_the_plain_form_retryably() {
+    #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+    #[bulk(table = "rt", unique(tweet, retweeter))]
+    struct ColoPlain {
+        tweet: i64,
+        retweeter: i64,
+        original_author: i64,
+    }
+    let db = reva_db("colocation_plain").await;
+    let mut client = db.connect().await;
+    client.batch_execute(RT_DDL).await.unwrap();
+    client.batch_execute(&DIST.sql("rt")).await.unwrap();
+    client.batch_execute(&ColoPlain::model().citus_staging_sql()).await.expect("its staging table");
+    let admin = db.connect().await;
+    let stage = ColoPlain::model().citus_staging_table();
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let rows: Vec<ColoPlain> = numbered(0, 2 * big)
+        .into_iter()
+        .map(|r| ColoPlain { tweet: r.tweet, retweeter: r.retweeter, original_author: r.original_author })
+        .collect();
+    store(&admin, &numbered(0, big)).await;
+    let before = count(&admin, "rt").await;
+    let (go, gate) = tokio::sync::oneshot::channel::<()>();
+    let (head, rest) = rows.split_at(big + 10);
+    let stream = futures_util::StreamExt::chain(
+        futures_util::stream::iter(head.to_vec()),
+        futures_util::StreamExt::flat_map(futures_util::stream::once(gate), {
+            let rest = rest.to_vec();
+            move |_| futures_util::stream::iter(rest.clone())
+        }),
+    );
+    let call = tokio::spawn(async move {
+        let result = ColoPlain::bulk(&mut client).run_stream(stream).await;
+        (client, result)
+    });
+    reva_wait_for_copy(&admin, &stage).await;
+    admin
+        .batch_execute("SELECT update_distributed_table_colocation('rt', colocate_with => 'none')")
+        .await
+        .expect("rt leaves the staging table's co-location group");
+    go.send(()).expect("the call waits for the rest of its rows");
+    let (_client, result) = call.await.expect("the call's task");
+    let stored_by_call = count(&admin, "rt").await - before;
+    match result {
+        Ok(o) => {
+            assert_eq!((o.inserted as i64, o.skipped as i64), (stored_by_call, rows.len() as i64 - stored_by_call))
+        }
+        Err(e) => {
+            assert_eq!(stored_by_call, 0, "a failed call writes nothing: {e}");
+            assert!(e.is_retryable(), "a change during the call fails it retryably: {e:?}");
+        }
+    }
+    db.drop().await;
+}
