@@ -3043,3 +3043,58 @@ async fn reva_colocation_broken_while_a_call_copies_fails_the_plain_form_retryab
     }
     db.drop().await;
 }
+
+/// README ("Keys a trigger changes"): the plain call's counts stay exact
+/// with a `BEFORE INSERT` trigger that rewrites the key; on Citus the
+/// `VALUES` statement goes "rows sorted and each key once", and the suite's
+/// `a_trigger_that_gives_every_row_a_new_key_leaves_the_plain_call_exact`
+/// says no row is stored that was not offered. But the statement is rounded
+/// up with repeats of its last row (`arrays::values_bucket`), and the call
+/// notices repeats that were inserted only when the report exceeds the
+/// batch's distinct keys (`report.inserted > distinct`). When most of the
+/// batch is already stored and the trigger rewrites only the last row's key,
+/// the repeats are inserted, stay under that bound, and are committed:
+/// 129 rows offered, 128 of them stored before, 1 new row, yet the call
+/// stores (and reports) 16.
+#[tokio::test]
+async fn reva_a_trigger_that_rewrites_one_key_does_not_store_the_values_statements_repeats() {
+    let db = reva_db("trigger_repeats").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&format!("SET citus.enable_unsafe_triggers = on; {RT_DDL}")).await.unwrap();
+    client.batch_execute(&DIST.sql("rt")).await.unwrap();
+    let schema = bulk_runtime::quote_ident(&db.schema);
+    for ddl in [
+        format!(
+            "CREATE FUNCTION {schema}.fresh_for_marked() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN IF NEW.original_author = -7 THEN
+                    NEW.retweeter := NEW.retweeter * 1000000000 + (random() * 999999999)::bigint;
+                  END IF; RETURN NEW; END $$"
+        ),
+        format!(
+            "CREATE TRIGGER fresh_for_marked BEFORE INSERT ON rt FOR EACH ROW EXECUTE FUNCTION {schema}.fresh_for_marked()"
+        ),
+    ] {
+        client.batch_execute(&ddl).await.unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    }
+    // A first call: the connection checks the table (its next calls send
+    // `VALUES` statements).
+    let o = Retweet::bulk_create_new(&mut client, &numbered(-1_000, 10)).await.unwrap();
+    assert_eq!(o.inserted, 10);
+    for n in [129usize, 17] {
+        let from = if n == 129 { 0 } else { 10_000 };
+        let mut rows = numbered(from, n);
+        // The last row in key order: the one the statement repeats.
+        rows[n - 1].original_author = -7;
+        store(&client, &rows[..n - 1]).await;
+        let before = count(&client, "rt").await;
+        let o = Retweet::bulk_create_new(&mut client, &rows).await.unwrap_or_else(|e| panic!("{n}: {e}"));
+        let added = count(&client, "rt").await - before;
+        assert_eq!(
+            (added, o.inserted, o.skipped),
+            (1, 1, n as u64 - 1),
+            "{n} rows offered, {} of them stored before: rows the call added, and its report {o:?}",
+            n - 1
+        );
+    }
+    db.drop().await;
+}
