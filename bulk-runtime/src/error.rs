@@ -544,7 +544,10 @@ pub(crate) fn retryable(source: &tokio_postgres::Error) -> bool {
     if source.is_closed() {
         return true;
     }
-    if citus_copy_lost_a_worker(source) || citus_shard_moved(source) {
+    if citus_copy_lost_a_worker(source)
+        || citus_shard_moved(source)
+        || source.as_db_error().is_some_and(citus_stage_not_colocated)
+    {
         return true;
     }
     if source.code() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
@@ -604,6 +607,18 @@ fn citus_shard_moved(source: &tokio_postgres::Error) -> bool {
     source.as_db_error().is_some_and(|db| {
         db.code() == &SqlState::INTERNAL_ERROR && db.message().starts_with("could not find valid entry for shard")
     })
+}
+
+/// Whether `source` is Citus's refusal of an insert from a staging table
+/// ([`Model::citus_staging_sql`](crate::Model::citus_staging_sql)) that is
+/// no longer co-located with its target (`0A000`, detail `... and
+/// __bulk_stage_... are not colocated`): the target left the co-location
+/// group (`update_distributed_table_colocation`) after the call's check.
+/// Refused before it ran, nothing written; the retry, checked again, keeps
+/// to the session's scratch table.
+pub(crate) fn citus_stage_not_colocated(db: &DbError) -> bool {
+    db.code() == &SqlState::FEATURE_NOT_SUPPORTED
+        && db.detail().is_some_and(|d| d.contains(crate::model::STAGING_PREFIX) && d.ends_with("are not colocated"))
 }
 
 #[cfg(test)]

@@ -335,10 +335,11 @@ impl Model {
         fnv1a(&parts)
     }
 
-    /// The name of the model's Citus staging table (only `[a-z0-9_]`), in
+    /// The name of the model's Citus staging table (only `[a-z0-9_]`:
+    /// [`STAGING_PREFIX`] and a hash of the layout), in
     /// the target's schema; see [`Model::citus_staging_sql`].
     pub fn citus_staging_table(&self) -> String {
-        format!("__bulk_stage_{:016x}", self.layout_hash())
+        format!("{STAGING_PREFIX}{:016x}", self.layout_hash())
     }
 
     /// [`Model::citus_staging_table`], qualified as the target is and quoted.
@@ -603,6 +604,10 @@ pub(crate) fn quote_literal(text: &str) -> String {
 
 /// The staging table's column of each row's position in the batch.
 pub(crate) const STAGING_ORD: &str = "__bulk_ord";
+
+/// How the name of every Citus staging table begins
+/// ([`Model::citus_staging_table`]).
+pub(crate) const STAGING_PREFIX: &str = "__bulk_stage_";
 
 /// FNV-1a: a stable hash for generated names (not for security).
 pub(crate) fn fnv1a(parts: &[&str]) -> u64 {

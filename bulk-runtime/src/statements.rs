@@ -343,6 +343,32 @@ pub(crate) fn stage_refused(client: &Client, model: &'static Model) -> bool {
     guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
 }
 
+/// Per connection, the models whose target has a `BEFORE INSERT` row
+/// trigger: their multi-row `VALUES` statements on Citus are not rounded up
+/// by repeats of the last row (see `call::short_attempt`).
+static UNPADDED: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);
+
+/// Records that `client`'s calls of `model` send `VALUES` statements of
+/// their own length from now on.
+pub(crate) fn set_unpadded(client: &Client, model: &'static Model) {
+    let key = key(client, model);
+    if !key.0.known() {
+        return;
+    }
+    let mut guard = UNPADDED.lock().unwrap_or_else(PoisonError::into_inner);
+    let set = guard.get_or_insert_with(Default::default);
+    if set.len() >= MAX_ENTRIES && !set.contains(&key) {
+        set.clear();
+    }
+    set.insert(key);
+}
+
+/// Whether [`set_unpadded`] was recorded for `client` and `model`.
+pub(crate) fn unpadded(client: &Client, model: &'static Model) -> bool {
+    let guard = UNPADDED.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
+}
+
 /// Per connection, the models whose first call went without the schema
 /// check (see `call::first`).
 static FIRST_CALLS: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);

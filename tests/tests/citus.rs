@@ -2846,23 +2846,8 @@ async fn a_trigger_that_gives_every_row_a_new_key_leaves_the_plain_call_exact() 
     db.drop().await;
 }
 
-// ---------------------------------------------------------------------------
-// Review A: cases where the README's Citus guarantees do not hold.
-
-/// A schema of this review's own (`reva_<test>_<pid>`), dropped by
-/// `CitusDb::drop` (or its `Drop` when the test fails).
-async fn reva_db(test: &str) -> CitusDb {
-    let schema = format!("reva_{test}_{}", std::process::id());
-    let (client, connection) =
-        bulk_tests::citus::coordinator_config().connect(tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    let q = bulk_runtime::quote_ident(&schema);
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {q} CASCADE; CREATE SCHEMA {q}")).await.expect("schema");
-    CitusDb { schema }
-}
-
 /// Waits until a session copies into `stage` (a COPY whose text names it).
-async fn reva_wait_for_copy(admin: &Client, stage: &str) {
+async fn wait_for_copy(admin: &Client, stage: &str) {
     let copying = format!("COPY %{stage}%");
     for _ in 0..600 {
         let n: i64 = admin
@@ -2881,19 +2866,16 @@ async fn reva_wait_for_copy(admin: &Client, stage: &str) {
     panic!("the call never copied into the staging table");
 }
 
-/// README ("The staging table"): the staging table is used only while it is
-/// co-located with the target, and a table changed during a call, after its
-/// check and before its insert locks the table, is caught by the guard that
-/// follows the `ON CONFLICT` form's insert (Citus would run it through the
-/// coordinator, whose command tag counts the rows attempted). The guard
-/// (`fragments::stage_guard`) only re-reads the target's defaults: the
-/// target's co-location broken while the call copies
-/// (`update_distributed_table_colocation(..., colocate_with => 'none')`,
-/// which does not wait for the copy) sends the insert from the staging table
-/// through the coordinator, and the call reports the rows attempted as
-/// inserted.
+/// The target leaves the staging table's co-location group while a call
+/// copies into the staging table (`update_distributed_table_colocation(...,
+/// colocate_with => 'none')` does not wait for the COPY), and the call's
+/// insert takes the `ON CONFLICT` form, which Citus then runs through the
+/// coordinator, where its command tag counts the rows attempted (without the
+/// guard's co-location check: 32,968 reported inserted, 16,484 stored). The
+/// guard that follows the insert (`fragments::stage_guard`) fails the call,
+/// retryably, with nothing written; or the call counts exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reva_colocation_broken_while_a_call_copies_into_the_staging_table_keeps_counts_exact() {
+async fn colocation_broken_while_a_call_copies_into_the_staging_table_keeps_counts_exact() {
     /// A model of its own, so that the contention state is this test's.
     #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
     #[bulk(table = "rt", unique(tweet, retweeter))]
@@ -2907,7 +2889,7 @@ async fn reva_colocation_broken_while_a_call_copies_into_the_staging_table_keeps
             .map(|r| Colo { tweet: r.tweet, retweeter: r.retweeter, original_author: r.original_author })
             .collect()
     };
-    let db = reva_db("colocation").await;
+    let db = CitusDb::new("colocation").await;
     let mut client = db.connect().await;
     client.batch_execute(&format!("SET citus.enable_unsafe_triggers = on; {RT_DDL}")).await.unwrap();
     client.batch_execute(&DIST.sql("rt")).await.unwrap();
@@ -2955,7 +2937,7 @@ async fn reva_colocation_broken_while_a_call_copies_into_the_staging_table_keeps
         let result = Colo::bulk(&mut client).run_stream(stream).await;
         (client, result)
     });
-    reva_wait_for_copy(&admin, &stage).await;
+    wait_for_copy(&admin, &stage).await;
     admin
         .batch_execute(
             "SET lock_timeout = '20s'; SELECT update_distributed_table_colocation('rt', colocate_with => 'none')",
@@ -2981,15 +2963,14 @@ async fn reva_colocation_broken_while_a_call_copies_into_the_staging_table_keeps
     db.drop().await;
 }
 
-/// As `reva_colocation_broken_while_a_call_copies_into_the_staging_table_keeps_counts_exact`,
+/// As `colocation_broken_while_a_call_copies_into_the_staging_table_keeps_counts_exact`,
 /// for a call whose insert from the staging table takes the plain form (the
-/// model's first call, no contention): nothing is written, but the call
-/// fails with Citus's 0A000 "cannot push down this subquery" ("rt and
-/// __bulk_stage_... are not colocated"), which `Error::is_retryable` does
-/// not take as retryable, although the retry (checked again) would succeed.
-/// Same cause: nothing re-checks the co-location after the COPY.
+/// model's first call, no contention): Citus refuses it (0A000 "cannot push
+/// down this subquery", "rt and __bulk_stage_... are not colocated"), and
+/// the call fails retryably, with nothing written (before the fix the error
+/// was not retryable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reva_colocation_broken_while_a_call_copies_fails_the_plain_form_retryably() {
+async fn colocation_broken_while_a_call_copies_fails_the_plain_form_retryably() {
     #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
     #[bulk(table = "rt", unique(tweet, retweeter))]
     struct ColoPlain {
@@ -2997,7 +2978,7 @@ async fn reva_colocation_broken_while_a_call_copies_fails_the_plain_form_retryab
         retweeter: i64,
         original_author: i64,
     }
-    let db = reva_db("colocation_plain").await;
+    let db = CitusDb::new("colocation_plain").await;
     let mut client = db.connect().await;
     client.batch_execute(RT_DDL).await.unwrap();
     client.batch_execute(&DIST.sql("rt")).await.unwrap();
@@ -3024,7 +3005,7 @@ async fn reva_colocation_broken_while_a_call_copies_fails_the_plain_form_retryab
         let result = ColoPlain::bulk(&mut client).run_stream(stream).await;
         (client, result)
     });
-    reva_wait_for_copy(&admin, &stage).await;
+    wait_for_copy(&admin, &stage).await;
     admin
         .batch_execute("SELECT update_distributed_table_colocation('rt', colocate_with => 'none')")
         .await
@@ -3044,21 +3025,18 @@ async fn reva_colocation_broken_while_a_call_copies_fails_the_plain_form_retryab
     db.drop().await;
 }
 
-/// README ("Keys a trigger changes"): the plain call's counts stay exact
-/// with a `BEFORE INSERT` trigger that rewrites the key; on Citus the
-/// `VALUES` statement goes "rows sorted and each key once", and the suite's
-/// `a_trigger_that_gives_every_row_a_new_key_leaves_the_plain_call_exact`
-/// says no row is stored that was not offered. But the statement is rounded
-/// up with repeats of its last row (`arrays::values_bucket`), and the call
-/// notices repeats that were inserted only when the report exceeds the
-/// batch's distinct keys (`report.inserted > distinct`). When most of the
-/// batch is already stored and the trigger rewrites only the last row's key,
-/// the repeats are inserted, stay under that bound, and are committed:
-/// 129 rows offered, 128 of them stored before, 1 new row, yet the call
-/// stores (and reports) 16.
+/// A `BEFORE INSERT` trigger that gives only the last row (in key order) a
+/// new random key, most of the batch stored already: a `VALUES` statement
+/// rounded up by repeats of its last row (`arrays::values_bucket`) would
+/// store the repeats under new keys while its count stays under the
+/// batch's distinct keys, so that `report.inserted > distinct` does not see
+/// them (before the fix: 129 rows offered, 128 stored before, 16 stored and
+/// reported). The call reads the target's `BEFORE INSERT` row triggers after
+/// a padded statement, rolls back, and sends the rows at their own length;
+/// the connection's later calls do so at once.
 #[tokio::test]
-async fn reva_a_trigger_that_rewrites_one_key_does_not_store_the_values_statements_repeats() {
-    let db = reva_db("trigger_repeats").await;
+async fn a_trigger_that_rewrites_one_key_does_not_store_the_values_statements_repeats() {
+    let db = CitusDb::new("trigger_repeats").await;
     let mut client = db.connect().await;
     client.batch_execute(&format!("SET citus.enable_unsafe_triggers = on; {RT_DDL}")).await.unwrap();
     client.batch_execute(&DIST.sql("rt")).await.unwrap();

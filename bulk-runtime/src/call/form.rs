@@ -85,10 +85,13 @@ impl Form {
 
     /// Whether `error` is the refusal of the guard that follows an insert
     /// from a Citus staging table
-    /// ([`STAGE_CHANGED`](crate::sql::STAGE_CHANGED)): nothing was written.
+    /// ([`STAGE_CHANGED`](crate::sql::STAGE_CHANGED)), or Citus's refusal of
+    /// an insert from a staging table no longer co-located with the target:
+    /// nothing was written.
     pub(crate) fn stage_changed(error: &Error) -> bool {
-        error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
-            && error.db_error().is_some_and(|db| db.message().contains(sql::STAGE_CHANGED))
+        (error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+            && error.db_error().is_some_and(|db| db.message().contains(sql::STAGE_CHANGED)))
+            || error.db_error().is_some_and(crate::error::citus_stage_not_colocated)
     }
 
     /// Whether `error` is the server's refusal to run a prepared statement

@@ -330,6 +330,9 @@ where
     'statement: loop {
         let (values, rows) = match values_max {
             Some(max) => {
+                // (Of the batch's own length on a target with a `BEFORE
+                // INSERT` row trigger: see `padding_refused`.)
+                let max = if crate::statements::unpadded(conn.client(), model) { max.min(distinct) } else { max };
                 let (values, rows) = arrays::values(&arrays, max);
                 (values, Some(rows))
             }
@@ -424,16 +427,24 @@ async fn grouped<C: Connection + ?Sized>(
             Err(e) => Grouped::Done(Err(Error::at_step(model, Step::Insert)(e))),
         };
     };
-    let groups: Vec<_> = groups.iter().map(|rows| arrays::values_of(&columns, rows, max)).collect();
-    let distinct = columns.first().map_or(0, Vec::len) as u64;
+    let pad = !crate::statements::unpadded(client, model);
+    let groups: Vec<_> =
+        groups.iter().map(|rows| arrays::values_of(&columns, rows, if pad { max } else { rows.len() })).collect();
+    let distinct = columns.first().map_or(0, Vec::len);
+    let padded = groups.iter().map(|(_, rows)| rows).sum::<usize>() > distinct;
     match arrays::run_values_groups(scope.client(), model, offered, &groups).await {
-        // The rows repeated to round a statement up were inserted (a trigger
-        // that gives each row a new key): rolled back, one statement then.
-        Ok(report) if report.inserted > distinct => match scope.rollback().await {
-            Ok(()) => Grouped::OneStatement,
-            Err(e) => Grouped::Done(Err(Error::at_step(model, Step::Insert)(e))),
+        Ok(report) => match padding_refused(&scope, model, padded, distinct, &report).await {
+            // The rows repeated to round a statement up may have been
+            // inserted: rolled back, one statement then.
+            Ok(true) => match scope.rollback().await {
+                Ok(()) => Grouped::OneStatement,
+                Err(e) => Grouped::Done(Err(Error::at_step(model, Step::Insert)(e))),
+            },
+            Ok(false) => {
+                Grouped::Done(scope.commit().await.map(|()| report).map_err(Error::at_step(model, Step::Commit)))
+            }
+            Err(e) => Grouped::Done(Err(e)),
         },
-        Ok(report) => Grouped::Done(scope.commit().await.map(|()| report).map_err(Error::at_step(model, Step::Commit))),
         // (A prepared statement the server forgot: rolled back, then the one
         // statement, which prepares again.)
         Err(e) if e.is_stale_statement() => match scope.rollback().await {
@@ -473,12 +484,48 @@ async fn short_attempt<C: Connection + ?Sized>(
         }
     };
     let report = arrays::run(scope.client(), model, offered, params, call, prepared, (form, values)).await?;
-    if padded && report.inserted > distinct as u64 {
+    if padding_refused(&scope, model, padded, distinct, &report).await? {
         scope.rollback().await.map_err(Error::at_step(model, Step::Insert))?;
         return Ok(None);
     }
     finish(scope, model, call.ledger, claimed, &report).await?;
     Ok(Some(report))
+}
+
+/// Whether a multi-row `VALUES` statement (or the statements of a call)
+/// rounded up by repeats of its last row (`padded`; `distinct` rows
+/// offered) may have inserted a repeat, and must be rolled back and sent
+/// at its own length: it inserted more rows than were offered (a trigger
+/// that gives each row a new key), or the target has a `BEFORE INSERT` row
+/// trigger, which may give some rows a new key while most of the batch was
+/// stored already, so that the count stays under `distinct`. The triggers
+/// are read after the insert, which holds its lock on the table: one
+/// created since would have been waited for, and is seen. Either way the
+/// connection's later calls of the model send statements of their own
+/// length ([`statements::set_unpadded`](crate::statements::set_unpadded)).
+async fn padding_refused(
+    scope: &Scope<'_>,
+    model: &'static Model,
+    padded: bool,
+    distinct: usize,
+    report: &Report,
+) -> Result<bool, Error> {
+    if !padded {
+        return Ok(false);
+    }
+    let refused = report.inserted > distinct as u64 || {
+        let target = sql::plan(model).target_regclass.as_str();
+        let triggers = scope
+            .client()
+            .query_typed(BEFORE_INSERT_TRIGGERS, &[(&target, Type::TEXT)])
+            .await
+            .map_err(Error::at_step(model, Step::Insert))?;
+        !triggers.is_empty()
+    };
+    if refused {
+        crate::statements::set_unpadded(scope.client(), model);
+    }
+    Ok(refused)
 }
 
 /// The COPY path, in one transaction (or savepoint): the scratch table, the

@@ -280,24 +280,35 @@ pub(crate) const KEY_INDEX_CHANGED: &str =
 /// call fails with nothing written, and may be retried: the driver checks
 /// the table again, and the retry keeps to the session's scratch table.
 pub(crate) const STAGE_CHANGED: &str = "bulk_runtime: the distributed table changed during the call \
-     (a column left to a volatile or per-worker default, an identity or a generated column); \
+     (a column left to a volatile or per-worker default, an identity or a generated column, \
+     or the table no longer co-located with its staging table); \
      nothing was written, and a retry counts exactly";
 
 /// The statement that follows each insert from the staging table of the
 /// model's target: true, or the error [`STAGE_CHANGED`] unless no column of
 /// the target outside the staging table's `names` is left to a default that
 /// Citus would not settle on the coordinator, or is an identity or a generated column (see
-/// [`schema::pushable_defaults`](crate::schema::pushable_defaults)). The
-/// check before the COPY found none, but the table may have changed before
-/// the insert locked it. Under `READ COMMITTED` (the only isolation that
+/// [`schema::pushable_defaults`](crate::schema::pushable_defaults)), and the
+/// target is still hash-distributed by the staging table's distribution
+/// column, in its co-location group (else Citus ran the insert through the
+/// coordinator: `update_distributed_table_colocation` does not wait for
+/// the call's COPY). The check before the COPY found all this, but the
+/// table may have changed before the insert locked it. Under `READ COMMITTED` (the only isolation that
 /// copies into the staging table) this statement's snapshot is taken while
 /// the insert's lock is held, so it reads the catalog the insert was
 /// planned with.
 pub(crate) fn stage_guard(model: &Model, names: &[&str]) -> String {
     let names: Vec<String> = names.iter().map(|n| literal(n)).collect();
     let target = format!("pg_catalog.to_regclass({})", literal(&model.qualified_name()));
+    let stage = format!("pg_catalog.to_regclass({})", literal(&model.staging_qualified_name()));
     format!(
         "SELECT CASE WHEN pg_catalog.current_setting('transaction_isolation') = 'read committed' AND {} \
+         AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition AS p \
+                       JOIN pg_catalog.pg_dist_partition AS q ON q.logicalrelid = {stage} \
+                      WHERE p.logicalrelid = {target} AND p.partmethod = 'h' AND q.partmethod = 'h' \
+                        AND q.colocationid = p.colocationid \
+                        AND pg_catalog.column_to_column_name(q.logicalrelid, q.partkey) \
+                          = pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)) \
          THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
         crate::schema::pushable_defaults(&target, &format!("ARRAY[{}]", names.join(", "))),
         literal(STAGE_CHANGED)
