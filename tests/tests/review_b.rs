@@ -1,0 +1,109 @@
+//! Review B: cases where a guarantee of README.md does not hold against
+//! PostgreSQL 15. Every schema and role these tests make is named `revb_*`
+//! and dropped at the end.
+
+use bulk_runtime::BulkCreateNew;
+use bulk_tests::{COPY_BATCH, TestDb, count};
+use tokio_postgres::Client;
+
+/// A schema of this file's own (`revb_<name>_<pid>`).
+async fn revb_db(name: &str) -> TestDb {
+    TestDb::with_schema(format!("revb_{name}_{}", std::process::id())).await
+}
+
+fn q(name: &str) -> String {
+    bulk_runtime::quote_ident(name)
+}
+
+/// A role allowed to write every table of `schemas` (roles belong to the
+/// whole server: named `revb_*`).
+async fn make_role(admin: &Client, role: &str, schemas: &[&str]) {
+    let r = q(role);
+    let mut sql = format!("DROP ROLE IF EXISTS {r}; CREATE ROLE {r};");
+    for s in schemas {
+        let s = q(s);
+        sql.push_str(&format!(
+            " GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {s} TO {r};"
+        ));
+    }
+    admin.batch_execute(&sql).await.unwrap();
+}
+
+async fn drop_role(admin: &Client, role: &str, schemas: &[&str]) {
+    let r = q(role);
+    let mut sql = String::new();
+    for s in schemas {
+        let s = q(s);
+        sql.push_str(&format!("REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {r}; REVOKE ALL ON SCHEMA {s} FROM {r}; "));
+    }
+    sql.push_str(&format!("DROP ROLE {r}"));
+    admin.batch_execute(&sql).await.unwrap();
+}
+
+const CASE_INSENSITIVE: &str = "CREATE COLLATION IF NOT EXISTS case_insensitive \
+     (provider = icu, locale = 'und-u-ks-level2', deterministic = false)";
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "ci_role", unique(email), id = false)]
+struct CiRole {
+    email: String,
+    name: String,
+}
+
+/// `ann@x` offered as "first", `Ann@x` as "second", then `pad` other keys.
+fn ci_batch(pad: usize) -> Vec<CiRole> {
+    let mut rows = vec![
+        CiRole { email: "ann@x".into(), name: "first".into() },
+        CiRole { email: "Ann@x".into(), name: "second".into() },
+    ];
+    rows.extend((0..pad).map(|i| CiRole { email: format!("f{i}@y"), name: "pad".into() }));
+    rows
+}
+
+/// README: the scratch table is "opened to every role ... so calls keep
+/// working after `SET ROLE`", and a `search_path` that "now leads to a
+/// same-named table whose key has another collation" makes "the call make
+/// the scratch table again after a check". Together: the session made its
+/// scratch table as its login role, then `SET ROLE` to a role allowed to
+/// write both tables, then its `search_path` leads to a same-named table
+/// whose key compares case-insensitively. The COPY call must write there
+/// (the first offered of `ann@x`/`Ann@x` kept); it fails instead, as the
+/// current role may not drop the login role's scratch table.
+#[tokio::test]
+async fn revb_copy_call_after_set_role_and_a_search_path_switch_to_another_collation() {
+    let db = revb_db("role_collation").await;
+    let other = format!("{}_ci", db.schema);
+    let role = format!("{}_writer", db.schema);
+    let admin = db.connect().await;
+    admin
+        .batch_execute(&format!(
+            "{CASE_INSENSITIVE}; CREATE TABLE ci_role (email text NOT NULL UNIQUE, name text NOT NULL); \
+             CREATE SCHEMA {o}; \
+             CREATE TABLE {o}.ci_role (email text COLLATE case_insensitive NOT NULL UNIQUE, name text NOT NULL)",
+            o = q(&other)
+        ))
+        .await
+        .unwrap();
+    make_role(&admin, &role, &[&db.schema, &other]).await;
+
+    let mut client = db.connect().await;
+    // The session's scratch table, made by its login role.
+    let report = CiRole::bulk_create_new(&mut client, &ci_batch(COPY_BATCH)[2..]).await.unwrap();
+    assert_eq!(report.inserted, COPY_BATCH as u64);
+    // The application switches role, then its search_path.
+    client.batch_execute(&format!("SET ROLE {}; SET search_path = {}", q(&role), q(&other))).await.unwrap();
+    let result = CiRole::bulk_create_new(&mut client, &ci_batch(COPY_BATCH)).await;
+    client.batch_execute("RESET ROLE").await.unwrap();
+    let outcome = match &result {
+        Ok(report) => format!("{report:?}"),
+        Err(e) => format!("error: {e}"),
+    };
+    let stored = count(&client, "ci_role").await;
+    admin.batch_execute(&format!("DROP SCHEMA {} CASCADE", q(&other))).await.unwrap();
+    drop(client);
+    drop_role(&admin, &role, &[&db.schema]).await;
+    db.drop().await;
+    let report = result.unwrap_or_else(|e| panic!("the COPY call after SET ROLE and a search_path switch failed: {e}"));
+    assert_eq!((report.inserted, report.skipped), (COPY_BATCH as u64 + 1, 1), "{outcome}");
+    assert_eq!(stored, COPY_BATCH as i64 + 1);
+}
