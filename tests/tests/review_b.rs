@@ -107,3 +107,67 @@ async fn revb_copy_call_after_set_role_and_a_search_path_switch_to_another_colla
     assert_eq!((report.inserted, report.skipped), (COPY_BATCH as u64 + 1, 1), "{outcome}");
     assert_eq!(stored, COPY_BATCH as i64 + 1);
 }
+
+#[derive(bulk_runtime::BulkType, Debug, Clone, Copy, PartialEq)]
+#[bulk(type = "revb_mood")]
+enum RevbMood {
+    Happy,
+    #[bulk(rename = "so-so")]
+    SoSo,
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "feeling", unique(person))]
+struct Feeling {
+    person: i64,
+    mood: RevbMood,
+}
+
+fn feelings(from: i64, len: usize) -> Vec<Feeling> {
+    (from..from + len as i64)
+        .map(|person| Feeling { person, mood: if person % 2 == 0 { RevbMood::Happy } else { RevbMood::SoSo } })
+        .collect()
+}
+
+/// Schema-per-tenant: every tenant's schema has its own enum type and its
+/// own table, made by the same migration, and the application switches
+/// `search_path` between calls. README: a `search_path` switch is "handled
+/// or refused with a clear reason", and both paths "give the same results
+/// and the same guarantees". The short path writes the other tenant's
+/// table; the COPY path fails for good on that connection: its scratch
+/// table's enum column took the first tenant's type.
+#[tokio::test]
+async fn revb_copy_call_after_a_search_path_switch_to_a_tenant_with_its_own_enum_type() {
+    use bulk_runtime::PgEnum;
+    let db = revb_db("tenant_enum").await;
+    let other = format!("{}_b", db.schema);
+    let admin = db.connect().await;
+    let migration = format!("{}; {}", RevbMood::create_type_sql(), Feeling::model().migration_sql());
+    admin.batch_execute(&migration).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {o}; SET search_path = {o}; {migration}", o = q(&other)))
+        .await
+        .unwrap();
+
+    let mut client = db.connect().await;
+    let first = Feeling::bulk_create_new(&mut client, &feelings(0, COPY_BATCH)).await.unwrap();
+    assert_eq!(first.inserted, COPY_BATCH as u64);
+    client.batch_execute(&format!("SET search_path = {}", q(&other))).await.unwrap();
+    let short = Feeling::bulk_create_new(&mut client, &feelings(0, 10)).await;
+    let long = Feeling::bulk_create_new(&mut client, &feelings(100_000, COPY_BATCH)).await;
+    let again = Feeling::bulk_create_new(&mut client, &feelings(200_000, COPY_BATCH)).await;
+    let stored = count(&client, "feeling").await;
+    admin.batch_execute(&format!("DROP SCHEMA {} CASCADE", q(&other))).await.unwrap();
+    db.drop().await;
+
+    assert_eq!(short.expect("the short path after the switch").inserted, 10);
+    match (&long, &again) {
+        (Ok(long), Ok(again)) => assert_eq!((long.inserted, again.inserted), (COPY_BATCH as u64, COPY_BATCH as u64)),
+        _ => panic!(
+            "the COPY calls after the switch failed:\n  first: {:?}\n  next:  {:?}",
+            long.as_ref().map_err(ToString::to_string),
+            again.as_ref().map_err(ToString::to_string)
+        ),
+    }
+    assert_eq!(stored, 10 + 2 * COPY_BATCH as i64);
+}
