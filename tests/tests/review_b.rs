@@ -171,3 +171,49 @@ async fn revb_copy_call_after_a_search_path_switch_to_a_tenant_with_its_own_enum
     }
     assert_eq!(stored, 10 + 2 * COPY_BATCH as i64);
 }
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "ruled", unique(k))]
+struct Ruled {
+    k: i64,
+    payload: String,
+}
+
+/// A table with an `ON INSERT ... DO ALSO` rule (an audit trail) passes the
+/// schema check ("a schema check of the live table before the first
+/// write"; a table that rewrites inserts "its own way" is "handled or
+/// refused with a clear reason"). Every row the call reports inserted must
+/// reach the audit table, as with any other insert into the table. A short
+/// batch is refused by the server (0A000: `ON CONFLICT` on a table with
+/// rules); from 128 rows the plain form inserts the rows, and the rule's
+/// action, which PostgreSQL runs after it on the same `SELECT ... WHERE NOT
+/// EXISTS (stored key)`, finds every key stored and writes nothing.
+#[tokio::test]
+async fn revb_a_do_also_rule_gets_every_inserted_row() {
+    let db = revb_db("rule").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&Ruled::model().migration_sql()).await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE ruled_audit (k bigint NOT NULL); \
+             CREATE RULE ruled_audit AS ON INSERT TO ruled DO ALSO INSERT INTO ruled_audit VALUES (NEW.k)",
+        )
+        .await
+        .unwrap();
+    let mut client = db.connect().await;
+    let mut seen = Vec::new();
+    for (from, len) in [(0i64, 10usize), (1_000, 300), (100_000, COPY_BATCH)] {
+        let rows: Vec<Ruled> = (from..from + len as i64).map(|k| Ruled { k, payload: format!("p{k}") }).collect();
+        let result = Ruled::bulk_create_new(&mut client, &rows).await;
+        let audited: i64 = admin
+            .query_one("SELECT count(*) FROM ruled_audit WHERE k >= $1 AND k < $2", &[&from, &(from + len as i64)])
+            .await
+            .unwrap()
+            .get(0);
+        seen.push(format!("{len} rows: {:?}, audited {audited}", result.as_ref().map(|r| r.inserted).map_err(ToString::to_string)));
+    }
+    let (stored, audited) = (count(&admin, "ruled").await, count(&admin, "ruled_audit").await);
+    db.drop().await;
+    assert_eq!(audited, stored, "every inserted row reaches the rule's audit table:\n{}", seen.join("\n"));
+    assert_eq!(stored, (10 + 300 + COPY_BATCH) as i64, "{}", seen.join("\n"));
+}
