@@ -1,0 +1,219 @@
+//! Review B: cases where a guarantee of README.md does not hold against
+//! PostgreSQL 15. Every schema and role these tests make is named `revb_*`
+//! and dropped at the end.
+
+use bulk_runtime::BulkCreateNew;
+use bulk_tests::{COPY_BATCH, TestDb, count};
+use tokio_postgres::Client;
+
+/// A schema of this file's own (`revb_<name>_<pid>`).
+async fn revb_db(name: &str) -> TestDb {
+    TestDb::with_schema(format!("revb_{name}_{}", std::process::id())).await
+}
+
+fn q(name: &str) -> String {
+    bulk_runtime::quote_ident(name)
+}
+
+/// A role allowed to write every table of `schemas` (roles belong to the
+/// whole server: named `revb_*`).
+async fn make_role(admin: &Client, role: &str, schemas: &[&str]) {
+    let r = q(role);
+    let mut sql = format!("DROP ROLE IF EXISTS {r}; CREATE ROLE {r};");
+    for s in schemas {
+        let s = q(s);
+        sql.push_str(&format!(
+            " GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {s} TO {r};"
+        ));
+    }
+    admin.batch_execute(&sql).await.unwrap();
+}
+
+async fn drop_role(admin: &Client, role: &str, schemas: &[&str]) {
+    let r = q(role);
+    let mut sql = String::new();
+    for s in schemas {
+        let s = q(s);
+        sql.push_str(&format!("REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {r}; REVOKE ALL ON SCHEMA {s} FROM {r}; "));
+    }
+    sql.push_str(&format!("DROP ROLE {r}"));
+    admin.batch_execute(&sql).await.unwrap();
+}
+
+const CASE_INSENSITIVE: &str = "CREATE COLLATION IF NOT EXISTS case_insensitive \
+     (provider = icu, locale = 'und-u-ks-level2', deterministic = false)";
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "ci_role", unique(email), id = false)]
+struct CiRole {
+    email: String,
+    name: String,
+}
+
+/// `ann@x` offered as "first", `Ann@x` as "second", then `pad` other keys.
+fn ci_batch(pad: usize) -> Vec<CiRole> {
+    let mut rows = vec![
+        CiRole { email: "ann@x".into(), name: "first".into() },
+        CiRole { email: "Ann@x".into(), name: "second".into() },
+    ];
+    rows.extend((0..pad).map(|i| CiRole { email: format!("f{i}@y"), name: "pad".into() }));
+    rows
+}
+
+/// README: the scratch table is "opened to every role ... so calls keep
+/// working after `SET ROLE`", and a `search_path` that "now leads to a
+/// same-named table whose key has another collation" makes "the call make
+/// the scratch table again after a check". Together: the session made its
+/// scratch table as its login role, then `SET ROLE` to a role allowed to
+/// write both tables, then its `search_path` leads to a same-named table
+/// whose key compares case-insensitively. The COPY call must write there
+/// (the first offered of `ann@x`/`Ann@x` kept); it fails instead, as the
+/// current role may not drop the login role's scratch table.
+#[tokio::test]
+async fn revb_copy_call_after_set_role_and_a_search_path_switch_to_another_collation() {
+    let db = revb_db("role_collation").await;
+    let other = format!("{}_ci", db.schema);
+    let role = format!("{}_writer", db.schema);
+    let admin = db.connect().await;
+    admin
+        .batch_execute(&format!(
+            "{CASE_INSENSITIVE}; CREATE TABLE ci_role (email text NOT NULL UNIQUE, name text NOT NULL); \
+             CREATE SCHEMA {o}; \
+             CREATE TABLE {o}.ci_role (email text COLLATE case_insensitive NOT NULL UNIQUE, name text NOT NULL)",
+            o = q(&other)
+        ))
+        .await
+        .unwrap();
+    make_role(&admin, &role, &[&db.schema, &other]).await;
+
+    let mut client = db.connect().await;
+    // The session's scratch table, made by its login role.
+    let report = CiRole::bulk_create_new(&mut client, &ci_batch(COPY_BATCH)[2..]).await.unwrap();
+    assert_eq!(report.inserted, COPY_BATCH as u64);
+    // The application switches role, then its search_path.
+    client.batch_execute(&format!("SET ROLE {}; SET search_path = {}", q(&role), q(&other))).await.unwrap();
+    let result = CiRole::bulk_create_new(&mut client, &ci_batch(COPY_BATCH)).await;
+    client.batch_execute("RESET ROLE").await.unwrap();
+    let outcome = match &result {
+        Ok(report) => format!("{report:?}"),
+        Err(e) => format!("error: {e}"),
+    };
+    let stored = count(&client, "ci_role").await;
+    admin.batch_execute(&format!("DROP SCHEMA {} CASCADE", q(&other))).await.unwrap();
+    drop(client);
+    drop_role(&admin, &role, &[&db.schema]).await;
+    db.drop().await;
+    let report = result.unwrap_or_else(|e| panic!("the COPY call after SET ROLE and a search_path switch failed: {e}"));
+    assert_eq!((report.inserted, report.skipped), (COPY_BATCH as u64 + 1, 1), "{outcome}");
+    assert_eq!(stored, COPY_BATCH as i64 + 1);
+}
+
+#[derive(bulk_runtime::BulkType, Debug, Clone, Copy, PartialEq)]
+#[bulk(type = "revb_mood")]
+enum RevbMood {
+    Happy,
+    #[bulk(rename = "so-so")]
+    SoSo,
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "feeling", unique(person))]
+struct Feeling {
+    person: i64,
+    mood: RevbMood,
+}
+
+fn feelings(from: i64, len: usize) -> Vec<Feeling> {
+    (from..from + len as i64)
+        .map(|person| Feeling { person, mood: if person % 2 == 0 { RevbMood::Happy } else { RevbMood::SoSo } })
+        .collect()
+}
+
+/// Schema-per-tenant: every tenant's schema has its own enum type and its
+/// own table, made by the same migration, and the application switches
+/// `search_path` between calls. README: a `search_path` switch is "handled
+/// or refused with a clear reason", and both paths "give the same results
+/// and the same guarantees". The short path writes the other tenant's
+/// table; the COPY path fails for good on that connection: its scratch
+/// table's enum column took the first tenant's type.
+#[tokio::test]
+async fn revb_copy_call_after_a_search_path_switch_to_a_tenant_with_its_own_enum_type() {
+    use bulk_runtime::PgEnum;
+    let db = revb_db("tenant_enum").await;
+    let other = format!("{}_b", db.schema);
+    let admin = db.connect().await;
+    let migration = format!("{}; {}", RevbMood::create_type_sql(), Feeling::model().migration_sql());
+    admin.batch_execute(&migration).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {o}; SET search_path = {o}; {migration}", o = q(&other)))
+        .await
+        .unwrap();
+
+    let mut client = db.connect().await;
+    let first = Feeling::bulk_create_new(&mut client, &feelings(0, COPY_BATCH)).await.unwrap();
+    assert_eq!(first.inserted, COPY_BATCH as u64);
+    client.batch_execute(&format!("SET search_path = {}", q(&other))).await.unwrap();
+    let short = Feeling::bulk_create_new(&mut client, &feelings(0, 10)).await;
+    let long = Feeling::bulk_create_new(&mut client, &feelings(100_000, COPY_BATCH)).await;
+    let again = Feeling::bulk_create_new(&mut client, &feelings(200_000, COPY_BATCH)).await;
+    let stored = count(&client, "feeling").await;
+    admin.batch_execute(&format!("DROP SCHEMA {} CASCADE", q(&other))).await.unwrap();
+    db.drop().await;
+
+    assert_eq!(short.expect("the short path after the switch").inserted, 10);
+    match (&long, &again) {
+        (Ok(long), Ok(again)) => assert_eq!((long.inserted, again.inserted), (COPY_BATCH as u64, COPY_BATCH as u64)),
+        _ => panic!(
+            "the COPY calls after the switch failed:\n  first: {:?}\n  next:  {:?}",
+            long.as_ref().map_err(ToString::to_string),
+            again.as_ref().map_err(ToString::to_string)
+        ),
+    }
+    assert_eq!(stored, 10 + 2 * COPY_BATCH as i64);
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "ruled", unique(k))]
+struct Ruled {
+    k: i64,
+    payload: String,
+}
+
+/// A table with an `ON INSERT ... DO ALSO` rule (an audit trail) passes the
+/// schema check ("a schema check of the live table before the first
+/// write"; a table that rewrites inserts "its own way" is "handled or
+/// refused with a clear reason"). Every row the call reports inserted must
+/// reach the audit table, as with any other insert into the table. A short
+/// batch is refused by the server (0A000: `ON CONFLICT` on a table with
+/// rules); from 128 rows the plain form inserts the rows, and the rule's
+/// action, which PostgreSQL runs after it on the same `SELECT ... WHERE NOT
+/// EXISTS (stored key)`, finds every key stored and writes nothing.
+#[tokio::test]
+async fn revb_a_do_also_rule_gets_every_inserted_row() {
+    let db = revb_db("rule").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&Ruled::model().migration_sql()).await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE ruled_audit (k bigint NOT NULL); \
+             CREATE RULE ruled_audit AS ON INSERT TO ruled DO ALSO INSERT INTO ruled_audit VALUES (NEW.k)",
+        )
+        .await
+        .unwrap();
+    let mut client = db.connect().await;
+    let mut seen = Vec::new();
+    for (from, len) in [(0i64, 10usize), (1_000, 300), (100_000, COPY_BATCH)] {
+        let rows: Vec<Ruled> = (from..from + len as i64).map(|k| Ruled { k, payload: format!("p{k}") }).collect();
+        let result = Ruled::bulk_create_new(&mut client, &rows).await;
+        let audited: i64 = admin
+            .query_one("SELECT count(*) FROM ruled_audit WHERE k >= $1 AND k < $2", &[&from, &(from + len as i64)])
+            .await
+            .unwrap()
+            .get(0);
+        seen.push(format!("{len} rows: {:?}, audited {audited}", result.as_ref().map(|r| r.inserted).map_err(ToString::to_string)));
+    }
+    let (stored, audited) = (count(&admin, "ruled").await, count(&admin, "ruled_audit").await);
+    db.drop().await;
+    assert_eq!(audited, stored, "every inserted row reaches the rule's audit table:\n{}", seen.join("\n"));
+    assert_eq!(stored, (10 + 300 + COPY_BATCH) as i64, "{}", seen.join("\n"));
+}
