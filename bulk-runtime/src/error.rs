@@ -120,6 +120,27 @@ pub enum SchemaProblem {
         /// The table's enabled `BEFORE INSERT` row triggers.
         triggers: Vec<String>,
     },
+    /// The table has `INSERT` or `UPDATE` rules (`CREATE RULE ... ON
+    /// INSERT DO ALSO ...`): PostgreSQL refuses `ON CONFLICT` on such a
+    /// table, and a rule's action would run the call's `INSERT ... SELECT`
+    /// again after it, when every key it inserted is stored (an audit rule
+    /// would get none of the rows). Use a trigger instead.
+    InsertRules {
+        /// The table's `INSERT` and `UPDATE` rules.
+        rules: Vec<String>,
+    },
+    /// The session's scratch table no longer fits the table (its key
+    /// compares otherwise, or an enum column's type name finds another
+    /// type: a `search_path` switch), and the current role may not drop it
+    /// to make it again: another role made it, and the session's role may
+    /// not take that role (`SET SESSION AUTHORIZATION` since). Nothing was
+    /// written.
+    ScratchTableOfAnotherRole {
+        /// The role that owns the scratch table.
+        owner: String,
+        /// The current role.
+        role: String,
+    },
     /// No usable unique constraint or index on exactly the unique key.
     UniqueKeyMissing {
         /// The key columns the model declares.
@@ -179,6 +200,22 @@ impl fmt::Display for SchemaProblem {
                 f,
                 "key column \"{column}\" is {found}, which rounds the values it stores, so two offered keys could \
                  become one; declare it without the precision or scale (or round the values in the model)"
+            ),
+            SchemaProblem::InsertRules { rules } => {
+                let names: Vec<String> = rules.iter().map(|r| quote_ident(r)).collect();
+                write!(
+                    f,
+                    "the table has INSERT or UPDATE rules ({}): PostgreSQL refuses ON CONFLICT on it, and a rule \
+                     would run the call's INSERT ... SELECT again after it; use a trigger instead",
+                    names.join(", ")
+                )
+            }
+            SchemaProblem::ScratchTableOfAnotherRole { owner, role } => write!(
+                f,
+                "the session's scratch table for this model no longer fits the table, and role {} may not replace \
+                 it: role {} made it (RESET ROLE, or use another connection)",
+                quote_ident(role),
+                quote_ident(owner)
             ),
             SchemaProblem::UniqueKeyMissing { key, rejected } => {
                 write!(f, "no unique constraint or unique index on exactly ({})", key.join(", "))?;

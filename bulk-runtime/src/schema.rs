@@ -21,7 +21,9 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull,
        CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END,
        CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END,
        a.attrelid, a.atttypid, has_database_privilege('public', current_database(), 'TEMPORARY'),
-       pg_backend_pid()
+       pg_backend_pid(),
+       ARRAY(SELECT r.rulename::text FROM pg_rewrite r
+              WHERE r.ev_class = a.attrelid AND r.ev_type IN ('2', '3') ORDER BY r.rulename)
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
@@ -427,6 +429,10 @@ async fn check(
     let mut problems = Vec::new();
     if !live[0].get::<_, bool>(5) {
         problems.push(SchemaProblem::TemporaryTablesNotAllowed { role: live[0].get(6), database: live[0].get(7) });
+    }
+    let rules: Vec<String> = live[0].get(17);
+    if !rules.is_empty() {
+        problems.push(SchemaProblem::InsertRules { rules });
     }
     column_problems(model, &live, resolved, &mut problems);
     let mut shape = key_shape(model, &live, &mut problems);

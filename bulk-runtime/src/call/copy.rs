@@ -13,7 +13,7 @@ use super::form::Form;
 use super::spec::{Call, counts, deliver, upsert_report};
 use crate::BulkCreateNew;
 use crate::api::{BoxError, Keep, Kind, Report};
-use crate::error::{Error, Step};
+use crate::error::{Error, SchemaProblem, Step};
 use crate::model::{Model, quote_ident};
 use crate::schema;
 use crate::scope::Scope;
@@ -53,7 +53,7 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let plan = sql::plan(model);
     let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
     let stage_id = model.id_column();
-    let params: [(&(dyn ToSql + Sync), Type); 8] = [
+    let params: [(&(dyn ToSql + Sync), Type); 10] = [
         (&plan.scratch_regclass, Type::TEXT),
         (&plan.target_regclass, Type::TEXT),
         (&id, Type::TEXT),
@@ -62,6 +62,8 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
         (&plan.stage_columns, Type::TEXT_ARRAY),
         (&plan.text_key, Type::TEXT_ARRAY),
         (&plan.text_key_nullable, Type::BOOL_ARRAY),
+        (&plan.enum_columns.0, Type::TEXT_ARRAY),
+        (&plan.enum_columns.1, Type::TEXT_ARRAY),
     ];
     let before = tx.query_typed(&variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
     let (mut exists, with_id, stage, fits, read_committed) = before
@@ -73,10 +75,10 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let stage = stage && read_committed;
     if exists && !fits {
         // The key compares otherwise than when the scratch table was made
-        // (its key columns took the table's type and collation then): made
-        // again after a check, which finds the table's key as it is now.
-        let sql = format!("DROP TABLE pg_temp.{}", quote_ident(&plan.scratch));
-        tx.batch_execute(&sql).await.map_err(Error::at_step(model, Step::Scratch))?;
+        // (its key columns took the table's type and collation then), or an
+        // enum column's type name now finds another type: made again after
+        // a check, which finds the table as it is now.
+        drop_scratch(tx, model).await?;
         statements::forget_prepared(tx, model);
         exists = false;
     }
@@ -104,6 +106,41 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
         statements::set_stage_refused(tx, model, statements::dialect(tx, model) == Dialect::Citus);
     }
     Ok(Before { with_id, may_stage: read_committed })
+}
+
+/// Drops the session's scratch table for `model`. Only its owner may: after
+/// a `SET ROLE` since another role made it, the drop runs as that role
+/// (`SET LOCAL ROLE`, which the session's own role may take whenever it is
+/// a member, as it is of itself), then the role set before is taken again;
+/// both are undone with the transaction if the call fails. A table the
+/// session's role may not act for either is a clear error.
+async fn drop_scratch(tx: &Client, model: &'static Model) -> Result<(), Error> {
+    let plan = sql::plan(model);
+    let owner = tx
+        .query_typed(
+            "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE'), pg_catalog.pg_has_role(session_user, c.relowner, 'MEMBER'), \
+                    pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text \
+               FROM pg_catalog.pg_class AS c WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[(&plan.scratch_regclass, Type::TEXT)],
+        )
+        .await
+        .map_err(Error::at_step(model, Step::Scratch))?;
+    let Some(owner) = owner.first() else { return Ok(()) };
+    let drop = format!("DROP TABLE pg_temp.{}", quote_ident(&plan.scratch));
+    let (acts_for, may_take, owner_name, current): (bool, bool, String, String) =
+        (owner.get(0), owner.get(1), owner.get(2), owner.get(3));
+    let sql = if acts_for {
+        drop
+    } else if may_take {
+        format!("SET LOCAL ROLE {}; {drop}; SET LOCAL ROLE {}", quote_ident(&owner_name), quote_ident(&current))
+    } else {
+        return Err(Error::SchemaMismatch {
+            table: model.qualified_name(),
+            model: model.struct_name(),
+            problems: vec![SchemaProblem::ScratchTableOfAnotherRole { owner: owner_name, role: current }],
+        });
+    };
+    tx.batch_execute(&sql).await.map_err(Error::at_step(model, Step::Scratch))
 }
 
 /// The session's scratch table for `model`, made first (after the schema

@@ -38,6 +38,10 @@ pub(crate) struct Plan {
     /// Per column of [`text_key`](Self::text_key), whether the model
     /// declares it nullable (a nullable `varchar` key is read as `varchar`).
     pub text_key_nullable: Vec<bool>,
+    /// The names of the model's enum columns, and their types' names as the
+    /// model declares them (resolved through the `search_path`, as the
+    /// scratch table's were when it was made).
+    pub enum_columns: (Vec<&'static str>, Vec<&'static str>),
     /// The anti-join insert with `ON CONFLICT (key) DO NOTHING`: the
     /// attempt that cannot fail on a key another writer stored meanwhile.
     pub insert: String,
@@ -176,6 +180,14 @@ impl Plan {
                 .filter(|c| c.pg_type() == PgType::Text)
                 .map(Column::nullable)
                 .collect(),
+            enum_columns: model
+                .columns()
+                .iter()
+                .filter_map(|c| match c.pg_type() {
+                    PgType::Enum(name) => Some((c.name(), name)),
+                    _ => None,
+                })
+                .unzip(),
             small_types,
             client_ordered,
         }

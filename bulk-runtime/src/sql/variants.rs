@@ -326,13 +326,16 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// schema check requires (`SELECT`, `INSERT`, `DELETE`, and `USAGE` of the
 /// sequence of the model's id column `$5`, NULL without one; a `SET ROLE`
 /// since the check changes the answer), and no column of the target other
-/// than the staging table's `$6` is left to a default that calls a
-/// function, an identity or a generated column (as the schema check's
+/// than the staging table's `$6` is left to a default that Citus would not
+/// settle on the coordinator, an identity or a generated column (as the schema check's
 /// Citus statement requires); and whether the target's text key columns
 /// `$7` (`$8`: whether the model declares each nullable) compare as the scratch table's do (which took the table's type and
-/// collation when the connection checked it): when not (a `search_path`
-/// that now leads to a same-named table whose key has another collation, a
-/// column altered), the call makes the scratch table again after a check;
+/// collation when the connection checked it), and the scratch table's enum
+/// columns `$9` are of the types their names `$10` now resolve to (a
+/// tenant's own enum type, its schema first on the `search_path`): when not
+/// (a `search_path` that now leads to a same-named table whose key has
+/// another collation or to another schema's enum type, a column altered or
+/// dropped with its type), the call makes the scratch table again after a check;
 /// and whether the transaction is `READ COMMITTED`, the only isolation
 /// that copies into the staging table (the guard after the insert from it,
 /// `Plan::stage_guard`, reads the catalog as the insert saw it only there).
@@ -345,7 +348,11 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
                   AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{{20,21,23}}'::oid[])),
        coalesce(pg_catalog.to_regclass($4) IS NOT NULL AND {open}, false),
        NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])) AS k(name, nullable)
-                    WHERE {target} IS DISTINCT FROM {scratch}),
+                    WHERE {target} IS DISTINCT FROM {scratch})
+         AND NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.text[])) AS e(name, type)
+                          WHERE (SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                                  WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = e.name AND NOT a.attisdropped)
+                                IS DISTINCT FROM pg_catalog.to_regtype(e.type)),
        pg_catalog.current_setting('transaction_isolation') = 'read committed'",
         open =
             crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5"),
