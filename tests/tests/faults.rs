@@ -312,3 +312,149 @@ async fn lock_timeout_on_a_key_another_transaction_is_inserting() {
     assert_eq!((o.inserted, o.skipped), (99, 1));
     db.drop().await;
 }
+
+#[derive(bulk_runtime::BulkType, Debug, Clone, Copy, PartialEq)]
+#[bulk(type = "fault_mood")]
+enum FaultMood {
+    Happy,
+    Sad,
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "mood", unique(person))]
+struct Mood {
+    person: i64,
+    mood: FaultMood,
+    note: String,
+}
+
+/// `len` rows of new keys from `from` on.
+fn moods(from: i64, len: usize) -> Vec<Mood> {
+    (from..from + len as i64)
+        .map(|person| Mood {
+            person,
+            mood: if person % 2 == 0 { FaultMood::Happy } else { FaultMood::Sad },
+            note: format!("n{person}"),
+        })
+        .collect()
+}
+
+async fn mood_setup(name: &str) -> TestDb {
+    use bulk_runtime::PgEnum;
+    let db = TestDb::new(name).await;
+    let migration = format!("{}; {}", FaultMood::create_type_sql(), Mood::model().migration_sql());
+    db.connect().await.batch_execute(&migration).await.unwrap();
+    db
+}
+
+/// Strips column `note` from the session's scratch table (made by an
+/// earlier COPY call): the server would answer the COPY statement into it
+/// with 42703 instead of `CopyInResponse`.
+async fn strip_the_scratch_table(client: &Client) {
+    let scratch: String = client
+        .query_one(
+            "SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname LIKE '\\_\\_bulk\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let sql = format!("ALTER TABLE pg_temp.{} DROP COLUMN note", bulk_runtime::quote_ident(&scratch));
+    client.batch_execute(&sql).await.unwrap();
+}
+
+/// On one session (`$session`: a `Client`, or the object of a pool of one
+/// connection; `$next` gives the next one): a COPY call makes the scratch
+/// table, then two COPY calls whose COPY the server would refuse as it
+/// starts (42703): one after the scratch table lost a column, one after a
+/// migration dropped the enum type with `CASCADE` (which strips the column
+/// from the target and from the scratch table). Each call either writes
+/// its whole batch, or fails and writes nothing; after a failure the same
+/// connection serves the next calls, or the error says it is unusable and
+/// it is closed by the time the call returns (so that a pool, whose
+/// recycling checks `is_closed`, discards it). Then a short call and a
+/// COPY call, with exact counts.
+macro_rules! copy_refused_as_it_starts {
+    ($db:expr, $session:expr, $next:expr) => {{
+        let db: &TestDb = $db;
+        let admin = db.connect().await;
+        let mut conn = $session;
+        let o = Mood::bulk_create_new(&mut conn, &moods(0, COPY_BATCH)).await.unwrap();
+        assert_eq!(o.inserted, COPY_BATCH as u64);
+        let mut stored = COPY_BATCH as i64;
+        for (round, from) in [("scratch table stripped", 1_000_000), ("enum type dropped with CASCADE", 2_000_000)] {
+            if from == 1_000_000 {
+                strip_the_scratch_table(&conn).await;
+            } else {
+                admin.batch_execute("DROP TYPE fault_mood CASCADE").await.unwrap();
+            }
+            let pid = backend_pid(&conn).await;
+            let result = Mood::bulk_create_new(&mut conn, &moods(from, COPY_BATCH)).await;
+            let closed = conn.is_closed();
+            match &result {
+                Ok(o) => {
+                    assert_eq!((o.offered, o.inserted), (COPY_BATCH as u64, COPY_BATCH as u64), "{round}");
+                    stored += COPY_BATCH as i64;
+                }
+                Err(err) if err.connection_usable() => assert!(!closed, "{round}: {err}"),
+                Err(err) => {
+                    assert!(
+                        closed,
+                        "{round}: the error says the connection is unusable, yet it is still open when the call \
+                         returns (a pool hands it out again): {err:?}"
+                    );
+                    drop(conn);
+                    conn = $next;
+                    assert_ne!(backend_pid(&conn).await, pid, "{round}: a new connection");
+                }
+            }
+            if from == 2_000_000 {
+                // The table lost its enum column: the call must fail, and
+                // works again once the migration made the type and column again.
+                let err = result.as_ref().expect_err(round);
+                assert!(matches!(err, Error::SchemaMismatch { .. }) || err.sqlstate().is_some(), "{round}: {err:?}");
+                admin
+                    .batch_execute(&format!(
+                        "{}; ALTER TABLE mood ADD COLUMN mood fault_mood NOT NULL DEFAULT 'happy'; \
+                         ALTER TABLE mood ALTER COLUMN mood DROP DEFAULT",
+                        <FaultMood as bulk_runtime::PgEnum>::create_type_sql()
+                    ))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(count(&admin, "mood").await, stored, "{round}: the whole batch or nothing of it");
+            if result.as_ref().is_err_and(Error::connection_usable) {
+                assert_eq!(backend_pid(&conn).await, pid, "{round}: the same connection");
+            }
+            let short = Mood::bulk_create_new(&mut conn, &moods(from + 500_000, 10))
+                .await
+                .unwrap_or_else(|e| panic!("{round}: the short call after it ({result:?}): {e}"));
+            assert_eq!(short.inserted, 10, "{round}");
+            let long = Mood::bulk_create_new(&mut conn, &moods(from + 600_000, COPY_BATCH))
+                .await
+                .unwrap_or_else(|e| panic!("{round}: the COPY call after it ({result:?}): {e}"));
+            assert_eq!(long.inserted, COPY_BATCH as u64, "{round}");
+            stored += 10 + COPY_BATCH as i64;
+            assert_eq!(count(&admin, "mood").await, stored, "{round}");
+        }
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_refused_as_it_starts_fails_cleanly_and_the_client_serves_the_next_calls() {
+    let db = mood_setup("fault_copy_refused").await;
+    copy_refused_as_it_starts!(&db, db.connect().await, db.connect().await);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_refused_as_it_starts_on_a_pool_of_one_fails_cleanly_and_the_pool_serves_the_next_calls() {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    let db = mood_setup("fault_copy_refused_pool").await;
+    let config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let pool =
+        Pool::builder(Manager::from_config(db.config(), tokio_postgres::NoTls, config)).max_size(1).build().unwrap();
+    copy_refused_as_it_starts!(&db, pool.get().await.unwrap(), pool.get().await.unwrap());
+    pool.close();
+    db.drop().await;
+}

@@ -53,7 +53,7 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let plan = sql::plan(model);
     let id: Option<&str> = if matches!(kind, Kind::Keys) { model.id_column() } else { None };
     let stage_id = model.id_column();
-    let params: [(&(dyn ToSql + Sync), Type); 10] = [
+    let params: [(&(dyn ToSql + Sync), Type); 11] = [
         (&plan.scratch_regclass, Type::TEXT),
         (&plan.target_regclass, Type::TEXT),
         (&id, Type::TEXT),
@@ -64,6 +64,7 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
         (&plan.text_key_nullable, Type::BOOL_ARRAY),
         (&plan.enum_columns.0, Type::TEXT_ARRAY),
         (&plan.enum_columns.1, Type::TEXT_ARRAY),
+        (&plan.copy_columns, Type::TEXT_ARRAY),
     ];
     let before = tx.query_typed(&variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
     let (mut exists, with_id, stage, fits, read_committed) = before
@@ -75,9 +76,12 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
     let stage = stage && read_committed;
     if exists && !fits {
         // The key compares otherwise than when the scratch table was made
-        // (its key columns took the table's type and collation then), or an
-        // enum column's type name now finds another type: made again after
-        // a check, which finds the table as it is now.
+        // (its key columns took the table's type and collation then), an
+        // enum column's type name now finds another type, or the server
+        // would refuse the COPY into it as the COPY starts (a column gone,
+        // no INSERT for the current role), which leaves the connection out
+        // of step (see `CopyWriter::start`): made again after a check, which
+        // finds the table as it is now.
         drop_scratch(tx, model).await?;
         statements::forget_prepared(tx, model);
         exists = false;

@@ -21,6 +21,8 @@ pub(crate) struct Plan {
     pub grant_scratch: String,
     /// `COPY pg_temp.scratch (...) FROM STDIN (FORMAT binary)`.
     pub copy: String,
+    /// The names of the COPY's columns: the ordinal, then the model's.
+    pub copy_columns: Vec<&'static str>,
     /// Wire types of the COPY columns: the ordinal, then the model's columns.
     pub copy_types: Vec<Type>,
     /// The staging table's column names ([`Model::staging_columns`]).
@@ -127,8 +129,9 @@ impl Plan {
         let create_scratch = scratch_table_ddl(model, &scratch, &plain);
         let grant_scratch = format!("GRANT ALL ON TABLE pg_temp.{} TO PUBLIC", quote_ident(&scratch));
 
-        let mut copy_cols = vec![quote_ident(ORD)];
-        copy_cols.extend(model.columns().iter().map(|c| quote_ident(c.name())));
+        let copy_columns: Vec<&'static str> =
+            std::iter::once(ORD).chain(model.columns().iter().map(Column::name)).collect();
+        let copy_cols: Vec<String> = copy_columns.iter().map(|c| quote_ident(c)).collect();
         let copy =
             format!("COPY pg_temp.{} ({}) FROM STDIN (FORMAT binary)", quote_ident(&scratch), copy_cols.join(", "));
         let stage = model.staging_qualified_name();
@@ -171,6 +174,7 @@ impl Plan {
             create_scratch,
             grant_scratch,
             copy,
+            copy_columns,
             copy_types,
             stage_columns: model.staging_columns().into_iter().map(|(name, _)| name).collect(),
             key_columns,

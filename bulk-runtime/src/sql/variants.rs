@@ -335,8 +335,11 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// tenant's own enum type, its schema first on the `search_path`): when not
 /// (a `search_path` that now leads to a same-named table whose key has
 /// another collation or to another schema's enum type, a column altered or
-/// dropped with its type), the call makes the scratch table again after a check;
-/// and whether the transaction is `READ COMMITTED`, the only isolation
+/// dropped with its type), or the scratch table lacks one of the COPY's
+/// columns `$11` (dropped: the type dropped with `CASCADE`, an `ALTER
+/// TABLE`) or the current role may not insert into it, so that the server
+/// would refuse the COPY as it starts, the call makes the scratch table
+/// again after a check; and whether the transaction is `READ COMMITTED`, the only isolation
 /// that copies into the staging table (the guard after the insert from it,
 /// `Plan::stage_guard`, reads the catalog as the insert saw it only there).
 pub(crate) static BEFORE_COPY: LazyLock<String> = LazyLock::new(|| {
@@ -352,7 +355,12 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
          AND NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.text[])) AS e(name, type)
                           WHERE (SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
                                   WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = e.name AND NOT a.attisdropped)
-                                IS DISTINCT FROM pg_catalog.to_regtype(e.type)),
+                                IS DISTINCT FROM pg_catalog.to_regtype(e.type))
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest($11::pg_catalog.text[]) AS c(name)
+                          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                                             WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = c.name
+                                               AND a.attnum > 0 AND NOT a.attisdropped))
+         AND coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'INSERT'), true),
        pg_catalog.current_setting('transaction_isolation') = 'read committed'",
         open =
             crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5"),

@@ -57,9 +57,16 @@ impl CopyWriter {
         staged: bool,
     ) -> Result<CopyWriter, Error> {
         // Prepared apart: a COPY statement the server refuses at parse time
-        // (a missing scratch table) leaves the connection as it was, but one
-        // refused when it starts (a permission) leaves tokio-postgres's
-        // connection unusable, and the error says so.
+        // leaves the connection as it was. One refused as it starts (an
+        // ErrorResponse instead of CopyInResponse) leaves tokio-postgres's
+        // connection out of step: `copy_in` sent Bind, Execute and Sync, and
+        // then sends CopyFail and Sync, so the server answers one
+        // ReadyForQuery more than the client waits for, which the next
+        // request takes as its answer. The error says so (a pool may not
+        // see it closed yet). `BEFORE_COPY` makes the scratch table again
+        // rather than let the server refuse the COPY into it for a reason it
+        // can see (a column gone, no INSERT privilege); what is left is
+        // what no check foresees (a cancel, a lock wait on the staging table).
         let plan = sql::plan(model);
         let copy = if staged { &plan.copy_stage } else { &plan.copy };
         let statement = tx.prepare(copy).await.map_err(Error::at_step(model, Step::Copy))?;
