@@ -221,11 +221,15 @@ async fn calls_work_across_role_switches_on_both_paths() {
     db.drop().await;
 }
 
-/// A COPY refused when it starts leaves tokio-postgres's connection
-/// unusable: the error must say so (and a connection it calls usable takes
-/// the next batch).
+/// The session's scratch table closed to the current role (`REVOKE ... FROM
+/// PUBLIC`, then `SET ROLE`): a COPY into it would be refused as it starts,
+/// which leaves tokio-postgres's connection out of step (see
+/// `CopyWriter::start`). The query before the COPY sees the role may not
+/// insert there, and the call makes the scratch table again (dropping the
+/// old one as its owner, which the session may become) and writes; the
+/// connection serves the next call.
 #[tokio::test]
-async fn connection_usable_is_false_after_copy_is_refused_at_its_start() {
+async fn a_scratch_table_closed_to_the_current_role_is_made_again() {
     let db = TestDb::new("copy_refused").await;
     let admin = db.connect().await;
     admin.batch_execute(&BrokenCopy::model().migration_sql()).await.unwrap();
@@ -249,17 +253,14 @@ async fn connection_usable_is_false_after_copy_is_refused_at_its_start() {
         ))
         .await
         .unwrap();
-    let err =
-        BrokenCopy::bulk_create_new(&mut client, &BrokenCopy::batch(COPY_BATCH as i64, COPY_BATCH)).await.unwrap_err();
-    assert_eq!(err.sqlstate(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
-    let next = BrokenCopy::bulk_create_new(&mut client, &BrokenCopy::batch(0, 10)).await;
-    assert_eq!(
-        err.connection_usable(),
-        next.is_ok(),
-        "connection_usable() = {}, next call: {next:?}",
-        err.connection_usable()
-    );
-    assert_eq!(count(&admin, "broken_copy").await, COPY_BATCH as i64);
+    let o = BrokenCopy::bulk_create_new(&mut client, &BrokenCopy::batch(COPY_BATCH as i64, COPY_BATCH))
+        .await
+        .expect("the COPY call as the other role");
+    assert_eq!(o.inserted, COPY_BATCH as u64);
+    let next = BrokenCopy::bulk_create_new(&mut client, &BrokenCopy::batch(0, 10)).await.expect("the next call");
+    assert_eq!((next.inserted, next.skipped), (0, 10));
+    client.batch_execute("RESET ROLE; DISCARD TEMP").await.unwrap();
+    assert_eq!(count(&admin, "broken_copy").await, 2 * COPY_BATCH as i64);
     drop(client);
     drop_role(&admin, &db, &carol).await;
     db.drop().await;
