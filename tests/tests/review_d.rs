@@ -83,3 +83,34 @@ async fn revd_rounded_non_key_column_equal_to_another_row_is_not_a_changed_key()
 async fn revd_rounded_non_key_column_equal_to_another_row_is_not_a_changed_key_through_copy() {
     rounded_column_makes_two_rows_look_alike(COPY_BATCH).await;
 }
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "dated", unique(n))]
+struct Dated {
+    n: i64,
+    /// A column name with a colon: names are used exactly as written.
+    #[bulk(rename = "due: day")]
+    day: chrono::NaiveDate,
+}
+
+/// README, "What one call does": errors carry "the row index and field when
+/// the client or server can tell (`row()`, `field()`)". On the COPY path the
+/// server's context names both (`COPY __bulk_..., line 5104, column due:
+/// day`), but a column whose name holds a `:` loses its field.
+#[tokio::test]
+async fn revd_copy_error_names_the_field_of_a_column_whose_name_has_a_colon() {
+    let db = revd_db("copy_field_colon").await;
+    let mut client = db.connect().await;
+    client.batch_execute(&Dated::model().migration_sql()).await.unwrap();
+    let ok = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+    // chrono can hold years before 4713 BC; PostgreSQL's date cannot.
+    let too_early = chrono::NaiveDate::from_ymd_opt(-100_000, 1, 1).unwrap();
+    let bad_at = COPY_BATCH + 3;
+    let rows = (0..bad_at + 5).map(|i| Dated { n: i as i64, day: if i == bad_at { too_early } else { ok } });
+    let err = Dated::bulk_create_new(&mut client, rows).await.unwrap_err();
+    let context = err.db_error().and_then(|d| d.where_()).map(str::to_owned);
+    assert_eq!(count(&client, "dated").await, 0);
+    db.drop().await;
+    assert_eq!(err.row(), Some(bad_at), "{err}");
+    assert_eq!(err.field(), Some("day"), "{err}; the server's context: {context:?}");
+}
