@@ -3203,3 +3203,58 @@ async fn reve_grouping_by_the_models_hash_deadlocks_writers_on_a_numeric_distrib
     let r2 = r2.unwrap_or_else(|e| panic!("writer 2 (keys w={w} v={v} x={x} y={y}): {e:?}"));
     assert_eq!(r1.inserted + r2.inserted + 2, stored as u64, "inserted counts add up to the rows stored");
 }
+
+/// A plain call on Citus's `VALUES` path, on a `Client`, dropped (a
+/// timeout) while its insert waits on a worker for a key another session
+/// is inserting; the other session then rolls back. README ("A dropped
+/// call"): "Once the insert is sent, the server runs it to its end with
+/// the call's commit ... if the insert succeeds, the batch is stored as if
+/// the call had not been dropped", "both paths behave alike" (and the
+/// staging table's COPY path does so on Citus:
+/// `a_call_dropped_while_its_staged_insert_waits_completes_on_the_server`).
+/// The `VALUES` path opens a transaction of its own (a statement rounded up
+/// by repeats, or one statement per run of shards) and commits only after
+/// the insert's answer, so the dropped call's rollback undoes the batch.
+async fn reve_dropped_values_call(n: usize) {
+    let (db, mut client) = setup("reve_dropped_values", DIST, n, On::Client).await;
+    let admin = db.connect().await;
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    // A first call checks the table (the next ones go as `VALUES` statements).
+    Retweet::bulk_create_new(&mut client, numbered(-30, 10)).await.expect("a first call");
+    let rows = numbered(0, n);
+    let other = db.connect().await;
+    let held = &rows[n / 2];
+    other
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO rt (tweet, retweeter, original_author) VALUES ({}, {}, -1)",
+            held.tweet, held.retweeter
+        ))
+        .await
+        .expect("another session inserts one of the batch's keys");
+    {
+        // Dropped once a worker shows its insert waiting on the held key.
+        let mut call = Box::pin(Retweet::bulk_create_new(&mut client, &rows));
+        tokio::select! {
+            r = &mut call => panic!("the call ended while another session held one of its keys: {r:?}"),
+            () = reve_wait_for_lock_waits(&admin, 1) => {}
+        }
+    }
+    other.batch_execute("ROLLBACK").await.unwrap();
+    let next = Retweet::bulk_create_new(&mut client, numbered(n as i64, 5)).await.expect("the next call");
+    assert_eq!(next.inserted, 5);
+    let stored = count(&admin, "rt").await;
+    assert!(!bulk_tests::in_transaction(&admin, pid).await, "no transaction left open");
+    drop(client);
+    db.drop().await;
+    assert_eq!(stored, 10 + n as i64 + 5, "the dropped call's batch is stored whole ({n} rows)");
+}
+
+#[tokio::test]
+async fn reve_a_dropped_values_call_completes_on_the_server_short() {
+    reve_dropped_values_call(SHORT).await;
+}
+
+#[tokio::test]
+async fn reve_a_dropped_values_call_completes_on_the_server_grouped() {
+    reve_dropped_values_call(MEDIUM).await;
+}
