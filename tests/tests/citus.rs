@@ -3076,3 +3076,185 @@ async fn a_trigger_that_rewrites_one_key_does_not_store_the_values_statements_re
     }
     db.drop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Review E.
+
+/// A model of its own for review E's distribution-column test: a `bigint`
+/// key field `a` that the table may declare `numeric` (the schema check
+/// accepts an `i64` field on a `numeric` column).
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "nd", unique(a, b), id = false)]
+pub struct ReveNd {
+    pub a: i64,
+    pub b: i64,
+    pub payload: i64,
+}
+
+/// Waits until the cluster shows at least `n` lock waits (`citus_lock_waits`).
+async fn reve_wait_for_lock_waits(admin: &Client, n: i64) {
+    for _ in 0..1500 {
+        let waits: i64 = admin.query_one("SELECT count(*) FROM citus_lock_waits", &[]).await.unwrap().get(0);
+        if waits >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never saw {n} lock waits");
+}
+
+/// Two plain calls of overlapping keys on a table distributed by a
+/// `numeric` column (`a`, 2 shards), the model's field an `i64`. The
+/// library groups a batch of 256 rows or more by shard, hashing the value
+/// with `hashint8` (the model's type) where Citus hashes the column's
+/// `numeric` with `hash_numeric`: the keys of one real shard are cut into
+/// two statements against their key order. Writer 1 (300 rows, two grouped
+/// statements) stores `y` in its first statement and `v`, `x` in its
+/// second; writer 2 (`w`, `x`, `y`, one statement) stores them in key
+/// order. Two other sessions hold `w` and `v` so that writer 2 takes `x`
+/// and waits for `y` while writer 1 holds `y` and then waits for `x`: a
+/// deadlock on the shard, which one statement per batch (or a grouping by
+/// the real shards, as on a `bigint` column, where all four keys go in one
+/// statement) cannot make. README: "no call fails, none deadlocks";
+/// "grouping adds no deadlock that one statement would not have"; grouping
+/// only "on a table distributed by a bigint, integer or smallint column".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reve_grouping_by_the_models_hash_deadlocks_writers_on_a_numeric_distribution_column() {
+    let db = CitusDb::new("reve_numeric_dist").await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE nd (a numeric NOT NULL, b bigint NOT NULL, payload bigint NOT NULL, UNIQUE (a, b));
+             SELECT create_distributed_table('nd', 'a', shard_count := 2)",
+        )
+        .await
+        .expect("create nd");
+    // The statement the client's grouping puts a value in: with 2 shards
+    // and 2 statements, the rank by shard id of the shard whose range holds
+    // the library's hash of the value (`hashint8`).
+    let shards: Vec<(i64, i32)> = admin
+        .query(
+            "SELECT shardid, shardminvalue::int4 FROM pg_dist_shard WHERE logicalrelid = 'nd'::regclass ORDER BY 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut by_id: Vec<i64> = shards.iter().map(|s| s.0).collect();
+    by_id.sort_unstable();
+    let group = |a: i64| {
+        let h = bulk_runtime::__test_hooks::citus_hashes(a).0;
+        let range = shards.iter().rposition(|s| s.1 <= h).unwrap();
+        by_id.iter().position(|id| *id == shards[range].0).unwrap()
+    };
+    // Each value's real shard (Citus's own routing of the `numeric`).
+    let real: Vec<(i64, i64)> = admin
+        .query(
+            "SELECT a, get_shard_id_for_distribution_column('nd', a::numeric) FROM generate_series(1, 200::int8) AS a",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // In one real shard: w < x, v < x < y, with v and x in the client's
+    // second statement and y in its first.
+    let shard = real[0].1;
+    let same: Vec<i64> = real.iter().filter(|r| r.1 == shard).map(|r| r.0).collect();
+    let keys = same.iter().enumerate().find_map(|(i, &x)| {
+        if group(x) != 1 {
+            return None;
+        }
+        let v = *same[..i].iter().find(|&&c| group(c) == 1)?;
+        let w = *same[..i].iter().find(|&&c| c != v)?;
+        let y = *same[i + 1..].iter().find(|&&c| group(c) == 0)?;
+        Some((w, v, x, y))
+    });
+    let (w, v, x, y) = keys.expect("keys of one shard that the client's hash puts in two statements");
+    let row = |a: i64| ReveNd { a, b: 0, payload: a };
+    let mut writer1 = db.connect().await;
+    let mut writer2 = db.connect().await;
+    // First calls check the table (the next ones go as `VALUES` statements).
+    ReveNd::bulk_create_new(&mut writer1, [row(1_000_001)]).await.unwrap();
+    ReveNd::bulk_create_new(&mut writer2, [row(1_000_002)]).await.unwrap();
+    let mut batch1: Vec<ReveNd> = (0..297).map(|i| row(10_000 + i)).collect();
+    batch1.extend([row(v), row(x), row(y)]);
+    let batch2 = vec![row(w), row(x), row(y)];
+    let hold_w = db.connect().await;
+    let hold_v = db.connect().await;
+    hold_w.batch_execute(&format!("BEGIN; INSERT INTO nd VALUES ({w}, 0, -1)")).await.unwrap();
+    let second = tokio::spawn(async move { ReveNd::bulk_create_new(&mut writer2, &batch2).await });
+    reve_wait_for_lock_waits(&admin, 1).await; // writer 2 waits for w
+    hold_v.batch_execute(&format!("BEGIN; INSERT INTO nd VALUES ({v}, 0, -1)")).await.unwrap();
+    let first = tokio::spawn(async move { ReveNd::bulk_create_new(&mut writer1, &batch1).await });
+    reve_wait_for_lock_waits(&admin, 2).await; // writer 1 stored y, waits for v
+    hold_w.batch_execute("ROLLBACK").await.unwrap(); // writer 2: w, x, then waits for y
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold_v.batch_execute("ROLLBACK").await.unwrap(); // writer 1: v, then x
+    let r1 = tokio::time::timeout(Duration::from_secs(60), first).await.expect("writer 1 ends").unwrap();
+    let r2 = tokio::time::timeout(Duration::from_secs(60), second).await.expect("writer 2 ends").unwrap();
+    let stored = count(&admin, "nd").await;
+    drop(admin);
+    db.drop().await;
+    let r1 = r1.unwrap_or_else(|e| panic!("writer 1 (keys w={w} v={v} x={x} y={y}): {e:?}"));
+    let r2 = r2.unwrap_or_else(|e| panic!("writer 2 (keys w={w} v={v} x={x} y={y}): {e:?}"));
+    assert_eq!(r1.inserted + r2.inserted + 2, stored as u64, "inserted counts add up to the rows stored");
+}
+
+/// A plain call on Citus's `VALUES` path, on a `Client`, dropped (a
+/// timeout) while its insert waits on a worker for a key another session
+/// is inserting; the other session then rolls back. README ("A dropped
+/// call"): "Once the insert is sent, the server runs it to its end with
+/// the call's commit ... if the insert succeeds, the batch is stored as if
+/// the call had not been dropped", "both paths behave alike" (and the
+/// staging table's COPY path does so on Citus:
+/// `a_call_dropped_while_its_staged_insert_waits_completes_on_the_server`).
+/// The `VALUES` path opens a transaction of its own (a statement rounded up
+/// by repeats, or one statement per run of shards) and commits only after
+/// the insert's answer, so the dropped call's rollback undoes the batch.
+async fn reve_dropped_values_call(n: usize) {
+    let (db, mut client) = setup("reve_dropped_values", DIST, n, On::Client).await;
+    let admin = db.connect().await;
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    // A first call checks the table (the next ones go as `VALUES` statements).
+    Retweet::bulk_create_new(&mut client, numbered(-30, 10)).await.expect("a first call");
+    let rows = numbered(0, n);
+    let other = db.connect().await;
+    let held = &rows[n / 2];
+    other
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO rt (tweet, retweeter, original_author) VALUES ({}, {}, -1)",
+            held.tweet, held.retweeter
+        ))
+        .await
+        .expect("another session inserts one of the batch's keys");
+    {
+        // Dropped once a worker shows its insert waiting on the held key.
+        let mut call = Box::pin(Retweet::bulk_create_new(&mut client, &rows));
+        tokio::select! {
+            r = &mut call => panic!("the call ended while another session held one of its keys: {r:?}"),
+            () = reve_wait_for_lock_waits(&admin, 1) => {}
+        }
+    }
+    other.batch_execute("ROLLBACK").await.unwrap();
+    let next = Retweet::bulk_create_new(&mut client, numbered(n as i64, 5)).await.expect("the next call");
+    assert_eq!(next.inserted, 5);
+    let stored = count(&admin, "rt").await;
+    assert!(!bulk_tests::in_transaction(&admin, pid).await, "no transaction left open");
+    drop(client);
+    db.drop().await;
+    assert_eq!(stored, 10 + n as i64 + 5, "the dropped call's batch is stored whole ({n} rows)");
+}
+
+#[tokio::test]
+async fn reve_a_dropped_values_call_completes_on_the_server_short() {
+    reve_dropped_values_call(SHORT).await;
+}
+
+#[tokio::test]
+async fn reve_a_dropped_values_call_completes_on_the_server_grouped() {
+    reve_dropped_values_call(MEDIUM).await;
+}
