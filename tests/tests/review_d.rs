@@ -32,7 +32,9 @@ async fn rounded_column_makes_two_rows_look_alike(pad: usize) {
     let db = revd_db(&format!("rounded_{pad}")).await;
     let mut client = db.connect().await;
     client
-        .batch_execute("CREATE TABLE doc (k bigint PRIMARY KEY, body text NOT NULL, updated_at timestamptz(3) NOT NULL)")
+        .batch_execute(
+            "CREATE TABLE doc (k bigint PRIMARY KEY, body text NOT NULL, updated_at timestamptz(3) NOT NULL)",
+        )
         .await
         .unwrap();
     let base = 1_700_000_000_123_000;

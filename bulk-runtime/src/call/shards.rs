@@ -88,15 +88,22 @@ pub(crate) struct ShardMap {
 }
 
 /// The distribution column of the table `$1` names (none for a reference
-/// table, or when a shard is placed on the node this session is connected
-/// to), and its shards' ranges and ids, in hash order.
+/// table, when a shard is placed on the node this session is connected
+/// to, or when the column is not a `smallint`, `integer` or `bigint` in the
+/// table: a model's `i64` field may be stored in a `numeric` column, which
+/// Citus hashes otherwise, so the client's split would not follow the
+/// shards), and its shards' ranges and ids, in hash order.
 const SHARD_MAP: &str = "\
 SELECT (SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) FROM pg_catalog.pg_dist_partition AS p
          WHERE p.logicalrelid = pg_catalog.to_regclass($1) AND p.partmethod = 'h'
            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_shard AS s
                              JOIN pg_catalog.pg_dist_placement AS pl ON pl.shardid = s.shardid
                             WHERE s.logicalrelid = p.logicalrelid
-                              AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))),
+                              AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = p.logicalrelid
+                          AND a.attname = pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+                          AND a.atttypid = ANY ('{21,23,20}'::pg_catalog.oid[]))),
        ARRAY(SELECT s.shardminvalue::int4 FROM pg_catalog.pg_dist_shard AS s
               WHERE s.logicalrelid = pg_catalog.to_regclass($1) ORDER BY s.shardminvalue::int4),
        ARRAY(SELECT s.shardid FROM pg_catalog.pg_dist_shard AS s
