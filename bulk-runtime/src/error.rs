@@ -442,11 +442,19 @@ impl Error {
                     .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
                     .and_then(|n| n.parse::<usize>().ok())
                     .map(|line| line.saturating_sub(1));
-                let field = w
-                    .split(", column ")
-                    .nth(1)
-                    .and_then(|rest| rest.split(':').next())
-                    .and_then(|col| model.columns().iter().find(|c| c.name() == col).map(|c| c.field().to_owned()));
+                // `column <name>`, or in text COPY `column <name>: <value>`:
+                // the longest column name that the rest is, or begins with
+                // before `: ` (a name may hold a colon itself).
+                let field = w.split_once(", column ").and_then(|(_, rest)| {
+                    model
+                        .columns()
+                        .iter()
+                        .filter(|c| {
+                            rest == c.name() || rest.strip_prefix(c.name()).is_some_and(|after| after.starts_with(": "))
+                        })
+                        .max_by_key(|c| c.name().len())
+                        .map(|c| c.field().to_owned())
+                });
                 (row, field)
             })
             .unwrap_or((None, None));

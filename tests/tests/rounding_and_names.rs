@@ -1,12 +1,13 @@
-//! Review D: probes of README guarantees (batch ids, upsert, returning,
-//! streams, bad input) that do not hold. Each test here failed on the code
-//! it was written against; see the commit that added it.
+//! A column outside the key that the table rounds, which can make two new
+//! rows' stored values equal (returning and upsert calls must still map
+//! each stored row to its offered row), and an error's field for a column
+//! whose name holds a colon. Each test failed before its fix (review-d).
 
 use bulk_runtime::{BulkCreateNew, Upsert};
 use bulk_tests::{COPY_BATCH, TestDb, count};
 
 /// A schema of its own, named `revd_*`.
-async fn revd_db(name: &str) -> TestDb {
+async fn schema_db(name: &str) -> TestDb {
     TestDb::with_schema(format!("revd_{name}_{}", std::process::id())).await
 }
 
@@ -26,10 +27,12 @@ fn at_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
 /// the table rounds (`timestamptz(3)`): a stored row is matched to its
 /// offered row by its key". Two rows of different keys whose non-key values
 /// become equal once the table rounded one of them (12:00:00.123456 stored
-/// as .123, beside a row offered at exactly .123) must still be inserted and
-/// reported; the calls that map rows back refuse the batch instead.
+/// as .123, beside a row offered at exactly .123) are inserted and
+/// reported (before the fix the calls that map rows back refused the batch
+/// as a changed key: the other row's key was inserted too, so its values
+/// were not stored under another key).
 async fn rounded_column_makes_two_rows_look_alike(pad: usize) {
-    let db = revd_db(&format!("rounded_{pad}")).await;
+    let db = schema_db(&format!("rounded_{pad}")).await;
     let mut client = db.connect().await;
     client
         .batch_execute(
@@ -77,12 +80,12 @@ async fn rounded_column_makes_two_rows_look_alike(pad: usize) {
 }
 
 #[tokio::test]
-async fn revd_rounded_non_key_column_equal_to_another_row_is_not_a_changed_key() {
+async fn rounded_non_key_column_equal_to_another_row_is_not_a_changed_key() {
     rounded_column_makes_two_rows_look_alike(0).await;
 }
 
 #[tokio::test]
-async fn revd_rounded_non_key_column_equal_to_another_row_is_not_a_changed_key_through_copy() {
+async fn rounded_non_key_column_equal_to_another_row_is_not_a_changed_key_through_copy() {
     rounded_column_makes_two_rows_look_alike(COPY_BATCH).await;
 }
 
@@ -98,10 +101,11 @@ struct Dated {
 /// README, "What one call does": errors carry "the row index and field when
 /// the client or server can tell (`row()`, `field()`)". On the COPY path the
 /// server's context names both (`COPY __bulk_..., line 5104, column due:
-/// day`), but a column whose name holds a `:` loses its field.
+/// day`), and the field is found for a column whose name holds a `:` (before
+/// the fix the name was cut at its colon, and the field lost).
 #[tokio::test]
-async fn revd_copy_error_names_the_field_of_a_column_whose_name_has_a_colon() {
-    let db = revd_db("copy_field_colon").await;
+async fn copy_error_names_the_field_of_a_column_whose_name_has_a_colon() {
+    let db = schema_db("copy_field_colon").await;
     let mut client = db.connect().await;
     client.batch_execute(&Dated::model().migration_sql()).await.unwrap();
     let ok = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
