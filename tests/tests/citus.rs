@@ -2806,6 +2806,22 @@ async fn a_domain_with_a_volatile_default_keeps_the_call_off_the_staging_table()
     db.drop().await;
 }
 
+/// A `BEFORE INSERT` row trigger `name` on `rt` in `db`'s schema, whose
+/// PL/pgSQL function runs `body` and returns `NEW` (one statement each:
+/// Citus propagates them to the workers; the session needs
+/// `citus.enable_unsafe_triggers`).
+async fn before_insert_trigger(client: &Client, db: &CitusDb, name: &str, body: &str) {
+    let schema = bulk_runtime::quote_ident(&db.schema);
+    for ddl in [
+        format!(
+            "CREATE FUNCTION {schema}.{name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} RETURN NEW; END $$"
+        ),
+        format!("CREATE TRIGGER {name} BEFORE INSERT ON rt FOR EACH ROW EXECUTE FUNCTION {schema}.{name}()"),
+    ] {
+        client.batch_execute(&ddl).await.unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    }
+}
+
 /// A `BEFORE INSERT` trigger that gives every row a key of its own (here
 /// from `random()`; Citus needs `citus.enable_unsafe_triggers`): the
 /// repeats of the last row that round a `VALUES` statement up to a size
@@ -2820,17 +2836,13 @@ async fn a_trigger_that_gives_every_row_a_new_key_leaves_the_plain_call_exact() 
     let mut client = db.connect().await;
     client.batch_execute(&format!("SET citus.enable_unsafe_triggers = on; {RT_DDL}")).await.unwrap();
     client.batch_execute(&DIST.sql("rt")).await.unwrap();
-    let schema = bulk_runtime::quote_ident(&db.schema);
-    // (One statement each: Citus propagates them to the workers.)
-    for ddl in [
-        format!(
-            "CREATE FUNCTION {schema}.fresh() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN NEW.retweeter := NEW.retweeter * 1000000000 + (random() * 999999999)::bigint; RETURN NEW; END $$"
-        ),
-        format!("CREATE TRIGGER fresh BEFORE INSERT ON rt FOR EACH ROW EXECUTE FUNCTION {schema}.fresh()"),
-    ] {
-        client.batch_execute(&ddl).await.unwrap_or_else(|e| panic!("{ddl}: {e}"));
-    }
+    before_insert_trigger(
+        &client,
+        &db,
+        "fresh",
+        "NEW.retweeter := NEW.retweeter * 1000000000 + (random() * 999999999)::bigint;",
+    )
+    .await;
     let mut from = 0;
     let mut stored = 0;
     // A first call (the connection checks the table), then one statement
@@ -2901,16 +2913,8 @@ async fn colocation_broken_while_a_call_copies_into_the_staging_table_keeps_coun
     // 1. A plain-form attempt that meets a stored key (a trigger moves one
     // row onto a stored key), so that the model's next calls go straight to
     // the `ON CONFLICT` form (`contention`). This call itself counts exactly.
-    let schema = bulk_runtime::quote_ident(&db.schema);
-    for ddl in [
-        format!(
-            "CREATE FUNCTION {schema}.onto_stored() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN IF NEW.original_author = -7 THEN NEW.retweeter := -1; END IF; RETURN NEW; END $$"
-        ),
-        format!("CREATE TRIGGER onto_stored BEFORE INSERT ON rt FOR EACH ROW EXECUTE FUNCTION {schema}.onto_stored()"),
-    ] {
-        client.batch_execute(&ddl).await.unwrap_or_else(|e| panic!("{ddl}: {e}"));
-    }
+    before_insert_trigger(&client, &db, "onto_stored", "IF NEW.original_author = -7 THEN NEW.retweeter := -1; END IF;")
+        .await;
     let mut first = colo(numbered(10_000_000, big + 10));
     first[0].original_author = -7;
     store(&admin, &[rt(first[0].tweet, -1, 0)]).await;
@@ -3040,20 +3044,15 @@ async fn a_trigger_that_rewrites_one_key_does_not_store_the_values_statements_re
     let mut client = db.connect().await;
     client.batch_execute(&format!("SET citus.enable_unsafe_triggers = on; {RT_DDL}")).await.unwrap();
     client.batch_execute(&DIST.sql("rt")).await.unwrap();
-    let schema = bulk_runtime::quote_ident(&db.schema);
-    for ddl in [
-        format!(
-            "CREATE FUNCTION {schema}.fresh_for_marked() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN IF NEW.original_author = -7 THEN
-                    NEW.retweeter := NEW.retweeter * 1000000000 + (random() * 999999999)::bigint;
-                  END IF; RETURN NEW; END $$"
-        ),
-        format!(
-            "CREATE TRIGGER fresh_for_marked BEFORE INSERT ON rt FOR EACH ROW EXECUTE FUNCTION {schema}.fresh_for_marked()"
-        ),
-    ] {
-        client.batch_execute(&ddl).await.unwrap_or_else(|e| panic!("{ddl}: {e}"));
-    }
+    before_insert_trigger(
+        &client,
+        &db,
+        "fresh_for_marked",
+        "IF NEW.original_author = -7 THEN
+           NEW.retweeter := NEW.retweeter * 1000000000 + (random() * 999999999)::bigint;
+         END IF;",
+    )
+    .await;
     // A first call: the connection checks the table (its next calls send
     // `VALUES` statements).
     let o = Retweet::bulk_create_new(&mut client, &numbered(-1_000, 10)).await.unwrap();

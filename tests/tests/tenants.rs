@@ -62,16 +62,12 @@ fn ci_batch(pad: usize) -> Vec<CiRole> {
     rows
 }
 
-/// The session made its scratch table as its login role, then `SET ROLE`
-/// to a role allowed to write both tables, then its `search_path` leads to
-/// a same-named table whose key compares case-insensitively: the COPY call
-/// makes the scratch table again (dropping the old one as the role that
-/// made it, which the session may take) and writes there, the first offered
-/// of `ann@x`/`Ann@x` kept. (Before: 42501 "must be owner of table
-/// __bulk_...".)
-#[tokio::test]
-async fn a_copy_call_after_set_role_and_a_search_path_switch_to_another_collation() {
-    let db = revb_db("role_collation").await;
+/// A schema of its own with `ci_role`, a second schema (`<schema>_ci`) with
+/// a `ci_role` whose key compares case-insensitively, and a role
+/// (`<schema>_writer`) that may write both: the database, an admin
+/// connection, the second schema and the role.
+async fn two_collations(name: &str) -> (TestDb, Client, String, String) {
+    let db = revb_db(name).await;
     let other = format!("{}_ci", db.schema);
     let role = format!("{}_writer", db.schema);
     let admin = db.connect().await;
@@ -85,6 +81,19 @@ async fn a_copy_call_after_set_role_and_a_search_path_switch_to_another_collatio
         .await
         .unwrap();
     make_role(&admin, &role, &[&db.schema, &other]).await;
+    (db, admin, other, role)
+}
+
+/// The session made its scratch table as its login role, then `SET ROLE`
+/// to a role allowed to write both tables, then its `search_path` leads to
+/// a same-named table whose key compares case-insensitively: the COPY call
+/// makes the scratch table again (dropping the old one as the role that
+/// made it, which the session may take) and writes there, the first offered
+/// of `ann@x`/`Ann@x` kept. (Before: 42501 "must be owner of table
+/// __bulk_...".)
+#[tokio::test]
+async fn a_copy_call_after_set_role_and_a_search_path_switch_to_another_collation() {
+    let (db, admin, other, role) = two_collations("role_collation").await;
 
     let mut client = db.connect().await;
     // The session's scratch table, made by its login role.
@@ -119,20 +128,7 @@ async fn a_copy_call_after_set_role_and_a_search_path_switch_to_another_collatio
 /// writes nothing; the short path still writes.
 #[tokio::test]
 async fn a_copy_call_after_set_session_authorization_and_a_search_path_switch_fails_clearly() {
-    let db = revb_db("authorization").await;
-    let other = format!("{}_ci", db.schema);
-    let role = format!("{}_writer", db.schema);
-    let admin = db.connect().await;
-    admin
-        .batch_execute(&format!(
-            "{CASE_INSENSITIVE}; CREATE TABLE ci_role (email text NOT NULL UNIQUE, name text NOT NULL); \
-             CREATE SCHEMA {o}; \
-             CREATE TABLE {o}.ci_role (email text COLLATE case_insensitive NOT NULL UNIQUE, name text NOT NULL)",
-            o = q(&other)
-        ))
-        .await
-        .unwrap();
-    make_role(&admin, &role, &[&db.schema, &other]).await;
+    let (db, admin, other, role) = two_collations("authorization").await;
     let mut client = db.connect().await;
     let report = CiRole::bulk_create_new(&mut client, &ci_batch(COPY_BATCH)[2..]).await.unwrap();
     assert_eq!(report.inserted, COPY_BATCH as u64);
