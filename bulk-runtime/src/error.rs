@@ -141,6 +141,18 @@ pub enum SchemaProblem {
         /// The current role.
         role: String,
     },
+    /// Beside a unique index the key can use, the table has a `DEFERRABLE`
+    /// unique constraint on exactly the key's columns: PostgreSQL's `ON
+    /// CONFLICT (key)`, which short batches, returning calls, upserts and
+    /// the fallback after a concurrent key use, refuses any statement on a
+    /// table with one (SQLSTATE 55000). Make it `NOT DEFERRABLE`, or drop it
+    /// (the other index already refuses a repeated key).
+    DeferrableKeyConstraint {
+        /// The deferrable constraint's index (named as the constraint).
+        index: String,
+        /// The key columns the model declares.
+        key: Vec<String>,
+    },
     /// No usable unique constraint or index on exactly the unique key.
     UniqueKeyMissing {
         /// The key columns the model declares.
@@ -216,6 +228,14 @@ impl fmt::Display for SchemaProblem {
                  it: role {} made it (RESET ROLE, or use another connection)",
                 quote_ident(role),
                 quote_ident(owner)
+            ),
+            SchemaProblem::DeferrableKeyConstraint { index, key } => write!(
+                f,
+                "unique constraint {} on ({}) is DEFERRABLE: ON CONFLICT refuses a table with a deferrable \
+                 constraint on its key (make it NOT DEFERRABLE, or drop it: the key's other unique index already \
+                 refuses repeats)",
+                quote_ident(index),
+                key.join(", ")
             ),
             SchemaProblem::UniqueKeyMissing { key, rejected } => {
                 write!(f, "no unique constraint or unique index on exactly ({})", key.join(", "))?;

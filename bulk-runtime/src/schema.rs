@@ -538,26 +538,39 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
 
 /// [`SchemaProblem::UniqueKeyMissing`] unless one of the table's unique
 /// indexes (rows of [`UNIQUE_INDEXES`]) refuses a repeated key as the call
-/// needs, with the reasons the others on the key's columns do not.
+/// needs, with the reasons the others on the key's columns do not; then
+/// [`SchemaProblem::DeferrableKeyConstraint`] if another is deferrable.
 fn index_problem(model: &Model, indexes: &[Row]) -> Option<SchemaProblem> {
-    let mut key: Vec<String> = model.unique_key().map(|c| c.name().to_owned()).collect();
-    key.sort();
+    let mut sorted_key: Vec<String> = model.unique_key().map(|c| c.name().to_owned()).collect();
+    sorted_key.sort();
+    let sorted_key = &sorted_key;
     let key_nullable = model.unique_key().any(|c| c.nullable());
     let mut rejected = Vec::new();
     let mut usable = false;
     for row in indexes {
         let mut cols: Vec<String> = row.get(1);
         cols.sort();
-        match index_unfit(row, cols == key, key_nullable) {
+        match index_unfit(row, cols == *sorted_key, key_nullable) {
             Some(why) => {
                 let index: String = row.get(0);
                 rejected.push(format!("unique index \"{index}\" on ({}) {why}", cols.join(", ")));
             }
-            None => usable |= cols == key,
+            None => usable |= cols == *sorted_key,
         }
     }
     let key = model.unique_key().map(|c| c.name().to_owned()).collect();
-    (!usable).then_some(SchemaProblem::UniqueKeyMissing { key, rejected })
+    if !usable {
+        return Some(SchemaProblem::UniqueKeyMissing { key, rejected });
+    }
+    // `ON CONFLICT (key)` infers every unique index on exactly the key's
+    // columns, and refuses the statement when one of them is deferrable.
+    let deferrable = indexes.iter().find(|row| {
+        let mut cols: Vec<String> = row.get(1);
+        cols.sort();
+        let (expressions, immediate): (bool, bool) = (row.get(3), row.get(6));
+        cols == *sorted_key && !expressions && !immediate
+    })?;
+    Some(SchemaProblem::DeferrableKeyConstraint { index: deferrable.get(0), key })
 }
 
 /// Why a unique index (a row of [`UNIQUE_INDEXES`]) cannot serve the key;

@@ -1,7 +1,7 @@
 //! The check of the live table against the model: every kind of mismatch is
 //! refused before anything is written, and compatible tables pass.
 
-use bulk_runtime::{BulkCreateNew, Error, SchemaProblem, verify_schema};
+use bulk_runtime::{BulkCreateNew, Error, SchemaProblem, Upsert, verify_schema};
 use bulk_tests::{COPY_BATCH, TestDb, count};
 use tokio_postgres::Client;
 
@@ -220,6 +220,37 @@ async fn deferrable_unique_constraint() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(shown.contains(r#"unique index "item_later" on (a, b) is deferrable"#), "{shown}");
     assert_eq!(count(&client, "item").await, 0);
+    db.drop().await;
+}
+
+/// A deferrable constraint on the key beside an immediate unique index:
+/// the key has an index the call can use, but `ON CONFLICT (a, b)` refuses
+/// any statement on the table (55000), so the check refuses it by name.
+#[tokio::test]
+async fn deferrable_unique_constraint_beside_the_key_index() {
+    let (db, mut client) = with_table(
+        "sc_unique_deferrable_beside",
+        &format!(
+            "CREATE TABLE item ({ITEM_COLUMNS}, PRIMARY KEY (a, b), \
+             CONSTRAINT item_later UNIQUE (b, a) INCLUDE (n) DEFERRABLE INITIALLY IMMEDIATE)"
+        ),
+    )
+    .await;
+    let (problems, shown) = refused(&mut client, &[item(1, "x")]).await;
+    assert_eq!(
+        problems,
+        [SchemaProblem::DeferrableKeyConstraint { index: "item_later".into(), key: vec!["a".into(), "b".into()] }]
+    );
+    assert!(shown.contains(r#"unique constraint "item_later" on (a, b) is DEFERRABLE"#), "{shown}");
+    // The upsert and the returning calls are refused the same way.
+    let err = Item::bulk(&mut client).upsert(Upsert::columns(["n"])).run(&[item(1, "x")]).await.unwrap_err();
+    assert!(err.to_string().contains("DEFERRABLE"), "{err}");
+    let err = Item::bulk(&mut client).returning_keys().run(&[item(1, "x")]).await.unwrap_err();
+    assert!(err.to_string().contains("DEFERRABLE"), "{err}");
+    assert_eq!(count(&client, "item").await, 0);
+    // Without it, the same table takes the rows.
+    client.batch_execute("ALTER TABLE item DROP CONSTRAINT item_later").await.unwrap();
+    assert_eq!(Item::bulk_create_new(&mut client, &[item(1, "x"), item(1, "x")]).await.unwrap().inserted, 1);
     db.drop().await;
 }
 

@@ -41,6 +41,9 @@ model!(NestedItem, "nested_item");
 model!(TimeoutShort, "timeout_short");
 model!(TimeoutCopy, "timeout_copy");
 model!(BrokenCopy, "broken_copy");
+model!(DeferShort, "defer_short");
+model!(DeferPlain, "defer_plain");
+model!(DeferCopy, "defer_copy");
 
 /// How many rows of `table` hold key `k`.
 async fn copies(client: &Client, table: &str, k: i64) -> i64 {
@@ -527,6 +530,73 @@ async fn a_deferred_constraint_failing_at_commit_is_the_calls_error() {
     let ok = DeferredItem::bulk_create_new(&mut client, &DeferredItem::batch(0, COPY_BATCH)).await.unwrap();
     assert_eq!(ok.inserted, COPY_BATCH as u64);
     db.drop().await;
+}
+
+/// The session checked the table; then an admin adds a `DEFERRABLE`
+/// unique constraint on the key beside its immediate index, which makes
+/// PostgreSQL refuse every `ON CONFLICT (k)` statement on the table (55000).
+/// Another writer holds a key of the next batch and commits while the call
+/// waits, so the plain form meets it and falls back to `ON CONFLICT`; the
+/// short path uses `ON CONFLICT` at once. Either way the call answers with
+/// the check's explanation and writes nothing; without the constraint the
+/// same batch counts exactly.
+macro_rules! deferrable_beside_the_key {
+    ($model:ident, $table:literal, $len:expr) => {{
+        let db = TestDb::new(concat!("deferrable_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        let other = db.connect().await;
+        let first = $model::bulk_create_new(&mut writer, &$model::batch(0, $len)).await.unwrap();
+        assert_eq!(first.inserted, $len as u64);
+        admin
+            .batch_execute(concat!(
+                "ALTER TABLE ",
+                $table,
+                " ADD CONSTRAINT later UNIQUE (k) DEFERRABLE INITIALLY IMMEDIATE"
+            ))
+            .await
+            .unwrap();
+        let k = $len as i64 + 1;
+        hold_key(&other, $table, k).await;
+        let rows = $model::batch($len as i64, $len);
+        let commit = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            other.batch_execute("COMMIT").await.unwrap();
+        };
+        let (result, ()) = tokio::join!($model::bulk_create_new(&mut writer, &rows), commit);
+        let err = result.unwrap_err();
+        match &err {
+            Error::SchemaMismatch { problems, .. } => assert_eq!(
+                problems,
+                &[SchemaProblem::DeferrableKeyConstraint { index: "later".into(), key: vec!["k".into()] }],
+                "{err}"
+            ),
+            other => panic!("expected the schema check's explanation, got {other}"),
+        }
+        assert!(err.connection_usable(), "{err}");
+        assert_eq!(count(&admin, $table).await, $len as i64 + 1, "nothing of the refused batch is written");
+        admin.batch_execute(concat!("ALTER TABLE ", $table, " DROP CONSTRAINT later")).await.unwrap();
+        let again = $model::bulk_create_new(&mut writer, &rows).await.unwrap();
+        assert_eq!((again.inserted, again.skipped), ($len as u64 - 1, 1));
+        assert_eq!(copies(&admin, $table, k).await, 1);
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn a_deferrable_constraint_added_beside_the_key_is_explained_on_the_short_path() {
+    deferrable_beside_the_key!(DeferShort, "defer_short", 10)
+}
+
+#[tokio::test]
+async fn a_deferrable_constraint_added_beside_the_key_is_explained_by_the_plain_form() {
+    deferrable_beside_the_key!(DeferPlain, "defer_plain", 300)
+}
+
+#[tokio::test]
+async fn a_deferrable_constraint_added_beside_the_key_is_explained_through_copy() {
+    deferrable_beside_the_key!(DeferCopy, "defer_copy", COPY_BATCH)
 }
 
 /// A `nulls_not_distinct` model whose key has a nullable column.
