@@ -156,6 +156,14 @@ impl Database {
         self.schema.as_deref()
     }
 
+    /// Whether [`Database::close`] leaves the schema the data is in: a
+    /// schema named with `--schema` (not the demo's own) in a database this
+    /// process did not create, on a server (not a throwaway embedded one).
+    /// Known once a connection was made.
+    pub fn keeps_schema(&self) -> bool {
+        self.schema.is_some() && !self.own_schema && !self.is_throwaway() && !self.created_db.load(Ordering::SeqCst)
+    }
+
     /// Whether this is a throwaway embedded server.
     pub fn is_throwaway(&self) -> bool {
         self.embedded.as_ref().is_some_and(|e| e.is_throwaway())
@@ -280,8 +288,11 @@ async fn connect_creating_db(config: &Config) -> anyhow::Result<(Client, bool)> 
             let admin = connect(&admin_config).await.context("could not connect to the `postgres` database")?;
             let created = match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name))).await {
                 Ok(()) => true,
-                // Another process created it at the same moment.
-                Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => false,
+                // Another process created it at the same moment: 42P04, or
+                // 23505 when both inserted into pg_database at once.
+                Err(e) if matches!(e.code(), Some(&SqlState::DUPLICATE_DATABASE | &SqlState::UNIQUE_VIOLATION)) => {
+                    false
+                }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("could not create database {name}"))),
             };
             Ok((connect(config).await?, created))

@@ -249,6 +249,8 @@ pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     let mut total = Report::default();
     let mut ticks: u64 = 0;
     let mut failed_ticks: u64 = 0;
+    // Ticks whose poll reached the database for at least one tweet.
+    let mut stored_ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -264,6 +266,9 @@ pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
             Ok(result) => {
                 result.print("  ");
                 total += result.total;
+                if result.failed() < result.tweets.len() {
+                    stored_ticks += 1;
+                }
             }
             Err(e) => {
                 failed_ticks += 1;
@@ -288,6 +293,9 @@ pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     ui::out(format!("stopped after {}{failed}: {total}", ui::count(ticks, "poll", "polls")));
     drop(client);
     db.close().await;
+    if ticks > 0 && stored_ticks == 0 {
+        bail!("every poll failed ({}): nothing was stored", ui::count(ticks, "poll", "polls"));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -428,8 +428,20 @@ fn demo_tells_the_story() {
     let first = outcomes(stdout, "tweet 1600000000000000001");
     assert_eq!(first[..3], [(1, 1), (1, 2), (2, 4)], "{stdout}");
     assert!(stdout.contains("report:") && stdout.contains("retweeter \\ author"), "{stdout}");
-    let stored: i64 = schema.counts().values().sum();
-    assert!(stdout.contains(&format!("{stored} retweets")), "the report covers what was stored ({stored})\n{stdout}");
+    let added: u64 = outcomes(stdout, "total:").iter().map(|&(added, _)| added).sum();
+    assert!(
+        stdout.contains(&format!(": {added} retweets,")),
+        "the report covers what the polls added ({added})\n{stdout}"
+    );
+    // In the schema it was given, it leaves nothing behind (the schema was
+    // there, the table was not) and tells the same story a second time.
+    assert!(
+        schema.query_admin(&format!("SELECT to_regclass('{}.retweet')::text", schema.name))[0]
+            .get::<_, Option<String>>(0)
+            .is_none()
+    );
+    let again = run(args(&schema, &["demo"]));
+    assert_eq!(again.ok(), stdout, "a second demo in the same schema starts from nothing");
 
     // On the embedded defaults: a throwaway cluster, gone afterwards.
     let out = run(["demo", "--embedded", "--polls", "3"]);
@@ -553,7 +565,8 @@ fn counts_of_one_read_in_the_singular() {
     let report = run(args(&one, &["report"]));
     assert!(report.ok().contains(": 1 retweet, 1 of 1 retweeter, 1 of 1 author\n"), "{}", report.stdout);
 
-    let demo = run(args(&schema, &["demo", "--polls", "1"]));
+    let fresh = TestSchema::new("singular_demo");
+    let demo = run(args(&fresh, &["demo", "--polls", "1"]));
     assert!(demo.ok().contains("polling the simulator 1 time; "), "{}", demo.stdout);
     assert!(demo.stdout.contains("poll 1: 1 tweet\n"), "{}", demo.stdout);
 }
@@ -608,4 +621,96 @@ fn demo_with_pgdatabase_leaves_no_database_behind() {
     assert!(exists(common::DATABASE));
     let left = admin.query_admin(&format!("SELECT 1 FROM pg_namespace WHERE nspname = '{schema}'"));
     assert!(left.is_empty(), "the demo left schema {schema} behind");
+}
+
+/// `demo --schema S`: a schema whose table holds retweets is refused (its
+/// rows untouched); one whose table is there and empty (`migrate` ran) is
+/// used and left empty; a schema that does not exist is created and
+/// dropped again.
+#[test]
+fn demo_in_a_named_schema_starts_from_nothing_and_leaves_nothing_behind() {
+    let schema = TestSchema::new("demo_named");
+    run(args(&schema, &["migrate"])).ok();
+    run(args(&schema, &["poll", "7"])).ok();
+    let before = schema.rows();
+    assert!(!before.is_empty());
+    let out = run(args(&schema, &["demo", "--polls", "2"]));
+    let err = out.failed();
+    assert!(err.contains(&format!("schema {} already holds retweets", schema.name)), "{err}");
+    assert_eq!(schema.rows(), before, "the refused demo touched the schema's rows");
+
+    let empty = TestSchema::new("demo_named_empty");
+    run(args(&empty, &["migrate"])).ok();
+    let out = run(args(&empty, &["demo", "--polls", "2"]));
+    let stdout = out.ok();
+    assert!(stdout.starts_with("migrate: table retweet is there and empty"), "{stdout}");
+    assert_eq!(outcomes(stdout, "total:"), [(1, 1), (2, 3)], "{stdout}");
+    assert!(empty.rows().is_empty(), "the demo left rows in {}", empty.name);
+
+    let missing = format!("{}_sub", empty.name);
+    let mut named = args(&empty, &["demo", "--polls", "2"]);
+    let at = named.iter().position(|a| a == "--schema").unwrap() + 1;
+    named[at] = missing.clone();
+    let out = run(&named);
+    assert!(out.ok().starts_with("migrate: created table retweet"), "{}", out.stdout);
+    let left = empty.query_admin(&format!("SELECT 1 FROM pg_namespace WHERE nspname = '{missing}'"));
+    assert!(left.is_empty(), "the demo left the schema {missing} it created");
+}
+
+/// Four `migrate` processes at once on a server without the app's database:
+/// all succeed (creating the database races: the losers see 42P04 or
+/// 23505), and exactly one creates the table.
+#[test]
+fn concurrent_migrations_create_a_missing_database_once() {
+    let config = common::server_config();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let name = format!("rt_migrate_race_{}", std::process::id());
+    let admin = TestSchema::new("migrate_race_admin");
+    for round in 0..3 {
+        admin.admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                let mut command = app();
+                command.env("PGHOST", &host).env("PGPORT", &port).env("PGUSER", &user).env("PGDATABASE", &name);
+                if let Some(password) = config.get_password() {
+                    command.env("PGPASSWORD", String::from_utf8_lossy(password).as_ref());
+                }
+                command.arg("migrate").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                command.spawn().unwrap()
+            })
+            .collect();
+        let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        for out in &outputs {
+            assert!(
+                out.status.success(),
+                "round {round}: a concurrent migrate failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let created =
+            outputs.iter().filter(|o| String::from_utf8_lossy(&o.stdout).starts_with("created table")).count();
+        assert_eq!(created, 1, "round {round}: one migration creates the table");
+    }
+    admin.admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+}
+
+/// `watch --ticks N` whose every poll fails (the API answers 503 each time)
+/// exits 1 and says so; one poll that stores something is enough for 0.
+#[test]
+fn watch_whose_every_poll_failed_exits_1() {
+    let schema = TestSchema::new("watch_all_failed");
+    run(args(&schema, &["migrate"])).ok();
+    let (_api, url) = fake_api(&["--fail", "503:3"]);
+    let out =
+        run(args(&schema, &["watch", "--every", "50ms", "--ticks", "3", "--retries", "0", "--api-url", &url, "5"]));
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("every poll failed (3 polls)"), "{}", out.stderr);
+    let out =
+        run(args(&schema, &["watch", "--every", "50ms", "--ticks", "2", "--retries", "0", "--api-url", &url, "5"]));
+    assert_eq!(outcomes(out.ok(), "total"), [(1, 1), (1, 2)], "{}", out.stdout);
 }
