@@ -1804,6 +1804,70 @@ async fn a_unique_key_dropped_between_calls_is_refused_on_a_reference_table() {
     unique_key_dropped_between_calls(REF).await;
 }
 
+/// A `DEFERRABLE` unique constraint on the key added between calls, beside
+/// the key's immediate one: the workers refuse every `ON CONFLICT`
+/// statement (55000, relayed by the coordinator), and the next call, on
+/// each path, answers with the schema check's `DeferrableKeyConstraint`,
+/// writing nothing; without the constraint the same rows count exactly.
+async fn deferrable_constraint_added_between_calls(placement: Placement) {
+    let db = CitusDb::new(&format!("deferrable_{}", placement.name())).await;
+    let admin = db.connect().await;
+    admin.batch_execute(RT_DDL).await.expect("create rt");
+    admin.batch_execute(&placement.sql("rt")).await.expect("place rt");
+    if let Placement::Staged(_) = placement {
+        admin.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
+    }
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    let mut next = 0i64;
+    for n in [SHORT, MEDIUM, big, LONG] {
+        let what = format!("{} rows, {}", n, placement.name());
+        let mut writer = db.connect().await;
+        let first =
+            Retweet::bulk_create_new(&mut writer, numbered(next, n)).await.expect("a first call checks the table");
+        assert_eq!(first.inserted, n as u64, "{what}");
+        next += n as i64;
+        admin
+            .batch_execute("ALTER TABLE rt ADD CONSTRAINT rt_later UNIQUE (tweet, retweeter) DEFERRABLE")
+            .await
+            .expect("add the deferrable constraint");
+        let rows = numbered(next, n);
+        let err = Retweet::bulk_create_new(&mut writer, &rows).await.expect_err("ON CONFLICT refuses the table");
+        match &err {
+            bulk_runtime::Error::SchemaMismatch { problems, .. } => assert!(
+                problems.iter().any(|p| matches!(
+                    p,
+                    bulk_runtime::SchemaProblem::DeferrableKeyConstraint { index, .. } if index == "rt_later"
+                )),
+                "{what}: {err}"
+            ),
+            other => panic!("{what}: expected the schema check's explanation, got {other}"),
+        }
+        assert!(err.connection_usable(), "{what}: {err}");
+        assert_eq!(count(&admin, "rt").await, next, "{what}: nothing of the refused batch is written");
+        admin.batch_execute("ALTER TABLE rt DROP CONSTRAINT rt_later").await.expect("drop it");
+        let again = Retweet::bulk_create_new(&mut writer, &rows).await.expect("the table takes the rows again");
+        assert_eq!(again.inserted, n as u64, "{what}");
+        next += n as i64;
+        assert_eq!(count(&admin, "rt").await, next, "{what}");
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_deferrable_constraint_added_between_calls_is_explained_on_a_distributed_table() {
+    deferrable_constraint_added_between_calls(DIST).await;
+}
+
+#[tokio::test]
+async fn a_deferrable_constraint_added_between_calls_is_explained_on_a_distributed_table_with_its_staging_table() {
+    deferrable_constraint_added_between_calls(STAGED).await;
+}
+
+#[tokio::test]
+async fn a_deferrable_constraint_added_between_calls_is_explained_on_a_reference_table() {
+    deferrable_constraint_added_between_calls(REF).await;
+}
+
 /// A distributed table that is itself partitioned (by hash of `retweeter`,
 /// two partitions; Citus distributes the partitions with it), with its
 /// staging table: every path of the plain call, `returning_keys` and upsert

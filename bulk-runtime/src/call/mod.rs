@@ -635,10 +635,9 @@ async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static M
             _ => error,
         };
     }
-    // (55000 from `ExecCheckIndexConstraints`: `ON CONFLICT` met a
-    // deferrable constraint on the key added since the check.)
-    let deferrable = error.sqlstate() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
-        && error.db_error().is_some_and(|db| db.routine() == Some("ExecCheckIndexConstraints"));
+    // (55000: `ON CONFLICT` met a deferrable constraint on the key added
+    // since the check; on Citus a worker's error, relayed.)
+    let deferrable = error.sqlstate() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
     let schema_related = deferrable || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
     if !schema_related {
         return error;
