@@ -368,7 +368,11 @@ impl Model {
     /// its rows are. A model with a surrogate id gets the id column too,
     /// defaulting to the target's id sequence. The block does nothing
     /// without Citus, on a table that is not hash-distributed (or whose id
-    /// column has no sequence), or when the staging table exists; so it
+    /// column has no sequence), on one whose distribution column is not a
+    /// model column of the model's type and the type's own collation (a
+    /// `numeric` column of an `i64` field: Citus co-locates only tables
+    /// whose distribution columns agree), or when the staging table
+    /// exists; so it
     /// runs again harmlessly. [`Model::migration_sql`] includes it for a
     /// `distribute_by` model; a table distributed by hand gets it by
     /// running this after `create_distributed_table`.
@@ -401,17 +405,30 @@ impl Model {
             ),
             None => ("''".to_owned(), String::new()),
         };
+        // The staging table's type of each column that may be the
+        // distribution column: Citus co-locates only tables whose
+        // distribution columns have one type and collation.
+        let types: String = self
+            .staging_columns()
+            .into_iter()
+            .map(|(name, ty)| format!(" WHEN {} THEN {}", quote_literal(name), quote_literal(ty)))
+            .collect();
         let body = format!(
             "\nDECLARE\n\
              \x20 dist text;\n\
              \x20 seq text;\n\
+             \x20 fits boolean;\n\
              BEGIN\n\
              \x20 IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN\n\
              \x20   SELECT pg_catalog.column_to_column_name(logicalrelid, partkey) INTO dist\n\
              \x20     FROM pg_catalog.pg_dist_partition\n\
              \x20    WHERE logicalrelid = pg_catalog.to_regclass({table}) AND partmethod = 'h';\n\
+             \x20   SELECT a.atttypid = pg_catalog.to_regtype(CASE dist{types} END) AND a.attcollation = t.typcollation\n\
+             \x20     INTO fits\n\
+             \x20     FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid\n\
+             \x20    WHERE a.attrelid = pg_catalog.to_regclass({table}) AND a.attname = dist;\n\
              \x20   seq := {sequence};\n\
-             \x20   IF dist IS NOT NULL AND seq IS NOT NULL AND pg_catalog.to_regclass({stage}) IS NULL THEN\n\
+             \x20   IF dist IS NOT NULL AND fits AND seq IS NOT NULL AND pg_catalog.to_regclass({stage}) IS NULL THEN\n\
              \x20     EXECUTE {create};\n\
              {id_default}\
              \x20     PERFORM pg_catalog.create_distributed_table({stage}, dist, colocate_with => {table});\n\

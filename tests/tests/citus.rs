@@ -3313,3 +3313,257 @@ async fn a_dropped_values_call_writes_nothing_short() {
 async fn a_dropped_values_call_writes_nothing_grouped() {
     dropped_values_call(MEDIUM).await;
 }
+
+/// A model with a nullable key column, for [`nulls_index_swapped`].
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "tag", unique(shard, label), id = false, nulls_not_distinct)]
+struct Tag {
+    shard: i64,
+    label: Option<i64>,
+    note: String,
+}
+
+/// Tags `shard` in `from..from + len`, each with a NULL label.
+fn null_tags(from: i64, len: usize) -> Vec<Tag> {
+    (from..from + len as i64).map(|shard| Tag { shard, label: None, note: "new".into() }).collect()
+}
+
+/// A nullable key whose NULLS NOT DISTINCT unique index is replaced, between
+/// calls on a connection that checked the table, by a plain (NULLS
+/// DISTINCT) one on the same columns, which `ON CONFLICT` takes as its
+/// arbiter but which lets a NULL key in twice: on each path the next call
+/// refuses with the schema check's `UniqueKeyMissing`, writing nothing.
+async fn nulls_index_swapped(placement: Placement) {
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    for (step, n) in [SHORT, MEDIUM, big, LONG].into_iter().enumerate() {
+        let what = format!("{n} rows, {}", placement.name());
+        let db = CitusDb::new(&format!("nulls_swapped_{}_{step}", placement.name())).await;
+        let admin = db.connect().await;
+        admin
+            .batch_execute(
+                "CREATE TABLE tag (shard bigint NOT NULL, label bigint, note text NOT NULL, \
+                 CONSTRAINT tag_key UNIQUE NULLS NOT DISTINCT (shard, label))",
+            )
+            .await
+            .expect("create tag");
+        admin.batch_execute(&placement.sql("tag")).await.expect("place tag");
+        if let Placement::Staged(_) = placement {
+            admin.batch_execute(&Tag::model().citus_staging_sql()).await.expect("tag's staging table");
+        }
+        let mut writer = db.connect().await;
+        let first = Tag::bulk_create_new(&mut writer, &null_tags(0, n)).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(first.inserted, n as u64, "{what}");
+        admin.batch_execute("ALTER TABLE tag DROP CONSTRAINT tag_key").await.expect("drop the key");
+        admin.batch_execute("CREATE UNIQUE INDEX tag_nd ON tag (shard, label)").await.expect("a NULLS DISTINCT index");
+        let err = Tag::bulk_create_new(&mut writer, &null_tags(0, 2 * n)).await.expect_err(&what);
+        match &err {
+            bulk_runtime::Error::SchemaMismatch { problems, .. } => assert!(
+                problems.iter().any(|p| matches!(p, bulk_runtime::SchemaProblem::UniqueKeyMissing { .. })),
+                "{what}: {err}"
+            ),
+            other => panic!("{what}: expected the schema check's explanation, got {other}"),
+        }
+        let twice: i64 = admin.query_one("SELECT count(*) FROM tag WHERE shard = 0", &[]).await.unwrap().get(0);
+        assert_eq!(twice, 1, "{what}: key (0, NULL) stored twice");
+        assert_eq!(count(&admin, "tag").await, n as i64, "{what}: nothing of the refused batch is written");
+        drop(writer);
+        db.drop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_on_a_distributed_table() {
+    nulls_index_swapped(Placement::Distributed("shard")).await;
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_on_a_distributed_table_with_its_staging_table() {
+    nulls_index_swapped(Placement::Staged("shard")).await;
+}
+
+#[tokio::test]
+async fn a_nulls_distinct_index_in_place_of_the_key_is_refused_on_a_reference_table() {
+    nulls_index_swapped(REF).await;
+}
+
+/// `search_path` switched, between calls on one connection, from a table
+/// `member` whose text key column is case-insensitive to a same-named
+/// table in another schema whose column compares bytewise, and back: each
+/// call keeps the first offered row of each key as the table it writes
+/// compares the key, and skips exactly that table's stored keys, on every
+/// path.
+async fn collation_switch(placement: Placement) {
+    let member = |shard: i64, email: &str, name: &str| Member { shard, email: email.into(), name: name.into() };
+    let db = CitusDb::new(&format!("collation_switch_{}", placement.name())).await;
+    let other = format!("{}_c", db.schema);
+    let (here, there) = (bulk_runtime::quote_ident(&db.schema), bulk_runtime::quote_ident(&other));
+    let admin = db.connect().await;
+    create_member(&admin, "email text COLLATE case_insensitive", placement).await;
+    admin.batch_execute(&format!("CREATE SCHEMA {there}; SET search_path = {there}")).await.expect("another schema");
+    create_member(&admin, "email text COLLATE \"C\"", placement).await;
+    if let Placement::Staged(_) = placement {
+        for schema in [&here, &there] {
+            admin.batch_execute(&format!("SET search_path = {schema}")).await.unwrap();
+            admin.batch_execute(&Member::model().citus_staging_sql()).await.expect("member's staging table");
+        }
+    }
+    let mut client = db.connect().await;
+    let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
+    for (step, pad) in [0, MEDIUM, big, LONG].into_iter().enumerate() {
+        for (which, schema) in [&here, &there, &here].into_iter().enumerate() {
+            client.batch_execute(&format!("SET search_path = {schema}")).await.expect("switch search_path");
+            let insensitive = which != 1;
+            let what = format!("{} rows into {schema}.member, step {step}.{which}", pad + 3);
+            let tag = format!("{step}.{which}");
+            let (upper, lower) = (format!("ANN{tag}@X"), format!("ann{tag}@x"));
+            let filler = (0..pad).map(|i| member(i as i64 % 50, &format!("filler{tag}.{i}@x"), "filler"));
+            let batch: Vec<Member> =
+                [member(7, &lower, "first"), member(7, &upper, "second"), member(8, &upper, "other")]
+                    .into_iter()
+                    .chain(filler)
+                    .collect();
+            let o = Member::bulk_create_new(&mut client, &batch).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            let repeats = u64::from(insensitive);
+            assert_eq!((o.inserted, o.skipped), (batch.len() as u64 - repeats, repeats), "{what}");
+            let mut names: Vec<String> = admin
+                .query(
+                    &format!("SELECT name FROM {schema}.member WHERE shard = 7 AND lower(email::text) = lower($1)"),
+                    &[&lower],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            names.sort();
+            let expected: &[&str] = if insensitive { &["first"] } else { &["first", "second"] };
+            assert_eq!(names, expected, "{what}");
+        }
+    }
+    admin.batch_execute(&format!("DROP SCHEMA {there} CASCADE")).await.expect("drop the other schema");
+    drop(client);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_key_of_another_collation_keeps_the_right_rows_on_a_distributed_table() {
+    collation_switch(Placement::Distributed("shard")).await;
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_key_of_another_collation_keeps_the_right_rows_with_the_staging_table() {
+    collation_switch(Placement::Staged("shard")).await;
+}
+
+#[tokio::test]
+async fn a_search_path_switch_to_a_key_of_another_collation_keeps_the_right_rows_on_a_reference_table() {
+    collation_switch(REF).await;
+}
+
+/// A model whose table is distributed by a nullable key column.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "loose", unique(tweet, retweeter), id = false, nulls_not_distinct)]
+struct Loose {
+    tweet: Option<i64>,
+    retweeter: i64,
+    note: String,
+}
+
+/// A table distributed by a key column that is nullable (no row has a NULL
+/// there: Citus refuses one): every path, with and without the staging
+/// table, stores the new rows and skips the stored ones, counting exactly.
+#[tokio::test]
+async fn a_table_distributed_by_a_nullable_key_column_works_on_every_path() {
+    let db = CitusDb::new("nullable_dist").await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE loose (tweet bigint, retweeter bigint NOT NULL, note text NOT NULL, \
+             UNIQUE NULLS NOT DISTINCT (tweet, retweeter))",
+        )
+        .await
+        .expect("create loose");
+    admin.batch_execute(&Placement::Staged("tweet").sql("loose")).await.expect("distribute loose");
+    admin.batch_execute(&Loose::model().citus_staging_sql()).await.expect("loose's staging table");
+    let loose = |k: i64| Loose { tweet: Some(k % 97), retweeter: k, note: format!("n{k}") };
+    let mut client = db.connect().await;
+    // The COPY path goes through the staging table: a CHECK there refuses a row.
+    let stage = bulk_runtime::quote_ident(&Loose::model().citus_staging_table());
+    admin.batch_execute(&format!("ALTER TABLE {stage} ADD CONSTRAINT refused CHECK (note <> 'n7')")).await.unwrap();
+    let err = Loose::bulk_create_new(&mut client, (0..LONG as i64).map(loose).collect::<Vec<_>>())
+        .await
+        .expect_err("the staging table refuses a row");
+    assert!(err.to_string().contains("refused"), "the staging table's constraint: {err}");
+    assert_eq!(count(&admin, "loose").await, 0, "nothing written");
+    admin.batch_execute(&format!("ALTER TABLE {stage} DROP CONSTRAINT refused")).await.unwrap();
+    let mut next = 0i64;
+    let mut stored = 0i64;
+    for n in [SHORT, MEDIUM, LONG, LONG] {
+        for on in [On::Client, On::Transaction] {
+            let what = format!("{n} rows, {on:?}");
+            let repeats: Vec<Loose> = (0..next).step_by(3).map(loose).collect();
+            // (A new key offered twice, too: the second is skipped.)
+            let offered: Vec<Loose> = repeats
+                .iter()
+                .cloned()
+                .chain((next..next + n as i64).map(loose))
+                .chain(std::iter::once(loose(next + 1)))
+                .collect();
+            let o =
+                call!(client, on, |c| Loose::bulk_create_new(c, &offered)).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!((o.inserted, o.skipped), (n as u64, repeats.len() as u64 + 1), "{what}");
+            next += n as i64;
+            stored += n as i64;
+            assert_eq!(count(&admin, "loose").await, stored, "{what}");
+        }
+    }
+    drop(client);
+    db.drop().await;
+}
+
+/// A model whose `i64` key field is, in the table, a `numeric` column.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "amount", unique(account, seq), id = false)]
+struct Amount {
+    account: i64,
+    seq: i64,
+    note: String,
+}
+
+/// `citus_staging_sql()` on a table distributed by a column whose type is
+/// not the model's (`numeric` for an `i64` field, which the call accepts)
+/// runs without error and makes no staging table (Citus could not
+/// co-locate one of the model's types), and the calls go through the
+/// session's scratch table, counting exactly.
+#[tokio::test]
+async fn the_staging_sql_leaves_a_table_distributed_by_a_column_of_another_type_alone() {
+    let db = CitusDb::new("staging_numeric").await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE amount (account numeric NOT NULL, seq bigint NOT NULL, note text NOT NULL, \
+             UNIQUE (account, seq))",
+        )
+        .await
+        .expect("create amount");
+    admin.batch_execute(&Placement::Distributed("account").sql("amount")).await.expect("distribute amount");
+    admin.batch_execute(&Amount::model().citus_staging_sql()).await.expect("the staging SQL runs");
+    let staged: Option<String> = admin
+        .query_one("SELECT to_regclass($1)::text", &[&Amount::model().citus_staging_table()])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(staged, None, "no staging table of other types");
+    let mut client = db.connect().await;
+    let amount = |k: i64| Amount { account: k % 31, seq: k, note: "x".into() };
+    let mut next = 0i64;
+    for n in [SHORT, LONG] {
+        let offered: Vec<Amount> = (0..next).step_by(2).chain(next..next + n as i64).map(amount).collect();
+        let o = Amount::bulk_create_new(&mut client, &offered).await.unwrap_or_else(|e| panic!("{n} rows: {e}"));
+        assert_eq!((o.inserted, o.skipped), (n as u64, (next as u64).div_ceil(2)), "{n} rows");
+        next += n as i64;
+    }
+    assert_eq!(count(&admin, "amount").await, next);
+    drop(client);
+    db.drop().await;
+}

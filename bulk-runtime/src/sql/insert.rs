@@ -177,7 +177,13 @@ pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &Ke
 /// ```
 ///
 /// For a key the client orders (`client_ordered`: in key order, each key
-/// once), straight from the arrays, without `src`.
+/// once), straight from the arrays, without `src`. For a nullable or text
+/// key, the last column is guarded as in the plain form, by
+/// [`on_conflict_guard`] (a NULLS DISTINCT index in place of the key, or a
+/// `search_path` that now leads to a same-named table whose key compares
+/// otherwise, would let `DISTINCT ON` and `ON CONFLICT` keep the wrong rows):
+/// the guard's catalog query reads the coordinator's catalog, where Citus
+/// keeps the distributed table's indexes.
 pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
     let layout = Arrays { positions: !client_ordered, mask: false };
     let source = arrays(model, "u", layout, shape);
@@ -186,7 +192,7 @@ pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape
     if client_ordered {
         let insert = format!(
             "INSERT INTO {target} ({names}) SELECT {cols} FROM {source} ON CONFLICT ({key}) DO NOTHING",
-            cols = cols("u", model.columns()),
+            cols = on_conflict_cols(model, "u", Compared::As(shape)),
         );
         return counted(&[], &insert);
     }
@@ -199,7 +205,7 @@ pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape
     let insert = format!(
         "INSERT INTO {target} ({names}) SELECT {s_cols} FROM \"src\" AS \"s\" ORDER BY {s_key} \
          ON CONFLICT ({key}) DO NOTHING",
-        s_cols = cols("\"s\"", model.columns()),
+        s_cols = on_conflict_cols(model, "\"s\"", Compared::As(shape)),
         s_key = cols("\"s\"", model.unique_key()),
     );
     counted(&[src], &insert)
@@ -219,7 +225,8 @@ pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape
 /// and its sort: the coordinator only reads the scratch table and hands
 /// each shard its rows (Citus locks the shards of a multi-shard write in
 /// shard order, so the rows' order does not matter against deadlocks; see
-/// `notes/citus.md`, §3).
+/// `notes/citus.md`, §3). For a nullable or text key, the last column is
+/// guarded by [`on_conflict_guard`], as in [`arrays_citus`].
 pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -> String {
     let s_key = cols("\"s\"", model.unique_key());
     let (distinct, order) = if repeats {
@@ -232,7 +239,7 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
          ON CONFLICT ({key}) DO NOTHING",
         target = model.qualified_name(),
         names = names(model.columns()),
-        s_cols = cols("\"s\"", model.columns()),
+        s_cols = on_conflict_cols(model, "\"s\"", Compared::AsScratch(scratch_table)),
         source = scratch(scratch_table, "\"s\""),
         key = names(model.unique_key()),
     );
