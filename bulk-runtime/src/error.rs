@@ -380,6 +380,35 @@ fn join(problems: &[SchemaProblem]) -> String {
     problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
+/// The row (0-based) and field that a COPY error's `context` names.
+///
+/// The context is one line per level, innermost first: a function the
+/// COPY ran (a domain's `CHECK`, say) adds its own lines (`SQL statement
+/// "..."`, whose text may hold anything, then `PL/pgSQL function ... line
+/// 4 at ...`) before the COPY's, which is the last line that begins with
+/// `COPY `: `COPY <table>, line N`, then `, column <name>` when a column's
+/// value was refused (with `: <value>` in text COPY, which the calls do not
+/// use). `<table>` is the scratch or staging table's name, of `[a-z0-9_]`
+/// only (`__bulk_...`, `__bulk_stage_...`).
+fn copy_position(model: &Model, context: &str) -> (Option<usize>, Option<String>) {
+    let Some(line) = context.lines().rev().find_map(|l| l.strip_prefix("COPY ")) else { return (None, None) };
+    let Some((_, rest)) = line.split_once(", line ") else { return (None, None) };
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let row = rest[..digits].parse::<usize>().ok().map(|line| line.saturating_sub(1));
+    // `column <name>`, or in text COPY `column <name>: <value>`: the
+    // longest column name that the rest is, or begins with before `: ` (a
+    // name may hold a colon itself).
+    let field = rest[digits..].strip_prefix(", column ").and_then(|rest| {
+        model
+            .columns()
+            .iter()
+            .filter(|c| rest == c.name() || rest.strip_prefix(c.name()).is_some_and(|after| after.starts_with(": ")))
+            .max_by_key(|c| c.name().len())
+            .map(|c| c.field().to_owned())
+    });
+    (row, field)
+}
+
 fn at(row: Option<usize>, field: Option<&str>) -> String {
     match (row, field) {
         (Some(r), Some(f)) => format!(" (row {r}, field `{f}`)"),
@@ -455,29 +484,7 @@ impl Error {
         let (row, field) = source
             .as_db_error()
             .and_then(|db| db.where_())
-            .map(|w| {
-                let row = w
-                    .split(", line ")
-                    .nth(1)
-                    .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .map(|line| line.saturating_sub(1));
-                // `column <name>`, or in text COPY `column <name>: <value>`:
-                // the longest column name that the rest is, or begins with
-                // before `: ` (a name may hold a colon itself).
-                let field = w.split_once(", column ").and_then(|(_, rest)| {
-                    model
-                        .columns()
-                        .iter()
-                        .filter(|c| {
-                            rest == c.name() || rest.strip_prefix(c.name()).is_some_and(|after| after.starts_with(": "))
-                        })
-                        .max_by_key(|c| c.name().len())
-                        .map(|c| c.field().to_owned())
-                });
-                (row, field)
-            })
-            .unwrap_or((None, None));
+            .map_or((None, None), |context| copy_position(model, context));
         Self::database_at(model, Step::Copy, row, field, source)
     }
 
@@ -698,5 +705,22 @@ mod tests {
         assert_eq!(type_name::<&str>(), "&str");
         assert_eq!(type_name::<dyn std::fmt::Debug>(), "dyn Debug");
         assert_eq!(readable_type_name("<T as a::Trait>::Assoc"), "<T as Trait>::Assoc");
+    }
+
+    #[test]
+    fn copy_position_reads_the_copy_line_of_a_context_of_several_lines() {
+        use crate::sql::fixtures::MODEL;
+        let one = |c: &str| copy_position(&MODEL, c);
+        assert_eq!(one("COPY __bulk_0a, line 5108, column re\"tweeter"), (Some(5107), Some("retweeter".into())));
+        assert_eq!(one("COPY __bulk_0a, line 3"), (Some(2), None));
+        // A text COPY's value after the name.
+        assert_eq!(one("COPY __bulk_0a, line 3, column author: \"x, line 9\""), (Some(2), Some("author".into())));
+        // Lines of the functions the COPY ran come first; their text may
+        // hold anything.
+        let nested = "SQL statement \"SELECT 1 WHERE k = 'a, line 2, column author'\"\n\
+                      PL/pgSQL function f(text) line 5 at SQL statement\n\
+                      COPY __bulk_0a, line 17, column tweet";
+        assert_eq!(one(nested), (Some(16), Some("tweet".into())));
+        assert_eq!(one("PL/pgSQL function f(text) line 5 at RAISE"), (None, None));
     }
 }
