@@ -65,12 +65,15 @@ pub enum SchemaProblem {
         /// The live column's type.
         found: String,
     },
-    /// The model field is an `Option` but the column is `NOT NULL`.
+    /// The model field is an `Option` but the column is `NOT NULL` (or of a
+    /// domain declared `NOT NULL`, itself or a domain it is over).
     ColumnNotNull {
         /// The column name.
         column: String,
     },
     /// A `NOT NULL` column without a default that the model does not write.
+    /// (A column of a domain declared `NOT NULL`, itself or a domain it is
+    /// over, counts as `NOT NULL`; the domain's default as a default.)
     RequiredColumnNotInModel {
         /// The column name.
         column: String,

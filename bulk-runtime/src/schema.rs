@@ -13,9 +13,19 @@ use crate::sql::{Dialect, KeyAs, KeyShape};
 use crate::statements;
 use crate::types::PgType;
 
-const COLUMNS: &str = "\
-SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull,
-       (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''), t.typname::text,
+/// Per column of the table: 0 name, 1 type (`format_type`, no modifier),
+/// 2 `NOT NULL` (itself or through its domains), 3 has a default (its
+/// own, its domain's, an identity or generated column), 4 type name;
+/// 5 `TEMPORARY` open to the role, 6 the role, 7 the database; 8 the
+/// type's schema, 9 type with modifier, 10 type modifier, 11-12 schema and
+/// name of the column's collation when not its type's default; 13 table
+/// OID, 14 type OID, 15 `TEMPORARY` open to `PUBLIC`, 16 backend PID, 17
+/// `INSERT`/`UPDATE` rules.
+static COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
+SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull OR b.not_null,
+       (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' OR t.typdefaultbin IS NOT NULL), t.typname::text,
        has_database_privilege(current_database(), 'TEMPORARY'), current_user::text, current_database()::text,
        tn.nspname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod,
        CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END,
@@ -25,9 +35,40 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull,
        ARRAY(SELECT r.rulename::text FROM pg_rewrite r
               WHERE r.ev_class = a.attrelid AND r.ev_type IN ('2', '3') ORDER BY r.rulename)
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
+  CROSS JOIN LATERAL {base}
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
- ORDER BY a.attnum";
+ ORDER BY a.attnum",
+        base = base_type("a.atttypid", "a.atttypmod", "b"),
+    )
+});
+
+/// A subquery, for `CROSS JOIN LATERAL`, of the base type of the type
+/// `typid` with the modifier `typmod` (SQL expressions, such as
+/// `a.atttypid` and `a.atttypmod` of a `pg_attribute` row), as the relation
+/// `alias` of one row: `typname` and `typschema` (text), `typmod`,
+/// `typcollation` (the base type's default collation), `not_null` and
+/// `format` (`format_type` of the base type and its modifier). For a type
+/// that is no domain, that type itself (`not_null` false). A domain is
+/// followed to its base type through any domains it is over: the
+/// modifier is the innermost domain's (a domain's column has none, a
+/// domain over a domain neither: `CREATE DOMAIN d AS varchar(3)` keeps the
+/// `3` in `d`), and `not_null` is true when any of them is `NOT NULL`.
+pub(crate) fn base_type(typid: &str, typmod: &str, alias: &str) -> String {
+    format!(
+        "(WITH RECURSIVE chain(oid, typmod, not_null, depth) AS (
+             SELECT {typid}, {typmod}, false, 0
+           UNION ALL
+             SELECT d.typbasetype, d.typtypmod, c.not_null OR d.typnotnull, c.depth + 1
+               FROM chain AS c JOIN pg_catalog.pg_type AS d ON d.oid = c.oid
+              WHERE d.typtype = 'd')
+         SELECT bt.typname::text, bn.nspname::text, c.typmod, bt.typcollation, c.not_null,
+                pg_catalog.format_type(c.oid, c.typmod)
+           FROM chain AS c JOIN pg_catalog.pg_type AS bt ON bt.oid = c.oid
+           JOIN pg_catalog.pg_namespace AS bn ON bn.oid = bt.typnamespace
+          ORDER BY c.depth DESC LIMIT 1) AS {alias}(typname, typschema, typmod, typcollation, not_null, format)"
+    )
+}
 
 const UNIQUE_INDEXES: &str = "\
 SELECT ic.relname::text,
@@ -401,7 +442,7 @@ async fn check(
     let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
     // The catalog queries go out together: one round trip.
     let (live, resolved, indexes, citus) = futures_util::future::try_join4(
-        tx.query_typed(COLUMNS, &[(&name, Type::TEXT)]),
+        tx.query_typed(COLUMNS.as_str(), &[(&name, Type::TEXT)]),
         async {
             if overrides.is_empty() {
                 return Ok(Vec::new());

@@ -147,6 +147,86 @@ async fn required_column_the_model_does_not_write() {
     db.drop().await;
 }
 
+/// A nullable field on a column of a domain (`note_label`, which the field
+/// names).
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "labelled", unique(k), id = false)]
+struct Labelled {
+    k: i64,
+    #[bulk(sql_type = "note_label")]
+    label: Option<String>,
+}
+
+/// A column whose domain is `NOT NULL` (itself, or a domain it is over)
+/// refuses NULL as a `NOT NULL` column does: an `Option` field on it is
+/// refused by the check, on both paths (before the fix the check passed,
+/// and a batch with a `None` failed in the insert, 23502).
+#[tokio::test]
+async fn option_field_on_a_column_of_a_not_null_domain() {
+    for domains in [
+        "CREATE DOMAIN note_label AS text NOT NULL",
+        "CREATE DOMAIN strict_label AS text NOT NULL; CREATE DOMAIN note_label AS strict_label",
+    ] {
+        let (db, mut client) = with_table(
+            "sc_domain_not_null",
+            &format!("{domains}; CREATE TABLE labelled (k bigint PRIMARY KEY, label note_label)"),
+        )
+        .await;
+        let rows = [Labelled { k: 1, label: Some("one".into()) }, Labelled { k: 2, label: None }];
+        let (problems, shown) = refused(&mut client, &rows).await;
+        assert_eq!(problems, [SchemaProblem::ColumnNotNull { column: "label".into() }], "{domains}");
+        assert!(shown.contains(r#"column "label" is NOT NULL"#) && shown.contains("Option"), "{shown}");
+        assert_eq!(count(&client, "labelled").await, 0);
+        db.drop().await;
+    }
+}
+
+/// A column of a `NOT NULL` domain without a default is required, as a
+/// `NOT NULL` column is (before the fix the check passed, and every insert
+/// failed, 23502); once the domain has a default, the model may leave it
+/// out and the domain's default fills it.
+#[tokio::test]
+async fn required_column_of_a_not_null_domain_the_model_does_not_write() {
+    let (db, mut client) = with_table(
+        "sc_domain_required",
+        &format!("CREATE DOMAIN owner_name AS text NOT NULL; CREATE TABLE item ({ITEM_COLUMNS}, owner owner_name, UNIQUE (a, b))"),
+    )
+    .await;
+    let (problems, shown) = refused(&mut client, &[item(1, "x")]).await;
+    assert_eq!(problems, [SchemaProblem::RequiredColumnNotInModel { column: "owner".into() }]);
+    assert!(shown.contains(r#"column "owner" is NOT NULL without a default"#), "{shown}");
+    assert_eq!(count(&client, "item").await, 0);
+    client.batch_execute("ALTER DOMAIN owner_name SET DEFAULT 'nobody'").await.unwrap();
+    let o = Item::bulk_create_new(&mut client, &[item(1, "x")]).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    let owner: String = client.query_one("SELECT owner FROM item", &[]).await.unwrap().get(0);
+    assert_eq!(owner, "nobody");
+    db.drop().await;
+}
+
+/// A `NOT NULL` column the model leaves out passes when its domain has a
+/// default, which fills it, on both paths (before the fix the check
+/// refused it as a required column without a default).
+#[tokio::test]
+async fn not_null_column_whose_domain_has_a_default_may_be_left_out_of_the_model() {
+    let (db, mut client) = with_table(
+        "sc_domain_default",
+        &format!(
+            "CREATE DOMAIN owner_name AS text DEFAULT 'nobody';
+             CREATE TABLE item ({ITEM_COLUMNS}, owner owner_name NOT NULL, UNIQUE (a, b))"
+        ),
+    )
+    .await;
+    assert_eq!(verify_schema::<Item>(&client).await.unwrap(), []);
+    let o = Item::bulk_create_new(&mut client, &[item(1, "x"), item(2, "x")]).await.unwrap();
+    assert_eq!(o.inserted, 2);
+    let o = Item::bulk_create_new(&mut client, (0..COPY_BATCH as i64).map(|a| item(a, "y"))).await.unwrap();
+    assert_eq!(o.inserted, COPY_BATCH as u64);
+    let owners: i64 = client.query_one("SELECT count(*) FROM item WHERE owner = 'nobody'", &[]).await.unwrap().get(0);
+    assert_eq!(owners, 2 + COPY_BATCH as i64, "the domain's default filled every row");
+    db.drop().await;
+}
+
 const ITEM_COLUMNS: &str = "a bigint NOT NULL, b text NOT NULL, note text, n integer NOT NULL";
 
 /// The single `UniqueKeyMissing` problem of `problems`, as `(key, rejected)`.
