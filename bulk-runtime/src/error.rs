@@ -106,12 +106,14 @@ pub enum SchemaProblem {
         kind: String,
     },
     /// A key column's type rounds the values it stores (`timestamptz(0)`,
-    /// `numeric` with a negative scale): two offered keys could become one
-    /// stored key, which no call could count or match exactly.
+    /// `numeric` with a negative scale, or a domain over such a type): two
+    /// offered keys could become one stored key, which no call could count
+    /// or match exactly.
     KeyRounded {
         /// The column name.
         column: String,
-        /// Its type, with the modifier.
+        /// Its type, with the modifier (for a domain: `name (a domain over
+        /// type)`).
         found: String,
     },
     /// The table changed the key of a row as it stored it (a `BEFORE
@@ -214,7 +216,8 @@ impl fmt::Display for SchemaProblem {
             SchemaProblem::KeyRounded { column, found } => write!(
                 f,
                 "key column \"{column}\" is {found}, which rounds the values it stores, so two offered keys could \
-                 become one; declare it without the precision or scale (or round the values in the model)"
+                 become one; declare it (or its domain) without the precision or scale (or round the values in the \
+                 model)"
             ),
             SchemaProblem::InsertRules { rules } => {
                 let names: Vec<String> = rules.iter().map(|r| quote_ident(r)).collect();

@@ -18,9 +18,11 @@ use crate::types::PgType;
 /// own, its domain's, an identity or generated column), 4 type name;
 /// 5 `TEMPORARY` open to the role, 6 the role, 7 the database; 8 the
 /// type's schema, 9 type with modifier, 10 type modifier, 11-12 schema and
-/// name of the column's collation when not its type's default; 13 table
-/// OID, 14 type OID, 15 `TEMPORARY` open to `PUBLIC`, 16 backend PID, 17
-/// `INSERT`/`UPDATE` rules.
+/// name of the column's collation when not its base type's default; 13
+/// table OID, 14 type OID, 15 `TEMPORARY` open to `PUBLIC`, 16 backend
+/// PID, 17 `INSERT`/`UPDATE` rules; 18-20 the base type's name, schema
+/// and modifier ([`base_type`]: a domain's, over any domains), 21 the type
+/// as [`SchemaProblem::KeyRounded`] names it.
 static COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -28,12 +30,15 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull OR b.not_nul
        (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' OR t.typdefaultbin IS NOT NULL), t.typname::text,
        has_database_privilege(current_database(), 'TEMPORARY'), current_user::text, current_database()::text,
        tn.nspname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod,
-       CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END,
-       CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END,
+       CASE WHEN a.attcollation <> b.typcollation THEN cn.nspname::text END,
+       CASE WHEN a.attcollation <> b.typcollation THEN co.collname::text END,
        a.attrelid, a.atttypid, has_database_privilege('public', current_database(), 'TEMPORARY'),
        pg_backend_pid(),
        ARRAY(SELECT r.rulename::text FROM pg_rewrite r
-              WHERE r.ev_class = a.attrelid AND r.ev_type IN ('2', '3') ORDER BY r.rulename)
+              WHERE r.ev_class = a.attrelid AND r.ev_type IN ('2', '3') ORDER BY r.rulename),
+       b.typname, b.typschema, b.typmod,
+       CASE WHEN t.typtype = 'd' THEN format_type(a.atttypid, a.atttypmod) || ' (a domain over ' || b.format || ')'
+            ELSE b.format END
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   CROSS JOIN LATERAL {base}
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
@@ -53,7 +58,11 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull OR b.not_nul
 /// followed to its base type through any domains it is over: the
 /// modifier is the innermost domain's (a domain's column has none, a
 /// domain over a domain neither: `CREATE DOMAIN d AS varchar(3)` keeps the
-/// `3` in `d`), and `not_null` is true when any of them is `NOT NULL`.
+/// `3` in `d`), and `not_null` is true when any of them is `NOT NULL`. A
+/// key column of a domain compares, rounds and cuts its values as its base
+/// type does, under the column's collation. Shared by the schema check
+/// ([`COLUMNS`]) and the guards that see whether a key column still
+/// compares as the call's statements expect (`fragments::column_compares`).
 pub(crate) fn base_type(typid: &str, typmod: &str, alias: &str) -> String {
     format!(
         "(WITH RECURSIVE chain(oid, typmod, not_null, depth) AS (
@@ -378,8 +387,9 @@ fn passed(model: &'static Model, live: &[Row], shape: &KeyShape) {
     list.push(entry);
 }
 
-/// How a key column of type `typname` (in schema `typschema`) with the
-/// column collation `collation` (when not its type's default) is read, for
+/// How a key column of type `typname` (in schema `typschema`; a domain's
+/// base type, with its modifier `typmod`) with the column collation
+/// `collation` (when not that type's default) is read, for
 /// a key field of the model's `ty`: only text keys can differ (`citext` has
 /// its own equality, `char(n)` ignores trailing spaces; a collation may hold
 /// different strings equal).
@@ -567,9 +577,10 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
             shape.keys.push(None);
             continue;
         };
-        let (typname, typschema, typmod): (&str, &str, i32) = (row.get(4), row.get(8), row.get(10));
+        // A domain's base type (see `base_type`).
+        let (typname, typschema, typmod): (&str, &str, i32) = (row.get(18), row.get(19), row.get(20));
         if rounds(column.pg_type(), typname, typmod) {
-            problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(9) });
+            problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(21) });
         }
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));
         shape.keys.push(key_as(column.pg_type(), column.nullable(), (typschema, typname, typmod), collation));
