@@ -23,7 +23,8 @@ use crate::types::PgType;
 /// PID, 17 `INSERT`/`UPDATE` rules; 18-20 the base type's name, schema
 /// and modifier ([`base_type`]: a domain's, over any domains), 21 the type
 /// as [`SchemaProblem::KeyRounded`] names it, 22 `attidentity`, 23
-/// `attgenerated`.
+/// `attgenerated`, 24 whether the type is a domain (4 and 8 its name and
+/// schema).
 static COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -40,7 +41,7 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull OR b.not_nul
        b.typname, b.typschema, b.typmod,
        CASE WHEN t.typtype = 'd' THEN format_type(a.atttypid, a.atttypmod) || ' (a domain over ' || b.format || ')'
             ELSE b.format END,
-       a.attidentity::text, a.attgenerated::text
+       a.attidentity::text, a.attgenerated::text, t.typtype = 'd'
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   CROSS JOIN LATERAL {base}
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
@@ -391,7 +392,8 @@ fn passed(model: &'static Model, live: &[Row], shape: &KeyShape) {
 
 /// How a key column of type `typname` (in schema `typschema`; a domain's
 /// base type, with its modifier `typmod`) with the column collation
-/// `collation` (when not that type's default) is read, for
+/// `collation` (when not that type's default), of the domain `domain` if
+/// any, is read, for
 /// a key field of the model's `ty`: only text keys can differ (`citext` has
 /// its own equality, `char(n)` ignores trailing spaces; a collation may hold
 /// different strings equal).
@@ -400,6 +402,7 @@ fn key_as(
     nullable: bool,
     (typschema, typname, typmod): (&str, &str, i32),
     collation: Option<(String, String)>,
+    domain: Option<(String, String)>,
 ) -> Option<KeyAs> {
     if ty != PgType::Text {
         return None;
@@ -419,7 +422,11 @@ fn key_as(
         _ => None,
     };
     let typmod = limited.then_some(typmod);
-    (ty.is_some() || collation.is_some()).then_some(KeyAs { ty, collation, typmod })
+    // A nullable key compares as `ARRAY[k]`, and the array of a domain has
+    // no `=` with the array of its base type: the batch's values are read
+    // as the domain.
+    let domain = domain.filter(|_| nullable);
+    (ty.is_some() || collation.is_some() || domain.is_some()).then_some(KeyAs { ty, collation, typmod, domain })
 }
 
 /// Whether a key column's type modifier makes PostgreSQL round the values it
@@ -591,7 +598,8 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
             problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(21) });
         }
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));
-        shape.keys.push(key_as(column.pg_type(), column.nullable(), (typschema, typname, typmod), collation));
+        let domain = row.get::<_, bool>(24).then(|| (row.get::<_, String>(8), row.get::<_, String>(4)));
+        shape.keys.push(key_as(column.pg_type(), column.nullable(), (typschema, typname, typmod), collation, domain));
     }
     shape
 }

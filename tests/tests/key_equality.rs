@@ -550,6 +550,76 @@ async fn nullable_key_in_other_types(pad: usize) {
     db.drop().await;
 }
 
+/// `Tag` on a nullable key column of a domain (`tag_label`, which the
+/// field names).
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "tag", unique(owner, label), nulls_not_distinct, id = false)]
+struct DomainTag {
+    owner: i32,
+    #[bulk(sql_type = "tag_label")]
+    label: Option<String>,
+    note: String,
+}
+
+/// [`nullable_key_in_other_types`] with the nullable key column of a domain
+/// over `text`, `varchar(50)` or `text` under a case-insensitive collation:
+/// the calls that match stored rows to offered ones compare the key as
+/// `ARRAY[label]`, and an array of a domain has no `=` with an array of
+/// its base type (before the fix `returning_keys`, `returning_skipped` and
+/// `upsert` failed, 42883 `tag_label[] = text[]`).
+async fn nullable_domain_key(pad: usize) {
+    for base in ["text", "varchar(50)", "text COLLATE case_insensitive"] {
+        let db = TestDb::new("nullable_domain_key").await;
+        let mut client = setup_after(&db, "", "email text").await;
+        client
+            .batch_execute(&format!(
+                "CREATE DOMAIN tag_label AS {base};
+                 CREATE TABLE tag (owner bigint NOT NULL, label tag_label, note text NOT NULL,
+                                   UNIQUE NULLS NOT DISTINCT (owner, label))"
+            ))
+            .await
+            .unwrap();
+        let context = format!("{base}, {} rows", 3 + pad);
+        let mut batch = vec![
+            DomainTag { owner: 1, label: None, note: "a".into() },
+            DomainTag { owner: 1, label: Some("x".into()), note: "b".into() },
+            DomainTag { owner: 1, label: None, note: "repeat".into() },
+        ];
+        batch.extend((0..pad as i32).map(|i| DomainTag { owner: 100 + i, label: None, note: "pad".into() }));
+        DomainTag::bulk_create_new(&mut client, &batch[..1]).await.unwrap();
+        let keys = DomainTag::bulk(&mut client).returning_keys().run(&batch).await;
+        let keys = keys.unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_eq!((keys.inserted, keys.skipped), (1 + pad as u64, 2), "{context}");
+        assert_eq!((keys.returned[0].index, keys.returned[0].key.1.as_deref()), (1, Some("x")), "{context}");
+        let skipped = DomainTag::bulk(&mut client).returning_skipped().run(&batch).await;
+        let skipped = skipped.unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_eq!((skipped.inserted, skipped.returned.len()), (0, 3 + pad), "{context}");
+        let up = DomainTag::bulk(&mut client).upsert(Upsert::all_columns().keep(Keep::Last)).run(&batch).await;
+        let up = up.unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_eq!((up.inserted, up.updated, up.skipped), (0, 2 + pad as u64, 1), "{context}");
+        let note: String =
+            client.query_one("SELECT note FROM tag WHERE owner = 1 AND label IS NULL", &[]).await.unwrap().get(0);
+        assert_eq!(note, "repeat", "{context}: the last offered row of the NULL key");
+        assert_eq!(count(&client, "tag").await, 2 + pad as i64, "{context}");
+        db.drop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_nullable_key_of_a_domain_matches_stored_rows() {
+    nullable_domain_key(0).await;
+}
+
+#[tokio::test]
+async fn a_nullable_key_of_a_domain_matches_stored_rows_in_the_plain_form() {
+    nullable_domain_key(200).await;
+}
+
+#[tokio::test]
+async fn a_nullable_key_of_a_domain_matches_stored_rows_through_copy() {
+    nullable_domain_key(COPY_BATCH).await;
+}
+
 #[tokio::test]
 async fn a_nullable_key_in_columns_of_other_types_matches_stored_rows() {
     nullable_key_in_other_types(0).await;
