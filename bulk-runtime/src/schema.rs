@@ -13,21 +13,74 @@ use crate::sql::{Dialect, KeyAs, KeyShape};
 use crate::statements;
 use crate::types::PgType;
 
-const COLUMNS: &str = "\
-SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull,
-       (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''), t.typname::text,
+/// Per column of the table: 0 name, 1 type (`format_type`, no modifier),
+/// 2 `NOT NULL` (itself or through its domains), 3 has a default (its
+/// own, its domain's, an identity or generated column), 4 type name;
+/// 5 `TEMPORARY` open to the role, 6 the role, 7 the database; 8 the
+/// type's schema, 9 type with modifier, 10 type modifier, 11-12 schema and
+/// name of the column's collation when not its base type's default; 13
+/// table OID, 14 type OID, 15 `TEMPORARY` open to `PUBLIC`, 16 backend
+/// PID, 17 `INSERT`/`UPDATE` rules; 18-20 the base type's name, schema
+/// and modifier ([`base_type`]: a domain's, over any domains), 21 the type
+/// as [`SchemaProblem::KeyRounded`] names it, 22 `attidentity`, 23
+/// `attgenerated`, 24 whether the type is a domain (4 and 8 its name and
+/// schema).
+static COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
+SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull OR b.not_null,
+       (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' OR t.typdefaultbin IS NOT NULL), t.typname::text,
        has_database_privilege(current_database(), 'TEMPORARY'), current_user::text, current_database()::text,
        tn.nspname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod,
-       CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END,
-       CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END,
+       CASE WHEN a.attcollation <> b.typcollation THEN cn.nspname::text END,
+       CASE WHEN a.attcollation <> b.typcollation THEN co.collname::text END,
        a.attrelid, a.atttypid, has_database_privilege('public', current_database(), 'TEMPORARY'),
        pg_backend_pid(),
        ARRAY(SELECT r.rulename::text FROM pg_rewrite r
-              WHERE r.ev_class = a.attrelid AND r.ev_type IN ('2', '3') ORDER BY r.rulename)
+              WHERE r.ev_class = a.attrelid AND r.ev_type IN ('2', '3') ORDER BY r.rulename),
+       b.typname, b.typschema, b.typmod,
+       CASE WHEN t.typtype = 'd' THEN format_type(a.atttypid, a.atttypmod) || ' (a domain over ' || b.format || ')'
+            ELSE b.format END,
+       a.attidentity::text, a.attgenerated::text, t.typtype = 'd'
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
+  CROSS JOIN LATERAL {base}
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
- ORDER BY a.attnum";
+ ORDER BY a.attnum",
+        base = base_type("a.atttypid", "a.atttypmod", "b"),
+    )
+});
+
+/// A subquery, for `CROSS JOIN LATERAL`, of the base type of the type
+/// `typid` with the modifier `typmod` (SQL expressions, such as
+/// `a.atttypid` and `a.atttypmod` of a `pg_attribute` row), as the relation
+/// `alias` of one row: `typname` and `typschema` (text), `typmod`,
+/// `typcollation` (the base type's default collation), `not_null` and
+/// `format` (`format_type` of the base type and its modifier). For a type
+/// that is no domain, that type itself (`not_null` false). A domain is
+/// followed to its base type through any domains it is over: the
+/// modifier is the innermost domain's (a domain's column has none, a
+/// domain over a domain neither: `CREATE DOMAIN d AS varchar(3)` keeps the
+/// `3` in `d`), and `not_null` is true when any of them is `NOT NULL`. A
+/// key column of a domain compares, rounds and cuts its values as its base
+/// type does, under the column's collation. Shared by the schema check
+/// ([`COLUMNS`]) and the guards that see whether a key column still
+/// compares as the call's statements expect (`fragments::column_compares`).
+pub(crate) fn base_type(typid: &str, typmod: &str, alias: &str) -> String {
+    format!(
+        "(WITH RECURSIVE chain(oid, typmod, not_null, depth) AS (
+             SELECT {typid}, {typmod}, false, 0
+           UNION ALL
+             SELECT d.typbasetype, d.typtypmod, c.not_null OR d.typnotnull, c.depth + 1
+               FROM chain AS c JOIN pg_catalog.pg_type AS d ON d.oid = c.oid
+              WHERE d.typtype = 'd')
+         SELECT bt.typname::text, bn.nspname::text, c.typmod, bt.typcollation, c.not_null,
+                pg_catalog.format_type(c.oid, c.typmod)
+           FROM chain AS c JOIN pg_catalog.pg_type AS bt ON bt.oid = c.oid
+           JOIN pg_catalog.pg_namespace AS bn ON bn.oid = bt.typnamespace
+          ORDER BY c.depth DESC LIMIT 1) AS {alias}(typname, typschema, typmod, typcollation, not_null, format)"
+    )
+}
 
 const UNIQUE_INDEXES: &str = "\
 SELECT ic.relname::text,
@@ -337,8 +390,10 @@ fn passed(model: &'static Model, live: &[Row], shape: &KeyShape) {
     list.push(entry);
 }
 
-/// How a key column of type `typname` (in schema `typschema`) with the
-/// column collation `collation` (when not its type's default) is read, for
+/// How a key column of type `typname` (in schema `typschema`; a domain's
+/// base type, with its modifier `typmod`) with the column collation
+/// `collation` (when not that type's default), of the domain `domain` if
+/// any, is read, for
 /// a key field of the model's `ty`: only text keys can differ (`citext` has
 /// its own equality, `char(n)` ignores trailing spaces; a collation may hold
 /// different strings equal).
@@ -347,6 +402,7 @@ fn key_as(
     nullable: bool,
     (typschema, typname, typmod): (&str, &str, i32),
     collation: Option<(String, String)>,
+    domain: Option<(String, String)>,
 ) -> Option<KeyAs> {
     if ty != PgType::Text {
         return None;
@@ -366,7 +422,11 @@ fn key_as(
         _ => None,
     };
     let typmod = limited.then_some(typmod);
-    (ty.is_some() || collation.is_some()).then_some(KeyAs { ty, collation, typmod })
+    // A nullable key compares as `ARRAY[k]`, and the array of a domain has
+    // no `=` with the array of its base type: the batch's values are read
+    // as the domain.
+    let domain = domain.filter(|_| nullable);
+    (ty.is_some() || collation.is_some() || domain.is_some()).then_some(KeyAs { ty, collation, typmod, domain })
 }
 
 /// Whether a key column's type modifier makes PostgreSQL round the values it
@@ -401,7 +461,7 @@ async fn check(
     let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
     // The catalog queries go out together: one round trip.
     let (live, resolved, indexes, citus) = futures_util::future::try_join4(
-        tx.query_typed(COLUMNS, &[(&name, Type::TEXT)]),
+        tx.query_typed(COLUMNS.as_str(), &[(&name, Type::TEXT)]),
         async {
             if overrides.is_empty() {
                 return Ok(Vec::new());
@@ -508,6 +568,12 @@ fn column_problems(model: &Model, live: &[Row], resolved: Vec<Option<String>>, p
         if column.nullable() && row.get::<_, bool>(2) {
             problems.push(SchemaProblem::ColumnNotNull { column: column.name().to_owned() });
         }
+        // An identity column `GENERATED BY DEFAULT` ('d') takes given values.
+        let (identity, generated): (&str, &str) = (row.get(22), row.get(23));
+        if identity == "a" || !generated.is_empty() {
+            problems
+                .push(SchemaProblem::ColumnGenerated { column: column.name().to_owned(), identity: identity == "a" });
+        }
     }
     for row in live {
         let name: &str = row.get(0);
@@ -526,12 +592,14 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
             shape.keys.push(None);
             continue;
         };
-        let (typname, typschema, typmod): (&str, &str, i32) = (row.get(4), row.get(8), row.get(10));
+        // A domain's base type (see `base_type`).
+        let (typname, typschema, typmod): (&str, &str, i32) = (row.get(18), row.get(19), row.get(20));
         if rounds(column.pg_type(), typname, typmod) {
-            problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(9) });
+            problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(21) });
         }
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));
-        shape.keys.push(key_as(column.pg_type(), column.nullable(), (typschema, typname, typmod), collation));
+        let domain = row.get::<_, bool>(24).then(|| (row.get::<_, String>(8), row.get::<_, String>(4)));
+        shape.keys.push(key_as(column.pg_type(), column.nullable(), (typschema, typname, typmod), collation, domain));
     }
     shape
 }

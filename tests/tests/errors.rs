@@ -286,3 +286,60 @@ async fn lost_connection_is_retryable_on_a_new_connection() {
     assert_eq!((o.inserted, o.skipped), (1, 1));
     db.drop().await;
 }
+
+/// A mood the table keeps as text under a domain (not an enum type): the
+/// scratch table's column takes the model's type name, so the domain's
+/// `CHECK` runs as the rows are copied.
+#[derive(bulk_runtime::BulkType, Debug, Clone, Copy, PartialEq)]
+#[bulk(type = "checked_mood")]
+enum CheckedMood {
+    Calm,
+    Cross,
+}
+
+/// README, "What one call does": errors carry "the row index and field when
+/// the client or server can tell". A domain whose `CHECK` calls a PL/pgSQL
+/// function that fails adds its own lines to the error's context before the
+/// COPY's (`SQL statement "..."`, `PL/pgSQL function ... at SQL statement`, then `COPY __bulk_..., line N, column mood`), and the
+/// statement's text may hold anything, here `, line 2` and `, column kind`.
+/// The row and field come from the COPY's own line (before the fix they
+/// were read from the first `, line ` and `, column ` anywhere in the
+/// context: row 1, no field).
+#[tokio::test]
+async fn copy_error_with_a_context_of_several_lines_names_row_and_field_from_the_copy_line() {
+    #[derive(BulkCreateNew)]
+    #[bulk(table = "feeling", unique(n))]
+    struct Feeling {
+        n: i64,
+        mood: CheckedMood,
+    }
+    let db = TestDb::new("copy_context_lines").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE allowed (label text, kind text);
+             INSERT INTO allowed VALUES ('calm', 'verse, line 2, column kind');
+             CREATE FUNCTION mood_allowed(v text) RETURNS boolean LANGUAGE plpgsql AS $$
+             DECLARE one int;
+             BEGIN
+               -- Divides by zero for a label not in the table.
+               SELECT 1 / count(*) INTO one FROM allowed WHERE label = v AND kind = 'verse, line 2, column kind';
+               RETURN true;
+             END $$;
+             CREATE DOMAIN checked_mood AS text CHECK (mood_allowed(VALUE));
+             CREATE TABLE feeling (n bigint PRIMARY KEY, mood checked_mood NOT NULL);",
+        )
+        .await
+        .unwrap();
+    let bad_at = COPY_BATCH + 7;
+    let rows = (0..bad_at + 3)
+        .map(|i| Feeling { n: i as i64, mood: if i == bad_at { CheckedMood::Cross } else { CheckedMood::Calm } });
+    let err = Feeling::bulk_create_new(&mut client, rows).await.unwrap_err();
+    let context = err.db_error().and_then(|d| d.where_()).unwrap_or_default().to_owned();
+    assert_eq!(count(&client, "feeling").await, 0);
+    db.drop().await;
+    assert_eq!(err.sqlstate(), Some(&SqlState::DIVISION_BY_ZERO), "{err}");
+    assert_eq!(err.step(), Some(Step::Copy), "{err}");
+    assert!(context.lines().count() > 1, "the context has several lines: {context:?}");
+    assert_eq!((err.row(), err.field()), (Some(bad_at), Some("mood")), "{err}; the server's context: {context:?}");
+}

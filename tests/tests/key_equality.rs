@@ -24,15 +24,50 @@ fn filler(from: usize, len: usize) -> impl Iterator<Item = Member> {
     (from..from + len).map(|i| member(&format!("filler{i}@example.org"), "filler"))
 }
 
+/// A way to declare the key column `email` so that it holds `pair` as one
+/// key: the column's declaration, made after the DDL `before` (and the
+/// collation `case_insensitive`); whether it also holds `cy@...` and
+/// `CY@...` as one.
+struct Declared {
+    name: &'static str,
+    before: &'static str,
+    column: &'static str,
+    pair: [&'static str; 2],
+    folds_case: bool,
+}
+
 /// The key column declared three ways that hold `Ann@x` and `ann@x` (or
 /// `ann ` and `ann`) as one key.
-const TABLES: [(&str, &str, [&str; 2]); 3] = [
-    ("collation", "email text COLLATE case_insensitive", ["Ann@example.org", "ann@EXAMPLE.org"]),
-    ("citext", "email public.citext", ["Ann@example.org", "ann@EXAMPLE.org"]),
-    ("char", "email char(40)", ["ann@example.org ", "ann@example.org"]),
+const TABLES: [Declared; 3] = [
+    Declared {
+        name: "collation",
+        before: "",
+        column: "email text COLLATE case_insensitive",
+        pair: ["Ann@example.org", "ann@EXAMPLE.org"],
+        folds_case: true,
+    },
+    Declared {
+        name: "citext",
+        before: "",
+        column: "email public.citext",
+        pair: ["Ann@example.org", "ann@EXAMPLE.org"],
+        folds_case: true,
+    },
+    Declared {
+        name: "char",
+        before: "",
+        column: "email char(40)",
+        pair: ["ann@example.org ", "ann@example.org"],
+        folds_case: false,
+    },
 ];
 
 async fn setup(db: &TestDb, column: &str) -> Client {
+    setup_after(db, "", column).await
+}
+
+/// [`setup`], with the DDL `before` run before the table is made.
+async fn setup_after(db: &TestDb, before: &str, column: &str) -> Client {
     let admin = db.connect_plain().await;
     if let Err(e) = admin.batch_execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public").await {
         // Another test binary may create it at the same moment.
@@ -43,7 +78,7 @@ async fn setup(db: &TestDb, column: &str) -> Client {
     client
         .batch_execute(&format!(
             "CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
-             CREATE TABLE member ({column} NOT NULL, name text NOT NULL, UNIQUE (email))"
+             {before}; CREATE TABLE member ({column} NOT NULL, name text NOT NULL, UNIQUE (email))"
         ))
         .await
         .unwrap();
@@ -66,43 +101,54 @@ async fn stored(client: &Client, email: &str) -> (i64, Option<String>) {
 }
 
 async fn equal_keys(pad: usize) {
-    for (name, column, [first, second]) in TABLES {
+    equal_keys_of(&TABLES, pad, member).await;
+}
+
+/// The calls on each of `tables`, with rows of the model `M` made by
+/// `member` (email, name): the first offered of two equal keys wins, counts
+/// are exact.
+async fn equal_keys_of<M>(tables: &[Declared], pad: usize, member: fn(&str, &str) -> M)
+where
+    M: BulkCreateNew<Key: std::fmt::Debug> + Clone,
+{
+    let filler =
+        |from: usize, len: usize| (from..from + len).map(move |i| member(&format!("filler{i}@example.org"), "filler"));
+    for &Declared { name, before, column, pair: [first, second], folds_case } in tables {
         let db = TestDb::new(&format!("key_equality_{name}")).await;
-        let mut client = setup(&db, column).await;
+        let mut client = setup_after(&db, before, column).await;
         let context = format!("{name}, {} rows", 3 + pad);
 
         // The plain call: the first offered of two equal keys wins.
-        let batch: Vec<Member> = [member(second, "second"), member(first, "first"), member("bob@example.org", "bob")]
+        let batch: Vec<M> = [member(second, "second"), member(first, "first"), member("bob@example.org", "bob")]
             .into_iter()
             .chain(filler(0, pad))
             .collect();
-        let outcome = Member::bulk_create_new(&mut client, &batch).await.unwrap();
+        let outcome = M::bulk_create_new(&mut client, &batch).await.unwrap();
         assert_eq!((outcome.inserted, outcome.skipped), (2 + pad as u64, 1), "{context}");
         assert_eq!(stored(&client, first).await, (1, Some("second".into())), "{context}");
 
         // Returning keys: one new row per key, the skipped ones exactly.
-        let batch: Vec<Member> =
-            [member(first, "again"), member("cy@example.org", "cy"), member("CY@example.org", "cy2")]
-                .into_iter()
-                .chain(filler(pad, pad))
-                .collect();
-        let report = Member::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
+        let batch: Vec<M> = [member(first, "again"), member("cy@example.org", "cy"), member("CY@example.org", "cy2")]
+            .into_iter()
+            .chain(filler(pad, pad))
+            .collect();
+        let report = M::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
         assert_eq!(report.returned.len() as u64, report.inserted, "{context}");
         let cy_copies = stored(&client, "cy@example.org").await.0;
-        let expected_new = pad as u64 + if name == "char" { 2 } else { 1 };
+        let expected_new = pad as u64 + if folds_case { 1 } else { 2 };
         assert_eq!(report.inserted, expected_new, "{context}: {:?}", &report.returned[..report.returned.len().min(3)]);
         assert_eq!(cy_copies, 1, "{context}");
-        let skipped = Member::bulk(&mut client).returning_skipped().run(&batch).await.unwrap();
+        let skipped = M::bulk(&mut client).returning_skipped().run(&batch).await.unwrap();
         assert_eq!(skipped.returned.len(), batch.len(), "{context}: everything is stored now");
 
         // Upsert with both rows of one key in the batch: no 21000, Keep honoured.
         for (keep, winner) in [(Keep::First, "kept first"), (Keep::Last, "kept last")] {
-            let batch: Vec<Member> =
+            let batch: Vec<M> =
                 [member(second, "kept first"), member("dee@example.org", "dee"), member(first, "kept last")]
                     .into_iter()
                     .chain(filler(0, pad))
                     .collect();
-            let report = Member::bulk(&mut client)
+            let report = M::bulk(&mut client)
                 .upsert(Upsert::columns(["name"]).only_if_changed().keep(keep))
                 .run(&batch)
                 .await
@@ -117,7 +163,7 @@ async fn equal_keys(pad: usize) {
             assert_eq!(stored(&client, first).await, (1, Some(winner.into())), "{context}, {keep:?}");
         }
         let rows = count(&client, "member").await;
-        assert_eq!(rows as u64, 4 + 2 * pad as u64 + u64::from(name == "char"), "{context}");
+        assert_eq!(rows as u64, 4 + 2 * pad as u64 + u64::from(!folds_case), "{context}");
         db.drop().await;
     }
 }
@@ -130,6 +176,79 @@ async fn keys_equal_under_the_table_but_not_byte_for_byte() {
 #[tokio::test]
 async fn keys_equal_under_the_table_but_not_byte_for_byte_through_copy() {
     equal_keys(COPY_BATCH).await;
+}
+
+/// `Member` on a key column whose type is a domain (`member_email`, which
+/// the field names), so that its type, collation and length are the
+/// domain's.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "member", unique(email), id = false)]
+struct DomainMember {
+    #[bulk(sql_type = "member_email")]
+    email: String,
+    name: String,
+}
+
+fn domain_member(email: &str, name: &str) -> DomainMember {
+    DomainMember { email: email.into(), name: name.into() }
+}
+
+/// The key column declared as a domain that compares otherwise than
+/// `text`: its collation (a case-insensitive one, also through a domain
+/// over a domain, and `"C"`, which differs from the database's default
+/// collation) or its base type (`char(40)`).
+const DOMAINS: [Declared; 4] = [
+    Declared {
+        name: "domain_collation",
+        before: "CREATE DOMAIN member_email AS text COLLATE case_insensitive",
+        column: "email member_email",
+        pair: ["Ann@example.org", "ann@EXAMPLE.org"],
+        folds_case: true,
+    },
+    Declared {
+        name: "domain_of_domain",
+        before: "CREATE DOMAIN inner_email AS text COLLATE case_insensitive; \
+                 CREATE DOMAIN member_email AS inner_email",
+        column: "email member_email",
+        pair: ["Ann@example.org", "ann@EXAMPLE.org"],
+        folds_case: true,
+    },
+    Declared {
+        name: "domain_c",
+        before: "CREATE DOMAIN member_email AS text COLLATE \"C\"",
+        column: "email member_email",
+        pair: ["ann@example.org", "ann@example.org"],
+        folds_case: false,
+    },
+    Declared {
+        name: "domain_char",
+        before: "CREATE DOMAIN member_email AS char(40)",
+        column: "email member_email",
+        pair: ["ann@example.org ", "ann@example.org"],
+        folds_case: false,
+    },
+];
+
+/// A key column of a domain compares as the domain's base type and
+/// collation, exactly as the same column declared without the domain
+/// (`TABLES`): the first offered of two equal keys wins, counts are exact.
+/// Before the fix the calls read such a key as plain `text` (the column's
+/// collation was compared with the domain's own, not the base type's), so
+/// that under the domain's case-insensitive collation the second offered
+/// of `Ann@` and `ann@` was kept.
+#[tokio::test]
+async fn keys_of_a_domain_column_compare_as_its_base_type_and_collation() {
+    equal_keys_of(&DOMAINS, 0, domain_member).await;
+}
+
+#[tokio::test]
+async fn keys_of_a_domain_column_compare_as_its_base_type_and_collation_in_the_plain_form() {
+    equal_keys_of(&DOMAINS, 200, domain_member).await;
+}
+
+#[tokio::test]
+async fn keys_of_a_domain_column_compare_as_its_base_type_and_collation_through_copy() {
+    equal_keys_of(&DOMAINS, COPY_BATCH, domain_member).await;
 }
 
 /// A trigger that normalises the key: the plain call counts exactly; calls
@@ -222,6 +341,55 @@ async fn a_key_column_that_rounds_is_refused_by_the_schema_check() {
     db.drop().await;
 }
 
+/// `Reading` on a key column of a domain over `timestamptz(0)`.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "reading", unique(sensor, at), id = false)]
+struct DomainReading {
+    sensor: i64,
+    #[bulk(sql_type = "reading_at")]
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A key column of a domain over a type that rounds (`timestamptz(0)`: the
+/// domain holds the precision, its column has no type modifier) is refused
+/// as the same column declared without the domain is, on every path (before
+/// the fix it passed, and two offered keys became one stored key).
+#[tokio::test]
+async fn a_key_column_of_a_domain_that_rounds_is_refused_by_the_schema_check() {
+    let db = TestDb::new("key_domain_rounds").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE DOMAIN reading_at AS timestamptz(0);
+             CREATE TABLE reading (sensor bigint NOT NULL, at reading_at NOT NULL, UNIQUE (sensor, at))",
+        )
+        .await
+        .unwrap();
+    let at = chrono::DateTime::from_timestamp(1_700_000_000, 400_000_000).unwrap();
+    for pad in [0, 200, COPY_BATCH] {
+        let rows: Vec<DomainReading> = [at, at + chrono::Duration::milliseconds(200)]
+            .into_iter()
+            .chain((1..=pad as i64).map(|i| at + chrono::Duration::seconds(i)))
+            .map(|at| DomainReading { sensor: 1, at })
+            .collect();
+        let err = DomainReading::bulk_create_new(&mut client, &rows).await.unwrap_err();
+        match &err {
+            Error::SchemaMismatch { problems, .. } => assert_eq!(
+                problems,
+                &[SchemaProblem::KeyRounded {
+                    column: "at".into(),
+                    found: "reading_at (a domain over timestamp(0) with time zone)".into()
+                }],
+                "{pad}"
+            ),
+            other => panic!("{pad}: {other}"),
+        }
+        assert!(err.to_string().contains("rounds the values it stores"), "{err}");
+    }
+    assert_eq!(count(&client, "reading").await, 0);
+    db.drop().await;
+}
+
 #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
 #[bulk(table = "member", unique(email), id = false)]
 struct TaggedMember {
@@ -240,7 +408,7 @@ fn tagged(email: &str, tags: &[&str], scores: Option<Vec<Option<i32>>>) -> Tagge
 /// two equal keys wins, and an upsert writes the kept row's arrays.
 #[tokio::test]
 async fn array_columns_beside_keys_equal_under_the_table() {
-    for (name, column, [first, second]) in &TABLES[..2] {
+    for &Declared { name, column, pair: [first, second], .. } in &TABLES[..2] {
         let db = TestDb::new(&format!("key_equality_arrays_{name}")).await;
         let mut client = setup(&db, column).await;
         client
@@ -382,6 +550,76 @@ async fn nullable_key_in_other_types(pad: usize) {
     db.drop().await;
 }
 
+/// `Tag` on a nullable key column of a domain (`tag_label`, which the
+/// field names).
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "tag", unique(owner, label), nulls_not_distinct, id = false)]
+struct DomainTag {
+    owner: i32,
+    #[bulk(sql_type = "tag_label")]
+    label: Option<String>,
+    note: String,
+}
+
+/// [`nullable_key_in_other_types`] with the nullable key column of a domain
+/// over `text`, `varchar(50)` or `text` under a case-insensitive collation:
+/// the calls that match stored rows to offered ones compare the key as
+/// `ARRAY[label]`, and an array of a domain has no `=` with an array of
+/// its base type (before the fix `returning_keys`, `returning_skipped` and
+/// `upsert` failed, 42883 `tag_label[] = text[]`).
+async fn nullable_domain_key(pad: usize) {
+    for base in ["text", "varchar(50)", "text COLLATE case_insensitive"] {
+        let db = TestDb::new("nullable_domain_key").await;
+        let mut client = setup_after(&db, "", "email text").await;
+        client
+            .batch_execute(&format!(
+                "CREATE DOMAIN tag_label AS {base};
+                 CREATE TABLE tag (owner bigint NOT NULL, label tag_label, note text NOT NULL,
+                                   UNIQUE NULLS NOT DISTINCT (owner, label))"
+            ))
+            .await
+            .unwrap();
+        let context = format!("{base}, {} rows", 3 + pad);
+        let mut batch = vec![
+            DomainTag { owner: 1, label: None, note: "a".into() },
+            DomainTag { owner: 1, label: Some("x".into()), note: "b".into() },
+            DomainTag { owner: 1, label: None, note: "repeat".into() },
+        ];
+        batch.extend((0..pad as i32).map(|i| DomainTag { owner: 100 + i, label: None, note: "pad".into() }));
+        DomainTag::bulk_create_new(&mut client, &batch[..1]).await.unwrap();
+        let keys = DomainTag::bulk(&mut client).returning_keys().run(&batch).await;
+        let keys = keys.unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_eq!((keys.inserted, keys.skipped), (1 + pad as u64, 2), "{context}");
+        assert_eq!((keys.returned[0].index, keys.returned[0].key.1.as_deref()), (1, Some("x")), "{context}");
+        let skipped = DomainTag::bulk(&mut client).returning_skipped().run(&batch).await;
+        let skipped = skipped.unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_eq!((skipped.inserted, skipped.returned.len()), (0, 3 + pad), "{context}");
+        let up = DomainTag::bulk(&mut client).upsert(Upsert::all_columns().keep(Keep::Last)).run(&batch).await;
+        let up = up.unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_eq!((up.inserted, up.updated, up.skipped), (0, 2 + pad as u64, 1), "{context}");
+        let note: String =
+            client.query_one("SELECT note FROM tag WHERE owner = 1 AND label IS NULL", &[]).await.unwrap().get(0);
+        assert_eq!(note, "repeat", "{context}: the last offered row of the NULL key");
+        assert_eq!(count(&client, "tag").await, 2 + pad as i64, "{context}");
+        db.drop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_nullable_key_of_a_domain_matches_stored_rows() {
+    nullable_domain_key(0).await;
+}
+
+#[tokio::test]
+async fn a_nullable_key_of_a_domain_matches_stored_rows_in_the_plain_form() {
+    nullable_domain_key(200).await;
+}
+
+#[tokio::test]
+async fn a_nullable_key_of_a_domain_matches_stored_rows_through_copy() {
+    nullable_domain_key(COPY_BATCH).await;
+}
+
 #[tokio::test]
 async fn a_nullable_key_in_columns_of_other_types_matches_stored_rows() {
     nullable_key_in_other_types(0).await;
@@ -423,34 +661,48 @@ async fn stored_code(client: &Client, name: &str) -> (i64, Option<String>) {
 /// offered row wins; a value with more than spaces beyond the length is
 /// refused (22001), nothing written, as the table refuses it.
 async fn varchar_key(pad: usize) {
-    let db = TestDb::new("varchar_key").await;
+    length_key("varchar_key", "", "varchar(3)", pad, code).await;
+}
+
+/// [`varchar_key`] on a key column of type `column` (made after the DDL
+/// `before`) that holds at most three characters, with rows of the model
+/// `M` made by `code` (name, who).
+async fn length_key<M>(test: &str, before: &str, column: &str, pad: usize, code: fn(&str, &str) -> M)
+where
+    M: BulkCreateNew<Key = (String,)> + Clone,
+{
+    let db = TestDb::new(test).await;
     let mut client = db.connect().await;
-    client.batch_execute("CREATE TABLE code (name varchar(3) PRIMARY KEY, who text NOT NULL)").await.unwrap();
-    let context = format!("{} rows", 2 + pad);
-    let with = |head: Vec<Code>| -> Vec<Code> { head.into_iter().chain(codes(pad)).collect() };
+    client
+        .batch_execute(&format!("{before}; CREATE TABLE code (name {column} PRIMARY KEY, who text NOT NULL)"))
+        .await
+        .unwrap();
+    let context = format!("{column}, {} rows", 2 + pad);
+    let codes = |len: usize| codes(len).map(move |c| code(&c.name, &c.who));
+    let with = |head: Vec<M>| -> Vec<M> { head.into_iter().chain(codes(pad)).collect() };
 
     // The plain call.
     let batch = with(vec![code("abc ", "first"), code("abc", "second")]);
-    let report = Code::bulk_create_new(&mut client, &batch).await.unwrap();
+    let report = M::bulk_create_new(&mut client, &batch).await.unwrap();
     assert_eq!((report.inserted, report.skipped), (1 + pad as u64, 1), "{context}");
     assert_eq!(stored_code(&client, "abc").await, (1, Some("first".into())), "{context}");
-    let again = Code::bulk_create_new(&mut client, &with(vec![code("abc  ", "third")])).await.unwrap();
+    let again = M::bulk_create_new(&mut client, &with(vec![code("abc  ", "third")])).await.unwrap();
     assert_eq!((again.inserted, again.skipped), (0, 1 + pad as u64), "{context}: stored under its cut form");
 
     // Returning keys (the key as stored) and the skipped rows.
     let batch = vec![code("xyz  ", "first"), code("xyz", "second"), code("abc", "stored")];
-    let batch: Vec<Code> = batch.into_iter().chain(codes(pad)).collect();
-    let keys = Code::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
+    let batch: Vec<M> = batch.into_iter().chain(codes(pad)).collect();
+    let keys = M::bulk(&mut client).returning_keys().run(&batch).await.unwrap();
     assert_eq!((keys.inserted, keys.skipped), (1, 2 + pad as u64), "{context}");
     assert_eq!((keys.returned[0].index, keys.returned[0].key.0.as_str()), (0, "xyz"), "{context}");
     assert_eq!(stored_code(&client, "xyz").await, (1, Some("first".into())), "{context}");
-    let skipped = Code::bulk(&mut client).returning_skipped().run(&batch).await.unwrap();
+    let skipped = M::bulk(&mut client).returning_skipped().run(&batch).await.unwrap();
     assert_eq!((skipped.inserted, skipped.returned.len()), (0, 3 + pad), "{context}");
 
     // Upsert: one key, Keep honoured.
     for (keep, winner) in [(Keep::First, "kept first"), (Keep::Last, "kept last")] {
         let batch = with(vec![code("abc ", "kept first"), code("abc", "kept last")]);
-        let report = Code::bulk(&mut client)
+        let report = M::bulk(&mut client)
             .upsert(Upsert::columns(["who"]).only_if_changed().keep(keep))
             .run(&batch)
             .await
@@ -463,11 +715,11 @@ async fn varchar_key(pad: usize) {
 
     // Too long: refused as the table refuses it, by every call.
     let batch = with(vec![code("new", "new"), code("abcd", "too long")]);
-    let err = Code::bulk_create_new(&mut client, &batch).await.unwrap_err();
+    let err = M::bulk_create_new(&mut client, &batch).await.unwrap_err();
     assert_eq!(err.sqlstate(), Some(&tokio_postgres::error::SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
-    let err = Code::bulk(&mut client).returning_keys().run(&batch).await.unwrap_err();
+    let err = M::bulk(&mut client).returning_keys().run(&batch).await.unwrap_err();
     assert_eq!(err.sqlstate(), Some(&tokio_postgres::error::SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
-    let err = Code::bulk(&mut client).upsert(Upsert::all_columns()).run(&batch).await.unwrap_err();
+    let err = M::bulk(&mut client).upsert(Upsert::all_columns()).run(&batch).await.unwrap_err();
     assert_eq!(err.sqlstate(), Some(&tokio_postgres::error::SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
     assert_eq!(count(&client, "code").await, rows, "{context}: nothing written");
     assert_eq!(stored_code(&client, "new").await.0, 0, "{context}");
@@ -487,6 +739,47 @@ async fn a_varchar_key_keeps_the_first_offered_row_of_keys_the_length_makes_one_
 #[tokio::test]
 async fn a_varchar_key_keeps_the_first_offered_row_of_keys_the_length_makes_one_through_copy() {
     varchar_key(COPY_BATCH).await;
+}
+
+/// `Code` on a key column whose type is a domain (`code_name`, which the
+/// field names).
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "code", unique(name), id = false)]
+struct DomainCode {
+    #[bulk(sql_type = "code_name")]
+    name: String,
+    who: String,
+}
+
+fn domain_code(name: &str, who: &str) -> DomainCode {
+    DomainCode { name: name.into(), who: who.into() }
+}
+
+/// A key column of a domain over `varchar(3)` or `char(3)` (the domain
+/// holds the length, its column has no type modifier) keeps the first
+/// offered of `abc ` and `abc` and refuses `abcd`, exactly as a `varchar(3)`
+/// column does (before the fix the calls read the domain as `text`: two new
+/// keys, and the second offered row kept).
+async fn domain_length_key(pad: usize) {
+    for base in ["varchar(3)", "char(3)"] {
+        let before = format!("CREATE DOMAIN code_name AS {base}");
+        length_key("domain_length_key", &before, "code_name", pad, domain_code).await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_of_a_domain_over_a_length_keeps_the_first_offered_row_of_keys_the_length_makes_one() {
+    domain_length_key(0).await;
+}
+
+#[tokio::test]
+async fn a_key_of_a_domain_over_a_length_keeps_the_first_offered_row_of_keys_the_length_makes_one_in_the_plain_form() {
+    domain_length_key(200).await;
+}
+
+#[tokio::test]
+async fn a_key_of_a_domain_over_a_length_keeps_the_first_offered_row_of_keys_the_length_makes_one_through_copy() {
+    domain_length_key(COPY_BATCH).await;
 }
 
 /// A connection checked a `varchar(3)` key; then the column is widened to

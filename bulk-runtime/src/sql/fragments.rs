@@ -316,34 +316,43 @@ pub(crate) fn stage_guard(model: &Model, names: &[&str]) -> String {
 }
 
 /// How the column `name` (an SQL text expression) of the relation `rel` (an
-/// OID expression) compares, as a `text[]` of five: the schema and name of
+/// OID expression) compares, as a `text[]` of seven: the schema and name of
 /// its type when that is `citext` or `bpchar` (or `varchar`, for a key
 /// field the model declares nullable: `nullable`, an SQL boolean
 /// expression; or for a `varchar(n)`), the schema and name of its collation
-/// when that is not its type's default (NULL otherwise), and the type
-/// modifier of a `varchar(n)`; NULL when there is no such column. The same
-/// five the schema check's `key_as` reads, so equal arrays mean equal
+/// when that is not its type's default (NULL otherwise), the type modifier
+/// of a `varchar(n)`, and the schema and name of its domain, for a key
+/// field the model declares nullable ([`KeyAs::domain`](super::KeyAs));
+/// NULL when there is no such column. A domain's column is otherwise read
+/// as its base type with the domain's modifier (see
+/// [`schema::base_type`](crate::schema::base_type)). The same seven the
+/// schema check's `key_as` reads, so equal arrays mean equal
 /// [`KeyAs`](super::KeyAs).
 pub(crate) fn column_compares(rel: &str, name: &str, nullable: &str) -> String {
-    let varchar = format!("(t.typname = 'varchar' AND ({nullable} OR a.atttypmod >= 0))");
+    let varchar = format!("(b.typname = 'varchar' AND ({nullable} OR b.typmod >= 0))");
+    let domain = format!("({nullable} AND t.typtype = 'd')");
     format!(
-        "(SELECT ARRAY[CASE WHEN t.typname = 'citext' THEN tn.nspname::text \
-         WHEN t.typname = 'bpchar' OR {varchar} THEN 'pg_catalog' END, \
-         CASE WHEN t.typname IN ('citext', 'bpchar') OR {varchar} THEN t.typname::text END, \
-         CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname::text END, \
-         CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END, \
-         CASE WHEN t.typname = 'varchar' AND a.atttypmod >= 0 THEN a.atttypmod::text END] \
+        "(SELECT ARRAY[CASE WHEN b.typname = 'citext' THEN b.typschema \
+         WHEN b.typname = 'bpchar' OR {varchar} THEN 'pg_catalog' END, \
+         CASE WHEN b.typname IN ('citext', 'bpchar') OR {varchar} THEN b.typname END, \
+         CASE WHEN a.attcollation <> b.typcollation THEN cn.nspname::text END, \
+         CASE WHEN a.attcollation <> b.typcollation THEN co.collname::text END, \
+         CASE WHEN b.typname = 'varchar' AND b.typmod >= 0 THEN b.typmod::text END, \
+         CASE WHEN {domain} THEN tn.nspname::text END, \
+         CASE WHEN {domain} THEN t.typname::text END] \
          FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid \
-         JOIN pg_catalog.pg_namespace AS tn ON tn.oid = t.typnamespace \
+         JOIN pg_catalog.pg_namespace AS tn ON tn.oid = t.typnamespace CROSS JOIN LATERAL {base} \
          LEFT JOIN pg_catalog.pg_collation AS co ON co.oid = a.attcollation \
          LEFT JOIN pg_catalog.pg_namespace AS cn ON cn.oid = co.collnamespace \
-         WHERE a.attrelid = {rel} AND a.attname = {name} AND NOT a.attisdropped)"
+         WHERE a.attrelid = {rel} AND a.attname = {name} AND NOT a.attisdropped)",
+        base = crate::schema::base_type("a.atttypid", "a.atttypmod", "b"),
     )
 }
 
-/// The five of [`column_compares`] for a key column read as `k` says.
+/// The seven of [`column_compares`] for a key column read as `k` says.
 fn compares_literal(k: Option<&super::KeyAs>) -> String {
-    let (ty, collation) = k.map_or((None, None), |k| (k.ty.as_ref(), k.collation.as_ref()));
+    let (ty, collation, domain) =
+        k.map_or((None, None, None), |k| (k.ty.as_ref(), k.collation.as_ref(), k.domain.as_ref()));
     let pair = |p: Option<&(String, String)>| match p {
         Some((schema, name)) => format!("{}, {}", literal(schema), literal(name)),
         None => "NULL, NULL".to_owned(),
@@ -352,7 +361,7 @@ fn compares_literal(k: Option<&super::KeyAs>) -> String {
         Some(typmod) => literal(&typmod.to_string()),
         None => "NULL".to_owned(),
     };
-    format!("ARRAY[{}, {}, {typmod}]::pg_catalog.text[]", pair(ty), pair(collation))
+    format!("ARRAY[{}, {}, {typmod}, {}]::pg_catalog.text[]", pair(ty), pair(collation), pair(domain))
 }
 
 /// Whether the guards check how the key compares: the key has a text

@@ -437,7 +437,7 @@ mod tests {
         at(&guard, "AND i.indnullsnotdistinct");
         at(&guard, "a.attcollation <> i.indcollation[n.n]");
         // The text key column compares as the statement reads it: by default as text.
-        at(&guard, "= ARRAY[NULL, NULL, NULL, NULL, NULL]::pg_catalog.text[]");
+        at(&guard, "= ARRAY[NULL, NULL, NULL, NULL, NULL, NULL, NULL]::pg_catalog.text[]");
         at(&guard, "OR pg_catalog.pg_get_indexdef(i.indexrelid) IS NOT NULL))");
         at(&guard, &format!("ELSE pg_catalog.concat({})::int4 = 0 END", literal(KEY_INDEX_CHANGED)));
         at(&plan.small_insert, &format!(r#"u."label", CASE WHEN {guard} THEN u."note" END FROM"#));
@@ -447,12 +447,15 @@ mod tests {
         at(&plan.insert, &format!(r#""s"."label", CASE WHEN {scratch} THEN "s"."note" END FROM"#));
         at(&plan.insert_plain, &key_index_guard(&NULLABLE_MODEL, Compared::AsScratch(&plan.scratch)));
         // A shape: its type and collation, as literals.
-        let keys = vec![Some(KeyAs { ty: None, collation: Some(("public".into(), "ci".into())), typmod: None }), None];
+        let keys = vec![
+            Some(KeyAs { ty: None, collation: Some(("public".into(), "ci".into())), typmod: None, domain: None }),
+            None,
+        ];
         let shape = KeyShape { keys, ..KeyShape::default() };
         let on_conflict = insert::arrays_on_conflict(&NULLABLE_MODEL, false, &shape);
-        at(&on_conflict, "= ARRAY[NULL, NULL, E'public', E'ci', NULL]::pg_catalog.text[]");
+        at(&on_conflict, "= ARRAY[NULL, NULL, E'public', E'ci', NULL, NULL, NULL]::pg_catalog.text[]");
         let plain = insert::arrays_plain(&NULLABLE_MODEL, false, &shape);
-        at(&plain, "= ARRAY[NULL, NULL, E'public', E'ci', NULL]::pg_catalog.text[]");
+        at(&plain, "= ARRAY[NULL, NULL, E'public', E'ci', NULL, NULL, NULL]::pg_catalog.text[]");
         // The Citus staging table's guard is as it was.
         assert!(!key_index_guard(&NULLABLE_MODEL, Compared::Unchecked).contains("indcollation"));
     }
@@ -463,7 +466,7 @@ mod tests {
         use crate::sql::fragments::on_conflict_guard;
         // `label` is `varchar(3)`: type modifier 7.
         let varchar = Some(("pg_catalog".into(), "varchar".into()));
-        let keys = vec![Some(KeyAs { ty: varchar, collation: None, typmod: Some(7) }), None];
+        let keys = vec![Some(KeyAs { ty: varchar, collation: None, typmod: Some(7), domain: None }), None];
         let shape = KeyShape { keys, ..KeyShape::default() };
         let read = r#""pg_catalog"."varchar"(CAST(u."label" AS "pg_catalog"."varchar"), 7, false)"#;
         assert_eq!(shape.read(0, r#"u."label""#), read);
@@ -475,10 +478,35 @@ mod tests {
         ] {
             at(&sql, &format!(r#"{read} AS "label""#));
             // The guards expect the key read at that length.
-            at(&sql, "= ARRAY[E'pg_catalog', E'varchar', NULL, NULL, E'7']::pg_catalog.text[]");
+            at(&sql, "= ARRAY[E'pg_catalog', E'varchar', NULL, NULL, E'7', NULL, NULL]::pg_catalog.text[]");
         }
         let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape)).unwrap();
-        at(&guard, "CASE WHEN t.typname = 'varchar' AND a.atttypmod >= 0 THEN a.atttypmod::text END]");
+        // (Of the column's base type: a domain's holds the length.)
+        at(&guard, "CASE WHEN b.typname = 'varchar' AND b.typmod >= 0 THEN b.typmod::text END, ");
+        at(&guard, "SELECT d.typbasetype, d.typtypmod");
+    }
+
+    #[test]
+    fn a_nullable_key_of_a_domain_is_read_as_the_domain() {
+        use crate::sql::KeyAs;
+        use crate::sql::fragments::on_conflict_guard;
+        // `label` is of the domain `app.tag_label` over `varchar(50)`.
+        let keys = vec![
+            Some(KeyAs {
+                ty: Some(("pg_catalog".into(), "varchar".into())),
+                collation: None,
+                typmod: Some(54),
+                domain: Some(("app".into(), "tag_label".into())),
+            }),
+            None,
+        ];
+        let shape = KeyShape { keys, ..KeyShape::default() };
+        let read = r#"CAST("pg_catalog"."varchar"(CAST(u."label" AS "pg_catalog"."varchar"), 54, false) AS "app"."tag_label")"#;
+        assert_eq!(shape.read(0, r#"u."label""#), read);
+        // The scratch table's column: the domain, which holds the length.
+        assert_eq!(shape.column_type(0, "text"), r#""app"."tag_label""#);
+        let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape)).unwrap();
+        at(&guard, "= ARRAY[E'pg_catalog', E'varchar', NULL, NULL, E'54', E'app', E'tag_label']::pg_catalog.text[]");
     }
 
     #[test]
@@ -490,6 +518,7 @@ mod tests {
                 ty: Some(("ext".into(), "citext".into())),
                 collation: Some(("public".into(), r#"c"i"#.into())),
                 typmod: None,
+                domain: None,
             }),
             None,
         ];
@@ -721,7 +750,12 @@ mod tests {
         assert_eq!(plan.small_types[1..], array_types(&TEXT_KEYED_ARRAY_MODEL, columns_only));
         at(&plan.small_insert, r#"FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $6::text[], $7::integer[])"#);
         at(&plan.small_insert, r#"ORDER BY u."note", u."__bulk_ord" ON CONFLICT ("note") DO NOTHING"#);
-        let keys = vec![Some(KeyAs { ty: Some(("ext".into(), "citext".into())), collation: None, typmod: None })];
+        let keys = vec![Some(KeyAs {
+            ty: Some(("ext".into(), "citext".into())),
+            collation: None,
+            typmod: None,
+            domain: None,
+        })];
         let shape = KeyShape { keys, ..KeyShape::default() };
         let plain = insert::arrays_plain(&TEXT_KEYED_ARRAY_MODEL, false, &shape);
         at(&plain, r#"CAST(u."note" AS "ext"."citext") AS "note", CASE WHEN u."scores" IS NOT NULL"#);

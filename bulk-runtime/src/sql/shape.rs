@@ -86,6 +86,12 @@ pub(crate) struct KeyAs {
     /// (`varchar(value, typmod, false)`): cut as the store cuts them, and
     /// refused (22001) when more than spaces are beyond `n`.
     pub typmod: Option<i32>,
+    /// The column's domain (schema, name), for a nullable key column whose
+    /// type is a domain: such a key compares as `ARRAY[k]` (see
+    /// `fragments::key_match`), and an array of a domain has no `=` with
+    /// an array of its base type, so the batch's values are read as the
+    /// domain itself, after `ty`, `typmod` and before `collation`.
+    pub domain: Option<(String, String)>,
 }
 
 impl KeyShape {
@@ -101,35 +107,60 @@ impl KeyShape {
     }
 
     /// `expr` read as the `i`th key column compares (and as it is stored,
-    /// for a `varchar(n)` column: see [`KeyAs::typmod`]); `expr` itself
+    /// for a `varchar(n)` column: see [`KeyAs::typmod`]; as its domain, for
+    /// a nullable key of a domain: see [`KeyAs::domain`]); `expr` itself
     /// when plain.
     pub(crate) fn read(&self, i: usize, expr: &str) -> String {
-        self.spell(i, expr, |ty, typmod| match typmod {
-            // The length coercion function of `varchar`, named as its type,
-            // as an assignment applies it (`false`: not an explicit cast,
-            // which would cut any characters silently).
-            Some(typmod) => format!("{ty}(CAST({expr} AS {ty}), {typmod}, false)"),
-            None => format!("CAST({expr} AS {ty})"),
-        })
+        self.spell(
+            i,
+            expr,
+            |ty, typmod| match typmod {
+                // The length coercion function of `varchar`, named as its type,
+                // as an assignment applies it (`false`: not an explicit cast,
+                // which would cut any characters silently).
+                Some(typmod) => format!("{ty}(CAST({expr} AS {ty}), {typmod}, false)"),
+                None => format!("CAST({expr} AS {ty})"),
+            },
+            // (Its base type's length already applied as an assignment
+            // does, the cast to the domain only checks its constraints.)
+            |read, domain| format!("CAST({read} AS {domain})"),
+        )
     }
 
     /// The scratch table's column type of the `i`th key column, whose
     /// model type is `wire` (an SQL type name): the table's, so that the
     /// binary COPY into it reads the values as the table stores them.
     pub(crate) fn column_type(&self, i: usize, wire: &str) -> String {
-        self.spell(i, wire, |ty, typmod| match typmod {
-            Some(typmod) => format!("{ty}({})", typmod - VARHDRSZ),
-            None => ty.to_owned(),
-        })
+        self.spell(
+            i,
+            wire,
+            |ty, typmod| match typmod {
+                Some(typmod) => format!("{ty}({})", typmod - VARHDRSZ),
+                None => ty.to_owned(),
+            },
+            // (The domain holds its base type's length.)
+            |_, domain| domain.to_owned(),
+        )
     }
 
     /// `plain` when the `i`th key column compares as the model's type;
     /// otherwise `with_type` of its type and type modifier (or `plain` when
-    /// only the collation differs), followed by its `COLLATE` clause.
-    fn spell(&self, i: usize, plain: &str, with_type: impl FnOnce(&str, Option<i32>) -> String) -> String {
+    /// only the collation differs), then `with_domain` of that and its
+    /// domain when it has one ([`KeyAs::domain`]), followed by its
+    /// `COLLATE` clause.
+    fn spell(
+        &self,
+        i: usize,
+        plain: &str,
+        with_type: impl FnOnce(&str, Option<i32>) -> String,
+        with_domain: impl FnOnce(&str, &str) -> String,
+    ) -> String {
         let Some(k) = self.keys.get(i).and_then(Option::as_ref) else { return plain.to_owned() };
         let name = |(schema, name): &(String, String)| format!("{}.{}", quote_ident(schema), quote_ident(name));
         let mut out = k.ty.as_ref().map_or_else(|| plain.to_owned(), |ty| with_type(&name(ty), k.typmod));
+        if let Some(domain) = &k.domain {
+            out = with_domain(&out, &name(domain));
+        }
         if let Some(collation) = &k.collation {
             out = format!("{out} COLLATE {}", name(collation));
         }
