@@ -135,7 +135,8 @@ pub enum SchemaProblem {
     /// row came from, and refuses (nothing written). The plain call's counts
     /// stay exact on such a table.
     KeyChangedOnInsert {
-        /// The table's enabled `BEFORE INSERT` row triggers.
+        /// The enabled `BEFORE INSERT` row triggers of the table and of its
+        /// partitions.
         triggers: Vec<String>,
     },
     /// The table has `INSERT` or `UPDATE` rules (`CREATE RULE ... ON

@@ -591,11 +591,17 @@ async fn finish(
     scope.commit().await.map_err(Error::at_step(model, Step::Commit))
 }
 
-/// The enabled `BEFORE INSERT` row triggers of the table `$1` names.
+/// The enabled `BEFORE INSERT` row triggers of the table `$1` names and of
+/// its partitions at every level (`pg_partition_tree`, which returns
+/// nothing for a table that is neither partitioned nor a partition): a
+/// trigger defined on a partition alone fires for the rows routed there.
+/// Each name once: a trigger on a partitioned table is cloned, under its
+/// name, onto each partition.
 const BEFORE_INSERT_TRIGGERS: &str = "\
-SELECT tgname::text FROM pg_catalog.pg_trigger
- WHERE tgrelid = pg_catalog.to_regclass($1) AND NOT tgisinternal AND tgenabled <> 'D'
-   AND tgtype::int & 7 = 7 ORDER BY tgname";
+SELECT DISTINCT tgname::text FROM pg_catalog.pg_trigger
+ WHERE (tgrelid = pg_catalog.to_regclass($1)
+        OR tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1))))
+   AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype::int & 7 = 7 ORDER BY 1";
 
 /// When a statement fails because the table does not fit the model (missing
 /// table, column or unique index, wrong type), report the schema check's
