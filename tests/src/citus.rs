@@ -41,15 +41,26 @@ pub enum Placement {
 impl Placement {
     /// The statement that places `table` (a name as `regclass` input reads
     /// it: quoted where it needs quotes) on the cluster.
+    ///
+    /// A `DO` block that tries again (up to 50 times, 0.1 s apart) on
+    /// SQLSTATE XX000: placing a table makes Citus check that every
+    /// reference table of the cluster has its copies on every node, and a
+    /// reference table another test drops at that moment fails it with
+    /// "reference table ... does not have a shard" (seen in CI).
     pub fn sql(self, table: &str) -> String {
         let table = quote_literal(table);
-        match self {
+        let place = match self {
             Placement::Distributed(column) | Placement::Staged(column) => {
                 // The column goes as its name, not as a quoted identifier.
-                format!("SELECT create_distributed_table({table}, {})", quote_literal(column))
+                format!("create_distributed_table({table}, {})", quote_literal(column))
             }
-            Placement::Reference => format!("SELECT create_reference_table({table})"),
-        }
+            Placement::Reference => format!("create_reference_table({table})"),
+        };
+        format!(
+            "DO $place$ BEGIN FOR attempt IN 1..50 LOOP BEGIN PERFORM {place}; RETURN; \
+             EXCEPTION WHEN internal_error THEN IF attempt = 50 THEN RAISE; END IF; PERFORM pg_sleep(0.1); \
+             END; END LOOP; END $place$"
+        )
     }
 
     /// A short name, for schema names and messages.
