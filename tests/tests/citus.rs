@@ -3940,3 +3940,216 @@ async fn a_trigger_on_a_partition_is_seen_on_a_distributed_table() {
 async fn a_trigger_on_a_partition_is_seen_on_a_distributed_table_with_its_staging_table() {
     partition_trigger(STAGED).await;
 }
+
+// ---------------------------------------------------------------------------
+// Review k: column types beyond integers on Citus (arrays, jsonb, floats).
+
+/// A model with a text key, array columns (rebuilt per row on the short
+/// path), a jsonb and a float column: none of the suite's other Citus
+/// models has an array, jsonb or float column.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "doc", unique(shard, name), id = false)]
+pub struct Doc {
+    pub shard: i64,
+    pub name: String,
+    pub tags: Vec<i64>,
+    pub labels: Vec<Option<String>>,
+    pub meta: serde_json::Value,
+    pub score: f64,
+}
+
+const DOC_DDL: &str = "CREATE TABLE doc (shard bigint NOT NULL, name text NOT NULL, tags bigint[] NOT NULL,
+                       labels text[] NOT NULL, meta jsonb NOT NULL, score float8 NOT NULL, UNIQUE (shard, name))";
+
+/// Row `i` of a batch of key number `k`: its values tell which offered row
+/// was stored.
+fn doc(k: i64, i: i64) -> Doc {
+    Doc {
+        shard: k % 13,
+        name: format!("n{k}"),
+        tags: vec![i, k],
+        labels: if i % 3 == 0 { vec![] } else { vec![Some(format!("l{i}")), None] },
+        meta: serde_json::json!({ "i": i, "k": [k, null] }),
+        score: if i % 7 == 0 { f64::NAN } else { i as f64 + 0.25 },
+    }
+}
+
+/// What the table holds of a row: `name -> (tags, labels, meta, score bits)`.
+type DocRow = (Vec<i64>, Vec<Option<String>>, serde_json::Value, u64);
+
+fn doc_row(d: &Doc) -> DocRow {
+    (d.tags.clone(), d.labels.clone(), d.meta.clone(), d.score.to_bits())
+}
+
+async fn stored_docs(client: &Client) -> BTreeMap<String, DocRow> {
+    client
+        .query("SELECT name, tags, labels, meta, score FROM doc", &[])
+        .await
+        .expect("read doc")
+        .iter()
+        .map(|r| {
+            let score: f64 = r.get(4);
+            (
+                r.get(0),
+                (r.get(1), r.get(2), r.get(3), if score.is_nan() { f64::NAN.to_bits() } else { score.to_bits() }),
+            )
+        })
+        .collect()
+}
+
+async fn docs_of_every_type(placement: Placement, n: usize) {
+    let db = CitusDb::new(&format!("docs_{}_{n}", placement.name())).await;
+    let mut client = db.connect().await;
+    client.batch_execute(DOC_DDL).await.expect("create doc");
+    client.batch_execute(&placement.sql("doc")).await.expect("place doc");
+    if let Placement::Staged(_) = placement {
+        client.batch_execute(&Doc::model().citus_staging_sql()).await.expect("doc's staging table");
+    }
+    // Keys 0..n/4 stored beforehand, through the library (row -1).
+    let pre: Vec<Doc> = (0..n as i64 / 4).map(|k| doc(k, -1)).collect();
+    let o = Doc::bulk_create_new(&mut client, &pre).await.unwrap();
+    assert_eq!(o.inserted, pre.len() as u64, "{o:?}");
+    // Every 5th row repeats the key of the row before it.
+    let rows: Vec<Doc> = (0..n as i64).map(|i| doc(if i % 5 == 4 { i - 1 } else { i }, i)).collect();
+    let mut expected: BTreeMap<String, DocRow> = pre.iter().map(|d| (d.name.clone(), doc_row(d))).collect();
+    let mut new = 0u64;
+    for d in &rows {
+        if !expected.contains_key(&d.name) {
+            expected.insert(d.name.clone(), doc_row(d));
+            new += 1;
+        }
+    }
+    let o = Doc::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((o.offered, o.inserted, o.skipped), (n as u64, new, n as u64 - new), "plain: {o:?}");
+    assert_eq!(stored_docs(&client).await, expected, "the first offered row of each key, values as offered");
+
+    // returning_keys on fresh keys, half of them repeated.
+    let more: Vec<Doc> = (0..n as i64).map(|i| doc(10 * n as i64 + i / 2, i)).collect();
+    let r = Doc::bulk(&mut client).returning_keys().run(&more).await.unwrap();
+    let distinct = more.iter().map(|d| d.name.clone()).collect::<BTreeSet<_>>().len();
+    assert_eq!((r.inserted, r.skipped, r.returned.len()), (distinct as u64, (n - distinct) as u64, distinct));
+    assert!(r.returned.iter().all(|k| k.index % 2 == 0), "the first offered row of each key is the new one");
+
+    // Upsert with only_if_changed over the stored keys: every second one
+    // offered as stored (NaN, jsonb, arrays alike: unchanged), the others
+    // with new values (updated).
+    let up: Vec<Doc> = (0..n as i64 / 4)
+        .map(|k| if k % 2 == 0 { doc(k, -1) } else { Doc { tags: vec![7, 7, 7], ..doc(k, -1) } })
+        .collect();
+    let changed = up.iter().filter(|d| d.tags == vec![7, 7, 7]).count() as u64;
+    let u = Doc::bulk(&mut client).upsert(Upsert::all_columns().only_if_changed()).run(&up).await.unwrap();
+    assert_eq!(
+        (u.offered, u.inserted, u.updated, u.unchanged, u.skipped),
+        (up.len() as u64, 0, changed, up.len() as u64 - changed, 0),
+        "upsert: {u:?}"
+    );
+    let table = stored_docs(&client).await;
+    for d in &up {
+        assert_eq!(table[&d.name], doc_row(d), "upserted {}", d.name);
+    }
+    db.drop().await;
+}
+
+mod docs {
+    use super::*;
+    #[tokio::test]
+    async fn dist_short() {
+        docs_of_every_type(DIST_SHARD, SHORT).await;
+    }
+    #[tokio::test]
+    async fn dist_medium() {
+        docs_of_every_type(DIST_SHARD, MEDIUM).await;
+    }
+    #[tokio::test]
+    async fn dist_copy() {
+        docs_of_every_type(DIST_SHARD, LONG).await;
+    }
+    #[tokio::test]
+    async fn staged_copy() {
+        docs_of_every_type(Placement::Staged("shard"), LONG).await;
+    }
+    #[tokio::test]
+    async fn ref_short() {
+        docs_of_every_type(REF, SHORT).await;
+    }
+    #[tokio::test]
+    async fn ref_medium() {
+        docs_of_every_type(REF, MEDIUM).await;
+    }
+    #[tokio::test]
+    async fn ref_copy() {
+        docs_of_every_type(REF, LONG).await;
+    }
+}
+
+const DIST_SHARD: Placement = Placement::Distributed("shard");
+
+/// A float key: `0.0` and `-0.0` are one key to the table (`float8`
+/// equality) but two byte strings to the client.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "fkey", unique(shard, x), id = false)]
+pub struct FloatKey {
+    pub shard: i64,
+    pub x: f64,
+    pub payload: i64,
+}
+
+/// A COPY batch of `pairs` keys `(s, 0.0)`, each offered twice, as `0.0`
+/// and as `-0.0` (which first alternates), in a shuffled key order; no key
+/// stored beforehand. The first offered row of each key must be stored, the
+/// second skipped, whatever form the insert takes.
+async fn float_zero_keys(placement: Placement) {
+    let db = CitusDb::new(&format!("fzero_{}", placement.name())).await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE fkey (shard bigint NOT NULL, x float8 NOT NULL, payload bigint NOT NULL, UNIQUE (shard, x))",
+        )
+        .await
+        .expect("create fkey");
+    client.batch_execute(&placement.sql("fkey")).await.expect("place fkey");
+    if let Placement::Staged(_) = placement {
+        client.batch_execute(&FloatKey::model().citus_staging_sql()).await.expect("fkey's staging table");
+    }
+    let pairs: i64 = 12_007; // prime: `s * 7_919 % pairs` visits every s once
+    let mut rows = Vec::new();
+    for i in 0..pairs {
+        let s = i * 7_919 % pairs;
+        let (a, b) = if s % 2 == 0 { (0.0, -0.0) } else { (-0.0, 0.0) };
+        rows.push(FloatKey { shard: s, x: a, payload: 2 * s });
+        rows.push(FloatKey { shard: s, x: b, payload: 2 * s + 1 });
+    }
+    let o = FloatKey::bulk_create_new(&mut client, &rows).await.unwrap();
+    assert_eq!((o.offered, o.inserted, o.skipped), (2 * pairs as u64, pairs as u64, pairs as u64), "{o:?}");
+    let wrong: Vec<(i64, i64)> = client
+        .query("SELECT shard, payload FROM fkey WHERE payload <> 2 * shard ORDER BY shard", &[])
+        .await
+        .expect("read fkey")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(count(&client, "fkey").await, pairs);
+    assert!(
+        wrong.is_empty(),
+        "{} of {pairs} keys hold their second offered row, not the first (e.g. shard, payload: {:?})",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    db.drop().await;
+}
+
+mod float_zero_keys {
+    use super::*;
+    #[tokio::test]
+    async fn dist_copy() {
+        float_zero_keys(DIST_SHARD).await;
+    }
+    #[tokio::test]
+    async fn staged_copy() {
+        float_zero_keys(Placement::Staged("shard")).await;
+    }
+    #[tokio::test]
+    async fn ref_copy() {
+        float_zero_keys(REF).await;
+    }
+}

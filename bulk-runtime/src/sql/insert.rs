@@ -273,15 +273,22 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
 /// shard inserts from its own staging shard, and the command tag is the sum
 /// of the shards' own tags (the rows inserted, exact). Without `repeats`,
 /// no `DISTINCT ON`; the rows still go in key order, against deadlocks
-/// between writers of overlapping keys on a shard. The staging table holds
+/// between writers of overlapping keys on a shard, and in the `ON CONFLICT`
+/// form in offered order within a key: the client found no repeat by the
+/// keys' bytes, but two keys of other bytes may be one key to the table
+/// (`0.0` and `-0.0` of a `float8`, jsonb `1` and `1.0`), and then the
+/// first offered must be inserted first (the plain form fails on them with
+/// `unique_violation`, and this form follows). The staging table holds
 /// only the call's own rows (the rows of other sessions' calls are never
 /// committed, so never seen).
 pub(crate) fn staged_citus(model: &Model, repeats: bool, plain: bool) -> String {
     let s_key = cols("\"s\"", model.unique_key());
     let (distinct, order) = if repeats {
         (format!("DISTINCT ON ({s_key}) "), format!("{s_key}, \"s\".{}", q(ORD)))
-    } else {
+    } else if plain {
         (String::new(), s_key)
+    } else {
+        (String::new(), format!("{s_key}, \"s\".{}", q(ORD)))
     };
     // The surrogate id, drawn from the target's sequence as the rows were
     // copied: with every value named, Citus runs the insert on the shards.
