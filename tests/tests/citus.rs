@@ -4153,3 +4153,187 @@ mod float_zero_keys {
         float_zero_keys(REF).await;
     }
 }
+
+/// A key of one text column that is also the distribution column, of a
+/// type whose equal values differ in bytes (`citext`, `char(n)`).
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "dkey", unique(email), id = false)]
+pub struct DistKey {
+    pub email: String,
+    pub name: String,
+}
+
+/// `pairs` keys, each offered twice in two spellings the column holds
+/// equal (`spell(k, 0)` first, named "first", then `spell(k, 1)`).
+fn dist_key_rows(from: usize, pairs: usize, spell: fn(usize, usize) -> String) -> Vec<DistKey> {
+    (from..from + pairs)
+        .flat_map(|k| {
+            [
+                DistKey { email: spell(k, 0), name: "first".into() },
+                DistKey { email: spell(k, 1), name: "second".into() },
+            ]
+        })
+        .collect()
+}
+
+async fn text_distribution_column(column: &str, placement: Placement, spell: fn(usize, usize) -> String) {
+    let db = CitusDb::new(&format!("dkey_{}", placement.name())).await;
+    let admin = db.connect().await;
+    let citext = admin.batch_execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public").await;
+    if let Err(e) = citext {
+        let there = admin.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'citext'", &[]).await.unwrap();
+        assert!(there.is_some(), "{e:?}");
+    }
+    admin
+        .batch_execute(&format!("CREATE TABLE dkey (email {column} NOT NULL, name text NOT NULL, UNIQUE (email))"))
+        .await
+        .expect("create dkey");
+    admin.batch_execute(&placement.sql("dkey")).await.expect("place dkey");
+    if let Placement::Staged(_) = placement {
+        admin.batch_execute(&DistKey::model().citus_staging_sql()).await.expect("dkey's staging table");
+    }
+    let mut client = db.connect().await;
+    let mut next = 0;
+    let mut stored = 0u64;
+    for n in [SHORT, MEDIUM, LONG] {
+        let what = format!("{column}, {} rows", 2 * n);
+        let rows = dist_key_rows(next, n, spell);
+        let o = DistKey::bulk_create_new(&mut client, &rows).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((o.inserted, o.skipped), (n as u64, n as u64), "{what}");
+        stored += n as u64;
+        // The other spelling first: every key is stored.
+        let again: Vec<DistKey> = rows.chunks(2).flat_map(|p| [p[1].clone(), p[0].clone()]).collect();
+        let r = DistKey::bulk(&mut client).returning_keys().run(&again).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((r.inserted, r.returned.len()), (0, 0), "{what}: returning_keys of stored keys");
+        let u = DistKey::bulk(&mut client)
+            .upsert(Upsert::columns(["name"]).only_if_changed().keep(Keep::Last))
+            .run(&again)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: upsert: {e}"));
+        assert_eq!(
+            (u.inserted, u.updated, u.unchanged, u.skipped),
+            (0, 0, n as u64, n as u64),
+            "{what}: upsert, the last offered of each key is its first spelling, named as stored"
+        );
+        next += n;
+        let (rows_now, keys_now, seconds): (i64, i64, i64) = admin
+            .query_one(
+                "SELECT count(*), count(DISTINCT lower(rtrim(email::text))), count(*) FILTER (WHERE name <> 'first') FROM dkey",
+                &[],
+            )
+            .await
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .unwrap();
+        assert_eq!(
+            (rows_now as u64, keys_now as u64, seconds),
+            (stored, stored, 0),
+            "{what}: one row per key, the first offered"
+        );
+    }
+    drop(client);
+    db.drop().await;
+}
+
+fn case_spelling(k: usize, which: usize) -> String {
+    if which == 0 { format!("User{k}@Example.org") } else { format!("user{k}@EXAMPLE.ORG") }
+}
+
+fn padded_spelling(k: usize, which: usize) -> String {
+    if which == 0 { format!("u{k}") } else { format!("u{k}  ") }
+}
+
+mod text_distribution_column {
+    use super::*;
+    #[tokio::test]
+    async fn citext_dist() {
+        text_distribution_column("public.citext", Placement::Distributed("email"), case_spelling).await;
+    }
+    #[tokio::test]
+    async fn citext_staged() {
+        text_distribution_column("public.citext", Placement::Staged("email"), case_spelling).await;
+    }
+    #[tokio::test]
+    async fn char_dist() {
+        text_distribution_column("char(12)", Placement::Distributed("email"), padded_spelling).await;
+    }
+    #[tokio::test]
+    async fn char_staged() {
+        text_distribution_column("char(12)", Placement::Staged("email"), padded_spelling).await;
+    }
+}
+
+/// A text key column (not the distribution column).
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "code", unique(shard, code), id = false)]
+pub struct CodeRow {
+    pub shard: i64,
+    pub code: String,
+    pub name: String,
+}
+
+/// A `text` key column narrowed to `varchar(4)` after the connection
+/// checked the table: the next call on that connection reads the key as the
+/// column now stores it (`abcd` and `abcd  ` are one key), on every path.
+async fn key_narrowed_between_calls(placement: Placement) {
+    let db = CitusDb::new(&format!("narrow_{}", placement.name())).await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE code (shard bigint NOT NULL, code text NOT NULL, name text NOT NULL, UNIQUE (shard, code))",
+        )
+        .await
+        .expect("create code");
+    admin.batch_execute(&placement.sql("code")).await.expect("place code");
+    if let Placement::Staged(_) = placement {
+        admin.batch_execute(&CodeRow::model().citus_staging_sql()).await.expect("code's staging table");
+    }
+    let mut client = db.connect().await;
+    let mut next = 0i64;
+    let mut stored = 0i64;
+    for n in [SHORT, MEDIUM, LONG] {
+        let what = format!("{n} keys");
+        admin.batch_execute("ALTER TABLE code ALTER COLUMN code TYPE text").await.expect("widen");
+        // A call of this length checks the table as it is now.
+        let warm: Vec<CodeRow> =
+            (0..n as i64).map(|i| CodeRow { shard: next + i, code: "wxyz".into(), name: "warm".into() }).collect();
+        let o = CodeRow::bulk_create_new(&mut client, &warm).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(o.inserted, n as u64, "{what}");
+        admin.batch_execute("ALTER TABLE code ALTER COLUMN code TYPE varchar(4)").await.expect("narrow");
+        let rows: Vec<CodeRow> = (0..n as i64)
+            .flat_map(|i| {
+                [
+                    CodeRow { shard: next + i, code: "abcd".into(), name: "first".into() },
+                    CodeRow { shard: next + i, code: "abcd  ".into(), name: "second".into() },
+                ]
+            })
+            .collect();
+        let o = CodeRow::bulk_create_new(&mut client, &rows).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((o.offered, o.inserted, o.skipped), (2 * n as u64, n as u64, n as u64), "{what}");
+        stored += 2 * n as i64;
+        next += n as i64;
+        let (all, seconds): (i64, i64) = admin
+            .query_one("SELECT count(*), count(*) FILTER (WHERE name = 'second') FROM code", &[])
+            .await
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+        assert_eq!((all, seconds), (stored, 0), "{what}: one row per key, the first offered");
+    }
+    drop(client);
+    db.drop().await;
+}
+
+mod key_narrowed_between_calls {
+    use super::*;
+    #[tokio::test]
+    async fn dist() {
+        key_narrowed_between_calls(DIST_SHARD).await;
+    }
+    #[tokio::test]
+    async fn staged() {
+        key_narrowed_between_calls(Placement::Staged("shard")).await;
+    }
+    #[tokio::test]
+    async fn reference() {
+        key_narrowed_between_calls(REF).await;
+    }
+}
