@@ -63,6 +63,22 @@ impl Placement {
         )
     }
 
+    /// Places `table` ([`Placement::sql`]) with `client` and, for
+    /// [`Placement::Staged`], gives it the staging table of the model `M`
+    /// (`Model::citus_staging_sql`).
+    ///
+    /// # Panics
+    /// The cluster refuses either (the test fails, naming the table).
+    pub async fn place<M: bulk_runtime::BulkCreateNew>(self, client: &Client, table: &str) {
+        client.batch_execute(&self.sql(table)).await.unwrap_or_else(|e| panic!("place {table}: {e:?}"));
+        if let Placement::Staged(_) = self {
+            client
+                .batch_execute(&M::model().citus_staging_sql())
+                .await
+                .unwrap_or_else(|e| panic!("{table}'s staging table: {e:?}"));
+        }
+    }
+
     /// A short name, for schema names and messages.
     pub fn name(self) -> &'static str {
         match self {

@@ -158,10 +158,7 @@ async fn setup(test: &str, placement: Placement, len: usize, on: On) -> (CitusDb
     let db = CitusDb::new(&format!("{test}_{}_{len}_{on}", placement.name())).await;
     let client = db.connect().await;
     client.batch_execute(RT_DDL).await.expect("create rt");
-    client.batch_execute(&placement.sql("rt")).await.expect("place rt on the cluster");
-    if let Placement::Staged(_) = placement {
-        client.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
-    }
+    placement.place::<Retweet>(&client, "rt").await;
     (db, client)
 }
 
@@ -520,10 +517,7 @@ async fn contended_setup(test: &str, placement: Placement) -> CitusDb {
         )
         .await
         .expect("create contended");
-    client.batch_execute(&placement.sql("contended")).await.expect("place contended");
-    if let Placement::Staged(_) = placement {
-        client.batch_execute(&Contended::model().citus_staging_sql()).await.expect("contended's staging table");
-    }
+    placement.place::<Contended>(&client, "contended").await;
     db
 }
 
@@ -1747,10 +1741,7 @@ async fn unique_key_dropped_between_calls(placement: Placement) {
     let db = CitusDb::new(&format!("key_dropped_{}", placement.name())).await;
     let admin = db.connect().await;
     admin.batch_execute(RT_DDL).await.expect("create rt");
-    admin.batch_execute(&placement.sql("rt")).await.expect("place rt");
-    if let Placement::Staged(_) = placement {
-        admin.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
-    }
+    placement.place::<Retweet>(&admin, "rt").await;
     let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
     let mut next = 0i64;
     for n in [SHORT, MEDIUM, big] {
@@ -1829,10 +1820,7 @@ async fn deferrable_constraint_added_between_calls(placement: Placement) {
     let db = CitusDb::new(&format!("deferrable_{}", placement.name())).await;
     let admin = db.connect().await;
     admin.batch_execute(RT_DDL).await.expect("create rt");
-    admin.batch_execute(&placement.sql("rt")).await.expect("place rt");
-    if let Placement::Staged(_) = placement {
-        admin.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
-    }
+    placement.place::<Retweet>(&admin, "rt").await;
     let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
     let mut next = 0i64;
     for n in [SHORT, MEDIUM, big, LONG] {
@@ -2432,10 +2420,7 @@ async fn through_a_transaction_pooler(placement: Placement) {
     let db = CitusDb::new(&format!("pooler_{}", placement.name())).await;
     let direct = db.connect().await;
     direct.batch_execute(RT_DDL).await.expect("create rt");
-    direct.batch_execute(&placement.sql("rt")).await.expect("place rt on the cluster");
-    if let Placement::Staged(_) = placement {
-        direct.batch_execute(&Retweet::model().citus_staging_sql()).await.expect("rt's staging table");
-    }
+    placement.place::<Retweet>(&direct, "rt").await;
     let bouncer = Pgbouncer::start_for(&db.upstream(), "transaction", 2).await;
     let mut writer = bouncer.connect().await;
     let pins = [bouncer.connect().await, bouncer.connect().await];
@@ -3362,10 +3347,7 @@ async fn nulls_index_swapped(placement: Placement) {
             )
             .await
             .expect("create tag");
-        admin.batch_execute(&placement.sql("tag")).await.expect("place tag");
-        if let Placement::Staged(_) = placement {
-            admin.batch_execute(&Tag::model().citus_staging_sql()).await.expect("tag's staging table");
-        }
+        placement.place::<Tag>(&admin, "tag").await;
         let mut writer = db.connect().await;
         let first = Tag::bulk_create_new(&mut writer, &null_tags(0, n)).await.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(first.inserted, n as u64, "{what}");
@@ -3643,10 +3625,7 @@ async fn domain_keys(placement: Placement) {
             ))
             .await
             .unwrap_or_else(|e| panic!("{kind}: create member: {e}"));
-        admin.batch_execute(&placement.sql("member")).await.unwrap_or_else(|e| panic!("{kind}: place member: {e}"));
-        if let Placement::Staged(_) = placement {
-            admin.batch_execute(&DomainMember::model().citus_staging_sql()).await.expect("member's staging table");
-        }
+        placement.place::<DomainMember>(&admin, "member").await;
         let mut client = db.connect().await;
         let mut rows_stored = 0u64;
         for (step, pad) in [0, MEDIUM, big, LONG].into_iter().enumerate() {
@@ -3745,10 +3724,7 @@ async fn nullable_domain_keys(placement: Placement) {
             ))
             .await
             .unwrap_or_else(|e| panic!("{base}: create dtag: {e}"));
-        admin.batch_execute(&placement.sql("dtag")).await.unwrap_or_else(|e| panic!("{base}: place dtag: {e}"));
-        if let Placement::Staged(_) = placement {
-            admin.batch_execute(&DomainTag::model().citus_staging_sql()).await.expect("dtag's staging table");
-        }
+        placement.place::<DomainTag>(&admin, "dtag").await;
         let mut client = db.connect().await;
         let mut from = 100i64;
         for pad in [0, MEDIUM, big, LONG] {
@@ -4001,10 +3977,7 @@ async fn docs_of_every_type(placement: Placement, n: usize) {
     let db = CitusDb::new(&format!("docs_{}_{n}", placement.name())).await;
     let mut client = db.connect().await;
     client.batch_execute(DOC_DDL).await.expect("create doc");
-    client.batch_execute(&placement.sql("doc")).await.expect("place doc");
-    if let Placement::Staged(_) = placement {
-        client.batch_execute(&Doc::model().citus_staging_sql()).await.expect("doc's staging table");
-    }
+    placement.place::<Doc>(&client, "doc").await;
     // Keys 0..n/4 stored beforehand, through the library (row -1).
     let pre: Vec<Doc> = (0..n as i64 / 4).map(|k| doc(k, -1)).collect();
     let o = Doc::bulk_create_new(&mut client, &pre).await.unwrap();
@@ -4107,10 +4080,7 @@ async fn float_zero_keys(placement: Placement) {
         )
         .await
         .expect("create fkey");
-    client.batch_execute(&placement.sql("fkey")).await.expect("place fkey");
-    if let Placement::Staged(_) = placement {
-        client.batch_execute(&FloatKey::model().citus_staging_sql()).await.expect("fkey's staging table");
-    }
+    placement.place::<FloatKey>(&client, "fkey").await;
     let pairs: i64 = 12_007; // prime: `s * 7_919 % pairs` visits every s once
     let mut rows = Vec::new();
     for i in 0..pairs {
@@ -4188,10 +4158,7 @@ async fn text_distribution_column(column: &str, placement: Placement, spell: fn(
         .batch_execute(&format!("CREATE TABLE dkey (email {column} NOT NULL, name text NOT NULL, UNIQUE (email))"))
         .await
         .expect("create dkey");
-    admin.batch_execute(&placement.sql("dkey")).await.expect("place dkey");
-    if let Placement::Staged(_) = placement {
-        admin.batch_execute(&DistKey::model().citus_staging_sql()).await.expect("dkey's staging table");
-    }
+    placement.place::<DistKey>(&admin, "dkey").await;
     let mut client = db.connect().await;
     let mut next = 0;
     let mut stored = 0u64;
@@ -4283,10 +4250,7 @@ async fn key_narrowed_between_calls(placement: Placement) {
         )
         .await
         .expect("create code");
-    admin.batch_execute(&placement.sql("code")).await.expect("place code");
-    if let Placement::Staged(_) = placement {
-        admin.batch_execute(&CodeRow::model().citus_staging_sql()).await.expect("code's staging table");
-    }
+    placement.place::<CodeRow>(&admin, "code").await;
     let mut client = db.connect().await;
     let mut next = 0i64;
     let mut stored = 0i64;

@@ -283,13 +283,10 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
 /// committed, so never seen).
 pub(crate) fn staged_citus(model: &Model, repeats: bool, plain: bool) -> String {
     let s_key = cols("\"s\"", model.unique_key());
-    let (distinct, order) = if repeats {
-        (format!("DISTINCT ON ({s_key}) "), format!("{s_key}, \"s\".{}", q(ORD)))
-    } else if plain {
-        (String::new(), s_key)
-    } else {
-        (String::new(), format!("{s_key}, \"s\".{}", q(ORD)))
-    };
+    let distinct = if repeats { format!("DISTINCT ON ({s_key}) ") } else { String::new() };
+    // Offered order within a key, but for the plain form of distinct keys
+    // (which inserts no key twice, or fails).
+    let order = if plain && !repeats { s_key.clone() } else { format!("{s_key}, \"s\".{}", q(ORD)) };
     // The surrogate id, drawn from the target's sequence as the rows were
     // copied: with every value named, Citus runs the insert on the shards.
     let (id, s_id) = match model.id_column() {
