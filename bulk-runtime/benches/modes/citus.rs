@@ -7,12 +7,22 @@
 //! ```sh
 //! BULK_BENCH_CITUS_URL="host=127.0.0.1 port=9700 user=postgres dbname=postgres" \
 //!   cargo bench -p bulk-runtime --bench strategies -- citus [--sizes 1000,10000] [--mixes fresh] [--reps N] \
-//!   [--strategies 1,2]
+//!   [--strategies 1,2] [--stage as-left]
 //! ```
 //!
 //! `--strategies` runs only the strategies named by their numbers (for
 //! more repetitions of the call against the ceiling in the same time); a
 //! ratio to a strategy that did not run prints as `–`.
+//!
+//! Before each run the target is emptied, given the case's stored rows and
+//! vacuumed, and the call's staging table is vacuumed too, so every run
+//! starts from the same state: the rows a call deleted from the staging
+//! table (a million at 1,000,000 rows) are gone, as autovacuum clears them
+//! between the calls of a job that has time between batches.
+//! `--stage as-left` skips that vacuum: a run then meets the dead rows of
+//! the runs before it (and autovacuum at work on them), as back-to-back
+//! large calls do; the order of the strategies is shuffled, so which runs
+//! pay for them varies.
 //!
 //! The cluster is `BULK_BENCH_CITUS_URL` (no default: the mode fails when
 //! it is unset). Each case runs every strategy once per repetition, in a new
@@ -39,12 +49,15 @@ const STRATEGIES: [&str; 4] = [
 ];
 
 /// What a `citus` run measures: `--sizes N,N`, `--mixes fresh,stored50`,
-/// `--reps N`, `--strategies 1,2` (numbers as in [`STRATEGIES`]).
+/// `--reps N`, `--strategies 1,2` (numbers as in [`STRATEGIES`]),
+/// `--stage vacuumed|as-left`.
 struct Options {
     sizes: Vec<usize>,
     mixes: Vec<Mix>,
     reps: Option<usize>,
     strategies: Vec<usize>,
+    /// Whether each run starts with the staging table vacuumed.
+    vacuum_stage: bool,
 }
 
 impl Options {
@@ -54,6 +67,7 @@ impl Options {
             mixes: vec![Mix::Fresh, Mix::Stored50],
             reps: None,
             strategies: (0..STRATEGIES.len()).collect(),
+            vacuum_stage: true,
         };
         let mut args = args.iter();
         while let Some(a) = args.next() {
@@ -80,6 +94,13 @@ impl Options {
                         .map(|n| n.parse::<usize>().ok().filter(|n| (1..=STRATEGIES.len()).contains(n)).map(|n| n - 1))
                         .collect::<Option<_>>()
                         .ok_or_else(|| format!("--strategies: numbers from 1 to {}", STRATEGIES.len()))?
+                }
+                "--stage" => {
+                    o.vacuum_stage = match value.as_str() {
+                        "vacuumed" => true,
+                        "as-left" => false,
+                        _ => return Err("--stage: expected vacuumed or as-left".to_owned()),
+                    }
                 }
                 other => return Err(format!("citus: unknown option {other}")),
             }
@@ -145,10 +166,14 @@ async fn setup(client: &Client) {
     println!("{TABLE}: distributed by tweet, {shards} shards on {workers} workers");
 }
 
-async fn reset(client: &Client, case: &Case) {
+async fn reset(client: &Client, case: &Case, vacuum_stage: bool) {
     client.batch_execute(&format!("TRUNCATE {TABLE}")).await.unwrap();
     copy_rows(client, TABLE, &case.prestored).await;
     client.batch_execute(&format!("VACUUM ANALYZE {TABLE}")).await.unwrap();
+    if vacuum_stage {
+        let stage = bulk_runtime::quote_ident(&Retweet::model().citus_staging_table());
+        client.batch_execute(&format!("VACUUM {stage}")).await.unwrap();
+    }
 }
 
 /// The peers' statements, prepared once (their best case).
@@ -194,6 +219,10 @@ pub(crate) async fn citus_run(args: &[String]) {
     };
     let mut client = connect().await;
     setup(&client).await;
+    println!(
+        "staging table before each run: {}",
+        if options.vacuum_stage { "vacuumed" } else { "as the runs before left it (--stage as-left)" }
+    );
     let unnest = client
         .prepare(&format!(
             "INSERT INTO {TABLE} {UPSERT_COLS} SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) \
@@ -217,7 +246,7 @@ pub(crate) async fn citus_run(args: &[String]) {
                 let mut order = options.strategies.clone();
                 rng.shuffle(&mut order);
                 for s in order {
-                    reset(&client, &case).await;
+                    reset(&client, &case, options.vacuum_stage).await;
                     let start = Instant::now();
                     let reported = run(s, &mut client, &mut prepared, &case).await;
                     times[s].push(start.elapsed());
