@@ -4301,3 +4301,215 @@ mod key_narrowed_between_calls {
         key_narrowed_between_calls(REF).await;
     }
 }
+
+/// A model of an enum, uuid, timestamptz and text column on a table
+/// distributed by an `integer` or `smallint` column (which the client
+/// hashes to group a batch by shard), on every path and at the lengths
+/// around each path's edges.
+mod typed_columns {
+    use super::*;
+    use bulk_runtime::PgEnum;
+    use chrono::{DateTime, Utc};
+    use uuid::Uuid;
+
+    #[derive(bulk_runtime::BulkType, Debug, Clone, Copy, PartialEq)]
+    #[bulk(type = "citus_mood")]
+    pub enum CitusMood {
+        Low,
+        High,
+        #[bulk(rename = "so so, 'quoted'")]
+        SoSo,
+    }
+
+    #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+    #[bulk(table = "ev", unique(tenant, uid))]
+    pub struct Ev {
+        pub tenant: i32,
+        pub uid: Uuid,
+        pub at: DateTime<Utc>,
+        pub note: String,
+        pub mood: CitusMood,
+    }
+
+    #[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+    #[bulk(table = "ev16", unique(tenant, uid))]
+    pub struct Ev16 {
+        pub tenant: i16,
+        pub uid: Uuid,
+        pub at: DateTime<Utc>,
+        pub note: String,
+        pub mood: CitusMood,
+    }
+
+    const MOODS: [CitusMood; 3] = [CitusMood::Low, CitusMood::High, CitusMood::SoSo];
+
+    fn mood_label(m: CitusMood) -> &'static str {
+        match m {
+            CitusMood::Low => "low",
+            CitusMood::High => "high",
+            CitusMood::SoSo => "so so, 'quoted'",
+        }
+    }
+
+    /// A stored row: `(tenant, uid) -> (at, note, mood's label)`.
+    type Stored = BTreeMap<(i32, Uuid), (DateTime<Utc>, String, String)>;
+
+    /// Key number `k`'s tenant, over the column's extremes and negative
+    /// values, and its uid.
+    fn ev_key(k: u64, wide: bool) -> (i32, Uuid) {
+        let (min, max) = if wide { (i32::MIN, i32::MAX) } else { (i32::from(i16::MIN), i32::from(i16::MAX)) };
+        let tenant = match k % 6 {
+            0 => min + (k % 3) as i32,
+            1 => max - (k % 3) as i32,
+            2 => -((k % 1_000) as i32),
+            3 => 0,
+            _ => (k % 30_000) as i32,
+        };
+        (tenant, Uuid::from_u128(u128::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)))
+    }
+
+    /// The value columns of row `i` of a batch.
+    fn ev_values(i: u64) -> (DateTime<Utc>, String, CitusMood) {
+        let at = DateTime::from_timestamp(1_700_000_000 + i as i64 * 37, (i % 1_000) as u32 * 1_000).unwrap();
+        (at, format!("row {i}: 'quoted', \\ \t tab"), MOODS[i as usize % 3])
+    }
+
+    /// A batch of `n` rows over key numbers `from..` as [`batch`] lays one
+    /// out: the first quarter's keys stored beforehand (with the values of
+    /// row 1,000,000), every 5th row repeating the key before it. Returns
+    /// (stored rows, batch rows, positions of the rows to insert), each row
+    /// as `(key, values)`.
+    #[allow(clippy::type_complexity)]
+    fn ev_batch(
+        n: usize,
+        from: u64,
+        wide: bool,
+    ) -> (
+        Vec<((i32, Uuid), (DateTime<Utc>, String, CitusMood))>,
+        Vec<((i32, Uuid), (DateTime<Utc>, String, CitusMood))>,
+        Vec<usize>,
+    ) {
+        let pre: Vec<_> = (from..from + n as u64 / 4).map(|k| (ev_key(k, wide), ev_values(1_000_000))).collect();
+        let rows: Vec<_> = (0..n as u64)
+            .map(|i| {
+                let k = from + if i % 5 == 4 { i - 1 } else { i };
+                (ev_key(k, wide), ev_values(i))
+            })
+            .collect();
+        let mut seen: BTreeSet<(i32, Uuid)> = pre.iter().map(|r| r.0).collect();
+        let new = (0..n).filter(|&i| seen.insert(rows[i].0)).collect();
+        (pre, rows, new)
+    }
+
+    async fn read(client: &Client, table: &str) -> Stored {
+        client
+            .query(&format!("SELECT tenant::int4, uid, at, note, mood::text FROM {table}"), &[])
+            .await
+            .expect("read the table")
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3), r.get(4))))
+            .collect()
+    }
+
+    /// Every call of the plain path (0 to 16,385 rows, around the `VALUES`,
+    /// grouped `VALUES` and COPY paths' edges) on `table`, on a `Client` and
+    /// in a caller's transaction: counts exact, the first offered row of
+    /// each key stored with its values, stored rows untouched, again
+    /// nothing new.
+    async fn typed_calls<M: BulkCreateNew + Clone>(
+        placement: Placement,
+        table: &str,
+        wide: bool,
+        make: impl Fn(&((i32, Uuid), (DateTime<Utc>, String, CitusMood))) -> M,
+    ) {
+        let db = CitusDb::new(&format!("typed_{table}_{}", placement.name())).await;
+        let mut client = db.connect().await;
+        let column = if wide { "int" } else { "smallint" };
+        client.batch_execute(&CitusMood::create_type_sql()).await.expect("create the enum type");
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id bigint GENERATED BY DEFAULT AS IDENTITY, tenant {column} NOT NULL,
+                 uid uuid NOT NULL, at timestamptz NOT NULL, note text NOT NULL, mood citus_mood NOT NULL,
+                 UNIQUE (tenant, uid))"
+            ))
+            .await
+            .expect("create the table");
+        placement.place::<M>(&client, table).await;
+        let mut expected = Stored::new();
+        let mut from = 0;
+        for on in [On::Client, On::Transaction] {
+            for n in [0, 1, 255, 256, 257, 16_384, 16_385] {
+                let what = format!("{table}, {}, {n} rows, {on:?}", placement.name());
+                let (pre, rows, new) = ev_batch(n, from, wide);
+                from += n as u64 + 1;
+                let pre_rows: Vec<M> = pre.iter().map(&make).collect();
+                let o = M::bulk_create_new(&mut client, &pre_rows).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(o.inserted, pre.len() as u64, "{what}: the stored quarter");
+                for (k, (at, note, mood)) in &pre {
+                    expected.insert(*k, (*at, note.clone(), mood_label(*mood).to_owned()));
+                }
+                let batch: Vec<M> = rows.iter().map(&make).collect();
+                let o = call!(client, on, |c| M::bulk_create_new(c, &batch)).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(
+                    (o.offered, o.inserted, o.skipped),
+                    (n as u64, new.len() as u64, (n - new.len()) as u64),
+                    "{what}"
+                );
+                for &i in &new {
+                    let (k, (at, note, mood)) = &rows[i];
+                    expected.insert(*k, (*at, note.clone(), mood_label(*mood).to_owned()));
+                }
+                let got = read(&client, table).await;
+                if got != expected {
+                    let wrong: Vec<_> = expected.iter().filter(|(k, v)| got.get(k) != Some(v)).take(3).collect();
+                    let first = wrong.first().map(|(k, _)| got.get(k));
+                    panic!(
+                        "{what}: the first offered row of each new key: {} stored, {} expected; {wrong:?} got {first:?}",
+                        got.len(),
+                        expected.len()
+                    );
+                }
+                let again =
+                    call!(client, on, |c| M::bulk_create_new(c, &batch)).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!((again.inserted, again.skipped), (0, n as u64), "{what}, again");
+            }
+        }
+        assert_eq!(count(&client, table).await as usize, expected.len());
+        db.drop().await;
+    }
+
+    fn ev(r: &((i32, Uuid), (DateTime<Utc>, String, CitusMood))) -> Ev {
+        let ((tenant, uid), (at, note, mood)) = r.clone();
+        Ev { tenant, uid, at, note, mood }
+    }
+
+    fn ev16(r: &((i32, Uuid), (DateTime<Utc>, String, CitusMood))) -> Ev16 {
+        let ((tenant, uid), (at, note, mood)) = r.clone();
+        Ev16 { tenant: i16::try_from(tenant).expect("a smallint"), uid, at, note, mood }
+    }
+
+    #[tokio::test]
+    async fn distributed_by_an_integer() {
+        typed_calls(Placement::Distributed("tenant"), "ev", true, ev).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_by_an_integer_with_its_staging_table() {
+        typed_calls(Placement::Staged("tenant"), "ev", true, ev).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_by_a_smallint() {
+        typed_calls(Placement::Distributed("tenant"), "ev16", false, ev16).await;
+    }
+
+    #[tokio::test]
+    async fn distributed_by_a_smallint_with_its_staging_table() {
+        typed_calls(Placement::Staged("tenant"), "ev16", false, ev16).await;
+    }
+
+    #[tokio::test]
+    async fn on_a_reference_table() {
+        typed_calls(REF, "ev", true, ev).await;
+    }
+}
