@@ -36,6 +36,7 @@ use super::fragments::{
     Arrays, Compared, ORD, arrays, cols, counted, key_index_guard, names, not_stored, on_conflict_guard, q, scratch,
 };
 use crate::model::Model;
+use crate::types::PgType;
 
 /// The plain form (see the module's documentation) from `source`, the batch
 /// as the relation `alias`; with `dedup`, the first offered row of each key.
@@ -337,8 +338,11 @@ pub(crate) fn values_on_conflict(model: &Model, rows: usize, shape: &KeyShape) -
             if c > 0 {
                 sql.push_str(", ");
             }
-            match k {
-                Some(k) if !shape.is_plain() => sql.push_str(&shape.read(*k, &param)),
+            match (k, columns[c].pg_type()) {
+                (Some(k), _) if !shape.is_plain() => sql.push_str(&shape.read(*k, &param)),
+                // An enum's value goes as its label's text, which PostgreSQL
+                // assigns to an enum column only through an explicit cast.
+                (_, PgType::Enum(name)) => sql.push_str(&format!("{param}::{name}")),
                 _ => sql.push_str(&param),
             }
         }

@@ -404,6 +404,22 @@ mod tests {
         }
     }
 
+    /// A model with an enum column outside its key.
+    static ENUM_COLUMNS: [Column; 2] =
+        [ColumnSpec::of("id", PgType::Int4).build(), ColumnSpec::of("mood", PgType::Enum("app.mood")).build()];
+    static ENUM_MODEL: Model = ModelSpec::of("Feeling", "feeling", &ENUM_COLUMNS, &[0]).build();
+
+    #[test]
+    fn a_values_statement_casts_an_enum_s_label_to_its_type() {
+        // The label goes as text, which PostgreSQL assigns to an enum
+        // column only through an explicit cast (42804 without it).
+        let values = crate::sql::values_on_conflict(&ENUM_MODEL, 2, &KeyShape::default());
+        assert_eq!(
+            values,
+            r#"INSERT INTO "feeling" ("id", "mood") VALUES ($1, $2::app.mood), ($3, $4::app.mood) ON CONFLICT ("id") DO NOTHING"#
+        );
+    }
+
     #[test]
     fn the_plain_forms_rely_on_a_unique_index_they_check_and_the_on_conflict_forms_need_none() {
         let guard = key_index_guard(&MODEL, Compared::Unchecked);
