@@ -175,6 +175,37 @@ async fn a_column_made_a_domain_is_refused_from_the_next_check_on() {
     db.drop().await;
 }
 
+model!(Ruled, "first_ruled");
+
+/// An `ON INSERT ... DO ALSO` rule (an audit trail) created since this
+/// process checked the table: a new connection's first call is refused
+/// with the check's explanation and writes nothing, on both of its
+/// statements. Before, the 300-row first call ran the plain form, stored
+/// its 300 rows and committed, and the rule's audit table got none of them
+/// (its action reruns the anti-join once the keys are stored).
+#[tokio::test]
+async fn an_insert_rule_created_since_the_check_is_refused() {
+    let db = TestDb::new("first_ruled").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&Ruled::model().migration_sql()).await.unwrap();
+    admin.batch_execute("CREATE TABLE first_audit (k bigint NOT NULL)").await.unwrap();
+    let rule = "CREATE RULE audited AS ON INSERT TO first_ruled DO ALSO INSERT INTO first_audit VALUES (NEW.k)";
+    for (i, len) in LENGTHS.into_iter().enumerate() {
+        // A check passed without the rule (a refused call forgets the passes).
+        let from = 10_000 * i as i64;
+        let mut checked = db.connect().await;
+        assert_eq!(Ruled::bulk_create_new(&mut checked, &Ruled::batch(from, 10)).await.unwrap().inserted, 10);
+        admin.batch_execute(rule).await.unwrap();
+        let mut next = db.connect().await;
+        let err = Ruled::bulk_create_new(&mut next, &Ruled::batch(from + 1000, len)).await.unwrap_err();
+        assert_problem(&err, |p| matches!(p, SchemaProblem::InsertRules { rules } if rules == &["audited"]));
+        admin.batch_execute("DROP RULE audited ON first_ruled").await.unwrap();
+    }
+    let written = (count(&admin, "first_ruled").await, count(&admin, "first_audit").await);
+    db.drop().await;
+    assert_eq!(written, (20, 0), "nothing of the refused batches is written");
+}
+
 model!(Dropped, "first_dropped");
 
 /// The unique index dropped between connections: `ON CONFLICT` finds no

@@ -44,6 +44,12 @@ model!(BrokenCopy, "broken_copy");
 model!(DeferShort, "defer_short");
 model!(DeferPlain, "defer_plain");
 model!(DeferCopy, "defer_copy");
+model!(RuleShort, "rule_short");
+model!(RulePlain, "rule_plain");
+model!(RuleCopy, "rule_copy");
+model!(InsteadShort, "instead_short");
+model!(InsteadPlain, "instead_plain");
+model!(InsteadCopy, "instead_copy");
 
 /// How many rows of `table` hold key `k`.
 async fn copies(client: &Client, table: &str, k: i64) -> i64 {
@@ -1086,4 +1092,85 @@ async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_for_
 #[tokio::test]
 async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_for_the_variants_through_copy() {
     search_path_to_another_collation_variants!(CiPathVariantsCopy, COPY_BATCH)
+}
+
+/// The session checked the table; then an admin creates an `ON INSERT`
+/// rule on it that writes each row to an audit table too (`DO ALSO`), or
+/// there instead (`DO INSTEAD`). The check refuses a table with such a
+/// rule, and so must the connection's next call, on every path, as must
+/// `returning_skipped`: nothing written to the table or the audit table.
+/// Before, the plain form (300 rows) and the COPY path stored every row
+/// while the `DO ALSO` audit got none, and with `DO INSTEAD` reported every
+/// row inserted while the table got none; short batches and
+/// `returning_skipped` failed with a bare 0A000. Without the rule the same
+/// batch counts exactly.
+macro_rules! rule_after_the_check {
+    ($model:ident, $table:literal, $len:expr, $action:literal) => {{
+        let db = TestDb::new(concat!("rule_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        let first = $model::bulk_create_new(&mut writer, &$model::batch(0, $len)).await.unwrap();
+        assert_eq!(first.inserted, $len as u64);
+        admin
+            .batch_execute(concat!(
+                "CREATE TABLE audit (k bigint NOT NULL); CREATE RULE audited AS ON INSERT TO ",
+                $table,
+                " DO ",
+                $action,
+                " INSERT INTO audit VALUES (NEW.k)"
+            ))
+            .await
+            .unwrap();
+        let rows = $model::batch($len as i64, $len);
+        let plain = $model::bulk_create_new(&mut writer, &rows).await.map(|r| r.inserted);
+        // (Its `WITH` query, which PostgreSQL refuses on such a table.)
+        let returning = $model::bulk(&mut writer).returning_skipped().run(&rows).await.map(|r| r.inserted);
+        for err in [plain.unwrap_err(), returning.unwrap_err()] {
+            match &err {
+                Error::SchemaMismatch { problems, .. } => {
+                    assert_eq!(problems, &[SchemaProblem::InsertRules { rules: vec!["audited".into()] }], "{err}")
+                }
+                other => panic!("expected the schema check's explanation, got {other}"),
+            }
+            assert!(err.connection_usable(), "{err}");
+        }
+        let written = (count(&admin, $table).await, count(&admin, "audit").await);
+        assert_eq!(written, ($len as i64, 0), "nothing of the refused batch is written");
+        admin.batch_execute(concat!("DROP RULE audited ON ", $table)).await.unwrap();
+        let again = $model::bulk_create_new(&mut writer, &rows).await.unwrap();
+        assert_eq!((again.inserted, again.skipped), ($len as u64, 0));
+        assert_eq!(count(&admin, $table).await, 2 * $len as i64);
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn an_insert_rule_created_after_the_check_is_refused_on_the_short_path() {
+    rule_after_the_check!(RuleShort, "rule_short", 10, "ALSO")
+}
+
+#[tokio::test]
+async fn an_insert_rule_created_after_the_check_is_refused_by_the_plain_form() {
+    rule_after_the_check!(RulePlain, "rule_plain", 300, "ALSO")
+}
+
+#[tokio::test]
+async fn an_insert_rule_created_after_the_check_is_refused_through_copy() {
+    rule_after_the_check!(RuleCopy, "rule_copy", COPY_BATCH, "ALSO")
+}
+
+#[tokio::test]
+async fn an_instead_rule_created_after_the_check_is_refused_on_the_short_path() {
+    rule_after_the_check!(InsteadShort, "instead_short", 10, "INSTEAD")
+}
+
+#[tokio::test]
+async fn an_instead_rule_created_after_the_check_is_refused_by_the_plain_form() {
+    rule_after_the_check!(InsteadPlain, "instead_plain", 300, "INSTEAD")
+}
+
+#[tokio::test]
+async fn an_instead_rule_created_after_the_check_is_refused_through_copy() {
+    rule_after_the_check!(InsteadCopy, "instead_copy", COPY_BATCH, "INSTEAD")
 }

@@ -288,3 +288,94 @@ async fn a_table_with_an_insert_rule_is_refused_by_the_check() {
     db.drop().await;
     assert_eq!((stored, audited), (0, 0), "nothing written");
 }
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "shared_item", unique(k), id = false)]
+struct SharedItem {
+    k: i64,
+    payload: String,
+}
+
+/// One table shared by tenants under row-level security: a tenant's role
+/// sees only its own rows, so the anti-join cannot see a key another tenant
+/// stored. The plain call, `returning_keys` and `returning_skipped` still
+/// skip such keys with exact counts on every path (the unique index refuses
+/// the key and the call falls back to `ON CONFLICT DO NOTHING`, which does
+/// not apply the policies to the stored row), and the other tenant's rows
+/// stay as stored. An upsert fails with PostgreSQL's 42501 (`ON CONFLICT
+/// DO UPDATE` must see the stored row) and writes nothing.
+#[tokio::test]
+async fn keys_another_tenant_stored_under_row_level_security_are_skipped() {
+    let db = revb_db("rls").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&SharedItem::model().migration_sql()).await.unwrap();
+    let role = format!("revb_rls_{}", std::process::id());
+    make_role(&admin, &role, &[&db.schema]).await;
+    admin
+        .batch_execute(&format!(
+            "GRANT UPDATE ON shared_item TO {r}; \
+             ALTER TABLE shared_item ADD COLUMN owner text NOT NULL DEFAULT current_user; \
+             ALTER TABLE shared_item ENABLE ROW LEVEL SECURITY; \
+             CREATE POLICY own_rows ON shared_item USING (owner = current_user)",
+            r = q(&role)
+        ))
+        .await
+        .unwrap();
+    let mut tenant = db.connect().await;
+    tenant.batch_execute(&format!("SET ROLE {}", q(&role))).await.unwrap();
+    let mut from = 0i64;
+    let mut outcomes = Vec::new();
+    for len in [10usize, 300, COPY_BATCH] {
+        for returning in [None, Some(true), Some(false)] {
+            let rows: Vec<SharedItem> =
+                (from..from + len as i64).map(|k| SharedItem { k, payload: "tenant".into() }).collect();
+            // The other tenant (the table's owner here) stored the even keys.
+            let theirs: Vec<SharedItem> =
+                rows.iter().filter(|r| r.k % 2 == 0).map(|r| SharedItem { k: r.k, payload: "other".into() }).collect();
+            SharedItem::bulk_create_new(&mut db.connect().await, &theirs).await.unwrap();
+            let report = match returning {
+                None => SharedItem::bulk_create_new(&mut tenant, &rows).await.map(|r| (r.inserted, r.skipped, 0)),
+                Some(true) => SharedItem::bulk(&mut tenant)
+                    .returning_keys()
+                    .run(&rows)
+                    .await
+                    .map(|r| (r.inserted, r.skipped, r.returned.len())),
+                Some(false) => SharedItem::bulk(&mut tenant)
+                    .returning_skipped()
+                    .run(&rows)
+                    .await
+                    .map(|r| (r.inserted, r.skipped, r.returned.len())),
+            };
+            let (half, other) = (len as u64 / 2, len - len / 2);
+            let returned = if returning.is_some() { len / 2 } else { 0 };
+            outcomes.push((len, returning, report.unwrap(), (half, other as u64, returned)));
+            from += 1_000_000;
+        }
+    }
+    // Over keys of the 300- and the COPY_BATCH-row calls, half the other tenant's.
+    let mut upserts = Vec::new();
+    for (from, len) in [(4_000_000, 300), (7_000_000, COPY_BATCH as i64)] {
+        let rows = (from..from + len).map(|k| SharedItem { k, payload: "upserted".into() });
+        upserts.push(SharedItem::bulk(&mut tenant).upsert(bulk_runtime::Upsert::all_columns()).run(rows).await);
+    }
+    let stored = count(&admin, "shared_item").await;
+    let other: i64 = admin
+        .query_one("SELECT count(*) FROM shared_item WHERE payload = 'other' AND owner = current_user", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // (The role owns the session's scratch table: dropped before the role.)
+    tenant.batch_execute("RESET ROLE; DISCARD TEMP").await.unwrap();
+    admin.batch_execute("DROP TABLE shared_item").await.unwrap();
+    drop_role(&admin, &role, &[&db.schema]).await;
+    db.drop().await;
+    for (len, returning, got, wanted) in outcomes {
+        assert_eq!(got, wanted, "{len} rows, returning {returning:?}: (inserted, skipped, returned)");
+    }
+    for upsert in upserts {
+        let err = upsert.unwrap_err();
+        assert_eq!(err.sqlstate(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    }
+    let offered = 3 * (10 + 300 + COPY_BATCH) as i64;
+    assert_eq!((stored, other), (offered, offered / 2), "every key once, the other tenant's rows as stored");
+}

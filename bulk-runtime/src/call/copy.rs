@@ -80,8 +80,9 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
         // enum column's type name now finds another type, or the server
         // would refuse the COPY into it as the COPY starts (a column gone,
         // no INSERT for the current role), which leaves the connection out
-        // of step (see `CopyWriter::start`): made again after a check, which
-        // finds the table as it is now.
+        // of step (see `CopyWriter::start`), or the target has an `INSERT`
+        // or `UPDATE` rule: made again after a check, which finds the table
+        // as it is now (and refuses one with such a rule).
         drop_scratch(tx, model).await?;
         statements::forget_prepared(tx, model);
         exists = false;

@@ -644,7 +644,12 @@ async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static M
     // (55000: `ON CONFLICT` met a deferrable constraint on the key added
     // since the check; on Citus a worker's error, relayed.)
     let deferrable = error.sqlstate() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
-    let schema_related = deferrable || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
+    // (0A000 from the rewriter: an `INSERT` or `UPDATE` rule created since
+    // the check, which refuses `ON CONFLICT` and the returning and upsert
+    // statements' `WITH` queries on the table.)
+    let rule = error.sqlstate() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
+        && error.db_error().is_some_and(|db| db.routine() == Some("RewriteQuery"));
+    let schema_related = deferrable || rule || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
     if !schema_related {
         return error;
     }

@@ -176,7 +176,43 @@ pub(crate) fn array_types(model: &Model, layout: Arrays) -> Vec<Type> {
 /// 20 `text` elements.) The rebuild still costs more per element than COPY
 /// does: see [`SMALL_BATCH_ARRAY_ELEMENTS`](crate::call::SMALL_BATCH_ARRAY_ELEMENTS).
 pub(crate) fn arrays(model: &Model, alias: &str, layout: Arrays, shape: &KeyShape) -> String {
-    let params = Params::new(model, layout);
+    arrays_with(model, alias, layout, shape, None)
+}
+
+/// [`arrays`], with the [`rules_guard`] of the target as one more array
+/// of `unnest` (an empty one, read as the column [`RULES`], which the
+/// statement does not use): the plain form's source on the short path.
+/// A `DO INSTEAD` rule replaces the statement, the guard in its select list
+/// too, but its action reads the statement's rows, so `unnest` runs, and
+/// with it the guard. One more `unnest` argument leaves the estimate of
+/// the batch's rows as it was (the largest of its arrays').
+pub(crate) fn arrays_guarded(model: &Model, alias: &str, layout: Arrays, shape: &KeyShape) -> String {
+    arrays_with(model, alias, layout, shape, Some(&rules_guard(model)))
+}
+
+/// The column of the [`rules_guard`]'s empty array in [`arrays_guarded`].
+const RULES: &str = "__bulk_rules";
+
+/// An empty `integer[]` unless the table the target's name resolves to has
+/// an `INSERT` or `UPDATE` rule (created since the session checked the
+/// table, which refuses such a table): then a division by zero (SQLSTATE
+/// 22012, the plain form's guard's refusal, see [`key_index_guard`]).
+/// Uncorrelated: evaluated once, as `unnest` starts, under the insert's lock.
+pub(crate) fn rules_guard(model: &Model) -> String {
+    format!(
+        "CASE WHEN 1 / (SELECT (count(*) = 0)::int4 FROM pg_catalog.pg_rewrite AS r \
+         WHERE r.ev_class = {}::pg_catalog.regclass AND r.ev_type IN ('2', '3')) = 1 \
+         THEN '{{}}'::pg_catalog.int4[] END",
+        literal(&model.qualified_name())
+    )
+}
+
+fn arrays_with(model: &Model, alias: &str, layout: Arrays, shape: &KeyShape, guard: Option<&str>) -> String {
+    let mut params = Params::new(model, layout);
+    if let Some(guard) = guard {
+        params.arrays.push(guard.to_owned());
+        params.names.push(q(RULES));
+    }
     let unnest = format!("unnest({})", params.arrays.join(", "));
     let names = params.names.join(", ");
     if params.elements.is_empty() && shape.is_plain() {
@@ -444,6 +480,17 @@ fn index_fits(model: &Model, compared: Compared<'_>) -> String {
 /// Under `REPEATABLE READ` or `SERIALIZABLE` the guard always refuses (the
 /// catalog the statement reads may be older than its lock), so such calls
 /// take the `ON CONFLICT` form.
+///
+/// It also refuses a table with an `INSERT` or `UPDATE` rule (created since
+/// the session checked the table, which refuses such a table): a `DO ALSO`
+/// rule's action would run the statement's anti-join again after it, when
+/// every key it inserted is stored, and get none of its rows. PostgreSQL
+/// runs the original statement (and so the guard) before a `DO ALSO`
+/// action; the `ON CONFLICT` form that follows is refused by PostgreSQL on
+/// such a table (0A000), which the schema check then explains. (A
+/// `DO INSTEAD` rule replaces the statement, guard included: the short
+/// path's source carries a guard of its own, see [`arrays_guarded`], and
+/// the COPY path finds one before each call, see `variants::BEFORE_COPY`.)
 pub(crate) fn key_index_guard(model: &Model, compared: Compared<'_>) -> String {
     // Only under READ COMMITTED: there the statement's snapshot is taken
     // after its lock, while under REPEATABLE READ or SERIALIZABLE it is the
@@ -451,7 +498,8 @@ pub(crate) fn key_index_guard(model: &Model, compared: Compared<'_>) -> String {
     format!(
         "1 / (SELECT count(*)::int4 FROM pg_catalog.pg_index AS i \
          WHERE pg_catalog.current_setting('transaction_isolation') = 'read committed' \
-         AND {}) >= 0",
+         AND {} AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite AS r \
+         WHERE r.ev_class = i.indrelid AND r.ev_type IN ('2', '3'))) >= 0",
         index_fits(model, compared)
     )
 }

@@ -33,7 +33,8 @@
 
 use super::KeyShape;
 use super::fragments::{
-    Arrays, Compared, ORD, arrays, cols, counted, key_index_guard, names, not_stored, on_conflict_guard, q, scratch,
+    Arrays, Compared, ORD, arrays, arrays_guarded, cols, counted, key_index_guard, names, not_stored,
+    on_conflict_guard, q, scratch,
 };
 use crate::model::Model;
 use crate::types::PgType;
@@ -96,7 +97,8 @@ pub(crate) fn scratch_plain(model: &Model, scratch_table: &str, repeats: bool) -
 /// one pass over rows already in order, and keeps the insert in key order
 /// whatever join the planner picks.
 pub(crate) fn arrays_plain(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
-    plain(model, &arrays(model, "u", layout(client_ordered), shape), "u", !client_ordered, Compared::As(shape))
+    let source = arrays_guarded(model, "u", layout(client_ordered), shape);
+    plain(model, &source, "u", !client_ordered, Compared::As(shape))
 }
 
 /// The COPY path's `ON CONFLICT` form:

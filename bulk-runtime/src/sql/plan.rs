@@ -318,7 +318,7 @@ mod tests {
     use super::fixtures::{COLUMNS, MODEL, at};
     use super::*;
     use crate::model::{CitusTable, Column, ColumnSpec, ModelSpec};
-    use crate::sql::fragments::{Arrays, Compared, array_types, arrays, key_index_guard, literal};
+    use crate::sql::fragments::{Arrays, Compared, array_types, arrays, key_index_guard, literal, rules_guard};
     use crate::types::PgType;
 
     /// A `nulls_not_distinct` model whose key has a nullable column, no schema, no id.
@@ -427,7 +427,9 @@ mod tests {
         at(&guard, "i.indisunique AND i.indisvalid AND i.indisready AND i.indimmediate");
         at(&guard, "i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2 AND");
         at(&guard, "(i.indkey::pg_catalog.int2[])[0:1]");
-        at(&guard, r#"ARRAY[E'tweet', E're"tweeter']::pg_catalog.name[])) = 2) >= 0"#);
+        at(&guard, r#"ARRAY[E'tweet', E're"tweeter']::pg_catalog.name[])) = 2 AND NOT EXISTS"#);
+        // No `INSERT` or `UPDATE` rule on the table (created since the check).
+        at(&guard, "pg_catalog.pg_rewrite AS r WHERE r.ev_class = i.indrelid AND r.ev_type IN ('2', '3'))) >= 0");
         assert!(guard.starts_with("1 / (SELECT count(*)::int4 "), "{guard}");
         assert!(!guard.contains("indnullsnotdistinct"), "a key without NULLs: {guard}");
         at(&key_index_guard(&NULLABLE_MODEL, Compared::Unchecked), "AND i.indnullsnotdistinct");
@@ -615,8 +617,19 @@ mod tests {
         let plan = Plan::new(&MODEL);
         let sql = plan.small_insert_plain.as_str();
         let select = at(sql, r#"("tweet", "re""tweeter", "author") SELECT u."tweet", u."re""tweeter", CASE WHEN 1 / "#);
-        let arrays =
-            at(sql, r#"unnest($1::bigint[], $2::bigint[], $3::text[]) AS u("tweet", "re""tweeter", "author")"#);
+        // The rules guard as one more, empty, array (see `fragments::arrays_guarded`).
+        let arrays = at(
+            sql,
+            &format!(
+                r#"unnest($1::bigint[], $2::bigint[], $3::text[], {}) AS u("tweet", "re""tweeter", "author", "__bulk_rules")"#,
+                rules_guard(&MODEL)
+            ),
+        );
+        at(
+            &rules_guard(&MODEL),
+            r#"r.ev_class = E'"my schema"."re""tweet"'::pg_catalog.regclass AND r.ev_type IN ('2', '3')"#,
+        );
+        assert!(!plan.small_insert.contains("pg_rewrite"), "only the plain form: {}", plan.small_insert);
         let not_exists = at(
             sql,
             r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "t"."tweet" = u."tweet" AND "t"."re""tweeter" = u."re""tweeter")"#,
@@ -639,8 +652,8 @@ mod tests {
         let sql = plan.small_insert_plain.as_str();
         let distinct = at(sql, r#"SELECT DISTINCT ON (u."label", u."owner") u."owner", u."label", CASE WHEN "#);
         at(sql, r#" THEN u."note" END FROM "#);
-        let arrays = at(sql, r#"unnest($1::bigint[], $2::integer[], $3::text[], $4::bytea[])"#);
-        let names = at(sql, r#"AS u("__bulk_ord", "owner", "label", "note")"#);
+        let arrays = at(sql, r#"unnest($1::bigint[], $2::integer[], $3::text[], $4::bytea[], CASE WHEN 1 / "#);
+        let names = at(sql, r#"AS u("__bulk_ord", "owner", "label", "note", "__bulk_rules")"#);
         let stored = at(
             sql,
             r#"("t"."label" = u."label" OR ("t"."label" IS NULL AND u."label" IS NULL)) AND "t"."owner" = u."owner""#,
@@ -674,6 +687,7 @@ mod tests {
         let insert = at(sql, r#"INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "#);
         let arrays =
             at(sql, r#"unnest($1::bigint[], $2::bigint[], $3::text[]) AS u("tweet", "re""tweeter", "author")"#);
+        assert!(!sql.contains("pg_rewrite"), "the rules guard is the plain form's: {sql}");
         let conflict = at(sql, r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
         assert!(insert < arrays && arrays < conflict, "{sql}");
         assert!(!sql.contains("ORDER BY") && !sql.contains(ORD), "{sql}");
@@ -750,8 +764,16 @@ mod tests {
             r#"INSERT INTO "tagged" ("key", "tags", "note", "scores") SELECT u."key", u."tags", u."note", CASE WHEN 1 / "#,
         );
         at(&plan.small_insert_plain, r#"THEN u."scores" END FROM (SELECT u."key", CASE "#);
+        at(
+            &plan.small_insert,
+            r#"FROM unnest($1::bigint[], $2::integer[], $5::text[], $6::integer[]) WITH ORDINALITY"#,
+        );
+        let guarded = format!(
+            r#"FROM unnest($1::bigint[], $2::integer[], $5::text[], $6::integer[], {}) WITH ORDINALITY"#,
+            rules_guard(&ARRAY_MODEL)
+        );
+        at(&plan.small_insert_plain, &guarded);
         for sql in [&plan.small_insert, &plan.small_insert_plain] {
-            at(sql, r#"FROM unnest($1::bigint[], $2::integer[], $5::text[], $6::integer[]) WITH ORDINALITY"#);
             at(sql, r#"FROM (SELECT unnest($3::text[]) AS "v", unnest($4::integer[]) AS "r", "#);
             at(sql, r#"FROM (SELECT unnest($7::integer[]) AS "v", unnest($8::integer[]) AS "r", "#);
             assert!(!sql.contains("$9") && !sql.contains(ORD), "{sql}");

@@ -344,8 +344,12 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// dropped with its type), or the scratch table lacks one of the COPY's
 /// columns `$11` (dropped: the type dropped with `CASCADE`, an `ALTER
 /// TABLE`) or the current role may not insert into it, so that the server
-/// would refuse the COPY as it starts, the call makes the scratch table
-/// again after a check; and whether the transaction is `READ COMMITTED`, the only isolation
+/// would refuse the COPY as it starts, or the target has an `INSERT` or
+/// `UPDATE` rule (created since the connection checked it: a `DO INSTEAD`
+/// rule would replace the insert, guard and all, and its command tag
+/// count the rows its action wrote elsewhere), the call makes the scratch
+/// table again after a check (which refuses a table with such a rule);
+/// and whether the transaction is `READ COMMITTED`, the only isolation
 /// that copies into the staging table (the guard after the insert from it,
 /// `Plan::stage_guard`, reads the catalog as the insert saw it only there).
 pub(crate) static BEFORE_COPY: LazyLock<String> = LazyLock::new(|| {
@@ -366,7 +370,9 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
                           WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute AS a
                                              WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = c.name
                                                AND a.attnum > 0 AND NOT a.attisdropped))
-         AND coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'INSERT'), true),
+         AND coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'INSERT'), true)
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite AS r
+                          WHERE r.ev_class = pg_catalog.to_regclass($2) AND r.ev_type IN ('2', '3')),
        pg_catalog.current_setting('transaction_isolation') = 'read committed'",
         open =
             crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5"),
