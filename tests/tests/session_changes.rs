@@ -50,6 +50,9 @@ model!(RuleCopy, "rule_copy");
 model!(InsteadShort, "instead_short");
 model!(InsteadPlain, "instead_plain");
 model!(InsteadCopy, "instead_copy");
+model!(NarrowShort, "narrow_short");
+model!(NarrowPlain, "narrow_plain");
+model!(NarrowCopy, "narrow_copy");
 
 /// How many rows of `table` hold key `k`.
 async fn copies(client: &Client, table: &str, k: i64) -> i64 {
@@ -1173,4 +1176,57 @@ async fn an_instead_rule_created_after_the_check_is_refused_by_the_plain_form() 
 #[tokio::test]
 async fn an_instead_rule_created_after_the_check_is_refused_through_copy() {
     rule_after_the_check!(InsteadCopy, "instead_copy", COPY_BATCH, "INSTEAD")
+}
+
+/// The session checked the table; then an admin narrows the key column
+/// from `bigint` to `integer`, which the model's `i64` no longer fits. A
+/// batch with a key beyond `integer` fails on every path with the schema
+/// check's explanation (not the bare 22003 of the cast), nothing written,
+/// the connection usable; with the column widened back the same batch
+/// counts exactly.
+macro_rules! narrowed_after_the_check {
+    ($model:ident, $table:literal, $len:expr) => {{
+        let db = TestDb::new(concat!("narrowed_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        let first = $model::bulk_create_new(&mut writer, &$model::batch(0, $len)).await.unwrap();
+        assert_eq!(first.inserted, $len as u64);
+        admin.batch_execute(concat!("ALTER TABLE ", $table, " ALTER COLUMN k TYPE integer")).await.unwrap();
+        // Keys below and beyond `integer`'s range.
+        let rows = $model::batch(i32::MAX as i64 - $len as i64 / 2, $len);
+        let plain = $model::bulk_create_new(&mut writer, &rows).await.map(|r| r.inserted);
+        let returning = $model::bulk(&mut writer).returning_skipped().run(&rows).await.map(|r| r.inserted);
+        for err in [plain.unwrap_err(), returning.unwrap_err()] {
+            match &err {
+                Error::SchemaMismatch { problems, .. } => assert!(
+                    problems.iter().any(|p| matches!(p, SchemaProblem::ColumnType { column, .. } if column == "k")),
+                    "{err}"
+                ),
+                other => panic!("expected the schema check's explanation, got {other}"),
+            }
+            assert!(err.connection_usable(), "{err}");
+        }
+        assert_eq!(count(&admin, $table).await, $len as i64, "nothing of the refused batch is written");
+        admin.batch_execute(concat!("ALTER TABLE ", $table, " ALTER COLUMN k TYPE bigint")).await.unwrap();
+        let again = $model::bulk_create_new(&mut writer, &rows).await.unwrap();
+        assert_eq!((again.inserted, again.skipped), ($len as u64, 0));
+        assert_eq!(count(&admin, $table).await, 2 * $len as i64);
+        db.drop().await;
+    }};
+}
+
+#[tokio::test]
+async fn a_key_column_narrowed_after_the_check_is_explained_on_the_short_path() {
+    narrowed_after_the_check!(NarrowShort, "narrow_short", 10)
+}
+
+#[tokio::test]
+async fn a_key_column_narrowed_after_the_check_is_explained_by_the_plain_form() {
+    narrowed_after_the_check!(NarrowPlain, "narrow_plain", 300)
+}
+
+#[tokio::test]
+async fn a_key_column_narrowed_after_the_check_is_explained_through_copy() {
+    narrowed_after_the_check!(NarrowCopy, "narrow_copy", COPY_BATCH)
 }

@@ -649,7 +649,14 @@ async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static M
     // statements' `WITH` queries on the table.)
     let rule = error.sqlstate() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
         && error.db_error().is_some_and(|db| db.routine() == Some("RewriteQuery"));
-    let schema_related = deferrable || rule || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
+    // (22003: a value the column no longer holds, such as a `bigint` key
+    // column narrowed to `integer` since the check: the model no longer
+    // fits the table, which the check says. A value out of a range the
+    // model allows, such as a `numeric(5, 2)` column's, passes the check
+    // and keeps its own error.)
+    let out_of_range = error.sqlstate() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE);
+    let schema_related =
+        deferrable || rule || out_of_range || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
     if !schema_related {
         return error;
     }
