@@ -543,3 +543,36 @@ async fn a_ledger_of_an_earlier_version_is_upgraded_by_its_migration() {
     assert_eq!((old.offered, old.inserted, old.skipped), (2, 1, 1));
     db.drop().await;
 }
+
+/// A ledger made by hand with other column types than `migration_sql()`
+/// gives (`integer` counts, a `varchar` target and fingerprint) records and
+/// replays the same: its values are read as the migration's types, never
+/// with a panic.
+#[tokio::test]
+async fn a_ledger_made_by_hand_with_narrower_types_replays() {
+    let (db, mut client) = setup("once_hand_ledger").await;
+    client
+        .batch_execute(
+            "DROP TABLE bulk_batches;
+             CREATE TABLE bulk_batches (
+                 target varchar(200) NOT NULL, batch_id varchar(100) NOT NULL,
+                 offered integer NOT NULL DEFAULT 0, inserted integer NOT NULL DEFAULT 0,
+                 updated integer NOT NULL DEFAULT 0, unchanged integer NOT NULL DEFAULT 0,
+                 skipped integer NOT NULL DEFAULT 0, recorded_at timestamptz NOT NULL DEFAULT now(),
+                 fingerprint varchar(200), PRIMARY KEY (target, batch_id))",
+        )
+        .await
+        .unwrap();
+    for (id, n) in [("small", 10), ("copy", COPY_BATCH)] {
+        let rows = batch(if id == "small" { 0 } else { 1000 }, n);
+        let first = Payment::bulk(&mut client).batch_id(id).run(&rows).await.unwrap();
+        // Before: the replay panicked ("error retrieving column 0: error deserializing column 0").
+        let again = Payment::bulk(&mut client).batch_id(id).run(&rows).await.unwrap();
+        assert_eq!((first.replayed, again.replayed), (false, true));
+        assert_eq!(counts(&again), (n as u64 + 1, n as u64, 0, 0, 1));
+        let other = Payment::bulk(&mut client).batch_id(id).run(&rows[1..]).await.unwrap_err();
+        assert!(matches!(other, Error::BatchIdReused { .. }), "{other}");
+    }
+    assert_eq!(count(&client, "payment").await, 10 + COPY_BATCH as i64);
+    db.drop().await;
+}
