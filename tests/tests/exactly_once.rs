@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bulk_runtime::{BulkCreateNew, Error, Ledger, Report, Step, Upsert};
+use bulk_runtime::{BulkCreateNew, Error, Keep, Ledger, Report, Step, Upsert};
 use bulk_tests::{COPY_BATCH, DATABASE, TestDb, count, server_url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -574,5 +574,49 @@ async fn a_ledger_made_by_hand_with_narrower_types_replays() {
         assert!(matches!(other, Error::BatchIdReused { .. }), "{other}");
     }
     assert_eq!(count(&client, "payment").await, 10 + COPY_BATCH as i64);
+    db.drop().await;
+}
+
+/// A batch id names one batch and what the call writes: an upsert under an
+/// id that a plain call recorded (or an upsert keeping another row of a
+/// repeated key, or of other columns) is refused, not replayed without
+/// updating; the same upsert again replays.
+#[tokio::test]
+async fn an_upsert_under_an_id_recorded_for_another_write_is_refused() {
+    let (db, mut client) = setup("once_upsert_mode").await;
+    Payment::bulk_create_new(&mut client, [Payment { cents: 0, ..pay(1, 0) }]).await.unwrap();
+    let cents = async |client: &Client| -> Vec<i64> {
+        let rows = client.query("SELECT cents FROM payment ORDER BY seq", &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    for n in [3, COPY_BATCH] {
+        let id = format!("plain then upsert {n}");
+        let rows: Vec<Payment> = (0..n as i64).map(|s| Payment { cents: 7, ..pay(1, s) }).collect();
+        let plain = Payment::bulk(&mut client).batch_id(&id).run(&rows).await.unwrap();
+        assert_eq!((plain.inserted, plain.skipped), (n as u64 - 1, 1));
+        // Before: replayed as "2 of 3 records added (recorded earlier)", and seq 0 kept 0 cents.
+        let err = Payment::bulk(&mut client).batch_id(&id).upsert(Upsert::all_columns()).run(&rows).await.unwrap_err();
+        assert!(matches!(err, Error::BatchIdReused { .. }), "{err}");
+        assert!(err.to_string().contains("upserting cents from the last row of a key"), "{err}");
+        assert_eq!(cents(&client).await[0], 0);
+        // The returning calls store what the plain call does: they replay it.
+        let keys = Payment::bulk(&mut client).batch_id(&id).returning_keys().run(&rows).await.unwrap();
+        assert!(keys.replayed && keys.returned.is_empty());
+        assert_eq!(counts(&keys.outcome()), counts(&plain));
+        client.execute("DELETE FROM payment WHERE seq > 0", &[]).await.unwrap();
+    }
+    let rows = vec![Payment { cents: 8, ..pay(1, 0) }, Payment { cents: 9, ..pay(1, 0) }];
+    let upsert = || Upsert::columns(["cents"]);
+    let first = Payment::bulk(&mut client).batch_id("upsert").upsert(upsert()).run(&rows).await.unwrap();
+    assert_eq!(counts(&first), (2, 0, 1, 0, 1));
+    assert_eq!(cents(&client).await, [9]);
+    let other = Payment::bulk(&mut client).batch_id("upsert").upsert(upsert().keep(Keep::First)).run(&rows).await;
+    assert!(matches!(other, Err(Error::BatchIdReused { .. })), "{other:?}");
+    let err = Payment::bulk(&mut client).batch_id("upsert").run(&rows).await.unwrap_err();
+    assert!(matches!(err, Error::BatchIdReused { .. }), "{err}");
+    // The same upsert replays, whichever way its columns are named.
+    let again = Payment::bulk(&mut client).batch_id("upsert").upsert(Upsert::all_columns()).run(&rows).await;
+    assert_eq!(counts(&again.unwrap()), counts(&first));
+    assert_eq!(cents(&client).await, [9]);
     db.drop().await;
 }

@@ -22,7 +22,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::api::ledger::{COUNTS, FINGERPRINT};
-use crate::api::{Ledger, Report};
+use crate::api::{Keep, Kind, Ledger, Report};
 use crate::error::{Error, Step};
 use crate::model::{Model, quote_ident};
 use crate::sql;
@@ -81,6 +81,23 @@ const RESOLVED_TARGET: &str = "coalesce((SELECT pg_catalog.format('%I.%I', n.nsp
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.oid = pg_catalog.to_regclass($1)), $1)";
 
+/// What the call writes besides the batch's new keys, as the fingerprint
+/// records it: nothing for the plain call and the returning ones (they
+/// store the same rows, so each replays the others), the updated columns
+/// and the kept row of a repeated key for an upsert. So an upsert under an
+/// id that a plain call (or an upsert of other columns) recorded is
+/// refused, not replayed without updating what it was asked to.
+fn writes(kind: &Kind) -> String {
+    let Kind::Upsert(set) = kind else { return String::new() };
+    let mut columns: Vec<&str> = set.columns.iter().map(|c| c.name()).collect();
+    columns.sort_unstable();
+    let keep = match set.keep {
+        Keep::First => "first",
+        Keep::Last => "last",
+    };
+    format!(", upserting {} from the {keep} row of a key", columns.join(", "))
+}
+
 /// The outcome of claiming a batch id.
 pub(crate) enum Claim {
     /// The id is ours: the resolved target to record the counts under.
@@ -111,9 +128,10 @@ pub(crate) async fn claim(
     ledger: &Ledger,
     batch_id: &str,
     fingerprint: &Fingerprint,
+    kind: &Kind,
 ) -> Result<Claim, Error> {
     let target = sql::plan(model).target_regclass.as_str();
-    let fingerprint = fingerprint.text(model);
+    let fingerprint = fingerprint.text(model) + &writes(kind);
     let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] =
         [(&target, Type::TEXT), (&batch_id, Type::TEXT), (&fingerprint, Type::TEXT)];
     // The row found taken may be deleted before it is read (a cleanup job):
