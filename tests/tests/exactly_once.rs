@@ -620,3 +620,46 @@ async fn an_upsert_under_an_id_recorded_for_another_write_is_refused() {
     assert_eq!(cents(&client).await, [9]);
     db.drop().await;
 }
+
+/// An upsert with a batch id whose `COMMIT` answer is lost: the server
+/// stored the new rows, the updates and the counts together, and the retry
+/// replays them (a second run would have counted every row unchanged).
+#[tokio::test]
+async fn an_upsert_retried_after_an_ambiguous_commit_replays_its_counts() {
+    let (db, mut client) = setup("once_ambiguous_upsert").await;
+    let proxy = CommitCutter::start().await;
+    for (n, round) in [(10, 1), (COPY_BATCH, 2)] {
+        let base = round * 1_000_000;
+        Payment::bulk_create_new(&mut client, (0..4).map(|s| pay(1, base + s))).await.unwrap();
+        // Seq 0 and 1 stored and changed, 2 and 3 stored as offered, the
+        // rest new; seq 0 offered twice, its first row kept.
+        let mut rows: Vec<Payment> = (0..n as i64).map(|s| pay(1, base + s)).collect();
+        rows[0].cents = -1;
+        rows[1].cents = -2;
+        rows.push(Payment { cents: -3, ..pay(1, base) });
+        let upsert = || Upsert::columns(["cents"]).only_if_changed().keep(Keep::First);
+        let id = format!("upsert {n}");
+        let mut through = proxy.connect(&db).await;
+        proxy.arm();
+        let err = Payment::bulk(&mut through).upsert(upsert()).batch_id(&id).run(&rows).await.unwrap_err();
+        assert_eq!(err.step(), Some(Step::Commit), "{err}");
+        let n = n as u64;
+        let retry = Payment::bulk(&mut client).upsert(upsert()).batch_id(&id).run(&rows).await.unwrap();
+        assert!(retry.replayed);
+        assert_eq!(counts(&retry), (n + 1, n - 4, 2, 2, 1));
+        assert_eq!(
+            retry.to_string(),
+            format!("{} of {} records added, 2 updated, 2 unchanged (recorded earlier)", n - 4, n + 1)
+        );
+        let changed: Vec<i64> = client
+            .query("SELECT cents FROM payment WHERE seq BETWEEN $1 AND $1 + 1 ORDER BY seq", &[&base])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(changed, [-1, -2]);
+    }
+    assert_eq!(count(&client, "payment").await, 10 + COPY_BATCH as i64);
+    db.drop().await;
+}
