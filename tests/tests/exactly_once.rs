@@ -663,3 +663,42 @@ async fn an_upsert_retried_after_an_ambiguous_commit_replays_its_counts() {
     assert_eq!(count(&client, "payment").await, 10 + COPY_BATCH as i64);
     db.drop().await;
 }
+
+/// A row with jsonb values: one typed with a `HashMap`, whose keys
+/// serialize in another order each time a map is built, one in an array.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "doc", unique(k))]
+pub struct Doc {
+    pub k: i64,
+    pub attrs: bulk_runtime::Json<std::collections::HashMap<String, i64>>,
+    pub tags: Vec<serde_json::Value>,
+}
+
+/// The same batch, built again for a retry (its maps made anew), replays:
+/// jsonb values are fingerprinted with their keys sorted, as jsonb stores
+/// them. Other values still tell batches apart.
+#[tokio::test]
+async fn a_batch_with_hash_maps_built_again_replays() {
+    let (db, mut client) = setup("once_hash_maps").await;
+    client.batch_execute(&Doc::model().migration_sql()).await.unwrap();
+    let doc = |k: i64, v: i64| Doc {
+        k,
+        attrs: bulk_runtime::Json((0..8).map(|i| (format!("attr {i}"), i + v)).collect()),
+        tags: vec![serde_json::json!({"b": v, "a": [k]}), serde_json::Value::Null],
+    };
+    for n in [3, COPY_BATCH] {
+        let id = format!("docs {n}");
+        let batch = |v: i64| (0..n as i64).map(|k| doc(k + 10 * n as i64, v)).collect::<Vec<_>>();
+        let first = Doc::bulk(&mut client).batch_id(&id).run(batch(0)).await.unwrap();
+        for _ in 0..3 {
+            // Before: BatchIdReused ("3 rows of Doc d447...; this one is 3 rows of Doc f836...").
+            let again = Doc::bulk(&mut client).batch_id(&id).run(batch(0)).await.unwrap();
+            assert!(again.replayed);
+            assert_eq!(counts(&again), counts(&first));
+        }
+        let other = Doc::bulk(&mut client).batch_id(&id).run(batch(1)).await.unwrap_err();
+        assert!(matches!(other, Error::BatchIdReused { .. }), "{other}");
+    }
+    assert_eq!(count(&client, "doc").await, 3 + COPY_BATCH as i64);
+    db.drop().await;
+}
