@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bulk_runtime::{BulkCreateNew, Error, Ledger, Report, Step, Upsert};
+use bulk_runtime::{BulkCreateNew, Error, Keep, Ledger, Report, Step, Upsert};
 use bulk_tests::{COPY_BATCH, DATABASE, TestDb, count, server_url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -541,5 +541,164 @@ async fn a_ledger_of_an_earlier_version_is_upgraded_by_its_migration() {
     let old = Payment::bulk(&mut client).batch_id("old").run(batch(100, 1)).await.unwrap();
     assert!(old.replayed);
     assert_eq!((old.offered, old.inserted, old.skipped), (2, 1, 1));
+    db.drop().await;
+}
+
+/// A ledger made by hand with other column types than `migration_sql()`
+/// gives (`integer` counts, a `varchar` target and fingerprint) records and
+/// replays the same: its values are read as the migration's types, never
+/// with a panic.
+#[tokio::test]
+async fn a_ledger_made_by_hand_with_narrower_types_replays() {
+    let (db, mut client) = setup("once_hand_ledger").await;
+    client
+        .batch_execute(
+            "DROP TABLE bulk_batches;
+             CREATE TABLE bulk_batches (
+                 target varchar(200) NOT NULL, batch_id varchar(100) NOT NULL,
+                 offered integer NOT NULL DEFAULT 0, inserted integer NOT NULL DEFAULT 0,
+                 updated integer NOT NULL DEFAULT 0, unchanged integer NOT NULL DEFAULT 0,
+                 skipped integer NOT NULL DEFAULT 0, recorded_at timestamptz NOT NULL DEFAULT now(),
+                 fingerprint varchar(200), PRIMARY KEY (target, batch_id))",
+        )
+        .await
+        .unwrap();
+    for (id, n) in [("small", 10), ("copy", COPY_BATCH)] {
+        let rows = batch(if id == "small" { 0 } else { 1000 }, n);
+        let first = Payment::bulk(&mut client).batch_id(id).run(&rows).await.unwrap();
+        // Before: the replay panicked ("error retrieving column 0: error deserializing column 0").
+        let again = Payment::bulk(&mut client).batch_id(id).run(&rows).await.unwrap();
+        assert_eq!((first.replayed, again.replayed), (false, true));
+        assert_eq!(counts(&again), (n as u64 + 1, n as u64, 0, 0, 1));
+        let other = Payment::bulk(&mut client).batch_id(id).run(&rows[1..]).await.unwrap_err();
+        assert!(matches!(other, Error::BatchIdReused { .. }), "{other}");
+    }
+    assert_eq!(count(&client, "payment").await, 10 + COPY_BATCH as i64);
+    db.drop().await;
+}
+
+/// A batch id names one batch and what the call writes: an upsert under an
+/// id that a plain call recorded (or an upsert keeping another row of a
+/// repeated key, or of other columns) is refused, not replayed without
+/// updating; the same upsert again replays.
+#[tokio::test]
+async fn an_upsert_under_an_id_recorded_for_another_write_is_refused() {
+    let (db, mut client) = setup("once_upsert_mode").await;
+    Payment::bulk_create_new(&mut client, [Payment { cents: 0, ..pay(1, 0) }]).await.unwrap();
+    let cents = async |client: &Client| -> Vec<i64> {
+        let rows = client.query("SELECT cents FROM payment ORDER BY seq", &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    for n in [3, COPY_BATCH] {
+        let id = format!("plain then upsert {n}");
+        let rows: Vec<Payment> = (0..n as i64).map(|s| Payment { cents: 7, ..pay(1, s) }).collect();
+        let plain = Payment::bulk(&mut client).batch_id(&id).run(&rows).await.unwrap();
+        assert_eq!((plain.inserted, plain.skipped), (n as u64 - 1, 1));
+        // Before: replayed as "2 of 3 records added (recorded earlier)", and seq 0 kept 0 cents.
+        let err = Payment::bulk(&mut client).batch_id(&id).upsert(Upsert::all_columns()).run(&rows).await.unwrap_err();
+        assert!(matches!(err, Error::BatchIdReused { .. }), "{err}");
+        assert!(err.to_string().contains("upserting cents from the last row of a key"), "{err}");
+        assert_eq!(cents(&client).await[0], 0);
+        // The returning calls store what the plain call does: they replay it.
+        let keys = Payment::bulk(&mut client).batch_id(&id).returning_keys().run(&rows).await.unwrap();
+        assert!(keys.replayed && keys.returned.is_empty());
+        assert_eq!(counts(&keys.outcome()), counts(&plain));
+        client.execute("DELETE FROM payment WHERE seq > 0", &[]).await.unwrap();
+    }
+    let rows = vec![Payment { cents: 8, ..pay(1, 0) }, Payment { cents: 9, ..pay(1, 0) }];
+    let upsert = || Upsert::columns(["cents"]);
+    let first = Payment::bulk(&mut client).batch_id("upsert").upsert(upsert()).run(&rows).await.unwrap();
+    assert_eq!(counts(&first), (2, 0, 1, 0, 1));
+    assert_eq!(cents(&client).await, [9]);
+    let other = Payment::bulk(&mut client).batch_id("upsert").upsert(upsert().keep(Keep::First)).run(&rows).await;
+    assert!(matches!(other, Err(Error::BatchIdReused { .. })), "{other:?}");
+    let err = Payment::bulk(&mut client).batch_id("upsert").run(&rows).await.unwrap_err();
+    assert!(matches!(err, Error::BatchIdReused { .. }), "{err}");
+    // The same upsert replays, whichever way its columns are named.
+    let again = Payment::bulk(&mut client).batch_id("upsert").upsert(Upsert::all_columns()).run(&rows).await;
+    assert_eq!(counts(&again.unwrap()), counts(&first));
+    assert_eq!(cents(&client).await, [9]);
+    db.drop().await;
+}
+
+/// An upsert with a batch id whose `COMMIT` answer is lost: the server
+/// stored the new rows, the updates and the counts together, and the retry
+/// replays them (a second run would have counted every row unchanged).
+#[tokio::test]
+async fn an_upsert_retried_after_an_ambiguous_commit_replays_its_counts() {
+    let (db, mut client) = setup("once_ambiguous_upsert").await;
+    let proxy = CommitCutter::start().await;
+    for (n, round) in [(10, 1), (COPY_BATCH, 2)] {
+        let base = round * 1_000_000;
+        Payment::bulk_create_new(&mut client, (0..4).map(|s| pay(1, base + s))).await.unwrap();
+        // Seq 0 and 1 stored and changed, 2 and 3 stored as offered, the
+        // rest new; seq 0 offered twice, its first row kept.
+        let mut rows: Vec<Payment> = (0..n as i64).map(|s| pay(1, base + s)).collect();
+        rows[0].cents = -1;
+        rows[1].cents = -2;
+        rows.push(Payment { cents: -3, ..pay(1, base) });
+        let upsert = || Upsert::columns(["cents"]).only_if_changed().keep(Keep::First);
+        let id = format!("upsert {n}");
+        let mut through = proxy.connect(&db).await;
+        proxy.arm();
+        let err = Payment::bulk(&mut through).upsert(upsert()).batch_id(&id).run(&rows).await.unwrap_err();
+        assert_eq!(err.step(), Some(Step::Commit), "{err}");
+        let n = n as u64;
+        let retry = Payment::bulk(&mut client).upsert(upsert()).batch_id(&id).run(&rows).await.unwrap();
+        assert!(retry.replayed);
+        assert_eq!(counts(&retry), (n + 1, n - 4, 2, 2, 1));
+        assert_eq!(
+            retry.to_string(),
+            format!("{} of {} records added, 2 updated, 2 unchanged (recorded earlier)", n - 4, n + 1)
+        );
+        let changed: Vec<i64> = client
+            .query("SELECT cents FROM payment WHERE seq BETWEEN $1 AND $1 + 1 ORDER BY seq", &[&base])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(changed, [-1, -2]);
+    }
+    assert_eq!(count(&client, "payment").await, 10 + COPY_BATCH as i64);
+    db.drop().await;
+}
+
+/// A row with jsonb values: one typed with a `HashMap`, whose keys
+/// serialize in another order each time a map is built, one in an array.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "doc", unique(k))]
+pub struct Doc {
+    pub k: i64,
+    pub attrs: bulk_runtime::Json<std::collections::HashMap<String, i64>>,
+    pub tags: Vec<serde_json::Value>,
+}
+
+/// The same batch, built again for a retry (its maps made anew), replays:
+/// jsonb values are fingerprinted with their keys sorted, as jsonb stores
+/// them. Other values still tell batches apart.
+#[tokio::test]
+async fn a_batch_with_hash_maps_built_again_replays() {
+    let (db, mut client) = setup("once_hash_maps").await;
+    client.batch_execute(&Doc::model().migration_sql()).await.unwrap();
+    let doc = |k: i64, v: i64| Doc {
+        k,
+        attrs: bulk_runtime::Json((0..8).map(|i| (format!("attr {i}"), i + v)).collect()),
+        tags: vec![serde_json::json!({"b": v, "a": [k]}), serde_json::Value::Null],
+    };
+    for n in [3, COPY_BATCH] {
+        let id = format!("docs {n}");
+        let batch = |v: i64| (0..n as i64).map(|k| doc(k + 10 * n as i64, v)).collect::<Vec<_>>();
+        let first = Doc::bulk(&mut client).batch_id(&id).run(batch(0)).await.unwrap();
+        for _ in 0..3 {
+            // Before: BatchIdReused ("3 rows of Doc d447...; this one is 3 rows of Doc f836...").
+            let again = Doc::bulk(&mut client).batch_id(&id).run(batch(0)).await.unwrap();
+            assert!(again.replayed);
+            assert_eq!(counts(&again), counts(&first));
+        }
+        let other = Doc::bulk(&mut client).batch_id(&id).run(batch(1)).await.unwrap_err();
+        assert!(matches!(other, Error::BatchIdReused { .. }), "{other}");
+    }
+    assert_eq!(count(&client, "doc").await, 3 + COPY_BATCH as i64);
     db.drop().await;
 }

@@ -266,3 +266,40 @@ async fn nested_savepoint_of_the_caller() {
     assert_eq!(body(&client, "n", 2).await.as_deref(), Some("again"));
     db.drop().await;
 }
+
+/// A call in a transaction that an earlier statement of the caller aborted
+/// fails at its first statement (25P02, not retryable, the connection
+/// usable), with every option and on both paths, and leaves the
+/// transaction as it was: aborted, its rollback undoing everything.
+#[tokio::test]
+async fn a_call_in_an_aborted_transaction_fails_and_leaves_it_aborted() {
+    use bulk_runtime::{Ledger, Step, Upsert};
+    use tokio_postgres::error::SqlState;
+    let (db, mut client) = setup("tx_aborted").await;
+    client.batch_execute(&Ledger::of::<Event>().migration_sql()).await.unwrap();
+    for pad in [0, COPY_BATCH] {
+        let mut tx = client.transaction().await.unwrap();
+        tx.execute("INSERT INTO event (source, seq, body) VALUES ('a', 0, 'before')", &[]).await.unwrap();
+        tx.batch_execute("SELECT 1/0").await.unwrap_err();
+        let rows = || padded([ev("a", 1, "x")], 1, pad);
+        let errors = [
+            Event::bulk_create_new(&mut tx, rows()).await.unwrap_err(),
+            Event::bulk(&mut tx).upsert(Upsert::all_columns()).batch_id("id").run(rows()).await.unwrap_err(),
+            Event::bulk(&mut tx).returning_keys().run(rows()).await.unwrap_err(),
+            Event::bulk(&mut tx).returning_skipped().run(rows()).await.unwrap_err(),
+        ];
+        for err in errors {
+            assert_eq!(err.sqlstate(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION), "{err}");
+            assert_eq!(err.step(), Some(Step::Begin), "{err}");
+            assert!(!err.is_retryable() && err.connection_usable(), "{err}");
+            assert!(err.to_string().contains(r#"bulk insert into "event" failed at begin"#), "{err}");
+        }
+        let still = tx.execute("SELECT 1", &[]).await.unwrap_err();
+        assert_eq!(still.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+        tx.rollback().await.unwrap();
+    }
+    assert_eq!((count(&client, "event").await, count(&client, "bulk_batches").await), (0, 0));
+    // The connection takes the next batch.
+    assert_eq!(Event::bulk_create_new(&mut client, [ev("a", 1, "x")]).await.unwrap().inserted, 1);
+    db.drop().await;
+}

@@ -330,3 +330,72 @@ async fn columns_named_by_typed_handles() {
 async fn columns_named_by_typed_handles_through_copy() {
     typed_columns(COPY_BATCH).await;
 }
+
+/// Values of every kind a non-key column holds: a float, jsonb, an array and
+/// a nullable text.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "reading", unique(k))]
+pub struct Reading {
+    pub k: i64,
+    pub f: f64,
+    pub j: serde_json::Value,
+    pub a: Vec<Option<i32>>,
+    pub n: Option<String>,
+}
+
+/// `only_if_changed` compares as the column types do (`IS DISTINCT FROM`):
+/// -0.0 equals 0.0 and NaN equals NaN, jsonb ignores key order and compares
+/// numbers by value, NULL equals NULL; such rows count as unchanged and
+/// keep their stored form. An empty array differs from `{NULL}`.
+async fn changed_values(pad: usize) {
+    use serde_json::json;
+    let (db, mut client) = setup(&format!("upsert_values_{pad}")).await;
+    client.batch_execute(&Reading::model().migration_sql()).await.unwrap();
+    let r = |k, f, j, a, n: Option<&str>| Reading { k, f, j, a, n: n.map(Into::into) };
+    let filler = (0..pad as i64).map(|k| r(1000 + k, 0.0, json!(k), vec![], None));
+    let stored = [
+        r(1, 0.0, json!({"a": 1, "b": 2}), vec![Some(1), None], None),
+        r(2, f64::NAN, json!(1.0), vec![], Some("x")),
+        r(3, 1.5, json!(null), vec![None], None),
+        r(4, 1.5, json!([1]), vec![], None),
+    ];
+    Reading::bulk_create_new(&mut client, stored.iter().cloned().chain(filler.clone())).await.unwrap();
+    let offered = [
+        r(1, -0.0, json!({"b": 2, "a": 1}), vec![Some(1), None], None),
+        r(2, f64::NAN, json!(1), vec![], Some("x")),
+        r(3, 1.5, json!(null), vec![], None),
+        r(4, 1.5, json!([1]), vec![], Some("")),
+    ];
+    let report = Reading::bulk(&mut client)
+        .upsert(Upsert::all_columns().only_if_changed())
+        .run(offered.iter().cloned().chain(filler))
+        .await
+        .unwrap();
+    assert_eq!(counts(&report), (4 + pad as u64, 0, 2, 2 + pad as u64, 0));
+    let rows = client.query("SELECT k, f::text, j::text, a::text, n FROM reading WHERE k < 1000 ORDER BY k", &[]);
+    let rows: Vec<(i64, String, String, String, Option<String>)> =
+        rows.await.unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
+    let row = |k: i64, f: &str, j: &str, a: &str, n: Option<&str>| {
+        (k, f.to_owned(), j.to_owned(), a.to_owned(), n.map(str::to_owned))
+    };
+    assert_eq!(
+        rows,
+        [
+            row(1, "0", r#"{"a": 1, "b": 2}"#, "{1,NULL}", None),
+            row(2, "NaN", "1.0", "{}", Some("x")),
+            row(3, "1.5", "null", "{}", None),
+            row(4, "1.5", "[1]", "{}", Some("")),
+        ]
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn only_if_changed_compares_as_the_column_types_do() {
+    changed_values(0).await;
+}
+
+#[tokio::test]
+async fn only_if_changed_compares_as_the_column_types_do_through_copy() {
+    changed_values(COPY_BATCH).await;
+}

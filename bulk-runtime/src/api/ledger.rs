@@ -52,7 +52,8 @@ use crate::model::{Model, quote_ident, script};
 ///
 /// A batch id names one batch: a later call with the same id replays the
 /// recorded counts only when its batch is the same (the same model, rows
-/// and order: see the `fingerprint`); another batch under a used id is
+/// and order, and for an upsert the same columns set and row kept: see the
+/// `fingerprint`); another batch under a used id is
 /// [`Error::BatchIdReused`](crate::Error::BatchIdReused), and nothing of it
 /// is written. Ids are non-empty, without NUL bytes, at most 512 bytes.
 ///

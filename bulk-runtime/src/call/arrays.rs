@@ -64,7 +64,7 @@ pub(crate) fn params<'a>(model: &'static Model, kind: &Kind, arrays: &'a [Encode
 pub const CITUS_VALUES_ROWS: usize = 16_384;
 
 /// The most parameters a statement can have (the protocol counts them in 16 bits).
-const MAX_PARAMS: usize = 65_535;
+pub(super) const MAX_PARAMS: usize = 65_535;
 
 /// The most rows of a plain call on Citus that go as one multi-row `VALUES`
 /// statement ([`sql::values_on_conflict`]), one parameter per value: for a

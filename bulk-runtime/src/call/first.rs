@@ -64,8 +64,9 @@ use crate::scope::Scope;
 use crate::sql::{self, Dialect, KeyShape};
 use crate::wire::Encoded;
 
-/// Batches up to this many rows go as one multi-row `VALUES` statement,
-/// longer ones as `unnest` of arrays: on a new backend `VALUES` costs the
+/// Batches up to this many rows go as one multi-row `VALUES` statement
+/// (when their values fit the protocol's 65,535 parameters), longer ones as
+/// `unnest` of arrays: on a new backend `VALUES` costs the
 /// server less for a few rows (no function to look up), more from a few
 /// dozen (each parameter is parsed and planned on its own).
 pub const VALUES_UP_TO: usize = 48;
@@ -113,7 +114,11 @@ pub(super) async fn run(
     let plan = sql::plan(model);
     let form = Form::first(model, &Kind::CreateNew, rows as u64, Dialect::Postgres);
     let (sql, values);
-    let params: Vec<Param<'_>> = if rows <= VALUES_UP_TO && form == Form::OnConflict {
+    // (`VALUES` takes one parameter per value: a model of more than 1,365
+    // columns goes as `unnest`, one per column, rather than past the
+    // protocol's 65,535.)
+    let fits = rows * model.columns().len() <= arrays::MAX_PARAMS;
+    let params: Vec<Param<'_>> = if rows <= VALUES_UP_TO && fits && form == Form::OnConflict {
         let (elements, n) = arrays::values(arrays, rows);
         values = elements;
         sql = sql::returning_all(model, &sql::values_on_conflict(model, n, &KeyShape::default()));

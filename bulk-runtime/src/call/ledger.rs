@@ -22,7 +22,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::api::ledger::{COUNTS, FINGERPRINT};
-use crate::api::{Ledger, Report};
+use crate::api::{Keep, Kind, Ledger, Report};
 use crate::error::{Error, Step};
 use crate::model::{Model, quote_ident};
 use crate::sql;
@@ -34,7 +34,7 @@ use crate::wire::Fingerprint;
 /// (0A000), and takes the same statement on a local one.
 fn claim_sql(ledger: &Ledger) -> String {
     format!(
-        "INSERT INTO {} ({}, {}, {}) SELECT {RESOLVED_TARGET}, $2, $3 ON CONFLICT ({}, {}) DO NOTHING RETURNING {}",
+        "INSERT INTO {} ({}, {}, {}) SELECT {RESOLVED_TARGET}, $2, $3 ON CONFLICT ({}, {}) DO NOTHING RETURNING {}::text",
         ledger.qualified_name(),
         quote_ident("target"),
         quote_ident("batch_id"),
@@ -45,10 +45,13 @@ fn claim_sql(ledger: &Ledger) -> String {
     )
 }
 
-/// The recorded counts and fingerprint of `($1 resolved, $2)`.
+/// The recorded counts and fingerprint of `($1 resolved, $2)`, cast to the
+/// types [`migration_sql`](Ledger::migration_sql) gives them, so that a
+/// ledger made by hand with other ones (`integer` counts, a `varchar`
+/// fingerprint) replays the same.
 fn replay_sql(ledger: &Ledger) -> String {
-    let mut counts: Vec<String> = COUNTS.iter().map(|c| quote_ident(c)).collect();
-    counts.push(quote_ident(FINGERPRINT));
+    let mut counts: Vec<String> = COUNTS.iter().map(|c| format!("{}::bigint", quote_ident(c))).collect();
+    counts.push(format!("{}::text", quote_ident(FINGERPRINT)));
     format!(
         "SELECT {} FROM {} WHERE {} = {RESOLVED_TARGET} AND {} = $2",
         counts.join(", "),
@@ -77,6 +80,23 @@ fn record_sql(ledger: &Ledger) -> String {
 const RESOLVED_TARGET: &str = "coalesce((SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.oid = pg_catalog.to_regclass($1)), $1)";
+
+/// What the call writes besides the batch's new keys, as the fingerprint
+/// records it: nothing for the plain call and the returning ones (they
+/// store the same rows, so each replays the others), the updated columns
+/// and the kept row of a repeated key for an upsert. So an upsert under an
+/// id that a plain call (or an upsert of other columns) recorded is
+/// refused, not replayed without updating what it was asked to.
+fn writes(kind: &Kind) -> String {
+    let Kind::Upsert(set) = kind else { return String::new() };
+    let mut columns: Vec<&str> = set.columns.iter().map(|c| c.name()).collect();
+    columns.sort_unstable();
+    let keep = match set.keep {
+        Keep::First => "first",
+        Keep::Last => "last",
+    };
+    format!(", upserting {} from the {keep} row of a key", columns.join(", "))
+}
 
 /// The outcome of claiming a batch id.
 pub(crate) enum Claim {
@@ -108,23 +128,27 @@ pub(crate) async fn claim(
     ledger: &Ledger,
     batch_id: &str,
     fingerprint: &Fingerprint,
+    kind: &Kind,
 ) -> Result<Claim, Error> {
     let target = sql::plan(model).target_regclass.as_str();
-    let fingerprint = fingerprint.text(model);
+    let fingerprint = fingerprint.text(model) + &writes(kind);
     let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] =
         [(&target, Type::TEXT), (&batch_id, Type::TEXT), (&fingerprint, Type::TEXT)];
     // The row found taken may be deleted before it is read (a cleanup job):
     // then claim again.
     for _ in 0..3 {
         let claimed = client.query_typed(&claim_sql(ledger), &params).await.map_err(ledger_error(model, ledger))?;
+        // (`try_get`: a ledger made by hand may hold a column this version
+        // cannot read; that is the call's error, never a panic.)
+        let unreadable = |source| Error::database(model, Step::Ledger, source);
         if let Some(row) = claimed.first() {
-            return Ok(Claim::Claimed(row.get(0)));
+            return Ok(Claim::Claimed(row.try_get(0).map_err(unreadable)?));
         }
         let recorded =
             client.query_typed(&replay_sql(ledger), &params[..2]).await.map_err(ledger_error(model, ledger))?;
         if let Some(row) = recorded.first() {
             // (A row recorded before fingerprints were kept has none.)
-            let recorded: Option<String> = row.get(COUNTS.len());
+            let recorded: Option<String> = row.try_get(COUNTS.len()).map_err(unreadable)?;
             if let Some(recorded) = recorded.filter(|r| *r != fingerprint) {
                 return Err(Error::BatchIdReused {
                     batch_id: batch_id.to_owned(),
@@ -133,13 +157,13 @@ pub(crate) async fn claim(
                     offered: fingerprint,
                 });
             }
-            let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+            let n = |i: usize| row.try_get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0)).map_err(unreadable);
             return Ok(Claim::Replay(Report {
-                offered: n(0),
-                inserted: n(1),
-                updated: n(2),
-                unchanged: n(3),
-                skipped: n(4),
+                offered: n(0)?,
+                inserted: n(1)?,
+                updated: n(2)?,
+                unchanged: n(3)?,
+                skipped: n(4)?,
                 replayed: true,
                 returned: (),
             }));
@@ -177,14 +201,14 @@ mod tests {
     fn claim_replay_and_record_take_values_only_as_parameters() {
         let ledger = Ledger::default();
         let claim = claim_sql(&ledger);
-        assert!(claim.contains(r#"ON CONFLICT ("target", "batch_id") DO NOTHING RETURNING "target""#), "{claim}");
+        assert!(claim.contains(r#"ON CONFLICT ("target", "batch_id") DO NOTHING RETURNING "target"::text"#), "{claim}");
         assert!(claim.contains("to_regclass($1)") && claim.contains("$1), $2, $3 ON CONFLICT"), "{claim}");
         // `INSERT ... SELECT`: Citus refuses a subquery inside `VALUES` on a reference-table ledger.
         assert!(claim.contains(r#""fingerprint") SELECT coalesce((SELECT "#) && !claim.contains("VALUES"), "{claim}");
         let record = record_sql(&ledger);
         assert!(record.starts_with(r#"UPDATE "bulk_batches" SET "offered" = $3, "inserted" = $4, "updated" = $5, "unchanged" = $6, "skipped" = $7, "recorded_at" = now()"#), "{record}");
         assert!(replay_sql(&ledger).starts_with(
-            r#"SELECT "offered", "inserted", "updated", "unchanged", "skipped", "fingerprint" FROM "bulk_batches""#
+            r#"SELECT "offered"::bigint, "inserted"::bigint, "updated"::bigint, "unchanged"::bigint, "skipped"::bigint, "fingerprint"::text FROM "bulk_batches""#
         ));
     }
 }

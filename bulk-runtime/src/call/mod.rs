@@ -51,7 +51,6 @@ use crate::schema;
 use crate::scope::Scope;
 use crate::sql::{self, variants};
 use crate::types::PgType;
-use crate::wire::Fingerprint;
 use ledger::Claim;
 
 /// Batches shorter than this take the short path (arrays bound as
@@ -476,7 +475,7 @@ async fn short_attempt<C: Connection + ?Sized>(
         return arrays::run(conn.client(), model, offered, params, call, prepared, (form, values)).await.map(Some);
     }
     let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
-    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
+    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref(), call.kind).await? {
         Ok(claimed) => claimed,
         Err(replay) => {
             scope.commit().await.map_err(Error::at_step(model, Step::Commit))?;
@@ -548,7 +547,7 @@ where
     let mut scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
     let before = copy::scratch(scope.client(), model, call.kind).await?;
     let sent = copy::stream::<T, S, R>(scope.client(), model, head, rows, call, &before).await?;
-    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref()).await? {
+    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref(), call.kind).await? {
         Ok(claimed) => claimed,
         Err(replay) => {
             scope.rollback().await.map_err(Error::at_step(model, Step::Commit))?;
@@ -567,11 +566,12 @@ async fn claim(
     scope: &Scope<'_>,
     model: &'static Model,
     ledger: Option<(&Ledger, &str)>,
-    fingerprint: Option<&Fingerprint>,
+    fingerprint: Option<&crate::wire::Fingerprint>,
+    kind: &Kind,
 ) -> Result<Result<Option<String>, Report>, Error> {
     let Some((ledger, batch_id)) = ledger else { return Ok(Ok(None)) };
     let fingerprint = fingerprint.expect("a call with a batch id fingerprints its batch before claiming it");
-    match ledger::claim(scope.client(), model, ledger, batch_id, fingerprint).await? {
+    match ledger::claim(scope.client(), model, ledger, batch_id, fingerprint, kind).await? {
         Claim::Claimed(target) => Ok(Ok(Some(target))),
         Claim::Replay(report) => Ok(Err(report)),
     }

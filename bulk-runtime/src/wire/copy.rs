@@ -98,7 +98,7 @@ impl CopyWriter {
             repeats.insert(key_hash(&self.buf[start..], self.key_columns));
         }
         if let Some(fingerprint) = self.fingerprint.as_mut() {
-            fingerprint.add_row(&self.buf[start..]);
+            fingerprint.add_row_of(self.types, &self.buf[start..]);
         }
         self.offered += 1;
         self.unsent = true;
@@ -202,9 +202,141 @@ impl Fingerprint {
         self.rows += 1;
     }
 
+    /// Adds one row, given as its binary `COPY` encoding of `types`, with
+    /// each jsonb value (alone or in an array) in a canonical form: object
+    /// keys sorted, as jsonb stores them. A `Json<T>` whose `T` holds a
+    /// `HashMap` serializes its keys in another order each time the map is
+    /// built, so the same batch, built again for a retry, would otherwise
+    /// have another fingerprint. (Sorted keys are how `serde_json` writes a
+    /// `Value` or a `BTreeMap`: such rows hash as they always did.)
+    pub(crate) fn add_row_of(&mut self, types: &[Type], bytes: &[u8]) {
+        #[cfg(feature = "json")]
+        if types.iter().any(|t| *t == Type::JSONB || *t == Type::JSONB_ARRAY)
+            && let Some(canonical) = canonical::row(types, bytes)
+        {
+            return self.add_row(&canonical);
+        }
+        let _ = types;
+        self.add_row(bytes);
+    }
+
     /// The text recorded in the ledger.
     pub(crate) fn text(&self, model: &Model) -> String {
         format!("{} rows of {} {:016x}", self.rows, model.struct_name(), self.hash)
+    }
+}
+
+/// The canonical form of a row's jsonb values, for its fingerprint.
+#[cfg(feature = "json")]
+mod canonical {
+    use tokio_postgres::types::Type;
+
+    /// `bytes` (one binary `COPY` row of `types`) with every jsonb value's
+    /// object keys sorted; `None` when the row does not read as expected.
+    pub(super) fn row(types: &[Type], bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut input = bytes;
+        let mut out = Vec::with_capacity(bytes.len());
+        let fields = take(&mut input, 2)?;
+        out.extend_from_slice(fields);
+        for ty in types {
+            let Some(value) = field(&mut input)? else {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+                continue;
+            };
+            let value = match *ty {
+                Type::JSONB => jsonb(value)?,
+                Type::JSONB_ARRAY => array(value)?,
+                _ => value.to_vec(),
+            };
+            out.extend_from_slice(&i32::try_from(value.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(&value);
+        }
+        input.is_empty().then_some(out)
+    }
+
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if input.len() < n {
+            return None;
+        }
+        let (head, rest) = input.split_at(n);
+        *input = rest;
+        Some(head)
+    }
+
+    fn int(input: &mut &[u8]) -> Option<i32> {
+        Some(i32::from_be_bytes(take(input, 4)?.try_into().ok()?))
+    }
+
+    /// A length-prefixed field: `Some(None)` for NULL.
+    fn field<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+        let len = int(input)?;
+        if len < 0 { Some(None) } else { take(input, usize::try_from(len).ok()?).map(Some) }
+    }
+
+    /// A binary jsonb value: version 1, then the JSON text.
+    fn jsonb(value: &[u8]) -> Option<Vec<u8>> {
+        let (&version, text) = value.split_first()?;
+        let parsed: serde_json::Value = serde_json::from_slice(text).ok()?;
+        let mut out = vec![version];
+        write(&parsed, &mut out);
+        Some(out)
+    }
+
+    /// A binary one-dimensional (or empty) array of jsonb.
+    fn array(value: &[u8]) -> Option<Vec<u8>> {
+        let mut input = value;
+        let header = take(&mut input, 12)?;
+        let dimensions = usize::try_from(i32::from_be_bytes(header[..4].try_into().ok()?)).ok()?;
+        let bounds = take(&mut input, 8 * dimensions)?;
+        let mut out = [header, bounds].concat();
+        while !input.is_empty() {
+            match field(&mut input)? {
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(element) => {
+                    let element = jsonb(element)?;
+                    out.extend_from_slice(&i32::try_from(element.len()).ok()?.to_be_bytes());
+                    out.extend_from_slice(&element);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// `value` as compact JSON, object keys sorted by their bytes.
+    fn write(value: &serde_json::Value, out: &mut Vec<u8>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (i, (key, value)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    text(key, out);
+                    out.push(b':');
+                    write(value, out);
+                }
+                out.push(b'}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => text(scalar, out),
+        }
+    }
+
+    /// A key or a scalar, written as `serde_json` writes it.
+    fn text<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+        // (Writing a string or a scalar to a `Vec` cannot fail.)
+        let _ = serde_json::to_writer(&mut *out, value);
     }
 }
 
@@ -220,7 +352,7 @@ pub(crate) fn fingerprint<T: BulkCreateNew, R: Borrow<T>>(
     for (i, row) in rows.iter().enumerate() {
         buf.clear();
         encode_row::<T>(model, types, i, row.borrow(), &mut buf)?;
-        fingerprint.add_row(&buf);
+        fingerprint.add_row_of(types, &buf);
     }
     Ok(fingerprint)
 }
@@ -228,6 +360,40 @@ pub(crate) fn fingerprint<T: BulkCreateNew, R: Borrow<T>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn jsonb_values_are_fingerprinted_with_their_keys_sorted() {
+        let row = |json: &str, element: &str| {
+            let mut row = 2i16.to_be_bytes().to_vec();
+            let field = |row: &mut Vec<u8>, bytes: &[u8]| {
+                row.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                row.extend_from_slice(bytes);
+            };
+            field(&mut row, &[[1u8].as_slice(), json.as_bytes()].concat());
+            let mut array = [1i32, 0, Type::JSONB.oid() as i32, 2, 1].map(i32::to_be_bytes).concat();
+            field(&mut array, &[[1u8].as_slice(), element.as_bytes()].concat());
+            array.extend_from_slice(&(-1i32).to_be_bytes());
+            field(&mut row, &array);
+            row
+        };
+        let types = [Type::JSONB, Type::JSONB_ARRAY];
+        let of = |bytes: &[u8]| {
+            let mut f = Fingerprint::new();
+            f.add_row_of(&types, bytes);
+            f
+        };
+        let sorted = row(r#"{"a":[1,{"c":null,"d":"x"}],"b":2.5}"#, r#"{"e":1,"f":2}"#);
+        let shuffled = row(r#"{"b": 2.5, "a": [1, {"d": "x", "c": null}]}"#, r#"{"f":2,"e":1}"#);
+        assert_eq!(of(&shuffled), of(&sorted));
+        // Rows already in that form (a `Value` or a `BTreeMap`) hash as before.
+        assert_eq!(of(&sorted), {
+            let mut f = Fingerprint::new();
+            f.add_row(&sorted);
+            f
+        });
+        assert_ne!(of(&row(r#"{"a":[{"c":null,"d":"x"},1],"b":2.5}"#, r#"{"e":1,"f":2}"#)), of(&sorted));
+    }
 
     #[test]
     fn fingerprints_tell_batches_apart_and_stay_the_same() {
