@@ -266,3 +266,37 @@ async fn nested_savepoint_of_the_caller() {
     assert_eq!(body(&client, "n", 2).await.as_deref(), Some("again"));
     db.drop().await;
 }
+
+/// The model's id column is optional (`NewRow::id` is `None` without it),
+/// so `returning_keys` in a caller's transaction works on a table made
+/// without it, also on a connection that prepares (it checked before),
+/// and leaves the caller's transaction usable.
+#[tokio::test]
+async fn returning_keys_in_a_transaction_on_a_table_without_the_id_column() {
+    let db = TestDb::new("tx_keys_no_id").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE event (source text NOT NULL, seq bigint NOT NULL, body text NOT NULL, UNIQUE (source, seq))",
+        )
+        .await
+        .unwrap();
+    // A checked connection: its next statements are prepared.
+    let o = Event::bulk_create_new(&mut client, [ev("k", 1, "one")]).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    let mut tx = client.transaction().await.unwrap();
+    let r = Event::bulk(&mut tx)
+        .returning_keys()
+        .run([ev("k", 1, "again"), ev("k", 2, "two"), ev("k", 3, "three")])
+        .await
+        .unwrap_or_else(|e| panic!("{e} ({:?})", e.sqlstate()));
+    assert_eq!((r.offered, r.inserted, r.skipped), (3, 2, 1));
+    let got: Vec<_> = r.returned.iter().map(|n| (n.index, n.id, n.key.clone())).collect();
+    assert_eq!(got, [(1, None, ("k".to_owned(), 2)), (2, None, ("k".to_owned(), 3))]);
+    // The caller's transaction goes on.
+    let o = Event::bulk_create_new(&mut tx, [ev("k", 4, "four")]).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    tx.commit().await.unwrap();
+    assert_eq!(count(&client, "event").await, 4);
+    db.drop().await;
+}
