@@ -300,3 +300,45 @@ async fn returning_keys_in_a_transaction_on_a_table_without_the_id_column() {
     assert_eq!(count(&client, "event").await, 4);
     db.drop().await;
 }
+
+/// The id column dropped between two `returning_keys` calls on one
+/// connection (the first prepared its statement with the id), in a
+/// caller's transaction: the second returns the rows without ids, and
+/// writes them.
+#[tokio::test]
+async fn returning_keys_in_a_transaction_after_the_id_column_was_dropped() {
+    returning_keys_after_the_id_column_was_dropped(true).await;
+}
+
+/// As above, on the `Client`.
+#[tokio::test]
+async fn returning_keys_after_the_id_column_was_dropped_on_the_client() {
+    returning_keys_after_the_id_column_was_dropped(false).await;
+}
+
+async fn returning_keys_after_the_id_column_was_dropped(in_transaction: bool) {
+    let (db, mut client) = setup(&format!("keys_id_dropped_{in_transaction}")).await;
+    Event::bulk_create_new(&mut client, [ev("d", 0, "zero")]).await.unwrap();
+    let r = Event::bulk(&mut client).returning_keys().run([ev("d", 1, "one")]).await.unwrap();
+    assert_eq!(r.inserted, 1);
+    assert!(r.returned[0].id.is_some(), "{:?}", r.returned);
+    client.batch_execute("ALTER TABLE event DROP COLUMN id").await.unwrap();
+    let rows = [ev("d", 1, "again"), ev("d", 2, "two")];
+    let r = if in_transaction {
+        let mut tx = client.transaction().await.unwrap();
+        let r = Event::bulk(&mut tx).returning_keys().run(&rows).await;
+        tx.commit().await.unwrap();
+        r
+    } else {
+        Event::bulk(&mut client).returning_keys().run(&rows).await
+    };
+    let r = r.unwrap_or_else(|e| panic!("{e} ({:?})", e.sqlstate()));
+    assert_eq!((r.inserted, r.skipped), (1, 1));
+    let got: Vec<_> = r.returned.iter().map(|n| (n.index, n.id, n.key.clone())).collect();
+    assert_eq!(got, [(1, None, ("d".to_owned(), 2))]);
+    assert_eq!(count(&client, "event").await, 3);
+    // The connection's next call runs the statement it prepared then.
+    let r = Event::bulk(&mut client).returning_keys().run([ev("d", 3, "three")]).await.unwrap();
+    assert_eq!((r.inserted, r.returned[0].id), (1, None));
+    db.drop().await;
+}
