@@ -342,3 +342,50 @@ async fn returning_keys_after_the_id_column_was_dropped(in_transaction: bool) {
     assert_eq!((r.inserted, r.returned[0].id), (1, None));
     db.drop().await;
 }
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "tag", unique(label), id = false)]
+pub struct Tag {
+    pub label: String,
+    pub uses: i64,
+}
+
+fn tag(label: &str, uses: i64) -> Tag {
+    Tag { label: label.into(), uses }
+}
+
+/// A statement the connection prepares for the first time inside a
+/// caller's transaction, on a table whose key the check reads otherwise
+/// than the model (`varchar(20)`: the guess prepared with the check is
+/// not the statement the call runs), while another session holds a lock
+/// on the table: the call fails with its lock timeout (55P03), the
+/// cause, not with the 25P02 of the statement prepared after it; the
+/// caller's transaction goes on, and the next call counts exactly.
+#[tokio::test]
+async fn a_lock_timeout_while_preparing_in_a_transaction_is_the_error() {
+    let db = TestDb::new("tx_prepare_lock_timeout").await;
+    let mut client = db.connect().await;
+    client.batch_execute("CREATE TABLE tag (label varchar(20) NOT NULL UNIQUE, uses bigint NOT NULL)").await.unwrap();
+    // A checked connection: its next statements are prepared.
+    let o = Tag::bulk_create_new(&mut client, [tag("a", 1)]).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    let locker = db.connect().await;
+    locker.batch_execute("BEGIN; LOCK TABLE tag IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let mut tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL lock_timeout = '200ms'").await.unwrap();
+    let rows = [tag("a", 2), tag("b", 1), tag("c", 1)];
+    let e = Tag::bulk(&mut tx).returning_skipped().run(&rows).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE), "{e}");
+    assert!(matches!(e, Error::Database { .. }), "{e:?}");
+    assert!(e.connection_usable());
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    // The caller's transaction is usable, and nothing was written.
+    let n: i64 = tx.query_one("SELECT count(*) FROM tag", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let r = Tag::bulk(&mut tx).returning_skipped().run(&rows).await.unwrap();
+    assert_eq!((r.offered, r.inserted, r.skipped), (3, 2, 1));
+    assert_eq!(r.returned, [0]);
+    tx.commit().await.unwrap();
+    assert_eq!(count(&client, "tag").await, 3);
+    db.drop().await;
+}

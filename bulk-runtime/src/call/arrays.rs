@@ -14,6 +14,7 @@
 use std::borrow::{Borrow, Cow};
 
 use futures_util::future::join3;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, RowStream, Statement};
 
@@ -349,11 +350,19 @@ impl Statements<'_> {
             (guess, statement)
         } else {
             let sql = build(with_id, &shape);
-            let statement = match prepare {
+            let built = match prepare {
                 true => Some(client.prepare_typed(&sql, &types).await),
                 false => None,
             };
-            (sql, statement)
+            // A guess that failed to prepare (a lock or statement timeout)
+            // aborted the call's transaction: its failure, not this
+            // statement's 25P02, is the call's error.
+            match (built, statement) {
+                (Some(Err(e)), Some(Err(cause))) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                    (sql, Some(Err(cause)))
+                }
+                (built, _) => (sql, built),
+            }
         };
         match statement {
             None => Ok(Prepared::Text(sql.into_owned())),
