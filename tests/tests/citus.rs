@@ -4851,3 +4851,43 @@ mod columns_reordered_and_dropped {
         columns_reordered_and_dropped(REF).await;
     }
 }
+
+/// A plain call of the grouped `VALUES` path (one statement per run of
+/// shards) in a caller's transaction, which prepares its statements for
+/// the first time while another session holds a lock on the table: the
+/// call fails with its lock timeout (55P03), the cause, not with the 25P02
+/// of the statement prepared after the guess that timed out; nothing is
+/// written, the caller's transaction goes on, and the next call counts
+/// exactly.
+mod lock_timeout_while_preparing {
+    use super::*;
+
+    #[tokio::test]
+    async fn grouped_in_a_transaction() {
+        let (db, admin) = setup("prepare_lock", DIST, 1_000, On::Transaction).await;
+        let mut client = db.connect().await;
+        // The connection's first call checks the table (and finds it on Citus).
+        Retweet::bulk_create_new(&mut client, [rt(-1, -1, 0)]).await.unwrap();
+        let n = 1_000;
+        assert!(n >= bulk_runtime::__test_hooks::CITUS_GROUPED_FROM);
+        let (pre, rows, new) = batch(n, 0);
+        store(&admin, &pre).await;
+        let locker = db.connect().await;
+        locker.batch_execute("BEGIN; LOCK TABLE rt IN ACCESS EXCLUSIVE MODE").await.unwrap();
+        let mut tx = client.transaction().await.unwrap();
+        tx.batch_execute("SET LOCAL lock_timeout = '500ms'").await.unwrap();
+        let e = Retweet::bulk_create_new(&mut tx, &rows).await.unwrap_err();
+        assert_eq!(e.sqlstate(), Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE), "{e}");
+        assert!(matches!(e, bulk_runtime::Error::Database { .. }), "{e:?}");
+        assert!(e.connection_usable());
+        locker.batch_execute("ROLLBACK").await.unwrap();
+        // Nothing written; the caller's transaction is usable.
+        let stored_now: i64 = tx.query_one("SELECT count(*) FROM rt", &[]).await.unwrap().get(0);
+        assert_eq!(stored_now as usize, 1 + pre.len());
+        let o = Retweet::bulk_create_new(&mut tx, &rows).await.unwrap();
+        assert_eq!((o.offered, o.inserted, o.skipped), (n as u64, new.len() as u64, (n - new.len()) as u64));
+        tx.commit().await.unwrap();
+        assert_eq!(count(&admin, "rt").await as usize, 1 + pre.len() + new.len());
+        db.drop().await;
+    }
+}

@@ -303,3 +303,126 @@ async fn a_call_in_an_aborted_transaction_fails_and_leaves_it_aborted() {
     assert_eq!(Event::bulk_create_new(&mut client, [ev("a", 1, "x")]).await.unwrap().inserted, 1);
     db.drop().await;
 }
+
+/// The model's id column is optional (`NewRow::id` is `None` without it),
+/// so `returning_keys` in a caller's transaction works on a table made
+/// without it, also on a connection that prepares (it checked before),
+/// and leaves the caller's transaction usable.
+#[tokio::test]
+async fn returning_keys_in_a_transaction_on_a_table_without_the_id_column() {
+    let db = TestDb::new("tx_keys_no_id").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE event (source text NOT NULL, seq bigint NOT NULL, body text NOT NULL, UNIQUE (source, seq))",
+        )
+        .await
+        .unwrap();
+    // A checked connection: its next statements are prepared.
+    let o = Event::bulk_create_new(&mut client, [ev("k", 1, "one")]).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    let mut tx = client.transaction().await.unwrap();
+    let r = Event::bulk(&mut tx)
+        .returning_keys()
+        .run([ev("k", 1, "again"), ev("k", 2, "two"), ev("k", 3, "three")])
+        .await
+        .unwrap_or_else(|e| panic!("{e} ({:?})", e.sqlstate()));
+    assert_eq!((r.offered, r.inserted, r.skipped), (3, 2, 1));
+    let got: Vec<_> = r.returned.iter().map(|n| (n.index, n.id, n.key.clone())).collect();
+    assert_eq!(got, [(1, None, ("k".to_owned(), 2)), (2, None, ("k".to_owned(), 3))]);
+    // The caller's transaction goes on.
+    let o = Event::bulk_create_new(&mut tx, [ev("k", 4, "four")]).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    tx.commit().await.unwrap();
+    assert_eq!(count(&client, "event").await, 4);
+    db.drop().await;
+}
+
+/// The id column dropped between two `returning_keys` calls on one
+/// connection (the first prepared its statement with the id), in a
+/// caller's transaction: the second returns the rows without ids, and
+/// writes them.
+#[tokio::test]
+async fn returning_keys_in_a_transaction_after_the_id_column_was_dropped() {
+    returning_keys_after_the_id_column_was_dropped(true).await;
+}
+
+/// As above, on the `Client`.
+#[tokio::test]
+async fn returning_keys_after_the_id_column_was_dropped_on_the_client() {
+    returning_keys_after_the_id_column_was_dropped(false).await;
+}
+
+async fn returning_keys_after_the_id_column_was_dropped(in_transaction: bool) {
+    let (db, mut client) = setup(&format!("keys_id_dropped_{in_transaction}")).await;
+    Event::bulk_create_new(&mut client, [ev("d", 0, "zero")]).await.unwrap();
+    let r = Event::bulk(&mut client).returning_keys().run([ev("d", 1, "one")]).await.unwrap();
+    assert_eq!(r.inserted, 1);
+    assert!(r.returned[0].id.is_some(), "{:?}", r.returned);
+    client.batch_execute("ALTER TABLE event DROP COLUMN id").await.unwrap();
+    let rows = [ev("d", 1, "again"), ev("d", 2, "two")];
+    let r = if in_transaction {
+        let mut tx = client.transaction().await.unwrap();
+        let r = Event::bulk(&mut tx).returning_keys().run(&rows).await;
+        tx.commit().await.unwrap();
+        r
+    } else {
+        Event::bulk(&mut client).returning_keys().run(&rows).await
+    };
+    let r = r.unwrap_or_else(|e| panic!("{e} ({:?})", e.sqlstate()));
+    assert_eq!((r.inserted, r.skipped), (1, 1));
+    let got: Vec<_> = r.returned.iter().map(|n| (n.index, n.id, n.key.clone())).collect();
+    assert_eq!(got, [(1, None, ("d".to_owned(), 2))]);
+    assert_eq!(count(&client, "event").await, 3);
+    // The connection's next call runs the statement it prepared then.
+    let r = Event::bulk(&mut client).returning_keys().run([ev("d", 3, "three")]).await.unwrap();
+    assert_eq!((r.inserted, r.returned[0].id), (1, None));
+    db.drop().await;
+}
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "tag", unique(label), id = false)]
+pub struct Tag {
+    pub label: String,
+    pub uses: i64,
+}
+
+fn tag(label: &str, uses: i64) -> Tag {
+    Tag { label: label.into(), uses }
+}
+
+/// A statement the connection prepares for the first time inside a
+/// caller's transaction, on a table whose key the check reads otherwise
+/// than the model (`varchar(20)`: the guess prepared with the check is
+/// not the statement the call runs), while another session holds a lock
+/// on the table: the call fails with its lock timeout (55P03), the
+/// cause, not with the 25P02 of the statement prepared after it; the
+/// caller's transaction goes on, and the next call counts exactly.
+#[tokio::test]
+async fn a_lock_timeout_while_preparing_in_a_transaction_is_the_error() {
+    let db = TestDb::new("tx_prepare_lock_timeout").await;
+    let mut client = db.connect().await;
+    client.batch_execute("CREATE TABLE tag (label varchar(20) NOT NULL UNIQUE, uses bigint NOT NULL)").await.unwrap();
+    // A checked connection: its next statements are prepared.
+    let o = Tag::bulk_create_new(&mut client, [tag("a", 1)]).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    let locker = db.connect().await;
+    locker.batch_execute("BEGIN; LOCK TABLE tag IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let mut tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL lock_timeout = '200ms'").await.unwrap();
+    let rows = [tag("a", 2), tag("b", 1), tag("c", 1)];
+    let e = Tag::bulk(&mut tx).returning_skipped().run(&rows).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE), "{e}");
+    assert!(matches!(e, Error::Database { .. }), "{e:?}");
+    assert!(e.connection_usable());
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    // The caller's transaction is usable, and nothing was written.
+    let n: i64 = tx.query_one("SELECT count(*) FROM tag", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let r = Tag::bulk(&mut tx).returning_skipped().run(&rows).await.unwrap();
+    assert_eq!((r.offered, r.inserted, r.skipped), (3, 2, 1));
+    assert_eq!(r.returned, [0]);
+    tx.commit().await.unwrap();
+    assert_eq!(count(&client, "tag").await, 3);
+    db.drop().await;
+}

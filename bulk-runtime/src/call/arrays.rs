@@ -14,6 +14,7 @@
 use std::borrow::{Borrow, Cow};
 
 use futures_util::future::join3;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, RowStream, Statement};
 
@@ -320,11 +321,15 @@ impl Statements<'_> {
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let guess_id = wants_id && model.id_column().is_some();
         let guess = build(guess_id, &KeyShape::default());
-        // A nullable text key compares as `ARRAY[k]`, which does not parse
-        // for a `varchar` column against the batch's `text` (see
-        // `schema::key_as`): its guess is not prepared, since a failed
-        // prepare would abort the call's transaction.
-        let guess_parses = !model.unique_key().any(|c| c.nullable() && c.pg_type() == PgType::Text);
+        // Only a guess that prepares on every table the check accepts goes
+        // out with the check: a failed prepare would abort the call's
+        // transaction, and the statement built after the check would then
+        // fail with 25P02 instead of running. Not such a guess: one with a
+        // nullable text key, which compares as `ARRAY[k]` and does not
+        // parse for a `varchar` column against the batch's `text` (see
+        // `schema::key_as`), and one that returns the id column, which the
+        // table may lack (the rows are then returned without ids).
+        let guess_parses = !guess_id && !model.unique_key().any(|c| c.nullable() && c.pg_type() == PgType::Text);
         let prepare_guess = prepare && guess_parses;
         let (shape, with_id, statement) =
             join3(self.check(), async { if wants_id { id_usable(client, model).await } else { Ok(false) } }, async {
@@ -345,11 +350,19 @@ impl Statements<'_> {
             (guess, statement)
         } else {
             let sql = build(with_id, &shape);
-            let statement = match prepare {
+            let built = match prepare {
                 true => Some(client.prepare_typed(&sql, &types).await),
                 false => None,
             };
-            (sql, statement)
+            // A guess that failed to prepare (a lock or statement timeout)
+            // aborted the call's transaction: its failure, not this
+            // statement's 25P02, is the call's error.
+            match (built, statement) {
+                (Some(Err(e)), Some(Err(cause))) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                    (sql, Some(Err(cause)))
+                }
+                (built, _) => (sql, built),
+            }
         };
         match statement {
             None => Ok(Prepared::Text(sql.into_owned())),

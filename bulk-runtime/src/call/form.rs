@@ -107,6 +107,26 @@ impl Form {
             })
     }
 
+    /// Whether `error` is the refusal of a statement that names something
+    /// the table no longer has (SQLSTATE 42703, 42P01, 42704, 42883): a
+    /// statement the connection prepared for the table as its last check
+    /// found it, such as `returning_keys` with an id column dropped since.
+    /// Refused as the statement was analysed again, before it ran: nothing
+    /// was written. The call checks the table again once, and runs a
+    /// statement built for what the check finds, or returns the check's
+    /// explanation.
+    pub(crate) fn name_gone(error: &Error) -> bool {
+        matches!(
+            error.sqlstate(),
+            Some(
+                &SqlState::UNDEFINED_COLUMN
+                    | &SqlState::UNDEFINED_TABLE
+                    | &SqlState::UNDEFINED_OBJECT
+                    | &SqlState::UNDEFINED_FUNCTION
+            )
+        )
+    }
+
     /// Whether `error` may come from a short-path statement that reads the
     /// batch's key as a `varchar(n)` the connection's check found, on a
     /// column widened since (SQLSTATE 22001, for a model with a text key):

@@ -368,16 +368,19 @@ where
                 form = again;
                 continue;
             }
-            let changed = |e: &Error| Form::index_changed(e) || Form::plan_changed(e) || Form::length_refused(model, e);
+            let changed = |e: &Error| {
+                Form::index_changed(e) || Form::plan_changed(e) || Form::name_gone(e) || Form::length_refused(model, e)
+            };
             if !rechecked && result.as_ref().is_err_and(changed) {
                 // The `ON CONFLICT` form's guard (also a variant's: returning
                 // rows, upsert) found the key's index or shape changed since
                 // the connection checked the table, or the server would
                 // describe a prepared statement's result otherwise now
-                // (nothing was written), or a `varchar(n)` key may have been
-                // widened: the next attempt checks it again, and runs a
-                // statement built for what the check finds, or returns the
-                // check's explanation.
+                // (nothing was written), or a statement names what the
+                // table no longer has (an id column dropped), or a
+                // `varchar(n)` key may have been widened: the next attempt
+                // checks it again, and runs a statement built for what the
+                // check finds, or returns the check's explanation.
                 crate::statements::forget_prepared(conn.client(), model);
                 rechecked = true;
                 continue;
