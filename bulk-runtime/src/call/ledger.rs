@@ -134,13 +134,13 @@ pub(crate) async fn claim(
     let fingerprint = fingerprint.text(model) + &writes(kind);
     let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] =
         [(&target, Type::TEXT), (&batch_id, Type::TEXT), (&fingerprint, Type::TEXT)];
+    // (`try_get`: a ledger made by hand may hold a column this version
+    // cannot read; that is the call's error, never a panic.)
+    let unreadable = |source| Error::database(model, Step::Ledger, source);
     // The row found taken may be deleted before it is read (a cleanup job):
     // then claim again.
     for _ in 0..3 {
         let claimed = client.query_typed(&claim_sql(ledger), &params).await.map_err(ledger_error(model, ledger))?;
-        // (`try_get`: a ledger made by hand may hold a column this version
-        // cannot read; that is the call's error, never a panic.)
-        let unreadable = |source| Error::database(model, Step::Ledger, source);
         if let Some(row) = claimed.first() {
             return Ok(Claim::Claimed(row.try_get(0).map_err(unreadable)?));
         }

@@ -51,6 +51,7 @@ use crate::schema;
 use crate::scope::Scope;
 use crate::sql::{self, variants};
 use crate::types::PgType;
+use crate::wire::Fingerprint;
 use ledger::Claim;
 
 /// Batches shorter than this take the short path (arrays bound as
@@ -569,7 +570,7 @@ async fn claim(
     scope: &Scope<'_>,
     model: &'static Model,
     ledger: Option<(&Ledger, &str)>,
-    fingerprint: Option<&crate::wire::Fingerprint>,
+    fingerprint: Option<&Fingerprint>,
     kind: &Kind,
 ) -> Result<Result<Option<String>, Report>, Error> {
     let Some((ledger, batch_id)) = ledger else { return Ok(Ok(None)) };

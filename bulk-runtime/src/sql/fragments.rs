@@ -199,11 +199,15 @@ const RULES: &str = "__bulk_rules";
 /// 22012, the plain form's guard's refusal, see [`key_index_guard`]).
 /// Uncorrelated: evaluated once, as `unnest` starts, under the insert's lock.
 pub(crate) fn rules_guard(model: &Model) -> String {
+    let table = format!("{}::pg_catalog.regclass", literal(&model.qualified_name()));
+    format!("CASE WHEN 1 / (NOT {})::pg_catalog.int4 = 1 THEN '{{}}'::pg_catalog.int4[] END", insert_rules(&table))
+}
+
+/// Whether the table `relation` (an OID expression) has an `INSERT` or
+/// `UPDATE` rule (`ev_type` 3 or 2), which the schema check refuses.
+pub(crate) fn insert_rules(relation: &str) -> String {
     format!(
-        "CASE WHEN 1 / (SELECT (count(*) = 0)::int4 FROM pg_catalog.pg_rewrite AS r \
-         WHERE r.ev_class = {}::pg_catalog.regclass AND r.ev_type IN ('2', '3')) = 1 \
-         THEN '{{}}'::pg_catalog.int4[] END",
-        literal(&model.qualified_name())
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite AS r WHERE r.ev_class = {relation} AND r.ev_type IN ('2', '3'))"
     )
 }
 
@@ -498,9 +502,9 @@ pub(crate) fn key_index_guard(model: &Model, compared: Compared<'_>) -> String {
     format!(
         "1 / (SELECT count(*)::int4 FROM pg_catalog.pg_index AS i \
          WHERE pg_catalog.current_setting('transaction_isolation') = 'read committed' \
-         AND {} AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite AS r \
-         WHERE r.ev_class = i.indrelid AND r.ev_type IN ('2', '3'))) >= 0",
-        index_fits(model, compared)
+         AND {} AND NOT {}) >= 0",
+        index_fits(model, compared),
+        insert_rules("i.indrelid")
     )
 }
 

@@ -371,13 +371,13 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
                                              WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = c.name
                                                AND a.attnum > 0 AND NOT a.attisdropped))
          AND coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'INSERT'), true)
-         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite AS r
-                          WHERE r.ev_class = pg_catalog.to_regclass($2) AND r.ev_type IN ('2', '3')),
+         AND NOT {rules},
        pg_catalog.current_setting('transaction_isolation') = 'read committed'",
         open =
             crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5"),
         target = fragments::column_compares("pg_catalog.to_regclass($2)", "k.name", "k.nullable"),
         scratch = fragments::column_compares("pg_catalog.to_regclass($1)", "k.name", "k.nullable"),
+        rules = fragments::insert_rules("pg_catalog.to_regclass($2)"),
     )
 });
 

@@ -273,12 +273,15 @@ mod canonical {
         if len < 0 { Some(None) } else { take(input, usize::try_from(len).ok()?).map(Some) }
     }
 
-    /// A binary jsonb value: version 1, then the JSON text.
+    /// A binary jsonb value: version 1, then the JSON text, written again
+    /// compactly with every object's keys sorted (also where a dependency
+    /// turns on `serde_json`'s `preserve_order`).
     fn jsonb(value: &[u8]) -> Option<Vec<u8>> {
         let (&version, text) = value.split_first()?;
-        let parsed: serde_json::Value = serde_json::from_slice(text).ok()?;
+        let mut parsed: serde_json::Value = serde_json::from_slice(text).ok()?;
+        parsed.sort_all_objects();
         let mut out = vec![version];
-        write(&parsed, &mut out);
+        serde_json::to_writer(&mut out, &parsed).ok()?;
         Some(out)
     }
 
@@ -300,43 +303,6 @@ mod canonical {
             }
         }
         Some(out)
-    }
-
-    /// `value` as compact JSON, object keys sorted by their bytes.
-    fn write(value: &serde_json::Value, out: &mut Vec<u8>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                out.push(b'{');
-                for (i, (key, value)) in entries.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    text(key, out);
-                    out.push(b':');
-                    write(value, out);
-                }
-                out.push(b'}');
-            }
-            serde_json::Value::Array(items) => {
-                out.push(b'[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write(item, out);
-                }
-                out.push(b']');
-            }
-            scalar => text(scalar, out),
-        }
-    }
-
-    /// A key or a scalar, written as `serde_json` writes it.
-    fn text<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
-        // (Writing a string or a scalar to a `Vec` cannot fail.)
-        let _ = serde_json::to_writer(&mut *out, value);
     }
 }
 
