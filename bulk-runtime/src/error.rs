@@ -368,6 +368,26 @@ pub enum Error {
         /// The error from tokio-postgres (SQLSTATE `42P01`, `3F000` or `42703`).
         source: tokio_postgres::Error,
     },
+    /// The call has a [`batch_id`](crate::Bulk::batch_id) but its ledger
+    /// table has no primary key (or unique constraint, or unique index) on
+    /// exactly `("target", "batch_id")`, which claiming an id needs: a ledger
+    /// made by hand, or whose key was dropped. Nothing was written.
+    /// [`Ledger::migration_sql`](crate::Ledger::migration_sql) does not
+    /// change an existing table: add the key to it.
+    #[error(
+        "{model}: the ledger table {ledger} of `.batch_id(..)` has no primary key or unique constraint on exactly \
+         (\"target\", \"batch_id\"), which claiming a batch id needs: add one (`ALTER TABLE {ledger} ADD PRIMARY \
+         KEY (\"target\", \"batch_id\")`), or use a ledger made by `Ledger::migration_sql()`; {}",
+        describe(source)
+    )]
+    LedgerKeyMissing {
+        /// The model struct.
+        model: &'static str,
+        /// The ledger table's qualified name.
+        ledger: String,
+        /// The error from tokio-postgres (SQLSTATE `42P10`).
+        source: tokio_postgres::Error,
+    },
     /// The stream of rows yielded an error
     /// ([`Bulk::try_run_stream`](crate::Bulk::try_run_stream)); nothing was written.
     #[error("the row stream failed at row {row}: {source}")]
@@ -539,7 +559,9 @@ impl Error {
     /// The SQLSTATE the server reported, if the error came from the server.
     pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {
-            Error::Database { source, .. } | Error::LedgerMissing { source, .. } => source.code(),
+            Error::Database { source, .. }
+            | Error::LedgerMissing { source, .. }
+            | Error::LedgerKeyMissing { source, .. } => source.code(),
             _ => None,
         }
     }
@@ -547,7 +569,9 @@ impl Error {
     /// The server's error details, if the error came from the server.
     pub fn db_error(&self) -> Option<&DbError> {
         match self {
-            Error::Database { source, .. } | Error::LedgerMissing { source, .. } => source.as_db_error(),
+            Error::Database { source, .. }
+            | Error::LedgerMissing { source, .. }
+            | Error::LedgerKeyMissing { source, .. } => source.as_db_error(),
             _ => None,
         }
     }
@@ -562,7 +586,8 @@ impl Error {
             Error::SchemaMismatch { .. }
             | Error::Usage { .. }
             | Error::BatchIdReused { .. }
-            | Error::LedgerMissing { .. } => None,
+            | Error::LedgerMissing { .. }
+            | Error::LedgerKeyMissing { .. } => None,
         }
     }
 
@@ -575,7 +600,8 @@ impl Error {
             | Error::Usage { .. }
             | Error::Stream { .. }
             | Error::BatchIdReused { .. }
-            | Error::LedgerMissing { .. } => None,
+            | Error::LedgerMissing { .. }
+            | Error::LedgerKeyMissing { .. } => None,
         }
     }
 
@@ -583,7 +609,7 @@ impl Error {
     pub fn step(&self) -> Option<Step> {
         match self {
             Error::Database { step, .. } => Some(*step),
-            Error::LedgerMissing { .. } => Some(Step::Ledger),
+            Error::LedgerMissing { .. } | Error::LedgerKeyMissing { .. } => Some(Step::Ledger),
             _ => None,
         }
     }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulk_runtime::{BulkCreateNew, Keep, Ledger, NewRow, Progress, Report, Upsert};
+use bulk_runtime::{BulkCreateNew, Error, Keep, Ledger, NewRow, Progress, Report, Upsert};
 use bulk_tests::citus::{CitusDb, Placement, workers};
 use bulk_tests::pgbouncer::Pgbouncer;
 use bulk_tests::{COPY_BATCH, Contended, contended_batch, count, distinct_keys, lock_key};
@@ -459,6 +459,27 @@ async fn batch_id_call(placement: Placement, n: usize, on: On, reference_ledger:
     let keys = call!(client, on, |c| Retweet::bulk(c).returning_keys().batch_id("import 3").run(&third)).unwrap();
     assert_eq!(keys.returned.len(), distinct(&third));
     assert_eq!(count(&client, "bulk_batches").await, 3);
+    db.drop().await;
+}
+
+/// A reference-table ledger made without its primary key: the claim has no
+/// key to use; the same clear error as on one server, on every path, and
+/// nothing is written.
+#[tokio::test]
+async fn a_reference_ledger_without_its_key_says_which_key_to_add() {
+    let (db, mut client) = setup("idnokey", DIST, LONG, On::Client).await;
+    client.batch_execute(&Ledger::of::<Retweet>().migration_sql()).await.expect("create the ledger");
+    client.batch_execute("ALTER TABLE bulk_batches DROP CONSTRAINT bulk_batches_pkey").await.expect("drop its key");
+    client.batch_execute(&REF.sql("bulk_batches")).await.expect("make the ledger a reference table");
+    for n in [SHORT, MEDIUM, LONG] {
+        let (_, rows, _) = batch(n, 0);
+        let err = Retweet::bulk(&mut client).batch_id("x").run(&rows).await.unwrap_err();
+        assert!(matches!(err, Error::LedgerKeyMissing { .. }), "{n} rows: {err:?}");
+        assert!(err.to_string().contains(r#"ADD PRIMARY KEY ("target", "batch_id")"#), "{err}");
+        assert!(err.connection_usable() && !err.is_retryable(), "{err}");
+    }
+    assert_eq!(count(&client, "rt").await, 0);
+    assert_eq!(count(&client, "bulk_batches").await, 0);
     db.drop().await;
 }
 

@@ -392,6 +392,44 @@ async fn a_missing_ledger_is_reported_at_the_ledger_step() {
     db.drop().await;
 }
 
+/// A ledger made by hand without its primary key: the claim's `ON
+/// CONFLICT` has no key to use (42P10); the error names the ledger and the
+/// key to add, nothing is written, and with the key added the call runs.
+#[tokio::test]
+async fn a_ledger_without_its_key_says_which_key_to_add() {
+    let (db, mut client) = setup("once_ledger_no_key").await;
+    client.batch_execute("ALTER TABLE bulk_batches DROP CONSTRAINT bulk_batches_pkey").await.unwrap();
+    for n in [3, COPY_BATCH] {
+        let err = Payment::bulk(&mut client).batch_id("x").run(batch(0, n)).await.unwrap_err();
+        assert!(matches!(err, Error::LedgerKeyMissing { ref ledger, .. } if ledger == r#""bulk_batches""#), "{err:?}");
+        assert_eq!(err.step(), Some(Step::Ledger), "{err}");
+        assert_eq!(err.sqlstate(), Some(&SqlState::INVALID_COLUMN_REFERENCE), "{err}");
+        assert!(!err.is_retryable() && err.connection_usable());
+        let message = err.to_string();
+        assert!(
+            message.starts_with(r#"Payment: the ledger table "bulk_batches" of `.batch_id(..)` has no primary key"#),
+            "{message}"
+        );
+        assert!(
+            message.contains(r#"`ALTER TABLE "bulk_batches" ADD PRIMARY KEY ("target", "batch_id")`"#),
+            "{message}"
+        );
+        assert_eq!(count(&client, "payment").await, 0);
+        assert!(ledger_rows(&client).await.is_empty());
+    }
+    // A unique key of another shape is no better.
+    client.batch_execute("ALTER TABLE bulk_batches ADD UNIQUE (batch_id)").await.unwrap();
+    let err = Payment::bulk(&mut client).batch_id("x").run(batch(0, 3)).await.unwrap_err();
+    assert!(matches!(err, Error::LedgerKeyMissing { .. }), "{err:?}");
+    // The key the message names, in either column order, makes it work.
+    client.batch_execute(r#"ALTER TABLE bulk_batches ADD UNIQUE ("batch_id", "target")"#).await.unwrap();
+    let report = Payment::bulk(&mut client).batch_id("x").run(batch(0, 3)).await.unwrap();
+    assert_eq!((report.replayed, report.inserted), (false, 3));
+    let again = Payment::bulk(&mut client).batch_id("x").run(batch(0, 3)).await.unwrap();
+    assert!(again.replayed);
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn the_ledger_lives_in_the_models_schema_or_where_told() {
     #[derive(BulkCreateNew)]

@@ -457,7 +457,8 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
     /// concurrent calls with the same id insert once.
     ///
     /// The ledger table must exist ([`Ledger::migration_sql`]; without it the
-    /// call fails with [`Error::LedgerMissing`]); by default it is
+    /// call fails with [`Error::LedgerMissing`], and without its primary
+    /// key with [`Error::LedgerKeyMissing`]); by default it is
     /// `bulk_batches` in the model's schema (see [`ledger`](Self::ledger)).
     /// An empty batch is not recorded.
     ///

@@ -117,6 +117,10 @@ fn ledger_error<'a>(model: &'a Model, ledger: &'a Ledger) -> impl Fn(tokio_postg
         ) {
             return Error::LedgerMissing { model: model.struct_name(), ledger: ledger.qualified_name(), source };
         }
+        // The claim's `ON CONFLICT ("target", "batch_id")` has no key to use.
+        if source.code() == Some(&SqlState::INVALID_COLUMN_REFERENCE) {
+            return Error::LedgerKeyMissing { model: model.struct_name(), ledger: ledger.qualified_name(), source };
+        }
         Error::database(model, Step::Ledger, source)
     }
 }
