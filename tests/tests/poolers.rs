@@ -2,7 +2,7 @@
 //! a different backend, whose session has neither the scratch table nor the
 //! prepared statement; the call must notice and work with exact counts.
 
-use bulk_runtime::{BulkCreateNew, Report};
+use bulk_runtime::{BulkCreateNew, Ledger, Report, Upsert};
 use bulk_tests::pgbouncer::Pgbouncer;
 use bulk_tests::{COPY_BATCH, Contended, TestDb, contended_batch, count, distinct_keys};
 use tokio_postgres::Client;
@@ -316,4 +316,49 @@ async fn a_session_pooler_runs_short_batches_unnamed_with_exact_counts() {
     assert_eq!(prepared, 0, "no short-batch statement prepared on the session's backend");
     assert_eq!(count(&db.connect().await, "contended").await, 6 * 20);
     db.drop().await;
+}
+
+/// `batch_id` through a transaction pooler: each call claims its id, writes
+/// its rows and records its counts in one transaction, so one backend; a
+/// replay on the other backend (the session that recorded it long gone to
+/// another client) returns the recorded counts and writes nothing, on the
+/// short and the COPY path, for the plain call and an upsert.
+#[tokio::test]
+async fn batch_ids_through_a_transaction_pooler_replay_on_another_backend() {
+    let db = setup("pooler_batch_id").await;
+    db.connect().await.batch_execute(&Ledger::of::<Contended>().migration_sql()).await.unwrap();
+    let bouncer = Pgbouncer::start(&db, "transaction", 2).await;
+    let mut writer = bouncer.connect().await;
+    let pins = [bouncer.connect().await, bouncer.connect().await];
+    let mut next = 0u64;
+    let mut backends = Vec::new();
+    for (step, n) in [10, COPY_BATCH, 10, COPY_BATCH].into_iter().enumerate() {
+        let batch = rows(next, n, "b");
+        let id = format!("batch {step}");
+        let upsert = step >= 2;
+        // The first time on one backend, the second on the other.
+        backends.push(pin(&pins[0]).await);
+        let first = with_batch_id(&mut writer, &id, upsert, &batch).await;
+        backends.push(pin(&pins[1]).await);
+        unpin(&pins[0]).await;
+        let again = with_batch_id(&mut writer, &id, upsert, &batch).await;
+        unpin(&pins[1]).await;
+        assert_eq!((first.replayed, first.offered, first.inserted), (false, n as u64, n as u64), "step {step}");
+        assert!(again.replayed, "step {step}: {again:?}");
+        assert_eq!((again.offered, again.inserted, again.skipped), (first.offered, first.inserted, first.skipped));
+        next += n as u64;
+    }
+    assert_eq!(backends.iter().collect::<std::collections::BTreeSet<_>>().len(), 2, "{backends:?}");
+    let direct = db.connect().await;
+    assert_eq!(count(&direct, "contended").await, next as i64);
+    assert_eq!(count(&direct, "bulk_batches").await, 4);
+    db.drop().await;
+}
+
+async fn with_batch_id(writer: &mut Client, id: &str, upsert: bool, batch: &[Contended]) -> Report {
+    let bulk = Contended::bulk(writer).batch_id(id);
+    match upsert {
+        true => bulk.upsert(Upsert::columns(["payload"])).run(batch).await.unwrap(),
+        false => bulk.run(batch).await.unwrap(),
+    }
 }
