@@ -408,6 +408,71 @@ async fn stream_call(placement: Placement, n: usize, on: On) {
     db.drop().await;
 }
 
+variants!(failing_stream, failing_stream_call);
+
+/// `try_run_stream` whose stream fails after `n` rows (on the COPY path,
+/// after a chunk was sent), with a batch id: `Error::Stream` naming the
+/// row, nothing written (no row, no ledger row, an empty staging table),
+/// and the connection, or the caller's transaction, good for the next call.
+async fn failing_stream_call(placement: Placement, n: usize, on: On) {
+    let (db, mut client) = setup("stream_fails", placement, n, on).await;
+    client.batch_execute(&Ledger::of::<Retweet>().migration_sql()).await.expect("create the ledger");
+    let (pre, rows, new) = batch(n, 0);
+    store(&client, &pre).await;
+    let failing = |rows: Vec<Retweet>| {
+        futures_util::stream::iter(rows.into_iter().map(Ok).chain([Err(std::io::Error::other("truncated"))]))
+    };
+    // The failing call, then the same rows complete in the same transaction
+    // (or on the connection).
+    let (err, sent, report) = match on {
+        On::Client => {
+            let mut sent = 0;
+            let err = Retweet::bulk(&mut client)
+                .on_progress(|p| sent = p.sent)
+                .batch_id("never")
+                .try_run_stream(failing(rows.clone()))
+                .await
+                .unwrap_err();
+            (err, sent, Retweet::bulk(&mut client).batch_id("complete").run(&rows).await)
+        }
+        On::Transaction => {
+            let mut tx = client.transaction().await.expect("begin");
+            let mut sent = 0;
+            let err = Retweet::bulk(&mut tx)
+                .on_progress(|p| sent = p.sent)
+                .batch_id("never")
+                .try_run_stream(failing(rows.clone()))
+                .await
+                .unwrap_err();
+            let before: i64 = tx.query_one("SELECT count(*) FROM rt", &[]).await.expect("count").get(0);
+            assert_eq!(before, pre.len() as i64, "the failed call wrote nothing in the caller's transaction");
+            let report = Retweet::bulk(&mut tx).batch_id("complete").run(&rows).await;
+            tx.commit().await.expect("commit the caller's transaction");
+            (err, sent, report)
+        }
+    };
+    assert!(matches!(err, Error::Stream { row, .. } if row == n), "{err:?}");
+    assert!(err.connection_usable() && !err.is_retryable(), "{err}");
+    if n > COPY_BATCH {
+        assert!(sent > 0, "a chunk was sent before the failure");
+    }
+    let report = report.expect("the next call");
+    assert_eq!((report.inserted, report.skipped), (new.len() as u64, (n - new.len()) as u64));
+    assert_stored(&client, &pre, &rows, &new).await;
+    let ledger: Vec<String> = client
+        .query("SELECT batch_id FROM bulk_batches", &[])
+        .await
+        .expect("read the ledger")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ledger, ["complete"], "the failed call's batch id was not recorded");
+    if placement == STAGED {
+        assert_eq!(count(&client, &Retweet::model().citus_staging_table()).await, 0, "the staging table keeps no row");
+    }
+    db.drop().await;
+}
+
 variants!(batch_id_local_ledger, batch_id_local);
 variants!(batch_id_reference_ledger, batch_id_reference);
 
