@@ -2737,6 +2737,83 @@ async fn through_a_transaction_pooler_on_a_reference_table() {
     through_a_transaction_pooler(REF).await;
 }
 
+/// Citus runs distributed statements from any node (its metadata is on the
+/// workers too): a call on a connection to a *worker*, the table made and
+/// placed through the coordinator, works as on the coordinator. On every
+/// path, on a `Client` and in a caller's transaction: the plain call with a
+/// batch id (exact counts, the first offered row kept, replayed),
+/// `returning_keys` (the positions and ids of the inserted rows) and an
+/// upsert (`Keep::Last`, `only_if_changed`). The ledger must be a reference
+/// table there: a coordinator-local one is not on the worker
+/// (`Error::LedgerMissing`, nothing written).
+async fn through_a_worker_node(placement: Placement) {
+    let db = CitusDb::new(&format!("worker_node_{}", placement.name())).await;
+    let admin = db.connect().await;
+    admin.batch_execute(RT_DDL).await.expect("create rt");
+    placement.place::<Retweet>(&admin, "rt").await;
+    admin.batch_execute(&Ledger::of::<Retweet>().migration_sql()).await.expect("create the ledger");
+    let (host, port) = workers(&admin).await[0].clone();
+    let mut worker = db.connect_worker(&host, port).await;
+    let schema = bulk_runtime::quote_ident(&db.schema);
+    worker.batch_execute(&format!("SET search_path = {schema}")).await.expect("the test's schema on the worker");
+    let err = Retweet::bulk(&mut worker).batch_id("local").run(&batch(SHORT, 0).1).await.unwrap_err();
+    assert!(matches!(err, Error::LedgerMissing { .. }), "a coordinator-local ledger: {err:?}");
+    assert_eq!(count(&admin, "rt").await, 0);
+    admin.batch_execute(&REF.sql("bulk_batches")).await.expect("make the ledger a reference table");
+    for n in [SHORT, MEDIUM, LONG] {
+        for on in [On::Client, On::Transaction] {
+            let what = format!("{} rows, {on:?}", n);
+            admin.batch_execute("TRUNCATE rt").await.expect("empty rt");
+            let (pre, rows, new) = batch(n, 0);
+            store(&admin, &pre).await;
+            let id = what.as_str();
+            let o = call!(worker, on, |c| Retweet::bulk(c).batch_id(id).run(&rows)).expect(&what);
+            assert_eq!(
+                (o.offered, o.inserted, o.skipped),
+                (n as u64, new.len() as u64, (n - new.len()) as u64),
+                "{what}"
+            );
+            let again = call!(worker, on, |c| Retweet::bulk(c).batch_id(id).run(&rows)).expect(&what);
+            assert!(again.replayed && again.inserted == o.inserted, "{what}: {again:?}");
+            assert_stored(&admin, &pre, &rows, &new).await;
+
+            admin.batch_execute("TRUNCATE rt").await.expect("empty rt");
+            store(&admin, &pre).await;
+            let keys = call!(worker, on, |c| Retweet::bulk(c).returning_keys().run(&rows)).expect(&what);
+            let got: Vec<usize> = keys.returned.iter().map(|r| r.index).collect();
+            assert_eq!(got, new, "{what}: the positions of exactly the inserted rows");
+            let table = stored(&admin).await;
+            assert!(keys.returned.iter().all(|r| r.id == Some(table[&r.key].0)), "{what}: the ids the table gave");
+
+            admin.batch_execute("TRUNCATE rt").await.expect("empty rt");
+            store(&admin, &pre).await;
+            let UpsertCase { rows, expected: (inserted, updated, unchanged, skipped), kept } =
+                upsert_batch(n, Keep::Last);
+            let upsert = || Upsert::set([Retweet::columns().original_author]).only_if_changed();
+            let up = call!(worker, on, |c| Retweet::bulk(c).upsert(upsert()).run(&rows)).expect(&what);
+            assert_eq!(counts(&up), (n as u64, inserted, updated, unchanged, skipped), "{what}");
+            let table = stored(&admin).await;
+            assert!(kept.iter().all(|(k, author)| table[k].1 == *author), "{what}: the last row of each key");
+        }
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn calls_through_a_worker_node_on_a_distributed_table() {
+    through_a_worker_node(DIST).await;
+}
+
+#[tokio::test]
+async fn calls_through_a_worker_node_on_a_distributed_table_with_its_staging_table() {
+    through_a_worker_node(STAGED).await;
+}
+
+#[tokio::test]
+async fn calls_through_a_worker_node_on_a_reference_table() {
+    through_a_worker_node(REF).await;
+}
+
 /// A table redistributed between calls (other shards, other hash ranges,
 /// with 8, then 5, then 3 shards), on an `integer` distribution column:
 /// each call reads the shard map afresh and counts exactly.
