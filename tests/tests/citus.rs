@@ -15,11 +15,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulk_runtime::retry::RetryPolicy;
 use bulk_runtime::{BulkCreateNew, Error, Keep, Ledger, NewRow, Progress, Report, Upsert};
 use bulk_tests::citus::{CitusDb, Placement, workers};
 use bulk_tests::pgbouncer::Pgbouncer;
 use bulk_tests::{COPY_BATCH, Contended, contended_batch, count, distinct_keys, lock_key};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 /// The table: key `(tweet, retweeter)`, distributed by `tweet`. The
 /// DDL is written here (not `migration_sql()`): Citus refuses a primary key
@@ -613,19 +615,38 @@ async fn contended_setup(test: &str, placement: Placement) -> CitusDb {
 /// distributed), the inserted counts add up to the rows stored and to the
 /// distinct keys offered, each call stored exactly what it reported, and
 /// every stored row is the first offered row of its key in its batch.
-async fn eight_writers(placement: Placement) {
+///
+/// With `every_node`, the writers connect in turn to the coordinator and
+/// to each worker (Citus runs distributed statements from any node). Citus
+/// takes the shard locks that serialize multi-shard writes only on the
+/// coordinator, so these writers meet distributed deadlocks (40P01): each
+/// call is retried with `RetryPolicy` until it goes in, and the counts
+/// must still add up exactly (a failed attempt wrote nothing).
+async fn eight_writers(placement: Placement, every_node: bool) {
     let _alone = EIGHT_WRITERS.lock().await;
-    let db = contended_setup("conc", placement).await;
+    let db = contended_setup(if every_node { "conc_nodes" } else { "conc" }, placement).await;
     let seed = bulk_tests::seed("citus eight writers");
     let universe = 12_000u64;
+    let nodes = if every_node { workers(&db.connect().await).await } else { Vec::new() };
     let mut clients = Vec::new();
-    for _ in 0..WRITERS {
-        clients.push(db.connect().await);
+    for w in 0..WRITERS as usize {
+        match w % (nodes.len() + 1) {
+            0 => clients.push(db.connect().await),
+            i => {
+                let (host, port) = &nodes[i - 1];
+                let client = db.connect_worker(host, *port).await;
+                let schema = bulk_runtime::quote_ident(&db.schema);
+                client.batch_execute(&format!("SET search_path = {schema}")).await.expect("the test's schema");
+                clients.push(client);
+            }
+        }
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS as usize));
+    let deadlocks = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (w, mut client) in clients.into_iter().enumerate() {
         let barrier = barrier.clone();
+        let deadlocks = deadlocks.clone();
         let w = w as u64;
         tasks.push(tokio::spawn(async move {
             let mut calls = Vec::new();
@@ -634,16 +655,33 @@ async fn eight_writers(placement: Placement) {
                 let len = if (w + round).is_multiple_of(3) { 1_500 } else { COPY_BATCH + 400 * w as usize };
                 let batch = contended_batch(seed, round, w, len, universe);
                 barrier.wait().await;
-                let result = if round.is_multiple_of(2) {
-                    Contended::bulk_create_new(&mut client, &batch).await
-                } else {
-                    // Inside a caller's transaction.
-                    let mut tx = client.transaction().await.expect("begin");
-                    let r = Contended::bulk_create_new(&mut tx, &batch).await;
-                    if r.is_ok() {
-                        tx.commit().await.expect("commit");
+                // Through the coordinator: one attempt, which must succeed.
+                // Through every node: distributed deadlocks, retried.
+                let mut retry = RetryPolicy::new().max_attempts(if every_node { 100 } else { 1 }).start();
+                let result = loop {
+                    let result = if round.is_multiple_of(2) {
+                        Contended::bulk_create_new(&mut client, &batch).await
+                    } else {
+                        // Inside a caller's transaction.
+                        let mut tx = client.transaction().await.expect("begin");
+                        let r = Contended::bulk_create_new(&mut tx, &batch).await;
+                        if r.is_ok() {
+                            tx.commit().await.expect("commit");
+                        }
+                        r
+                    };
+                    match result {
+                        Ok(o) => break Ok(o),
+                        Err(e) => {
+                            if e.sqlstate() == Some(&SqlState::T_R_DEADLOCK_DETECTED) {
+                                deadlocks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            match retry.retry_after(e, tokio::time::sleep).await {
+                                Ok(()) => continue,
+                                Err(e) => break Err(e),
+                            }
+                        }
                     }
-                    r
                 };
                 // A failed call does not end the writer: the others wait
                 // for it at the next round's barrier.
@@ -663,6 +701,7 @@ async fn eight_writers(placement: Placement) {
         errors.extend(failed);
     }
     assert!(errors.is_empty(), "{} of {} calls failed:\n{}", errors.len(), 4 * WRITERS, errors.join("\n"));
+    eprintln!("{} distributed deadlocks retried", deadlocks.load(std::sync::atomic::Ordering::Relaxed));
     let admin = db.connect().await;
     let keys = distinct_keys(calls.values().map(|(b, _)| b));
     let mut inserted = 0;
@@ -699,12 +738,22 @@ async fn eight_writers(placement: Placement) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_writers_on_a_distributed_table() {
-    eight_writers(Placement::Distributed("b")).await;
+    eight_writers(Placement::Distributed("b"), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_writers_on_a_distributed_table_with_its_staging_table() {
-    eight_writers(Placement::Staged("b")).await;
+    eight_writers(Placement::Staged("b"), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_writers_through_every_node_on_a_distributed_table() {
+    eight_writers(Placement::Distributed("b"), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_writers_through_every_node_on_a_distributed_table_with_its_staging_table() {
+    eight_writers(Placement::Staged("b"), true).await;
 }
 
 /// Four writers of 60,000-row batches over overlapping keys, shuffled, on
@@ -749,8 +798,13 @@ async fn four_writers_of_large_batches_through_the_staging_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_writers_through_every_node_on_a_reference_table() {
+    eight_writers(REF, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_writers_on_a_reference_table() {
-    eight_writers(REF).await;
+    eight_writers(REF, false).await;
 }
 
 /// 8 writers at once of short batches of every form the plain call sends
