@@ -223,6 +223,15 @@ impl CitusDb {
         connect_config(&self.config_at(host, port)).await
     }
 
+    /// A connection to a worker node as [`connect`](Self::connect) makes one
+    /// to the coordinator (`search_path` the test's schema): for calls made
+    /// on a worker (Citus runs distributed statements from any node).
+    pub async fn connect_node(&self, host: &str, port: u16) -> Client {
+        let mut config = self.config_at(host, port);
+        config.options(self.config().get_options().unwrap_or_default());
+        connect_config(&config).await
+    }
+
     /// The coordinator's user, password and database at `host`, `port`,
     /// with the test's `application_name` (a new `Config`: `host` and
     /// `port` add to a config's lists).

@@ -632,13 +632,7 @@ async fn eight_writers(placement: Placement, every_node: bool) {
     for w in 0..WRITERS as usize {
         match w % (nodes.len() + 1) {
             0 => clients.push(db.connect().await),
-            i => {
-                let (host, port) = &nodes[i - 1];
-                let client = db.connect_worker(host, *port).await;
-                let schema = bulk_runtime::quote_ident(&db.schema);
-                client.batch_execute(&format!("SET search_path = {schema}")).await.expect("the test's schema");
-                clients.push(client);
-            }
+            i => clients.push(db.connect_node(&nodes[i - 1].0, nodes[i - 1].1).await),
         }
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS as usize));
@@ -2807,9 +2801,7 @@ async fn through_a_worker_node(placement: Placement) {
     placement.place::<Retweet>(&admin, "rt").await;
     admin.batch_execute(&Ledger::of::<Retweet>().migration_sql()).await.expect("create the ledger");
     let (host, port) = workers(&admin).await[0].clone();
-    let mut worker = db.connect_worker(&host, port).await;
-    let schema = bulk_runtime::quote_ident(&db.schema);
-    worker.batch_execute(&format!("SET search_path = {schema}")).await.expect("the test's schema on the worker");
+    let mut worker = db.connect_node(&host, port).await;
     let err = Retweet::bulk(&mut worker).batch_id("local").run(&batch(SHORT, 0).1).await.unwrap_err();
     assert!(matches!(err, Error::LedgerMissing { .. }), "a coordinator-local ledger: {err:?}");
     assert_eq!(count(&admin, "rt").await, 0);
