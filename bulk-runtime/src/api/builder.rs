@@ -524,6 +524,13 @@ pub(crate) mod private {
         fn is_plain(&self) -> bool {
             false
         }
+        /// Whether the returned rows go to the caller's callback as they
+        /// arrive, which must run before the commit: the short path's one
+        /// statement then runs in a transaction of its own (it would
+        /// otherwise commit by itself before the first row is read).
+        fn hands_rows_out(&self) -> bool {
+            false
+        }
         /// One inserted row: its position, id, and the row with its key from `at`.
         /// An error (reading the key) fails the call.
         fn receive(
@@ -627,6 +634,9 @@ impl<K: FromKey, F: FnMut(NewRow<K>) + Send> private::Run for ReturningKeysWith<
     fn kind(&mut self, model: &'static Model) -> Result<Kind, Error> {
         check_key::<K>(model)?;
         Ok(Kind::Keys)
+    }
+    fn hands_rows_out(&self) -> bool {
+        true
     }
     fn receive(&mut self, index: usize, id: Option<i64>, row: &Row, at: usize) -> Result<(), tokio_postgres::Error> {
         (self.f)(read_key(index, id, row, at)?);

@@ -127,6 +127,25 @@ impl Form {
         )
     }
 
+    /// Whether `error` is a cast in a statement the connection prepared that
+    /// the table's columns no longer allow: `"id"::bigint` of the returning
+    /// statements after the id column became a `uuid` (42846, refused as the
+    /// statement was analysed again) or a `text` (22P02, from a value, as
+    /// the statement ran), since the check or after a `search_path` switch
+    /// to a same-named table of another tenant. Nothing was written; the
+    /// call checks the table again once, as for [`name_gone`](Self::name_gone).
+    /// (Not the guards' own refusals, which are 22P02 too: their messages
+    /// start with `bulk_runtime:`.)
+    pub(crate) fn cast_refused(error: &Error) -> bool {
+        match error.sqlstate() {
+            Some(&SqlState::CANNOT_COERCE | &SqlState::DATATYPE_MISMATCH) => true,
+            Some(&SqlState::INVALID_TEXT_REPRESENTATION) => {
+                error.db_error().is_some_and(|db| !db.message().contains("bulk_runtime:"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `error` may come from a short-path statement that reads the
     /// batch's key as a `varchar(n)` the connection's check found, on a
     /// column widened since (SQLSTATE 22001, for a model with a text key):

@@ -31,6 +31,7 @@ use std::borrow::Borrow;
 use std::pin::{Pin, pin};
 
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
@@ -370,7 +371,11 @@ where
                 continue;
             }
             let changed = |e: &Error| {
-                Form::index_changed(e) || Form::plan_changed(e) || Form::name_gone(e) || Form::length_refused(model, e)
+                Form::index_changed(e)
+                    || Form::plan_changed(e)
+                    || Form::name_gone(e)
+                    || Form::cast_refused(e)
+                    || Form::length_refused(model, e)
             };
             if !rechecked && result.as_ref().is_err_and(changed) {
                 // The `ON CONFLICT` form's guard (also a variant's: returning
@@ -378,7 +383,8 @@ where
                 // the connection checked the table, or the server would
                 // describe a prepared statement's result otherwise now
                 // (nothing was written), or a statement names what the
-                // table no longer has (an id column dropped), or a
+                // table no longer has (an id column dropped) or casts what
+                // it no longer can (an id column now a uuid), or a
                 // `varchar(n)` key may have been widened: the next attempt
                 // checks it again, and runs a statement built for what the
                 // check finds, or returns the check's explanation.
@@ -610,62 +616,112 @@ SELECT DISTINCT tgname::text FROM pg_catalog.pg_trigger
 /// When a statement fails because the table does not fit the model (missing
 /// table, column or unique index, wrong type), report the schema check's
 /// explanation instead of the raw error.
+///
+/// In a caller's transaction the explanation's catalog reads run in a
+/// savepoint of their own, rolled back: the failed call left the caller's
+/// transaction as it was, and a read that fails too (after a `SET LOCAL
+/// ROLE` to a role without `USAGE` on the table's schema, say) must not
+/// abort it.
 async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, error: Error) -> Error {
     if !error.connection_usable() {
         return error;
     }
-    // A returning or upsert statement refused a stored row whose key the
-    // table changed (see `variants::keys_kept`), or its update met one row
-    // twice (21000: two offered keys that the table's triggers made one).
-    let twice = error.db_error().is_some_and(|db| db.routine() == Some("ExecOnConflictUpdate"));
-    let key_changed = (error.sqlstate() == Some(&SqlState::CARDINALITY_VIOLATION) && twice)
-        || (error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
-            && error.db_error().is_some_and(|db| db.message().contains(variants::KEY_CHANGED)));
-    if key_changed {
-        let target = sql::plan(model).target_regclass.as_str();
-        let triggers = match conn.client().query_typed(BEFORE_INSERT_TRIGGERS, &[(&target, Type::TEXT)]).await {
-            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-            Err(_) => return error,
-        };
-        return Error::SchemaMismatch {
-            table: model.qualified_name(),
-            model: model.struct_name(),
-            problems: vec![SchemaProblem::KeyChangedOnInsert { triggers }],
-        };
-    }
-    if Form::index_changed(&error) || Form::stage_changed(&error) {
-        // (The COPY path's `ON CONFLICT` form; the short path got here
-        // after checking again.) The connection's statements were built for
-        // the table as its last check found it. (After the guard of an
-        // insert from the staging table, the check keeps the connection's
-        // next calls off it.)
-        crate::statements::forget_prepared(conn.client(), model);
-        return match schema::verify(conn.client(), model).await {
-            Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,
-            _ => error,
-        };
-    }
-    // (55000: `ON CONFLICT` met a deferrable constraint on the key added
-    // since the check; on Citus a worker's error, relayed.)
-    let deferrable = error.sqlstate() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
-    // (0A000 from the rewriter: an `INSERT` or `UPDATE` rule created since
-    // the check, which refuses `ON CONFLICT` and the returning and upsert
-    // statements' `WITH` queries on the table.)
-    let rule = error.sqlstate() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
-        && error.db_error().is_some_and(|db| db.routine() == Some("RewriteQuery"));
-    // (22003: a value the column no longer holds, such as a `bigint` key
-    // column narrowed to `integer` since the check: the model no longer
-    // fits the table, which the check says. A value out of a range the
-    // model allows, such as a `numeric(5, 2)` column's, passes the check
-    // and keeps its own error.)
-    let out_of_range = error.sqlstate() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE);
-    let schema_related =
-        deferrable || rule || out_of_range || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
-    if !schema_related {
+    let Some(how) = Explanation::of(&error) else {
         return error;
+    };
+    let client = conn.client();
+    let scope = if conn.nested() {
+        match Scope::begin(client, true).await {
+            Ok(scope) => Some(scope),
+            Err(_) => return error,
+        }
+    } else {
+        None
+    };
+    let explained = how.explain(client, model, error).await;
+    if let Some(scope) = scope {
+        // (Its catalog reads wrote nothing: a failed rollback leaves the
+        // connection's next request to report what went wrong.)
+        let _ = scope.rollback().await;
     }
-    match schema::verify(conn.client(), model).await {
-        Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,
-        _ => error,
+    explained
+}
+
+/// What [`explain_failure`] reads to explain an error.
+enum Explanation {
+    /// The table's `BEFORE INSERT` row triggers, which changed a key.
+    KeyChanged,
+    /// The schema check, after forgetting the connection's statements.
+    CheckAfterChange,
+    /// The schema check.
+    Check,
+}
+
+impl Explanation {
+    /// How to explain `error`, or `None` to return it as it is.
+    fn of(error: &Error) -> Option<Explanation> {
+        // A returning or upsert statement refused a stored row whose key the
+        // table changed (see `variants::keys_kept`), or its update met one row
+        // twice (21000: two offered keys that the table's triggers made one).
+        let twice = error.db_error().is_some_and(|db| db.routine() == Some("ExecOnConflictUpdate"));
+        let key_changed = (error.sqlstate() == Some(&SqlState::CARDINALITY_VIOLATION) && twice)
+            || (error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+                && error.db_error().is_some_and(|db| db.message().contains(variants::KEY_CHANGED)));
+        if key_changed {
+            return Some(Explanation::KeyChanged);
+        }
+        if Form::index_changed(error) || Form::stage_changed(error) {
+            // (The COPY path's `ON CONFLICT` form; the short path got here
+            // after checking again.) The connection's statements were built for
+            // the table as its last check found it. (After the guard of an
+            // insert from the staging table, the check keeps the connection's
+            // next calls off it.)
+            return Some(Explanation::CheckAfterChange);
+        }
+        // (55000: `ON CONFLICT` met a deferrable constraint on the key added
+        // since the check; on Citus a worker's error, relayed.)
+        let deferrable = error.sqlstate() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+        // (0A000 from the rewriter: an `INSERT` or `UPDATE` rule created since
+        // the check, which refuses `ON CONFLICT` and the returning and upsert
+        // statements' `WITH` queries on the table.)
+        let rule = error.sqlstate() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
+            && error.db_error().is_some_and(|db| db.routine() == Some("RewriteQuery"));
+        // (22003: a value the column no longer holds, such as a `bigint` key
+        // column narrowed to `integer` since the check: the model no longer
+        // fits the table, which the check says. A value out of a range the
+        // model allows, such as a `numeric(5, 2)` column's, passes the check
+        // and keeps its own error.)
+        let out_of_range = error.sqlstate() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE);
+        let schema_related =
+            deferrable || rule || out_of_range || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
+        schema_related.then_some(Explanation::Check)
+    }
+
+    /// The explanation of `error` that the catalog gives on `client`, or
+    /// `error` itself.
+    async fn explain(self, client: &Client, model: &'static Model, error: Error) -> Error {
+        match self {
+            Explanation::KeyChanged => {
+                let target = sql::plan(model).target_regclass.as_str();
+                let triggers = match client.query_typed(BEFORE_INSERT_TRIGGERS, &[(&target, Type::TEXT)]).await {
+                    Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+                    Err(_) => return error,
+                };
+                Error::SchemaMismatch {
+                    table: model.qualified_name(),
+                    model: model.struct_name(),
+                    problems: vec![SchemaProblem::KeyChangedOnInsert { triggers }],
+                }
+            }
+            Explanation::CheckAfterChange | Explanation::Check => {
+                if matches!(self, Explanation::CheckAfterChange) {
+                    crate::statements::forget_prepared(client, model);
+                }
+                match schema::verify(client, model).await {
+                    Err(mismatch @ Error::SchemaMismatch { .. }) => mismatch,
+                    _ => error,
+                }
+            }
+        }
     }
 }

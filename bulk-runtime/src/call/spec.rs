@@ -46,10 +46,11 @@ impl Call<'_> {
     }
 
     /// Whether the short path needs a transaction of its own (or a
-    /// savepoint, `nested`): more than one statement, or a ledger row to
-    /// write with the rows. A single statement is a transaction already.
+    /// savepoint, `nested`): more than one statement, a ledger row to
+    /// write with the rows, or a callback that must see the rows before
+    /// the commit. A single statement is a transaction already.
     pub(crate) fn needs_transaction(&self, nested: bool) -> bool {
-        nested || self.ledger.is_some() || matches!(self.kind, Kind::Upsert(_))
+        nested || self.ledger.is_some() || matches!(self.kind, Kind::Upsert(_)) || self.receiver.hands_rows_out()
     }
 }
 

@@ -357,7 +357,9 @@ pub(crate) fn stage_guard(model: &Model, names: &[&str]) -> String {
 
 /// How the column `name` (an SQL text expression) of the relation `rel` (an
 /// OID expression) compares, as a `text[]` of seven: the schema and name of
-/// its type when that is `citext` or `bpchar` (or `varchar`, for a key
+/// its type when that is `citext`, `bpchar` or `name` (which the schema
+/// check refuses: it cuts values at 63 bytes; a column altered to it since
+/// the check must not compare as `text`) (or `varchar`, for a key
 /// field the model declares nullable: `nullable`, an SQL boolean
 /// expression; or for a `varchar(n)`), the schema and name of its collation
 /// when that is not its type's default (NULL otherwise), the type modifier
@@ -373,8 +375,8 @@ pub(crate) fn column_compares(rel: &str, name: &str, nullable: &str) -> String {
     let domain = format!("({nullable} AND t.typtype = 'd')");
     format!(
         "(SELECT ARRAY[CASE WHEN b.typname = 'citext' THEN b.typschema \
-         WHEN b.typname = 'bpchar' OR {varchar} THEN 'pg_catalog' END, \
-         CASE WHEN b.typname IN ('citext', 'bpchar') OR {varchar} THEN b.typname END, \
+         WHEN b.typname IN ('bpchar', 'name') OR {varchar} THEN 'pg_catalog' END, \
+         CASE WHEN b.typname IN ('citext', 'bpchar', 'name') OR {varchar} THEN b.typname END, \
          CASE WHEN a.attcollation <> b.typcollation THEN cn.nspname::text END, \
          CASE WHEN a.attcollation <> b.typcollation THEN co.collname::text END, \
          CASE WHEN b.typname = 'varchar' AND b.typmod >= 0 THEN b.typmod::text END, \

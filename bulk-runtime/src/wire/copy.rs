@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
+use sha2::{Digest, Sha256};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, CopyInSink};
 
@@ -19,6 +20,11 @@ use crate::types::ValueError;
 
 /// Bytes per message sent to the server during COPY.
 pub(crate) const CHUNK: usize = 128 * 1024;
+
+/// The most bytes of COPY data sent in one message: a row of large values
+/// goes in several (the server joins them), since the server closes the
+/// connection on a message of 1 GB or more.
+const MAX_MESSAGE: usize = 64 << 20;
 
 /// The binary COPY header: signature, flags, header extension length.
 pub(crate) const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -121,11 +127,16 @@ impl CopyWriter {
         self.sent_bytes + self.buf.len() as u64
     }
 
-    /// Sends what is buffered.
+    /// Sends what is buffered, in messages of at most [`MAX_MESSAGE`] bytes.
     pub(crate) async fn flush(&mut self, model: &'static Model) -> Result<(), Error> {
         self.sent_bytes += self.buf.len() as u64;
         self.unsent = false;
-        self.sink.as_mut().send(self.buf.split().freeze()).await.map_err(|source| Error::copy(model, source))
+        let mut data = self.buf.split().freeze();
+        while data.len() > MAX_MESSAGE {
+            let head = data.split_to(MAX_MESSAGE);
+            self.sink.as_mut().send(head).await.map_err(|source| Error::copy(model, source))?;
+        }
+        self.sink.as_mut().send(data).await.map_err(|source| Error::copy(model, source))
     }
 
     /// Ends the COPY; returns the rows the server received.
@@ -165,41 +176,47 @@ pub(crate) fn encode_row<T: BulkCreateNew>(
 }
 
 /// What a batch is, for its batch id: the model, the number of rows and a
-/// stable 64-bit hash of the rows' binary encoding (as sent with `COPY`,
+/// stable hash of the rows' binary encoding (as sent with `COPY`,
 /// each row's position included), written as text in the ledger when the id
 /// is claimed. A later call with the same id replays the recorded counts
 /// only if its batch has the same fingerprint; another batch (other rows, or
 /// another model's) under a used id is an error, never a silent replay.
 ///
-/// The hash is the crate's own (a multiply-xorshift over 8-byte words), so it
-/// stays the same across processes, versions of Rust and machines.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The hash is SHA-256 (its first 128 bits written), so it stays the same
+/// across processes, versions of Rust and machines, and another batch
+/// cannot be made to match a recorded one, even on purpose (a batch whose
+/// rows an outsider writes, say).
+#[derive(Debug, Clone)]
 pub(crate) struct Fingerprint {
     rows: u64,
-    hash: u64,
+    hash: Sha256,
+}
+
+impl PartialEq for Fingerprint {
+    fn eq(&self, other: &Fingerprint) -> bool {
+        self.rows == other.rows && self.digest() == other.digest()
+    }
 }
 
 impl Fingerprint {
     pub(crate) fn new() -> Fingerprint {
-        Fingerprint { rows: 0, hash: 0x243f_6a88_85a3_08d3 }
+        Fingerprint { rows: 0, hash: Sha256::new() }
     }
 
-    /// Adds one row, given as its binary `COPY` encoding.
+    /// Adds one row, given as its binary `COPY` encoding (its length first,
+    /// so that rows cannot shift into one another).
     pub(crate) fn add_row(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mix = |h: u64, w: u64| {
-            let h = (h ^ w).wrapping_mul(K);
-            h ^ (h >> 29)
-        };
-        let mut h = mix(self.hash, bytes.len() as u64);
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            h = mix(h, u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        let mut tail = [0u8; 8];
-        tail[..words.remainder().len()].copy_from_slice(words.remainder());
-        self.hash = mix(h, u64::from_le_bytes(tail));
+        self.hash.update((bytes.len() as u64).to_le_bytes());
+        self.hash.update(bytes);
         self.rows += 1;
+    }
+
+    /// The first 128 bits of the hash so far.
+    fn digest(&self) -> [u8; 16] {
+        let full = self.hash.clone().finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
     }
 
     /// Adds one row, given as its binary `COPY` encoding of `types`, with
@@ -222,7 +239,8 @@ impl Fingerprint {
 
     /// The text recorded in the ledger.
     pub(crate) fn text(&self, model: &Model) -> String {
-        format!("{} rows of {} {:016x}", self.rows, model.struct_name(), self.hash)
+        let hex: String = self.digest().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{} rows of {} {hex}", self.rows, model.struct_name())
     }
 }
 
@@ -276,13 +294,57 @@ mod canonical {
     /// A binary jsonb value: version 1, then the JSON text, written again
     /// compactly with every object's keys sorted (also where a dependency
     /// turns on `serde_json`'s `preserve_order`).
+    ///
+    /// `serde_json` holds a number it cannot keep exactly (an integer beyond
+    /// 64 bits, more digits than an `f64` keeps) as an `f64`, which jsonb
+    /// does not: two such values that jsonb tells apart would read alike.
+    /// When the number literals written again differ from those sent, the
+    /// literals as sent follow, sorted (the order of an object's members
+    /// does not change them).
     fn jsonb(value: &[u8]) -> Option<Vec<u8>> {
         let (&version, text) = value.split_first()?;
         let mut parsed: serde_json::Value = serde_json::from_slice(text).ok()?;
         parsed.sort_all_objects();
         let mut out = vec![version];
         serde_json::to_writer(&mut out, &parsed).ok()?;
+        let mut sent = numbers(text);
+        let mut written = numbers(&out[1..]);
+        sent.sort_unstable();
+        written.sort_unstable();
+        if sent != written {
+            out.push(0);
+            for number in sent {
+                out.extend_from_slice(number);
+                out.push(b',');
+            }
+        }
         Some(out)
+    }
+
+    /// The number literals of the JSON `text`, outside its strings, in order.
+    fn numbers(text: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < text.len() {
+            match text[i] {
+                b'"' => {
+                    i += 1;
+                    while i < text.len() && text[i] != b'"' {
+                        i += if text[i] == b'\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = i;
+                    while i < text.len() && matches!(text[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                        i += 1;
+                    }
+                    out.push(&text[start..i]);
+                }
+                _ => i += 1,
+            }
+        }
+        out
     }
 
     /// A binary one-dimensional (or empty) array of jsonb.
@@ -359,6 +421,16 @@ mod tests {
             f
         });
         assert_ne!(of(&row(r#"{"a":[{"c":null,"d":"x"},1],"b":2.5}"#, r#"{"e":1,"f":2}"#)), of(&sorted));
+        // Numbers an `f64` does not keep exactly (as `serde_json` reads
+        // them) still tell rows apart, whatever the order of the members.
+        let big = |n: &str, m: &str| row(&format!(r#"{{"a":{n},"s":"1\"2","b":{m}}}"#), r#"{"e":1}"#);
+        let one = of(&big("100000000000000000001", "0.1000000000000000000001"));
+        assert_ne!(one, of(&big("100000000000000000002", "0.1000000000000000000001")));
+        assert_ne!(one, of(&big("100000000000000000001", "0.1000000000000000000002")));
+        assert_eq!(
+            one,
+            of(&row(r#"{"b":0.1000000000000000000001,"s":"1\"2","a":100000000000000000001}"#, r#"{"e":1}"#))
+        );
     }
 
     #[test]
@@ -373,10 +445,12 @@ mod tests {
         for other in [of(&[b"second", b"first row"]), of(&[b"first rowsecond"]), of(&[b"first row", b"secone"])] {
             assert_ne!(a, other);
         }
-        // Ledgers keep it across processes and versions: it must never change.
+        // Ledgers keep it across processes and versions: it must never
+        // change. (The first half of SHA-256 over each row's length, as a
+        // little-endian u64, and bytes; checked with Python's hashlib.)
         assert_eq!(
             of(&[b"abc", b"0123456789"]).text(&crate::sql::fixtures::MODEL),
-            "2 rows of Retweet 7f7e05fcbd59c79d"
+            "2 rows of Retweet 7ade0bb5f9f79a238e47e5b401e7e62f"
         );
     }
 }

@@ -45,7 +45,9 @@ fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
     let order = first_of_each_key_in_order(&cols, &key, crate::sql::plan(model).key_form.as_ref());
     let mut out = Vec::with_capacity(columns.len());
     for (c, column) in columns.iter().enumerate() {
-        if let Some(parts) = ArrayColumn::split(column, &cols, c, order.iter().copied())? {
+        let split = ArrayColumn::split(column, &cols, c, order.iter().copied())
+            .map_err(|error| first_invalid::<T, R>(model, rows, |_| true).unwrap_or(error))?;
+        if let Some(parts) = split {
             out.extend(parts);
             continue;
         }
@@ -57,6 +59,7 @@ fn encode_arrays_sorted<T: BulkCreateNew, R: Borrow<T>>(
         }
         out.push(Encoded(values.freeze()));
     }
+    check_dropped::<T, R>(model, rows, order.iter().copied())?;
     Ok(out)
 }
 
@@ -75,9 +78,64 @@ fn encode_arrays_packed<T: BulkCreateNew, R: Borrow<T>>(
     let columns = model.columns();
     let mut arrays = Vec::with_capacity(columns.len());
     for c in 0..columns.len() {
-        packed_column::<T, R>(model, rows, &keyed, c, &mut arrays)?;
+        if let Err(error) = packed_column::<T, R>(model, rows, &keyed, c, &mut arrays) {
+            // (Met in key order: the error names the first offered row
+            // whose value fails, as on the COPY path.)
+            return Err(first_invalid::<T, R>(model, rows, |_| true).unwrap_or(error));
+        }
     }
+    check_dropped::<T, R>(model, rows, keyed.iter().map(|&(_, index)| index))?;
     Ok(arrays)
+}
+
+/// Checks the values of the rows left out as repeats of a key (those not in
+/// `kept`), which the arrays do not carry: a value that fails to encode
+/// (a `Json` whose serialization fails, an array of two dimensions) fails
+/// the call on the short path as on the COPY path, which encodes every
+/// offered row. Every kept row's values encoded, so the first of these
+/// that fails is the batch's first.
+fn check_dropped<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    rows: &[R],
+    kept: impl ExactSizeIterator<Item = usize>,
+) -> Result<(), Error> {
+    if kept.len() == rows.len() {
+        return Ok(());
+    }
+    let mut is_kept = vec![false; rows.len()];
+    for index in kept {
+        is_kept[index] = true;
+    }
+    first_invalid::<T, R>(model, rows, |index| !is_kept[index]).map_or(Ok(()), Err)
+}
+
+/// The error of the first offered row (of those `only` selects) with a
+/// value that fails to encode as the short path's arrays take it, if any.
+fn first_invalid<T: BulkCreateNew, R: Borrow<T>>(
+    model: &'static Model,
+    rows: &[R],
+    only: impl Fn(usize) -> bool,
+) -> Option<Error> {
+    let types = &crate::sql::plan(model).copy_types[1..];
+    let columns = model.columns();
+    let mut buf = BytesMut::new();
+    for (index, row) in rows.iter().enumerate().filter(|&(index, _)| only(index)) {
+        let values = row.borrow().copy_values();
+        for (c, value) in values.as_ref().iter().enumerate() {
+            buf.clear();
+            let checked =
+                value.check().and_then(|()| put_value(*value, &types[c], &mut buf)).and_then(
+                    |len| match ArrayColumn::of(columns[c].pg_type(), 1) {
+                        Some(mut parts) => parts.push(usize::try_from(len).ok().map(|_| &buf[4..])),
+                        None => Ok(()),
+                    },
+                );
+            if let Err(source) = checked {
+                return Some(invalid(model, index, c, source));
+            }
+        }
+    }
+    None
 }
 
 /// The error of the value of column `c` in row `row`.

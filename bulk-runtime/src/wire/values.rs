@@ -52,6 +52,12 @@ impl ColumnBuffers {
     }
 }
 
+/// The most bytes of one value PostgreSQL takes: a field is at most 1 GB
+/// with its 4-byte header (`MaxAllocSize`, `0x3fff_ffff`). A longer one
+/// would reach the server only to be refused, or, sent in one protocol
+/// message, to close the connection.
+pub(crate) const MAX_VALUE_BYTES: usize = 0x3fff_ffff - 4;
+
 /// Appends `value` to `buf` as PostgreSQL's binary formats lay out a field
 /// (COPY) or an array element: its length (-1 for NULL), then its bytes.
 /// Returns the length. After an error `buf` may end in a partial value.
@@ -61,7 +67,13 @@ pub(crate) fn put_value(value: &dyn BulkValue, ty: &Type, buf: &mut BytesMut) ->
     let len = match value.as_to_sql().to_sql_checked(ty, buf) {
         Ok(IsNull::Yes) => -1,
         Ok(IsNull::No) => {
-            i32::try_from(buf.len() - at - 4).map_err(|_| ValueError::Encode("value larger than 2 GiB".into()))?
+            let len = buf.len() - at - 4;
+            if len > MAX_VALUE_BYTES {
+                return Err(ValueError::Encode(format!(
+                    "a value of {len} bytes: PostgreSQL stores at most {MAX_VALUE_BYTES} bytes (1 GB) in one field"
+                )));
+            }
+            i32::try_from(len).expect("MAX_VALUE_BYTES fits an i32")
         }
         Err(e) => return Err(ValueError::Encode(e.to_string())),
     };
