@@ -667,9 +667,19 @@ impl Error {
     }
 }
 
+/// What PgBouncer's refusal of a transaction in statement mode says
+/// ("transaction blocks not allowed in statement pooling mode").
+const STATEMENT_POOLING: &str = "statement pooling mode";
+
 /// Whether an error of tokio-postgres is worth a retry of the batch; see
 /// [`Error::is_retryable`].
 pub(crate) fn retryable(source: &tokio_postgres::Error) -> bool {
+    if source.as_db_error().is_some_and(|db| db.message().contains(STATEMENT_POOLING)) {
+        // PgBouncer in statement mode refuses every transaction (08P01,
+        // FATAL), which every call but a short one without a transaction
+        // needs: a retry meets the same refusal.
+        return false;
+    }
     if source.is_closed() {
         return true;
     }
