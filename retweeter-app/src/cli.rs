@@ -88,7 +88,7 @@ pub struct SourceArgs {
     pub backoff: Duration,
 
     /// Timeout of one HTTP request
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = parse_interval, value_name = "DURATION")]
     pub http_timeout: Duration,
 
     #[command(flatten)]
@@ -102,9 +102,9 @@ pub struct SimArgs {
     #[arg(long, env = "RETWEETER_SEED", default_value_t = 42)]
     pub seed: u64,
 
-    /// Simulated time of the first poll of each tweet (ticks since its first retweet, from 1);
-    /// each later poll of the tweet is one tick later
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), value_name = "TICK")]
+    /// Simulated time of the first poll of each tweet (ticks since its first retweet, from 1
+    /// to 1,000,000); each later poll of the tweet is one tick later
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000), value_name = "TICK")]
     pub sim_start: u64,
 }
 
@@ -278,11 +278,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// A duration as [`parse_duration`] reads it, longer than zero.
+/// A duration as [`parse_duration`] reads it, longer than zero (an interval, a timeout).
 pub fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = parse_duration(text)?;
     if interval.is_zero() {
-        return Err("the interval must be longer than zero, e.g. 200ms or 30s".to_owned());
+        return Err("it must be longer than zero, e.g. 200ms or 30s".to_owned());
     }
     Ok(interval)
 }

@@ -45,9 +45,10 @@ pub enum Purpose {
     /// embedded cluster says to run `migrate`.
     Existing,
     /// A demo that starts empty and leaves nothing behind: a throwaway
-    /// embedded cluster, or on a server a schema of its own (and the
-    /// database, when the demo had to create it), dropped by
-    /// [`Database::close`].
+    /// embedded cluster, or on a server a schema of its own in the app's
+    /// database, or a database of its own when the app's does not exist
+    /// (never the app's own database, which other commands may be creating
+    /// and filling meanwhile), dropped by [`Database::close`].
     Throwaway,
 }
 
@@ -65,6 +66,9 @@ pub struct Database {
     created_db: AtomicBool,
     /// Whether the schema is the demo's own (dropped after the demo).
     own_schema: bool,
+    /// Whether the database is the demo's own, named for it (created at its
+    /// first connection, dropped after the demo).
+    own_db: bool,
 }
 
 impl Database {
@@ -77,14 +81,25 @@ impl Database {
     /// (for [`Purpose::Existing`]) an embedded cluster that was never created.
     pub async fn open(args: &DbArgs, purpose: Purpose) -> anyhow::Result<Database> {
         let schema = args.schema.clone().filter(|s| !s.is_empty());
-        let mut db = if let Some(url) = &args.database_url {
+        // (An empty `DATABASE_URL=` counts as unset, as an empty `--schema` does.)
+        let mut db = if let Some(url) = args.database_url.as_ref().filter(|u| !u.is_empty()) {
             let config: Config = url.parse().map_err(|e| anyhow!("invalid database URL: {e}"))?;
             let description = format!("PostgreSQL at {}", describe(&config));
             Database::new(config, description, schema, None, purpose, false)
         } else if let Some(local) = local_server(args, purpose).await? {
-            let description = format!("PostgreSQL at {}", describe(&local.config));
-            let db = Database::new(local.config, description, schema, None, purpose, purpose != Purpose::Existing);
+            let mut config = local.config;
+            // The demo never creates (nor so drops) the app's own database:
+            // `migrate` and `poll` may create and fill it meanwhile. Without
+            // it, the demo works in a database of its own.
+            let own_db = purpose == Purpose::Throwaway && local.missing;
+            if own_db {
+                config.dbname(demo_name());
+            }
+            let description = format!("PostgreSQL at {}", describe(&config));
+            let mut db =
+                Database::new(config, description, schema, None, purpose, purpose == Purpose::Persistent || own_db);
             db.created_db.store(local.created, Ordering::SeqCst);
+            db.own_db = own_db;
             db
         } else {
             let embedded = match purpose {
@@ -104,10 +119,8 @@ impl Database {
             Database::new(config, description, schema, Some(Arc::new(embedded)), purpose, create)
         };
         // On a server the demo does not own, it works in a schema of its own.
-        if purpose == Purpose::Throwaway && !db.is_throwaway() && db.schema.is_none() {
-            let nanos =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-            db.schema = Some(format!("retweeter_demo_{}_{nanos:x}", std::process::id()));
+        if purpose == Purpose::Throwaway && !db.is_throwaway() && !db.own_db && db.schema.is_none() {
+            db.schema = Some(demo_name());
             db.own_schema = true;
         }
         ui::err_line(format!("database: {}", db.describe()));
@@ -138,6 +151,7 @@ impl Database {
             create_db,
             created_db: AtomicBool::new(false),
             own_schema: false,
+            own_db: false,
         }
     }
 
@@ -145,6 +159,7 @@ impl Database {
     /// embedded cluster's directory, and the schema when one is chosen.
     pub fn describe(&self) -> String {
         match &self.schema {
+            None if self.own_db => format!("{} (dropped at the end)", self.description),
             Some(schema) if self.own_schema => format!("{}, schema {schema} (dropped at the end)", self.description),
             Some(schema) => format!("{}, schema {schema}", self.description),
             None => self.description.clone(),
@@ -222,9 +237,27 @@ impl Database {
         }
     }
 
+    /// Whether a session of the server is still creating the demo's own
+    /// database (this process's `CREATE DATABASE`, its answer not awaited).
+    async fn being_created(&self, admin: &Client) -> bool {
+        let name = self.config.get_dbname().unwrap_or(DATABASE);
+        let create = format!("CREATE DATABASE {}", quote_ident(name));
+        admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = $1 AND state = 'active') \
+                 OR EXISTS (SELECT 1 FROM pg_database WHERE datname = $2)",
+                &[&create, &name],
+            )
+            .await
+            .is_ok_and(|row| row.get(0))
+    }
+
     async fn drop_demo_data(&self) {
         let mut admin_config = self.config.clone();
-        let created = self.created_db.load(Ordering::SeqCst);
+        // (A database of the demo's own is dropped even when this process
+        // never saw its `CREATE DATABASE` answer: a demo interrupted then.
+        // Its name is this run's alone.)
+        let created = self.created_db.load(Ordering::SeqCst) || self.own_db;
         let (what, sql) = if created {
             let name = self.config.get_dbname().unwrap_or(DATABASE).to_owned();
             admin_config.dbname("postgres");
@@ -244,6 +277,11 @@ impl Database {
         // The demo's own connections close as their clients are dropped; give them a moment.
         for attempt in 1.. {
             match admin.batch_execute(&sql).await {
+                Ok(()) if self.own_db && attempt < 50 && self.being_created(&admin).await => {
+                    // A demo interrupted while its `CREATE DATABASE` ran:
+                    // the server finishes it after this `DROP ... IF EXISTS`.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Ok(()) => {
                     info!("dropped the demo's {what}");
                     return;
@@ -306,6 +344,15 @@ struct Local {
     config: Config,
     /// Whether the probe created the database.
     created: bool,
+    /// Whether the server said the database does not exist (a probe that
+    /// was not to create it).
+    missing: bool,
+}
+
+/// A name of the demo's own (schema or database), unique to this run.
+fn demo_name() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    format!("retweeter_demo_{}_{nanos:x}", std::process::id())
 }
 
 /// The local server, unless `--embedded`: `None` when no server accepts a
@@ -328,7 +375,7 @@ async fn local_server(args: &DbArgs, purpose: Purpose) -> anyhow::Result<Option<
         Some(p) => p.parse().map_err(|_| anyhow!("PGPORT={p} is not a port number"))?,
         None => 5432,
     };
-    match probe_local(port, purpose != Purpose::Existing).await {
+    match probe_local(port, purpose == Purpose::Persistent).await {
         Ok(local) => Ok(Some(local)),
         Err(last) if !explicit.is_empty() => Err(last.context(format!(
             "could not connect to the PostgreSQL server chosen by {}; fix or unset {}, or pass --embedded",
@@ -394,17 +441,18 @@ async fn probe_local(port: u16, create: bool) -> anyhow::Result<Local> {
                 config.password(password);
             }
             let attempt = if create {
-                connect_creating_db(&config).await.map(|(_, created)| created)
+                connect_creating_db(&config).await.map(|(_, created)| (created, false))
             } else {
                 match connect(&config).await {
-                    Err(e) if e.code() != Some(&SqlState::INVALID_CATALOG_NAME) => Err(e.into()),
-                    _ => Ok(false),
+                    Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => Ok((false, true)),
+                    Err(e) => Err(e.into()),
+                    Ok(_) => Ok((false, false)),
                 }
             };
             match attempt {
-                Ok(created) => {
+                Ok((created, missing)) => {
                     info!("using the local PostgreSQL server: {}", describe(&config));
-                    return Ok(Local { config, created });
+                    return Ok(Local { config, created, missing });
                 }
                 Err(e) => {
                     debug!("local server {}: {}", describe(&config), ui::one_line(&e));
@@ -476,8 +524,15 @@ async fn migrate_inner(client: &mut Client, schema: Option<&str>) -> anyhow::Res
 
 /// `migrate`.
 pub async fn migrate_command(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let db = Database::open(&args.db, Purpose::Persistent).await?;
-    let result = async {
+    // Ctrl-C or SIGTERM stops the command, and an embedded server it
+    // started is still stopped.
+    let interrupted = ui::interrupted();
+    tokio::pin!(interrupted);
+    let db = tokio::select! {
+        db = Database::open(&args.db, Purpose::Persistent) => db?,
+        () = &mut interrupted => return Ok(ui::stopped()),
+    };
+    let work = async {
         let mut client = db.connect().await?;
         let created = migrate(&mut client, db.schema()).await?;
         let table = Retweet::model().table();
@@ -488,8 +543,11 @@ pub async fn migrate_command(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
             ui::out(format!("table {table}{place} is up to date"));
         }
         Ok(ExitCode::SUCCESS)
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = &mut interrupted => Ok(ui::stopped()),
+    };
     db.close().await;
     result
 }

@@ -33,10 +33,21 @@ const TWEETS: [i64; 5] = [
 /// No database, a schema named with `--schema` whose table already holds
 /// retweets, or a database error along the way.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    // Ctrl-C or SIGTERM stops the demo and still removes what it made
+    // (dropping the unfinished step's future closes its connections, and
+    // an embedded server being set up stops and deletes its directory).
+    let interrupted = ui::interrupted();
+    tokio::pin!(interrupted);
     // Names the database on stderr; on a server it does not own, the demo
-    // works in a schema of its own, which `close` drops.
-    let db = Database::open(&args.db, Purpose::Throwaway).await?;
-    let result = in_place(&db, args).await;
+    // works in a schema (or a database) of its own, which `close` drops.
+    let db = tokio::select! {
+        db = Database::open(&args.db, Purpose::Throwaway) => db?,
+        () = &mut interrupted => return Ok(ui::stopped()),
+    };
+    let result = tokio::select! {
+        result = in_place(&db, args) => result,
+        () = &mut interrupted => Ok(ui::stopped()),
+    };
     db.close().await;
     result
 }

@@ -172,6 +172,45 @@ pub fn print_error(err: &anyhow::Error) {
     err_line(text);
 }
 
+/// The exit code of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT).
+pub const INTERRUPTED: u8 = 130;
+
+/// Resolves at the first Ctrl-C or SIGTERM (never, if neither can be
+/// watched). From then on the process handles those signals itself, so a
+/// second one exits at once, without cleaning up.
+pub async fn interrupted() {
+    signal().await;
+    tokio::spawn(async {
+        signal().await;
+        err_line("interrupted again: exiting without cleaning up");
+        std::process::exit(i32::from(INTERRUPTED));
+    });
+}
+
+/// Says that the command was interrupted and is cleaning up; its exit code.
+pub fn stopped() -> std::process::ExitCode {
+    err_line("interrupted: cleaning up, then stopping (interrupt again to exit at once)");
+    std::process::ExitCode::from(INTERRUPTED)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                () = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => ctrl_c.await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -600,15 +600,20 @@ fn demo_with_pgdatabase_leaves_no_database_behind() {
         run_command(command.args(["demo", "--polls", "2"]))
     };
 
-    // A database the demo creates is dropped at the end.
+    // A database that does not exist is not created (a `migrate` or `poll`
+    // run meanwhile would lose its data when the demo dropped it): the demo
+    // works in a database of its own, dropped at the end.
     let out = demo(&name);
     out.ok();
     let line = database_line(&out.stderr);
-    assert!(
-        line.starts_with(&format!("PostgreSQL at host={host} port={port} user={user} dbname={name}, schema ")),
-        "{line}"
-    );
-    assert!(!exists(&name), "the demo left database {name} behind\n{}", out.stderr);
+    let own = line
+        .strip_prefix(&format!("PostgreSQL at host={host} port={port} user={user} dbname="))
+        .and_then(|rest| rest.strip_suffix(" (dropped at the end)"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    assert!(own.starts_with("retweeter_demo_"), "{line}");
+    assert!(!exists(&name), "the demo created database {name}\n{}", out.stderr);
+    assert!(!exists(&own), "the demo left database {own} behind\n{}", out.stderr);
 
     // In a database that was there, only the demo's schema goes.
     let out = demo(common::DATABASE);
@@ -621,6 +626,61 @@ fn demo_with_pgdatabase_leaves_no_database_behind() {
     assert!(exists(common::DATABASE));
     let left = admin.query_admin(&format!("SELECT 1 FROM pg_namespace WHERE nspname = '{schema}'"));
     assert!(left.is_empty(), "the demo left schema {schema} behind");
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM at any moment of a demo on a server: it
+/// stops (exit code 130, or 0 when it had finished) and leaves neither its
+/// database nor its schema behind.
+#[test]
+fn an_interrupted_demo_leaves_nothing_behind() {
+    let config = common::server_config();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let admin = TestSchema::new("demo_interrupted_admin");
+    let mut interrupted = 0;
+    for (i, delay_ms) in [20u64, 40, 60, 80, 100, 130, 160, 200, 260, 330].into_iter().enumerate() {
+        // (A database that does not exist: the demo makes one of its own.)
+        for (signal, database) in
+            [("-INT", format!("rt_demo_missing_{}", std::process::id())), ("-TERM", common::DATABASE.to_owned())]
+        {
+            let mut command = app();
+            command.env("PGHOST", &host).env("PGPORT", &port).env("PGUSER", &user).env("PGDATABASE", &database);
+            if let Some(password) = config.get_password() {
+                command.env("PGPASSWORD", String::from_utf8_lossy(password).as_ref());
+            }
+            let child = command
+                .args(["demo", "--polls", "50"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start the app");
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let pid = child.id().to_string();
+            let _ = std::process::Command::new("kill").args([signal, &pid]).status();
+            let out = child.wait_with_output().expect("wait for the app");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let code = out.status.code();
+            assert!(matches!(code, Some(0 | 130)), "round {i} ({signal}): exit {code:?}\n{stderr}");
+            if code == Some(130) {
+                interrupted += 1;
+            }
+            let left = admin.query_admin(&format!(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'retweeter\\_demo\\_{pid}\\_%' \
+                 UNION ALL SELECT datname FROM pg_database WHERE datname = 'rt_demo_missing_{}'",
+                std::process::id()
+            ));
+            assert!(left.is_empty(), "round {i} ({signal}): databases left behind: {left:?}\n{stderr}");
+            let left = admin.query_admin(&format!(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'retweeter\\_demo\\_{pid}\\_%'"
+            ));
+            assert!(left.is_empty(), "round {i} ({signal}): schemas left behind: {left:?}\n{stderr}");
+        }
+    }
+    assert!(interrupted > 0, "no demo was interrupted: the delays are all too long");
 }
 
 /// `demo --schema S`: a schema whose table holds retweets is refused (its
