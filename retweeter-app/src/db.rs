@@ -511,7 +511,19 @@ async fn migrate_inner(client: &mut Client, schema: Option<&str>) -> anyhow::Res
     let existed: bool =
         tx.query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&quote_ident(table)]).await?.try_get(0)?;
     for statement in Retweet::model().migration_statements() {
-        tx.batch_execute(&statement).await.with_context(|| format!("migration statement failed: {statement}"))?;
+        if let Err(e) = tx.batch_execute(&statement).await {
+            if existed {
+                // A table of that name that is not the app's: say how it
+                // differs rather than show the statement that failed on it.
+                tx.rollback().await?;
+                let problems = bulk_runtime::verify_schema::<Retweet>(client).await?;
+                if !problems.is_empty() {
+                    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    bail!("table {table} exists but does not match the model: {}", list.join("; "));
+                }
+            }
+            return Err(anyhow::Error::new(e).context(format!("migration statement failed: {statement}")));
+        }
     }
     tx.commit().await?;
     let problems = bulk_runtime::verify_schema::<Retweet>(client).await?;

@@ -139,6 +139,9 @@ impl HttpSource {
                 continue;
             }
             let body = body?;
+            if status == 401 || status == 403 {
+                bail!("GET {url}: HTTP {status}{}; check the bearer token in {TOKEN_ENV}", api_message(Some(body)));
+            }
             if status != 200 {
                 bail!("GET {url}: HTTP {status}{}", api_message(Some(body)));
             }

@@ -241,6 +241,14 @@ impl Shutdown {
     }
 }
 
+/// Whether `error` says the table is missing or does not fit the model,
+/// which no later tick mends.
+fn table_unfit(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(cause.downcast_ref::<bulk_runtime::Error>(), Some(bulk_runtime::Error::SchemaMismatch { .. }))
+    })
+}
+
 /// `watch`.
 pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::install();
@@ -278,7 +286,16 @@ pub async fn watch_command(args: &WatchArgs) -> anyhow::Result<ExitCode> {
                 total += result.total;
                 if result.failed() < result.tweets.len() {
                     stored_ticks += 1;
+                } else {
+                    failed_ticks += 1;
                 }
+            }
+            Err(e) if table_unfit(&e) => {
+                // Permanent until someone migrates: no point in polling on.
+                spinner.finish_and_clear();
+                drop(client);
+                db.close().await;
+                return Err(e.context(format!("stopped watching at tick {ticks}")));
             }
             Err(e) => {
                 failed_ticks += 1;

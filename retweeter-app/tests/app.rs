@@ -123,6 +123,7 @@ fn poll_over_http_adds_one_of_one_then_one_of_two_then_two_of_four() {
         app().env("TWITTER_BEARER_TOKEN", "wrong").args(args(&schema, &["poll", "--api-url", &url, tweet])),
     );
     assert!(refused.failed().contains("HTTP 401"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("check the bearer token in TWITTER_BEARER_TOKEN"), "{}", refused.stderr);
     assert_eq!(schema.rows().len(), 4);
 }
 
@@ -313,7 +314,7 @@ fn watch_keeps_going_when_the_api_is_down() {
     let stdout = out.ok();
     assert_eq!(outcomes(stdout, "total"), [(0, 0), (0, 0), (1, 1), (1, 2)], "{stdout}");
     assert!(out.stderr.matches("error: tweet 5: ").count() == 2 && out.stderr.contains("HTTP 503"), "{}", out.stderr);
-    assert!(stdout.ends_with("stopped after 4 polls: 2 of 3 records added\n"), "{stdout}");
+    assert!(stdout.ends_with("stopped after 4 polls (2 failed): 2 of 3 records added\n"), "{stdout}");
 }
 
 #[test]
@@ -773,4 +774,24 @@ fn watch_whose_every_poll_failed_exits_1() {
     let out =
         run(args(&schema, &["watch", "--every", "50ms", "--ticks", "2", "--retries", "0", "--api-url", &url, "5"]));
     assert_eq!(outcomes(out.ok(), "total"), [(1, 1), (1, 2)], "{}", out.stdout);
+}
+
+/// `migrate` on a table of the app's name that is not the app's says how
+/// it differs (not the DDL statement that failed on it), and `watch` on a
+/// database without the table stops at its first tick with the hint to
+/// migrate, instead of retrying forever.
+#[test]
+fn a_foreign_table_is_explained_and_watch_stops_without_the_table() {
+    let schema = TestSchema::new("foreign_table");
+    schema.execute("CREATE TABLE retweet (id int, tweet text)");
+    let stderr = run(args(&schema, &["migrate"])).failed().to_owned();
+    assert!(stderr.contains("table retweet exists but does not match the model"), "{stderr}");
+    assert!(stderr.contains(r#"column "retweeter" is missing"#), "{stderr}");
+    assert!(!stderr.contains("$bulk$"), "{stderr}");
+    schema.execute("DROP TABLE retweet");
+    // (No --ticks: before, it retried until the test's timeout.)
+    let out = run(args(&schema, &["watch", "--every", "100ms", "1"]));
+    let stderr = out.failed();
+    assert!(stderr.contains("stopped watching at tick 1"), "{stderr}");
+    assert!(stderr.contains("run `retweeter-app migrate` first"), "{stderr}");
 }
