@@ -225,6 +225,36 @@ impl Database {
         client.with_context(|| format!("could not connect to {}", self.description))
     }
 
+    /// Opens the database for `purpose` (see [`open`](Self::open)), runs
+    /// `work` on it and closes it (see [`close`](Self::close)). Ctrl-C or
+    /// SIGTERM stops the opening or the work (a batch in flight is rolled
+    /// back) with exit code 130, and the database is still closed: an
+    /// embedded server this process started is stopped, and what a demo
+    /// made is removed.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), and `work`'s.
+    pub async fn run(
+        args: &DbArgs,
+        purpose: Purpose,
+        work: impl AsyncFnOnce(&Database) -> anyhow::Result<ExitCode>,
+    ) -> anyhow::Result<ExitCode> {
+        let interrupted = ui::interrupted();
+        tokio::pin!(interrupted);
+        // (Dropping an unfinished `open` stops an embedded server being set
+        // up and deletes a throwaway one's directory.)
+        let db = tokio::select! {
+            db = Database::open(args, purpose) => db?,
+            () = &mut interrupted => return Ok(ui::stopped()),
+        };
+        let result = tokio::select! {
+            result = work(&db) => result,
+            () = &mut interrupted => Ok(ui::stopped()),
+        };
+        db.close().await;
+        result
+    }
+
     /// Ends the session: after a demo, drops what it created on a server (its
     /// schema, or the database when it created it); stops an embedded server
     /// this process started and deletes a throwaway one.
@@ -536,15 +566,7 @@ async fn migrate_inner(client: &mut Client, schema: Option<&str>) -> anyhow::Res
 
 /// `migrate`.
 pub async fn migrate_command(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    // Ctrl-C or SIGTERM stops the command, and an embedded server it
-    // started is still stopped.
-    let interrupted = ui::interrupted();
-    tokio::pin!(interrupted);
-    let db = tokio::select! {
-        db = Database::open(&args.db, Purpose::Persistent) => db?,
-        () = &mut interrupted => return Ok(ui::stopped()),
-    };
-    let work = async {
+    Database::run(&args.db, Purpose::Persistent, async |db| {
         let mut client = db.connect().await?;
         let created = migrate(&mut client, db.schema()).await?;
         let table = Retweet::model().table();
@@ -555,13 +577,8 @@ pub async fn migrate_command(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
             ui::out(format!("table {table}{place} is up to date"));
         }
         Ok(ExitCode::SUCCESS)
-    };
-    let result = tokio::select! {
-        result = work => result,
-        () = &mut interrupted => Ok(ui::stopped()),
-    };
-    db.close().await;
-    result
+    })
+    .await
 }
 
 /// Adds the hint to run `migrate` to an error about a missing table.

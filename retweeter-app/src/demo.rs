@@ -33,23 +33,10 @@ const TWEETS: [i64; 5] = [
 /// No database, a schema named with `--schema` whose table already holds
 /// retweets, or a database error along the way.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    // Ctrl-C or SIGTERM stops the demo and still removes what it made
-    // (dropping the unfinished step's future closes its connections, and
-    // an embedded server being set up stops and deletes its directory).
-    let interrupted = ui::interrupted();
-    tokio::pin!(interrupted);
     // Names the database on stderr; on a server it does not own, the demo
-    // works in a schema (or a database) of its own, which `close` drops.
-    let db = tokio::select! {
-        db = Database::open(&args.db, Purpose::Throwaway) => db?,
-        () = &mut interrupted => return Ok(ui::stopped()),
-    };
-    let result = tokio::select! {
-        result = in_place(&db, args) => result,
-        () = &mut interrupted => Ok(ui::stopped()),
-    };
-    db.close().await;
-    result
+    // works in a schema (or a database) of its own, which `close` drops,
+    // also after Ctrl-C or SIGTERM.
+    Database::run(&args.db, Purpose::Throwaway, async |db| in_place(db, args).await).await
 }
 
 /// What a schema named with `--schema` held before the demo, and so what the

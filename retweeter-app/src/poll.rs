@@ -169,16 +169,8 @@ fn unique(tweets: &[i64]) -> Vec<i64> {
 /// `poll`.
 pub async fn poll_command(args: &PollArgs) -> anyhow::Result<ExitCode> {
     let source = Source::from_args(&args.source)?;
-    // Ctrl-C or SIGTERM stops the command (a batch in flight is rolled
-    // back), and an embedded server it started is still stopped.
-    let interrupted = ui::interrupted();
-    tokio::pin!(interrupted);
-    let db = tokio::select! {
-        db = Database::open(&args.db, Purpose::Existing) => db?,
-        () = &mut interrupted => return Ok(ui::stopped()),
-    };
-    info!("source: {}", source.describe());
-    let work = async {
+    Database::run(&args.db, Purpose::Existing, async |db| {
+        info!("source: {}", source.describe());
         let mut client = db.connect().await?;
         let tweets = unique(&args.tweets.tweets);
         let result = poll_once(&mut client, &source, &tweets, args.tweets.count).await?;
@@ -190,13 +182,8 @@ pub async fn poll_command(args: &PollArgs) -> anyhow::Result<ExitCode> {
                 ui::count(tweets.len() as u64, "tweet", "tweets")
             ),
         }
-    };
-    let result = tokio::select! {
-        result = work => result,
-        () = &mut interrupted => Ok(ui::stopped()),
-    };
-    db.close().await;
-    result
+    })
+    .await
 }
 
 /// Ctrl-C (or SIGTERM): the first lets the poll in flight finish; a second one exits at once.

@@ -313,15 +313,7 @@ pub fn render(m: &Matrix, format: ReportFormat) -> String {
 
 /// `report`.
 pub async fn command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    // Ctrl-C or SIGTERM stops the command, and an embedded server it
-    // started is still stopped.
-    let interrupted = ui::interrupted();
-    tokio::pin!(interrupted);
-    let db = tokio::select! {
-        db = Database::open(&args.db, Purpose::Existing) => db?,
-        () = &mut interrupted => return Ok(ui::stopped()),
-    };
-    let work = async {
+    Database::run(&args.db, Purpose::Existing, async |db| {
         let client = db.connect().await?;
         let limit = match (args.format, args.limit) {
             (_, Some(k)) => Some(k),
@@ -332,13 +324,8 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         let text = render(&m, args.format);
         ui::out(text.trim_end_matches('\n'));
         Ok(ExitCode::SUCCESS)
-    };
-    let result = tokio::select! {
-        result = work => result,
-        () = &mut interrupted => Ok(ui::stopped()),
-    };
-    db.close().await;
-    result
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -579,8 +579,8 @@ fn a_zero_interval_is_a_usage_error() {
     assert!(out.stderr.contains("--every") && out.stderr.contains("longer than zero"), "{}", out.stderr);
 }
 
-#[test]
-fn demo_with_pgdatabase_leaves_no_database_behind() {
+/// The test server's host, port and user, as `PGHOST`, `PGPORT` and `PGUSER` give them.
+fn pg_env_target() -> (String, String, String) {
     let config = common::server_config();
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -588,18 +588,29 @@ fn demo_with_pgdatabase_leaves_no_database_behind() {
     };
     let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
     let user = config.get_user().unwrap_or("postgres").to_owned();
+    (host, port, user)
+}
+
+/// The app, with the test server chosen by `PGHOST`, `PGPORT`, `PGUSER`
+/// (and `PGPASSWORD`) and `PGDATABASE` set to `database`.
+fn app_on(database: &str) -> std::process::Command {
+    let (host, port, user) = pg_env_target();
+    let mut command = app();
+    command.env("PGHOST", host).env("PGPORT", port).env("PGUSER", user).env("PGDATABASE", database);
+    if let Some(password) = common::server_config().get_password() {
+        command.env("PGPASSWORD", String::from_utf8_lossy(password).as_ref());
+    }
+    command
+}
+
+#[test]
+fn demo_with_pgdatabase_leaves_no_database_behind() {
+    let (host, port, user) = pg_env_target();
     let name = format!("rt_demo_db_{}", std::process::id());
     let admin = TestSchema::new("demo_db_admin");
     admin.admin(&format!("DROP DATABASE IF EXISTS {name}"));
     let exists = |db: &str| !admin.query_admin(&format!("SELECT 1 FROM pg_database WHERE datname = '{db}'")).is_empty();
-    let demo = |db: &str| {
-        let mut command = app();
-        command.env("PGHOST", &host).env("PGPORT", &port).env("PGUSER", &user).env("PGDATABASE", db);
-        if let Some(password) = config.get_password() {
-            command.env("PGPASSWORD", String::from_utf8_lossy(password).as_ref());
-        }
-        run_command(command.args(["demo", "--polls", "2"]))
-    };
+    let demo = |db: &str| run_command(app_on(db).args(["demo", "--polls", "2"]));
 
     // A database that does not exist is not created (a `migrate` or `poll`
     // run meanwhile would lose its data when the demo dropped it): the demo
@@ -634,13 +645,6 @@ fn demo_with_pgdatabase_leaves_no_database_behind() {
 /// database nor its schema behind.
 #[test]
 fn an_interrupted_demo_leaves_nothing_behind() {
-    let config = common::server_config();
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
-    let user = config.get_user().unwrap_or("postgres").to_owned();
     let admin = TestSchema::new("demo_interrupted_admin");
     let mut interrupted = 0;
     for (i, delay_ms) in [20u64, 40, 60, 80, 100, 130, 160, 200, 260, 330].into_iter().enumerate() {
@@ -648,12 +652,7 @@ fn an_interrupted_demo_leaves_nothing_behind() {
         for (signal, database) in
             [("-INT", format!("rt_demo_missing_{}", std::process::id())), ("-TERM", common::DATABASE.to_owned())]
         {
-            let mut command = app();
-            command.env("PGHOST", &host).env("PGPORT", &port).env("PGUSER", &user).env("PGDATABASE", &database);
-            if let Some(password) = config.get_password() {
-                command.env("PGPASSWORD", String::from_utf8_lossy(password).as_ref());
-            }
-            let child = command
+            let child = app_on(&database)
                 .args(["demo", "--polls", "50"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())

@@ -87,12 +87,19 @@ impl Pgbouncer {
 
     /// As [`start`](Self::start), in front of `upstream`.
     pub async fn start_for(upstream: &Upstream, pool_mode: &str, pool_size: u32) -> Pgbouncer {
+        Self::start_with(upstream, pool_mode, pool_size, "").await
+    }
+
+    /// As [`start_for`](Self::start_for), with `extra` lines of settings in
+    /// its `[pgbouncer]` section (`query_timeout = 1`; a `server_reset_query`
+    /// there replaces the default `DISCARD ALL`).
+    pub async fn start_with(upstream: &Upstream, pool_mode: &str, pool_size: u32, extra: &str) -> Pgbouncer {
         // A port found free may be taken again before pgbouncer binds it
         // (by another test's pgbouncer or proxy, which the readiness probe
         // would then reach instead): a pgbouncer that exits is started
         // again on another port.
         for _ in 0..10 {
-            if let Some(bouncer) = Self::try_start(upstream, pool_mode, pool_size).await {
+            if let Some(bouncer) = Self::try_start(upstream, pool_mode, pool_size, extra).await {
                 return bouncer;
             }
         }
@@ -103,7 +110,7 @@ impl Pgbouncer {
 
     /// One attempt of [`start`](Self::start): `None` when pgbouncer exited
     /// (its port was taken meanwhile).
-    async fn try_start(upstream: &Upstream, pool_mode: &str, pool_size: u32) -> Option<Pgbouncer> {
+    async fn try_start(upstream: &Upstream, pool_mode: &str, pool_size: u32, extra: &str) -> Option<Pgbouncer> {
         let Upstream { host, port, user, dbname, .. } = upstream;
         // PgBouncer logs in to the server with the test connections' password, if any.
         let password = upstream.password.clone().unwrap_or_default();
@@ -114,6 +121,11 @@ impl Pgbouncer {
         std::fs::create_dir_all(&dir).unwrap();
         let schema = bulk_runtime::quote_ident(&upstream.schema);
         assert!(!schema.contains('\''), "schema names of the pooler tests are plain");
+        let reset = if extra.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == "server_reset_query")) {
+            ""
+        } else {
+            "server_reset_query = DISCARD ALL\n"
+        };
         let ini = format!(
             "[databases]\n\
              {DATABASE} = host={host} port={port} dbname={dbname} user={user} connect_query='SET search_path = {schema}'\n\
@@ -126,8 +138,9 @@ impl Pgbouncer {
              pool_mode = {pool_mode}\n\
              default_pool_size = {pool_size}\n\
              max_client_conn = 200\n\
-             server_reset_query = DISCARD ALL\n\
-             logfile = {log}\n",
+             {reset}\
+             logfile = {log}\n\
+             {extra}\n",
             auth = dir.join("users.txt").display(),
             log = dir.join("pgbouncer.log").display(),
         );
@@ -160,8 +173,7 @@ impl Pgbouncer {
             if bouncer.child.try_wait().ok().flatten().is_some() {
                 return None;
             }
-            let log = std::fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default();
-            if log.contains(&listening) {
+            if bouncer.log().contains(&listening) {
                 return Some(bouncer);
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -173,12 +185,27 @@ impl Pgbouncer {
     pub async fn connect(&self) -> Client {
         crate::connect_as("127.0.0.1", self.port, &self.user, self.password.as_deref()).await
     }
+
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("pgbouncer.log")
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Stops the process and removes its directory (what dropping it does).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Drop for Pgbouncer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.stop();
     }
 }

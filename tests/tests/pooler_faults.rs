@@ -37,13 +37,13 @@
 //! and so are the backends of its server connections (see [`Bouncer`]).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bulk_runtime::retry::RetryPolicy;
 use bulk_runtime::{BulkCreateNew, Error, Report, Upsert};
+use bulk_tests::pgbouncer::{Pgbouncer, Upstream};
 use bulk_tests::{COPY_BATCH, Contended, DATABASE, TestDb, contended_batch, count, distinct_keys};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
@@ -70,109 +70,24 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// (a refused call's insert, say) may still run, holding locks on the test's
 /// table, which a count would miss and the schema's drop could deadlock on.
 struct Bouncer {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-/// The pgbouncer binary: on `PATH`, or where the Debian package puts it.
-fn pgbouncer_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("pgbouncer")).find(|p| p.is_file()));
-    on_path
-        .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file()))
-        .expect("these tests need PgBouncer: `sudo apt-get install -y pgbouncer` (see README.md)")
-}
-
-/// Whether this process runs as root (pgbouncer then must switch user).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+    inner: Pgbouncer,
 }
 
 impl Bouncer {
     async fn start(db: &TestDb, pool_mode: &str, pool_size: u32, extra: &str) -> Bouncer {
-        // A port found free may be taken before pgbouncer binds it: then it
-        // exits, and is started again on another port.
-        for _ in 0..10 {
-            if let Some(b) = Self::try_start(db, pool_mode, pool_size, extra).await {
-                return b;
-            }
-        }
-        panic!("pgbouncer did not start (10 ports tried)");
-    }
-
-    async fn try_start(db: &TestDb, pool_mode: &str, pool_size: u32, extra: &str) -> Option<Bouncer> {
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let (host, port) = bulk_tests::server_address();
-        let user = bulk_tests::server_user();
-        let password = bulk_tests::server_password().unwrap_or_default();
-        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let free_port = listen.local_addr().unwrap().port();
-        drop(listen);
-        let n = STARTED.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("bulk-pooler-faults-{}-{free_port}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let schema = bulk_runtime::quote_ident(&db.schema);
-        let ini = format!(
-            "[databases]\n\
-             {DATABASE} = host={host} port={port} dbname={DATABASE} user={user} connect_query='SET search_path = {schema}'\n\
-             [pgbouncer]\n\
-             listen_addr = 127.0.0.1\n\
-             listen_port = {free_port}\n\
-             unix_socket_dir =\n\
-             auth_type = trust\n\
-             auth_file = {auth}\n\
-             pool_mode = {pool_mode}\n\
-             default_pool_size = {pool_size}\n\
-             max_client_conn = 200\n\
-             logfile = {log}\n\
-             {extra}\n",
-            auth = dir.join("users.txt").display(),
-            log = dir.join("pgbouncer.log").display(),
-        );
-        // pgbouncer runs as `postgres` when the tests run as root, and writes its log here.
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let config_path = dir.join("pgbouncer.ini");
-        std::fs::write(&config_path, ini).unwrap();
-        let quote = |s: &str| s.replace('"', "\"\"");
-        std::fs::write(dir.join("users.txt"), format!("\"{}\" \"{}\"\n", quote(&user), quote(&password))).unwrap();
-        let mut command = Command::new(pgbouncer_binary());
-        if is_root() {
-            command.arg("-u").arg("postgres");
-        }
-        let child = command
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pgbouncer");
-        let mut b = Bouncer { child, dir, port: free_port };
-        // Up when its log says it listens on its port, gone when it exits.
-        let listening = format!("listening on 127.0.0.1:{free_port}");
-        for _ in 0..2000 {
-            if b.child.try_wait().ok().flatten().is_some() {
-                return None;
-            }
-            if b.log().contains(&listening) {
-                return Some(b);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("pgbouncer did not start listening on 127.0.0.1:{free_port} within 10 s");
+        Bouncer { inner: Pgbouncer::start_with(&Upstream::test_db(db), pool_mode, pool_size, extra).await }
     }
 
     async fn connect(&self) -> Client {
-        bulk_tests::connect_at("127.0.0.1", self.port).await
+        self.inner.connect().await
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.join("pgbouncer.log")
+        self.inner.log_path()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.inner.log()
     }
 
     /// The local ports of its server connections, which its log names
@@ -224,9 +139,7 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 impl Drop for Bouncer {
     fn drop(&mut self) {
         let ports = self.server_ports();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.inner.stop();
         if ports.is_empty() {
             return;
         }
