@@ -184,6 +184,17 @@ fn read<'a>(cx: &Ctxt, node: &'a DeriveInput) -> Option<Item<'a>> {
 
 fn expand(item: &Item<'_>) -> TokenStream {
     let p = quote!(::bulk_runtime::__private);
+    // By hand, not tokio-postgres's `to_sql_checked!`, which names `Box` as
+    // the user's scope has it.
+    let to_sql_checked = quote! {
+        fn to_sql_checked(
+            &self,
+            ty: &#p::Type,
+            out: &mut #p::BytesMut,
+        ) -> ::core::result::Result<#p::IsNull, #p::SqlError> {
+            #p::checked_to_sql(self, ty, out)
+        }
+    };
     match item {
         Item::Enum { ident, type_name, variants } => {
             let idents: Vec<_> = variants.iter().map(|(v, _)| v).collect();
@@ -206,7 +217,7 @@ fn expand(item: &Item<'_>) -> TokenStream {
                         fn accepts(ty: &#p::Type) -> bool {
                             #p::enum_accepts(ty, #type_name)
                         }
-                        #p::to_sql_checked!();
+                        #to_sql_checked
                     }
                     impl<'__bulk_raw> #p::FromSql<'__bulk_raw> for #ident {
                         fn from_sql(
@@ -236,6 +247,7 @@ fn expand(item: &Item<'_>) -> TokenStream {
                     impl #p::BulkColumn for #ident {
                         const PG_TYPE: #p::PgType = #p::PgType::Enum(#type_name);
                         const NULLABLE: bool = false;
+                        const __LABELS: &'static [&'static str] = &[#(#labels),*];
                         type __Column = Self;
                     }
                     impl #p::NonOptionColumn for #ident {}
@@ -268,7 +280,7 @@ fn expand(item: &Item<'_>) -> TokenStream {
                         fn accepts(ty: &#p::Type) -> bool {
                             <#inner as #p::ToSql>::accepts(ty)
                         }
-                        #p::to_sql_checked!();
+                        #to_sql_checked
                     }
                     impl<'__bulk_raw> #p::FromSql<'__bulk_raw> for #ident {
                         fn from_sql(
@@ -301,6 +313,7 @@ fn expand(item: &Item<'_>) -> TokenStream {
                     impl #p::BulkColumn for #ident {
                         const PG_TYPE: #p::PgType = #column::PG_TYPE;
                         const NULLABLE: bool = #column::NULLABLE;
+                        const __LABELS: &'static [&'static str] = #column::__LABELS;
                         type __Column = Self;
                     }
                     // Through `__Bound`, which names a lifetime: a newtype of a

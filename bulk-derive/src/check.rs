@@ -27,6 +27,10 @@ impl Input<'_> {
     fn check_generics(&self, cx: &Ctxt) {
         for param in &self.generics.params {
             match param {
+                GenericParam::Lifetime(l) if l.lifetime.ident.to_string().starts_with("__bulk") => cx.error_spanned_by(
+                    &l.lifetime,
+                    "lifetimes starting with `'__bulk` are reserved for the derive's code: choose another name",
+                ),
                 GenericParam::Lifetime(_) => {}
                 GenericParam::Type(t) => cx.error_spanned_by(
                     &t.ident,
@@ -48,6 +52,14 @@ impl Input<'_> {
             }
             None => {
                 check_implied(cx, "table name", "the struct name in snake_case", "table", &self.table(), self.ident)
+            }
+        }
+        if self.table().starts_with("__bulk") {
+            let message = "table names starting with `__bulk` are reserved for the runtime's own tables and the \
+                           names in its statements: choose another with `#[bulk(table = \"...\")]`";
+            match a.table.get() {
+                Some(lit) => cx.error_at(lit.span(), message),
+                None => cx.error_spanned_by(self.ident, message),
             }
         }
         if let Some(lit) = a.schema.get() {
@@ -297,5 +309,222 @@ fn check_sql_type(cx: &Ctxt, lit: &LitStr) {
                  commas and brackets, e.g. `sql_type = \"varchar(40)\"`"
             ),
         );
+    } else if let Err(why) = type_name_shape(&value) {
+        cx.error_at(lit.span(), format!("`sql_type = \"{value}\"` is not a type name: {why}"));
+    }
+}
+
+/// The type names PostgreSQL writes in more than one word (each may end in
+/// `array`); any other type is one word. Modifiers (`(3)`) and brackets are
+/// left out before comparing.
+const MULTI_WORD_TYPES: &[&str] = &[
+    "double precision",
+    "character varying",
+    "char varying",
+    "national character",
+    "national character varying",
+    "national char",
+    "national char varying",
+    "nchar varying",
+    "bit varying",
+    "timestamp with time zone",
+    "timestamp without time zone",
+    "time with time zone",
+    "time without time zone",
+    "interval year",
+    "interval month",
+    "interval day",
+    "interval hour",
+    "interval minute",
+    "interval second",
+    "interval year to month",
+    "interval day to hour",
+    "interval day to minute",
+    "interval day to second",
+    "interval hour to minute",
+    "interval hour to second",
+    "interval minute to second",
+];
+
+/// Words of a column definition that are not part of its type.
+const NOT_TYPE_WORDS: &[&str] =
+    &["collate", "not", "null", "default", "check", "unique", "primary", "references", "constraint", "generated"];
+
+/// PostgreSQL's reserved key words (its documentation's appendix C), which
+/// no type is named without quotes; `array` only after a type.
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "both",
+    "case",
+    "cast",
+    "column",
+    "create",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "from",
+    "grant",
+    "group",
+    "having",
+    "in",
+    "initially",
+    "intersect",
+    "into",
+    "lateral",
+    "leading",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "placing",
+    "returning",
+    "select",
+    "session_user",
+    "some",
+    "symmetric",
+    "table",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "user",
+    "using",
+    "variadic",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// Whether `value` (of the allowed characters) has the shape of a type
+/// name: one word or a known multi-word name, with numeric modifiers in
+/// parentheses and array brackets; the schema check resolves the name.
+fn type_name_shape(value: &str) -> Result<(), String> {
+    let mut words = String::new();
+    let mut rest = value;
+    while let Some(c) = rest.chars().next() {
+        let (open, close) = match c {
+            '(' => ('(', ')'),
+            '[' => ('[', ']'),
+            ')' | ']' | ',' => return Err(format!("`{c}` outside a modifier")),
+            _ => {
+                words.push(c);
+                rest = &rest[c.len_utf8()..];
+                continue;
+            }
+        };
+        let Some(end) = rest.find(close) else { return Err(format!("`{open}` without `{close}`")) };
+        let inside = &rest[1..end];
+        // Numbers, or words (a PostGIS `geometry(Point, 4326)`), in a
+        // modifier; a number or nothing in brackets.
+        let items = inside.split(',').map(str::trim);
+        let fine = if open == '(' {
+            items.clone().all(|n| !n.is_empty() && !n.contains(' '))
+        } else {
+            inside.trim().bytes().all(|b| b.is_ascii_digit())
+        };
+        if !fine {
+            return Err(format!("`{open}{inside}{close}` is not a modifier: give numbers or words between commas"));
+        }
+        words.push(' ');
+        rest = &rest[end + 1..];
+    }
+    let lower = words.to_ascii_lowercase();
+    let mut list: Vec<&str> = lower.split_whitespace().collect();
+    if let Some(word) = list.iter().find(|w| NOT_TYPE_WORDS.contains(w)) {
+        return Err(format!(
+            "`{}` belongs to the table's DDL, not to the type; write that table (or an ALTER TABLE) yourself, the \
+             schema check accepts it",
+            word.to_ascii_uppercase()
+        ));
+    }
+    if list.len() > 1 && list.last() == Some(&"array") {
+        list.pop();
+    }
+    if let Some(word) = list.iter().find(|w| w.starts_with(|c: char| c.is_ascii_digit())) {
+        return Err(format!("`{word}` starts with a digit, which no type name does"));
+    }
+    if let [word] = list.as_slice()
+        && RESERVED.contains(word)
+    {
+        return Err(format!("`{word}` is a reserved word of PostgreSQL, not a type name"));
+    }
+    let joined = list.join(" ");
+    if list.len() == 1 || MULTI_WORD_TYPES.contains(&joined.as_str()) {
+        Ok(())
+    } else if list.is_empty() {
+        Err("it names no type".to_owned())
+    } else {
+        Err(format!("`{joined}` is not one type name; write one word or a name such as `double precision`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::type_name_shape;
+
+    #[test]
+    fn type_names_and_what_is_not_one() {
+        for ok in [
+            "varchar(40)",
+            "numeric(10, 2)",
+            "timestamp(3) with time zone",
+            "TIME WITHOUT TIME ZONE",
+            "double precision",
+            "character varying(10)[]",
+            "int8[3]",
+            "bigint array",
+            "interval day to second(3)",
+            "citext",
+            "my_domain",
+            "geometry(Point, 4326)",
+            "int array[3]",
+        ] {
+            assert_eq!(type_name_shape(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("text COLLATE aud_ci", "`COLLATE` belongs to the table's DDL"),
+            ("varchar(40) NOT NULL", "`NOT` belongs"),
+            ("bigint default 0", "`DEFAULT` belongs"),
+            ("foo bar", "`foo bar` is not one type name"),
+            ("numeric(10,)", "`(10,)` is not a modifier"),
+            ("numeric(1 0)", "is not a modifier"),
+            ("user", "`user` is a reserved word"),
+            ("array", "`array` is a reserved word"),
+            ("4int", "starts with a digit"),
+            ("text)", "`)` outside a modifier"),
+            ("varchar(40", "`(` without `)`"),
+            ("(3)", "it names no type"),
+        ] {
+            let err = type_name_shape(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -25,6 +25,7 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
         let index = f.attrs.index.get().is_some();
         let pg_type = column_item(f, quote!(PG_TYPE));
         let nullable = column_item(f, quote!(NULLABLE));
+        let labels = column_item(f, quote!(__LABELS));
         quote! {
             ::bulk_runtime::__private::ColumnSpec {
                 field: #field,
@@ -33,6 +34,7 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
                 nullable: #nullable,
                 sql_type: #sql_type,
                 index: #index,
+                labels: #labels,
             }
             .build()
         }
@@ -110,18 +112,23 @@ pub(crate) fn impl_struct(input: &Input<'_>) -> TokenStream {
     quote! {
         #[automatically_derived]
         const _: () = {
-            #[doc = #columns_doc]
-            #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy)]
-            pub struct #columns_struct {
-                #(#handle_fields,)*
+            // In a module of its own: declared in this block, the struct's
+            // name would hide a user's type of that name in the field types
+            // written below.
+            mod __bulk_columns {
+                #[doc = #columns_doc]
+                #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy)]
+                pub struct #columns_struct {
+                    #(#handle_fields,)*
+                }
             }
 
             impl #impl_generics ::bulk_runtime::BulkCreateNew for #ident #ty_generics #where_clause {
                 type Key = #key_type;
-                type Columns = #columns_struct;
+                type Columns = __bulk_columns::#columns_struct;
 
-                fn columns() -> #columns_struct {
-                    #columns_struct { #(#handle_values,)* }
+                fn columns() -> __bulk_columns::#columns_struct {
+                    __bulk_columns::#columns_struct { #(#handle_values,)* }
                 }
 
                 type CopyValues<'__bulk_row> = [&'__bulk_row dyn ::bulk_runtime::__private::BulkValue; #n]
@@ -193,7 +200,11 @@ fn non_null_asserts(input: &Input<'_>, key_fields: &[&Field<'_>]) -> Vec<TokenSt
 /// is malformed is left out: whether it is stored is not known.
 pub(crate) fn fallback(node: &DeriveInput, input: Option<&Input<'_>>, errors: syn::Error) -> TokenStream {
     let errors = errors.into_compile_error();
-    if node.generics.type_params().next().is_some() || node.generics.const_params().next().is_some() {
+    let reserved_lifetime = node.generics.lifetimes().any(|l| l.lifetime.ident.to_string().starts_with("__bulk"));
+    if node.generics.type_params().next().is_some()
+        || node.generics.const_params().next().is_some()
+        || reserved_lifetime
+    {
         return errors;
     }
     let ident = &node.ident;

@@ -49,6 +49,15 @@ impl fmt::Display for Step {
 pub enum SchemaProblem {
     /// The table does not exist (or is not visible through `search_path`).
     TableMissing,
+    /// The table's name is found only in a schema of the `search_path` on
+    /// which the role lacks `USAGE` (PostgreSQL then leaves that schema out
+    /// of the path, so the name finds no table).
+    SchemaNotUsable {
+        /// The schema.
+        schema: String,
+        /// The role.
+        role: String,
+    },
     /// A model column is absent from the table.
     ColumnMissing {
         /// The column name.
@@ -112,8 +121,9 @@ pub enum SchemaProblem {
     },
     /// The table is a kind of Citus table the calls do not support:
     /// `single_shard` (schema-based sharding or a null shard key),
-    /// `citus_local` (added to Citus's metadata), or `unsupported` (append
-    /// or range distribution). Hash-distributed and reference tables work.
+    /// `citus_local` (added to Citus's metadata), `append_distributed`,
+    /// `range_distributed`, or `unsupported` (a method of a later Citus).
+    /// Hash-distributed and reference tables work.
     CitusTableUnsupported {
         /// The kind, as the schema check names it.
         kind: String,
@@ -127,6 +137,30 @@ pub enum SchemaProblem {
         column: String,
         /// Its type, with the modifier (for a domain: `name (a domain over
         /// type)`).
+        found: String,
+    },
+    /// The column's enum type lacks labels of the model's
+    /// [`BulkType`](crate::BulkType) enum: PostgreSQL would refuse a row
+    /// holding one. Add them with `ALTER TYPE ... ADD VALUE`.
+    EnumLabelsMissing {
+        /// The column name.
+        column: String,
+        /// Its type (for a domain: `name (a domain over type)`).
+        found: String,
+        /// The Rust enum's labels the type lacks, in the Rust enum's order.
+        labels: Vec<String>,
+    },
+    /// A key column whose `sql_type` is of another family than the model's
+    /// field, into which PostgreSQL converts values with loss (an `i64` key
+    /// in `double precision`, an `f64` in `numeric`, a date-time in `date`):
+    /// two keys the model tells apart could become one stored key, which no
+    /// call could count or match exactly.
+    KeyConverted {
+        /// The column name.
+        column: String,
+        /// The model field's type.
+        model: String,
+        /// The column's type (for a domain: `name (a domain over type)`).
         found: String,
     },
     /// The table changed the key of a row as it stored it (a `BEFORE
@@ -185,6 +219,15 @@ impl fmt::Display for SchemaProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SchemaProblem::TableMissing => f.write_str("the table does not exist (run the model's migration first)"),
+            SchemaProblem::SchemaNotUsable { schema, role } => write!(
+                f,
+                "the table is in schema {}, on the search_path, on which role {} lacks USAGE, so the name finds no \
+                 table: GRANT USAGE ON SCHEMA {} TO {}",
+                quote_ident(schema),
+                quote_ident(role),
+                quote_ident(schema),
+                quote_ident(role)
+            ),
             SchemaProblem::ColumnMissing { column, expected } => {
                 write!(f, "column \"{column}\" is missing (expected {expected})")
             }
@@ -243,6 +286,21 @@ impl fmt::Display for SchemaProblem {
                 "key column \"{column}\" is {found}, which rounds the values it stores, so two offered keys could \
                  become one; declare it (or its domain) without the precision or scale (or round the values in the \
                  model)"
+            ),
+            SchemaProblem::EnumLabelsMissing { column, found, labels } => {
+                let labels: Vec<String> = labels.iter().map(|l| format!("'{}'", l.replace('\'', "''"))).collect();
+                write!(
+                    f,
+                    "column \"{column}\" is {found}, which lacks the model's enum label(s) {}; add them with \
+                     ALTER TYPE ... ADD VALUE",
+                    labels.join(", ")
+                )
+            }
+            SchemaProblem::KeyConverted { column, model, found } => write!(
+                f,
+                "key column \"{column}\" is {found}, which does not keep every {model} of the model apart, so two \
+                 offered keys could become one; give the field a Rust type of the column's type, or the column the \
+                 field's type"
             ),
             SchemaProblem::InsertRules { rules } => {
                 let names: Vec<String> = rules.iter().map(|r| quote_ident(r)).collect();

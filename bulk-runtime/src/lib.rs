@@ -529,10 +529,23 @@ pub mod __private {
     pub use crate::model::{CitusTable, Column, ColumnSpec, Model, ModelSpec};
     pub use crate::types::{BulkColumn, BulkValue, KeyColumn, NonNullColumn, NonOptionColumn, PgType, ValueError};
     use tokio_postgres::types::Kind;
-    pub use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+    pub use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 
     /// The boxed error `ToSql` and `FromSql` return.
     pub type SqlError = Box<dyn std::error::Error + Sync + Send>;
+
+    /// `ToSql::to_sql_checked` of a derived type: `value` as `ty`, or the
+    /// error of a type it does not accept.
+    ///
+    /// # Errors
+    /// [`WrongType`](tokio_postgres::types::WrongType) for a type `T` does
+    /// not accept, or the error of its `to_sql`.
+    pub fn checked_to_sql<T: ToSql>(value: &T, ty: &Type, out: &mut BytesMut) -> Result<IsNull, SqlError> {
+        if !T::accepts(ty) {
+            return Err(Box::new(tokio_postgres::types::WrongType::new::<T>(ty.clone())));
+        }
+        value.to_sql(ty, out)
+    }
 
     /// A `BytesMut`, as `ToSql::to_sql` takes it.
     pub use bytes::BytesMut;

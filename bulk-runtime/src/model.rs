@@ -7,10 +7,7 @@ use std::any::Any;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use sea_query::{
-    Alias, ColumnDef, ColumnType, Index, IndexCreateStatement, PostgresQueryBuilder, Table, TableCreateStatement,
-    TableRef,
-};
+use sea_query::{Alias, ColumnDef, ColumnType, Index, PostgresQueryBuilder, Table, TableCreateStatement, TableRef};
 
 use crate::contention::Contention;
 use crate::types::PgType;
@@ -32,13 +29,16 @@ pub struct ColumnSpec {
     pub sql_type: Option<&'static str>,
     /// Whether `#[bulk(index)]` is set.
     pub index: bool,
+    /// The labels of a [`BulkType`](crate::BulkType) enum's type (through
+    /// an `Option` or a newtype too); empty for any other type.
+    pub labels: &'static [&'static str],
 }
 
 impl ColumnSpec {
     /// The column.
     pub const fn build(self) -> Column {
-        let ColumnSpec { field, name, pg_type, nullable, sql_type, index } = self;
-        Column { field, name, pg_type, nullable, sql_type, index }
+        let ColumnSpec { field, name, pg_type, nullable, sql_type, index, labels } = self;
+        Column { field, name, pg_type, nullable, sql_type, index, labels }
     }
 }
 
@@ -90,7 +90,7 @@ impl ModelSpec {
 impl ColumnSpec {
     /// A NOT NULL, unindexed column named as its field, its DDL type `pg_type`'s.
     pub(crate) const fn of(field: &'static str, pg_type: PgType) -> Self {
-        ColumnSpec { field, name: field, pg_type, nullable: false, sql_type: None, index: false }
+        ColumnSpec { field, name: field, pg_type, nullable: false, sql_type: None, index: false, labels: &[] }
     }
 
     /// Another column name, as `#[bulk(rename = "...")]`.
@@ -194,6 +194,7 @@ pub struct Column {
     nullable: bool,
     sql_type: Option<&'static str>,
     index: bool,
+    labels: &'static [&'static str],
 }
 
 impl Column {
@@ -225,6 +226,13 @@ impl Column {
     /// Whether `#[bulk(index)]` asks for a plain index on the column.
     pub fn indexed(&self) -> bool {
         self.index
+    }
+
+    /// The labels of the field's enum type ([`BulkType`](crate::BulkType)),
+    /// which the schema check finds in the column's type; empty for a field
+    /// of another type.
+    pub fn enum_labels(&self) -> &'static [&'static str] {
+        self.labels
     }
 
     /// The type written in the table DDL.
@@ -427,7 +435,9 @@ impl Model {
              \x20     INTO fits\n\
              \x20     FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid\n\
              \x20    WHERE a.attrelid = pg_catalog.to_regclass({table}) AND a.attname = dist;\n\
-             \x20   seq := {sequence};\n\
+             \x20   IF {id_present} THEN\n\
+             \x20     seq := {sequence};\n\
+             \x20   END IF;\n\
              \x20   IF dist IS NOT NULL AND fits AND seq IS NOT NULL AND pg_catalog.to_regclass({stage}) IS NULL THEN\n\
              \x20     EXECUTE {create};\n\
              {id_default}\
@@ -436,6 +446,16 @@ impl Model {
              \x20 END IF;\n\
              END\n",
             create = quote_literal(&create),
+            // A table without the model's id column (the check accepts it)
+            // has no sequence to name: `pg_get_serial_sequence` would fail.
+            id_present = match self.id {
+                Some(id) => format!(
+                    "EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass({table}) \
+                     AND attname = {} AND NOT attisdropped)",
+                    quote_literal(id)
+                ),
+                None => "true".to_owned(),
+            },
         );
         do_block(&body)
     }
@@ -459,7 +479,7 @@ impl Model {
     /// key without the distribution column.
     ///
     /// The unique key and the indexes are separate statements
-    /// ([`create_index_statements`](Self::create_index_statements)).
+    /// ([`index_statements`](Self::index_statements)).
     fn create_table_statement(&self) -> TableCreateStatement {
         let mut table = Table::create();
         table.table(self.table_ref()).if_not_exists();
@@ -485,49 +505,110 @@ impl Model {
     }
 
     /// The unique index on the key (what `ON CONFLICT` needs), then one plain
-    /// index per `#[bulk(index)]` column; all `IF NOT EXISTS`.
-    fn create_index_statements(&self) -> Vec<IndexCreateStatement> {
-        let mut out = Vec::new();
+    /// index per `#[bulk(index)]` column, each a `DO` block that creates the
+    /// index only when the table has none that does its job yet, so that the
+    /// script runs again, and on a table made by hand, without a second copy.
+    ///
+    /// Not `CREATE INDEX IF NOT EXISTS`: that looks only at the name, and
+    /// names made of table and column names joined by `_` can coincide
+    /// (table `order` keyed on `item_id`, table `order_item` keyed on `id`),
+    /// so the second table would silently get no index. The index takes
+    /// [`index_name`] unless another relation of the table's schema has it,
+    /// then a name with a hash of the table and columns.
+    ///
+    /// Each `CREATE INDEX` runs through `EXECUTE`, whose string is its own:
+    /// Citus sends a DDL statement on a distributed table to the workers
+    /// with its whole query string, and refuses a string of several commands.
+    fn index_statements(&self) -> Vec<String> {
+        let table = format!("pg_catalog.to_regclass({})", quote_literal(&self.qualified_name()));
         let key: Vec<&str> = self.unique_key().map(|c| c.name).collect();
-        let mut unique = Index::create();
-        unique.if_not_exists().unique().name(index_name(self.table, &key, "key")).table(self.table_ref());
-        for k in &key {
-            unique.col(Alias::new(*k));
-        }
+        let build = |name: String, unique: bool, cols: &[&str]| {
+            let mut index = Index::create();
+            index.name(name).table(self.table_ref());
+            if unique {
+                index.unique();
+                if self.nulls_not_distinct {
+                    index.nulls_not_distinct();
+                }
+            }
+            for c in cols {
+                index.col(Alias::new(*c));
+            }
+            index.build(PostgresQueryBuilder)
+        };
+        let block = |unique: bool, cols: &[&str], suffix: &str, equivalent: String| {
+            let name = index_name(self.table, cols, suffix);
+            let hashed = hashed_index_name(self.table, cols, suffix);
+            do_block(&format!(
+                "\nDECLARE\n\
+                 \x20 t pg_catalog.oid := {table};\n\
+                 BEGIN\n\
+                 \x20 IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index AS i\n\
+                 \x20                 WHERE i.indrelid = t AND i.indisvalid AND i.indpred IS NULL AND {equivalent}) THEN\n\
+                 \x20   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c\n\
+                 \x20                   WHERE c.relname = {name_literal} AND c.relnamespace =\n\
+                 \x20                         (SELECT r.relnamespace FROM pg_catalog.pg_class AS r WHERE r.oid = t)) THEN\n\
+                 \x20     EXECUTE {preferred};\n\
+                 \x20   ELSE\n\
+                 \x20     EXECUTE {fallback};\n\
+                 \x20   END IF;\n\
+                 \x20 END IF;\n\
+                 END\n",
+                name_literal = quote_literal(&name),
+                preferred = quote_literal(&build(name.clone(), unique, cols)),
+                fallback = quote_literal(&build(hashed, unique, cols)),
+            ))
+        };
+        // A unique index on exactly the key's columns (in any order, as
+        // `ON CONFLICT` infers it), on columns, immediate, under the columns'
+        // own collations, with the model's NULLS: one the schema check takes.
+        let cols: Vec<String> = key.iter().map(|k| quote_literal(k)).collect();
+        let mut unique = format!(
+            "i.indisunique AND i.indimmediate AND i.indexprs IS NULL AND i.indnkeyatts = {n}\n\
+             \x20                   AND (SELECT count(DISTINCT a.attname)\n\
+             \x20                          FROM pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)\n\
+             \x20                          JOIN pg_catalog.pg_attribute AS a ON a.attrelid = t AND a.attnum = k.attnum\n\
+             \x20                         WHERE k.n <= i.indnkeyatts AND a.attname = ANY (ARRAY[{cols}]::pg_catalog.name[])) = {n}\n\
+             \x20                   AND {collations}",
+            n = key.len(),
+            cols = cols.join(", "),
+            collations = same_collations(),
+        );
         if self.nulls_not_distinct {
-            unique.nulls_not_distinct();
+            unique.push_str(" AND i.indnullsnotdistinct");
         }
-        out.push(unique.to_owned());
+        let mut out = vec![block(true, &key, "key", unique)];
         for c in self.columns.iter().filter(|c| c.index) {
-            out.push(
-                Index::create()
-                    .if_not_exists()
-                    .name(index_name(self.table, &[c.name], "idx"))
-                    .table(self.table_ref())
-                    .col(Alias::new(c.name))
-                    .to_owned(),
+            // A btree index on that column alone, of its default operator
+            // class and under its own collation: what the DDL would make.
+            let leads = format!(
+                "i.indexprs IS NULL AND i.indnkeyatts = 1 AND i.indkey[0] = (SELECT a.attnum FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = t AND a.attname = {})\n\
+                 \x20                   AND (SELECT r.relam FROM pg_catalog.pg_class AS r WHERE r.oid = i.indexrelid) = \
+                 (SELECT m.oid FROM pg_catalog.pg_am AS m WHERE m.amname = 'btree')\n\
+                 \x20                   AND (SELECT o.opcdefault FROM pg_catalog.pg_opclass AS o WHERE o.oid = i.indclass[0]) AND {}",
+                quote_literal(c.name),
+                same_collations(),
             );
+            out.push(block(false, &[c.name], "idx", leads));
         }
         out
     }
 
-    /// The statements of [`migration_sql`](Self::migration_sql), one SQL string each.
+    /// The statements of [`migration_sql`](Self::migration_sql), one SQL
+    /// string each: the schema, the table, each index as a `DO` block that
+    /// creates it unless the table has one that does its job (for the key, a
+    /// valid, immediate unique index on exactly its columns under their own
+    /// collations, without a predicate or expressions, with the model's
+    /// NULLS; for `#[bulk(index)]`, a btree index on that column alone of its
+    /// default operator class and collation), then with Citus placement the
+    /// Citus calls.
     pub fn migration_statements(&self) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(schema) = self.schema {
             out.push(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)));
         }
         out.push(self.create_table_statement().build(PostgresQueryBuilder));
-        let indexes = self.create_index_statements().into_iter().map(|s| s.build(PostgresQueryBuilder));
-        if self.citus == CitusTable::None {
-            out.extend(indexes);
-        } else {
-            // Citus sends a DDL statement on a distributed table to the
-            // workers with its whole query string, and refuses a string of
-            // several commands: each index goes through `EXECUTE`, whose
-            // string is its own, so that the script runs again in one piece.
-            out.extend(indexes.map(|index| do_block(&format!("\nBEGIN\n  EXECUTE {};\nEND\n", quote_literal(&index)))));
-        }
+        out.extend(self.index_statements());
         out.extend(self.citus_statement());
         if matches!(self.citus, CitusTable::Distributed { .. }) {
             out.push(self.citus_staging_sql());
@@ -569,10 +650,11 @@ impl Model {
     /// index, indexes, and with `distribute_by` or `reference_table` the
     /// Citus call), each statement ending in `;`. Applying it twice is harmless.
     ///
-    /// With `distribute_by` or `reference_table` the indexes are created
-    /// through `EXECUTE` in `DO` blocks: Citus refuses a `CREATE INDEX` on a
-    /// distributed table inside a query string of several commands, so this
-    /// keeps the script runnable again, in one piece, on Citus.
+    /// Each index is created through `EXECUTE` in a `DO` block, only when
+    /// the table has no index that does its job (see
+    /// [`migration_statements`](Self::migration_statements)); Citus refuses a
+    /// `CREATE INDEX` on a distributed table inside a query string of several
+    /// commands, and `EXECUTE` keeps the script runnable again, in one piece.
     pub fn migration_sql(&self) -> String {
         script(self.migration_statements())
     }
@@ -586,6 +668,16 @@ fn do_block(body: &str) -> String {
         tag.insert(tag.len() - 1, '_');
     }
     format!("DO {tag}{body}{tag}")
+}
+
+/// Whether each key column of the index `i` (a `pg_index` row) is under its
+/// column's own collation, as the schema check wants of the key's index.
+fn same_collations() -> &'static str {
+    "coalesce((SELECT bool_and(c.coll = a.attcollation)\n\
+     \x20                              FROM pg_catalog.unnest(i.indcollation::pg_catalog.oid[]) WITH ORDINALITY AS c(coll, n)\n\
+     \x20                              JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid\n\
+     \x20                               AND a.attnum = (i.indkey::pg_catalog.int2[])[c.n - 1]\n\
+     \x20                             WHERE c.n <= i.indnkeyatts), true)"
 }
 
 /// Statements as one script, each ending in `;` on its own line.
@@ -638,29 +730,40 @@ pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
     h
 }
 
-/// An index name made only of `[a-z0-9_]`, at most 63 bytes, unique per
-/// table and columns. sea-query writes index names without escaping, so the
-/// name must never contain a quote: anything outside the safe set is replaced
-/// and a hash of the real names is appended.
+/// An index name made only of `[a-z0-9_]`, at most 63 bytes: the table and
+/// columns joined by `_` (which two tables can share: see
+/// [`hashed_index_name`]). sea-query writes index names without escaping, so
+/// the name must never contain a quote: anything outside the safe set is
+/// replaced and a hash of the real names is appended.
 pub(crate) fn index_name(table: &str, columns: &[&str], suffix: &str) -> String {
-    let mut raw = String::from(table);
-    for c in columns {
-        raw.push('_');
-        raw.push_str(c);
-    }
-    let clean: String =
-        raw.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' }).collect();
+    let (raw, clean, parts) = joined(table, columns);
+    let plain = clean == raw && clean.len() + suffix.len() < 63;
+    if plain { format!("{clean}_{suffix}") } else { hashed(&clean, &parts, suffix) }
+}
+
+/// [`index_name`] with the hash always appended: the name an index takes
+/// when another relation has its plain name.
+pub(crate) fn hashed_index_name(table: &str, columns: &[&str], suffix: &str) -> String {
+    let (_, clean, parts) = joined(table, columns);
+    hashed(&clean, &parts, suffix)
+}
+
+/// The table and columns joined by `_`, as they are and with anything
+/// outside `[a-z0-9_]` replaced; and as a list.
+fn joined<'a>(table: &'a str, columns: &[&'a str]) -> (String, String, Vec<&'a str>) {
     let mut parts = vec![table];
     parts.extend_from_slice(columns);
-    let plain = clean == raw && clean.len() + suffix.len() < 63;
-    if plain {
-        format!("{clean}_{suffix}")
-    } else {
-        let hash = format!("{:08x}", fnv1a(&parts) as u32);
-        let room = 63 - suffix.len() - hash.len() - 2;
-        let head: String = clean.chars().take(room).collect();
-        format!("{head}_{hash}_{suffix}")
-    }
+    let raw = parts.join("_");
+    let clean =
+        raw.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' }).collect();
+    (raw, clean, parts)
+}
+
+fn hashed(clean: &str, parts: &[&str], suffix: &str) -> String {
+    let hash = format!("{:08x}", fnv1a(parts) as u32);
+    let room = 63 - suffix.len() - hash.len() - 2;
+    let head: String = clean.chars().take(room).collect();
+    format!("{head}_{hash}_{suffix}")
 }
 
 #[cfg(test)]
@@ -682,5 +785,11 @@ mod tests {
         let n = index_name(&long, &[&long, &long], "key");
         assert!(n.len() <= 63, "{n}");
         assert_ne!(index_name(&long, &["a"], "key"), index_name(&long, &["b"], "key"));
+        // Plain names can coincide; the hashed ones (taken when the plain
+        // one is in use) do not.
+        assert_eq!(index_name("order", &["item_id"], "key"), index_name("order_item", &["id"], "key"));
+        assert_ne!(hashed_index_name("order", &["item_id"], "key"), hashed_index_name("order_item", &["id"], "key"));
+        let h = hashed_index_name("retweeter", &["tweet", "retweeter"], "key");
+        assert!(h.starts_with("retweeter_tweet_retweeter_") && h.ends_with("_key") && h.len() == 38, "{h}");
     }
 }

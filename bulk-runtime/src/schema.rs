@@ -24,7 +24,9 @@ use crate::types::PgType;
 /// and modifier ([`base_type`]: a domain's, over any domains), 21 the type
 /// as [`SchemaProblem::KeyRounded`] names it, 22 `attidentity`, 23
 /// `attgenerated`, 24 whether the type is a domain (4 and 8 its name and
-/// schema).
+/// schema), 25 the labels of the base type when it is an enum (else NULL),
+/// 26 whether the session has the relation `$2` (the model's scratch table,
+/// `pg_temp.` and its quoted name).
 static COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -41,7 +43,11 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull OR b.not_nul
        b.typname, b.typschema, b.typmod,
        CASE WHEN t.typtype = 'd' THEN format_type(a.atttypid, a.atttypmod) || ' (a domain over ' || b.format || ')'
             ELSE b.format END,
-       a.attidentity::text, a.attgenerated::text, t.typtype = 'd'
+       a.attidentity::text, a.attgenerated::text, t.typtype = 'd',
+       (SELECT ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = et.oid ORDER BY e.enumsortorder)
+          FROM pg_type et JOIN pg_namespace en ON en.oid = et.typnamespace
+         WHERE et.typname = b.typname AND en.nspname = b.typschema AND et.typtype = 'e'),
+       to_regclass($2) IS NOT NULL
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   CROSS JOIN LATERAL {base}
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
@@ -103,7 +109,8 @@ SELECT ic.relname::text,
 /// named inside `query_to_xml`'s text; see `notes/citus.md`, §4): `local`
 /// (plain PostgreSQL, or a Citus coordinator's own table), `distributed`
 /// (hash) with its distribution column, `reference`, `single_shard`,
-/// `citus_local`, `unsupported` (append or range), or `missing`; then
+/// `citus_local`, `append_distributed`, `range_distributed`, `unsupported`
+/// (a method of a later Citus), or `missing`; then
 /// whether the staging table `$2` (see [`Model::citus_staging_sql`]) is
 /// usable: hash-distributed by a column of the same name as the target's,
 /// co-located with it, with the columns `$3` of the types `$4`, and open
@@ -126,6 +133,8 @@ SELECT CASE WHEN c.oid IS NULL THEN 'missing'
             WHEN m.partmethod = 'n' AND m.repmodel = 't' THEN 'reference'
             WHEN m.partmethod = 'n' AND m.colocationid <> 0 THEN 'single_shard'
             WHEN m.partmethod = 'n' THEN 'citus_local'
+            WHEN m.partmethod = 'a' THEN 'append_distributed'
+            WHEN m.partmethod = 'r' THEN 'range_distributed'
             ELSE 'unsupported' END,
        (SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
          WHERE a.attrelid = c.oid AND a.attnum = m.distattnum),
@@ -283,6 +292,34 @@ pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<KeyShap
     }
 }
 
+/// The schemas of the `search_path` (as set, with `$user` read as the
+/// role) without `USAGE` for the role, in which a relation has the table's
+/// name; and the role.
+const UNUSABLE_SCHEMAS: &str = "\
+SELECT n.nspname::text, current_user::text
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE c.relname = $1 AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+   AND n.nspname = ANY (SELECT CASE WHEN e IN ('$user', '\"$user\"') THEN current_user::text
+                                    WHEN e ~ '^([A-Za-z_][A-Za-z0-9_$]*|\"([^\"]|\"\")+\")$'
+                                      THEN (pg_catalog.parse_ident(e))[1] END
+                          FROM pg_catalog.unnest(pg_catalog.string_to_array(pg_catalog.current_setting('search_path'), ',')) AS p,
+                               pg_catalog.btrim(p) AS e)
+ LIMIT 1";
+
+/// Why the model's table name finds no table: [`SchemaProblem::TableMissing`],
+/// or for a model without a schema, [`SchemaProblem::SchemaNotUsable`] when
+/// a schema of the `search_path` the role may not use has such a table.
+async fn table_missing(tx: &Client, model: &'static Model) -> Result<SchemaProblem, tokio_postgres::Error> {
+    if model.schema().is_some() {
+        return Ok(SchemaProblem::TableMissing);
+    }
+    let row = tx.query_typed(UNUSABLE_SCHEMAS, &[(&model.table(), Type::TEXT)]).await?;
+    Ok(match row.first() {
+        Some(row) => SchemaProblem::SchemaNotUsable { schema: row.get(0), role: row.get(1) },
+        None => SchemaProblem::TableMissing,
+    })
+}
+
 /// Every difference between the live table and the model.
 ///
 /// # Errors
@@ -429,6 +466,39 @@ fn key_as(
     (ty.is_some() || collation.is_some() || domain.is_some()).then_some(KeyAs { ty, collation, typmod, domain })
 }
 
+/// Whether a key column whose base type is `typname` stores every value of
+/// the model's `ty` as a key of its own: two values the model tells apart
+/// stay apart (a `bigint` in `numeric`, a `real` in `double precision`,
+/// `text` in `varchar`, `char` or `citext`, whose own comparisons the calls
+/// follow). Not so a `bigint` in `double precision`, a `double precision`
+/// in `numeric` (a float's nearest decimal), a `timestamp` in `date` or
+/// `timestamptz` (a local time in a daylight-saving fold), text in `name`
+/// (cut at 63 bytes) or any type that reads values through text (`inet`).
+fn keeps_keys(ty: PgType, typschema: &str, typname: &str) -> bool {
+    let builtin = typschema == "pg_catalog";
+    match ty {
+        PgType::Int2 => builtin && matches!(typname, "int2" | "int4" | "int8" | "numeric"),
+        PgType::Int4 => builtin && matches!(typname, "int4" | "int8" | "numeric"),
+        PgType::Int8 => builtin && matches!(typname, "int8" | "numeric"),
+        PgType::Float4 => builtin && matches!(typname, "float4" | "float8"),
+        PgType::Float8 => builtin && typname == "float8",
+        PgType::Bool => builtin && typname == "bool",
+        PgType::Text => (builtin && matches!(typname, "text" | "varchar" | "bpchar")) || typname == "citext",
+        PgType::Bytea => builtin && typname == "bytea",
+        PgType::Date => builtin && typname == "date",
+        PgType::Timestamp => builtin && typname == "timestamp",
+        PgType::Timestamptz => builtin && typname == "timestamptz",
+        PgType::Uuid => builtin && typname == "uuid",
+        PgType::Jsonb => builtin && typname == "jsonb",
+        PgType::Numeric => builtin && typname == "numeric",
+        PgType::Time => builtin && typname == "time",
+        PgType::Inet => builtin && typname == "inet",
+        // The enum's own labels: the type check matched its name.
+        PgType::Enum(_) => true,
+        PgType::Array(_) => false,
+    }
+}
+
 /// Whether a key column's type modifier makes PostgreSQL round the values it
 /// stores for a key field of the model's `ty` (two offered keys could
 /// become one stored key).
@@ -441,6 +511,25 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
         "numeric" => typmod >= 4 && ((typmod - 4) & 0x7ff) > 1023,
         _ => false,
     }
+}
+
+/// `sql_type` without its modifiers (`varchar(40)` as `varchar`,
+/// `timestamp(3) with time zone` as `timestamp with time zone`): the check
+/// compares type names without them, and `to_regtype` raises an error
+/// (rather than returning NULL) on a modifier the type does not take
+/// (`int(11)`, `text(5)`), which would fail the whole check.
+fn without_modifiers(sql_type: &str) -> String {
+    let mut out = String::with_capacity(sql_type.len());
+    let mut depth = 0usize;
+    for c in sql_type.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The live table's differences from the model, how its key compares, and
@@ -458,10 +547,11 @@ async fn check(
         stage_types.insert(1, Type::INT8.oid());
     }
     let id = model.id_column();
-    let overrides: Vec<&str> = model.columns().iter().filter_map(|c| c.sql_type()).collect();
+    let scratch = format!("pg_temp.{}", crate::model::quote_ident(&plan.scratch));
+    let overrides: Vec<String> = model.columns().iter().filter_map(|c| c.sql_type()).map(without_modifiers).collect();
     // The catalog queries go out together: one round trip.
     let (live, resolved, indexes, citus) = futures_util::future::try_join4(
-        tx.query_typed(COLUMNS.as_str(), &[(&name, Type::TEXT)]),
+        tx.query_typed(COLUMNS.as_str(), &[(&name, Type::TEXT), (&scratch, Type::TEXT)]),
         async {
             if overrides.is_empty() {
                 return Ok(Vec::new());
@@ -483,11 +573,14 @@ async fn check(
     )
     .await?;
     if live.is_empty() {
-        return Ok((vec![SchemaProblem::TableMissing], KeyShape::default(), live));
+        return Ok((vec![table_missing(tx, model).await?], KeyShape::default(), live));
     }
     statements::backend_seen(tx, live[0].get(16));
     let mut problems = Vec::new();
-    if !live[0].get::<_, bool>(5) {
+    // (A session that has the model's scratch table already, opened to
+    // every role, keeps using it after a `SET ROLE` to a role without the
+    // privilege.)
+    if !live[0].get::<_, bool>(5) && !live[0].get::<_, bool>(26) {
         problems.push(SchemaProblem::TemporaryTablesNotAllowed { role: live[0].get(6), database: live[0].get(7) });
     }
     let rules: Vec<String> = live[0].get(17);
@@ -529,7 +622,7 @@ fn citus_dialect(model: &Model, row: Option<&Row>, problems: &mut Vec<SchemaProb
             }
             Dialect::Citus
         }
-        "single_shard" | "citus_local" | "unsupported" => {
+        "single_shard" | "citus_local" | "append_distributed" | "range_distributed" | "unsupported" => {
             problems.push(SchemaProblem::CitusTableUnsupported { kind: kind.to_owned() });
             Dialect::Citus
         }
@@ -568,6 +661,25 @@ fn column_problems(model: &Model, live: &[Row], resolved: Vec<Option<String>>, p
         if column.nullable() && row.get::<_, bool>(2) {
             problems.push(SchemaProblem::ColumnNotNull { column: column.name().to_owned() });
         }
+        // An enum type without a label of the model's enum refuses a row of
+        // it as it receives the row: on the COPY path every offered row, on
+        // the short path only the rows it sends (not a repeat of a key the
+        // client left out). Refused here, before any row is sent.
+        if let (true, Some(live_labels)) = (fits, row.get::<_, Option<Vec<String>>>(25)) {
+            let missing: Vec<String> = column
+                .enum_labels()
+                .iter()
+                .filter(|l| !live_labels.iter().any(|live| live == *l))
+                .map(|l| (*l).to_owned())
+                .collect();
+            if !missing.is_empty() {
+                problems.push(SchemaProblem::EnumLabelsMissing {
+                    column: column.name().to_owned(),
+                    found: row.get(21),
+                    labels: missing,
+                });
+            }
+        }
         // An identity column `GENERATED BY DEFAULT` ('d') takes given values.
         let (identity, generated): (&str, &str) = (row.get(22), row.get(23));
         if identity == "a" || !generated.is_empty() {
@@ -596,6 +708,14 @@ fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> 
         let (typname, typschema, typmod): (&str, &str, i32) = (row.get(18), row.get(19), row.get(20));
         if rounds(column.pg_type(), typname, typmod) {
             problems.push(SchemaProblem::KeyRounded { column: column.name().to_owned(), found: row.get(21) });
+        } else if column.sql_type().is_some() && !keeps_keys(column.pg_type(), typschema, typname) {
+            // Only an `sql_type` override gets a key column of another
+            // family past the type check (the built-in lists only widen).
+            problems.push(SchemaProblem::KeyConverted {
+                column: column.name().to_owned(),
+                model: column.pg_type().sql_name().to_owned(),
+                found: row.get(21),
+            });
         }
         let collation = row.get::<_, Option<String>>(11).zip(row.get::<_, Option<String>>(12));
         let domain = row.get::<_, bool>(24).then(|| (row.get::<_, String>(8), row.get::<_, String>(4)));
@@ -666,5 +786,34 @@ fn index_unfit(row: &Row, same_columns: bool, key_nullable: bool) -> Option<&'st
         Some("treats NULLs as distinct, but the model declares nulls_not_distinct")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_types_lose_their_modifiers_before_to_regtype() {
+        assert_eq!(without_modifiers("varchar(40)"), "varchar");
+        assert_eq!(without_modifiers("timestamp(3) with time zone"), "timestamp with time zone");
+        assert_eq!(without_modifiers("numeric(10, 2)[]"), "numeric[]");
+        assert_eq!(without_modifiers("int(11)"), "int");
+        assert_eq!(without_modifiers("interval day(3) to second"), "interval day to second");
+        assert_eq!(without_modifiers("geometry(Point, 4326)"), "geometry");
+        assert_eq!(without_modifiers("citext"), "citext");
+    }
+
+    #[test]
+    fn key_columns_keep_values_apart_only_in_their_own_family() {
+        assert!(keeps_keys(PgType::Int4, "pg_catalog", "int8"));
+        assert!(keeps_keys(PgType::Int8, "pg_catalog", "numeric"));
+        assert!(!keeps_keys(PgType::Int8, "pg_catalog", "float8"));
+        assert!(!keeps_keys(PgType::Float8, "pg_catalog", "numeric"));
+        assert!(!keeps_keys(PgType::Timestamp, "pg_catalog", "date"));
+        assert!(!keeps_keys(PgType::Timestamp, "pg_catalog", "timestamptz"));
+        assert!(keeps_keys(PgType::Text, "public", "citext"));
+        assert!(!keeps_keys(PgType::Text, "pg_catalog", "name"));
+        assert!(!keeps_keys(PgType::Int8, "public", "int8"), "a type of that name outside pg_catalog");
     }
 }

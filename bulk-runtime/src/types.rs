@@ -425,6 +425,11 @@ pub trait BulkColumn: BulkValue {
     const PG_TYPE: PgType;
     /// Whether the column may hold NULL (`Option<T>`).
     const NULLABLE: bool;
+    /// A [`BulkType`](crate::BulkType) enum's labels (through an `Option`
+    /// or a newtype too), which the schema check looks for in the column's
+    /// enum type; empty for every other type.
+    #[doc(hidden)]
+    const __LABELS: &'static [&'static str] = &[];
 
     /// `Self`. The derive checks a unique key field through this projection
     /// (`<T as BulkColumn>::__Column: NonNullColumn`), so a field type that is
@@ -718,6 +723,7 @@ impl ToSql for Null {
 impl<T: NonOptionColumn> BulkColumn for Option<T> {
     const PG_TYPE: PgType = T::PG_TYPE;
     const NULLABLE: bool = true;
+    const __LABELS: &'static [&'static str] = T::__LABELS;
     type __Column = Self;
 }
 

@@ -3,7 +3,6 @@
 
 use bulk_runtime::{BulkCreateNew, Error, Step, ValueError};
 use bulk_tests::{COPY_BATCH, TestDb, count};
-use chrono::NaiveDate;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -170,47 +169,52 @@ async fn value_too_long_for_varchar() {
 #[tokio::test]
 async fn value_refused_by_the_server_during_copy_names_row_and_field() {
     #[derive(BulkCreateNew)]
-    #[bulk(table = "dated", unique(n))]
-    struct Dated {
+    #[bulk(table = "coded", unique(code), id = false)]
+    struct Coded {
+        code: String,
         n: i64,
-        day: NaiveDate,
+    }
+    /// Key `i` as four base-36 digits.
+    fn code(i: usize) -> String {
+        let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        (0..4).rev().map(|p| digits[(i / 36usize.pow(p)) % 36] as char).collect()
     }
     let db = TestDb::new("copy_refused").await;
     let mut client = db.connect().await;
-    client.batch_execute(&Dated::model().migration_sql()).await.unwrap();
-    // chrono can hold years before 4713 BC; PostgreSQL's date cannot.
-    let ok = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
-    let too_early = NaiveDate::from_ymd_opt(-100_000, 1, 1).unwrap();
+    // The scratch table's key column takes the key's `varchar(4)`, so a
+    // longer key is refused by the server as the COPY stages it.
+    client.batch_execute("CREATE TABLE coded (code varchar(4) PRIMARY KEY, n bigint NOT NULL)").await.unwrap();
+    let too_long = || "toolong".to_owned();
     // Long enough for the COPY path; the bad value is the last row.
     let bad_at = COPY_BATCH + 2;
-    let rows = (0..=bad_at).map(|i| Dated { n: i as i64, day: if i == bad_at { too_early } else { ok } });
-    let err = Dated::bulk_create_new(&mut client, rows).await.unwrap_err();
-    assert_eq!(err.sqlstate(), Some(&SqlState::DATETIME_VALUE_OUT_OF_RANGE), "{err}");
+    let rows = (0..=bad_at).map(|i| Coded { code: if i == bad_at { too_long() } else { code(i) }, n: i as i64 });
+    let err = Coded::bulk_create_new(&mut client, rows).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(&SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
     assert_eq!(err.step(), Some(Step::Copy), "{err}");
     assert_eq!(err.row(), Some(bad_at), "{err}");
-    assert_eq!(err.field(), Some("day"), "{err}");
+    assert_eq!(err.field(), Some("code"), "{err}");
     let shown = err.to_string();
-    assert!(shown.contains("date out of range") && shown.contains(&format!("row {bad_at}")), "{shown}");
+    assert!(shown.contains("too long") && shown.contains(&format!("row {bad_at}")), "{shown}");
     assert!(!err.is_retryable());
-    assert_eq!(count(&client, "dated").await, 0);
-    let o = Dated::bulk_create_new(&mut client, (0..bad_at).map(|i| Dated { n: i as i64, day: ok })).await.unwrap();
+    assert_eq!(count(&client, "coded").await, 0);
+    let o =
+        Coded::bulk_create_new(&mut client, (0..bad_at).map(|i| Coded { code: code(i), n: i as i64 })).await.unwrap();
     assert_eq!(o.inserted, bad_at as u64);
 
     // The bad value first, and 100,000 rows streamed after the server refused it.
-    let rows = (0..100_000).map(|i| Dated { n: -10 - i as i64, day: if i == 0 { too_early } else { ok } });
-    let err = Dated::bulk_create_new(&mut client, rows).await.unwrap_err();
-    assert_eq!(err.sqlstate(), Some(&SqlState::DATETIME_VALUE_OUT_OF_RANGE), "{err}");
-    assert_eq!((err.row(), err.field()), (Some(0), Some("day")), "{err}");
+    let rows = (0..100_000).map(|i| Coded { code: if i == 0 { too_long() } else { code(10_000 + i) }, n: i as i64 });
+    let err = Coded::bulk_create_new(&mut client, rows).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(&SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
+    assert_eq!((err.row(), err.field()), (Some(0), Some("code")), "{err}");
     assert!(err.connection_usable());
-    assert_eq!(count(&client, "dated").await, bad_at as i64);
+    assert_eq!(count(&client, "coded").await, bad_at as i64);
 
     // A short batch (the one-statement path) refuses it too, with the same code.
-    let err = Dated::bulk_create_new(&mut client, [Dated { n: -1, day: ok }, Dated { n: -2, day: too_early }])
-        .await
-        .unwrap_err();
-    assert_eq!(err.sqlstate(), Some(&SqlState::DATETIME_VALUE_OUT_OF_RANGE), "{err}");
-    assert!(err.to_string().contains("date out of range"), "{err}");
-    assert_eq!(count(&client, "dated").await, bad_at as i64);
+    let batch = [Coded { code: code(1_000_000), n: -1 }, Coded { code: too_long(), n: -2 }];
+    let err = Coded::bulk_create_new(&mut client, batch).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(&SqlState::STRING_DATA_RIGHT_TRUNCATION), "{err}");
+    assert!(err.to_string().contains("too long"), "{err}");
+    assert_eq!(count(&client, "coded").await, bad_at as i64);
     db.drop().await;
 }
 

@@ -520,7 +520,6 @@ async fn float_keys_nan_and_negative_zero_through_copy() {
 enum Mood {
     Happy,
     Sad,
-    Missing,
 }
 
 #[derive(BulkCreateNew, Debug, Clone)]
@@ -565,9 +564,11 @@ async fn edge_db(name: &str) -> (TestDb, Client) {
 async fn server_refused_values_name_the_row_around_the_boundary() {
     let (db, mut client) = edge_db("edge_rows").await;
     type Spoil = fn(&mut Edge);
-    let spoilers: [(&str, Spoil); 5] = [
+    // (A date before 4714 BC is refused by the client; an enum label the
+    // type lacks, by the schema check before any row: see
+    // `types_at_the_edges.rs`.)
+    let spoilers: [(&str, Spoil); 4] = [
         ("day", |e| e.day = chrono::NaiveDate::from_ymd_opt(-5000, 1, 1).unwrap()),
-        ("mood", |e| e.mood = Mood::Missing),
         ("doc", |e| e.doc = serde_json::json!({"a": "x\u{0}y"})),
         ("code", |e| e.code = "toolong".into()),
         ("amount", |e| e.amount = rust_decimal::Decimal::new(123_456_789, 2)),

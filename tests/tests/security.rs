@@ -143,6 +143,7 @@ fn dynamic_model(schema: &str, table: &str, columns: &[String; 3]) -> &'static M
         nullable: false,
         sql_type: None,
         index: true,
+        labels: &[],
     };
     let text = ColumnSpec { field: "text", name: leak(&columns[1]), pg_type: PgType::Text, index: false, ..key };
     let number = ColumnSpec { field: "number", name: leak(&columns[2]), pg_type: PgType::Int4, nullable: true, ..key };

@@ -175,7 +175,12 @@ pub(crate) async fn claim(
     }
     Err(Error::Usage {
         model: model.struct_name(),
-        message: format!("batch id {batch_id:?} was taken in {} but its row kept vanishing", ledger.qualified_name()),
+        message: format!(
+            "batch id {batch_id:?} is taken in {}, but the role cannot read its row: a row-level security policy \
+             hides it (another tenant's batch of that id?), or it was deleted each time it was read; use another \
+             batch id, or let the role read the ledger's rows of this target",
+            ledger.qualified_name()
+        ),
     })
 }
 

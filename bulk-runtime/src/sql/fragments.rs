@@ -270,14 +270,14 @@ fn read(model: &Model, alias: &str, name: &str, shape: &KeyShape) -> String {
 }
 
 /// `insert` (an `INSERT ... ON CONFLICT` without `RETURNING`) counted in
-/// SQL, after the CTEs `ctes`: `WITH ctes, "ins" AS (insert RETURNING 1)
-/// SELECT count(*) FROM "ins"`. Citus's dialect: there the command tag of an
+/// SQL, after the CTEs `ctes`: `WITH ctes, "__bulk_ins" AS (insert RETURNING 1)
+/// SELECT count(*) FROM "__bulk_ins"`. Citus's dialect: there the command tag of an
 /// `INSERT ... SELECT` is the number of rows attempted, `RETURNING` gives
 /// exactly the rows the shards inserted.
 pub(crate) fn counted(ctes: &[String], insert: &str) -> String {
     let mut with: Vec<String> = ctes.to_vec();
-    with.push(format!("\"ins\" AS ({insert} RETURNING 1)"));
-    format!("WITH {} SELECT count(*) FROM \"ins\"", with.join(", "))
+    with.push(format!("\"__bulk_ins\" AS ({insert} RETURNING 1)"));
+    format!("WITH {} SELECT count(*) FROM \"__bulk_ins\"", with.join(", "))
 }
 
 /// The session's scratch table `scratch` as the relation `alias`.

@@ -172,11 +172,11 @@ pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &Ke
 /// `RETURNING` (Citus's command tag counts attempted rows):
 ///
 /// ```sql
-/// WITH "src" AS (SELECT DISTINCT ON (u.key) u.__bulk_ord, u.cols FROM unnest(...) AS u(...)
+/// WITH "__bulk_src" AS (SELECT DISTINCT ON (u.key) u.__bulk_ord, u.cols FROM unnest(...) AS u(...)
 ///                ORDER BY u.key, u.__bulk_ord),
-///      "ins" AS (INSERT INTO target (cols) SELECT s.cols FROM "src" AS s ORDER BY s.key
+///      "__bulk_ins" AS (INSERT INTO target (cols) SELECT s.cols FROM "__bulk_src" AS s ORDER BY s.key
 ///                ON CONFLICT (key) DO NOTHING RETURNING 1)
-/// SELECT count(*) FROM "ins"
+/// SELECT count(*) FROM "__bulk_ins"
 /// ```
 ///
 /// For a key the client orders (`client_ordered`: in key order, each key
@@ -201,12 +201,12 @@ pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape
     }
     let u_key = cols("u", model.unique_key());
     let src = format!(
-        "\"src\" AS (SELECT DISTINCT ON ({u_key}) u.{ord}, {u_cols} FROM {source} ORDER BY {u_key}, u.{ord})",
+        "\"__bulk_src\" AS (SELECT DISTINCT ON ({u_key}) u.{ord}, {u_cols} FROM {source} ORDER BY {u_key}, u.{ord})",
         ord = q(ORD),
         u_cols = cols("u", model.columns()),
     );
     let insert = format!(
-        "INSERT INTO {target} ({names}) SELECT {s_cols} FROM \"src\" AS \"s\" ORDER BY {s_key} \
+        "INSERT INTO {target} ({names}) SELECT {s_cols} FROM \"__bulk_src\" AS \"s\" ORDER BY {s_key} \
          ON CONFLICT ({key}) DO NOTHING",
         s_cols = on_conflict_cols(model, "\"s\"", Compared::As(shape)),
         s_key = cols("\"s\"", model.unique_key()),
@@ -218,10 +218,10 @@ pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape
 /// first offered row of each key, `ON CONFLICT`, counted from `RETURNING`.
 ///
 /// ```sql
-/// WITH "ins" AS (INSERT INTO target (cols)
+/// WITH "__bulk_ins" AS (INSERT INTO target (cols)
 ///                SELECT DISTINCT ON (s.key) s.cols FROM pg_temp.scratch AS s ORDER BY s.key, s.__bulk_ord
 ///                ON CONFLICT (key) DO NOTHING RETURNING 1)
-/// SELECT count(*) FROM "ins"
+/// SELECT count(*) FROM "__bulk_ins"
 /// ```
 ///
 /// Without `repeats` (the client saw no key twice), without `DISTINCT ON`

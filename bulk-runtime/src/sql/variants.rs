@@ -76,7 +76,7 @@ fn source(model: &'static Model, source: Source<'_>, mask: bool) -> String {
     }
 }
 
-/// The select list of an insert from `"src"` AS `"s"`: the model's
+/// The select list of an insert from `"__bulk_src"` AS `"s"`: the model's
 /// columns, the last one guarded by
 /// [`on_conflict_guard`](fragments::on_conflict_guard) for a nullable or
 /// text key, as in the plain call's `ON CONFLICT` forms: `ON CONFLICT
@@ -98,7 +98,7 @@ fn values(model: &'static Model, from: Source<'_>) -> String {
     on_conflict_cols(model, "\"s\"", compared)
 }
 
-/// `"src"`: one row per key, the kept one, with its position (and the mask).
+/// `"__bulk_src"`: one row per key, the kept one, with its position (and the mask).
 fn src_cte(model: &'static Model, from: Source<'_>, keep: Keep, mask: bool) -> String {
     let key = list("\"u\"", model.unique_key());
     let mut cols = format!("\"u\".{}, {}", q(ORD), list("\"u\"", model.columns()));
@@ -112,9 +112,9 @@ fn src_cte(model: &'static Model, from: Source<'_>, keep: Keep, mask: bool) -> S
         order = order(keep),
     );
     if mask {
-        format!("\"src\" AS (SELECT * FROM ({distinct}) AS \"d\" WHERE NOT \"d\".{})", q(DONE))
+        format!("\"__bulk_src\" AS (SELECT * FROM ({distinct}) AS \"d\" WHERE NOT \"d\".{})", q(DONE))
     } else {
-        format!("\"src\" AS ({distinct})")
+        format!("\"__bulk_src\" AS ({distinct})")
     }
 }
 
@@ -130,7 +130,7 @@ fn drops_stored(from: Source<'_>) -> bool {
     }
 }
 
-/// `"ins"`: the conflict-skipping insert of the kept rows, in key order, that
+/// `"__bulk_ins"`: the conflict-skipping insert of the kept rows, in key order, that
 /// returns the key of each row it inserted (as stored: it is matched to the
 /// batch's row under the key's own equality, and read as the model's types
 /// only when delivered), and the id when asked. Keys already stored are
@@ -139,8 +139,10 @@ fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String 
     let target = model.qualified_name();
     let cols = names(model.columns());
     let key = names(model.unique_key());
-    let mut sql =
-        format!("\"ins\" AS (INSERT INTO {target} ({cols}) SELECT {} FROM \"src\" AS \"s\"", values(model, from));
+    let mut sql = format!(
+        "\"__bulk_ins\" AS (INSERT INTO {target} ({cols}) SELECT {} FROM \"__bulk_src\" AS \"s\"",
+        values(model, from)
+    );
     // (Citus refuses the anti-join: there `ON CONFLICT` alone skips stored keys.)
     if drops_stored(from) {
         let _ = write!(sql, " WHERE {}", not_stored(model, "\"s\""));
@@ -168,10 +170,10 @@ fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String 
 /// The insert that reports which rows it inserted:
 ///
 /// ```sql
-/// WITH "src" AS (SELECT DISTINCT ON (key) ord, cols FROM <batch> ORDER BY key, ord),
-///      "ins" AS (INSERT INTO target (cols) SELECT ... FROM "src" ORDER BY key
+/// WITH "__bulk_src" AS (SELECT DISTINCT ON (key) ord, cols FROM <batch> ORDER BY key, ord),
+///      "__bulk_ins" AS (INSERT INTO target (cols) SELECT ... FROM "__bulk_src" ORDER BY key
 ///                ON CONFLICT (key) DO NOTHING RETURNING key [, id])
-/// SELECT "s".ord [, "i".id, "i".key] FROM "ins" AS "i" JOIN "src" AS "s" ON key
+/// SELECT "s".ord [, "i".id, "i".key] FROM "__bulk_ins" AS "i" JOIN "__bulk_src" AS "s" ON key
 /// ```
 ///
 /// The join maps each inserted key back to the kept row's position; it is one
@@ -197,7 +199,7 @@ pub(crate) fn returning(model: &'static Model, from: Source<'_>, keep: Keep, ret
     }
     let _ = write!(
         sql,
-        " FROM \"ins\" AS \"i\" JOIN \"src\" AS \"s\" ON {} WHERE {}",
+        " FROM \"__bulk_ins\" AS \"i\" JOIN \"__bulk_src\" AS \"s\" ON {} WHERE {}",
         key_match(model, "\"i\"", "\"s\""),
         keys_kept(model, drops_stored(from))
     );
@@ -211,7 +213,7 @@ pub(crate) fn returning(model: &'static Model, from: Source<'_>, keep: Keep, ret
 /// key the batch offered (see [`keys_kept`]).
 pub(crate) const KEY_CHANGED: &str = "bulk_runtime: the table changed the key of a row as it was stored";
 
-/// A condition on a statement with the `"ins"` and `"src"` CTEs that holds
+/// A condition on a statement with the `"__bulk_ins"` and `"__bulk_src"` CTEs that holds
 /// when every inserted row's key is the key of a kept row of the batch, and
 /// otherwise raises an error whose message holds [`KEY_CHANGED`] (SQLSTATE
 /// 22P02), so the statement writes nothing: a `BEFORE INSERT` trigger that
@@ -237,18 +239,24 @@ pub(crate) const KEY_CHANGED: &str = "bulk_runtime: the table changed the key of
 /// stored key is its own row too). The second test runs only when the
 /// first fails.
 fn keys_kept(model: &Model, dropped_stored: bool) -> String {
-    // JSON compares as jsonb (`json` has no equality).
+    // JSON compares as jsonb (`json` has no equality). An array compares
+    // only with an array of its own type, and the inserted row holds the
+    // table's (`varchar(10)[]`, `citext[]`) where the batch holds the
+    // model's (`text[]`): the inserted one is read as the model's type.
     let value = |alias: &str, c: &Column| match c.pg_type() {
         PgType::Jsonb => format!("{}.{}::jsonb", q(alias), q(c.name())),
+        PgType::Array(_) if alias.starts_with('i') => {
+            format!("{}.{}::{}", q(alias), q(c.name()), c.pg_type().sql_name())
+        }
         _ => format!("{}.{}", q(alias), q(c.name())),
     };
     let is_key = |c: &Column| model.unique_key().any(|k| std::ptr::eq(k, c));
     let others: Vec<&Column> = model.columns().iter().filter(|c| !is_key(c)).collect();
     let row = |alias: &str| format!("ROW({})", others.iter().map(|c| value(alias, c)).collect::<Vec<_>>().join(", "));
-    let inserted = "(SELECT count(*) FROM \"ins\")";
+    let inserted = "(SELECT count(*) FROM \"__bulk_ins\")";
     let keyed = |alias_i: &str, alias_s: &str| {
         format!(
-            "FROM \"ins\" AS {} JOIN \"src\" AS {} ON {}",
+            "FROM \"__bulk_ins\" AS {} JOIN \"__bulk_src\" AS {} ON {}",
             q(alias_i),
             q(alias_s),
             key_match(model, &q(alias_i), &q(alias_s))
@@ -261,9 +269,9 @@ fn keys_kept(model: &Model, dropped_stored: bool) -> String {
     format!(
         "CASE WHEN {inserted} = (SELECT count(*) {keyed2} AND {i2} IS NOT DISTINCT FROM {s2}) THEN true \
          WHEN {inserted} = (SELECT count(*) {keyed2}) AND (SELECT count(*) {keyed3} \
-         JOIN \"src\" AS \"s4\" ON {i3}::text = {s4}::text \
-         LEFT JOIN (SELECT *, true AS \"hit\" FROM \"ins\") AS \"i5\" ON {s4_inserted} \
-         WHERE {i3} IS DISTINCT FROM {s3} AND \"s4\".{ord} <> \"s3\".{ord} AND \"i5\".\"hit\" IS NULL{unstored}) = 0 \
+         JOIN \"__bulk_src\" AS \"s4\" ON {i3}::text = {s4}::text \
+         LEFT JOIN (SELECT *, true AS \"__bulk_hit\" FROM \"__bulk_ins\") AS \"i5\" ON {s4_inserted} \
+         WHERE {i3} IS DISTINCT FROM {s3} AND \"s4\".{ord} <> \"s3\".{ord} AND \"i5\".\"__bulk_hit\" IS NULL{unstored}) = 0 \
          THEN true ELSE {raise} END",
         keyed2 = keyed("i2", "s2"),
         s4_inserted = key_match(model, "\"i5\"", "\"s4\""),
@@ -284,8 +292,8 @@ fn keys_kept(model: &Model, dropped_stored: bool) -> String {
 /// Returns `(inserted, distinct keys offered)`.
 pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep, dialect: Dialect) -> String {
     format!(
-        "WITH {}, {}, \"del\" AS (DELETE FROM pg_temp.{} AS \"x\" USING \"ins\" AS \"i\" WHERE {}) \
-         SELECT (SELECT count(*) FROM \"ins\"), (SELECT count(*) FROM \"src\") WHERE {}",
+        "WITH {}, {}, \"__bulk_del\" AS (DELETE FROM pg_temp.{} AS \"x\" USING \"__bulk_ins\" AS \"i\" WHERE {}) \
+         SELECT (SELECT count(*) FROM \"__bulk_ins\"), (SELECT count(*) FROM \"__bulk_src\") WHERE {}",
         src_cte(model, Source::Scratch(dialect), keep, false),
         insert_cte(model, Source::Scratch(dialect), false),
         q(&plan(model).scratch),
@@ -310,7 +318,7 @@ pub(crate) fn upsert_update(model: &'static Model, from: Source<'_>, set: &Updat
         .collect::<Vec<_>>()
         .join(", ");
     let mut up = format!(
-        "\"up\" AS (INSERT INTO {target} AS \"t\" ({cols}) SELECT {values} FROM \"src\" AS \"s\" ORDER BY {order} \
+        "\"__bulk_up\" AS (INSERT INTO {target} AS \"t\" ({cols}) SELECT {values} FROM \"__bulk_src\" AS \"s\" ORDER BY {order} \
          ON CONFLICT ({key}) DO UPDATE SET {assignments}",
         target = model.qualified_name(),
         values = values(model, from),
@@ -330,7 +338,7 @@ pub(crate) fn upsert_update(model: &'static Model, from: Source<'_>, set: &Updat
     }
     up.push_str(" RETURNING 1)");
     format!(
-        "WITH {}, {up} SELECT (SELECT count(*) FROM \"src\"), (SELECT count(*) FROM \"up\")",
+        "WITH {}, {up} SELECT (SELECT count(*) FROM \"__bulk_src\"), (SELECT count(*) FROM \"__bulk_up\")",
         src_cte(model, from, set.keep, mask)
     )
 }
@@ -416,7 +424,7 @@ mod tests {
             returning(&MODEL, Source::Arrays(&KeyShape::default()), Keep::First, Returned::Keys { with_id: true });
         let src = at(
             &sql,
-            r#"WITH "src" AS (SELECT DISTINCT ON ("u"."tweet", "u"."re""tweeter") "u"."__bulk_ord", "u"."tweet""#,
+            r#"WITH "__bulk_src" AS (SELECT DISTINCT ON ("u"."tweet", "u"."re""tweeter") "u"."__bulk_ord", "u"."tweet""#,
         );
         let arrays = at(
             &sql,
@@ -425,7 +433,7 @@ mod tests {
         let first = at(&sql, r#"ORDER BY "u"."tweet", "u"."re""tweeter", "u"."__bulk_ord" ASC)"#);
         let insert = at(
             &sql,
-            r#""ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet""#,
+            r#""__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet""#,
         );
         let order =
             at(&sql, r#"ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#);
@@ -434,7 +442,7 @@ mod tests {
         // the model's types.
         let select = at(
             &sql,
-            r#"SELECT "s"."__bulk_ord", "i"."__bulk_id", "i"."tweet"::bigint AS "tweet", "i"."re""tweeter"::bigint AS "re""tweeter" FROM "ins" AS "i" JOIN "src" AS "s""#,
+            r#"SELECT "s"."__bulk_ord", "i"."__bulk_id", "i"."tweet"::bigint AS "tweet", "i"."re""tweeter"::bigint AS "re""tweeter" FROM "__bulk_ins" AS "i" JOIN "__bulk_src" AS "s""#,
         );
         at(&sql, r#"ON "i"."tweet" = "s"."tweet" AND "i"."re""tweeter" = "s"."re""tweeter" WHERE CASE WHEN "#);
         // Every inserted row must match a kept row, or the statement fails.
@@ -442,7 +450,7 @@ mod tests {
         assert!(src < arrays && arrays < first && first < insert && insert < order && order < ret && ret < select);
         // Keys already stored are dropped by the anti-join before the
         // insert (its rows never reach the table), and `keys_kept` knows it.
-        at(&sql, r#"FROM "src" AS "s" WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+        at(&sql, r#"FROM "__bulk_src" AS "s" WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
         assert!(
             keys_kept(&MODEL, true).contains(
                 r#"NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "t"."tweet" = "s4"."tweet""#
@@ -454,7 +462,7 @@ mod tests {
         let sql = returning(&MODEL, Source::Scratch(Dialect::Postgres), Keep::First, Returned::Positions);
         at(&sql, &format!(r#"FROM pg_temp."{}" AS "u""#, crate::sql::plan(&MODEL).scratch));
         at(&sql, r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "t"."tweet" = "s"."tweet""#);
-        at(&sql, r#"SELECT "s"."__bulk_ord" FROM "ins" AS "i" JOIN "src" AS "s" ON "#);
+        at(&sql, r#"SELECT "s"."__bulk_ord" FROM "__bulk_ins" AS "i" JOIN "__bulk_src" AS "s" ON "#);
         assert!(!sql.contains("__bulk_id") && !sql.ends_with("\"__bulk_ord\""), "{sql}");
     }
 
@@ -462,9 +470,9 @@ mod tests {
     fn on_citus_the_statements_from_the_scratch_table_have_no_anti_join() {
         let from = Source::Scratch(Dialect::Citus);
         let sql = returning(&MODEL, from, Keep::First, Returned::Keys { with_id: true });
-        at(&sql, r#"FROM "src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT"#);
+        at(&sql, r#"FROM "__bulk_src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT"#);
         let sql = upsert_insert_from_scratch(&MODEL, Keep::Last, Dialect::Citus);
-        at(&sql, r#"FROM "src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT"#);
+        at(&sql, r#"FROM "__bulk_src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT"#);
         let citus = KeyShape { dialect: Dialect::Citus, ..KeyShape::default() };
         let arrays = returning(&MODEL, Source::Arrays(&citus), Keep::First, Returned::Positions);
         for sql in [returning(&MODEL, from, Keep::First, Returned::Positions), sql, arrays] {
@@ -472,7 +480,7 @@ mod tests {
         }
         // The same statements in PostgreSQL's dialect keep it.
         let sql = upsert_insert_from_scratch(&MODEL, Keep::Last, Dialect::Postgres);
-        at(&sql, r#"FROM "src" AS "s" WHERE NOT EXISTS ("#);
+        at(&sql, r#"FROM "__bulk_src" AS "s" WHERE NOT EXISTS ("#);
     }
 
     #[test]
@@ -495,7 +503,8 @@ mod tests {
         let arrays = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape)).unwrap();
         let scratch_table = &plan(&NULLABLE_MODEL).scratch;
         let scratch = on_conflict_guard(&NULLABLE_MODEL, Compared::AsScratch(scratch_table)).unwrap();
-        let guarded = |guard: &str| format!(r#"SELECT "s"."owner", CASE WHEN {guard} THEN "s"."label" END FROM "src""#);
+        let guarded =
+            |guard: &str| format!(r#"SELECT "s"."owner", CASE WHEN {guard} THEN "s"."label" END FROM "__bulk_src""#);
         let set = UpdateSet { columns: vec![&NULLABLE_COLUMNS[0]], only_if_changed: false, keep: Keep::Last };
         for keys in [Returned::Positions, Returned::Keys { with_id: false }] {
             at(&returning(&NULLABLE_MODEL, Source::Arrays(&shape), Keep::First, keys), &guarded(&arrays));
@@ -532,7 +541,7 @@ mod tests {
         );
         let changed = at(&sql, r#"WHERE ROW("t"."author") IS DISTINCT FROM ROW(EXCLUDED."author") RETURNING 1)"#);
         assert!(order < changed, "{sql}");
-        at(&sql, r#"SELECT (SELECT count(*) FROM "src"), (SELECT count(*) FROM "up")"#);
+        at(&sql, r#"SELECT (SELECT count(*) FROM "__bulk_src"), (SELECT count(*) FROM "__bulk_up")"#);
 
         let set = UpdateSet { columns: vec![author], only_if_changed: false, keep: Keep::First };
         let sql = upsert_update(&MODEL, Source::Scratch(Dialect::Postgres), &set);
@@ -544,11 +553,11 @@ mod tests {
         at(
             &sql,
             &format!(
-                r#""del" AS (DELETE FROM pg_temp."{}" AS "x" USING "ins" AS "i" WHERE "x"."tweet" = "i"."tweet""#,
+                r#""__bulk_del" AS (DELETE FROM pg_temp."{}" AS "x" USING "__bulk_ins" AS "i" WHERE "x"."tweet" = "i"."tweet""#,
                 crate::sql::plan(&MODEL).scratch
             ),
         );
-        at(&sql, r#"SELECT (SELECT count(*) FROM "ins"), (SELECT count(*) FROM "src")"#);
+        at(&sql, r#"SELECT (SELECT count(*) FROM "__bulk_ins"), (SELECT count(*) FROM "__bulk_src")"#);
     }
 
     /// Names built to break out of a quoted identifier if quotes were not doubled.

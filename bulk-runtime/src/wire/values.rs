@@ -73,12 +73,77 @@ pub(crate) fn put_value(value: &dyn BulkValue, ty: &Type, buf: &mut BytesMut) ->
                     "a value of {len} bytes: PostgreSQL stores at most {MAX_VALUE_BYTES} bytes (1 GB) in one field"
                 )));
             }
+            in_range(ty, &buf[at + 4..]).map_err(ValueError::Encode)?;
             i32::try_from(len).expect("MAX_VALUE_BYTES fits an i32")
         }
         Err(e) => return Err(ValueError::Encode(e.to_string())),
     };
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(len)
+}
+
+/// The first day PostgreSQL stores, 4714-11-24 BC, in days from 2000-01-01.
+const FIRST_DAY: i32 = -2_451_545;
+/// The first microsecond of a PostgreSQL timestamp (4714-11-24 BC), and
+/// the first one past its last (294277-01-01), from 2000-01-01.
+const FIRST_MICROSECOND: i64 = -211_813_488_000_000_000;
+const END_MICROSECOND: i64 = 9_223_371_331_200_000_000;
+/// A day in microseconds: `time` holds 00:00 to 24:00.
+const DAY_MICROSECONDS: i64 = 86_400_000_000;
+
+/// Refuses a date, timestamp or time (or an array of them) in binary form
+/// `value` that PostgreSQL's receive functions would refuse: the client's
+/// types reach further (chrono's years run to ±262,143, a leap second can
+/// end past 24:00). Checked on the client so that every path refuses the
+/// same values, also in rows the short path leaves out as repeats of a key,
+/// which the server never sees.
+fn in_range(ty: &Type, value: &[u8]) -> Result<(), String> {
+    let element = match *ty {
+        Type::DATE_ARRAY => Type::DATE,
+        Type::TIMESTAMP_ARRAY => Type::TIMESTAMP,
+        Type::TIMESTAMPTZ_ARRAY => Type::TIMESTAMPTZ,
+        Type::TIME_ARRAY => Type::TIME,
+        Type::DATE | Type::TIMESTAMP | Type::TIMESTAMPTZ | Type::TIME => return scalar_in_range(ty, value),
+        _ => return Ok(()),
+    };
+    // An array: dimensions, flags, element type, (length, lower bound) per
+    // dimension, then each element as its length (-1 for NULL) and bytes.
+    let word = |at: usize| value.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let dims = usize::try_from(word(0).unwrap_or(0)).unwrap_or(0);
+    let mut at = 12 + 8 * dims;
+    while let Some(len) = word(at) {
+        at += 4;
+        if let Ok(len) = usize::try_from(len) {
+            scalar_in_range(&element, value.get(at..at + len).unwrap_or_default())?;
+            at += len;
+        }
+    }
+    Ok(())
+}
+
+fn scalar_in_range(ty: &Type, value: &[u8]) -> Result<(), String> {
+    let (name, fits) = match *ty {
+        Type::DATE => {
+            let days = value.try_into().map(i32::from_be_bytes).unwrap_or(0);
+            ("date", days >= FIRST_DAY)
+        }
+        Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+            let micros = value.try_into().map(i64::from_be_bytes).unwrap_or(0);
+            ("timestamp", (FIRST_MICROSECOND..END_MICROSECOND).contains(&micros))
+        }
+        Type::TIME => {
+            let micros = value.try_into().map(i64::from_be_bytes).unwrap_or(0);
+            ("time", (0..=DAY_MICROSECONDS).contains(&micros))
+        }
+        _ => return Ok(()),
+    };
+    if fits {
+        Ok(())
+    } else if name == "time" {
+        Err("a time past 24:00:00 (a leap second?): PostgreSQL stores times from 00:00 to 24:00".to_owned())
+    } else {
+        Err(format!("a {name} outside PostgreSQL's range, which starts at 4714-11-24 BC"))
+    }
 }
 
 /// Encodes the batch column by column, checking every value on the client.
@@ -252,6 +317,35 @@ pub(crate) fn encode_arrays<'r, T: BulkCreateNew + 'r>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dates_times_and_their_arrays_outside_postgresql_s_range_are_refused() {
+        let date = |d: i32| d.to_be_bytes().to_vec();
+        let micros = |m: i64| m.to_be_bytes().to_vec();
+        assert_eq!(in_range(&Type::DATE, &date(FIRST_DAY)), Ok(()));
+        assert!(in_range(&Type::DATE, &date(FIRST_DAY - 1)).unwrap_err().contains("4714-11-24 BC"));
+        assert_eq!(in_range(&Type::TIMESTAMPTZ, &micros(FIRST_MICROSECOND)), Ok(()));
+        assert!(in_range(&Type::TIMESTAMP, &micros(FIRST_MICROSECOND - 1)).is_err());
+        assert!(in_range(&Type::TIMESTAMP, &micros(END_MICROSECOND)).is_err());
+        assert_eq!(in_range(&Type::TIME, &micros(DAY_MICROSECONDS)), Ok(()));
+        assert!(in_range(&Type::TIME, &micros(DAY_MICROSECONDS + 1)).unwrap_err().contains("24:00"));
+        // An array: one dimension of three, a NULL, then a date too early.
+        let mut array = Vec::new();
+        for word in [1i32, 1, 1082, 3, 1] {
+            array.extend(word.to_be_bytes());
+        }
+        array.extend(4i32.to_be_bytes());
+        array.extend(date(0));
+        array.extend((-1i32).to_be_bytes());
+        array.extend(4i32.to_be_bytes());
+        let fine = array.clone();
+        array.extend(date(FIRST_DAY - 1));
+        assert!(in_range(&Type::DATE_ARRAY, &array).is_err());
+        let mut fine = fine;
+        fine.extend(date(FIRST_DAY));
+        assert_eq!(in_range(&Type::DATE_ARRAY, &fine), Ok(()));
+    }
+
     use super::*;
     use crate::types::PgType;
 
