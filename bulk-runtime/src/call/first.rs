@@ -41,9 +41,11 @@
 //!
 //! Otherwise the call rolls back and runs as it always did, with the check:
 //! after a result of other types or another table, after an error that a
-//! table which no longer fits the model would raise (`table_changed`), and
-//! when no row came back (the description is only read from a row; the
-//! check then runs in the rollback's round trip). A failed check, and such
+//! table which no longer fits the model would raise (`table_changed`). When
+//! no row came back (the description is only read from a row), the check
+//! runs in the statement's transaction, which commits once it passes: what
+//! the table's triggers wrote elsewhere is kept, as on any call; one round
+//! trip more. A failed check, and such
 //! an error, forget the passed checks. Two round trips, one more than a
 //! warm call, and no prepared statement: the connection's next call checks
 //! and prepares as before. Unlike the usual short path's statement, the
@@ -169,17 +171,20 @@ pub(super) async fn run(
                 Err(e) => First::Failed(Error::database(model, Step::Commit, e)),
             }
         }
-        // Nothing inserted, and no description to read: nothing was
-        // written either way; the check says whether the table fits.
-        Ok((_, None)) => {
-            let (rolled_back, checked) =
-                futures_util::future::join(scope.rollback(), schema::verify(client, model)).await;
-            match (rolled_back, checked) {
-                (Err(e), _) => First::Failed(Error::database(model, Step::Commit, e)),
-                (Ok(()), Err(e)) => First::Failed(e),
-                (Ok(()), Ok(_)) => First::Done(Report::counts(offered, 0)),
-            }
-        }
+        // Nothing inserted, and no description to read: the check, in the
+        // statement's transaction, says whether the table fits; then the
+        // transaction commits, keeping what the table's triggers wrote (a
+        // `BEFORE` trigger that sends each row elsewhere), as any call does.
+        Ok((_, None)) => match schema::verify(client, model).await {
+            Ok(_) => match scope.commit().await {
+                Ok(()) => First::Done(Report::counts(offered, 0)),
+                Err(e) => First::Failed(Error::database(model, Step::Commit, e)),
+            },
+            Err(e) => match scope.rollback().await {
+                Ok(()) => First::Failed(e),
+                Err(rollback) => First::Failed(Error::database(model, Step::Commit, rollback)),
+            },
+        },
         Err(error) => {
             let rolled_back = scope.rollback().await;
             if !error.connection_usable() || rolled_back.is_err() {

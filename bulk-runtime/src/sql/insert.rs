@@ -137,13 +137,14 @@ pub(crate) fn scratch_on_conflict(model: &Model, scratch_table: &str) -> String 
 ///
 /// ```sql
 /// INSERT INTO target (cols)
-/// SELECT u.cols FROM unnest($1::bigint[], $2::type[], ...) AS u(__bulk_ord, cols)
+/// SELECT DISTINCT ON (u.key) u.cols FROM unnest($1::bigint[], $2::type[], ...) AS u(__bulk_ord, cols)
 /// ORDER BY u.key, u.__bulk_ord
 /// ON CONFLICT (key) DO NOTHING
 /// ```
 ///
-/// Rows go in in key order, and within a key in offered order, so the first
-/// offered row of a key is inserted and its repeats meet `ON CONFLICT`; keys
+/// Rows go in in key order, the first offered row of each key only (its
+/// repeats never reach the table, its triggers or its checks: a trigger that
+/// drops the first row must not let a repeat in); keys
 /// already stored are skipped by `ON CONFLICT`'s own probe of the unique
 /// index (no anti-join to plan). For a key the client orders
 /// (`client_ordered`), the rows arrive in key order, each key once: no
@@ -152,13 +153,14 @@ pub(crate) fn scratch_on_conflict(model: &Model, scratch_table: &str) -> String 
 /// table lock. For a nullable or text key, the last column is guarded as in
 /// the plain form, by [`on_conflict_guard`].
 pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
-    let order = if client_ordered {
-        String::new()
+    let (distinct, order) = if client_ordered {
+        (String::new(), String::new())
     } else {
-        format!(" ORDER BY {}, u.{}", cols("u", model.unique_key()), q(ORD))
+        let key = cols("u", model.unique_key());
+        (format!("DISTINCT ON ({key}) "), format!(" ORDER BY {key}, u.{}", q(ORD)))
     };
     format!(
-        "INSERT INTO {target} ({names}) SELECT {cols} FROM {source}{order} ON CONFLICT ({key}) DO NOTHING",
+        "INSERT INTO {target} ({names}) SELECT {distinct}{cols} FROM {source}{order} ON CONFLICT ({key}) DO NOTHING",
         target = model.qualified_name(),
         names = names(model.columns()),
         cols = on_conflict_cols(model, "u", Compared::As(shape)),
