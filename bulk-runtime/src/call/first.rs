@@ -45,7 +45,9 @@
 //! no row came back (the description is only read from a row), the check
 //! runs in the statement's transaction, which commits once it passes: what
 //! the table's triggers wrote elsewhere is kept, as on any call; one round
-//! trip more. A failed check, and such
+//! trip more (under a session default of `REPEATABLE READ` or
+//! `SERIALIZABLE`, whose snapshot may predate the insert's lock, the call
+//! rolls back and runs as usual instead). A failed check, and such
 //! an error, forget the passed checks. Two round trips, one more than a
 //! warm call, and no prepared statement: the connection's next call checks
 //! and prepares as before. Unlike the usual short path's statement, the
@@ -175,16 +177,30 @@ pub(super) async fn run(
         // statement's transaction, says whether the table fits; then the
         // transaction commits, keeping what the table's triggers wrote (a
         // `BEFORE` trigger that sends each row elsewhere), as any call does.
-        Ok((_, None)) => match schema::verify(client, model).await {
-            Ok(_) => match scope.commit().await {
-                Ok(()) => First::Done(Report::counts(offered, 0)),
-                Err(e) => First::Failed(Error::database(model, Step::Commit, e)),
-            },
-            Err(e) => match scope.rollback().await {
-                Ok(()) => First::Failed(e),
-                Err(rollback) => First::Failed(Error::database(model, Step::Commit, rollback)),
-            },
-        },
+        // Only under `READ COMMITTED`, where the check's queries see the
+        // catalog as of the insert's lock; under a session default of
+        // `REPEATABLE READ` or `SERIALIZABLE` their snapshot may be older,
+        // so the call rolls back and runs as usual, with the check.
+        Ok((_, None)) => {
+            let isolation = client.query_one("SELECT pg_catalog.current_setting('transaction_isolation')", &[]);
+            let (checked, isolation) = futures_util::future::join(schema::verify(client, model), isolation).await;
+            let read_committed = isolation.is_ok_and(|row| row.get::<_, &str>(0) == "read committed");
+            match checked {
+                Ok(_) if read_committed => match scope.commit().await {
+                    Ok(()) => First::Done(Report::counts(offered, 0)),
+                    Err(e) => First::Failed(Error::database(model, Step::Commit, e)),
+                },
+                Ok(_) => match scope.rollback().await {
+                    Ok(()) => First::Check,
+                    Err(e) => First::Failed(Error::database(model, Step::Commit, e)),
+                },
+                Err(e) => match scope.rollback().await {
+                    Ok(()) if read_committed => First::Failed(e),
+                    Ok(()) => First::Check,
+                    Err(rollback) => First::Failed(Error::database(model, Step::Commit, rollback)),
+                },
+            }
+        }
         Err(error) => {
             let rolled_back = scope.rollback().await;
             if !error.connection_usable() || rolled_back.is_err() {
