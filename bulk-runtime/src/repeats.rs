@@ -12,11 +12,11 @@
 //! and client memory flat at any batch size.
 //!
 //! Keys whose binary forms differ but which PostgreSQL holds equal (text
-//! under a nondeterministic collation, `-0.0` and `0.0`, jsonb written in
-//! another key order) pass as distinct; the unique index then refuses the
-//! second one, and the insert's `ON CONFLICT` form (see
-//! [`contention`](crate::contention)), which always has `DISTINCT ON`,
-//! inserts the first one.
+//! under a nondeterministic collation, `-0.0` and `0.0`, `1.0` and `1.00`,
+//! jsonb written in another key order) would pass as distinct: for such key
+//! types the filter is not used and the insert keeps `DISTINCT ON` (see
+//! `call::copy::Before::bytewise_keys`), so that a repeat never reaches the
+//! table's triggers.
 
 /// Filter blocks of 256 bits (8 words of 32): each key sets one bit in each
 /// word of one block (a split-block Bloom filter), so a key costs one cache line.

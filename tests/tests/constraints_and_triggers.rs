@@ -1321,3 +1321,55 @@ async fn suppressed_first_offered_row_variants() {
         }
     }
 }
+
+/// The COPY path with keys the table holds equal though their binary forms
+/// differ (`0.0` and `-0.0` in a float key, `A` and `a` under a
+/// case-insensitive collation): a `BEFORE` trigger drops the first offered
+/// row of such a key, and its repeat is not stored either (the client's
+/// repeat filter cannot see it, so the insert keeps `DISTINCT ON`).
+#[tokio::test]
+async fn byte_distinct_repeats_never_reach_the_table_on_the_copy_path() {
+    #[derive(BulkCreateNew, Debug, Clone)]
+    #[bulk(table = "floaty", unique(k), id = false)]
+    struct Floaty {
+        k: f64,
+        body: String,
+    }
+    #[derive(BulkCreateNew, Debug, Clone)]
+    #[bulk(table = "casey", unique(name), id = false)]
+    struct Casey {
+        name: String,
+        body: String,
+    }
+    let db = TestDb::new("byte_distinct_repeats").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(&format!(
+            "{} CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE casey (name text COLLATE nocase PRIMARY KEY, body text NOT NULL);
+             CREATE FUNCTION drop_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.body = 'drop' THEN RETURN NULL; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER drop_marked BEFORE INSERT ON floaty FOR EACH ROW EXECUTE FUNCTION drop_marked();
+             CREATE TRIGGER drop_marked BEFORE INSERT ON casey FOR EACH ROW EXECUTE FUNCTION drop_marked();",
+            Floaty::model().migration_sql()
+        ))
+        .await
+        .unwrap();
+    let n = COPY_BATCH + 10;
+    let mut floats = vec![Floaty { k: 0.0, body: "drop".into() }];
+    floats.extend((1..n).map(|i| Floaty { k: i as f64, body: "new".into() }));
+    floats.push(Floaty { k: -0.0, body: "repeat".into() });
+    let o = Floaty::bulk_create_new(&mut client, &floats).await.unwrap();
+    assert_eq!((o.inserted, o.skipped), (n as u64 - 1, 2), "floats");
+    let zero: i64 = client.query_one("SELECT count(*) FROM floaty WHERE k = 0", &[]).await.unwrap().get(0);
+    assert_eq!(zero, 0, "the repeat -0.0 of the dropped 0.0 is not stored");
+
+    let mut names = vec![Casey { name: "A".into(), body: "drop".into() }];
+    names.extend((1..n).map(|i| Casey { name: format!("n{i}"), body: "new".into() }));
+    names.push(Casey { name: "a".into(), body: "repeat".into() });
+    let o = Casey::bulk_create_new(&mut client, &names).await.unwrap();
+    assert_eq!((o.inserted, o.skipped), (n as u64 - 1, 2), "names");
+    let a: i64 = client.query_one("SELECT count(*) FROM casey WHERE name = 'a'", &[]).await.unwrap().get(0);
+    assert_eq!(a, 0, "the repeat 'a' of the dropped 'A' is not stored");
+    db.drop().await;
+}

@@ -20,6 +20,7 @@ use crate::scope::Scope;
 use crate::sql::variants::{self, Returned, Source};
 use crate::sql::{self, Dialect};
 use crate::statements;
+use crate::types::PgType;
 use crate::wire::{CopyWriter, Fingerprint};
 
 /// What the COPY sent.
@@ -44,6 +45,14 @@ pub(crate) struct Before {
     /// staging table, when the connection's check found it usable: only in
     /// a `READ COMMITTED` transaction (see `Plan::stage_guard`).
     pub may_stage: bool,
+    /// Whether two keys the table holds equal are equal in their binary
+    /// form too, so that the client's repeat filter sees every repeat (see
+    /// [`repeats`](crate::repeats)): not for a float, `numeric` or jsonb
+    /// key column (`-0.0` and `0.0`, `1.0` and `1.00`, jsonb key order),
+    /// nor for a text key the table compares otherwise than `text` does (a
+    /// collation, `citext`, `char(n)`, `varchar(n)`). Otherwise the insert
+    /// keeps `DISTINCT ON`, so that a repeat never reaches the table.
+    pub bytewise_keys: bool,
 }
 
 /// Makes sure the session has the scratch table (after the schema check the
@@ -67,9 +76,14 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
         (&plan.copy_columns, Type::TEXT_ARRAY),
     ];
     let before = tx.query_typed(&variants::BEFORE_COPY, &params).await.map_err(Error::at_step(model, Step::Scratch))?;
-    let (mut exists, with_id, stage, fits, read_committed) = before
-        .first()
-        .map_or((false, false, false, true, false), |r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)));
+    let (mut exists, with_id, stage, fits, read_committed, plain_text_keys) =
+        before.first().map_or((false, false, false, true, false, false), |r| {
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
+        });
+    let bytewise_keys = plain_text_keys
+        && model
+            .unique_key()
+            .all(|c| !matches!(c.pg_type(), PgType::Float4 | PgType::Float8 | PgType::Numeric | PgType::Jsonb));
     // Under `REPEATABLE READ` or `SERIALIZABLE` the check reads the catalog
     // as of the transaction's snapshot, which may be older than the
     // target's lock: such a call keeps to the session's scratch table.
@@ -110,7 +124,7 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
         // it on this connection.
         statements::set_stage_refused(tx, model, statements::dialect(tx, model) == Dialect::Citus);
     }
-    Ok(Before { with_id, may_stage: read_committed })
+    Ok(Before { with_id, may_stage: read_committed, bytewise_keys })
 }
 
 /// Drops the session's scratch table for `model`. Only its owner may: after
@@ -215,7 +229,7 @@ where
 {
     let plain = matches!(call.kind, Kind::CreateNew);
     let staged = plain && before.may_stage && statements::dialect(tx, model) == Dialect::CitusStaged;
-    let mut copy = CopyWriter::start(tx, model, plain, staged).await?;
+    let mut copy = CopyWriter::start(tx, model, plain && before.bytewise_keys, staged).await?;
     if call.ledger.is_some() {
         copy.fingerprint = Some(Fingerprint::new());
     }

@@ -398,7 +398,9 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
                                                AND a.attnum > 0 AND NOT a.attisdropped))
          AND coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'INSERT'), true)
          AND NOT {rules},
-       pg_catalog.current_setting('transaction_isolation') = 'read committed'",
+       pg_catalog.current_setting('transaction_isolation') = 'read committed',
+       NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])) AS k(name, nullable)
+                    WHERE {target} IS DISTINCT FROM '{{NULL,NULL,NULL,NULL,NULL,NULL,NULL}}'::pg_catalog.text[])",
         open =
             crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5"),
         target = fragments::column_compares("pg_catalog.to_regclass($2)", "k.name", "k.nullable"),
