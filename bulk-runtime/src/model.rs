@@ -344,7 +344,7 @@ impl Model {
     }
 
     /// The name of the model's Citus staging table (only `[a-z0-9_]`:
-    /// [`STAGING_PREFIX`] and a hash of the layout), in
+    /// `__bulk_stage_` and a hash of the layout), in
     /// the target's schema; see [`Model::citus_staging_sql`].
     pub fn citus_staging_table(&self) -> String {
         format!("{STAGING_PREFIX}{:016x}", self.layout_hash())

@@ -26,7 +26,7 @@
 //! | `uuid::Uuid` | `uuid` | `uuid` | yes | yes |
 //! | `rust_decimal::Decimal` | `numeric` | `decimal` | yes | |
 //! | `serde_json::Value` | `jsonb` | `json` | yes | |
-//! | [`Json<T>`](crate::Json), `T: Serialize + Debug` | `jsonb` | `json` | yes | |
+//! | `bulk_runtime::Json<T>` (feature `json`), `T: Serialize + Debug` | `jsonb` | `json` | yes | |
 //! | `Vec<T>`, `Vec<Option<T>>` of a scalar above (not `&str`, `&[u8]`, `Cow`, `Box<str>`, `Json<T>`) | `T[]`, one dimension | as `T` | no | |
 //! | an enum with [`#[derive(BulkType)]`](crate::BulkType) | its PostgreSQL enum type | | yes | |
 //! | a newtype with [`#[derive(BulkType)]`](crate::BulkType) | the wrapped type's | | as the wrapped type | as the wrapped type |

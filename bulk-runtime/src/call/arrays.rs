@@ -61,7 +61,7 @@ pub(crate) fn params<'a>(model: &'static Model, kind: &Kind, arrays: &'a [Encode
 }
 
 /// At most this many rows go in one multi-row `VALUES` statement on Citus
-/// (see [`citus_values_rows`]).
+/// (fewer when the model's columns would pass 65,535 parameters).
 pub const CITUS_VALUES_ROWS: usize = 16_384;
 
 /// The most parameters a statement can have (the protocol counts them in 16 bits).
