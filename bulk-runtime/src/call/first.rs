@@ -182,9 +182,11 @@ pub(super) async fn run(
         // `REPEATABLE READ` or `SERIALIZABLE` their snapshot may be older,
         // so the call rolls back and runs as usual, with the check.
         Ok((_, None)) => {
-            let isolation = client.query_one("SELECT pg_catalog.current_setting('transaction_isolation')", &[]);
+            // (Unprepared: in the check's round trip, not one of its own first.)
+            let isolation = client.query_typed("SELECT pg_catalog.current_setting('transaction_isolation')", &[]);
             let (checked, isolation) = futures_util::future::join(schema::verify(client, model), isolation).await;
-            let read_committed = isolation.is_ok_and(|row| row.get::<_, &str>(0) == "read committed");
+            let read_committed =
+                isolation.is_ok_and(|rows| rows.first().is_some_and(|row| row.get::<_, &str>(0) == "read committed"));
             match checked {
                 Ok(_) if read_committed => match scope.commit().await {
                     Ok(()) => First::Done(Report::counts(offered, 0)),

@@ -375,9 +375,12 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
 /// rule would replace the insert, guard and all, and its command tag
 /// count the rows its action wrote elsewhere), the call makes the scratch
 /// table again after a check (which refuses a table with such a rule);
-/// and whether the transaction is `READ COMMITTED`, the only isolation
+/// whether the transaction is `READ COMMITTED`, the only isolation
 /// that copies into the staging table (the guard after the insert from it,
-/// `Plan::stage_guard`, reads the catalog as the insert saw it only there).
+/// `Plan::stage_guard`, reads the catalog as the insert saw it only there);
+/// and whether every text key column compares as `text` does (no collation,
+/// `citext`, `char(n)`, ...), read in the same pass over `$7` as the
+/// comparison with the scratch table (see `call::copy::Before::bytewise_keys`).
 pub(crate) static BEFORE_COPY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -386,8 +389,7 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
                 WHERE attrelid = pg_catalog.to_regclass($2) AND attname = $3::name
                   AND attnum > 0 AND NOT attisdropped AND atttypid = ANY ('{{20,21,23}}'::oid[])),
        coalesce(pg_catalog.to_regclass($4) IS NOT NULL AND {open}, false),
-       NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])) AS k(name, nullable)
-                    WHERE {target} IS DISTINCT FROM {scratch})
+       kc.fit
          AND NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.text[])) AS e(name, type)
                           WHERE (SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
                                   WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = e.name AND NOT a.attisdropped)
@@ -399,8 +401,12 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL,
          AND coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'INSERT'), true)
          AND NOT {rules},
        pg_catalog.current_setting('transaction_isolation') = 'read committed',
-       NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])) AS k(name, nullable)
-                    WHERE {target} IS DISTINCT FROM '{{NULL,NULL,NULL,NULL,NULL,NULL,NULL}}'::pg_catalog.text[])",
+       kc.plain
+  FROM (SELECT coalesce(pg_catalog.bool_and(cmp.target IS NOT DISTINCT FROM cmp.scratch), true),
+               coalesce(pg_catalog.bool_and(cmp.target IS NOT DISTINCT FROM '{{NULL,NULL,NULL,NULL,NULL,NULL,NULL}}'::pg_catalog.text[]), true)
+          FROM (SELECT {target}, {scratch}
+                  FROM ROWS FROM (pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.bool[])) AS k(name, nullable))
+               AS cmp(target, scratch)) AS kc(fit, plain)",
         open =
             crate::schema::staging_open("pg_catalog.to_regclass($2)", "$2", "pg_catalog.to_regclass($4)", "$6", "$5"),
         target = fragments::column_compares("pg_catalog.to_regclass($2)", "k.name", "k.nullable"),

@@ -15,51 +15,13 @@ use bulk_runtime::{BulkCreateNew, Error, Keep, Ledger, SchemaProblem, Upsert};
 use bulk_tests::citus::CitusDb;
 use bulk_tests::count;
 
-use super::{LONG, MEDIUM, On, SHORT};
+use super::{LONG, MEDIUM, On, Retweet as Rt, SHORT, batch, rt};
 use tokio_postgres::Client;
 
-#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
-#[bulk(table = "rt", unique(tweet, retweeter))]
-pub struct Rt {
-    pub tweet: i64,
-    pub retweeter: i64,
-    pub original_author: i64,
-}
-
 /// The plain call's COPY path on Citus (above `CITUS_VALUES_ROWS`, 16,384);
-/// the other lengths, `On` and `call!` are the parent suite's.
+/// the other lengths, `On`, `call!`, the model and its batches are the
+/// parent suite's.
 const PLAIN_COPY: usize = 16_500;
-
-fn rt(tweet: i64, retweeter: i64, original_author: i64) -> Rt {
-    Rt { tweet, retweeter, original_author }
-}
-
-/// Key number `k`: spread over many tweets (every shard).
-fn key(k: i64) -> (i64, i64) {
-    (k / 4, k)
-}
-
-/// A batch of `n` rows over key numbers `from..`: the first quarter's keys
-/// are stored beforehand (author 0), every 5th row repeats the key of the
-/// row before; author = position + 1. Returns (stored, batch, new positions).
-fn batch(n: usize, from: i64) -> (Vec<Rt>, Vec<Rt>, Vec<usize>) {
-    let pre: Vec<Rt> = (from..from + n as i64 / 4)
-        .map(|k| {
-            let (t, r) = key(k);
-            rt(t, r, 0)
-        })
-        .collect();
-    let rows: Vec<Rt> = (0..n as i64)
-        .map(|i| {
-            let k = from + if i % 5 == 4 { i - 1 } else { i };
-            let (t, r) = key(k);
-            rt(t, r, i + 1)
-        })
-        .collect();
-    let mut seen: BTreeSet<(i64, i64)> = pre.iter().map(|r| (r.tweet, r.retweeter)).collect();
-    let new = (0..n).filter(|&i| seen.insert((rows[i].tweet, rows[i].retweeter))).collect();
-    (pre, rows, new)
-}
 
 async fn store(client: &Client, table: &str, rows: &[Rt]) {
     if rows.is_empty() {
