@@ -129,6 +129,21 @@ impl Scope<'_> {
         self.client.batch_execute(sql).await
     }
 
+    /// Ends the scope after `error`, which the call then returns: rolls
+    /// back and waits for the answer (whether it came or not).
+    ///
+    /// Dropping the scope would queue the rollback without waiting, and the
+    /// call's next request (the explanation of `error`, a retry) or the
+    /// caller's would go out right behind it: behind a pooler in transaction
+    /// mode, the rollback's answer ends the transaction, and the pooler may
+    /// hand the server to another client while the answer to that next
+    /// request is still on its way (PgBouncer 1.18 drops it, and the client
+    /// waits for it for ever).
+    pub(crate) async fn fail<E>(self, error: E) -> E {
+        let _ = self.rollback().await;
+        error
+    }
+
     /// What ends the scope without its effects, in its current state.
     fn rollback_sql(&self) -> &'static str {
         match (self.state, self.nested) {

@@ -452,7 +452,7 @@ async fn grouped<C: Connection + ?Sized>(
             Ok(false) => {
                 Grouped::Done(scope.commit().await.map(|()| report).map_err(Error::at_step(model, Step::Commit)))
             }
-            Err(e) => Grouped::Done(Err(e)),
+            Err(e) => Grouped::Done(Err(scope.fail(e).await)),
         },
         // (A prepared statement the server forgot: rolled back, then the one
         // statement, which prepares again.)
@@ -460,7 +460,7 @@ async fn grouped<C: Connection + ?Sized>(
             Ok(()) => Grouped::OneStatement,
             Err(_) => Grouped::Done(Err(e)),
         },
-        Err(e) => Grouped::Done(Err(e)),
+        Err(e) => Grouped::Done(Err(scope.fail(e).await)),
     }
 }
 
@@ -485,20 +485,31 @@ async fn short_attempt<C: Connection + ?Sized>(
         return arrays::run(conn.client(), model, offered, params, call, prepared, (form, values)).await.map(Some);
     }
     let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
-    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref(), call.kind).await? {
-        Ok(claimed) => claimed,
-        Err(replay) => {
-            scope.commit().await.map_err(Error::at_step(model, Step::Commit))?;
-            return Ok(Some(replay));
-        }
-    };
-    let report = arrays::run(scope.client(), model, offered, params, call, prepared, (form, values)).await?;
-    if padding_refused(&scope, model, padded, distinct, &report).await? {
-        scope.rollback().await.map_err(Error::at_step(model, Step::Insert))?;
-        return Ok(None);
+    let attempt = async {
+        let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref(), call.kind).await? {
+            Ok(claimed) => claimed,
+            Err(replay) => return Ok(Err(replay)),
+        };
+        let report = arrays::run(scope.client(), model, offered, params, call, prepared, (form, values)).await?;
+        let refused = padding_refused(&scope, model, padded, distinct, &report).await?;
+        Ok(Ok((claimed, report, refused)))
     }
-    finish(scope, model, call.ledger, claimed, &report).await?;
-    Ok(Some(report))
+    .await;
+    match attempt {
+        Err(e) => Err(scope.fail(e).await),
+        Ok(Err(replay)) => {
+            scope.commit().await.map_err(Error::at_step(model, Step::Commit))?;
+            Ok(Some(replay))
+        }
+        Ok(Ok((_, _, true))) => {
+            scope.rollback().await.map_err(Error::at_step(model, Step::Insert))?;
+            Ok(None)
+        }
+        Ok(Ok((claimed, report, false))) => {
+            finish(scope, model, call.ledger, claimed, &report).await?;
+            Ok(Some(report))
+        }
+    }
 }
 
 /// Whether a multi-row `VALUES` statement (or the statements of a call)
@@ -555,19 +566,29 @@ where
     R: Borrow<T>,
 {
     let mut scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
-    let before = copy::scratch(scope.client(), model, call.kind).await?;
-    let sent = copy::stream::<T, S, R>(scope.client(), model, head, rows, call, &before).await?;
-    let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref(), call.kind).await? {
-        Ok(claimed) => claimed,
-        Err(replay) => {
+    let attempt = async {
+        let before = copy::scratch(scope.client(), model, call.kind).await?;
+        let sent = copy::stream::<T, S, R>(scope.client(), model, head, rows, call, &before).await?;
+        let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref(), call.kind).await? {
+            Ok(claimed) => claimed,
+            Err(replay) => return Ok(Err(replay)),
+        };
+        let and_commit = call.ledger.is_none();
+        let report = copy::insert(&mut scope, model, &sent, before.with_id, call, and_commit).await?;
+        Ok(Ok((claimed, report)))
+    }
+    .await;
+    match attempt {
+        Err(e) => Err(scope.fail(e).await),
+        Ok(Err(replay)) => {
             scope.rollback().await.map_err(Error::at_step(model, Step::Commit))?;
-            return Ok(replay);
+            Ok(replay)
         }
-    };
-    let and_commit = call.ledger.is_none();
-    let report = copy::insert(&mut scope, model, &sent, before.with_id, call, and_commit).await?;
-    finish(scope, model, call.ledger, claimed, &report).await?;
-    Ok(report)
+        Ok(Ok((claimed, report))) => {
+            finish(scope, model, call.ledger, claimed, &report).await?;
+            Ok(report)
+        }
+    }
 }
 
 /// Claims the call's batch id, if it has one: `Ok(Ok(target))` when claimed
@@ -595,8 +616,10 @@ async fn finish(
     claimed: Option<String>,
     report: &Report,
 ) -> Result<(), Error> {
-    if let (Some(target), Some((ledger, batch_id))) = (claimed, ledger) {
-        ledger::record(scope.client(), model, ledger, &target, batch_id, report).await?;
+    if let (Some(target), Some((ledger, batch_id))) = (claimed, ledger)
+        && let Err(e) = ledger::record(scope.client(), model, ledger, &target, batch_id, report).await
+    {
+        return Err(scope.fail(e).await);
     }
     scope.commit().await.map_err(Error::at_step(model, Step::Commit))
 }
@@ -621,7 +644,12 @@ SELECT DISTINCT tgname::text FROM pg_catalog.pg_trigger
 /// savepoint of their own, rolled back: the failed call left the caller's
 /// transaction as it was, and a read that fails too (after a `SET LOCAL
 /// ROLE` to a role without `USAGE` on the table's schema, say) must not
-/// abort it.
+/// abort it. Otherwise in a transaction of their own, rolled back: the
+/// check sends its queries together, and behind a pooler in transaction
+/// mode each of them on its own would end a transaction, after which the
+/// pooler may hand the server to another client while the next answers are
+/// still on their way (PgBouncer 1.18 then drops them, and the call would
+/// wait for them for ever).
 async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, error: Error) -> Error {
     if !error.connection_usable() {
         return error;
@@ -630,20 +658,11 @@ async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static M
         return error;
     };
     let client = conn.client();
-    let scope = if conn.nested() {
-        match Scope::begin(client, true).await {
-            Ok(scope) => Some(scope),
-            Err(_) => return error,
-        }
-    } else {
-        None
-    };
+    let Ok(scope) = Scope::begin(client, conn.nested()).await else { return error };
     let explained = how.explain(client, model, error).await;
-    if let Some(scope) = scope {
-        // (Its catalog reads wrote nothing: a failed rollback leaves the
-        // connection's next request to report what went wrong.)
-        let _ = scope.rollback().await;
-    }
+    // (Its catalog reads wrote nothing: a failed rollback leaves the
+    // connection's next request to report what went wrong.)
+    let _ = scope.rollback().await;
     explained
 }
 
@@ -692,8 +711,17 @@ impl Explanation {
         // model allows, such as a `numeric(5, 2)` column's, passes the check
         // and keeps its own error.)
         let out_of_range = error.sqlstate() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE);
-        let schema_related =
-            deferrable || rule || out_of_range || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
+        // (22P02 from an enum's input: a label of the model's enum that the
+        // type no longer has, renamed or dropped since the check, met by the
+        // COPY into the scratch table; the check names the missing labels,
+        // as the short path's statements get it to.)
+        let enum_label = error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+            && error.db_error().is_some_and(|db| matches!(db.routine(), Some("enum_in" | "enum_recv")));
+        let schema_related = deferrable
+            || rule
+            || out_of_range
+            || enum_label
+            || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));
         schema_related.then_some(Explanation::Check)
     }
 
