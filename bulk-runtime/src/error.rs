@@ -110,6 +110,16 @@ pub enum SchemaProblem {
         /// The database.
         database: String,
     },
+    /// The session's `client_encoding` is neither `UTF8` nor `SQL_ASCII`:
+    /// the calls send text as UTF-8, which the server would read in that
+    /// encoding and store converted (`hÃ©llo` for `héllo`). Refused before
+    /// any row is sent, and by each call's statements should it change on a
+    /// connection that checked the table (`SET client_encoding = 'UTF8'`
+    /// lets the calls run).
+    ClientEncoding {
+        /// The session's `client_encoding`.
+        found: String,
+    },
     /// The table is distributed by Citus on a column that is not part of
     /// the model's unique key: Citus cannot check such a key across shards
     /// (and refuses a unique constraint without the distribution column).
@@ -257,6 +267,11 @@ impl fmt::Display for SchemaProblem {
                  scratch table (GRANT TEMPORARY ON DATABASE {d} TO {r})",
                 r = quote_ident(role),
                 d = quote_ident(database),
+            ),
+            SchemaProblem::ClientEncoding { found } => write!(
+                f,
+                "the session's client_encoding is {found}, but the call sends text as UTF-8, which the server \
+                 would store converted (SET client_encoding = 'UTF8')"
             ),
             SchemaProblem::KeyChangedOnInsert { triggers } => {
                 f.write_str("the table changed a row as it stored it")?;

@@ -26,7 +26,7 @@ use crate::types::PgType;
 /// `attgenerated`, 24 whether the type is a domain (4 and 8 its name and
 /// schema), 25 the labels of the base type when it is an enum (else NULL),
 /// 26 whether the session has the relation `$2` (the model's scratch table,
-/// `pg_temp.` and its quoted name).
+/// `pg_temp.` and its quoted name), 27 the session's `client_encoding`.
 static COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -47,7 +47,7 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull OR b.not_nul
        (SELECT ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = et.oid ORDER BY e.enumsortorder)
           FROM pg_type et JOIN pg_namespace en ON en.oid = et.typnamespace
          WHERE et.typname = b.typname AND en.nspname = b.typschema AND et.typtype = 'e'),
-       to_regclass($2) IS NOT NULL
+       to_regclass($2) IS NOT NULL, current_setting('client_encoding')
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   CROSS JOIN LATERAL {base}
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
@@ -518,7 +518,7 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
 /// compares type names without them, and `to_regtype` raises an error
 /// (rather than returning NULL) on a modifier the type does not take
 /// (`int(11)`, `text(5)`), which would fail the whole check.
-fn without_modifiers(sql_type: &str) -> String {
+pub(crate) fn without_modifiers(sql_type: &str) -> String {
     let mut out = String::with_capacity(sql_type.len());
     let mut depth = 0usize;
     for c in sql_type.chars() {
@@ -582,6 +582,12 @@ async fn check(
     // privilege.)
     if !live[0].get::<_, bool>(5) && !live[0].get::<_, bool>(26) {
         problems.push(SchemaProblem::TemporaryTablesNotAllowed { role: live[0].get(6), database: live[0].get(7) });
+    }
+    // (The calls send text as UTF-8, which a session that reads it in
+    // another encoding would store converted: `Ã©` for `é`.)
+    let encoding: String = live[0].get(27);
+    if encoding != "UTF8" && encoding != "SQL_ASCII" {
+        problems.push(SchemaProblem::ClientEncoding { found: encoding });
     }
     let rules: Vec<String> = live[0].get(17);
     if !rules.is_empty() {

@@ -145,7 +145,7 @@ macro_rules! falls_back {
         hold_key(&other, $table, 11).await;
         let call = tokio::spawn(async move { $model::bulk_create_new(&mut writer, &more).await });
         let blocked = wait_until_blocked(&admin, pid).await;
-        assert!(blocked.contains("ON CONFLICT"), "ON CONFLICT form: {blocked}");
+        assert!(on_conflict_form(&blocked), "ON CONFLICT form: {blocked}");
         other.batch_execute("COMMIT").await.unwrap();
         let outcome = call.await.unwrap().unwrap();
         assert_eq!(outcome, expected($len + $len.div_ceil(10), $len, 1));
@@ -292,7 +292,7 @@ async fn the_shortest_batches_go_straight_to_on_conflict() {
     hold_key(&other, "tiny_item", 10).await;
     let call = tokio::spawn(async move { TinyItem::bulk_create_new(&mut writer, &rows).await });
     let blocked = wait_until_blocked(&admin, pid).await;
-    assert!(blocked.contains("ON CONFLICT"), "{blocked}");
+    assert!(on_conflict_form(&blocked), "{blocked}");
     other.batch_execute("COMMIT").await.unwrap();
     let outcome = call.await.unwrap().unwrap();
     assert_eq!(outcome, expected(len + len.div_ceil(10), len, 1));
@@ -353,4 +353,13 @@ async fn a_short_batch_with_a_batch_id_falls_back_and_records_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_batch_with_a_batch_id_falls_back_and_records_once() {
     ledger_falls_back!(LedgerLong, "ledger_long", COPY_BATCH);
+}
+
+/// Whether `query`, a statement as `pg_stat_activity` shows it (cut at
+/// `track_activity_query_size`, 1,024 bytes by default), is an `ON CONFLICT`
+/// form: it says so, or it was cut before its end and its select list does
+/// not hold the plain form's guard (which comes first there).
+fn on_conflict_form(query: &str) -> bool {
+    query.contains("ON CONFLICT")
+        || (query.len() >= 1000 && !query.contains("1 / (SELECT count(*)::int4 FROM pg_catalog.pg_index"))
 }

@@ -310,8 +310,7 @@ pub(crate) enum Compared<'a> {
 
 /// The message of the error the `ON CONFLICT` forms' guard raises (SQLSTATE
 /// 22P02, see [`on_conflict_guard`]): the driver then checks the table again.
-pub(crate) const KEY_INDEX_CHANGED: &str =
-    "bulk_runtime: the unique index on the key, or how the table compares the key, changed since the check";
+pub(crate) const KEY_INDEX_CHANGED: &str = "bulk_runtime: the table or the session changed since the check (the key's unique index, how the table compares the key, a column's type, or client_encoding)";
 
 /// The message of the error the guard after an insert from a Citus staging
 /// table raises (SQLSTATE 22P02, see [`stage_guard`]): the target changed,
@@ -332,7 +331,8 @@ pub(crate) const STAGE_CHANGED: &str = "bulk_runtime: the distributed table chan
 /// target is still hash-distributed by the staging table's distribution
 /// column, in its co-location group (else Citus ran the insert through the
 /// coordinator: `update_distributed_table_colocation` does not wait for
-/// the call's COPY). The check before the COPY found all this, but the
+/// the call's COPY), and the model's columns still fit the target
+/// ([`columns_fit`]: the staging table's values would be converted). The check before the COPY found all this, but the
 /// table may have changed before the insert locked it. Under `READ COMMITTED` (the only isolation that
 /// copies into the staging table) this statement's snapshot is taken while
 /// the insert's lock is held, so it reads the catalog the insert was
@@ -342,7 +342,7 @@ pub(crate) fn stage_guard(model: &Model, names: &[&str]) -> String {
     let target = format!("pg_catalog.to_regclass({})", literal(&model.qualified_name()));
     let stage = format!("pg_catalog.to_regclass({})", literal(&model.staging_qualified_name()));
     format!(
-        "SELECT CASE WHEN pg_catalog.current_setting('transaction_isolation') = 'read committed' AND {} \
+        "SELECT CASE WHEN pg_catalog.current_setting('transaction_isolation') = 'read committed' AND {} AND {} \
          AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition AS p \
                        JOIN pg_catalog.pg_dist_partition AS q ON q.logicalrelid = {stage} \
                       WHERE p.logicalrelid = {target} AND p.partmethod = 'h' AND q.partmethod = 'h' \
@@ -351,6 +351,7 @@ pub(crate) fn stage_guard(model: &Model, names: &[&str]) -> String {
                           = pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)) \
          THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
         crate::schema::pushable_defaults(&target, &format!("ARRAY[{}]", names.join(", "))),
+        columns_fit(model),
         literal(STAGE_CHANGED)
     )
 }
@@ -487,7 +488,9 @@ fn index_fits(model: &Model, compared: Compared<'_>) -> String {
 /// catalog the statement reads may be older than its lock), so such calls
 /// take the `ON CONFLICT` form.
 ///
-/// It also refuses a table with an `INSERT` or `UPDATE` rule (created since
+/// It also refuses a table whose columns no longer fit the model, or a
+/// session that no longer sends text as UTF-8 ([`columns_fit`]), and a
+/// table with an `INSERT` or `UPDATE` rule (created since
 /// the session checked the table, which refuses such a table): a `DO ALSO`
 /// rule's action would run the statement's anti-join again after it, when
 /// every key it inserted is stored, and get none of its rows. PostgreSQL
@@ -504,17 +507,18 @@ pub(crate) fn key_index_guard(model: &Model, compared: Compared<'_>) -> String {
     format!(
         "1 / (SELECT count(*)::int4 FROM pg_catalog.pg_index AS i \
          WHERE pg_catalog.current_setting('transaction_isolation') = 'read committed' \
-         AND {} AND NOT {}) >= 0",
+         AND {} AND NOT {} AND {}) >= 0",
         index_fits(model, compared),
-        insert_rules("i.indrelid")
+        insert_rules("i.indrelid"),
+        columns_fit(model),
     )
 }
 
-/// The guard of the insert's `ON CONFLICT` forms, for a key that is
-/// nullable or has a text column (`None` for other keys): a condition that
-/// raises an error whose message holds [`KEY_INDEX_CHANGED`] (SQLSTATE
-/// 22P02) unless the target has the unique index and key that
-/// [`key_index_guard`] looks for.
+/// The guard of the insert's `ON CONFLICT` forms: a condition that raises
+/// an error whose message holds [`KEY_INDEX_CHANGED`] (SQLSTATE 22P02)
+/// unless the model's columns still fit the table ([`columns_fit`]) and,
+/// for a key that is nullable or has a text column, the target has the
+/// unique index and key that [`key_index_guard`] looks for.
 ///
 /// `ON CONFLICT (key)` itself refuses a table without a valid, immediate,
 /// non-partial unique index on exactly the key's columns, but it takes a
@@ -533,16 +537,70 @@ pub(crate) fn key_index_guard(model: &Model, compared: Compared<'_>) -> String {
 /// treatment never change, and changing a key column's type or collation
 /// rebuilds its indexes under new OIDs, so an index that still exists is
 /// as the snapshot shows it; `ON CONFLICT` checks that it is still valid.
-pub(crate) fn on_conflict_guard(model: &Model, compared: Compared<'_>) -> Option<String> {
-    if !model.unique_key().any(Column::nullable) && !text_key(model) {
-        return None;
-    }
-    Some(format!(
-        "CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_index AS i WHERE {} \
-         AND (pg_catalog.current_setting('transaction_isolation') = 'read committed' \
-         OR pg_catalog.pg_get_indexdef(i.indexrelid) IS NOT NULL)) \
-         THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
-        index_fits(model, compared),
+pub(crate) fn on_conflict_guard(model: &Model, compared: Compared<'_>) -> String {
+    let index = if !model.unique_key().any(Column::nullable) && !text_key(model) {
+        String::new()
+    } else {
+        format!(
+            " AND EXISTS (SELECT 1 FROM pg_catalog.pg_index AS i WHERE {} \
+             AND (pg_catalog.current_setting('transaction_isolation') = 'read committed' \
+             OR pg_catalog.pg_get_indexdef(i.indexrelid) IS NOT NULL))",
+            index_fits(model, compared)
+        )
+    };
+    format!(
+        "CASE WHEN {}{index} THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
+        columns_fit(model),
         literal(KEY_INDEX_CHANGED)
-    ))
+    )
+}
+
+/// A condition that holds when each of the model's columns still has a
+/// type the schema check accepts for it, and the session still reads text
+/// as UTF-8 (`client_encoding` `UTF8`, or `SQL_ASCII`, which converts
+/// nothing).
+///
+/// The connection's statements were built for the table as its check found
+/// it, and PostgreSQL assigns a value to a column of another type through
+/// any assignment cast: a `bigint` column altered to `double precision`
+/// since the check, or a `search_path` that now leads to a same-named table
+/// whose column is `text`, would store every row, converted, without an
+/// error; so would a session whose `client_encoding` is now `LATIN1` (the
+/// server would read the rows' UTF-8 text as Latin-1). The accepted types
+/// are the check's (`PgType::compatible_sql_names`, the model's `sql_type`
+/// as `to_regtype` resolves it, a qualified name by its unqualified one).
+/// Read from the statement's own catalog snapshot, after the insert locked
+/// the table.
+pub(crate) fn columns_fit(model: &Model) -> String {
+    // Each accepted (column, type) pair as one text, the column's name
+    // prefixed by its length (unambiguous whatever the name holds); the
+    // live column's type as `format_type` names it, or by its bare name
+    // (`typname`, for a type whose schema is not on the search path).
+    let name = |c: &Column| format!("{}:{}", c.name().chars().count(), c.name());
+    let mut accepted = Vec::new();
+    let mut declared = Vec::new();
+    for c in model.columns() {
+        for ty in c.pg_type().compatible_sql_names().iter() {
+            accepted.push(literal(&format!("{}{ty}", name(c))));
+        }
+        if let Some(t) = c.sql_type() {
+            declared.push(format!(
+                "{} || pg_catalog.format_type(pg_catalog.to_regtype({}), NULL)",
+                literal(&name(c)),
+                literal(&crate::schema::without_modifiers(t))
+            ));
+        }
+    }
+    accepted.extend(declared);
+    let column = "pg_catalog.length(c.attname) || ':' || c.attname";
+    format!(
+        "pg_catalog.current_setting('client_encoding') IN ('UTF8', 'SQL_ASCII') \
+         AND (SELECT count(*) FROM pg_catalog.pg_attribute AS c JOIN pg_catalog.pg_type AS t ON t.oid = c.atttypid \
+         WHERE c.attrelid = {}::pg_catalog.regclass AND c.attnum > 0 AND NOT c.attisdropped \
+         AND ARRAY[{column} || pg_catalog.format_type(c.atttypid, NULL), {column} || t.typname] \
+         && ARRAY[{}]::pg_catalog.text[]) = {}",
+        literal(&model.qualified_name()),
+        accepted.join(", "),
+        model.columns().len()
+    )
 }

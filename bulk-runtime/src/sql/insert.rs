@@ -73,10 +73,7 @@ fn guarded_cols(model: &Model, alias: &str, guard: &str) -> String {
 /// the select list of the inserts of the call's variants (see
 /// [`variants`](super::variants)).
 pub(super) fn on_conflict_cols(model: &Model, alias: &str, compared: Compared<'_>) -> String {
-    match on_conflict_guard(model, compared) {
-        Some(guard) => guarded_cols(model, alias, &guard),
-        None => cols(alias, model.columns()),
-    }
+    guarded_cols(model, alias, &on_conflict_guard(model, compared))
 }
 
 /// The layout of the plain call's array parameters (both forms): the

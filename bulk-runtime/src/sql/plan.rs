@@ -366,7 +366,14 @@ mod tests {
         use crate::sql::{Dialect, arrays_citus};
         let plan = Plan::new(&MODEL);
         let sql = plan.insert_citus.as_str();
-        assert!(sql.starts_with(r#"WITH "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT DISTINCT ON ("s"."tweet", "s"."re""tweeter") "s"."tweet", "s"."re""tweeter", "s"."author" FROM pg_temp."#), "{sql}");
+        assert!(sql.starts_with(r#"WITH "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT DISTINCT ON ("s"."tweet", "s"."re""tweeter") "s"."tweet", "s"."re""tweeter", CASE WHEN "#), "{sql}");
+        at(
+            sql,
+            &format!(
+                r#"CASE WHEN {} THEN "s"."author" END FROM pg_temp."#,
+                crate::sql::fragments::on_conflict_guard(&MODEL, Compared::AsScratch(&plan.scratch))
+            ),
+        );
         at(
             sql,
             r#"ORDER BY "s"."tweet", "s"."re""tweeter", "s"."__bulk_ord" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING RETURNING 1) SELECT count(*) FROM "__bulk_ins""#,
@@ -376,12 +383,23 @@ mod tests {
         assert!(sql.starts_with(r#"WITH "__bulk_src" AS (SELECT DISTINCT ON (u."tweet", u."re""tweeter") u."__bulk_ord", u."tweet", u."re""tweeter", u."author" FROM unnest($1::bigint[]"#), "{sql}");
         at(
             &sql,
-            r#"ORDER BY u."tweet", u."re""tweeter", u."__bulk_ord"), "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet", "s"."re""tweeter", "s"."author" FROM "__bulk_src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING RETURNING 1) SELECT count(*) FROM "__bulk_ins""#,
+            &format!(
+                r#"ORDER BY u."tweet", u."re""tweeter", u."__bulk_ord"), "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet", "s"."re""tweeter", CASE WHEN {} THEN "s"."author" END FROM "__bulk_src" AS "s" ORDER BY "s"."tweet", "s"."re""tweeter" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING RETURNING 1) SELECT count(*) FROM "__bulk_ins""#,
+                crate::sql::fragments::on_conflict_guard(&MODEL, Compared::As(&shape))
+            ),
         );
         let sql = arrays_citus(&MODEL, true, &shape);
-        assert!(sql.starts_with(r#"WITH "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT u."tweet", u."re""tweeter", u."author" FROM unnest($1::bigint[], $2::bigint[], $3::text[])"#), "{sql}");
+        assert!(sql.starts_with(r#"WITH "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT u."tweet", u."re""tweeter", CASE WHEN "#), "{sql}");
+        at(&sql, r#"THEN u."author" END FROM unnest($1::bigint[], $2::bigint[], $3::text[])"#);
         let sql = plan.insert_citus_distinct_keys.as_str();
-        assert!(sql.starts_with(r#"WITH "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet", "s"."re""tweeter", "s"."author" FROM pg_temp."#), "{sql}");
+        assert!(sql.starts_with(r#"WITH "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT "s"."tweet", "s"."re""tweeter", CASE WHEN "#), "{sql}");
+        at(
+            sql,
+            &format!(
+                r#"CASE WHEN {} THEN "s"."author" END FROM pg_temp."#,
+                crate::sql::fragments::on_conflict_guard(&MODEL, Compared::AsScratch(&plan.scratch))
+            ),
+        );
         assert!(
             sql.ends_with(
                 r#"AS "s" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING RETURNING 1) SELECT count(*) FROM "__bulk_ins""#
@@ -429,7 +447,8 @@ mod tests {
         at(&guard, "(i.indkey::pg_catalog.int2[])[0:1]");
         at(&guard, r#"ARRAY[E'tweet', E're"tweeter']::pg_catalog.name[])) = 2 AND NOT EXISTS"#);
         // No `INSERT` or `UPDATE` rule on the table (created since the check).
-        at(&guard, "pg_catalog.pg_rewrite AS r WHERE r.ev_class = i.indrelid AND r.ev_type IN ('2', '3'))) >= 0");
+        at(&guard, "pg_catalog.pg_rewrite AS r WHERE r.ev_class = i.indrelid AND r.ev_type IN ('2', '3')) AND ");
+        assert!(guard.ends_with(&format!("AND {}) >= 0", crate::sql::fragments::columns_fit(&MODEL))), "{guard}");
         assert!(guard.starts_with("1 / (SELECT count(*)::int4 "), "{guard}");
         assert!(!guard.contains("indnullsnotdistinct"), "a key without NULLs: {guard}");
         at(&key_index_guard(&NULLABLE_MODEL, Compared::Unchecked), "AND i.indnullsnotdistinct");
@@ -447,11 +466,14 @@ mod tests {
     #[test]
     fn the_on_conflict_forms_of_a_nullable_or_text_key_check_what_on_conflict_takes_blindly() {
         use crate::sql::KeyAs;
-        use crate::sql::fragments::{KEY_INDEX_CHANGED, on_conflict_guard};
-        // An integer key: ON CONFLICT's own inference is enough.
-        assert_eq!(on_conflict_guard(&MODEL, Compared::As(&KeyShape::default())), None);
+        use crate::sql::fragments::{KEY_INDEX_CHANGED, columns_fit, on_conflict_guard};
+        // An integer key: ON CONFLICT's own inference is enough; only the
+        // columns' types are checked.
+        let integer = on_conflict_guard(&MODEL, Compared::As(&KeyShape::default()));
+        assert!(!integer.contains("pg_index"), "{integer}");
+        at(&integer, &columns_fit(&MODEL));
         let plan = Plan::new(&NULLABLE_MODEL);
-        let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&KeyShape::default())).unwrap();
+        let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&KeyShape::default()));
         at(&guard, "AND i.indnullsnotdistinct");
         at(&guard, "a.attcollation <> i.indcollation[n.n]");
         // The text key column compares as the statement reads it: by default as text.
@@ -460,7 +482,7 @@ mod tests {
         at(&guard, &format!("ELSE pg_catalog.concat({})::int4 = 0 END", literal(KEY_INDEX_CHANGED)));
         at(&plan.small_insert, &format!(r#"u."label", CASE WHEN {guard} THEN u."note" END FROM"#));
         // From the scratch table: as its key columns compare.
-        let scratch = on_conflict_guard(&NULLABLE_MODEL, Compared::AsScratch(&plan.scratch)).unwrap();
+        let scratch = on_conflict_guard(&NULLABLE_MODEL, Compared::AsScratch(&plan.scratch));
         at(&scratch, &format!(r#"WHERE a.attrelid = E'pg_temp."{}"'::pg_catalog.regclass"#, plan.scratch));
         at(&plan.insert, &format!(r#""s"."label", CASE WHEN {scratch} THEN "s"."note" END FROM"#));
         at(&plan.insert_plain, &key_index_guard(&NULLABLE_MODEL, Compared::AsScratch(&plan.scratch)));
@@ -498,7 +520,7 @@ mod tests {
             // The guards expect the key read at that length.
             at(&sql, "= ARRAY[E'pg_catalog', E'varchar', NULL, NULL, E'7', NULL, NULL]::pg_catalog.text[]");
         }
-        let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape)).unwrap();
+        let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape));
         // (Of the column's base type: a domain's holds the length.)
         at(&guard, "CASE WHEN b.typname = 'varchar' AND b.typmod >= 0 THEN b.typmod::text END, ");
         at(&guard, "SELECT d.typbasetype, d.typtypmod");
@@ -523,7 +545,7 @@ mod tests {
         assert_eq!(shape.read(0, r#"u."label""#), read);
         // The scratch table's column: the domain, which holds the length.
         assert_eq!(shape.column_type(0, "text"), r#""app"."tag_label""#);
-        let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape)).unwrap();
+        let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape));
         at(&guard, "= ARRAY[E'pg_catalog', E'varchar', NULL, NULL, E'54', E'app', E'tag_label']::pg_catalog.text[]");
     }
 
@@ -752,11 +774,11 @@ mod tests {
         let plan = Plan::new(&ARRAY_MODEL);
         assert!(plan.client_ordered);
         assert_eq!(plan.small_types, array_types(&ARRAY_MODEL, columns_only));
-        let scores = r#"u."scores" FROM (SELECT u."key", CASE "#;
         at(
             &plan.small_insert,
             &format!(
-                r#"INSERT INTO "tagged" ("key", "tags", "note", "scores") SELECT u."key", u."tags", u."note", {scores}"#
+                r#"INSERT INTO "tagged" ("key", "tags", "note", "scores") SELECT u."key", u."tags", u."note", CASE WHEN {} THEN u."scores" END FROM (SELECT u."key", CASE "#,
+                crate::sql::fragments::on_conflict_guard(&ARRAY_MODEL, Compared::As(&KeyShape::default()))
             ),
         );
         at(

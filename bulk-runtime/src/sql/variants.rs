@@ -87,13 +87,15 @@ fn source(model: &'static Model, source: Source<'_>, mask: bool) -> String {
 /// for (from the arrays, the shape the connection's check found; from the
 /// scratch table, its key columns); when not, the statement fails with
 /// [`KEY_INDEX_CHANGED`](super::KEY_INDEX_CHANGED), nothing written, and the
-/// driver checks the table again. In Citus's dialect unguarded, as the plain
-/// call's Citus statements are.
+/// driver checks the table again. The guard also checks the types of the
+/// model's columns and the session's encoding
+/// ([`columns_fit`](fragments::columns_fit)). In Citus's dialect too: the
+/// insert reads the batch from the coordinator (an intermediate result),
+/// where the guard's catalog query runs.
 fn values(model: &'static Model, from: Source<'_>) -> String {
     let compared = match from {
-        Source::Arrays(shape) if !shape.dialect.is_citus() => Compared::As(shape),
-        Source::Scratch(Dialect::Postgres) => Compared::AsScratch(&plan(model).scratch),
-        Source::Arrays(_) | Source::Scratch(_) => return list("\"s\"", model.columns()),
+        Source::Arrays(shape) => Compared::As(shape),
+        Source::Scratch(_) => Compared::AsScratch(&plan(model).scratch),
     };
     on_conflict_cols(model, "\"s\"", compared)
 }
@@ -299,6 +301,25 @@ pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep, dial
         q(&plan(model).scratch),
         key_match(model, "\"x\"", "\"i\""),
         keys_kept(model, drops_stored(Source::Scratch(dialect))),
+    )
+}
+
+/// The upsert's statement between its two on Citus: deletes every scratch
+/// row of the keys of the rows at the positions `$1` (those the first
+/// statement, [`returning`], inserted), so that the second statement sees
+/// only keys that were already stored. Elsewhere the first statement does
+/// this itself ([`upsert_insert_from_scratch`]); on Citus, a
+/// data-modifying `WITH` query on the session's temporary table beside the
+/// insert into a distributed table runs as a task of its own, over a
+/// connection to the coordinator (another session, without that table)
+/// when `citus.enable_local_execution` is off.
+pub(crate) fn upsert_forget_inserted(model: &'static Model) -> String {
+    format!(
+        "DELETE FROM pg_temp.{scratch} AS \"x\" USING pg_temp.{scratch} AS \"k\" \
+         WHERE \"k\".{ord} = ANY ($1::pg_catalog.int8[]) AND {}",
+        key_match(model, "\"x\"", "\"k\""),
+        scratch = q(&plan(model).scratch),
+        ord = q(ORD),
     )
 }
 
@@ -508,9 +529,9 @@ mod tests {
     fn the_inserts_of_a_nullable_or_text_key_check_what_on_conflict_takes_blindly() {
         use crate::sql::fragments::on_conflict_guard;
         let shape = KeyShape::default();
-        let arrays = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape)).unwrap();
+        let arrays = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&shape));
         let scratch_table = &plan(&NULLABLE_MODEL).scratch;
-        let scratch = on_conflict_guard(&NULLABLE_MODEL, Compared::AsScratch(scratch_table)).unwrap();
+        let scratch = on_conflict_guard(&NULLABLE_MODEL, Compared::AsScratch(scratch_table));
         let guarded =
             |guard: &str| format!(r#"SELECT "s"."owner", CASE WHEN {guard} THEN "s"."label" END FROM "__bulk_src""#);
         let set = UpdateSet { columns: vec![&NULLABLE_COLUMNS[0]], only_if_changed: false, keep: Keep::Last };
@@ -522,17 +543,22 @@ mod tests {
         at(&upsert_insert_from_scratch(&NULLABLE_MODEL, Keep::Last, Dialect::Postgres), &guarded(&scratch));
         at(&upsert_update(&NULLABLE_MODEL, Source::Arrays(&shape), &set), &guarded(&arrays));
         at(&upsert_update(&NULLABLE_MODEL, Source::Scratch(Dialect::Postgres), &set), &guarded(&scratch));
-        // Citus's dialect, and an integer key, as before.
+        // Citus's dialect: the same guards.
         let citus = KeyShape { dialect: Dialect::Citus, ..KeyShape::default() };
-        let unguarded = [
-            returning(&NULLABLE_MODEL, Source::Arrays(&citus), Keep::First, Returned::Positions),
-            upsert_insert_from_scratch(&NULLABLE_MODEL, Keep::Last, Dialect::Citus),
-            upsert_update(&NULLABLE_MODEL, Source::Scratch(Dialect::Citus), &set),
+        let citus_arrays = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&citus));
+        at(
+            &returning(&NULLABLE_MODEL, Source::Arrays(&citus), Keep::First, Returned::Positions),
+            &guarded(&citus_arrays),
+        );
+        at(&upsert_update(&NULLABLE_MODEL, Source::Scratch(Dialect::Citus), &set), &guarded(&scratch));
+        // An integer key: only the columns' types and the encoding.
+        let integer = [
             returning(&MODEL, Source::Arrays(&shape), Keep::First, Returned::Positions),
             upsert_insert_from_scratch(&MODEL, Keep::Last, Dialect::Postgres),
         ];
-        for sql in unguarded {
+        for sql in integer {
             assert!(!sql.contains("pg_index"), "{sql}");
+            at(&sql, &crate::sql::fragments::columns_fit(&MODEL));
         }
     }
 
