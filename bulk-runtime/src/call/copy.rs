@@ -129,7 +129,7 @@ pub(crate) async fn scratch(tx: &Client, model: &'static Model, kind: &Kind) -> 
 
 /// Drops the session's scratch table for `model`. Only its owner may: after
 /// a `SET ROLE` since another role made it, the drop runs as that role
-/// (`SET LOCAL ROLE`, which the session's own role may take whenever it is
+/// (as `SET LOCAL ROLE`, which the session's own role may take whenever it is
 /// a member, as it is of itself), then the role set before is taken again;
 /// both are undone with the transaction if the call fails. A table the
 /// session's role may not act for either is a clear error.
@@ -151,7 +151,12 @@ async fn drop_scratch(tx: &Client, model: &'static Model) -> Result<(), Error> {
     let sql = if acts_for {
         drop
     } else if may_take {
-        format!("SET LOCAL ROLE {}; {drop}; SET LOCAL ROLE {}", quote_ident(&owner_name), quote_ident(&current))
+        // (`set_config`, not `SET LOCAL ROLE`: see `work_mem_sql`.)
+        format!(
+            "SELECT pg_catalog.set_config('role', {}, true); {drop}; SELECT pg_catalog.set_config('role', {}, true)",
+            crate::sql::literal(&owner_name),
+            crate::sql::literal(&current)
+        )
     } else {
         return Err(Error::SchemaMismatch {
             table: model.qualified_name(),
@@ -300,6 +305,23 @@ pub(crate) async fn insert(
             let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
             Report::counts(offered, deliver(model, rows, offered, call.receiver).await?)
         }
+        // On Citus the first statement cannot also delete from the scratch
+        // table (see `variants::upsert_forget_inserted`): it returns the
+        // positions of the rows it inserted, and a statement of its own
+        // deletes their keys' rows.
+        Kind::Upsert(set) if dialect.is_citus() => {
+            set_work_mem(tx, model, sent, nested).await?;
+            let sql = variants::returning(model, Source::Scratch(dialect), set.keep, Returned::Positions);
+            let rows = tx.query_typed(&sql, &[]).await.map_err(fail)?;
+            let positions = rows.iter().map(|row| row.try_get::<_, i64>(0)).collect::<Result<Vec<i64>, _>>();
+            let positions = positions.map_err(fail)?;
+            let forget = variants::upsert_forget_inserted(model);
+            tx.query_typed(&forget, &[(&positions, Type::INT8_ARRAY)]).await.map_err(fail)?;
+            let sql = variants::upsert_update(model, Source::Scratch(dialect), set);
+            let (remaining, updated) = counts(model, tx.query_typed_raw(&sql, none()).await.map_err(fail)?).await?;
+            let inserted = positions.len() as u64;
+            upsert_report(offered, inserted, inserted + remaining, updated)
+        }
         Kind::Upsert(set) => {
             set_work_mem(tx, model, sent, nested).await?;
             let sql = variants::upsert_insert_from_scratch(model, set.keep, dialect);
@@ -315,15 +337,19 @@ pub(crate) async fn insert(
     Ok(report)
 }
 
-/// `SET LOCAL work_mem` for the insert's sort in the call's own transaction
-/// (it ends with the transaction): room for the batch's tuples (their COPY
-/// bytes plus PostgreSQL's per-tuple overhead, twice over for the sort's
-/// slack), at least 64 MB, at most 1 GB. Inside a caller's transaction the
-/// caller's setting stays. The one place that sizes it.
+/// `work_mem` for the insert's sort, for the rest of the call's own
+/// transaction (`set_config(..., true)`, as `SET LOCAL`): room for the
+/// batch's tuples (their COPY bytes plus PostgreSQL's per-tuple overhead,
+/// twice over for the sort's slack), at least 64 MB, at most 1 GB. Inside a
+/// caller's transaction the caller's setting stays. The one place that
+/// sizes it. A function, not `SET LOCAL`: with
+/// `citus.propagate_set_commands = 'local'`, Citus sends a `SET LOCAL` to
+/// the workers the transaction already uses, as the whole query string it
+/// came in, the call's insert and guard included.
 fn work_mem_sql(sent: &Sent, nested: bool) -> Option<String> {
     let need = 2 * (sent.bytes + 96 * sent.offered) / 1024;
     let kb = need.clamp(64 * 1024, 1024 * 1024);
-    (!nested).then(|| format!("SET LOCAL work_mem = '{kb}kB'"))
+    (!nested).then(|| format!("SELECT pg_catalog.set_config('work_mem', '{kb}kB', true)"))
 }
 
 /// Sends [`work_mem_sql`] on its own (the statements that return rows go
