@@ -440,3 +440,40 @@ pub fn server_password() -> Option<String> {
 pub fn server_user() -> String {
     config(DATABASE, None).get_user().unwrap_or("postgres").to_owned()
 }
+
+/// Where a call runs (the Citus suites' `call!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// The call's own transaction.
+    Client,
+    /// Inside a caller's transaction, which commits after the call.
+    Transaction,
+}
+
+/// Runs `$call` (an expression on `$c`, a `&mut` connection, without
+/// `.await`) on `$client` directly or inside a transaction that is committed
+/// when the call succeeds and rolled back when it fails ([`On`]).
+#[macro_export]
+macro_rules! call {
+    ($client:expr, $on:expr, |$c:ident| $call:expr) => {{
+        match $on {
+            $crate::On::Client => {
+                let $c = &mut $client;
+                $call.await
+            }
+            $crate::On::Transaction => {
+                let mut tx = $client.transaction().await.expect("begin");
+                let result = {
+                    let $c = &mut tx;
+                    $call.await
+                };
+                if result.is_ok() {
+                    tx.commit().await.expect("commit the caller's transaction");
+                } else {
+                    tx.rollback().await.expect("roll back the caller's transaction");
+                }
+                result
+            }
+        }
+    }};
+}

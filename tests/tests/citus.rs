@@ -49,41 +49,7 @@ const SHORT: usize = 50;
 const MEDIUM: usize = 700;
 const LONG: usize = COPY_BATCH + 37;
 
-/// Where a call runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum On {
-    /// The call's own transaction.
-    Client,
-    /// Inside a caller's transaction, which commits after the call.
-    Transaction,
-}
-
-/// Runs `$call` (an expression on `$c`, a `&mut` connection, without
-/// `.await`) on `$client` directly or inside a transaction that is committed
-/// when the call succeeds and rolled back when it fails.
-macro_rules! call {
-    ($client:expr, $on:expr, |$c:ident| $call:expr) => {{
-        match $on {
-            On::Client => {
-                let $c = &mut $client;
-                $call.await
-            }
-            On::Transaction => {
-                let mut tx = $client.transaction().await.expect("begin");
-                let result = {
-                    let $c = &mut tx;
-                    $call.await
-                };
-                if result.is_ok() {
-                    tx.commit().await.expect("commit the caller's transaction");
-                } else {
-                    tx.rollback().await.expect("roll back the caller's transaction");
-                }
-                result
-            }
-        }
-    }};
-}
+use bulk_tests::{On, call};
 
 /// One `#[tokio::test]` per placement, batch length and connection, each
 /// calling `$body(placement, len, on)`.

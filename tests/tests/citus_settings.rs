@@ -44,35 +44,7 @@ const LONG: usize = bulk_tests::COPY_BATCH + 37;
 /// The plain call's COPY path on Citus (staging table when there is one).
 const PLAIN_COPY: usize = 16_500;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum On {
-    Client,
-    Transaction,
-}
-
-macro_rules! call {
-    ($client:expr, $on:expr, |$c:ident| $call:expr) => {{
-        match $on {
-            On::Client => {
-                let $c = &mut $client;
-                $call.await
-            }
-            On::Transaction => {
-                let mut tx = $client.transaction().await.expect("begin");
-                let result = {
-                    let $c = &mut tx;
-                    $call.await
-                };
-                if result.is_ok() {
-                    tx.commit().await.expect("commit the caller's transaction");
-                } else {
-                    tx.rollback().await.expect("roll back the caller's transaction");
-                }
-                result
-            }
-        }
-    }};
-}
+use bulk_tests::{On, call};
 
 fn rt(tweet: i64, retweeter: i64, original_author: i64) -> Rt {
     Rt { tweet, retweeter, original_author }

@@ -15,7 +15,7 @@ use bulk_runtime::{BulkCreateNew, Error, Keep, Ledger, SchemaProblem, Upsert};
 use bulk_tests::citus::CitusDb;
 use bulk_tests::count;
 
-use super::{LONG, MEDIUM, On, Retweet as Rt, SHORT, batch, rt};
+use super::{LONG, MEDIUM, On, Retweet as Rt, SHORT, batch, call, rt};
 use tokio_postgres::Client;
 
 /// The plain call's COPY path on Citus (above `CITUS_VALUES_ROWS`, 16,384);
