@@ -50,6 +50,9 @@ model!(RuleCopy, "rule_copy");
 model!(InsteadShort, "instead_short");
 model!(InsteadPlain, "instead_plain");
 model!(InsteadCopy, "instead_copy");
+model!(NothingShort, "nothing_short");
+model!(NothingPlain, "nothing_plain");
+model!(NothingCopy, "nothing_copy");
 model!(NarrowShort, "narrow_short");
 model!(NarrowPlain, "narrow_plain");
 model!(NarrowCopy, "narrow_copy");
@@ -1108,8 +1111,10 @@ async fn a_search_path_switch_to_a_key_under_another_collation_checks_again_for_
 /// Before, the plain form (300 rows) and the COPY path stored every row
 /// while the `DO ALSO` audit got none, and with `DO INSTEAD` reported every
 /// row inserted while the table got none; short batches and
-/// `returning_skipped` failed with a bare 0A000. Without the rule the same
-/// batch counts exactly.
+/// `returning_skipped` failed with a bare 0A000. A `DO INSTEAD NOTHING`
+/// rule turned the plain form into no statement at all: nothing written,
+/// and every row counted as skipped. Without the rule the same batch
+/// counts exactly.
 macro_rules! rule_after_the_check {
     ($model:ident, $table:literal, $len:expr, $action:literal) => {{
         let db = TestDb::new(concat!("rule_", $table)).await;
@@ -1123,8 +1128,7 @@ macro_rules! rule_after_the_check {
                 "CREATE TABLE audit (k bigint NOT NULL); CREATE RULE audited AS ON INSERT TO ",
                 $table,
                 " DO ",
-                $action,
-                " INSERT INTO audit VALUES (NEW.k)"
+                $action
             ))
             .await
             .unwrap();
@@ -1153,32 +1157,47 @@ macro_rules! rule_after_the_check {
 
 #[tokio::test]
 async fn an_insert_rule_created_after_the_check_is_refused_on_the_short_path() {
-    rule_after_the_check!(RuleShort, "rule_short", 10, "ALSO")
+    rule_after_the_check!(RuleShort, "rule_short", 10, "ALSO INSERT INTO audit VALUES (NEW.k)")
 }
 
 #[tokio::test]
 async fn an_insert_rule_created_after_the_check_is_refused_by_the_plain_form() {
-    rule_after_the_check!(RulePlain, "rule_plain", 300, "ALSO")
+    rule_after_the_check!(RulePlain, "rule_plain", 300, "ALSO INSERT INTO audit VALUES (NEW.k)")
 }
 
 #[tokio::test]
 async fn an_insert_rule_created_after_the_check_is_refused_through_copy() {
-    rule_after_the_check!(RuleCopy, "rule_copy", COPY_BATCH, "ALSO")
+    rule_after_the_check!(RuleCopy, "rule_copy", COPY_BATCH, "ALSO INSERT INTO audit VALUES (NEW.k)")
 }
 
 #[tokio::test]
 async fn an_instead_rule_created_after_the_check_is_refused_on_the_short_path() {
-    rule_after_the_check!(InsteadShort, "instead_short", 10, "INSTEAD")
+    rule_after_the_check!(InsteadShort, "instead_short", 10, "INSTEAD INSERT INTO audit VALUES (NEW.k)")
 }
 
 #[tokio::test]
 async fn an_instead_rule_created_after_the_check_is_refused_by_the_plain_form() {
-    rule_after_the_check!(InsteadPlain, "instead_plain", 300, "INSTEAD")
+    rule_after_the_check!(InsteadPlain, "instead_plain", 300, "INSTEAD INSERT INTO audit VALUES (NEW.k)")
 }
 
 #[tokio::test]
 async fn an_instead_rule_created_after_the_check_is_refused_through_copy() {
-    rule_after_the_check!(InsteadCopy, "instead_copy", COPY_BATCH, "INSTEAD")
+    rule_after_the_check!(InsteadCopy, "instead_copy", COPY_BATCH, "INSTEAD INSERT INTO audit VALUES (NEW.k)")
+}
+
+#[tokio::test]
+async fn an_instead_nothing_rule_created_after_the_check_is_refused_on_the_short_path() {
+    rule_after_the_check!(NothingShort, "nothing_short", 10, "INSTEAD NOTHING")
+}
+
+#[tokio::test]
+async fn an_instead_nothing_rule_created_after_the_check_is_refused_by_the_plain_form() {
+    rule_after_the_check!(NothingPlain, "nothing_plain", 300, "INSTEAD NOTHING")
+}
+
+#[tokio::test]
+async fn an_instead_nothing_rule_created_after_the_check_is_refused_through_copy() {
+    rule_after_the_check!(NothingCopy, "nothing_copy", COPY_BATCH, "INSTEAD NOTHING")
 }
 
 /// The session checked the table; then an admin narrows the key column

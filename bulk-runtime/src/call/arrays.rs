@@ -154,33 +154,60 @@ pub(crate) fn values_of(columns: &[Vec<Element>], rows: &[usize], max: usize) ->
 /// The plain call on Citus as one [`sql::values_on_conflict`] statement per
 /// group of rows (`groups`: each one's values, from [`values_of`], and row
 /// count), pipelined on `client` inside the call's transaction or
-/// savepoint, in the groups' order; the count
-/// is the sum of their command tags (exact for `VALUES` on Citus). The
-/// statements are kept per connection as [`run`]'s are (and run unnamed
-/// where they went stale twice: a pooler); a stale one fails the call with
-/// [`Error::is_stale_statement`], and the caller sends the batch as one
-/// statement.
+/// savepoint, in the groups' order, with their guard behind them (see
+/// [`run_values`]). The statements are kept per connection as [`run`]'s
+/// are (and run unnamed where they went stale twice: a pooler); a stale one
+/// fails the call with [`Error::is_stale_statement`], and the caller sends
+/// the batch as one statement.
 pub(crate) async fn run_values_groups(
     client: &Client,
     model: &'static Model,
     offered: u64,
     groups: &[(Vec<Element>, usize)],
-) -> Result<Report, Error> {
+) -> Result<(Report, bool), Error> {
+    let params: Vec<Vec<Param<'_>>> = groups.iter().map(|(values, _)| values_params(model, values)).collect();
+    let statements: Vec<(usize, &[Param<'_>])> =
+        groups.iter().zip(&params).map(|((_, rows), params)| (*rows, params.as_slice())).collect();
+    run_values(client, model, offered, &statements, true).await
+}
+
+/// The plain call on Citus as [`sql::values_on_conflict`] statements (each
+/// of so many rows, with its parameters from [`values_params`]), in the
+/// call's transaction or savepoint on `client`, pipelined in their order
+/// and followed, in the same round trip, by their guard
+/// ([`Plan::values_guard`](crate::sql::Plan)), which the server runs after
+/// them, under their lock on the table; `prepared` is false for the last
+/// try after stale statements. Returns the count (the sum of the
+/// statements' command tags: exact for `VALUES` on Citus) and the guard's
+/// answer: whether the target has a `BEFORE INSERT` row trigger. The
+/// guard's refusal (the table changed since the check) is the call's
+/// error; after a failed statement, that statement's error is.
+pub(crate) async fn run_values(
+    client: &Client,
+    model: &'static Model,
+    offered: u64,
+    groups: &[(usize, &[Param<'_>])],
+    prepared: bool,
+) -> Result<(Report, bool), Error> {
     // (A staging table serves only the COPY path.)
     let dialect = statements::dialect(client, model).without_stage();
-    let mut statements = Statements { client, model, prepared: true, checked: None, dialect };
-    let params: Vec<Vec<Param<'_>>> = groups.iter().map(|(values, _)| values_params(model, values)).collect();
-    let mut prepared = Vec::with_capacity(groups.len());
-    for ((_, rows), params) in groups.iter().zip(&params) {
-        prepared.push(statements.values(*rows, params).await?);
+    let mut statements = Statements { client, model, prepared, checked: None, dialect };
+    let mut ready = Vec::with_capacity(groups.len());
+    for (rows, params) in groups {
+        ready.push(statements.values(*rows, params).await?);
     }
     let statements = &statements;
-    let runs = prepared.iter().zip(&params).map(|(statement, params)| statement.execute_tagged(statements, params));
+    let runs = ready.iter().zip(groups).map(|(statement, (_, params))| statement.execute_tagged(statements, params));
+    // (`join` polls the statements first: their requests go out first.)
+    let guard = client.query_typed(sql::plan(model).values_guard.as_str(), &[]);
+    let (results, guarded) = futures_util::future::join(futures_util::future::join_all(runs), guard).await;
     let mut inserted = 0;
-    for result in futures_util::future::join_all(runs).await {
+    for result in results {
         inserted += result?;
     }
-    Ok(Report::counts(offered, inserted))
+    let rows = guarded.map_err(Error::at_step(model, Step::Insert))?;
+    let triggers = rows.first().is_some_and(|row| row.get::<_, bool>(0));
+    Ok((Report::counts(offered, inserted), triggers))
 }
 
 /// The values of [`values`] as parameters, typed as the columns' elements.
@@ -197,9 +224,8 @@ pub(crate) fn values_params<'a>(model: &'static Model, values: &'a [Element]) ->
 }
 
 /// Runs the kind's statements on `client` (in `form`, for the plain call;
-/// with `values`, the plain call as a [`sql::values_on_conflict`] statement
-/// of that many rows, `params` from [`values_params`]); `prepared` is false
-/// for the last try after stale statements.
+/// its multi-row `VALUES` statements go through [`run_values`]); `prepared`
+/// is false for the last try after stale statements.
 pub(crate) async fn run(
     client: &Client,
     model: &'static Model,
@@ -207,17 +233,12 @@ pub(crate) async fn run(
     params: &[Param<'_>],
     call: &mut Call<'_>,
     prepared: bool,
-    (form, values): (Form, Option<usize>),
+    form: Form,
 ) -> Result<Report, Error> {
     let dialect = statements::dialect(client, model);
     let mut statements = Statements { client, model, prepared, checked: None, dialect };
     match call.kind {
         Kind::CreateNew => {
-            if let Some(rows) = values {
-                let statement = statements.values(rows, params).await?;
-                let inserted = statement.execute_tagged(&statements, params).await?;
-                return Ok(Report::counts(offered, inserted));
-            }
             let statement =
                 statements.get(form.label(), false, params, |_, shape| form.small_sql(model, shape)).await?;
             let inserted = statement.execute(&statements, params).await?;

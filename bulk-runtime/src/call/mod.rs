@@ -328,6 +328,8 @@ where
     let distinct = arrays.first().map_or(0, arrays::element_count);
     let mut values_max = values_max;
     let mut rechecked = false;
+    // (Once per call: see the `DO INSTEAD NOTHING` rule below.)
+    let mut ruled = false;
     'statement: loop {
         let (values, rows) = match values_max {
             Some(max) => {
@@ -368,6 +370,31 @@ where
             };
             if let Some(again) = form.after(model, &result) {
                 form = again;
+                continue;
+            }
+            if !ruled
+                && matches!(call.kind, Kind::CreateNew)
+                && rows.is_none()
+                && result.as_ref().is_ok_and(|report| report.inserted == 0 && offered > 0)
+                && insert_rules(conn.client(), model).await?
+            {
+                // The plain call inserted nothing, and the table has an
+                // `INSERT` or `UPDATE` rule (created since the check, which
+                // refuses one): a `DO INSTEAD NOTHING` rule turns the
+                // statement (either form: PostgreSQL refuses `ON CONFLICT`
+                // under a rule only when the rule leaves a statement) into
+                // none at all, answered `INSERT 0 0`, so the batch was not
+                // read, let alone stored. Nothing was written; the next
+                // attempt checks the table, which refuses it. (One round
+                // trip more, only when a batch inserted nothing. The
+                // returning and upsert statements' `WITH` queries are
+                // refused under such a rule, as are Citus's; the guard after
+                // Citus's `VALUES` statements looks for a rule itself.) The
+                // statements are forgotten: one that ran under the rule
+                // stays a no-op after the rule is dropped (its rewritten
+                // form names no table whose change would plan it again).
+                crate::statements::forget_prepared(conn.client(), model);
+                ruled = true;
                 continue;
             }
             let changed = |e: &Error| {
@@ -442,18 +469,17 @@ async fn grouped<C: Connection + ?Sized>(
     let distinct = columns.first().map_or(0, Vec::len);
     let padded = groups.iter().map(|(_, rows)| rows).sum::<usize>() > distinct;
     match arrays::run_values_groups(scope.client(), model, offered, &groups).await {
-        Ok(report) => match padding_refused(&scope, model, padded, distinct, &report).await {
-            // The rows repeated to round a statement up may have been
-            // inserted: rolled back, one statement then.
-            Ok(true) => match scope.rollback().await {
+        // The rows repeated to round a statement up may have been
+        // inserted: rolled back, one statement then.
+        Ok((report, triggers)) if padding_refused(client, model, padded, distinct, &report, triggers) => {
+            match scope.rollback().await {
                 Ok(()) => Grouped::OneStatement,
                 Err(e) => Grouped::Done(Err(Error::at_step(model, Step::Insert)(e))),
-            },
-            Ok(false) => {
-                Grouped::Done(scope.commit().await.map(|()| report).map_err(Error::at_step(model, Step::Commit)))
             }
-            Err(e) => Grouped::Done(Err(scope.fail(e).await)),
-        },
+        }
+        Ok((report, _)) => {
+            Grouped::Done(scope.commit().await.map(|()| report).map_err(Error::at_step(model, Step::Commit)))
+        }
         // (A prepared statement the server forgot: rolled back, then the one
         // statement, which prepares again.)
         Err(e) if e.is_stale_statement() => match scope.rollback().await {
@@ -481,17 +507,45 @@ async fn short_attempt<C: Connection + ?Sized>(
     (form, values, distinct): (Form, Option<usize>, usize),
 ) -> Result<Option<Report>, Error> {
     let padded = values.is_some_and(|rows| rows > distinct);
-    if !call.needs_transaction(conn.nested()) && !padded {
-        return arrays::run(conn.client(), model, offered, params, call, prepared, (form, values)).await.map(Some);
+    let client = conn.client();
+    if !call.needs_transaction(conn.nested()) {
+        let Some(rows) = values else {
+            return arrays::run(client, model, offered, params, call, prepared, form).await.map(Some);
+        };
+        // A `VALUES` statement, followed by its guard: in a transaction of
+        // their own, pipelined with its `BEGIN` (one round trip), then
+        // `COMMIT`.
+        let statement = [(rows, params)];
+        let ran = arrays::run_values(client, model, offered, &statement, prepared);
+        let (scope, ran) = Scope::begin_then(client, ran).await;
+        let scope = scope.map_err(Error::at_step(model, Step::Begin))?;
+        return match ran {
+            Err(e) => Err(scope.fail(e).await),
+            Ok((report, triggers)) if padding_refused(client, model, padded, distinct, &report, triggers) => {
+                scope.rollback().await.map_err(Error::at_step(model, Step::Insert))?;
+                Ok(None)
+            }
+            Ok((report, _)) => {
+                scope.commit().await.map_err(Error::at_step(model, Step::Commit))?;
+                Ok(Some(report))
+            }
+        };
     }
-    let scope = Scope::begin(conn.client(), conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
+    let scope = Scope::begin(client, conn.nested()).await.map_err(Error::at_step(model, Step::Begin))?;
     let attempt = async {
         let claimed = match claim(&scope, model, call.ledger, call.fingerprint.as_ref(), call.kind).await? {
             Ok(claimed) => claimed,
             Err(replay) => return Ok(Err(replay)),
         };
-        let report = arrays::run(scope.client(), model, offered, params, call, prepared, (form, values)).await?;
-        let refused = padding_refused(&scope, model, padded, distinct, &report).await?;
+        let (report, refused) = match values {
+            Some(rows) => {
+                let (report, triggers) =
+                    arrays::run_values(client, model, offered, &[(rows, params)], prepared).await?;
+                let refused = padding_refused(client, model, padded, distinct, &report, triggers);
+                (report, refused)
+            }
+            None => (arrays::run(client, model, offered, params, call, prepared, form).await?, false),
+        };
         Ok(Ok((claimed, report, refused)))
     }
     .await;
@@ -512,40 +566,32 @@ async fn short_attempt<C: Connection + ?Sized>(
     }
 }
 
-/// Whether a multi-row `VALUES` statement (or the statements of a call)
-/// rounded up by repeats of its last row (`padded`; `distinct` rows
-/// offered) may have inserted a repeat, and must be rolled back and sent
-/// at its own length: it inserted more rows than were offered (a trigger
-/// that gives each row a new key), or the target has a `BEFORE INSERT` row
-/// trigger, which may give some rows a new key while most of the batch was
-/// stored already, so that the count stays under `distinct`. The triggers
-/// are read after the insert, which holds its lock on the table: one
-/// created since would have been waited for, and is seen. Either way the
-/// connection's later calls of the model send statements of their own
-/// length ([`statements::set_unpadded`](crate::statements::set_unpadded)).
-async fn padding_refused(
-    scope: &Scope<'_>,
+/// Whether the plain call's multi-row `VALUES` statements on Citus, rounded
+/// up by repeats of their last row (`padded`; `distinct` rows offered), may
+/// have inserted a repeat, and must be rolled back and sent at their own
+/// length: they inserted more rows than were offered (a trigger that gives
+/// each row a new key), or the target has a `BEFORE INSERT` row trigger
+/// (`triggers`, the answer of the guard that follows the statements: see
+/// [`arrays::run_values`]), which may give some rows a new key while most
+/// of the batch was stored already, so that the count stays under
+/// `distinct`. The guard reads the catalog after the insert, which holds
+/// its lock on the table: a trigger created since would have been waited
+/// for, and is seen. A refusal makes the connection's later calls of the
+/// model send statements of their own length
+/// ([`statements::set_unpadded`](crate::statements::set_unpadded)).
+fn padding_refused(
+    client: &tokio_postgres::Client,
     model: &'static Model,
     padded: bool,
     distinct: usize,
     report: &Report,
-) -> Result<bool, Error> {
-    if !padded {
-        return Ok(false);
-    }
-    let refused = report.inserted > distinct as u64 || {
-        let target = sql::plan(model).target_regclass.as_str();
-        let triggers = scope
-            .client()
-            .query_typed(BEFORE_INSERT_TRIGGERS, &[(&target, Type::TEXT)])
-            .await
-            .map_err(Error::at_step(model, Step::Insert))?;
-        !triggers.is_empty()
-    };
+    triggers: bool,
+) -> bool {
+    let refused = padded && (report.inserted > distinct as u64 || triggers);
     if refused {
-        crate::statements::set_unpadded(scope.client(), model);
+        crate::statements::set_unpadded(client, model);
     }
-    Ok(refused)
+    refused
 }
 
 /// The COPY path, in one transaction (or savepoint): the scratch table, the
@@ -630,6 +676,16 @@ async fn finish(
 /// trigger defined on a partition alone fires for the rows routed there.
 /// Each name once: a trigger on a partitioned table is cloned, under its
 /// name, onto each partition.
+/// Whether the target has an `INSERT` or `UPDATE` rule now (see
+/// [`sql::insert_rules`]), which the schema check refuses.
+async fn insert_rules(client: &tokio_postgres::Client, model: &'static Model) -> Result<bool, Error> {
+    let target = sql::plan(model).target_regclass.as_str();
+    let query = format!("SELECT {}", sql::insert_rules("pg_catalog.to_regclass($1)"));
+    let rows =
+        client.query_typed(&query, &[(&target, Type::TEXT)]).await.map_err(Error::at_step(model, Step::Insert))?;
+    Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
+}
+
 const BEFORE_INSERT_TRIGGERS: &str = "\
 SELECT DISTINCT tgname::text FROM pg_catalog.pg_trigger
  WHERE (tgrelid = pg_catalog.to_regclass($1)
@@ -700,11 +756,15 @@ impl Explanation {
         // (55000: `ON CONFLICT` met a deferrable constraint on the key added
         // since the check; on Citus a worker's error, relayed.)
         let deferrable = error.sqlstate() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
-        // (0A000 from the rewriter: an `INSERT` or `UPDATE` rule created since
-        // the check, which refuses `ON CONFLICT` and the returning and upsert
-        // statements' `WITH` queries on the table.)
-        let rule = error.sqlstate() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
-            && error.db_error().is_some_and(|db| db.routine() == Some("RewriteQuery"));
+        // (0A000: from the rewriter, an `INSERT` or `UPDATE` rule created
+        // since the check, which refuses `ON CONFLICT` and the returning and
+        // upsert statements' `WITH` queries on the table; from Citus's
+        // planner, a table made since the check a kind the check refuses,
+        // such as append-distributed, whose refusal comes before the
+        // statement's guard runs. Refused as the statement was planned:
+        // nothing was written. A feature the table does not change keeps
+        // its own error.)
+        let unsupported = error.sqlstate() == Some(&SqlState::FEATURE_NOT_SUPPORTED);
         // (22003: a value the column no longer holds, such as a `bigint` key
         // column narrowed to `integer` since the check: the model no longer
         // fits the table, which the check says. A value out of a range the
@@ -718,7 +778,7 @@ impl Explanation {
         let enum_label = error.sqlstate() == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
             && error.db_error().is_some_and(|db| matches!(db.routine(), Some("enum_in" | "enum_recv")));
         let schema_related = deferrable
-            || rule
+            || unsupported
             || out_of_range
             || enum_label
             || error.sqlstate().is_some_and(|code| code.code().starts_with("42"));

@@ -306,11 +306,26 @@ pub(crate) enum Compared<'a> {
     /// COPY path's statements read the batch from there, whose key columns
     /// took the table's type and collation when the connection checked it.
     AsScratch(&'a str),
+    /// As [`Compared::AsScratch`], in a statement of Citus's dialect (its
+    /// guard also checks the table's kind: [`citus_kind_fits`]).
+    AsCitusScratch(&'a str),
+}
+
+impl Compared<'_> {
+    /// Whether the guarded statement is of Citus's dialect: its guard also
+    /// checks the table's kind ([`citus_kind_fits`]).
+    fn citus(self) -> bool {
+        match self {
+            Compared::As(shape) => shape.dialect.is_citus(),
+            Compared::AsCitusScratch(_) => true,
+            Compared::Unchecked | Compared::AsScratch(_) => false,
+        }
+    }
 }
 
 /// The message of the error the `ON CONFLICT` forms' guard raises (SQLSTATE
 /// 22P02, see [`on_conflict_guard`]): the driver then checks the table again.
-pub(crate) const KEY_INDEX_CHANGED: &str = "bulk_runtime: the table or the session changed since the check (the key's unique index, how the table compares the key, a column's type, or client_encoding)";
+pub(crate) const KEY_INDEX_CHANGED: &str = "bulk_runtime: the table or the session changed since the check (the key's unique index, how the table compares the key, a column's type, client_encoding, or on Citus the kind of table or an insert rule)";
 
 /// The message of the error the guard after an insert from a Citus staging
 /// table raises (SQLSTATE 22P02, see [`stage_guard`]): the target changed,
@@ -353,6 +368,58 @@ pub(crate) fn stage_guard(model: &Model, names: &[&str]) -> String {
         crate::schema::pushable_defaults(&target, &format!("ARRAY[{}]", names.join(", "))),
         columns_fit(model),
         literal(STAGE_CHANGED)
+    )
+}
+
+/// A condition (Citus only: it reads `pg_dist_partition`) that holds
+/// unless the model's target is a Citus table of a kind the schema check
+/// refuses: single-shard (also of a distributed schema), Citus-local,
+/// append- or range-distributed. A hash-distributed or reference table
+/// passes, as does a table Citus does not manage (the statements the
+/// connection prepared for a distributed table write it exactly, as on
+/// plain PostgreSQL). A connection's statements stay prepared for the
+/// table its check found; a `search_path` that now leads to a same-named
+/// table of such a kind, or the table made one since, would otherwise be
+/// written.
+pub(crate) fn citus_kind_fits(model: &Model) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition AS p \
+         WHERE p.logicalrelid = pg_catalog.to_regclass({}) AND NOT (p.partmethod = 'h' OR p.repmodel = 't'))",
+        literal(&model.qualified_name())
+    )
+}
+
+/// The statement that follows the plain call's multi-row `VALUES`
+/// statements on Citus, in their transaction: whether the target (or one of
+/// its partitions) has a `BEFORE INSERT` row trigger, or the error
+/// [`KEY_INDEX_CHANGED`] unless the model's columns still fit the target
+/// ([`columns_fit`]), the target is not a Citus table of a kind the
+/// schema check refuses (single-shard, Citus-local, append- or
+/// range-distributed: only hash-distributed and reference tables, and
+/// tables Citus does not manage, pass), and it has no `INSERT` or `UPDATE`
+/// rule ([`insert_rules`]: a `DO INSTEAD NOTHING` rule turns the
+/// statements into none, `INSERT 0 0`, with the batch unread).
+///
+/// Citus takes no subquery in a multi-row `VALUES` insert, so this guard
+/// cannot ride inside it, as the other statements' guards do; it runs
+/// right after, while the insert's lock on the table is held, so under
+/// `READ COMMITTED` it reads the catalog the insert was planned with (a
+/// column's type change or a kind change takes a lock that waits for the
+/// insert), and a `search_path` cannot have changed in between. A refusal
+/// rolls the call back: nothing is written, and the driver checks the
+/// table again.
+pub(crate) fn values_guard(model: &Model) -> String {
+    let target = format!("pg_catalog.to_regclass({})", literal(&model.qualified_name()));
+    format!(
+        "SELECT CASE WHEN {} AND {} AND NOT {} \
+         THEN EXISTS (SELECT 1 FROM pg_catalog.pg_trigger AS g \
+         WHERE (g.tgrelid = {target} OR g.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree({target}))) \
+         AND NOT g.tgisinternal AND g.tgenabled <> 'D' AND g.tgtype::int & 7 = 7) \
+         ELSE pg_catalog.concat({})::int4 = 0 END",
+        columns_fit(model),
+        citus_kind_fits(model),
+        insert_rules(&target),
+        literal(KEY_INDEX_CHANGED)
     )
 }
 
@@ -454,7 +521,7 @@ fn index_fits(model: &Model, compared: Compared<'_>) -> String {
         let now = column_compares("i.indrelid", &literal(c.name()), nullable);
         let expected = match compared {
             Compared::As(shape) => compares_literal(shape.keys.get(j).and_then(Option::as_ref)),
-            Compared::AsScratch(table) => column_compares(
+            Compared::AsScratch(table) | Compared::AsCitusScratch(table) => column_compares(
                 &format!("{}::pg_catalog.regclass", literal(&format!("pg_temp.{}", q(table)))),
                 &literal(c.name()),
                 nullable,
@@ -548,8 +615,9 @@ pub(crate) fn on_conflict_guard(model: &Model, compared: Compared<'_>) -> String
             index_fits(model, compared)
         )
     };
+    let kind = if compared.citus() { format!(" AND {}", citus_kind_fits(model)) } else { String::new() };
     format!(
-        "CASE WHEN {}{index} THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
+        "CASE WHEN {}{index}{kind} THEN true ELSE pg_catalog.concat({})::int4 = 0 END",
         columns_fit(model),
         literal(KEY_INDEX_CHANGED)
     )

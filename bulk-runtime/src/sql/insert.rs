@@ -241,7 +241,7 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
          ON CONFLICT ({key}) DO NOTHING",
         target = model.qualified_name(),
         names = names(model.columns()),
-        s_cols = on_conflict_cols(model, "\"s\"", Compared::AsScratch(scratch_table)),
+        s_cols = on_conflict_cols(model, "\"s\"", Compared::AsCitusScratch(scratch_table)),
         source = scratch(scratch_table, "\"s\""),
         key = names(model.unique_key()),
     );

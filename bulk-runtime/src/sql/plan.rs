@@ -76,6 +76,10 @@ pub(crate) struct Plan {
     /// column that would make Citus run that insert through the
     /// coordinator (see [`fragments::stage_guard`]).
     pub stage_guard: String,
+    /// Follows the plain call's multi-row `VALUES` statements on Citus:
+    /// whether the target has a `BEFORE INSERT` row trigger, or an error
+    /// if the target changed since the check (see [`fragments::values_guard`]).
+    pub values_guard: String,
     /// Deletes the call's rows from the staging table (in the call's own
     /// transaction, which is the only one that sees them).
     pub clear_stage: String,
@@ -158,6 +162,7 @@ impl Plan {
                 model,
                 &model.staging_columns().into_iter().map(|(name, _)| name).collect::<Vec<_>>(),
             ),
+            values_guard: fragments::values_guard(model),
             clear_stage: format!("DELETE FROM {stage}"),
             stage_regclass: stage,
             copy_stage,
@@ -371,7 +376,7 @@ mod tests {
             sql,
             &format!(
                 r#"CASE WHEN {} THEN "s"."author" END FROM pg_temp."#,
-                crate::sql::fragments::on_conflict_guard(&MODEL, Compared::AsScratch(&plan.scratch))
+                crate::sql::fragments::on_conflict_guard(&MODEL, Compared::AsCitusScratch(&plan.scratch))
             ),
         );
         at(
@@ -397,7 +402,7 @@ mod tests {
             sql,
             &format!(
                 r#"CASE WHEN {} THEN "s"."author" END FROM pg_temp."#,
-                crate::sql::fragments::on_conflict_guard(&MODEL, Compared::AsScratch(&plan.scratch))
+                crate::sql::fragments::on_conflict_guard(&MODEL, Compared::AsCitusScratch(&plan.scratch))
             ),
         );
         assert!(
@@ -418,8 +423,29 @@ mod tests {
             arrays_citus(&MODEL, true, &shape),
             values,
         ] {
-            assert!(!sql.contains("NOT EXISTS") && !sql.contains("pg_index"), "no anti-join, no guard: {sql}");
+            // (The guard's `NOT EXISTS` reads Citus's metadata, not the table.)
+            assert!(
+                !sql.contains("WHERE NOT EXISTS") && !sql.contains("pg_index"),
+                "no anti-join, no key guard: {sql}"
+            );
         }
+    }
+
+    #[test]
+    fn the_guard_after_citus_values_statements_checks_columns_kind_rules_and_reads_triggers() {
+        use crate::sql::fragments::{KEY_INDEX_CHANGED, citus_kind_fits, columns_fit};
+        let guard = Plan::new(&MODEL).values_guard;
+        let kind = citus_kind_fits(&MODEL);
+        at(&kind, r#"p.logicalrelid = pg_catalog.to_regclass(E'"my schema"."re""tweet"')"#);
+        at(&kind, "AND NOT (p.partmethod = 'h' OR p.repmodel = 't'))");
+        // The check first; the triggers only when it passes; the error otherwise.
+        let rules = crate::sql::insert_rules(r#"pg_catalog.to_regclass(E'"my schema"."re""tweet"')"#);
+        let checked =
+            at(&guard, &format!("SELECT CASE WHEN {} AND {kind} AND NOT {rules} THEN EXISTS (", columns_fit(&MODEL)));
+        let triggers = at(&guard, "g.tgtype::int & 7 = 7");
+        let refused = at(&guard, &format!("ELSE pg_catalog.concat({})::int4 = 0 END", literal(KEY_INDEX_CHANGED)));
+        assert!(checked < triggers && triggers < refused, "{guard}");
+        at(&guard, "pg_catalog.pg_partition_tree(");
     }
 
     /// A model with an enum column outside its key.

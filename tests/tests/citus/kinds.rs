@@ -430,8 +430,8 @@ async fn distribution_column_not_first_in_the_key() {
 // Changes between calls on one connection.
 
 /// A connection that checked `rt` as a hash-distributed table; the table
-/// then becomes another kind. The next calls either refuse with the
-/// check's reason (nothing written) or count exactly.
+/// then becomes a kind the check refuses. Every later call on the
+/// connection is refused, with nothing written.
 async fn kind_changed(label: &str, change: &str, refused_kind: &str) {
     let via = if refused_kind == "append_distributed" { "rt_values" } else { "rt" };
     let db = CitusDb::new(label).await;
@@ -451,41 +451,28 @@ async fn kind_changed(label: &str, change: &str, refused_kind: &str) {
     }
     let admin = db.connect().await;
     admin.batch_execute(change).await.unwrap_or_else(|e| panic!("{change}: {e:?}"));
-    let before = count(&admin, "rt").await;
-    let mut refusals = Vec::new();
+    // Every call after the change is refused, on every path: the
+    // statements the connection prepared check the table's kind.
     for n in [SHORT, MEDIUM, PLAIN_COPY] {
         for on in [On::Client, On::Transaction] {
-            let (pre, rows, new) = batch(n, from);
+            let (pre, rows, _) = batch(n, from);
             store(&admin, via, &pre).await;
             let stored_before = count(&admin, "rt").await;
-            match call!(client, on, |c| Rt::bulk_create_new(c, &rows)) {
-                Ok(o) => {
-                    assert_eq!(
-                        (o.inserted, o.skipped),
-                        (new.len() as u64, (n - new.len()) as u64),
-                        "{label} {n} {on:?}: counts after the change"
-                    );
-                    assert_stored(&admin, "rt", from, &pre, &rows, &new, &format!("{label} {n} {on:?}")).await;
-                }
-                Err(e) => {
-                    assert_eq!(
-                        count(&admin, "rt").await,
-                        stored_before,
-                        "{label} {n} {on:?}: nothing written on {e:?}"
-                    );
-                    refusals.push(format!("{n} {on:?}: {e}"));
-                }
-            }
+            let result = call!(client, on, |c| Rt::bulk_create_new(c, &rows));
+            assert_eq!(count(&admin, "rt").await, stored_before, "{label} {n} {on:?}: nothing written on {result:?}");
+            let found = problems(result);
+            assert!(
+                found.contains(&SchemaProblem::CitusTableUnsupported { kind: refused_kind.into() }),
+                "{label} {n} {on:?}: {found:?}"
+            );
             from += n as i64 + 10;
         }
     }
-    println!("{label}: refusals {refusals:#?}");
     // A new connection's check: refused with the kind.
     let mut fresh = db.connect().await;
     let (_, rows, _) = batch(SHORT, from + 100_000);
     let found = problems(Rt::bulk_create_new(&mut fresh, &rows).await);
     assert!(found.contains(&SchemaProblem::CitusTableUnsupported { kind: refused_kind.into() }), "{label}: {found:?}");
-    let _ = before;
     db.drop().await;
 }
 
@@ -839,7 +826,7 @@ async fn staging_sql_on_a_table_without_the_id_column() {
 /// One connection, `search_path` switched between a hash-distributed `rt`
 /// (with its staging table) and a same-named `rt` of another kind in a
 /// second schema: each call writes the table the path names, counting
-/// exactly, or is refused (for a kind the check refuses) with nothing
+/// exactly, or, for a kind the check refuses, is refused with nothing
 /// written.
 async fn search_path_switch(label: &str, other: &str, refused: Option<&str>) {
     let db = CitusDb::new(label).await;
@@ -902,11 +889,10 @@ async fn search_path_switch(label: &str, other: &str, refused: Option<&str>) {
                 }
             }
         }
-        // Refused on the first switch and on every COPY-path call; later
-        // short calls may write the table, exactly (checked above).
-        for written in &written_refused {
-            assert!(!written.contains("round 0") && !written.contains(&format!(" {PLAIN_COPY} in ")), "{written}");
-        }
+        // Every call the path sends to a kind the check refuses is refused,
+        // on every path and in every round: the statements' guards check
+        // the table's kind.
+        assert!(written_refused.is_empty(), "{label}: written though refused: {written_refused:#?}");
     };
     let _guard = ExtraSchema(other_schema.clone());
     result.await;
@@ -914,9 +900,7 @@ async fn search_path_switch(label: &str, other: &str, refused: Option<&str>) {
 }
 
 /// A single-shard (schema-sharded) table that the `search_path` names after
-/// a hash-distributed one: refused on the first switch and always on the
-/// COPY path; after switching back and again, the short path's statements
-/// may write it instead, with exact counts (as the README says).
+/// a hash-distributed one: refused on every switch, on every path.
 #[tokio::test]
 async fn search_path_switch_to_a_single_shard_table_of_a_distributed_schema() {
     search_path_switch(
@@ -1069,5 +1053,218 @@ async fn distributed_by_a_text_column_of_collation_c() {
             }
         }
     }
+    db.drop().await;
+}
+
+/// The rows of each of `tables`.
+async fn totals(admin: &Client, tables: &[String]) -> Vec<i64> {
+    let mut n = Vec::new();
+    for t in tables {
+        n.push(raw_count(admin, t).await);
+    }
+    n
+}
+
+/// `rt`'s shape with a text `tweet`: not ordered on the client, so the
+/// plain call's short path on Citus is the `ON CONFLICT` form from arrays
+/// (not a multi-row `VALUES` statement).
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "rt_text", unique(tweet, retweeter))]
+struct TextRt {
+    tweet: String,
+    retweeter: i64,
+    original_author: i64,
+}
+
+/// Every call kind of `M` on `rows` (a plain call, `returning_keys`,
+/// `returning_skipped`, an upsert), on `on`: each kind's inserted count, or
+/// its error.
+async fn each_kind<M: BulkCreateNew + Send + Sync + 'static>(
+    client: &mut Client,
+    on: On,
+    rows: &[M],
+) -> Vec<(&'static str, Result<u64, Error>)> {
+    vec![
+        ("plain", call!(*client, on, |c| M::bulk_create_new(c, rows)).map(|o| o.inserted)),
+        ("returning_keys", call!(*client, on, |c| M::bulk(c).returning_keys().run(rows)).map(|r| r.inserted)),
+        ("returning_skipped", call!(*client, on, |c| M::bulk(c).returning_skipped().run(rows)).map(|r| r.inserted)),
+        (
+            "upsert",
+            call!(*client, on, |c| M::bulk(c).upsert(Upsert::columns(["original_author"]).keep(Keep::Last)).run(rows))
+                .map(|r| r.inserted),
+        ),
+    ]
+}
+
+/// One connection whose `search_path` alternates between a schema with
+/// hash-distributed `rt` and `rt_text` and a schema whose same-named
+/// tables are of a kind the check refuses (`other`: the setup of schema
+/// `SCHEMA`): every call kind, on every path, on a `Client` and in a
+/// caller's transaction, counts exactly in the first schema and is refused
+/// with the kind in the other, with nothing written, in every round (the
+/// statements the connection prepared for the first schema's tables carry
+/// a guard of the table's kind, or are followed by one).
+async fn switch_every_kind(label: &str, other: &str, kind: &str) {
+    let db = CitusDb::new(label).await;
+    let mut client = db.connect().await;
+    let other_schema = format!("{}_b", db.schema);
+    let (qa, qb) = (bulk_runtime::quote_ident(&db.schema), bulk_runtime::quote_ident(&other_schema));
+    let text_ddl = |schema: &str| {
+        format!(
+            "CREATE TABLE {schema}.rt_text (tweet text NOT NULL, retweeter bigint NOT NULL, \
+             original_author bigint NOT NULL, UNIQUE (tweet, retweeter))"
+        )
+    };
+    client
+        .batch_execute(&format!(
+            "{RT_ID}; SELECT create_distributed_table('rt', 'tweet', shard_count := 4); {}; \
+             SELECT create_distributed_table('rt_text', 'tweet', shard_count := 4)",
+            text_ddl(&qa)
+        ))
+        .await
+        .unwrap();
+    client.batch_execute(&Rt::model().citus_staging_sql()).await.unwrap();
+    client.batch_execute(&format!("CREATE SCHEMA {qb}")).await.unwrap();
+    let _guard = ExtraSchema(other_schema.clone());
+    let setup = other.replace("SCHEMA", &qb).replace("TEXT_DDL", &text_ddl(&qb));
+    for statement in setup.split(';').filter(|s| !s.trim().is_empty()) {
+        client.batch_execute(statement).await.unwrap_or_else(|e| panic!("{statement}: {e:?}"));
+    }
+    let admin = db.connect().await;
+    let tables = [format!("{qa}.rt"), format!("{qa}.rt_text"), format!("{qb}.rt"), format!("{qb}.rt_text")];
+    let mut from = 0;
+    let mut refusals = 0;
+    for round in 0..3 {
+        for (schema, q) in [(&db.schema, &qa), (&other_schema, &qb)] {
+            client.batch_execute(&format!("SET search_path = {q}")).await.unwrap();
+            let supported = schema == &db.schema;
+            for n in [SHORT, MEDIUM, PLAIN_COPY] {
+                for on in [On::Client, On::Transaction] {
+                    let what = format!("{label} round {round} {n} {on:?} in {schema}");
+                    let (_, rows, _) = batch(n, from);
+                    let distinct = rows.iter().map(|r| (r.tweet, r.retweeter)).collect::<BTreeSet<_>>().len();
+                    let texts: Vec<TextRt> = rows
+                        .iter()
+                        .map(|r| TextRt {
+                            tweet: format!("t{}", r.tweet),
+                            retweeter: r.retweeter,
+                            original_author: r.original_author,
+                        })
+                        .collect();
+                    from += n as i64 + 10;
+                    let before = totals(&admin, &tables).await;
+                    let mut results = each_kind(&mut client, on, &rows).await;
+                    results.extend(
+                        each_kind(&mut client, on, &texts)
+                            .await
+                            .into_iter()
+                            .map(|(k, r)| (if k == "plain" { "text plain" } else { k }, r)),
+                    );
+                    let after = totals(&admin, &tables).await;
+                    for (call, result) in results {
+                        match (supported, result) {
+                            (true, Ok(inserted)) => {
+                                // Only the first kind of each model meets new keys.
+                                if call.ends_with("plain") {
+                                    assert_eq!(inserted, distinct as u64, "{what}: {call}");
+                                } else {
+                                    assert_eq!(inserted, 0, "{what}: {call} after the plain call");
+                                }
+                            }
+                            (true, Err(e)) => panic!("{what}: {call}: {e:?}"),
+                            (false, Ok(inserted)) => panic!("{what}: {call} wrote the {kind} table: {inserted}"),
+                            (false, Err(e)) => {
+                                let found = problems::<()>(Err(e));
+                                assert!(
+                                    found.contains(&SchemaProblem::CitusTableUnsupported { kind: kind.into() }),
+                                    "{what}: {call}: {found:?}"
+                                );
+                                refusals += 1;
+                            }
+                        }
+                    }
+                    if supported {
+                        assert_eq!(after[2..], before[2..], "{what}: the {kind} tables untouched");
+                    } else {
+                        assert_eq!(after, before, "{what}: nothing written anywhere");
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(refusals, 3 * 3 * 2 * 8, "{label}: every call in the other schema refused");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn search_path_switch_to_single_shard_tables_refuses_every_call_kind() {
+    switch_every_kind(
+        "kinds_sw_single",
+        "SELECT citus_schema_distribute('SCHEMA'); \
+         CREATE TABLE SCHEMA.rt (id bigint GENERATED BY DEFAULT AS IDENTITY, tweet bigint NOT NULL, retweeter bigint NOT NULL, original_author bigint NOT NULL, UNIQUE (tweet, retweeter)); \
+         TEXT_DDL",
+        "single_shard",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn search_path_switch_to_citus_local_tables_refuses_every_call_kind() {
+    switch_every_kind(
+        "kinds_sw_clocal",
+        "CREATE TABLE SCHEMA.rt (id bigint GENERATED BY DEFAULT AS IDENTITY, tweet bigint NOT NULL, retweeter bigint NOT NULL, original_author bigint NOT NULL, UNIQUE (tweet, retweeter)); \
+         SELECT citus_add_local_table_to_metadata('SCHEMA.rt'); TEXT_DDL; \
+         SELECT citus_add_local_table_to_metadata('SCHEMA.rt_text')",
+        "citus_local",
+    )
+    .await;
+}
+
+/// A `DO INSTEAD NOTHING` rule created on a hash-distributed `rt` after the
+/// connection's check (and after its statements were prepared) turns a
+/// plain `INSERT` (the plain call's `VALUES` statements among them) into no
+/// statement at all, answered `INSERT 0 0`: every call kind, on every path,
+/// on a `Client` and in a caller's transaction, is refused with the check's
+/// `InsertRules`, nothing written (the plain call first, by the guard after
+/// its statements; the next kinds by the check the refusal leads to); with
+/// the rule dropped, the same batches count exactly.
+#[tokio::test]
+async fn an_instead_nothing_rule_after_the_check_is_refused_by_every_call_kind() {
+    let db = CitusDb::new("kinds_rule_nothing").await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(&format!("{RT_ID}; SELECT create_distributed_table('rt', 'tweet', shard_count := 4)"))
+        .await
+        .unwrap();
+    let admin = db.connect().await;
+    let mut from = 0;
+    let mut wrong = Vec::new();
+    for n in [SHORT, MEDIUM, PLAIN_COPY] {
+        for on in [On::Client, On::Transaction] {
+            // The statements of this shape prepared (Citus's on their second use).
+            for _ in 0..3 {
+                let (pre, rows, new) = batch(n, from);
+                from += n as i64 + 10;
+                store(&admin, "rt", &pre).await;
+                let report = call!(client, on, |c| Rt::bulk_create_new(c, &rows)).unwrap();
+                assert_eq!(report.inserted, new.len() as u64, "{n} {on:?} without the rule");
+                assert_stored(&admin, "rt", from - n as i64 - 10, &pre, &rows, &new, "without the rule").await;
+            }
+            admin.batch_execute("CREATE RULE nothing AS ON INSERT TO rt DO INSTEAD NOTHING").await.unwrap();
+            let stored = count(&admin, "rt").await;
+            let (_, rows, _) = batch(n, from);
+            from += n as i64 + 10;
+            for (kind, result) in each_kind(&mut client, on, &rows).await {
+                let refused = matches!(&result, Err(Error::SchemaMismatch { problems, .. })
+                    if problems.contains(&SchemaProblem::InsertRules { rules: vec!["nothing".into()] }));
+                if !refused {
+                    wrong.push(format!("{kind} {n} {on:?}: {result:?}"));
+                }
+            }
+            assert_eq!(count(&admin, "rt").await, stored, "{n} {on:?}: nothing written");
+            admin.batch_execute("DROP RULE nothing ON rt").await.unwrap();
+        }
+    }
+    assert!(wrong.is_empty(), "not refused: {wrong:#?}");
     db.drop().await;
 }
