@@ -53,6 +53,7 @@ model!(InsteadCopy, "instead_copy");
 model!(NothingShort, "nothing_short");
 model!(NothingPlain, "nothing_plain");
 model!(NothingCopy, "nothing_copy");
+model!(NothingLedger, "nothing_ledger");
 model!(NarrowShort, "narrow_short");
 model!(NarrowPlain, "narrow_plain");
 model!(NarrowCopy, "narrow_copy");
@@ -1198,6 +1199,50 @@ async fn an_instead_nothing_rule_created_after_the_check_is_refused_by_the_plain
 #[tokio::test]
 async fn an_instead_nothing_rule_created_after_the_check_is_refused_through_copy() {
     rule_after_the_check!(NothingCopy, "nothing_copy", COPY_BATCH, "INSTEAD NOTHING")
+}
+
+/// A `DO INSTEAD NOTHING` rule created after the check, met by the plain
+/// call with a batch id and inside a caller's transaction, on the short
+/// path's two forms: refused with `InsertRules`, nothing written, no batch
+/// recorded in the ledger (the retry after the rule is dropped counts
+/// exactly, not as a replay of an empty batch), and the caller's
+/// transaction still usable.
+#[tokio::test]
+async fn an_instead_nothing_rule_is_refused_with_a_batch_id_and_in_a_transaction() {
+    let db = TestDb::new("rule_nothing_ledger").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&NothingLedger::model().migration_sql()).await.unwrap();
+    admin.batch_execute(&bulk_runtime::Ledger::of::<NothingLedger>().migration_sql()).await.unwrap();
+    let mut writer = db.connect().await;
+    let mut from = 0;
+    for len in [10, 300] {
+        assert_eq!(
+            NothingLedger::bulk_create_new(&mut writer, &NothingLedger::batch(from, len)).await.unwrap().inserted,
+            len as u64
+        );
+        from += 1000;
+        admin.batch_execute("CREATE RULE nothing AS ON INSERT TO nothing_ledger DO INSTEAD NOTHING").await.unwrap();
+        let before = count(&admin, "nothing_ledger").await;
+        let rows = NothingLedger::batch(from, len);
+        let refused = |e: &Error| {
+            matches!(e, Error::SchemaMismatch { problems, .. }
+                if problems == &[SchemaProblem::InsertRules { rules: vec!["nothing".into()] }])
+        };
+        let id = format!("batch {len}");
+        let err = NothingLedger::bulk(&mut writer).batch_id(id.as_str()).run(&rows).await.unwrap_err();
+        assert!(refused(&err), "{len} with a batch id: {err}");
+        let mut tx = writer.transaction().await.unwrap();
+        let err = NothingLedger::bulk_create_new(&mut tx, &rows).await.unwrap_err();
+        assert!(refused(&err), "{len} in a transaction: {err}");
+        tx.execute("SELECT 1", &[]).await.expect("the caller's transaction is still usable");
+        tx.commit().await.unwrap();
+        assert_eq!(count(&admin, "nothing_ledger").await, before, "{len}: nothing written");
+        admin.batch_execute("DROP RULE nothing ON nothing_ledger").await.unwrap();
+        let again = NothingLedger::bulk(&mut writer).batch_id(id.as_str()).run(&rows).await.unwrap();
+        assert_eq!((again.inserted, again.skipped), (len as u64, 0), "{len}: the batch id was not recorded");
+        from += 1000;
+    }
+    db.drop().await;
 }
 
 /// The session checked the table; then an admin narrows the key column

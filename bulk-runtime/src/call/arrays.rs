@@ -198,7 +198,11 @@ pub(crate) async fn run_values(
     }
     let statements = &statements;
     let runs = ready.iter().zip(groups).map(|(statement, (_, params))| statement.execute_tagged(statements, params));
-    // (`join` polls the statements first: their requests go out first.)
+    // (`join` polls the statements first: their requests go out first, as
+    // `join_all` polls each of its futures in turn on its first poll. It
+    // does so for up to 30 of them; a call sends at most 8, see
+    // `shards::statements_for`.)
+    debug_assert!(groups.len() <= 30, "the guard would not be sure to follow the statements");
     let guard = client.query_typed(sql::plan(model).values_guard.as_str(), &[]);
     let (results, guarded) = futures_util::future::join(futures_util::future::join_all(runs), guard).await;
     let mut inserted = 0;

@@ -328,8 +328,6 @@ where
     let distinct = arrays.first().map_or(0, arrays::element_count);
     let mut values_max = values_max;
     let mut rechecked = false;
-    // (Once per call: see the `DO INSTEAD NOTHING` rule below.)
-    let mut ruled = false;
     'statement: loop {
         let (values, rows) = match values_max {
             Some(max) => {
@@ -370,31 +368,6 @@ where
             };
             if let Some(again) = form.after(model, &result) {
                 form = again;
-                continue;
-            }
-            if !ruled
-                && matches!(call.kind, Kind::CreateNew)
-                && rows.is_none()
-                && result.as_ref().is_ok_and(|report| report.inserted == 0 && offered > 0)
-                && insert_rules(conn.client(), model).await?
-            {
-                // The plain call inserted nothing, and the table has an
-                // `INSERT` or `UPDATE` rule (created since the check, which
-                // refuses one): a `DO INSTEAD NOTHING` rule turns the
-                // statement (either form: PostgreSQL refuses `ON CONFLICT`
-                // under a rule only when the rule leaves a statement) into
-                // none at all, answered `INSERT 0 0`, so the batch was not
-                // read, let alone stored. Nothing was written; the next
-                // attempt checks the table, which refuses it. (One round
-                // trip more, only when a batch inserted nothing. The
-                // returning and upsert statements' `WITH` queries are
-                // refused under such a rule, as are Citus's; the guard after
-                // Citus's `VALUES` statements looks for a rule itself.) The
-                // statements are forgotten: one that ran under the rule
-                // stays a no-op after the rule is dropped (its rewritten
-                // form names no table whose change would plan it again).
-                crate::statements::forget_prepared(conn.client(), model);
-                ruled = true;
                 continue;
             }
             let changed = |e: &Error| {
@@ -492,11 +465,12 @@ async fn grouped<C: Connection + ?Sized>(
 
 /// One attempt of the short path: a single statement runs as its own
 /// transaction; with a batch id, an upsert (two statements), inside a
-/// caller's transaction, or as a `VALUES` statement rounded up by repeats of
-/// its last row (of `distinct` rows), the attempt opens a transaction (or
-/// savepoint). `Ok(None)` when the repeats were inserted (a trigger that
-/// gives each row a new key, where the repeats would otherwise meet
-/// `ON CONFLICT`): rolled back, nothing written.
+/// caller's transaction, or as Citus's `VALUES` statement (followed by its
+/// guard), the attempt opens a transaction (or savepoint). `Ok(None)` when
+/// a `VALUES` statement rounded up by repeats of its last row (of
+/// `distinct` rows) may have inserted the repeats (a trigger that gives
+/// each row a new key, where the repeats would otherwise meet `ON
+/// CONFLICT`): rolled back, nothing written.
 async fn short_attempt<C: Connection + ?Sized>(
     conn: &mut C,
     model: &'static Model,
@@ -510,7 +484,9 @@ async fn short_attempt<C: Connection + ?Sized>(
     let client = conn.client();
     if !call.needs_transaction(conn.nested()) {
         let Some(rows) = values else {
-            return arrays::run(client, model, offered, params, call, prepared, form).await.map(Some);
+            let report = arrays::run(client, model, offered, params, call, prepared, form).await?;
+            no_insert_rule(client, model, call.kind, &report).await?;
+            return Ok(Some(report));
         };
         // A `VALUES` statement, followed by its guard: in a transaction of
         // their own, pipelined with its `BEGIN` (one round trip), then
@@ -544,7 +520,11 @@ async fn short_attempt<C: Connection + ?Sized>(
                 let refused = padding_refused(client, model, padded, distinct, &report, triggers);
                 (report, refused)
             }
-            None => (arrays::run(client, model, offered, params, call, prepared, form).await?, false),
+            None => {
+                let report = arrays::run(client, model, offered, params, call, prepared, form).await?;
+                no_insert_rule(client, model, call.kind, &report).await?;
+                (report, false)
+            }
         };
         Ok(Ok((claimed, report, refused)))
     }
@@ -580,7 +560,7 @@ async fn short_attempt<C: Connection + ?Sized>(
 /// model send statements of their own length
 /// ([`statements::set_unpadded`](crate::statements::set_unpadded)).
 fn padding_refused(
-    client: &tokio_postgres::Client,
+    client: &Client,
     model: &'static Model,
     padded: bool,
     distinct: usize,
@@ -670,22 +650,55 @@ async fn finish(
     scope.commit().await.map_err(Error::at_step(model, Step::Commit))
 }
 
+/// After the plain call's statement inserted nothing (`report`; not
+/// Citus's `VALUES` statements, whose guard looks for a rule itself), the
+/// schema check's refusal if the target now has an `INSERT` or `UPDATE`
+/// rule (created since the check, which refuses one), read in the call's
+/// transaction or savepoint when it has one. A `DO INSTEAD NOTHING` rule
+/// turns the statement (either form: PostgreSQL refuses `ON CONFLICT`
+/// under a rule only when the rule leaves a statement) into none at all,
+/// answered `INSERT 0 0`, so no guard ran and the batch was not read, let
+/// alone stored: without this the call would count every row skipped. One
+/// round trip more, only when a batch inserted nothing. (The returning and
+/// upsert statements' `WITH` queries are refused under such a rule, as
+/// are Citus's.) The connection's statements are forgotten: one that ran
+/// under the rule stays a no-op after the rule is dropped (its rewritten
+/// form names no table whose change would plan it again). Inside a
+/// caller's `REPEATABLE READ` or `SERIALIZABLE` transaction the catalog
+/// is read as of its snapshot: a rule created since it began is not seen.
+async fn no_insert_rule(client: &Client, model: &'static Model, kind: &Kind, report: &Report) -> Result<(), Error> {
+    if !matches!(kind, Kind::CreateNew) || report.inserted > 0 || report.offered == 0 {
+        return Ok(());
+    }
+    let target = sql::plan(model).target_regclass.as_str();
+    let rows = client
+        .query_typed(INSERT_RULES, &[(&target, Type::TEXT)])
+        .await
+        .map_err(Error::at_step(model, Step::Insert))?;
+    let rules: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    if rules.is_empty() {
+        return Ok(());
+    }
+    crate::statements::forget_prepared(client, model);
+    Err(Error::SchemaMismatch {
+        table: model.qualified_name(),
+        model: model.struct_name(),
+        problems: vec![SchemaProblem::InsertRules { rules }],
+    })
+}
+
+/// The names of the `INSERT` and `UPDATE` rules of the table `$1` names
+/// (as the schema check reads them for `SchemaProblem::InsertRules`).
+const INSERT_RULES: &str = "\
+SELECT r.rulename::text FROM pg_catalog.pg_rewrite AS r
+ WHERE r.ev_class = pg_catalog.to_regclass($1) AND r.ev_type IN ('2', '3') ORDER BY 1";
+
 /// The enabled `BEFORE INSERT` row triggers of the table `$1` names and of
 /// its partitions at every level (`pg_partition_tree`, which returns
 /// nothing for a table that is neither partitioned nor a partition): a
 /// trigger defined on a partition alone fires for the rows routed there.
 /// Each name once: a trigger on a partitioned table is cloned, under its
 /// name, onto each partition.
-/// Whether the target has an `INSERT` or `UPDATE` rule now (see
-/// [`sql::insert_rules`]), which the schema check refuses.
-async fn insert_rules(client: &tokio_postgres::Client, model: &'static Model) -> Result<bool, Error> {
-    let target = sql::plan(model).target_regclass.as_str();
-    let query = format!("SELECT {}", sql::insert_rules("pg_catalog.to_regclass($1)"));
-    let rows =
-        client.query_typed(&query, &[(&target, Type::TEXT)]).await.map_err(Error::at_step(model, Step::Insert))?;
-    Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
-}
-
 const BEFORE_INSERT_TRIGGERS: &str = "\
 SELECT DISTINCT tgname::text FROM pg_catalog.pg_trigger
  WHERE (tgrelid = pg_catalog.to_regclass($1)

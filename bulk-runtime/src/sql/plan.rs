@@ -439,7 +439,7 @@ mod tests {
         at(&kind, r#"p.logicalrelid = pg_catalog.to_regclass(E'"my schema"."re""tweet"')"#);
         at(&kind, "AND NOT (p.partmethod = 'h' OR p.repmodel = 't'))");
         // The check first; the triggers only when it passes; the error otherwise.
-        let rules = crate::sql::insert_rules(r#"pg_catalog.to_regclass(E'"my schema"."re""tweet"')"#);
+        let rules = crate::sql::fragments::insert_rules(r#"pg_catalog.to_regclass(E'"my schema"."re""tweet"')"#);
         let checked =
             at(&guard, &format!("SELECT CASE WHEN {} AND {kind} AND NOT {rules} THEN EXISTS (", columns_fit(&MODEL)));
         let triggers = at(&guard, "g.tgtype::int & 7 = 7");
