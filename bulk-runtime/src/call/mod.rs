@@ -671,10 +671,9 @@ async fn no_insert_rule(client: &Client, model: &'static Model, kind: &Kind, rep
         return Ok(());
     }
     let target = sql::plan(model).target_regclass.as_str();
-    let rows = client
-        .query_typed(INSERT_RULES, &[(&target, Type::TEXT)])
-        .await
-        .map_err(Error::at_step(model, Step::Insert))?;
+    let query = format!("{} ORDER BY 1", sql::insert_rule_names("pg_catalog.to_regclass($1)"));
+    let rows =
+        client.query_typed(&query, &[(&target, Type::TEXT)]).await.map_err(Error::at_step(model, Step::Insert))?;
     let rules: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
     if rules.is_empty() {
         return Ok(());
@@ -686,24 +685,6 @@ async fn no_insert_rule(client: &Client, model: &'static Model, kind: &Kind, rep
         problems: vec![SchemaProblem::InsertRules { rules }],
     })
 }
-
-/// The names of the `INSERT` and `UPDATE` rules of the table `$1` names
-/// (as the schema check reads them for `SchemaProblem::InsertRules`).
-const INSERT_RULES: &str = "\
-SELECT r.rulename::text FROM pg_catalog.pg_rewrite AS r
- WHERE r.ev_class = pg_catalog.to_regclass($1) AND r.ev_type IN ('2', '3') ORDER BY 1";
-
-/// The enabled `BEFORE INSERT` row triggers of the table `$1` names and of
-/// its partitions at every level (`pg_partition_tree`, which returns
-/// nothing for a table that is neither partitioned nor a partition): a
-/// trigger defined on a partition alone fires for the rows routed there.
-/// Each name once: a trigger on a partitioned table is cloned, under its
-/// name, onto each partition.
-const BEFORE_INSERT_TRIGGERS: &str = "\
-SELECT DISTINCT tgname::text FROM pg_catalog.pg_trigger
- WHERE (tgrelid = pg_catalog.to_regclass($1)
-        OR tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1))))
-   AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype::int & 7 = 7 ORDER BY 1";
 
 /// When a statement fails because the table does not fit the model (missing
 /// table, column or unique index, wrong type), report the schema check's
@@ -804,7 +785,12 @@ impl Explanation {
         match self {
             Explanation::KeyChanged => {
                 let target = sql::plan(model).target_regclass.as_str();
-                let triggers = match client.query_typed(BEFORE_INSERT_TRIGGERS, &[(&target, Type::TEXT)]).await {
+                // (Each name once: see `sql::before_insert_row_triggers`.)
+                let query = format!(
+                    "SELECT DISTINCT t.tgname::text FROM ({}) AS t ORDER BY 1",
+                    sql::before_insert_row_triggers("pg_catalog.to_regclass($1)")
+                );
+                let triggers = match client.query_typed(&query, &[(&target, Type::TEXT)]).await {
                     Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
                     Err(_) => return error,
                 };

@@ -206,8 +206,28 @@ pub(crate) fn rules_guard(model: &Model) -> String {
 /// Whether the table `relation` (an OID expression) has an `INSERT` or
 /// `UPDATE` rule (`ev_type` 3 or 2), which the schema check refuses.
 pub(crate) fn insert_rules(relation: &str) -> String {
+    format!("EXISTS ({})", insert_rule_names(relation))
+}
+
+/// The names of the `INSERT` and `UPDATE` rules of the table `relation`
+/// (an OID expression): see [`insert_rules`].
+pub(crate) fn insert_rule_names(relation: &str) -> String {
     format!(
-        "EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite AS r WHERE r.ev_class = {relation} AND r.ev_type IN ('2', '3'))"
+        "SELECT r.rulename::text FROM pg_catalog.pg_rewrite AS r WHERE r.ev_class = {relation} AND r.ev_type IN ('2', '3')"
+    )
+}
+
+/// The enabled `BEFORE INSERT` row triggers (as `g.tgname`) of the table
+/// `relation` (an OID expression) and of its partitions at every level
+/// (`pg_partition_tree`, which returns nothing for a table that is neither
+/// partitioned nor a partition): a trigger defined on a partition alone
+/// fires for the rows routed there. A trigger on a partitioned table is
+/// cloned, under its name, onto each partition.
+pub(crate) fn before_insert_row_triggers(relation: &str) -> String {
+    format!(
+        "SELECT g.tgname FROM pg_catalog.pg_trigger AS g \
+         WHERE (g.tgrelid = {relation} OR g.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree({relation}))) \
+         AND NOT g.tgisinternal AND g.tgenabled <> 'D' AND g.tgtype::int & 7 = 7"
     )
 }
 
@@ -411,14 +431,11 @@ pub(crate) fn citus_kind_fits(model: &Model) -> String {
 pub(crate) fn values_guard(model: &Model) -> String {
     let target = format!("pg_catalog.to_regclass({})", literal(&model.qualified_name()));
     format!(
-        "SELECT CASE WHEN {} AND {} AND NOT {} \
-         THEN EXISTS (SELECT 1 FROM pg_catalog.pg_trigger AS g \
-         WHERE (g.tgrelid = {target} OR g.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree({target}))) \
-         AND NOT g.tgisinternal AND g.tgenabled <> 'D' AND g.tgtype::int & 7 = 7) \
-         ELSE pg_catalog.concat({})::int4 = 0 END",
+        "SELECT CASE WHEN {} AND {} AND NOT {} THEN EXISTS ({}) ELSE pg_catalog.concat({})::int4 = 0 END",
         columns_fit(model),
         citus_kind_fits(model),
         insert_rules(&target),
+        before_insert_row_triggers(&target),
         literal(KEY_INDEX_CHANGED)
     )
 }
