@@ -513,6 +513,28 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
     }
 }
 
+/// [`rounds`] as an SQL condition on the type name `typname` and modifier
+/// `typmod` (SQL expressions) of a key field of the model's `ty`, for the
+/// statements' guards (`fragments::columns_fit`): a key column altered
+/// since the check to round its values must be refused as the check
+/// refuses it. `None` for a field whose column cannot be of a type that
+/// rounds, unless an `sql_type` (`declared`) names its column's type.
+pub(crate) fn rounds_sql(ty: PgType, declared: bool, typname: &str, typmod: &str) -> Option<String> {
+    let times = format!(
+        "({typname} IN ('timestamp', 'timestamptz', 'time', 'timetz', 'interval') AND {typmod} BETWEEN 0 AND 5)"
+    );
+    let numeric = match ty {
+        PgType::Numeric => format!("({typname} = 'numeric' AND {typmod} >= 4)"),
+        _ => format!("({typname} = 'numeric' AND {typmod} >= 4 AND (({typmod} - 4) & 2047) > 1023)"),
+    };
+    match ty {
+        _ if declared => Some(format!("({times} OR {numeric})")),
+        PgType::Timestamp | PgType::Timestamptz | PgType::Time => Some(times),
+        PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Numeric => Some(numeric),
+        _ => None,
+    }
+}
+
 /// `sql_type` without its modifiers (`varchar(40)` as `varchar`,
 /// `timestamp(3) with time zone` as `timestamp with time zone`): the check
 /// compares type names without them, and `to_regtype` raises an error

@@ -1272,3 +1272,252 @@ async fn key_made_deferrable_between_calls_plain() {
 async fn key_made_deferrable_between_calls_copy() {
     key_made_deferrable!(DeferredCopy, "deferred_copy", COPY_BATCH)
 }
+
+// ---------------------------------------------------------------------------
+// A key column altered to round its values after the check
+// ---------------------------------------------------------------------------
+
+macro_rules! rounded_model {
+    ($name:ident, $table:literal) => {
+        #[derive(BulkCreateNew, Debug, Clone)]
+        #[bulk(table = $table, unique(sensor, at), id = false)]
+        struct $name {
+            sensor: i64,
+            at: chrono::DateTime<chrono::Utc>,
+            n: i64,
+        }
+
+        impl $name {
+            /// `len` keys of sensor `sensor`, `at` whole seconds from the
+            /// epoch plus `millis` (all distinct, and distinct once rounded
+            /// to whole seconds only when `millis` is 0).
+            fn batch(sensor: i64, len: usize, millis: i64) -> Vec<$name> {
+                (0..len as i64)
+                    .map(|i| $name {
+                        sensor,
+                        at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i * 1000 + millis).unwrap(),
+                        n: i,
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+rounded_model!(RoundedShort, "rounded_short");
+rounded_model!(RoundedPlain, "rounded_plain");
+rounded_model!(RoundedCopy, "rounded_copy");
+rounded_model!(RoundedKeys, "rounded_keys");
+rounded_model!(RoundedUpsert, "rounded_upsert");
+
+/// Which builder form a probe calls.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    Plain,
+    ReturningKeys,
+    Upsert,
+}
+
+// A `timestamptz` key column altered to `timestamptz(0)` after the check
+// rounds every offered key to the second: a stored key's offered variant
+// 300 ms later is then the same key, and so are two new ones 300 ms apart.
+// A new connection's check refuses such a table (`KeyRounded`); the checked
+// connection's next call must too, nothing written, whatever its form
+// (once a gap: the server re-planned its prepared statements without
+// telling the client, and two offered keys that round alike counted as one
+// inserted and one skipped).
+macro_rules! key_altered_to_round {
+    ($model:ident, $table:literal, $len:expr, $form:expr) => {{
+        let db = TestDb::new(concat!("chg_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        let first = $model::bulk_create_new(&mut writer, &$model::batch(1, $len, 0)).await.unwrap();
+        assert_eq!(first.inserted, $len as u64);
+        admin
+            .batch_execute(concat!("ALTER TABLE ", $table, " ALTER COLUMN at TYPE timestamptz(0)"))
+            .await
+            .unwrap();
+        // Sensor 1's keys again, 300 ms later (stored once rounded), and
+        // sensor 2's new keys twice, 300 ms apart (one key each once rounded).
+        let mut batch = $model::batch(1, $len / 2, 300);
+        batch.extend($model::batch(2, $len / 2, 0));
+        batch.extend($model::batch(2, $len - $len / 2, 300));
+        let result = match $form {
+            Form::Plain => $model::bulk_create_new(&mut writer, &batch).await.map(|r| r.inserted),
+            Form::ReturningKeys => {
+                $model::bulk(&mut writer).returning_keys().run(&batch).await.map(|r| r.inserted)
+            }
+            Form::Upsert => $model::bulk(&mut writer)
+                .upsert(bulk_runtime::Upsert::set([$model::columns().n]))
+                .run(&batch)
+                .await
+                .map(|r| r.inserted),
+        };
+        let stored = count(&admin, $table).await;
+        db.drop().await;
+        assert_eq!(stored, $len as i64, "nothing written: {}", describe(&result));
+        assert!(
+            result.as_ref().is_err_and(|e| refused_with(
+                e,
+                |p| matches!(p, SchemaProblem::KeyRounded { column, .. } if column == "at")
+            )),
+            "expected KeyRounded: {}",
+            describe(&result)
+        );
+    }};
+}
+
+#[tokio::test]
+async fn key_altered_to_round_after_the_check_short() {
+    key_altered_to_round!(RoundedShort, "rounded_short", SHORT, Form::Plain)
+}
+
+#[tokio::test]
+async fn key_altered_to_round_after_the_check_plain() {
+    key_altered_to_round!(RoundedPlain, "rounded_plain", PLAIN, Form::Plain)
+}
+
+#[tokio::test]
+async fn key_altered_to_round_after_the_check_copy() {
+    key_altered_to_round!(RoundedCopy, "rounded_copy", COPY_BATCH, Form::Plain)
+}
+
+#[tokio::test]
+async fn key_altered_to_round_after_the_check_returning_keys() {
+    key_altered_to_round!(RoundedKeys, "rounded_keys", PLAIN, Form::ReturningKeys)
+}
+
+#[tokio::test]
+async fn key_altered_to_round_after_the_check_upsert() {
+    key_altered_to_round!(RoundedUpsert, "rounded_upsert", SHORT, Form::Upsert)
+}
+
+num_model!(NegScaleShort, "negscale_short");
+num_model!(NegScaleCopy, "negscale_copy");
+
+/// A `bigint` key altered to `numeric(20, -2)` after the check (the check
+/// accepts `numeric` for an `i64` key, but not one that rounds to
+/// hundreds): refused with `KeyRounded`, nothing written.
+macro_rules! key_altered_to_negative_scale {
+    ($model:ident, $table:literal, $len:expr) => {{
+        let db = TestDb::new(concat!("chg_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        $model::bulk_create_new(&mut writer, &$model::batch(0, 1)).await.unwrap();
+        admin
+            .batch_execute(concat!("ALTER TABLE ", $table, " ALTER COLUMN k TYPE numeric(20, -2)"))
+            .await
+            .unwrap();
+        // Keys 100 apart from 1,000 on, and each of them plus 1: one stored
+        // key per pair once rounded.
+        let mut batch = $model::batch(0, 0);
+        for i in 0..($len as i64) / 2 {
+            batch.extend($model::batch(1_000 + 100 * i, 1));
+            batch.extend($model::batch(1_001 + 100 * i, 1));
+        }
+        let result = $model::bulk_create_new(&mut writer, &batch).await;
+        let stored = count(&admin, $table).await;
+        db.drop().await;
+        assert_eq!(stored, 1, "nothing written: {}", describe(&result));
+        assert!(
+            result.as_ref().is_err_and(|e| refused_with(
+                e,
+                |p| matches!(p, SchemaProblem::KeyRounded { column, .. } if column == "k")
+            )),
+            "expected KeyRounded: {}",
+            describe(&result)
+        );
+    }};
+}
+
+#[tokio::test]
+async fn integer_key_altered_to_a_negative_scale_after_the_check_short() {
+    key_altered_to_negative_scale!(NegScaleShort, "negscale_short", SHORT)
+}
+
+#[tokio::test]
+async fn integer_key_altered_to_a_negative_scale_after_the_check_copy() {
+    key_altered_to_negative_scale!(NegScaleCopy, "negscale_copy", COPY_BATCH)
+}
+
+macro_rules! domain_rounded_model {
+    ($name:ident, $table:literal) => {
+        #[derive(BulkCreateNew, Debug, Clone)]
+        #[bulk(table = $table, unique(sensor, at), id = false)]
+        struct $name {
+            sensor: i64,
+            #[bulk(sql_type = "moment")]
+            at: chrono::DateTime<chrono::Utc>,
+            n: i64,
+        }
+
+        impl $name {
+            /// As the `rounded_model!`s' `batch`.
+            fn batch(sensor: i64, len: usize, millis: i64) -> Vec<$name> {
+                (0..len as i64)
+                    .map(|i| $name {
+                        sensor,
+                        at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i * 1000 + millis).unwrap(),
+                        n: i,
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+domain_rounded_model!(DomainRoundedShort, "domain_rounded_short");
+domain_rounded_model!(DomainRoundedPlain, "domain_rounded_plain");
+
+/// The key column's domain (`moment`, over `timestamptz`) replaced after the
+/// check by a domain of the same name over `timestamptz(0)`: the column's
+/// type has the same name, so only the guards' reading of the domain's base
+/// type sees that the key now rounds. Refused with `KeyRounded`, nothing
+/// written.
+macro_rules! key_domain_made_to_round {
+    ($model:ident, $table:literal, $len:expr) => {{
+        let db = TestDb::new(concat!("chg_", $table)).await;
+        let admin = db.connect().await;
+        admin.batch_execute("CREATE DOMAIN moment AS timestamptz").await.unwrap();
+        admin.batch_execute(&$model::model().migration_sql()).await.unwrap();
+        let mut writer = db.connect().await;
+        $model::bulk_create_new(&mut writer, &$model::batch(1, $len, 0)).await.unwrap();
+        admin
+            .batch_execute(concat!(
+                "ALTER TABLE ",
+                $table,
+                " ALTER COLUMN at TYPE timestamptz; DROP DOMAIN moment; \
+                 CREATE DOMAIN moment AS timestamptz(0); ALTER TABLE ",
+                $table,
+                " ALTER COLUMN at TYPE moment"
+            ))
+            .await
+            .unwrap();
+        let mut batch = $model::batch(2, $len / 2, 0);
+        batch.extend($model::batch(2, $len - $len / 2, 300));
+        let result = $model::bulk_create_new(&mut writer, &batch).await;
+        let stored = count(&admin, $table).await;
+        db.drop().await;
+        assert_eq!(stored, $len as i64, "nothing written: {}", describe(&result));
+        assert!(
+            result.as_ref().is_err_and(|e| refused_with(
+                e,
+                |p| matches!(p, SchemaProblem::KeyRounded { column, .. } if column == "at")
+            )),
+            "expected KeyRounded: {}",
+            describe(&result)
+        );
+    }};
+}
+
+#[tokio::test]
+async fn key_domain_replaced_by_one_that_rounds_after_the_check_short() {
+    key_domain_made_to_round!(DomainRoundedShort, "domain_rounded_short", SHORT)
+}
+
+#[tokio::test]
+async fn key_domain_replaced_by_one_that_rounds_after_the_check_plain() {
+    key_domain_made_to_round!(DomainRoundedPlain, "domain_rounded_plain", PLAIN)
+}

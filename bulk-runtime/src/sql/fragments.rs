@@ -641,9 +641,9 @@ pub(crate) fn on_conflict_guard(model: &Model, compared: Compared<'_>) -> String
 }
 
 /// A condition that holds when each of the model's columns still has a
-/// type the schema check accepts for it, and the session still reads text
-/// as UTF-8 (`client_encoding` `UTF8`, or `SQL_ASCII`, which converts
-/// nothing).
+/// type the schema check accepts for it, no key column rounds its values
+/// ([`key_kept`]), and the session still reads text as UTF-8
+/// (`client_encoding` `UTF8`, or `SQL_ASCII`, which converts nothing).
 ///
 /// The connection's statements were built for the table as its check found
 /// it, and PostgreSQL assigns a value to a column of another type through
@@ -683,9 +683,47 @@ pub(crate) fn columns_fit(model: &Model) -> String {
          AND (SELECT count(*) FROM pg_catalog.pg_attribute AS c JOIN pg_catalog.pg_type AS t ON t.oid = c.atttypid \
          WHERE c.attrelid = {}::pg_catalog.regclass AND c.attnum > 0 AND NOT c.attisdropped \
          AND ARRAY[{column} || pg_catalog.format_type(c.atttypid, NULL), {column} || t.typname] \
-         && ARRAY[{}]::pg_catalog.text[]) = {}",
+         && ARRAY[{}]::pg_catalog.text[]{}) = {}",
         literal(&model.qualified_name()),
         accepted.join(", "),
-        model.columns().len()
+        key_kept(model).map_or_else(String::new, |kept| format!(" AND {kept}")),
+        model.columns().len(),
     )
+}
+
+/// A condition on a row of `pg_attribute` (`c`) and of `pg_type` (`t`, its
+/// type) in [`columns_fit`]'s count that holds unless it is a key column
+/// that now rounds the values it stores, as the schema check's
+/// `KeyRounded` finds it (also through a domain, read as its base type):
+/// `ALTER COLUMN ... TYPE timestamptz(0)` since the check keeps the
+/// column's type name, so [`columns_fit`]'s names still match, while two
+/// offered keys a second apart would now be one stored key. Such a column
+/// is then not counted, and the guard refuses. `None` when no key column
+/// can round. A column of no domain is read from its own row; a domain's
+/// chain is followed only for a column that has one.
+fn key_kept(model: &Model) -> Option<String> {
+    let per_column = |typname: &str, typmod: &str| -> Vec<String> {
+        model
+            .unique_key()
+            .filter_map(|c| {
+                let rounds = crate::schema::rounds_sql(c.pg_type(), c.sql_type().is_some(), typname, typmod)?;
+                Some(format!("(c.attname = {} AND {rounds})", literal(c.name())))
+            })
+            .collect()
+    };
+    let direct = per_column("t.typname", "c.atttypmod");
+    if direct.is_empty() {
+        return None;
+    }
+    let domain = per_column("b.typname", "b.typmod");
+    // The base type's subquery on one line (the statement's text is what
+    // `pg_stat_activity` shows). Its own alias `c` (of its chain of
+    // domains) is not in scope where it reads `c.atttypid`.
+    let base =
+        crate::schema::base_type("c.atttypid", "c.atttypmod", "b").split_whitespace().collect::<Vec<_>>().join(" ");
+    Some(format!(
+        "(CASE WHEN t.typtype = 'd' THEN (SELECT {} FROM {base}) ELSE {} END) IS NOT TRUE",
+        domain.join(" OR "),
+        direct.join(" OR "),
+    ))
 }
