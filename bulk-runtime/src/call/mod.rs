@@ -485,7 +485,7 @@ async fn short_attempt<C: Connection + ?Sized>(
     if !call.needs_transaction(conn.nested()) {
         let Some(rows) = values else {
             let report = arrays::run(client, model, offered, params, call, prepared, form).await?;
-            no_insert_rule(client, model, call.kind, &report).await?;
+            no_insert_rule(client, model, call.kind, form, &report).await?;
             return Ok(Some(report));
         };
         // A `VALUES` statement, followed by its guard: in a transaction of
@@ -522,7 +522,7 @@ async fn short_attempt<C: Connection + ?Sized>(
             }
             None => {
                 let report = arrays::run(client, model, offered, params, call, prepared, form).await?;
-                no_insert_rule(client, model, call.kind, &report).await?;
+                no_insert_rule(client, model, call.kind, form, &report).await?;
                 (report, false)
             }
         };
@@ -666,8 +666,24 @@ async fn finish(
 /// form names no table whose change would plan it again). Inside a
 /// caller's `REPEATABLE READ` or `SERIALIZABLE` transaction the catalog
 /// is read as of its snapshot: a rule created since it began is not seen.
-async fn no_insert_rule(client: &Client, model: &'static Model, kind: &Kind, report: &Report) -> Result<(), Error> {
-    if !matches!(kind, Kind::CreateNew) || report.inserted > 0 || report.offered == 0 {
+///
+/// Only after the plain form in PostgreSQL's dialect: the `ON CONFLICT`
+/// form is refused under such a rule by its own `RETURNING`
+/// ([`form::RULE_PROOF`]), and Citus's statements count their rows from a
+/// `WITH` query's `RETURNING`, which PostgreSQL refuses under any rule.
+async fn no_insert_rule(
+    client: &Client,
+    model: &'static Model,
+    kind: &Kind,
+    form: Form,
+    report: &Report,
+) -> Result<(), Error> {
+    if !matches!(kind, Kind::CreateNew)
+        || form != Form::Plain
+        || crate::statements::dialect(client, model).is_citus()
+        || report.inserted > 0
+        || report.offered == 0
+    {
         return Ok(());
     }
     let target = sql::plan(model).target_regclass.as_str();
