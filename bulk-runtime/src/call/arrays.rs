@@ -18,7 +18,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, RowStream, Statement};
 
-use super::form::Form;
+use super::form::{Form, RULE_PROOF};
 use super::spec::{Call, Mask, counted, counts, deliver, upsert_report};
 use crate::BulkCreateNew;
 use crate::api::{Keep, Kind, Report, UpdateSet};
@@ -238,15 +238,24 @@ pub(crate) async fn run(
     call: &mut Call<'_>,
     prepared: bool,
     form: Form,
-) -> Result<Report, Error> {
+) -> Result<(Report, bool), Error> {
     let dialect = statements::dialect(client, model);
     let mut statements = Statements { client, model, prepared, checked: None, dialect };
     match call.kind {
         Kind::CreateNew => {
+            // (Decided as the statement is built: a check that ran before
+            // it may just have found the connection direct.)
+            let proof = || form == Form::OnConflict && statements::direct(client) == Some(true);
             let statement =
-                statements.get(form.label(), false, params, |_, shape| form.small_sql(model, shape)).await?;
+                statements.get(form.label(), false, params, |_, shape| form.small_sql(model, shape, proof())).await?;
             let inserted = statement.execute(&statements, params).await?;
-            Ok(Report::counts(offered, inserted))
+            // A named statement is prepared only on a connection known to
+            // be direct, and so was built with the clause.
+            let proof = match &statement {
+                Prepared::Statement(..) => form == Form::OnConflict,
+                Prepared::Text(sql) => sql.ends_with(RULE_PROOF),
+            };
+            Ok((Report::counts(offered, inserted), proof))
         }
         Kind::Keys | Kind::Positions => {
             let keys = matches!(call.kind, Kind::Keys);
@@ -259,9 +268,9 @@ pub(crate) async fn run(
                 .await?;
             let rows = statement.query(&statements, params).await?;
             let inserted = deliver(model, rows, offered, call.receiver).await?;
-            Ok(Report::counts(offered, inserted))
+            Ok((Report::counts(offered, inserted), false))
         }
-        Kind::Upsert(set) => upsert(&mut statements, offered, params, set).await,
+        Kind::Upsert(set) => Ok((upsert(&mut statements, offered, params, set).await?, false)),
     }
 }
 

@@ -484,8 +484,10 @@ async fn short_attempt<C: Connection + ?Sized>(
     let client = conn.client();
     if !call.needs_transaction(conn.nested()) {
         let Some(rows) = values else {
-            let report = arrays::run(client, model, offered, params, call, prepared, form).await?;
-            no_insert_rule(client, model, call.kind, form, &report).await?;
+            let (report, proof) = arrays::run(client, model, offered, params, call, prepared, form).await?;
+            if !proof {
+                no_insert_rule(client, model, call.kind, &report).await?;
+            }
             return Ok(Some(report));
         };
         // A `VALUES` statement, followed by its guard: in a transaction of
@@ -521,8 +523,10 @@ async fn short_attempt<C: Connection + ?Sized>(
                 (report, refused)
             }
             None => {
-                let report = arrays::run(client, model, offered, params, call, prepared, form).await?;
-                no_insert_rule(client, model, call.kind, form, &report).await?;
+                let (report, proof) = arrays::run(client, model, offered, params, call, prepared, form).await?;
+                if !proof {
+                    no_insert_rule(client, model, call.kind, &report).await?;
+                }
                 (report, false)
             }
         };
@@ -667,23 +671,11 @@ async fn finish(
 /// caller's `REPEATABLE READ` or `SERIALIZABLE` transaction the catalog
 /// is read as of its snapshot: a rule created since it began is not seen.
 ///
-/// Only after the plain form in PostgreSQL's dialect: the `ON CONFLICT`
-/// form is refused under such a rule by its own `RETURNING`
-/// ([`form::RULE_PROOF`]), and Citus's statements count their rows from a
-/// `WITH` query's `RETURNING`, which PostgreSQL refuses under any rule.
-async fn no_insert_rule(
-    client: &Client,
-    model: &'static Model,
-    kind: &Kind,
-    form: Form,
-    report: &Report,
-) -> Result<(), Error> {
-    if !matches!(kind, Kind::CreateNew)
-        || form != Form::Plain
-        || crate::statements::dialect(client, model).is_citus()
-        || report.inserted > 0
-        || report.offered == 0
-    {
+/// Not called after a statement that PostgreSQL refuses under such a rule:
+/// the `ON CONFLICT` form on a direct connection, by its own `RETURNING`
+/// ([`form::RULE_PROOF`]).
+async fn no_insert_rule(client: &Client, model: &'static Model, kind: &Kind, report: &Report) -> Result<(), Error> {
+    if !matches!(kind, Kind::CreateNew) || report.inserted > 0 || report.offered == 0 {
         return Ok(());
     }
     let target = sql::plan(model).target_regclass.as_str();
