@@ -499,12 +499,16 @@ fn keeps_keys(ty: PgType, typschema: &str, typname: &str) -> bool {
     }
 }
 
+/// The date-time types whose precision modifier (0 to 5 fractional
+/// digits) rounds what they store.
+const ROUNDING_TIMES: [&str; 5] = ["timestamp", "timestamptz", "time", "timetz", "interval"];
+
 /// Whether a key column's type modifier makes PostgreSQL round the values it
 /// stores for a key field of the model's `ty` (two offered keys could
 /// become one stored key).
 fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
     match typname {
-        "timestamp" | "timestamptz" | "time" | "timetz" | "interval" => (0..6).contains(&typmod),
+        _ if ROUNDING_TIMES.contains(&typname) => (0..6).contains(&typmod),
         // numeric(p, s) rounds a decimal to s digits; for integers, only a
         // negative scale rounds.
         "numeric" if ty == PgType::Numeric => typmod >= 4,
@@ -520,9 +524,8 @@ fn rounds(ty: PgType, typname: &str, typmod: i32) -> bool {
 /// refuses it. `None` for a field whose column cannot be of a type that
 /// rounds, unless an `sql_type` (`declared`) names its column's type.
 pub(crate) fn rounds_sql(ty: PgType, declared: bool, typname: &str, typmod: &str) -> Option<String> {
-    let times = format!(
-        "({typname} IN ('timestamp', 'timestamptz', 'time', 'timetz', 'interval') AND {typmod} BETWEEN 0 AND 5)"
-    );
+    let names: Vec<String> = ROUNDING_TIMES.iter().map(|name| format!("'{name}'")).collect();
+    let times = format!("({typname} IN ({}) AND {typmod} BETWEEN 0 AND 5)", names.join(", "));
     let numeric = match ty {
         PgType::Numeric => format!("({typname} = 'numeric' AND {typmod} >= 4)"),
         _ => format!("({typname} = 'numeric' AND {typmod} >= 4 AND (({typmod} - 4) & 2047) > 1023)"),

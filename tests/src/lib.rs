@@ -27,6 +27,21 @@ pub const DATABASE: &str = "bulk_tests";
 /// with a short batch and once padded to this size.
 pub const COPY_BATCH: usize = bulk_runtime::__test_hooks::SMALL_BATCH + 100;
 
+/// The three lengths of padding that send a batch down each path: the short
+/// path's `ON CONFLICT` form (under 128 rows), its plain (anti-join) form,
+/// and COPY ([`COPY_BATCH`]).
+pub const PADS: [usize; 3] = [0, 200, COPY_BATCH];
+
+/// The path a batch padded by `pad` rows (one of [`PADS`]) takes, for
+/// messages.
+pub fn path(pad: usize) -> &'static str {
+    match pad {
+        0 => "short/on-conflict",
+        p if p < COPY_BATCH => "short/plain",
+        _ => "copy",
+    }
+}
+
 const HOW_TO_START: &str = "the integration tests need PostgreSQL on 127.0.0.1:5432 that lets user postgres \
 log in with password `postgres` (or trusts it), or BULK_TEST_DATABASE_URL pointing at another server; \
 see \"The two commands\" in README.md: install it with `sudo apt-get install -y postgresql pgbouncer`, \

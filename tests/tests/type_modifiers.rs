@@ -14,21 +14,10 @@
 //! Each test works in a schema of its own (`TestDb`) and drops it at the end.
 
 use bulk_runtime::{BulkCreateNew, Error, Keep, Ledger, Step, Upsert};
-use bulk_tests::{COPY_BATCH, TestDb, count};
+use bulk_tests::{PADS, TestDb, count, path};
 use chrono::{NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
 use std::str::FromStr;
-
-/// The three lengths of padding that send a batch down each path.
-const PADS: [usize; 3] = [0, 200, COPY_BATCH];
-
-fn path(pad: usize) -> &'static str {
-    match pad {
-        0 => "short/on-conflict",
-        p if p < COPY_BATCH => "short/plain",
-        _ => "copy",
-    }
-}
 
 /// What a failed call reported: SQLSTATE, step, row, field.
 #[derive(Debug, Clone, PartialEq, Eq)]

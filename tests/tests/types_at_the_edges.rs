@@ -11,23 +11,11 @@
 //! Each test works in a schema of its own (`TestDb`) and drops it at the end.
 
 use bulk_runtime::{BulkCreateNew, BulkType, Error, Keep, SchemaProblem, Upsert};
-use bulk_tests::{COPY_BATCH, TestDb, count};
+use bulk_tests::{PADS, TestDb, count, path};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 use tokio_postgres::Client;
-
-/// The three lengths of padding that send a batch down each path: the short
-/// path's `ON CONFLICT` form, its plain (anti-join) form, and COPY.
-const PADS: [usize; 3] = [0, 200, COPY_BATCH];
-
-fn path(pad: usize) -> &'static str {
-    match pad {
-        0 => "short/on-conflict",
-        p if p < COPY_BATCH => "short/plain",
-        _ => "copy",
-    }
-}
 
 /// The `(key columns as text, pos)` stored rows that are not filler
 /// (`pos >= 0`), ordered by pos.

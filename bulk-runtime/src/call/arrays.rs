@@ -250,7 +250,9 @@ pub(crate) async fn run(
                 statements.get(form.label(), false, params, |_, shape| form.small_sql(model, shape, proof())).await?;
             let inserted = statement.execute(&statements, params).await?;
             // A named statement is prepared only on a connection known to
-            // be direct, and so was built with the clause.
+            // be direct, and so was built with the clause (on Citus the
+            // statement is a `WITH` query with `RETURNING`, which
+            // PostgreSQL refuses under such a rule as well).
             let proof = match &statement {
                 Prepared::Statement(..) => form == Form::OnConflict,
                 Prepared::Text(sql) => sql.ends_with(RULE_PROOF),
