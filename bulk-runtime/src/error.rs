@@ -621,6 +621,16 @@ impl Error {
         Self::database_at(model, Step::Insert, None, field, source)
     }
 
+    /// The error with the row (and its field) it refers to, for a database
+    /// error that named no row.
+    pub(crate) fn at_row(mut self, at: usize, name: &str) -> Error {
+        if let Error::Database { row: row @ None, field, .. } = &mut self {
+            *row = Some(at);
+            *field = Some(name.to_owned());
+        }
+        self
+    }
+
     /// Marks the connection as unusable (see [`connection_usable`](Self::connection_usable)).
     pub(crate) fn broken(mut self) -> Error {
         if let Error::Database { connection_broken, .. } = &mut self {

@@ -282,6 +282,11 @@ pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<KeyShap
         check(tx, model).await.map_err(|source| Error::database(model, Step::SchemaCheck, source))?;
     if problems.is_empty() {
         statements::checked_dialect(tx, model, shape.dialect);
+        let watched = crate::wire::limits::watched_columns(model, |name| {
+            let row = live.iter().find(|r| r.get::<_, &str>(0) == name)?;
+            Some((row.get(18), row.get(20)))
+        });
+        statements::set_watched(tx, model, &watched);
         passed(model, &live, &shape);
         Ok(shape)
     } else {

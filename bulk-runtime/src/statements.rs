@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
@@ -309,6 +309,36 @@ pub(crate) fn dialect(client: &Client, model: &'static Model) -> Dialect {
 pub(crate) fn dialect_unknown(client: &Client, model: &'static Model) -> bool {
     let guard = DIALECTS.lock().unwrap_or_else(PoisonError::into_inner);
     !guard.as_ref().is_some_and(|m| m.contains_key(&key(client, model)))
+}
+
+/// Per (connection, model address), which model columns had a type
+/// modifier (`varchar(n)`, `char(n)`, `numeric(p, s)`) when the connection
+/// last read them: the columns its COPY path watches (see
+/// `wire::limits`).
+static WATCHED: Mutex<Option<Watched>> = Mutex::new(None);
+
+/// Per (connection, model address), per model column: see [`WATCHED`].
+type Watched = HashMap<(Identity, usize), Arc<[bool]>>;
+
+/// Keeps which columns of `model` `client` found with a type modifier.
+pub(crate) fn set_watched(client: &Client, model: &'static Model, watched: &[bool]) {
+    let key = key(client, model);
+    if !key.0.known() {
+        return;
+    }
+    let mut guard = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+    let map = guard.get_or_insert_with(HashMap::new);
+    if map.len() >= MAX_ENTRIES && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, watched.into());
+}
+
+/// Which columns of `model` `client` last found with a type modifier, if
+/// any.
+pub(crate) fn watched(client: &Client, model: &'static Model) -> Option<Arc<[bool]>> {
+    let guard = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_ref().and_then(|m| m.get(&key(client, model)).cloned()).filter(|w| w.contains(&true))
 }
 
 /// Per connection, the models whose schema check kept the calls off a

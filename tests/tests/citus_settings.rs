@@ -1363,3 +1363,90 @@ async fn retyped_between_calls_is_refused(alter: &str, refused: fn(&bulk_runtime
         assert!(wrong.is_empty(), "{label}: {wrong:#?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// A value a column's type modifier refuses.
+
+#[derive(BulkCreateNew, Debug, Clone, PartialEq)]
+#[bulk(table = "rt_note", unique(tweet, retweeter), id = false)]
+pub struct RtNote {
+    pub tweet: i64,
+    pub retweeter: i64,
+    #[bulk(sql_type = "varchar(5)")]
+    pub note: String,
+}
+
+/// A `varchar(5)` column given a longer value in row 7 (and row 9), with
+/// a quarter of the keys stored: every call kind, on every path, on a
+/// `Client` and in a caller's transaction, of a distributed table (with and
+/// without its staging table) and a reference table, fails with 22001
+/// naming row 7 and the field, nothing written.
+#[tokio::test]
+async fn a_value_its_type_modifier_refuses_is_named_by_every_call() {
+    let _g = CLUSTER.read().await;
+    for (reference, staged) in [(false, false), (false, true), (true, false)] {
+        let place = if reference {
+            "SELECT create_reference_table('rt_note')"
+        } else {
+            "SELECT create_distributed_table('rt_note', 'tweet', shard_count := 8)"
+        };
+        let label = format!("typmod ref={reference} staged={staged}");
+        let ddl = format!("{}; {place}", RtNote::model().migration_sql());
+        let (db, mut client, admin) = setup("au_typmod", &ddl).await;
+        if staged {
+            client.batch_execute(&RtNote::model().citus_staging_sql()).await.unwrap();
+        }
+        let mut from = 0i64;
+        let mut wrong = Vec::new();
+        for n in [SHORT, GROUPED, LONG, PLAIN_COPY] {
+            for on in [On::Client, On::Transaction] {
+                for what in ["plain", "keys", "skipped", "upsert", "stream"] {
+                    let mut rows: Vec<RtNote> = (from..from + n as i64)
+                        .map(|k| RtNote { tweet: k / 4, retweeter: k, note: "ok".into() })
+                        .collect();
+                    rows[7].note = "toolong".into();
+                    rows[9].note = "longer!".into();
+                    let pre: Vec<String> = rows[n / 2..n / 2 + n / 4]
+                        .iter()
+                        .map(|r| format!("({}, {}, 'x')", r.tweet, r.retweeter))
+                        .collect();
+                    admin.batch_execute(&format!("INSERT INTO rt_note VALUES {}", pre.join(", "))).await.unwrap();
+                    from += n as i64 + 10;
+                    let before = count(&admin, "rt_note").await;
+                    let result = match what {
+                        "plain" => call!(client, on, |c| RtNote::bulk_create_new(c, &rows)).map(|r| r.inserted),
+                        "keys" => {
+                            call!(client, on, |c| RtNote::bulk(c).returning_keys().run(&rows)).map(|r| r.inserted)
+                        }
+                        "skipped" => {
+                            call!(client, on, |c| RtNote::bulk(c).returning_skipped().run(&rows)).map(|r| r.inserted)
+                        }
+                        "stream" => call!(client, on, |c| RtNote::bulk(c)
+                            .run_stream(futures_util::stream::iter(rows.clone())))
+                        .map(|r| r.inserted),
+                        _ => call!(client, on, |c| RtNote::bulk(c).upsert(Upsert::all_columns()).run(&rows))
+                            .map(|r| r.inserted),
+                    };
+                    let after = count(&admin, "rt_note").await;
+                    let got = result.as_ref().map_err(|e| {
+                        (e.sqlstate().map(|s| s.code().to_owned()), e.row(), e.field().map(str::to_owned))
+                    });
+                    if got != Err((Some("22001".to_owned()), Some(7), Some("note".to_owned()))) || after != before {
+                        wrong.push(format!(
+                            "{what} {n} {on:?}: {:?}, {} rows written",
+                            result.map_err(|e| e.to_string()),
+                            after - before
+                        ));
+                    }
+                }
+            }
+        }
+        // The connection takes the next batch.
+        let ok: Vec<RtNote> =
+            (from..from + 10).map(|k| RtNote { tweet: k / 4, retweeter: k, note: "ok".into() }).collect();
+        let r = RtNote::bulk_create_new(&mut client, &ok).await.unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(r.inserted, 10, "{label}");
+        db.drop().await;
+        assert!(wrong.is_empty(), "{label}: {wrong:#?}");
+    }
+}

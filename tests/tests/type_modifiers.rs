@@ -6,10 +6,11 @@
 //!
 //! What the README promises: a value the column's type modifier refuses
 //! fails the call with the server's SQLSTATE (22001, 22003) and the same
-//! report on every path (PostgreSQL's message names the type only, so
-//! neither row nor field); nothing of the batch is written; the connection
-//! takes the next batch; counts are exact; stored values are the offered
-//! values as an `INSERT` would store them.
+//! report on every path: the first offered row whose value the column's
+//! modifier refuses, and its field (PostgreSQL's message names the type
+//! only; the call finds the row); nothing of the batch is written; the
+//! connection takes the next batch; counts are exact; stored values are
+//! the offered values as an `INSERT` would store them.
 //!
 //! Each test works in a schema of its own (`TestDb`) and drops it at the end.
 
@@ -170,10 +171,12 @@ async fn varchar_note_too_long(pad: usize) -> Vec<(&'static str, Failure)> {
 }
 
 /// What README promises for every path: 22001, nothing written, the same
-/// report on every path and every kind of call.
+/// report on every path and every kind of call, naming the first offered
+/// bad row (3, not 7, which the server meets first in key order).
 fn vc_expect_same(got: &[(&'static str, Failure)], p: &str) {
     for (kind, f) in got {
         assert_eq!(f.code.as_deref(), Some("22001"), "{p} {kind}: {f:?}");
+        assert_eq!((f.row, f.field.as_deref()), (Some(3), Some("note")), "{p} {kind}: {f:?}");
     }
 }
 
@@ -262,6 +265,9 @@ async fn numeric_note_out_of_range_and_rounding() {
         let (got, stored, control) = numeric_note(pad).await;
         for (kind, f) in &got {
             assert_eq!(f.code.as_deref(), Some("22003"), "{} {kind}: {f:?}", path(pad));
+            // (Row 3 holds 1000; row 7's 999.995, which rounds out of
+            // range too, comes later.)
+            assert_eq!((f.row, f.field.as_deref()), (Some(3), Some("amount")), "{} {kind}: {f:?}", path(pad));
         }
         assert_eq!(stored, control, "{}: stored as an INSERT stores them", path(pad));
         rows.push((path(pad), got[0].1.row, got[0].1.field.clone()));
@@ -308,6 +314,7 @@ async fn char_note_padding_cut_and_too_long() {
         let before = count(&admin, "ch_note").await;
         let (f, _) = failure(&format!("{p} char"), ChNote::bulk_create_new(&mut w, &bad).await);
         assert_eq!(f.code.as_deref(), Some("22001"), "{p}");
+        assert_eq!((f.row, f.field.as_deref()), (Some(2), Some("note")), "{p}");
         assert_eq!(count(&admin, "ch_note").await, before, "{p}");
         db.drop().await;
     }
@@ -399,9 +406,11 @@ async fn varchar_array_note() {
         let before = count(&admin, "arr_note").await;
         let (f, _) = failure(&format!("{p} array"), ArrNote::bulk_create_new(&mut w, &bad).await);
         assert_eq!(f.code.as_deref(), Some("22001"), "{p}");
+        assert_eq!((f.row, f.field.as_deref()), (Some(2), Some("tags")), "{p}");
         let (f, _) =
             failure(&format!("{p} array upsert"), ArrNote::bulk(&mut w).upsert(Upsert::all_columns()).run(&bad).await);
         assert_eq!(f.code.as_deref(), Some("22001"), "{p}");
+        assert_eq!((f.row, f.field.as_deref()), (Some(2), Some("tags")), "{p}");
         assert_eq!(count(&admin, "arr_note").await, before, "{p}");
         db.drop().await;
     }
@@ -439,6 +448,7 @@ async fn non_key_typmod_narrowed_between_calls() {
         ] {
             let (f, _) = failure(&format!("{p} narrowed {kind}"), r);
             assert_eq!(f.code.as_deref(), Some("22001"), "{p} {kind}");
+            assert_eq!((f.row, f.field.as_deref()), (Some(1), Some("note")), "{p} {kind}: as the table is now");
         }
         assert_eq!(count(&admin, "vc_note").await, 1, "{p}");
         let ok: Vec<VcNote> = [vc(2, "ok"), vc(3, "abc   ")].into_iter().chain(pad_vc(2_000_000)).collect();
@@ -453,6 +463,7 @@ async fn non_key_typmod_narrowed_between_calls() {
             .collect();
         let (f, _) = failure(&format!("{p} narrowed numeric"), NumNote::bulk_create_new(&mut w, &bad).await);
         assert_eq!(f.code.as_deref(), Some("22003"), "{p}");
+        assert_eq!((f.row, f.field.as_deref()), (Some(0), Some("amount")), "{p}");
         assert_eq!(count(&admin, "num_note").await, 1, "{p}");
         db.drop().await;
     }
@@ -511,6 +522,7 @@ async fn varchar_key_narrowed_between_calls_keeps_the_first_offered_row() {
         let before = count(&admin, "vc_key").await;
         let r = VcKey::bulk_create_new(&mut w, &long).await;
         let code = r.as_ref().err().and_then(|e| e.sqlstate()).map(|s| s.code().to_owned());
+        let named = r.as_ref().err().map(|e| (e.row(), e.field().map(str::to_owned)));
         println!("{p} long key after narrowing: {:?}", r.as_ref().map(|r| r.inserted).map_err(|e| e.to_string()));
         assert_eq!(count(&admin, "vc_key").await, before, "{p}: nothing written");
         db.drop().await;
@@ -524,6 +536,7 @@ async fn varchar_key_narrowed_between_calls_keeps_the_first_offered_row() {
         ];
         assert_eq!(got, want, "{p}");
         assert_eq!(code.as_deref(), Some("22001"), "{p}");
+        assert_eq!(named, Some((Some(0), Some("code".to_owned()))), "{p}");
     }
 }
 
@@ -647,5 +660,163 @@ async fn first_call_of_a_new_connection_refuses_like_the_others() {
     assert_eq!(n, ["abcde", "abcde"]);
     db.drop().await;
     assert_eq!(first, warm);
+    assert_eq!((warm.row, warm.field.as_deref()), (Some(3), Some("note")));
     assert_eq!(one.code.as_deref(), Some("22001"));
+    assert_eq!((one.row, one.field.as_deref()), (Some(0), Some("note")));
+}
+
+// ---------------------------------------------------------------------------
+// A type modifier given to a column after the connection checked the
+// table: text made varchar(3), a numeric made numeric(3, 0) (a Decimal
+// field, and an integer field in a numeric column). The server refuses,
+// and the call names the first offered row as the table is now.
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "later", unique(k), id = false)]
+struct Later {
+    k: i64,
+    note: String,
+    #[bulk(sql_type = "numeric")]
+    amount: Decimal,
+    #[bulk(sql_type = "numeric")]
+    count: i64,
+}
+
+fn later(k: i64) -> Later {
+    Later { k, note: "ab".into(), amount: dec("1.5"), count: 7 }
+}
+
+/// SQLSTATE, row and field of an error.
+type Named = (String, Option<usize>, Option<String>);
+
+#[tokio::test]
+async fn a_modifier_given_after_the_check_is_named_on_every_path() {
+    for pad in PADS {
+        let p = path(pad);
+        let db = TestDb::new(&format!("tm_later_{pad}")).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&Later::model().migration_sql()).await.unwrap();
+        let mut w = db.connect().await;
+        // Checked (and, from COPY_BATCH rows, the scratch table made)
+        // without modifiers.
+        let warm: Vec<Later> = (0..=pad as i64).map(|i| later(-1 - i)).collect();
+        Later::bulk_create_new(&mut w, &warm).await.unwrap();
+        admin
+            .batch_execute(
+                "ALTER TABLE later ALTER note TYPE varchar(3), ALTER amount TYPE numeric(3, 0), \
+                 ALTER count TYPE numeric(3, 0)",
+            )
+            .await
+            .unwrap();
+        let batch = |from: i64| -> Vec<Later> { (0..10 + pad as i64).map(|i| later(from + i)).collect() };
+        let mut got = Vec::new();
+        let mut rows = batch(1_000);
+        rows[4].note = "abcd".into();
+        rows[6].note = "abcdef".into();
+        got.push(("note", Later::bulk_create_new(&mut w, &rows).await.err()));
+        let mut rows = batch(2_000);
+        rows[5].amount = dec("999.5");
+        got.push(("amount", Later::bulk(&mut w).returning_keys().run(&rows).await.err()));
+        let mut rows = batch(3_000);
+        rows[2].count = -1_000;
+        got.push(("count", Later::bulk_create_new(&mut w, &rows).await.err()));
+        assert_eq!(count(&admin, "later").await, warm.len() as i64, "{p}: nothing written");
+        let named: Vec<(&str, Option<Named>)> = got
+            .iter()
+            .map(|(what, e)| {
+                let named = e.as_ref().map(|e| {
+                    let code = e.sqlstate().map_or_else(|| e.to_string(), |s| s.code().to_owned());
+                    (code, e.row(), e.field().map(str::to_owned))
+                });
+                (*what, named)
+            })
+            .collect();
+        let want = |code: &str, row: usize, field: &str| Some((code.to_owned(), Some(row), Some(field.to_owned())));
+        assert_eq!(
+            named,
+            [
+                ("note", want("22001", 4, "note")),
+                ("amount", want("22003", 5, "amount")),
+                ("count", want("22003", 2, "count")),
+            ],
+            "{p}"
+        );
+        db.drop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Which row is named: the first offered row whose value the column's
+// modifier refuses, also when the server met another (a repeat of a key,
+// left out before the table sees it, comes first here).
+
+#[tokio::test]
+async fn the_first_offered_refused_row_is_named_a_repeat_included() {
+    for pad in PADS {
+        let p = path(pad);
+        let db = TestDb::new(&format!("tm_which_{pad}")).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&VcNote::model().migration_sql()).await.unwrap();
+        admin.batch_execute(&VcTextNote::model().migration_sql()).await.unwrap();
+        let mut w = db.connect().await;
+        let ib: Vec<VcNote> = [vc(5, "first"), vc(5, "toolong"), vc(6, "six"), vc(9, "longer!")]
+            .into_iter()
+            .chain((0..pad as i64).map(|i| vc(1_000_000 + i, "p")))
+            .collect();
+        let tb: Vec<VcTextNote> =
+            [vct("five", "first"), vct("five", "toolong"), vct("six", "six"), vct("nine", "longer!")]
+                .into_iter()
+                .chain((0..pad).map(|i| vct(&format!("p{i}"), "p")))
+                .collect();
+        let int = VcNote::bulk_create_new(&mut w, &ib).await.expect_err("row 3 is refused");
+        let text = VcTextNote::bulk_create_new(&mut w, &tb).await.expect_err("row 3 is refused");
+        for e in [&int, &text] {
+            assert_eq!(e.sqlstate().map(|s| s.code()), Some("22001"), "{p}: {e}");
+            assert_eq!((e.row(), e.field()), (Some(1), Some("note")), "{p}: {e}");
+        }
+        assert_eq!(count(&admin, "vc_note").await + count(&admin, "vc_tnote").await, 0, "{p}");
+        db.drop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// An integer column made numeric(3, 0) from bigint after the check: the
+// short path names the row at once, the COPY path from the next call on
+// (README).
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "int_only", unique(k), id = false)]
+struct IntOnly {
+    k: i64,
+    n: i64,
+}
+
+#[tokio::test]
+async fn an_integer_column_made_numeric_after_the_check() {
+    for pad in PADS {
+        let p = path(pad);
+        let db = TestDb::new(&format!("tm_int_{pad}")).await;
+        let admin = db.connect().await;
+        admin.batch_execute(&IntOnly::model().migration_sql()).await.unwrap();
+        let mut w = db.connect().await;
+        let warm: Vec<IntOnly> = (0..=pad as i64).map(|i| IntOnly { k: -1 - i, n: 1 }).collect();
+        IntOnly::bulk_create_new(&mut w, &warm).await.unwrap();
+        admin.batch_execute("ALTER TABLE int_only ALTER n TYPE numeric(3, 0)").await.unwrap();
+        let mut rows: Vec<IntOnly> = (0..10 + pad as i64).map(|i| IntOnly { k: i, n: 5 }).collect();
+        rows[2].n = 1_000;
+        let mut named = Vec::new();
+        for _ in 0..2 {
+            let e = IntOnly::bulk_create_new(&mut w, &rows).await.expect_err("1000 is out of range");
+            assert_eq!(e.sqlstate().map(|s| s.code()), Some("22003"), "{p}: {e}");
+            named.push((e.row(), e.field().map(str::to_owned)));
+        }
+        assert_eq!(count(&admin, "int_only").await, warm.len() as i64, "{p}");
+        let at = (Some(2), Some("n".to_owned()));
+        if pad < bulk_tests::COPY_BATCH {
+            assert_eq!(named, [at.clone(), at], "{p}");
+        } else {
+            assert_eq!(named, [(None, None), at], "{p}");
+        }
+        db.drop().await;
+    }
 }

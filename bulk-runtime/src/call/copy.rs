@@ -264,6 +264,7 @@ where
     flush(&mut copy, model, call).await?;
     let sent = Sent { offered: copy.offered, bytes: copy.bytes_sent(), repeats: copy.repeats_possible(), staged };
     call.fingerprint = copy.fingerprint.take();
+    call.watch = copy.watch.take();
     let copied = copy.finish(model).await?;
     debug_assert_eq!(copied, sent.offered);
     Ok(sent)

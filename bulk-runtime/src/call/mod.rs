@@ -53,6 +53,7 @@ use crate::scope::Scope;
 use crate::sql::{self, variants};
 use crate::types::PgType;
 use crate::wire::Fingerprint;
+use crate::wire::limits::Watch;
 use ledger::Claim;
 
 /// Batches shorter than this take the short path (arrays bound as
@@ -84,8 +85,14 @@ where
     It: Iterator<Item = R>,
     R: Borrow<T>,
 {
-    let mut call =
-        Call { kind: &Kind::CreateNew, ledger: None, fingerprint: None, progress: None, receiver: &mut Nothing };
+    let mut call = Call {
+        kind: &Kind::CreateNew,
+        ledger: None,
+        fingerprint: None,
+        progress: None,
+        receiver: &mut Nothing,
+        watch: None,
+    };
     run::<T, C, _, R>(conn, stream::iter(rows.into_iter().map(Ok)), &mut call).await
 }
 
@@ -186,6 +193,7 @@ impl<'a, T: BulkCreateNew, C: Connection + ?Sized, M: Mode> Bulk<'a, T, C, M> {
             fingerprint: None,
             progress: progress.as_deref_mut().map(|f| f as &mut (dyn FnMut(Progress) + Send)),
             receiver: &mut mode,
+            watch: None,
         };
         let report = run::<T, C, S, R>(conn, rows, &mut call).await?;
         Ok(mode.__finish(report))
@@ -213,7 +221,7 @@ where
     };
     let report = match result {
         Ok(report) => report,
-        Err(e) => return Err(explain_failure(conn, model, e).await),
+        Err(e) => return Err(explain_failure(conn, model, e, call.watch.as_ref()).await),
     };
     call.tell(report.offered, Some(&report));
     Ok(report)
@@ -301,7 +309,26 @@ where
         let none = pin!(futures_util::stream::empty::<Result<R, BoxError>>());
         return long::<T, C, _, R>(conn, model, head, none, call).await;
     }
-    drop(head);
+    let result = short_arrays(conn, model, offered, arrays, values_max, call).await;
+    // (The batch is at hand: a value its column's type modifier refuses
+    // is looked for in it only once the server refused one.)
+    if let Err(e) = &result
+        && Watch::refers(e)
+    {
+        call.watch = Some(Watch::of_rows::<T, R>(model, &head));
+    }
+    result
+}
+
+/// [`short`] once the batch is encoded as `arrays`.
+async fn short_arrays<C: Connection + ?Sized>(
+    conn: &mut C,
+    model: &'static Model,
+    offered: u64,
+    arrays: Vec<crate::wire::Encoded>,
+    values_max: Option<usize>,
+    call: &mut Call<'_>,
+) -> Result<Report, Error> {
     // On Citus, a longer batch as a few `VALUES` statements, one per run of
     // shard ids (see `shards`).
     if let Some(max) = values_max
@@ -696,7 +723,9 @@ async fn no_insert_rule(client: &Client, model: &'static Model, kind: &Kind, rep
 
 /// When a statement fails because the table does not fit the model (missing
 /// table, column or unique index, wrong type), report the schema check's
-/// explanation instead of the raw error.
+/// explanation instead of the raw error; when the server refused a value
+/// for its column's type modifier, name the row and field (`watch`: see
+/// [`Watch`]).
 ///
 /// In a caller's transaction the explanation's catalog reads run in a
 /// savepoint of their own, rolled back: the failed call left the caller's
@@ -708,16 +737,30 @@ async fn no_insert_rule(client: &Client, model: &'static Model, kind: &Kind, rep
 /// pooler may hand the server to another client while the next answers are
 /// still on their way (PgBouncer 1.18 then drops them, and the call would
 /// wait for them for ever).
-async fn explain_failure<C: Connection + ?Sized>(conn: &mut C, model: &'static Model, error: Error) -> Error {
+async fn explain_failure<C: Connection + ?Sized>(
+    conn: &mut C,
+    model: &'static Model,
+    error: Error,
+    watch: Option<&Watch>,
+) -> Error {
     if !error.connection_usable() {
         return error;
     }
-    let Some(how) = Explanation::of(&error) else {
+    let how = Explanation::of(&error);
+    if how.is_none() && !watch.is_some_and(|w| w.may_name(&error)) {
         return error;
-    };
+    }
     let client = conn.client();
     let Ok(scope) = Scope::begin(client, conn.nested()).await else { return error };
-    let explained = how.explain(client, model, error).await;
+    let mut explained = match how {
+        Some(how) => how.explain(client, model, error).await,
+        None => error,
+    };
+    // A value its column's type modifier refuses: the first offered row
+    // with such a value, and its field (see `wire::limits`).
+    if let Some(watch) = watch.filter(|w| w.may_name(&explained)) {
+        explained = watch.name(client, model, explained).await;
+    }
     // (Its catalog reads wrote nothing: a failed rollback leaves the
     // connection's next request to report what went wrong.)
     let _ = scope.rollback().await;

@@ -12,6 +12,7 @@ use crate::error::{Error, Step};
 use crate::model::Model;
 use crate::sql::variants;
 use crate::wire::Fingerprint;
+use crate::wire::limits::Watch;
 
 /// One call: what it does, and where its results go.
 pub(crate) struct Call<'c> {
@@ -25,6 +26,9 @@ pub(crate) struct Call<'c> {
     pub progress: Option<&'c mut (dyn FnMut(Progress) + Send)>,
     /// The returned rows.
     pub receiver: &'c mut dyn Run,
+    /// The rows that may hold a value its column's type modifier refuses,
+    /// once known (see [`Watch`]).
+    pub watch: Option<Watch>,
 }
 
 /// The receiver of the plain call, which returns no rows.

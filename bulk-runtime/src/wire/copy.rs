@@ -10,12 +10,14 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, CopyInSink};
 
+use super::limits::Watch;
 use super::values::put_value;
 use crate::BulkCreateNew;
 use crate::error::{Error, Step};
 use crate::model::Model;
 use crate::repeats::{Repeats, key_hash};
 use crate::sql;
+use crate::statements;
 use crate::types::ValueError;
 
 /// Bytes per message sent to the server during COPY.
@@ -48,6 +50,9 @@ pub(crate) struct CopyWriter {
     key_columns: &'static [bool],
     /// The batch's fingerprint so far, when asked (a call with a batch id).
     pub(crate) fingerprint: Option<Fingerprint>,
+    /// The rows that may hold a value its column's type modifier refuses
+    /// (see [`Watch`]), for a table with such columns.
+    pub(crate) watch: Option<Watch>,
 }
 
 impl CopyWriter {
@@ -90,6 +95,7 @@ impl CopyWriter {
             repeats: if watch_repeats { Some(Repeats::new()) } else { None },
             key_columns: &sql::plan(model).key_columns,
             fingerprint: None,
+            watch: Watch::of_columns(model, statements::watched(tx, model).as_deref()),
         })
     }
 
@@ -105,6 +111,9 @@ impl CopyWriter {
         }
         if let Some(fingerprint) = self.fingerprint.as_mut() {
             fingerprint.add_row_of(self.types, &self.buf[start..]);
+        }
+        if let Some(watch) = self.watch.as_mut() {
+            watch.observe_copy_row(self.offered as usize, &self.buf[start..]);
         }
         self.offered += 1;
         self.unsent = true;

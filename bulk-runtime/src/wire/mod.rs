@@ -3,6 +3,7 @@
 //! [`order`]) and as binary COPY rows ([`copy`]).
 
 pub(crate) mod copy;
+pub(crate) mod limits;
 pub(crate) mod order;
 mod values;
 
