@@ -26,7 +26,9 @@ use crate::types::PgType;
 /// `attgenerated`, 24 whether the type is a domain (4 and 8 its name and
 /// schema), 25 the labels of the base type when it is an enum (else NULL),
 /// 26 whether the session has the relation `$2` (the model's scratch table,
-/// `pg_temp.` and its quoted name), 27 the session's `client_encoding`.
+/// `pg_temp.` and its quoted name), 27 the session's `client_encoding`, 28
+/// whether the table's name, as a type name, finds another type than the
+/// table's row type (see `KeyShape::catalog_guard`).
 static COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -47,7 +49,8 @@ SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull OR b.not_nul
        (SELECT ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = et.oid ORDER BY e.enumsortorder)
           FROM pg_type et JOIN pg_namespace en ON en.oid = et.typnamespace
          WHERE et.typname = b.typname AND en.nspname = b.typschema AND et.typtype = 'e'),
-       to_regclass($2) IS NOT NULL, current_setting('client_encoding')
+       to_regclass($2) IS NOT NULL, current_setting('client_encoding'),
+       to_regtype($1) IS DISTINCT FROM (SELECT r.reltype FROM pg_class r WHERE r.oid = a.attrelid)
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
   CROSS JOIN LATERAL {base}
   LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
@@ -287,6 +290,7 @@ pub(crate) async fn verify(tx: &Client, model: &'static Model) -> Result<KeyShap
             Some((row.get(18), row.get(20)))
         });
         statements::set_watched(tx, model, &watched);
+        statements::set_catalog_guard(tx, model, shape.catalog_guard);
         passed(model, &live, &shape);
         Ok(shape)
     } else {
@@ -402,7 +406,7 @@ pub(crate) fn refuse_first_calls(model: &'static Model) {
 /// does not need), and every column of a built-in type (whose description
 /// tokio-postgres reads without a query).
 fn passed(model: &'static Model, live: &[Row], shape: &KeyShape) {
-    if crate::sql::plan(model).first_insert.is_none() || shape.dialect != Dialect::Postgres || !shape.is_plain() {
+    if crate::sql::plan(model).first_insert.is_none() || !shape.is_default() {
         return;
     }
     let Some(first) = live.first() else { return };
@@ -732,9 +736,25 @@ fn column_problems(model: &Model, live: &[Row], resolved: Vec<Option<String>>, p
     }
 }
 
+/// Whether the statements' guards must read the columns' types from the
+/// catalog (see `KeyShape::catalog_guard`): for a model whose columns the
+/// guard can check from the statement (`fragments::columns_fit_by_type`),
+/// when a live column's type is not one it knows, or the table's name
+/// finds another type than its row type.
+fn catalog_guard(model: &Model, live: &[Row]) -> bool {
+    let by_type = model.columns().iter().all(|c| !crate::sql::type_oids(model, c).is_empty());
+    by_type
+        && (live.first().is_some_and(|r| r.get::<_, bool>(28))
+            || model.columns().iter().any(|c| {
+                live.iter()
+                    .find(|r| r.get::<_, &str>(0) == c.name())
+                    .is_some_and(|r| !crate::sql::type_oids(model, c).contains(&r.get::<_, u32>(14)))
+            }))
+}
+
 /// How the live key columns compare (and whether one rounds its values).
 fn key_shape(model: &Model, live: &[Row], problems: &mut Vec<SchemaProblem>) -> KeyShape {
-    let mut shape = KeyShape::default();
+    let mut shape = KeyShape { catalog_guard: catalog_guard(model, live), ..KeyShape::default() };
     for column in model.unique_key() {
         let Some(row) = live.iter().find(|r| r.get::<_, &str>(0) == column.name()) else {
             shape.keys.push(None);

@@ -399,6 +399,38 @@ pub(crate) fn unpadded(client: &Client, model: &'static Model) -> bool {
     guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
 }
 
+/// Per connection, the models whose statements' guards read the columns'
+/// types from the catalog at the connection's last check (see
+/// `KeyShape::catalog_guard`): their statements' guesses, built for a
+/// table that needs no such guard, are not prepared with the check (one
+/// would be made again after it, or, when the table's name finds another
+/// type first, fail to prepare).
+static CATALOG_GUARD: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);
+
+/// Records what `client`'s check of `model` found (see [`CATALOG_GUARD`]).
+pub(crate) fn set_catalog_guard(client: &Client, model: &'static Model, catalog: bool) {
+    let key = key(client, model);
+    if !key.0.known() {
+        return;
+    }
+    let mut guard = CATALOG_GUARD.lock().unwrap_or_else(PoisonError::into_inner);
+    let set = guard.get_or_insert_with(Default::default);
+    if catalog {
+        if set.len() >= MAX_ENTRIES {
+            set.clear();
+        }
+        set.insert(key);
+    } else {
+        set.remove(&key);
+    }
+}
+
+/// Whether [`set_catalog_guard`] recorded it for `client` and `model`.
+pub(crate) fn catalog_guard(client: &Client, model: &'static Model) -> bool {
+    let guard = CATALOG_GUARD.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
+}
+
 /// Per connection, the models whose first call went without the schema
 /// check (see `call::first`).
 static FIRST_CALLS: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);

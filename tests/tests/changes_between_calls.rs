@@ -1441,3 +1441,152 @@ async fn integer_key_altered_to_a_negative_scale_after_the_check_short() {
 async fn integer_key_altered_to_a_negative_scale_after_the_check_copy() {
     key_altered_to_negative_scale!(NegScaleCopy, "negscale_copy", COPY_BATCH)
 }
+
+// ---------------------------------------------------------------------------
+// The table's name also names another type, in a schema before the
+// table's on the search_path (an enum named like the table): the short
+// path's `ON CONFLICT` form reads its columns' types from the catalog then
+// (README). Made before the check, and made after it, then the table
+// altered: counts exact, a retyped column refused, nothing written.
+// ---------------------------------------------------------------------------
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "shadowed", unique(k), id = false)]
+struct Shadowed {
+    k: i64,
+    n: i64,
+}
+
+fn shadowed(from: i64, len: usize) -> Vec<Shadowed> {
+    (from..from + len as i64).map(|k| Shadowed { k, n: (1i64 << 53) + 2 * k + 1 }).collect()
+}
+
+async fn shadow_probe(before_check: bool, in_transaction: bool) {
+    let db = TestDb::new(&format!("shadow_{before_check}_{in_transaction}")).await;
+    let admin = db.connect().await;
+    let front = format!("{}_front", db.schema);
+    admin.batch_execute(&Shadowed::model().migration_sql()).await.unwrap();
+    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}", q(&front))).await.unwrap();
+    let shadow = format!("CREATE TYPE {}.shadowed AS ENUM ('a')", q(&front));
+    if before_check {
+        admin.batch_execute(&shadow).await.unwrap();
+    }
+    let mut w = db.connect().await;
+    w.batch_execute(&format!("SET search_path = {}, {}", q(&front), q(&db.schema))).await.unwrap();
+    let what = format!("shadow made before the check: {before_check}, in a transaction: {in_transaction}");
+    for round in 0..7 {
+        let r = if in_transaction {
+            let mut tx = w.transaction().await.unwrap();
+            let r = Shadowed::bulk_create_new(&mut tx, &shadowed(round * 5, SHORT)).await;
+            tx.commit().await.unwrap();
+            r
+        } else {
+            Shadowed::bulk_create_new(&mut w, &shadowed(round * 5, SHORT)).await
+        };
+        let want = if round == 0 { SHORT } else { 5 };
+        assert_eq!(r.as_ref().map(|r| r.inserted as usize).ok(), Some(want), "{what}, round {round}: {}", describe(&r));
+    }
+    // Another kind of call: its statement is prepared with the next check
+    // (the connection is known to be direct now).
+    let rows = shadowed(500, SHORT);
+    let r = if in_transaction {
+        let mut tx = w.transaction().await.unwrap();
+        let r = Shadowed::bulk(&mut tx).returning_keys().run(&rows).await;
+        tx.commit().await.unwrap();
+        r
+    } else {
+        Shadowed::bulk(&mut w).returning_keys().run(&rows).await
+    };
+    assert_eq!(r.as_ref().map(|r| r.inserted as usize).ok(), Some(SHORT), "{what}, returning_keys: {:?}", r.err());
+    if !before_check {
+        admin.batch_execute(&shadow).await.unwrap();
+    }
+    // Altered in a way that keeps the model fitting: the statement is
+    // parsed again, and the name now finds the enum first.
+    admin.batch_execute("ALTER TABLE shadowed ADD COLUMN extra int").await.unwrap();
+    let r = Shadowed::bulk_create_new(&mut w, &shadowed(1_000, SHORT)).await;
+    assert_eq!(r.as_ref().map(|r| r.inserted as usize).ok(), Some(SHORT), "{what}, column added: {}", describe(&r));
+    let stored = count(&admin, "shadowed").await;
+    admin.batch_execute("ALTER TABLE shadowed ALTER n TYPE double precision").await.unwrap();
+    let r = Shadowed::bulk_create_new(&mut w, &shadowed(2_000, SHORT)).await;
+    assert!(
+        matches!(&r, Err(e) if refused_with(e, |p| matches!(p, SchemaProblem::ColumnType { .. }))),
+        "{what}, retyped: {}",
+        describe(&r)
+    );
+    assert_eq!(count(&admin, "shadowed").await, stored, "{what}: nothing written");
+    admin.batch_execute(&format!("DROP SCHEMA {} CASCADE", q(&front))).await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_type_named_like_the_table_first_on_the_search_path() {
+    for in_transaction in [false, true] {
+        shadow_probe(true, in_transaction).await;
+        shadow_probe(false, in_transaction).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The short path's guard reads the columns' types from the statement while
+// they are built-in types it knows, and from the catalog otherwise: a key
+// column altered to `numeric(20, 0)` (which may round, so the catalog
+// guard), then a payload column to `numeric` (known), then both back, then
+// a payload column to `text` (refused); every call on one connection,
+// counts exact, first offered row kept.
+// ---------------------------------------------------------------------------
+
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "guard_forms", unique(k), id = false)]
+struct GuardForms {
+    k: i64,
+    n: i64,
+}
+
+#[tokio::test]
+async fn the_guard_follows_the_columns_types_back_and_forth() {
+    let db = TestDb::new("guard_forms").await;
+    let admin = db.connect().await;
+    admin.batch_execute(&GuardForms::model().migration_sql()).await.unwrap();
+    let mut w = db.connect().await;
+    let batch = |from: i64| -> Vec<GuardForms> {
+        // Ten new keys, a repeat of the first (kept out) and a stored key.
+        let mut rows: Vec<GuardForms> = (from..from + 10).map(|k| GuardForms { k, n: k * 3 }).collect();
+        rows.push(GuardForms { k: from, n: -1 });
+        rows.push(GuardForms { k: 0, n: -1 });
+        rows
+    };
+    GuardForms::bulk_create_new(&mut w, [GuardForms { k: 0, n: 0 }]).await.unwrap();
+    let steps = [
+        "SELECT 1",
+        "ALTER TABLE guard_forms ALTER k TYPE numeric(20, 0)",
+        "ALTER TABLE guard_forms ALTER n TYPE numeric",
+        "ALTER TABLE guard_forms ALTER k TYPE bigint, ALTER n TYPE bigint",
+        "SELECT 1",
+    ];
+    let mut from = 100;
+    for step in steps {
+        admin.batch_execute(step).await.unwrap();
+        for _ in 0..7 {
+            let r = GuardForms::bulk_create_new(&mut w, &batch(from)).await;
+            assert_eq!(r.as_ref().map(|r| (r.inserted, r.skipped)).ok(), Some((10, 2)), "{step}: {}", describe(&r));
+            let n: i64 = admin
+                .query_one(&format!("SELECT n::bigint FROM guard_forms WHERE k = {from}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, from * 3, "{step}: the first offered row");
+            from += 100;
+        }
+    }
+    admin.batch_execute("ALTER TABLE guard_forms ALTER n TYPE text").await.unwrap();
+    let stored = count(&admin, "guard_forms").await;
+    let r = GuardForms::bulk_create_new(&mut w, &batch(from)).await;
+    assert!(
+        matches!(&r, Err(e) if refused_with(e, |p| matches!(p, SchemaProblem::ColumnType { .. }))),
+        "text: {}",
+        describe(&r)
+    );
+    assert_eq!(count(&admin, "guard_forms").await, stored, "nothing written");
+    db.drop().await;
+}

@@ -364,8 +364,14 @@ impl Statements<'_> {
         // nullable text key, which compares as `ARRAY[k]` and does not
         // parse for a `varchar` column against the batch's `text` (see
         // `schema::key_as`), and one that returns the id column, which the
-        // table may lack (the rows are then returned without ids).
-        let guess_parses = !guess_id && !model.unique_key().any(|c| c.nullable() && c.pg_type() == PgType::Text);
+        // table may lack (the rows are then returned without ids), and one
+        // for a table whose guard, the connection's last check found, reads
+        // the columns' types from the catalog (see `KeyShape::catalog_guard`:
+        // the guess would be made again, or fail to prepare when the
+        // table's name finds another type first).
+        let guess_parses = !guess_id
+            && !model.unique_key().any(|c| c.nullable() && c.pg_type() == PgType::Text)
+            && !statements::catalog_guard(client, model);
         let prepare_guess = prepare && guess_parses;
         let (shape, with_id, statement) =
             join3(self.check(), async { if wants_id { id_usable(client, model).await } else { Ok(false) } }, async {

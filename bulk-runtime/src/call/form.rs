@@ -130,7 +130,10 @@ impl Form {
     /// Whether `error` is the refusal of a statement that names something
     /// the table no longer has (SQLSTATE 42703, 42P01, 42704, 42883): a
     /// statement the connection prepared for the table as its last check
-    /// found it, such as `returning_keys` with an id column dropped since.
+    /// found it, such as `returning_keys` with an id column dropped since;
+    /// or whose guard reads a column of the table's row type by the
+    /// table's name, which now finds another type first (42809: see
+    /// `KeyShape::catalog_guard`).
     /// Refused as the statement was analysed again, before it ran: nothing
     /// was written. The call checks the table again once, and runs a
     /// statement built for what the check finds, or returns the check's
@@ -143,6 +146,7 @@ impl Form {
                     | &SqlState::UNDEFINED_TABLE
                     | &SqlState::UNDEFINED_OBJECT
                     | &SqlState::UNDEFINED_FUNCTION
+                    | &SqlState::WRONG_OBJECT_TYPE
             )
         )
     }
@@ -196,7 +200,7 @@ impl Form {
         if shape.dialect.is_citus() {
             return Cow::Owned(sql::arrays_citus(model, plan.client_ordered, shape));
         }
-        match (self, shape.is_plain()) {
+        match (self, shape.is_plain() && !shape.catalog_guard) {
             (Form::Plain, true) => Cow::Borrowed(&plan.small_insert_plain),
             (Form::OnConflict, true) if proof => Cow::Owned(format!("{}{RULE_PROOF}", plan.small_insert)),
             (Form::OnConflict, true) => Cow::Borrowed(&plan.small_insert),

@@ -497,7 +497,17 @@ mod tests {
         // columns' types are checked.
         let integer = on_conflict_guard(&MODEL, Compared::As(&KeyShape::default()));
         assert!(!integer.contains("pg_index"), "{integer}");
-        at(&integer, &columns_fit(&MODEL));
+        // ... from the statement itself, for a table of built-in types
+        // (the check's default); from the catalog for another table, and
+        // from the scratch table.
+        at(&integer, &crate::sql::fragments::columns_fit_by_type(&MODEL));
+        assert!(!integer.contains("pg_attribute"), "{integer}");
+        at(&integer, r#"pg_typeof((NULL::"my schema"."re""tweet")."re""tweeter")::pg_catalog.oid IN (20) AND "#);
+        at(&integer, r#"pg_typeof((NULL::"my schema"."re""tweet")."author")::pg_catalog.oid IN (25, 1042, 1043))"#);
+        let catalog = KeyShape { catalog_guard: true, ..KeyShape::default() };
+        at(&on_conflict_guard(&MODEL, Compared::As(&catalog)), &columns_fit(&MODEL));
+        let plan = Plan::new(&MODEL);
+        at(&on_conflict_guard(&MODEL, Compared::AsScratch(&plan.scratch)), &columns_fit(&MODEL));
         let plan = Plan::new(&NULLABLE_MODEL);
         let guard = on_conflict_guard(&NULLABLE_MODEL, Compared::As(&KeyShape::default()));
         at(&guard, "AND i.indnullsnotdistinct");

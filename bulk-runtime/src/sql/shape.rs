@@ -24,6 +24,14 @@ pub(crate) struct KeyShape {
     pub keys: Vec<Option<KeyAs>>,
     /// The dialect of the statements on this table.
     pub dialect: Dialect,
+    /// The statements' guards read the columns' types from the catalog
+    /// (`fragments::columns_fit`), not from the statement itself
+    /// (`fragments::columns_fit_by_type`): a column's type is not one of
+    /// the built-in types the latter knows for it (a `citext` column, a
+    /// domain, a `numeric` key column), or the table's name, as a type
+    /// name, finds another type than the table's row type (a type of that
+    /// name in a schema before the table's on the `search_path`).
+    pub catalog_guard: bool,
 }
 
 /// Which SQL a table takes: plain PostgreSQL's, or Citus's for a
@@ -103,7 +111,7 @@ impl KeyShape {
     /// Whether the statements the plan built once per process (plain key,
     /// PostgreSQL's dialect) fit this table.
     pub(crate) fn is_default(&self) -> bool {
-        self.is_plain() && self.dialect == Dialect::Postgres
+        self.is_plain() && self.dialect == Dialect::Postgres && !self.catalog_guard
     }
 
     /// `expr` read as the `i`th key column compares (and as it is stored,
