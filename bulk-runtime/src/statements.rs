@@ -341,62 +341,73 @@ pub(crate) fn watched(client: &Client, model: &'static Model) -> Option<Arc<[boo
     guard.as_ref().and_then(|m| m.get(&key(client, model)).cloned()).filter(|w| w.contains(&true))
 }
 
+/// A set of (connection, model) pairs that a flag holds for: the
+/// per-connection flags below.
+struct Flags(Mutex<Option<std::collections::HashSet<(Identity, usize)>>>);
+
+impl Flags {
+    const fn new() -> Flags {
+        Flags(Mutex::new(None))
+    }
+
+    /// Sets (or clears) the flag of `client` and `model`; nothing for a
+    /// connection that cannot be identified.
+    fn set(&self, client: &Client, model: &'static Model, on: bool) {
+        let key = key(client, model);
+        if !key.0.known() {
+            return;
+        }
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let set = guard.get_or_insert_with(Default::default);
+        if !on {
+            set.remove(&key);
+            return;
+        }
+        if set.len() >= MAX_ENTRIES && !set.contains(&key) {
+            set.clear();
+        }
+        set.insert(key);
+    }
+
+    /// Whether the flag of `client` and `model` is set.
+    fn get(&self, client: &Client, model: &'static Model) -> bool {
+        let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
+    }
+}
+
 /// Per connection, the models whose schema check kept the calls off a
 /// Citus staging table that the query before each COPY found open to the
 /// role (a key compared otherwise than the model's types, other columns,
 /// another co-location): the COPY path does not check again for it each
 /// call (see `call::copy::scratch`).
-static STAGE_REFUSED: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);
+static STAGE_REFUSED: Flags = Flags::new();
 
 /// Records whether `client`'s schema check of `model` refused a staging
 /// table that looked usable.
 pub(crate) fn set_stage_refused(client: &Client, model: &'static Model, refused: bool) {
-    let key = key(client, model);
-    if !key.0.known() {
-        return;
-    }
-    let mut guard = STAGE_REFUSED.lock().unwrap_or_else(PoisonError::into_inner);
-    let set = guard.get_or_insert_with(Default::default);
-    if refused {
-        if set.len() >= MAX_ENTRIES {
-            set.clear();
-        }
-        set.insert(key);
-    } else {
-        set.remove(&key);
-    }
+    STAGE_REFUSED.set(client, model, refused);
 }
 
 /// Whether [`set_stage_refused`] recorded a refusal for `client` and `model`.
 pub(crate) fn stage_refused(client: &Client, model: &'static Model) -> bool {
-    let guard = STAGE_REFUSED.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
+    STAGE_REFUSED.get(client, model)
 }
 
 /// Per connection, the models whose target has a `BEFORE INSERT` row
 /// trigger: their multi-row `VALUES` statements on Citus are not rounded up
 /// by repeats of the last row (see `call::short_attempt`).
-static UNPADDED: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);
+static UNPADDED: Flags = Flags::new();
 
 /// Records that `client`'s calls of `model` send `VALUES` statements of
 /// their own length from now on.
 pub(crate) fn set_unpadded(client: &Client, model: &'static Model) {
-    let key = key(client, model);
-    if !key.0.known() {
-        return;
-    }
-    let mut guard = UNPADDED.lock().unwrap_or_else(PoisonError::into_inner);
-    let set = guard.get_or_insert_with(Default::default);
-    if set.len() >= MAX_ENTRIES && !set.contains(&key) {
-        set.clear();
-    }
-    set.insert(key);
+    UNPADDED.set(client, model, true);
 }
 
 /// Whether [`set_unpadded`] was recorded for `client` and `model`.
 pub(crate) fn unpadded(client: &Client, model: &'static Model) -> bool {
-    let guard = UNPADDED.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
+    UNPADDED.get(client, model)
 }
 
 /// Per connection, the models whose statements' guards read the columns'
@@ -405,30 +416,16 @@ pub(crate) fn unpadded(client: &Client, model: &'static Model) -> bool {
 /// table that needs no such guard, are not prepared with the check (one
 /// would be made again after it, or, when the table's name finds another
 /// type first, fail to prepare).
-static CATALOG_GUARD: Mutex<Option<std::collections::HashSet<(Identity, usize)>>> = Mutex::new(None);
+static CATALOG_GUARD: Flags = Flags::new();
 
 /// Records what `client`'s check of `model` found (see [`CATALOG_GUARD`]).
 pub(crate) fn set_catalog_guard(client: &Client, model: &'static Model, catalog: bool) {
-    let key = key(client, model);
-    if !key.0.known() {
-        return;
-    }
-    let mut guard = CATALOG_GUARD.lock().unwrap_or_else(PoisonError::into_inner);
-    let set = guard.get_or_insert_with(Default::default);
-    if catalog {
-        if set.len() >= MAX_ENTRIES {
-            set.clear();
-        }
-        set.insert(key);
-    } else {
-        set.remove(&key);
-    }
+    CATALOG_GUARD.set(client, model, catalog);
 }
 
 /// Whether [`set_catalog_guard`] recorded it for `client` and `model`.
 pub(crate) fn catalog_guard(client: &Client, model: &'static Model) -> bool {
-    let guard = CATALOG_GUARD.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.as_ref().is_some_and(|set| set.contains(&key(client, model)))
+    CATALOG_GUARD.get(client, model)
 }
 
 /// Per connection, the models whose first call went without the schema

@@ -650,8 +650,8 @@ pub(crate) fn on_conflict_guard(model: &Model, compared: Compared<'_>) -> String
 /// is one of those, and the session reads text as UTF-8. A table whose
 /// columns are of other types (a `citext` column, a domain, a `numeric`
 /// key) gets [`columns_fit`] instead: its check sets
-/// `KeyShape::catalog_guard`. So does a model with a column of a type
-/// this cannot check (an enum): for it, this is [`columns_fit`].
+/// `KeyShape::catalog_guard`. For a model with a column of a type this
+/// cannot check (an enum), this is [`columns_fit`] itself.
 ///
 /// A column's type is read from the statement itself: the type of the
 /// column of a NULL of the table's row type (no privilege needed, no row
