@@ -742,14 +742,14 @@ fn column_problems(model: &Model, live: &[Row], resolved: Vec<Option<String>>, p
 /// when a live column's type is not one it knows, or the table's name
 /// finds another type than its row type.
 fn catalog_guard(model: &Model, live: &[Row]) -> bool {
-    let by_type = model.columns().iter().all(|c| !crate::sql::type_oids(model, c).is_empty());
-    by_type
-        && (live.first().is_some_and(|r| r.get::<_, bool>(28))
-            || model.columns().iter().any(|c| {
-                live.iter()
-                    .find(|r| r.get::<_, &str>(0) == c.name())
-                    .is_some_and(|r| !crate::sql::type_oids(model, c).contains(&r.get::<_, u32>(14)))
-            }))
+    let oids: Vec<Vec<u32>> = model.columns().iter().map(|c| crate::sql::type_oids(model, c)).collect();
+    if oids.iter().any(Vec::is_empty) {
+        return false;
+    }
+    live.first().is_some_and(|r| r.get::<_, bool>(28))
+        || model.columns().iter().zip(&oids).any(|(c, oids)| {
+            live.iter().find(|r| r.get::<_, &str>(0) == c.name()).is_some_and(|r| !oids.contains(&r.get::<_, u32>(14)))
+        })
 }
 
 /// How the live key columns compare (and whether one rounds its values).

@@ -22,6 +22,7 @@
 //! into columns without modifiers pays nothing for it.
 
 use std::borrow::Borrow;
+use std::sync::LazyLock;
 
 use bytes::BytesMut;
 use tokio_postgres::Client;
@@ -356,19 +357,17 @@ impl Watch {
     /// found with a modifier (see [`watched_columns`]).
     pub(crate) async fn name(&self, client: &Client, model: &'static Model, error: Error) -> Error {
         let target = crate::sql::plan(model).target_regclass.as_str();
-        let Ok(rows) = client.query_typed(&limits_sql(), &[(&target, Type::TEXT)]).await else { return error };
+        let Ok(rows) = client.query_typed(LIMITS.as_str(), &[(&target, Type::TEXT)]).await else { return error };
+        let live = |name: &str| {
+            let row = rows.iter().find(|r| r.get::<_, &str>(0) == name)?;
+            Some((row.get::<_, String>(1), row.get::<_, i32>(2)))
+        };
         let limits: Vec<Option<Limit>> = model
             .columns()
             .iter()
-            .map(|c| {
-                let row = rows.iter().find(|r| r.get::<_, &str>(0) == c.name())?;
-                Limit::of(row.get(1), row.get(2))
-            })
+            .map(|c| live(c.name()).and_then(|(base, typmod)| Limit::of(&base, typmod)))
             .collect();
-        let watched = watched_columns(model, |name| {
-            let row = rows.iter().find(|r| r.get::<_, &str>(0) == name)?;
-            Some((row.get(1), row.get(2)))
-        });
+        let watched = watched_columns(model, live);
         crate::statements::set_watched(client, model, &watched);
         let Some(code) = error.sqlstate() else { return error };
         let first = self
@@ -393,14 +392,14 @@ impl Watch {
 
 /// Per column of the table `$1`, its base type's name and type modifier,
 /// for those with a modifier (and `numeric` ones).
-fn limits_sql() -> String {
+static LIMITS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT a.attname::text, b.typname, b.typmod FROM pg_catalog.pg_attribute AS a CROSS JOIN LATERAL {} \
           WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
             AND (b.typmod >= 0 OR b.typname IN ('numeric', '_numeric'))",
         crate::schema::base_type("a.atttypid", "a.atttypmod", "b")
     )
-}
+});
 
 /// Per model column, whether the COPY path watches it (see
 /// [`Watch::of_columns`]), by the base type `base` and modifier `typmod`
