@@ -54,6 +54,10 @@ pub(crate) const PLAIN: &str = "create_new";
 /// The label of the plain call's short-batch insert, `ON CONFLICT` form.
 pub(crate) const PLAIN_ON_CONFLICT: &str = "create_new on conflict";
 
+/// The label of the plain call's short-batch insert, `ON CONFLICT` form
+/// behind the anti-join (after a row the table refused).
+pub(crate) const PLAIN_FILTERED: &str = "create_new filtered";
+
 /// Beyond this many clients × models the map is cleared (entries of dropped
 /// clients would otherwise accumulate in a long-lived process).
 const MAX_ENTRIES: usize = 4096;

@@ -1,6 +1,8 @@
-//! The two forms of a call's insert, and which one an attempt takes: the
+//! The forms of a call's insert, and which one an attempt takes: the
 //! plain anti-join first, `ON CONFLICT` after it met a key another writer
-//! stored meanwhile (see [`contention`](crate::contention)).
+//! stored meanwhile (see [`contention`](crate::contention)); on the short
+//! path, `ON CONFLICT` behind the anti-join after the `ON CONFLICT` form
+//! alone met a row the table refused.
 
 use std::borrow::Cow;
 
@@ -11,7 +13,7 @@ use crate::error::Error;
 use crate::model::Model;
 use crate::sql;
 use crate::sql::{Dialect, KeyShape};
-use crate::statements::{PLAIN, PLAIN_ON_CONFLICT};
+use crate::statements::{PLAIN, PLAIN_FILTERED, PLAIN_ON_CONFLICT};
 
 /// The form of an insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +21,18 @@ pub(crate) enum Form {
     /// The anti-join insert alone: fails with `unique_violation` on a key
     /// another writer stored after the statement's snapshot.
     Plain,
-    /// The anti-join insert with `ON CONFLICT (key) DO NOTHING`.
+    /// The anti-join insert with `ON CONFLICT (key) DO NOTHING` (on the
+    /// short path, in PostgreSQL's dialect, `ON CONFLICT` alone: see
+    /// [`sql::arrays_on_conflict`]).
     OnConflict,
+    /// On the short path, in PostgreSQL's dialect, the anti-join with `ON
+    /// CONFLICT (key) DO NOTHING` ([`sql::arrays_filtered`]), after the `ON
+    /// CONFLICT` form alone failed on a row the table refused
+    /// ([`row_refused`](Form::row_refused)): `ON CONFLICT` alone lets the
+    /// rows of stored keys reach the table's row triggers, `CHECK`
+    /// constraints and type modifiers, which the anti-join keeps them from,
+    /// as in every other form. Elsewhere the same statement as `OnConflict`.
+    Filtered,
 }
 
 /// Batches shorter than this go straight to the `ON CONFLICT` form: for a
@@ -182,11 +194,32 @@ impl Form {
             && model.unique_key().any(|c| c.pg_type() == crate::types::PgType::Text)
     }
 
+    /// Whether `error`, from a statement of the `ON CONFLICT` form alone,
+    /// may be the table's refusal of a row whose key is stored, which the
+    /// anti-join would have kept from the table: a value a column's type
+    /// or type modifier refuses (class 22, but for the guards' own
+    /// refusals, whose messages start with `bulk_runtime:`), a `CHECK`
+    /// constraint (23514), an error a `BEFORE INSERT` trigger raised (class
+    /// P0). PostgreSQL forms each row, and runs its `BEFORE` triggers and
+    /// checks, before `ON CONFLICT` looks for its key. Nothing was written.
+    /// (Not among them: errors raised only for rows that are inserted, such
+    /// as a foreign key's; and a `NULL` in a `NOT NULL` column, 23502, which
+    /// the schema check refuses for a nullable field, so that it comes from
+    /// a column made `NOT NULL` since, and stands for the table, as the
+    /// server reported it.)
+    pub(crate) fn row_refused(error: &Error) -> bool {
+        let Some(code) = error.sqlstate() else { return false };
+        let class = &code.code()[..2];
+        let refused = matches!(class, "22" | "P0") || code == &SqlState::CHECK_VIOLATION;
+        refused && !error.db_error().is_some_and(|db| db.message().starts_with("bulk_runtime:"))
+    }
+
     /// The label of the plain call's short-batch statement in this form.
     pub(crate) fn label(self) -> &'static str {
         match self {
             Form::Plain => PLAIN,
             Form::OnConflict => PLAIN_ON_CONFLICT,
+            Form::Filtered => PLAIN_FILTERED,
         }
     }
 
@@ -211,6 +244,8 @@ impl Form {
                 let sql = sql::arrays_on_conflict(model, plan.client_ordered, shape);
                 Cow::Owned(if proof { format!("{sql}{RULE_PROOF}") } else { sql })
             }
+            // (Only after a refused row: built when it is needed.)
+            (Form::Filtered, _) => Cow::Owned(sql::arrays_filtered(model, plan.client_ordered, shape)),
         }
     }
 
@@ -227,8 +262,8 @@ impl Form {
                 return match (self, repeats) {
                     (Form::Plain, true) => &plan.insert_staged_plain,
                     (Form::Plain, false) => &plan.insert_staged_plain_distinct_keys,
-                    (Form::OnConflict, true) => &plan.insert_staged,
-                    (Form::OnConflict, false) => &plan.insert_staged_distinct_keys,
+                    (Form::OnConflict | Form::Filtered, true) => &plan.insert_staged,
+                    (Form::OnConflict | Form::Filtered, false) => &plan.insert_staged_distinct_keys,
                 };
             }
             Dialect::Postgres => {}
@@ -236,7 +271,7 @@ impl Form {
         match (self, repeats) {
             (Form::Plain, true) => &plan.insert_plain,
             (Form::Plain, false) => &plan.insert_plain_distinct_keys,
-            (Form::OnConflict, _) => &plan.insert,
+            (Form::OnConflict | Form::Filtered, _) => &plan.insert,
         }
     }
 }

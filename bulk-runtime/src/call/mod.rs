@@ -419,6 +419,19 @@ async fn short_arrays<C: Connection + ?Sized>(
                 rechecked = true;
                 continue;
             }
+            if form == Form::OnConflict
+                && rows.is_none()
+                && matches!(call.kind, Kind::CreateNew)
+                && !crate::statements::dialect(conn.client(), model).is_citus()
+                && result.as_ref().is_err_and(Form::row_refused)
+            {
+                // The table refused a row (nothing was written), perhaps
+                // one of a stored key, which `ON CONFLICT` alone lets reach
+                // it: once more behind the anti-join, which skips such a
+                // row as every other form does; a new key's row fails again.
+                form = Form::Filtered;
+                continue;
+            }
             return result;
         }
     }

@@ -128,6 +128,43 @@ pub(crate) fn scratch_on_conflict(model: &Model, scratch_table: &str) -> String 
     )
 }
 
+/// The short path's insert after its `ON CONFLICT` form failed on a row
+/// the table refused (see `Form::Filtered`): the anti-join before `ON
+/// CONFLICT`, so that the rows of keys already stored never reach the
+/// table, its row triggers, its `CHECK` constraints or its columns' type
+/// modifiers, as in the plain form and the COPY path's `ON CONFLICT` form:
+///
+/// ```sql
+/// INSERT INTO target (cols)
+/// SELECT DISTINCT ON (u.key) u.cols FROM unnest(...) AS u(__bulk_ord, cols)
+/// WHERE NOT EXISTS (SELECT 1 FROM target AS t WHERE t.key = u.key)
+/// ORDER BY u.key, u.__bulk_ord
+/// ON CONFLICT (key) DO NOTHING
+/// ```
+///
+/// A key another writer stored after the statement's snapshot meets `ON
+/// CONFLICT` (its row reaches the table then, as in the COPY path's form).
+/// Guarded as [`arrays_on_conflict`] is. Without `DISTINCT ON` and
+/// positions for a key the client orders (`client_ordered`).
+pub(crate) fn arrays_filtered(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
+    let key = cols("u", model.unique_key());
+    let (distinct, order) = if client_ordered {
+        (String::new(), key)
+    } else {
+        (format!("DISTINCT ON ({key}) "), format!("{key}, u.{}", q(ORD)))
+    };
+    format!(
+        "INSERT INTO {target} ({names}) SELECT {distinct}{cols} FROM {source} WHERE {not_stored} ORDER BY {order} \
+         ON CONFLICT ({key_names}) DO NOTHING",
+        target = model.qualified_name(),
+        names = names(model.columns()),
+        cols = on_conflict_cols(model, "u", Compared::As(shape)),
+        source = arrays(model, "u", layout(client_ordered), shape),
+        not_stored = not_stored(model, "u"),
+        key_names = names(model.unique_key()),
+    )
+}
+
 /// The short path's `ON CONFLICT` form (batches under
 /// [`PLAIN_FROM`](crate::call::PLAIN_FROM) rows, and the attempt after a
 /// conflict):

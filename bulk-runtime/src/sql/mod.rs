@@ -14,7 +14,9 @@ pub(crate) mod variants;
 pub(crate) use fragments::{
     KEY_INDEX_CHANGED, STAGE_CHANGED, before_insert_row_triggers, insert_rule_names, literal, type_oids,
 };
-pub(crate) use insert::{arrays_citus, arrays_on_conflict, arrays_plain, returning_all, values_on_conflict};
+pub(crate) use insert::{
+    arrays_citus, arrays_filtered, arrays_on_conflict, arrays_plain, returning_all, values_on_conflict,
+};
 pub(crate) use plan::{KeyForm, plan, scratch_ddl};
 pub(crate) use shape::{Dialect, KeyAs, KeyShape, VARHDRSZ};
 

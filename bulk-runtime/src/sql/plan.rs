@@ -752,6 +752,34 @@ mod tests {
         assert_eq!(plan.small_types, vec![Type::INT8_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY]);
     }
 
+    #[test]
+    fn filtered_statement_anti_joins_before_on_conflict() {
+        // A text key: the server sorts, and keeps the first offered row.
+        let shape = KeyShape::default();
+        let sql = insert::arrays_filtered(&NULLABLE_MODEL, false, &shape);
+        let distinct = at(&sql, r#"SELECT DISTINCT ON (u."label", u."owner") "#);
+        let arrays = at(&sql, "unnest($1::bigint[], $2::integer[], $3::text[], $4::bytea[])");
+        let stored = at(&sql, r#"WHERE NOT EXISTS (SELECT 1 FROM "tag" AS "t" WHERE "#);
+        let order = at(&sql, r#"ORDER BY u."label", u."owner", u."__bulk_ord""#);
+        let conflict = at(&sql, r#"ON CONFLICT ("label", "owner") DO NOTHING"#);
+        assert!(distinct < arrays && arrays < stored && stored < order && order < conflict, "{sql}");
+        assert!(sql.ends_with("DO NOTHING"), "{sql}");
+        // The `ON CONFLICT` form's guard, not the plain form's rules guard.
+        let plain = Plan::new(&NULLABLE_MODEL).small_insert;
+        let guard = |s: &str| s.split(" FROM ").next().unwrap().to_owned();
+        assert_eq!(guard(&sql), guard(&plain), "{sql}");
+        assert!(!sql.contains("pg_rewrite"), "{sql}");
+
+        // An integer key the client orders: no positions, no DISTINCT ON.
+        let sql = insert::arrays_filtered(&MODEL, true, &shape);
+        let arrays =
+            at(&sql, r#"unnest($1::bigint[], $2::bigint[], $3::text[]) AS u("tweet", "re""tweeter", "author")"#);
+        let stored = at(&sql, "WHERE NOT EXISTS (");
+        let order = at(&sql, r#"ORDER BY u."tweet", u."re""tweeter" ON CONFLICT"#);
+        assert!(arrays < stored && stored < order, "{sql}");
+        assert!(!sql.contains("DISTINCT") && !sql.contains(ORD), "{sql}");
+    }
+
     /// Array columns (one nullable) beside an integer key and a text column.
     static ARRAY_COLUMNS: [Column; 4] = [
         ColumnSpec::of("key", PgType::Int8).build(),
