@@ -5072,3 +5072,123 @@ mod lock_timeout_while_preparing {
 /// declared last, so that it sees this file's macros.
 #[path = "citus/kinds.rs"]
 mod kinds;
+
+// ---------------------------------------------------------------------------
+// Rows the table would refuse, of keys already stored.
+
+/// A table that refuses some values: longer than its `varchar(5)` column
+/// takes (22001), refused by its `CHECK` (23514), beyond its `numeric(5,
+/// 2)` (22003). A `double precision` key: `0.0` and `-0.0` are one key to
+/// the table but not to the client, so that the staging table's plain form
+/// meets a conflict, and the calls after it go straight to `ON CONFLICT`.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "rf", unique(k), id = false)]
+struct Refusable {
+    k: f64,
+    #[bulk(sql_type = "varchar(5)")]
+    w: String,
+    #[bulk(sql_type = "numeric(5, 2)")]
+    amount: rust_decimal::Decimal,
+}
+
+/// Offered rows of keys `from..from + len` (as `1.0 + k`), then `0.0` and
+/// `-0.0` (new once, one key): those of the keys `stored` holds carry a
+/// value the table refuses. Returns the batch and the rows it adds.
+fn refusable_batch(from: usize, len: usize, stored: &BTreeSet<usize>) -> (Vec<Refusable>, usize) {
+    let mut batch = Vec::new();
+    let mut new = 0;
+    for k in from..from + len {
+        let mut row = Refusable { k: 1.0 + k as f64, w: "n".into(), amount: rust_decimal::Decimal::new(250, 2) };
+        if stored.contains(&k) {
+            match k % 3 {
+                0 => row.w = "toolong".into(),
+                1 => row.w = "bad".into(),
+                _ => row.amount = rust_decimal::Decimal::new(100_000, 2),
+            }
+        } else {
+            new += 1;
+        }
+        batch.push(row);
+    }
+    if from == 0 {
+        for k in [0.0, -0.0] {
+            batch.push(Refusable { k, w: "z".into(), amount: rust_decimal::Decimal::ONE });
+        }
+        new += 1;
+    }
+    (batch, new)
+}
+
+/// Rows of stored keys with a value the table would refuse: with a staging
+/// table, the plain call skips them on every path (the short path's `ON
+/// CONFLICT` statements fail on them, and the batch then goes through the
+/// staging table, whose forms skip them, `ON CONFLICT` behind the
+/// anti-join included), with exact counts, the stored rows as they were;
+/// without one (distributed or reference), every form is `ON CONFLICT`
+/// alone, and the call fails with the table's error, nothing written
+/// (README, "Rows the table would refuse, of a key already stored").
+async fn refused_rows_of_stored_keys(placement: Placement, on: On) {
+    let tag = format!("{} {on:?}", placement.name());
+    let db =
+        CitusDb::new(&format!("refusable_{}_{}", placement.name(), if on == On::Client { "c" } else { "t" })).await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE rf (k double precision PRIMARY KEY, w varchar(5) NOT NULL CHECK (w <> 'bad'), \
+             amount numeric(5, 2) NOT NULL)",
+        )
+        .await
+        .expect("create rf");
+    placement.place::<Refusable>(&client, "rf").await;
+    let admin = db.connect().await;
+    let mut from = 0;
+    let mut rows = 0i64;
+    for len in [10, 10, 700, LONG, 700, 10, LONG] {
+        // Every third key of the batch stored before the call.
+        let stored: BTreeSet<usize> = (from..from + len).filter(|k| k % 3 == 1).collect();
+        let values: Vec<String> = stored.iter().map(|k| format!("({}, 's', 1.00)", 1.0 + *k as f64)).collect();
+        admin.batch_execute(&format!("INSERT INTO rf VALUES {}", values.join(", "))).await.expect("store");
+        rows += stored.len() as i64;
+        let (batch, new) = refusable_batch(from, len, &stored);
+        let what = format!("{tag}, {len} rows from {from}");
+        let got = call!(client, on, |c| Refusable::bulk_create_new(c, &batch));
+        match (matches!(placement, Placement::Staged(_)), got) {
+            (true, Ok(report)) => {
+                assert_eq!((report.inserted, report.skipped), (new as u64, (batch.len() - new) as u64), "{what}");
+                rows += new as i64;
+            }
+            (true, Err(e)) => panic!("{what}: {e:?}"),
+            (_, Ok(report)) => panic!("{what}: refused rows of stored keys went through: {report:?}"),
+            (_, Err(e)) => {
+                let code = e.sqlstate().map_or("", |s| s.code());
+                assert!(["22001", "22003", "23514"].contains(&code), "{what}: {e}");
+                assert!(e.connection_usable(), "{what}: {e}");
+            }
+        }
+        assert_eq!(count(&admin, "rf").await, rows, "{what}");
+        let changed: i64 = admin
+            .query_one("SELECT count(*) FROM rf WHERE w NOT IN ('s', 'n', 'z') OR amount > 3", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(changed, 0, "{what}: a refused value or a stored row changed");
+        from += len;
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_are_skipped_with_a_staging_table() {
+    refused_rows_of_stored_keys(Placement::Staged("k"), On::Client).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_are_skipped_with_a_staging_table_in_a_transaction() {
+    refused_rows_of_stored_keys(Placement::Staged("k"), On::Transaction).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_fail_the_call_without_a_staging_table() {
+    refused_rows_of_stored_keys(Placement::Distributed("k"), On::Client).await;
+    refused_rows_of_stored_keys(REF, On::Transaction).await;
+}

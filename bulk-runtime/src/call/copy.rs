@@ -362,13 +362,17 @@ async fn set_work_mem(tx: &Client, model: &'static Model, sent: &Sent, nested: b
     }
 }
 
-/// The savepoint around the plain form of the COPY path's insert.
+/// The savepoint around the plain form of the COPY path's insert (from a
+/// Citus staging table, around each form).
 const PLAIN_SAVEPOINT: &str = "bulk_create_new_plain";
 
 /// The plain call's insert from the scratch table: the plain form first,
 /// inside a savepoint; on `unique_violation` (a key another writer stored
 /// meanwhile) back to the savepoint, and the `ON CONFLICT` form on the same
-/// scratch rows (see [`Form`]). One round trip, two after a conflict; with
+/// scratch rows (see [`Form`]); from a Citus staging table, after the `ON
+/// CONFLICT` form failed on a row the table refused, back to the savepoint
+/// again and the filtered form ([`Form::Filtered`]). One round trip, two
+/// after a conflict; with
 /// `and_commit` outside a caller's transaction, the commit goes in the same
 /// request, so once it is sent the call completes even if its future is
 /// dropped. Returns the call's report.
@@ -400,13 +404,21 @@ async fn insert_new(
     // rows attempted (see `Plan::stage_guard`); the call then fails, nothing
     // written. (The plain form's tag counts exactly there too: it inserts
     // every row it attempts, or fails.)
-    let stage_guard = (dialect == Dialect::CitusStaged).then_some(plan.stage_guard.as_str());
+    let staged = dialect == Dialect::CitusStaged;
+    let stage_guard = staged.then_some(plan.stage_guard.as_str());
     if form == Form::Plain {
         request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
         request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
         // From the staging table, the key's guard follows the insert (see
         // `Plan::staged_guard`); a refusal rolls back to the savepoint.
-        request.push_opt((dialect == Dialect::CitusStaged).then_some(plan.staged_guard.as_str()));
+        request.push_opt(staged.then_some(plan.staged_guard.as_str()));
+        request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
+    } else if staged {
+        // From the staging table, the `ON CONFLICT` form in the savepoint
+        // too: see `Form::Filtered` below.
+        request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
+        request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+        request.push_opt(stage_guard);
         request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
     } else {
         request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
@@ -425,13 +437,30 @@ async fn insert_new(
             // call's error, and nothing was written.
             return Err(refused.take().expect("checked above"));
         }
-        if let Some(again) = form.after(model, &result) {
+        // From the staging table, the `ON CONFLICT` form alone lets the
+        // rows of stored keys reach the table's row triggers, checks and
+        // type modifiers: after it failed on a row the table refused
+        // (nothing written since the savepoint), the insert behind the
+        // anti-join as well, which skips such a row as the plain form does
+        // (a new key's row fails it again).
+        let filtered = || {
+            (staged && form == Form::OnConflict && result.as_ref().is_err_and(Form::row_refused))
+                .then_some(Form::Filtered)
+        };
+        if let Some(again) = form.after(model, &result).or_else(filtered) {
             form = again;
             request = Request::default();
             request.push(&format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}"));
-            request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
-            request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
-            request.push_opt(stage_guard);
+            if staged {
+                // (The savepoint kept until the insert succeeded.)
+                request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+                request.push_opt(stage_guard);
+                request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
+            } else {
+                request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
+                request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+                request.push_opt(stage_guard);
+            }
             refused = result.err();
             continue;
         }

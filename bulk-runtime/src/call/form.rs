@@ -31,7 +31,9 @@ pub(crate) enum Form {
     /// ([`row_refused`](Form::row_refused)): `ON CONFLICT` alone lets the
     /// rows of stored keys reach the table's row triggers, `CHECK`
     /// constraints and type modifiers, which the anti-join keeps them from,
-    /// as in every other form. Elsewhere the same statement as `OnConflict`.
+    /// as in every other form. On the COPY path from a Citus staging table,
+    /// the insert from it with both (after the `ON CONFLICT` form failed on
+    /// such a row); elsewhere the same statement as `OnConflict`.
     Filtered,
 }
 
@@ -262,8 +264,10 @@ impl Form {
                 return match (self, repeats) {
                     (Form::Plain, true) => &plan.insert_staged_plain,
                     (Form::Plain, false) => &plan.insert_staged_plain_distinct_keys,
-                    (Form::OnConflict | Form::Filtered, true) => &plan.insert_staged,
-                    (Form::OnConflict | Form::Filtered, false) => &plan.insert_staged_distinct_keys,
+                    (Form::OnConflict, true) => &plan.insert_staged,
+                    (Form::OnConflict, false) => &plan.insert_staged_distinct_keys,
+                    (Form::Filtered, true) => &plan.insert_staged_filtered,
+                    (Form::Filtered, false) => &plan.insert_staged_filtered_distinct_keys,
                 };
             }
             Dialect::Postgres => {}

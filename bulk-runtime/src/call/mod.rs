@@ -310,6 +310,20 @@ where
         return long::<T, C, _, R>(conn, model, head, none, call).await;
     }
     let result = short_arrays(conn, model, offered, arrays, values_max, call).await;
+    if matches!(call.kind, Kind::CreateNew)
+        && result.as_ref().is_err_and(Form::row_refused)
+        && crate::statements::dialect(conn.client(), model) == sql::Dialect::CitusStaged
+    {
+        // On Citus the short path's statements are `ON CONFLICT` alone (the
+        // batch cannot be anti-joined with a distributed table), which lets
+        // the rows of stored keys reach the table's row triggers, checks
+        // and type modifiers; the table refused one (nothing written). With
+        // a staging table, the COPY path's insert from it skips such rows,
+        // as every form does on plain PostgreSQL: the batch goes that way
+        // (a new key's row fails it again).
+        let none = pin!(futures_util::stream::empty::<Result<R, BoxError>>());
+        return long::<T, C, _, R>(conn, model, head, none, call).await;
+    }
     // (The batch is at hand: a value its column's type modifier refuses
     // is looked for in it only once the server refused one.)
     if let Err(e) = &result

@@ -301,7 +301,10 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
 /// (SELECT 1 FROM target AS t WHERE t.key = s.key) ORDER BY ...`, one plain
 /// insert per new row (no speculative insertion); a key another writer
 /// stored meanwhile fails it with `unique_violation`, and the call runs the
-/// `ON CONFLICT` form. The anti-join joins on the key, which holds the
+/// `ON CONFLICT` form. With both (`anti_join` and `on_conflict`: after the
+/// `ON CONFLICT` form failed on a row the table refused), the rows
+/// of stored keys never reach the table, its triggers or its checks. The
+/// anti-join joins on the key, which holds the
 /// distribution column, so it stays on each shard. Its guard is a statement
 /// of its own ([`Plan::staged_guard`](super::Plan::staged_guard)), run after
 /// it: a catalog query inside a distributed statement would not stay on
@@ -320,9 +323,10 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
 /// `unique_violation`, and this form follows). The staging table holds
 /// only the call's own rows (the rows of other sessions' calls are never
 /// committed, so never seen).
-pub(crate) fn staged_citus(model: &Model, repeats: bool, plain: bool) -> String {
+pub(crate) fn staged_citus(model: &Model, repeats: bool, anti_join: bool, on_conflict: bool) -> String {
     let s_key = cols("\"s\"", model.unique_key());
     let distinct = if repeats { format!("DISTINCT ON ({s_key}) ") } else { String::new() };
+    let plain = anti_join && !on_conflict;
     // Offered order within a key, but for the plain form of distinct keys
     // (which inserts no key twice, or fails).
     let order = if plain && !repeats { s_key.clone() } else { format!("{s_key}, \"s\".{}", q(ORD)) };
@@ -332,11 +336,9 @@ pub(crate) fn staged_citus(model: &Model, repeats: bool, plain: bool) -> String 
         Some(id) => (format!("{}, ", q(id)), format!("\"s\".{}, ", q(id))),
         None => (String::new(), String::new()),
     };
-    let (filter, on_conflict) = if plain {
-        (format!(" WHERE {}", not_stored(model, "\"s\"")), String::new())
-    } else {
-        (String::new(), format!(" ON CONFLICT ({}) DO NOTHING", names(model.unique_key())))
-    };
+    let filter = if anti_join { format!(" WHERE {}", not_stored(model, "\"s\"")) } else { String::new() };
+    let on_conflict =
+        if on_conflict { format!(" ON CONFLICT ({}) DO NOTHING", names(model.unique_key())) } else { String::new() };
     format!(
         "INSERT INTO {target} ({id}{names}) SELECT {distinct}{s_id}{s_cols} FROM {stage} AS \"s\"{filter} \
          ORDER BY {order}{on_conflict}",

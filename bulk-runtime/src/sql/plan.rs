@@ -63,6 +63,12 @@ pub(crate) struct Plan {
     pub insert_staged_plain: String,
     /// The same, for a batch without a repeated key (no `DISTINCT ON`).
     pub insert_staged_plain_distinct_keys: String,
+    /// The insert from the staging table with the anti-join and `ON
+    /// CONFLICT`, after the `ON CONFLICT` form failed on a row the table
+    /// refused (perhaps of a stored key); see [`insert::staged_citus`].
+    pub insert_staged_filtered: String,
+    /// The same, for a batch without a repeated key (no `DISTINCT ON`).
+    pub insert_staged_filtered_distinct_keys: String,
     /// `SELECT` of [`key_index_guard`](super::fragments::key_index_guard),
     /// run after the plain insert from the staging table, in its savepoint:
     /// fails (`division_by_zero`) unless the target has the unique index
@@ -153,10 +159,12 @@ impl Plan {
             insert_citus: insert::scratch_citus(model, &scratch, true),
             insert_citus_distinct_keys: insert::scratch_citus(model, &scratch, false),
             clear: format!("DELETE FROM pg_temp.{}", quote_ident(&scratch)),
-            insert_staged: insert::staged_citus(model, true, false),
-            insert_staged_distinct_keys: insert::staged_citus(model, false, false),
-            insert_staged_plain: insert::staged_citus(model, true, true),
-            insert_staged_plain_distinct_keys: insert::staged_citus(model, false, true),
+            insert_staged: insert::staged_citus(model, true, false, true),
+            insert_staged_distinct_keys: insert::staged_citus(model, false, false, true),
+            insert_staged_plain: insert::staged_citus(model, true, true, false),
+            insert_staged_plain_distinct_keys: insert::staged_citus(model, false, true, false),
+            insert_staged_filtered: insert::staged_citus(model, true, true, true),
+            insert_staged_filtered_distinct_keys: insert::staged_citus(model, false, true, true),
             staged_guard: format!("SELECT {}", fragments::key_index_guard(model, fragments::Compared::Unchecked)),
             stage_guard: fragments::stage_guard(
                 model,
@@ -1156,6 +1164,17 @@ mod tests {
             assert!(!plain.contains("ON CONFLICT") && !plain.contains("pg_index"), "{plain}");
         }
         assert!(!plan.insert_staged_distinct_keys.contains("DISTINCT ON"));
+        // Its filtered form (after a row the table refused): both, the
+        // anti-join before ON CONFLICT, offered order within a key.
+        for (filtered, distinct) in
+            [(&plan.insert_staged_filtered, true), (&plan.insert_staged_filtered_distinct_keys, false)]
+        {
+            let anti = at(filtered, r#"WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
+            let order = at(filtered, r#"ORDER BY "s"."tweet", "s"."re""tweeter", "s"."__bulk_ord" ON CONFLICT"#);
+            assert!(anti < order, "{filtered}");
+            assert_eq!(filtered.contains("DISTINCT ON"), distinct, "{filtered}");
+            assert!(filtered.ends_with(r#"ON CONFLICT ("tweet", "re""tweeter") DO NOTHING"#), "{filtered}");
+        }
         // Keys of other bytes may be one key to the table: the first
         // offered goes in first.
         at(
