@@ -6,7 +6,7 @@
 //! cargo bench -p bulk-runtime --bench strategies              # sizes 10..1M
 //! cargo bench -p bulk-runtime --bench strategies -- --sizes 100000,1000000
 //! cargo bench -p bulk-runtime --bench strategies -- --sizes 100000 --mixes fresh --strategies 1,3 --reps 21
-//! cargo bench -p bulk-runtime --bench strategies -- warm      # per-call cost, 10 existing rows
+//! cargo bench -p bulk-runtime --bench strategies -- warm [ROWS] # per-call cost, 10 (or ROWS) existing rows
 //! cargo bench -p bulk-runtime --bench strategies -- concurrent
 //! cargo bench -p bulk-runtime --bench strategies -- explain 100000 stored50
 //! cargo bench -p bulk-runtime --bench strategies -- models    # other models' scratch tables in the session
@@ -614,11 +614,13 @@ async fn table_run(options: TableOptions) {
     print!("{summary}");
 }
 
-async fn warm_run() {
+/// `rows` rows whose keys are all stored (10 unless given: `warm 100`),
+/// 1,000 calls per strategy on one connection, taking turns.
+async fn warm_run(rows: usize) {
     let mut client = connect().await;
     setup(&client).await;
     let mut prepared = prepare(&client).await;
-    let case = make_case(10, Mix::Fresh, 7);
+    let case = make_case(rows, Mix::Fresh, 7);
     let all_stored = Case { batch: case.batch.clone(), prestored: case.batch.clone(), new_rows: Vec::new() };
     reset(&client, &all_stored).await;
     println!("| strategy | calls | median µs/call | mean µs/call |\n| --- | ---: | ---: | ---: |");
@@ -944,7 +946,7 @@ async fn fresh_run(reps: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     match args.first().map(String::as_str) {
-        Some("warm") => warm_run().await,
+        Some("warm") => warm_run(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10)).await,
         Some("concurrent") => concurrent_run().await,
         Some("citus") => citus::citus_run(&args[1..]).await,
         Some("models") => models_run().await,
@@ -977,7 +979,7 @@ async fn main() {
         }
         Some(other) if !other.starts_with("--") => {
             eprintln!(
-                "unknown mode {other}; expected warm, concurrent, citus [OPTIONS], models, fresh [REPS], fresh-cpu [REPS] [SIZES], first-parts [REPS] [SIZES], stream N [--collect], \
+                "unknown mode {other}; expected warm [ROWS], concurrent, citus [OPTIONS], models, fresh [REPS], fresh-cpu [REPS] [SIZES], first-parts [REPS] [SIZES], stream N [--collect], \
                  writers [W] [N] [--shared PCT] [--rounds R] [--explain], \
                  stream-marks N [--calls C] [--every M] [--sample S] [--keep], explain N MIX, \
                  or table options (--quick, --sizes N,N, --mixes M,M, --strategies 1,2,3, --reps N)"

@@ -505,6 +505,12 @@ mod tests {
         // columns' types are checked.
         let integer = on_conflict_guard(&MODEL, Compared::As(&KeyShape::default()));
         assert!(!integer.contains("pg_index"), "{integer}");
+        // Evaluated once per statement, not per row: a scalar subquery
+        // (but in Citus's dialect).
+        assert!(integer.starts_with("(SELECT CASE WHEN ") && integer.ends_with(" END)"), "{integer}");
+        let plan = Plan::new(&MODEL);
+        let citus = on_conflict_guard(&MODEL, Compared::AsCitusScratch(&plan.scratch));
+        assert!(citus.starts_with("CASE WHEN "), "{citus}");
         // ... from the statement itself, for a table of built-in types
         // (the check's default); from the catalog for another table, and
         // from the scratch table.
