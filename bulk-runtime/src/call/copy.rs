@@ -406,23 +406,24 @@ async fn insert_new(
     // every row it attempts, or fails.)
     let staged = dialect == Dialect::CitusStaged;
     let stage_guard = staged.then_some(plan.stage_guard.as_str());
-    if form == Form::Plain {
+    // The plain form runs in a savepoint (a conflict rolls back to it);
+    // from the staging table every form does (so does a refused row: see
+    // `Form::after_refused` below), the savepoint kept until the insert
+    // succeeded.
+    let savepoint = form == Form::Plain || staged;
+    if savepoint {
         request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
-        request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+    }
+    request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+    if form == Form::Plain {
         // From the staging table, the key's guard follows the insert (see
         // `Plan::staged_guard`); a refusal rolls back to the savepoint.
         request.push_opt(staged.then_some(plan.staged_guard.as_str()));
-        request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
-    } else if staged {
-        // From the staging table, the `ON CONFLICT` form in the savepoint
-        // too: see `Form::Filtered` below.
-        request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
-        request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
-        request.push_opt(stage_guard);
-        request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
     } else {
-        request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
         request.push_opt(stage_guard);
+    }
+    if savepoint {
+        request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
     }
     let mut refused: Option<Error> = None;
     loop {
@@ -437,29 +438,19 @@ async fn insert_new(
             // call's error, and nothing was written.
             return Err(refused.take().expect("checked above"));
         }
-        // From the staging table, the `ON CONFLICT` form alone lets the
-        // rows of stored keys reach the table's row triggers, checks and
-        // type modifiers: after it failed on a row the table refused
-        // (nothing written since the savepoint), the insert behind the
-        // anti-join as well, which skips such a row as the plain form does
-        // (a new key's row fails it again).
-        let filtered = || {
-            (staged && form == Form::OnConflict && result.as_ref().is_err_and(Form::row_refused))
-                .then_some(Form::Filtered)
-        };
-        if let Some(again) = form.after(model, &result).or_else(filtered) {
+        // (From the staging table, the `ON CONFLICT` form is the insert
+        // alone, without the anti-join.)
+        if let Some(again) = form.after(model, &result).or_else(|| form.after_refused(staged, &result)) {
             form = again;
             request = Request::default();
             request.push(&format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}"));
+            if !staged {
+                request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
+            }
+            request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
+            request.push_opt(stage_guard);
             if staged {
-                // (The savepoint kept until the insert succeeded.)
-                request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
-                request.push_opt(stage_guard);
                 request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
-            } else {
-                request.push(&format!("RELEASE SAVEPOINT {PLAIN_SAVEPOINT}"));
-                request.push_counted(form.scratch_sql(model, sent.repeats, dialect));
-                request.push_opt(stage_guard);
             }
             refused = result.err();
             continue;

@@ -108,6 +108,17 @@ impl Form {
         }
     }
 
+    /// The form to run the call again in after an attempt in this form:
+    /// the filtered form, after the `ON CONFLICT` form failed on a row the
+    /// table refused ([`row_refused`](Form::row_refused); nothing was
+    /// written), where that form is `ON CONFLICT` alone (`alone`: the short
+    /// path's plain call in PostgreSQL's dialect, the insert from a Citus
+    /// staging table), so that the anti-join skips the rows of stored keys
+    /// as every other form does; a new key's row fails it again.
+    pub(crate) fn after_refused<T>(self, alone: bool, result: &Result<T, Error>) -> Option<Form> {
+        (alone && self == Form::OnConflict && result.as_ref().is_err_and(Form::row_refused)).then_some(Form::Filtered)
+    }
+
     /// Whether `error` is the refusal of an `ON CONFLICT` form's guard
     /// ([`KEY_INDEX_CHANGED`](crate::sql::KEY_INDEX_CHANGED)): the key's
     /// unique index or how the table compares the key changed since the

@@ -306,8 +306,7 @@ where
         // Too large for one message (the server closes the connection on a
         // message of 1 GB): the COPY path sends the rows one by one.
         drop(arrays);
-        let none = pin!(futures_util::stream::empty::<Result<R, BoxError>>());
-        return long::<T, C, _, R>(conn, model, head, none, call).await;
+        return long_of::<T, C, R>(conn, model, head, call).await;
     }
     let result = short_arrays(conn, model, offered, arrays, values_max, call).await;
     if matches!(call.kind, Kind::CreateNew)
@@ -321,8 +320,7 @@ where
         // a staging table, the COPY path's insert from it skips such rows,
         // as every form does on plain PostgreSQL: the batch goes that way
         // (a new key's row fails it again).
-        let none = pin!(futures_util::stream::empty::<Result<R, BoxError>>());
-        return long::<T, C, _, R>(conn, model, head, none, call).await;
+        return long_of::<T, C, R>(conn, model, head, call).await;
     }
     // (The batch is at hand: a value its column's type modifier refuses
     // is looked for in it only once the server refused one.)
@@ -433,17 +431,13 @@ async fn short_arrays<C: Connection + ?Sized>(
                 rechecked = true;
                 continue;
             }
-            if form == Form::OnConflict
-                && rows.is_none()
+            // (The plain call's `ON CONFLICT` statement of arrays is the
+            // insert alone in PostgreSQL's dialect.)
+            let alone = rows.is_none()
                 && matches!(call.kind, Kind::CreateNew)
-                && !crate::statements::dialect(conn.client(), model).is_citus()
-                && result.as_ref().is_err_and(Form::row_refused)
-            {
-                // The table refused a row (nothing was written), perhaps
-                // one of a stored key, which `ON CONFLICT` alone lets reach
-                // it: once more behind the anti-join, which skips such a
-                // row as every other form does; a new key's row fails again.
-                form = Form::Filtered;
+                && !crate::statements::dialect(conn.client(), model).is_citus();
+            if let Some(again) = form.after_refused(alone, &result) {
+                form = again;
                 continue;
             }
             return result;
@@ -630,6 +624,22 @@ fn padding_refused(
         crate::statements::set_unpadded(client, model);
     }
     refused
+}
+
+/// [`long`] of a batch held whole (`head`).
+async fn long_of<T, C, R>(
+    conn: &mut C,
+    model: &'static Model,
+    head: Vec<R>,
+    call: &mut Call<'_>,
+) -> Result<Report, Error>
+where
+    T: BulkCreateNew,
+    C: Connection + ?Sized,
+    R: Borrow<T>,
+{
+    let none = pin!(futures_util::stream::empty::<Result<R, BoxError>>());
+    long::<T, C, _, R>(conn, model, head, none, call).await
 }
 
 /// The COPY path, in one transaction (or savepoint): the scratch table, the
