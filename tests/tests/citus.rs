@@ -5093,40 +5093,89 @@ struct Refusable {
 
 /// Offered rows of keys `from..from + len` (as `1.0 + k`), then `0.0` and
 /// `-0.0` (new once, one key): those of the keys `stored` holds carry a
-/// value the table refuses. Returns the batch and the rows it adds.
-fn refusable_batch(from: usize, len: usize, stored: &BTreeSet<usize>) -> (Vec<Refusable>, usize) {
+/// value the table refuses. Returns the batch and the positions of the rows
+/// it adds.
+fn refusable_batch(from: usize, len: usize, stored: &BTreeSet<usize>) -> (Vec<Refusable>, Vec<usize>) {
     let mut batch = Vec::new();
-    let mut new = 0;
+    let mut new = Vec::new();
     for k in from..from + len {
         let mut row = Refusable { k: 1.0 + k as f64, w: "n".into(), amount: rust_decimal::Decimal::new(250, 2) };
         if stored.contains(&k) {
-            match k % 3 {
-                0 => row.w = "toolong".into(),
-                1 => row.w = "bad".into(),
-                _ => row.amount = rust_decimal::Decimal::new(100_000, 2),
-            }
+            refuse(&mut row, k);
         } else {
-            new += 1;
+            new.push(batch.len());
         }
         batch.push(row);
     }
     if from == 0 {
+        new.push(batch.len());
         for k in [0.0, -0.0] {
             batch.push(Refusable { k, w: "z".into(), amount: rust_decimal::Decimal::ONE });
         }
-        new += 1;
     }
     (batch, new)
 }
 
-/// Rows of stored keys with a value the table would refuse: with a staging
-/// table, the plain call skips them on every path (the short path's `ON
-/// CONFLICT` statements fail on them, and the batch then goes through the
-/// staging table, whose forms skip them, `ON CONFLICT` behind the
-/// anti-join included), with exact counts, the stored rows as they were;
-/// without one (distributed or reference), every form is `ON CONFLICT`
-/// alone, and the call fails with the table's error, nothing written
-/// (README, "Rows the table would refuse, of a key already stored").
+/// Gives `row` a value the table refuses, of a kind chosen by `k`.
+fn refuse(row: &mut Refusable, k: usize) {
+    match k % 3 {
+        0 => row.w = "toolong".into(),
+        1 => row.w = "bad".into(),
+        _ => row.amount = rust_decimal::Decimal::new(100_000, 2),
+    }
+}
+
+/// The calls of [`refused_rows_of_stored_keys`].
+#[derive(Debug, Clone, Copy)]
+enum RefusedCall {
+    Plain,
+    Keys,
+    Skipped,
+    Stream,
+    BatchId,
+}
+
+impl RefusedCall {
+    const ALL: [RefusedCall; 5] =
+        [RefusedCall::Plain, RefusedCall::Keys, RefusedCall::Skipped, RefusedCall::Stream, RefusedCall::BatchId];
+
+    /// Runs the call on `batch`; returns `(inserted, skipped)` and the
+    /// positions it returned (inserted for `Keys`, skipped for `Skipped`).
+    async fn run(
+        self,
+        client: &mut Client,
+        on: On,
+        batch: &[Refusable],
+        id: &str,
+    ) -> Result<((u64, u64), Option<Vec<usize>>), Error> {
+        let counts = |r: &Report| (r.inserted, r.skipped);
+        match self {
+            RefusedCall::Plain => {
+                call!(*client, on, |c| Refusable::bulk_create_new(c, batch)).map(|r| (counts(&r), None))
+            }
+            RefusedCall::Keys => call!(*client, on, |c| Refusable::bulk(c).returning_keys().run(batch))
+                .map(|r| ((r.inserted, r.skipped), Some(r.returned.iter().map(|n| n.index).collect()))),
+            RefusedCall::Skipped => call!(*client, on, |c| Refusable::bulk(c).returning_skipped().run(batch))
+                .map(|r| ((r.inserted, r.skipped), Some(r.returned))),
+            RefusedCall::Stream => {
+                let rows = futures_util::stream::iter(batch.to_vec());
+                call!(*client, on, |c| Refusable::bulk(c).run_stream(rows)).map(|r| (counts(&r), None))
+            }
+            RefusedCall::BatchId => {
+                call!(*client, on, |c| Refusable::bulk(c).batch_id(id).run(batch)).map(|r| (counts(&r), None))
+            }
+        }
+    }
+}
+
+/// Rows of stored keys with a value the table would refuse: every call but
+/// the upsert skips them on every path (short, `VALUES`, COPY, the staging
+/// table), on every placement, with exact counts and positions, the stored
+/// rows as they were: a statement of `ON CONFLICT` alone fails on them, and
+/// the call sends it again behind Citus's anti-join (or the staging table's);
+/// a new key's row with such a value fails every call with the table's
+/// error, nothing written (README, "Rows the table would refuse, of a key
+/// already stored").
 async fn refused_rows_of_stored_keys(placement: Placement, on: On) {
     let tag = format!("{} {on:?}", placement.name());
     let db =
@@ -5140,39 +5189,69 @@ async fn refused_rows_of_stored_keys(placement: Placement, on: On) {
         .await
         .expect("create rf");
     placement.place::<Refusable>(&client, "rf").await;
+    // The `batch_id` calls' ledger: a local table, or beside a reference
+    // table a reference table.
+    client.batch_execute(&Ledger::of::<Refusable>().migration_sql()).await.expect("create the ledger");
+    if matches!(placement, Placement::Reference) {
+        client.batch_execute(&REF.sql("bulk_batches")).await.expect("make the ledger a reference table");
+    }
     let admin = db.connect().await;
     let mut from = 0;
     let mut rows = 0i64;
-    for len in [10, 10, 700, LONG, 700, 10, LONG] {
-        // Every third key of the batch stored before the call.
-        let stored: BTreeSet<usize> = (from..from + len).filter(|k| k % 3 == 1).collect();
-        let values: Vec<String> = stored.iter().map(|k| format!("({}, 's', 1.00)", 1.0 + *k as f64)).collect();
-        admin.batch_execute(&format!("INSERT INTO rf VALUES {}", values.join(", "))).await.expect("store");
-        rows += stored.len() as i64;
-        let (batch, new) = refusable_batch(from, len, &stored);
-        let what = format!("{tag}, {len} rows from {from}");
-        let got = call!(client, on, |c| Refusable::bulk_create_new(c, &batch));
-        match (matches!(placement, Placement::Staged(_)), got) {
-            (true, Ok(report)) => {
-                assert_eq!((report.inserted, report.skipped), (new as u64, (batch.len() - new) as u64), "{what}");
-                rows += new as i64;
-            }
-            (true, Err(e)) => panic!("{what}: {e:?}"),
-            (_, Ok(report)) => panic!("{what}: refused rows of stored keys went through: {report:?}"),
-            (_, Err(e)) => {
-                let code = e.sqlstate().map_or("", |s| s.code());
-                assert!(["22001", "22003", "23514"].contains(&code), "{what}: {e}");
-                assert!(e.connection_usable(), "{what}: {e}");
-            }
-        }
-        assert_eq!(count(&admin, "rf").await, rows, "{what}");
+    let unchanged = async |admin: &Client, what: &str| {
         let changed: i64 = admin
             .query_one("SELECT count(*) FROM rf WHERE w NOT IN ('s', 'n', 'z') OR amount > 3", &[])
             .await
             .unwrap()
             .get(0);
         assert_eq!(changed, 0, "{what}: a refused value or a stored row changed");
-        from += len;
+    };
+    let mut calls = 0;
+    for kind in RefusedCall::ALL {
+        for len in [10, 700, LONG, 10] {
+            // Every third key of the batch stored before the call.
+            let stored: BTreeSet<usize> = (from..from + len).filter(|k| k % 3 == 1).collect();
+            let values: Vec<String> = stored.iter().map(|k| format!("({}, 's', 1.00)", 1.0 + *k as f64)).collect();
+            admin.batch_execute(&format!("INSERT INTO rf VALUES {}", values.join(", "))).await.expect("store");
+            rows += stored.len() as i64;
+            let (batch, new) = refusable_batch(from, len, &stored);
+            let what = format!("{tag}, {kind:?}, {len} rows from {from}");
+            calls += 1;
+            let got = kind.run(&mut client, on, &batch, &format!("b{calls}")).await;
+            let (counts, returned) = got.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            assert_eq!(counts, (new.len() as u64, (batch.len() - new.len()) as u64), "{what}");
+            let skipped: Vec<usize> = (0..batch.len()).filter(|i| !new.contains(i)).collect();
+            match kind {
+                RefusedCall::Keys => assert_eq!(returned.as_ref(), Some(&new), "{what}"),
+                RefusedCall::Skipped => assert_eq!(returned.as_ref(), Some(&skipped), "{what}"),
+                _ => {}
+            }
+            rows += new.len() as i64;
+            assert_eq!(count(&admin, "rf").await, rows, "{what}");
+            unchanged(&admin, &what).await;
+            from += len;
+        }
+        // A new key's row that the table refuses fails the call, nothing
+        // written, whatever the stored keys' rows hold.
+        for len in [10, 700, LONG] {
+            let stored: BTreeSet<usize> = (from..from + len).filter(|k| k % 3 == 1).collect();
+            let values: Vec<String> = stored.iter().map(|k| format!("({}, 's', 1.00)", 1.0 + *k as f64)).collect();
+            admin.batch_execute(&format!("INSERT INTO rf VALUES {}", values.join(", "))).await.expect("store");
+            rows += stored.len() as i64;
+            let (mut batch, new) = refusable_batch(from, len, &stored);
+            let last = *new.last().expect("a new key");
+            refuse(&mut batch[last], last + 3 * len);
+            let what = format!("{tag}, {kind:?}, a new key's row refused, {len} rows from {from}");
+            calls += 1;
+            let e = kind.run(&mut client, on, &batch, &format!("b{calls}")).await.err();
+            let e = e.unwrap_or_else(|| panic!("{what}: the refused row went through"));
+            let code = e.sqlstate().map_or("", |s| s.code());
+            assert!(["22001", "22003", "23514"].contains(&code), "{what}: {e}");
+            assert!(e.connection_usable(), "{what}: {e}");
+            assert_eq!(count(&admin, "rf").await, rows, "{what}: nothing written");
+            unchanged(&admin, &what).await;
+            from += len;
+        }
     }
     db.drop().await;
 }
@@ -5188,7 +5267,21 @@ async fn refused_rows_of_stored_keys_are_skipped_with_a_staging_table_in_a_trans
 }
 
 #[tokio::test]
-async fn refused_rows_of_stored_keys_fail_the_call_without_a_staging_table() {
+async fn refused_rows_of_stored_keys_are_skipped_on_a_distributed_table() {
     refused_rows_of_stored_keys(Placement::Distributed("k"), On::Client).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_are_skipped_on_a_distributed_table_in_a_transaction() {
+    refused_rows_of_stored_keys(Placement::Distributed("k"), On::Transaction).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_are_skipped_on_a_reference_table() {
+    refused_rows_of_stored_keys(REF, On::Client).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_are_skipped_on_a_reference_table_in_a_transaction() {
     refused_rows_of_stored_keys(REF, On::Transaction).await;
 }

@@ -227,8 +227,9 @@ pub(crate) fn values_params<'a>(model: &'static Model, values: &'a [Element]) ->
     values.iter().zip(types.iter().cycle()).map(|(v, t)| (v as &(dyn ToSql + Sync), t.clone())).collect()
 }
 
-/// Runs the kind's statements on `client` (in `form`, for the plain call;
-/// its multi-row `VALUES` statements go through [`run_values`]); `prepared`
+/// Runs the kind's statements on `client` (in `form`, for the plain call and
+/// the returning ones; the plain call's multi-row `VALUES` statements go
+/// through [`run_values`]); `prepared`
 /// is false for the last try after stale statements.
 pub(crate) async fn run(
     client: &Client,
@@ -261,11 +262,22 @@ pub(crate) async fn run(
         }
         Kind::Keys | Kind::Positions => {
             let keys = matches!(call.kind, Kind::Keys);
-            let label = if keys { "keys" } else { "positions" };
+            // (On Citus, behind Citus's anti-join after a row the table refused.)
+            let filtered = form == Form::Filtered;
+            let label = match (keys, filtered) {
+                (true, false) => "keys",
+                (false, false) => "positions",
+                (true, true) => "keys filtered",
+                (false, true) => "positions filtered",
+            };
             let statement = statements
                 .get(label, keys, params, |with_id, shape| {
                     let returned = if keys { Returned::Keys { with_id } } else { Returned::Positions };
-                    variants::returning(model, Source::Arrays(shape), Keep::First, returned).into()
+                    let from = Source::Arrays(shape);
+                    match filtered {
+                        true => variants::returning_filtered(model, from, returned).into(),
+                        false => variants::returning(model, from, Keep::First, returned).into(),
+                    }
                 })
                 .await?;
             let rows = statement.query(&statements, params).await?;

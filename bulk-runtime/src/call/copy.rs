@@ -299,12 +299,40 @@ pub(crate) async fn insert(
     let report = match call.kind {
         Kind::CreateNew => return insert_new(scope, model, sent, and_commit).await,
         Kind::Keys | Kind::Positions => {
-            set_work_mem(tx, model, sent, nested).await?;
             let returned =
                 if matches!(call.kind, Kind::Keys) { Returned::Keys { with_id } } else { Returned::Positions };
-            let sql = variants::returning(model, Source::Scratch(dialect), Keep::First, returned);
-            let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
-            Report::counts(offered, deliver(model, rows, offered, call.receiver).await?)
+            let from = Source::Scratch(dialect);
+            if !dialect.is_citus() {
+                set_work_mem(tx, model, sent, nested).await?;
+                let sql = variants::returning(model, from, Keep::First, returned);
+                let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
+                Report::counts(offered, deliver(model, rows, offered, call.receiver).await?)
+            } else {
+                // On Citus the insert is `ON CONFLICT` alone, in a savepoint:
+                // after it failed on a row the table refused (of a stored
+                // key, perhaps; nothing written), back to it, and the insert
+                // behind Citus's anti-join (see `Form::after_refused`), from
+                // the same scratch rows.
+                let savepoint = format!("SAVEPOINT {PLAIN_SAVEPOINT}");
+                let setup = work_mem_sql(sent, nested).map_or(savepoint.clone(), |sql| format!("{sql}; {savepoint}"));
+                tx.batch_execute(&setup).await.map_err(Error::at_step(model, Step::Insert))?;
+                let sql = variants::returning(model, from, Keep::First, returned);
+                let result = match tx.query_typed_raw(&sql, none()).await.map_err(fail) {
+                    Ok(rows) => deliver(model, rows, offered, call.receiver).await,
+                    Err(e) => Err(e),
+                };
+                let inserted = match result {
+                    Err(e) if Form::row_refused(&e) => {
+                        let again = format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}");
+                        tx.batch_execute(&again).await.map_err(Error::at_step(model, Step::Insert))?;
+                        let sql = variants::returning_filtered(model, from, returned);
+                        let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
+                        deliver(model, rows, offered, call.receiver).await?
+                    }
+                    result => result?,
+                };
+                Report::counts(offered, inserted)
+            }
         }
         // On Citus the first statement cannot also delete from the scratch
         // table (see `variants::upsert_forget_inserted`): it returns the
@@ -410,7 +438,7 @@ async fn insert_new(
     // from the staging table every form does (so does a refused row: see
     // `Form::after_refused` below), the savepoint kept until the insert
     // succeeded.
-    let savepoint = form == Form::Plain || staged;
+    let savepoint = form == Form::Plain || dialect.is_citus();
     if savepoint {
         request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
     }
@@ -438,9 +466,10 @@ async fn insert_new(
             // call's error, and nothing was written.
             return Err(refused.take().expect("checked above"));
         }
-        // (From the staging table, the `ON CONFLICT` form is the insert
-        // alone, without the anti-join.)
-        if let Some(again) = form.after(model, &result).or_else(|| form.after_refused(staged, &result)) {
+        // (On Citus, the `ON CONFLICT` form is the insert alone, without the
+        // anti-join.)
+        let alone = dialect.is_citus();
+        if let Some(again) = form.after(model, &result).or_else(|| form.after_refused(alone, &result)) {
             form = again;
             request = Request::default();
             request.push(&format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}"));

@@ -31,9 +31,13 @@ pub(crate) enum Form {
     /// ([`row_refused`](Form::row_refused)): `ON CONFLICT` alone lets the
     /// rows of stored keys reach the table's row triggers, `CHECK`
     /// constraints and type modifiers, which the anti-join keeps them from,
-    /// as in every other form. On the COPY path from a Citus staging table,
-    /// the insert from it with both (after the `ON CONFLICT` form failed on
-    /// such a row); elsewhere the same statement as `OnConflict`.
+    /// as in every other form. In Citus's dialect, which refuses the
+    /// anti-join of a batch with a distributed table, the `ON CONFLICT`
+    /// statements (the plain call's and the returning ones', on both paths)
+    /// behind Citus's anti-join instead (`sql::stored_cte`: the batch's keys
+    /// the target holds, found on the shards); from a Citus staging table,
+    /// the insert from it with both the anti-join and `ON CONFLICT`.
+    /// Elsewhere the same statement as `OnConflict`.
     Filtered,
 }
 
@@ -112,9 +116,9 @@ impl Form {
     /// the filtered form, after the `ON CONFLICT` form failed on a row the
     /// table refused ([`row_refused`](Form::row_refused); nothing was
     /// written), where that form is `ON CONFLICT` alone (`alone`: the short
-    /// path's plain call in PostgreSQL's dialect, the insert from a Citus
-    /// staging table), so that the anti-join skips the rows of stored keys
-    /// as every other form does; a new key's row fails it again.
+    /// path's plain call; on Citus every statement but the upsert's), so that
+    /// the anti-join skips the rows of stored keys as every other form does;
+    /// a new key's row fails it again.
     pub(crate) fn after_refused<T>(self, alone: bool, result: &Result<T, Error>) -> Option<Form> {
         (alone && self == Form::OnConflict && result.as_ref().is_err_and(Form::row_refused)).then_some(Form::Filtered)
     }
@@ -244,7 +248,7 @@ impl Form {
     pub(crate) fn small_sql(self, model: &'static Model, shape: &KeyShape, proof: bool) -> Cow<'static, str> {
         let plan = sql::plan(model);
         if shape.dialect.is_citus() {
-            return Cow::Owned(sql::arrays_citus(model, plan.client_ordered, shape));
+            return Cow::Owned(sql::arrays_citus(model, plan.client_ordered, shape, self == Form::Filtered));
         }
         match (self, shape.is_plain() && !shape.catalog_guard) {
             (Form::Plain, true) => Cow::Borrowed(&plan.small_insert_plain),
@@ -270,7 +274,14 @@ impl Form {
     pub(crate) fn scratch_sql(self, model: &'static Model, repeats: bool, dialect: Dialect) -> &'static str {
         let plan = sql::plan(model);
         match dialect {
-            Dialect::Citus => return if repeats { &plan.insert_citus } else { &plan.insert_citus_distinct_keys },
+            Dialect::Citus => {
+                return match (self, repeats) {
+                    (Form::Filtered, true) => &plan.insert_citus_filtered,
+                    (Form::Filtered, false) => &plan.insert_citus_filtered_distinct_keys,
+                    (_, true) => &plan.insert_citus,
+                    (_, false) => &plan.insert_citus_distinct_keys,
+                };
+            }
             Dialect::CitusStaged => {
                 return match (self, repeats) {
                     (Form::Plain, true) => &plan.insert_staged_plain,

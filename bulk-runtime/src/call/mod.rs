@@ -309,19 +309,6 @@ where
         return long_of::<T, C, R>(conn, model, head, call).await;
     }
     let result = short_arrays(conn, model, offered, arrays, values_max, call).await;
-    if matches!(call.kind, Kind::CreateNew)
-        && result.as_ref().is_err_and(Form::row_refused)
-        && crate::statements::dialect(conn.client(), model) == sql::Dialect::CitusStaged
-    {
-        // On Citus the short path's statements are `ON CONFLICT` alone (the
-        // batch cannot be anti-joined with a distributed table), which lets
-        // the rows of stored keys reach the table's row triggers, checks
-        // and type modifiers; the table refused one (nothing written). With
-        // a staging table, the COPY path's insert from it skips such rows,
-        // as every form does on plain PostgreSQL: the batch goes that way
-        // (a new key's row fails it again).
-        return long_of::<T, C, R>(conn, model, head, call).await;
-    }
     // (The batch is at hand: a value its column's type modifier refuses
     // is looked for in it only once the server refused one.)
     if let Err(e) = &result
@@ -343,12 +330,20 @@ async fn short_arrays<C: Connection + ?Sized>(
 ) -> Result<Report, Error> {
     // On Citus, a longer batch as a few `VALUES` statements, one per run of
     // shard ids (see `shards`).
+    // After a row the table refused (of a stored key, perhaps), on Citus:
+    // one statement from the arrays, behind Citus's anti-join (see
+    // `Form::after_refused`).
+    let mut filtered = false;
+    let mut values_max = values_max;
     if let Some(max) = values_max
         && call.ledger.is_none()
         && offered >= shards::GROUPED_FROM as u64
         && shards::worth_reading(conn.client(), model)
     {
         match grouped(conn, model, offered, &arrays, max).await {
+            Grouped::Done(result) if result.as_ref().is_err_and(Form::row_refused) => {
+                (filtered, values_max) = (true, None);
+            }
             Grouped::Done(result) => return result,
             Grouped::OneStatement => {}
         }
@@ -365,7 +360,6 @@ async fn short_arrays<C: Connection + ?Sized>(
     // On Citus, the plain call's rows as one multi-row `VALUES` statement
     // (of `values_max` rows at most: see `call_values`).
     let distinct = arrays.first().map_or(0, arrays::element_count);
-    let mut values_max = values_max;
     let mut rechecked = false;
     'statement: loop {
         let (values, rows) = match values_max {
@@ -385,7 +379,7 @@ async fn short_arrays<C: Connection + ?Sized>(
         };
         // (A staging table serves only the COPY path.)
         let dialect = crate::statements::dialect(conn.client(), model).without_stage();
-        let mut form = Form::first(model, call.kind, offered, dialect);
+        let mut form = if filtered { Form::Filtered } else { Form::first(model, call.kind, offered, dialect) };
         loop {
             let shape = (form, rows, distinct);
             let mut result = short_attempt(conn, model, offered, &params, call, true, shape).await;
@@ -431,13 +425,21 @@ async fn short_arrays<C: Connection + ?Sized>(
                 rechecked = true;
                 continue;
             }
-            // (The plain call's `ON CONFLICT` statement of arrays is the
-            // insert alone in PostgreSQL's dialect.)
-            let alone = rows.is_none()
-                && matches!(call.kind, Kind::CreateNew)
-                && !crate::statements::dialect(conn.client(), model).is_citus();
+            // The plain call's `ON CONFLICT` statement is the insert alone;
+            // on Citus, the returning ones' too (the upsert's `ON CONFLICT DO
+            // UPDATE` checks every offered row whatever comes before it).
+            let alone = match call.kind {
+                Kind::CreateNew => true,
+                Kind::Keys | Kind::Positions => crate::statements::dialect(conn.client(), model).is_citus(),
+                Kind::Upsert(_) => false,
+            };
             if let Some(again) = form.after_refused(alone, &result) {
                 form = again;
+                if rows.is_some() {
+                    // (A `VALUES` statement: the filtered form reads arrays.)
+                    (filtered, values_max) = (true, None);
+                    continue 'statement;
+                }
                 continue;
             }
             return result;

@@ -75,6 +75,36 @@ pub(crate) fn not_stored(model: &Model, alias: &str) -> String {
     format!("NOT EXISTS (SELECT 1 FROM {} AS \"t\" WHERE {})", model.qualified_name(), key_equal(model, "\"t\"", alias))
 }
 
+/// The CTE of [`stored_cte`].
+pub(crate) const STORED: &str = "__bulk_stored";
+
+/// Citus's anti-join, as a CTE (`"__bulk_stored"`): the keys of the batch
+/// `batch` (a relation aliased `"b"`: the `"__bulk_src"` CTE, or the
+/// session's scratch table) that the target holds, `MATERIALIZED`. Citus
+/// refuses a batch correlated with a distributed table (see
+/// `notes/citus.md`, §0), but runs this join on each shard, next to its
+/// rows, with the batch's keys as an intermediate result (a subquery, so
+/// that a coordinator-local scratch table is read on the coordinator whatever
+/// `citus.local_table_join_policy` says); the insert then keeps out the rows
+/// whose key it found ([`not_in_stored`]), on the coordinator. Only after
+/// an `ON CONFLICT` form alone failed on a row the table refused (see
+/// `Form::Filtered`): it sends every key of the batch to every shard.
+pub(crate) fn stored_cte(model: &Model, batch: &str) -> String {
+    format!(
+        "{stored} AS MATERIALIZED (SELECT {t_key} FROM {target} AS \"t\" JOIN (SELECT {b_key} FROM {batch}) AS \"b\" ON {on})",
+        stored = q(STORED),
+        t_key = cols("\"t\"", model.unique_key()),
+        target = model.qualified_name(),
+        b_key = cols("\"b\"", model.unique_key()),
+        on = key_match(model, "\"t\"", "\"b\""),
+    )
+}
+
+/// The row `alias` has none of the keys [`stored_cte`] found stored.
+pub(crate) fn not_in_stored(model: &Model, alias: &str) -> String {
+    format!("NOT EXISTS (SELECT 1 FROM {} AS \"x\" WHERE {})", q(STORED), key_match(model, "\"x\"", alias))
+}
+
 /// The layout of the short path's array parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Arrays {

@@ -33,8 +33,8 @@
 
 use super::KeyShape;
 use super::fragments::{
-    Arrays, Compared, ORD, arrays, arrays_guarded, cols, counted, key_index_guard, names, not_stored,
-    on_conflict_guard, q, scratch,
+    Arrays, Compared, ORD, arrays, arrays_guarded, cols, counted, key_index_guard, names, not_in_stored, not_stored,
+    on_conflict_guard, q, scratch, stored_cte,
 };
 use crate::model::Model;
 use crate::types::PgType;
@@ -223,12 +223,17 @@ pub(crate) fn arrays_on_conflict(model: &Model, client_ordered: bool, shape: &Ke
 /// otherwise, would let `DISTINCT ON` and `ON CONFLICT` keep the wrong rows):
 /// the guard's catalog query reads the coordinator's catalog, where Citus
 /// keeps the distributed table's indexes.
-pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape) -> String {
+///
+/// `filtered` (after this statement failed on a row the table refused, see
+/// `Form::Filtered`): the rows of keys the target holds are kept out of the
+/// insert by Citus's anti-join ([`stored_cte`]), so that they never reach
+/// the table's triggers, checks and type modifiers, as on plain PostgreSQL.
+pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape, filtered: bool) -> String {
     let layout = Arrays { positions: !client_ordered, mask: false };
     let source = arrays(model, "u", layout, shape);
     let target = model.qualified_name();
     let (names, key) = (names(model.columns()), names(model.unique_key()));
-    if client_ordered {
+    if client_ordered && !filtered {
         let insert = format!(
             "INSERT INTO {target} ({names}) SELECT {cols} FROM {source} ON CONFLICT ({key}) DO NOTHING",
             cols = on_conflict_cols(model, "u", Compared::As(shape)),
@@ -236,18 +241,33 @@ pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape
         return counted(&[], &insert);
     }
     let u_key = cols("u", model.unique_key());
-    let src = format!(
-        "\"__bulk_src\" AS (SELECT DISTINCT ON ({u_key}) u.{ord}, {u_cols} FROM {source} ORDER BY {u_key}, u.{ord})",
-        ord = q(ORD),
-        u_cols = cols("u", model.columns()),
-    );
+    let u_cols = cols("u", model.columns());
+    let src = if client_ordered {
+        format!("\"__bulk_src\" AS (SELECT {u_cols} FROM {source})")
+    } else {
+        format!(
+            "\"__bulk_src\" AS (SELECT DISTINCT ON ({u_key}) u.{ord}, {u_cols} FROM {source} ORDER BY {u_key}, u.{ord})",
+            ord = q(ORD),
+        )
+    };
+    let (stored, filter) = citus_filter(model, "\"__bulk_src\" AS \"b\"", filtered);
     let insert = format!(
-        "INSERT INTO {target} ({names}) SELECT {s_cols} FROM \"__bulk_src\" AS \"s\" ORDER BY {s_key} \
+        "INSERT INTO {target} ({names}) SELECT {s_cols} FROM \"__bulk_src\" AS \"s\"{filter} ORDER BY {s_key} \
          ON CONFLICT ({key}) DO NOTHING",
         s_cols = on_conflict_cols(model, "\"s\"", Compared::As(shape)),
         s_key = cols("\"s\"", model.unique_key()),
     );
-    counted(&[src], &insert)
+    counted(&[Some(src), stored].into_iter().flatten().collect::<Vec<_>>(), &insert)
+}
+
+/// With `filtered`, the CTE ([`stored_cte`] of `batch`) and the `WHERE`
+/// clause ([`not_in_stored`] of `"s"`) of an insert in Citus's dialect that
+/// keeps out the rows of stored keys; without, neither.
+fn citus_filter(model: &Model, batch: &str, filtered: bool) -> (Option<String>, String) {
+    match filtered {
+        true => (Some(stored_cte(model, batch)), format!(" WHERE {}", not_in_stored(model, "\"s\""))),
+        false => (None, String::new()),
+    }
 }
 
 /// The COPY path's insert in Citus's dialect, from the scratch table: the
@@ -265,16 +285,18 @@ pub(crate) fn arrays_citus(model: &Model, client_ordered: bool, shape: &KeyShape
 /// each shard its rows (Citus locks the shards of a multi-shard write in
 /// shard order, so the rows' order does not matter against deadlocks; see
 /// `notes/citus.md`, §3). For a nullable or text key, the last column is
-/// guarded by [`on_conflict_guard`], as in [`arrays_citus`].
-pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -> String {
+/// guarded by [`on_conflict_guard`], as in [`arrays_citus`]; `filtered` as
+/// there.
+pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool, filtered: bool) -> String {
     let s_key = cols("\"s\"", model.unique_key());
     let (distinct, order) = if repeats {
         (format!("DISTINCT ON ({s_key}) "), format!(" ORDER BY {s_key}, \"s\".{}", q(ORD)))
     } else {
         (String::new(), String::new())
     };
+    let (stored, filter) = citus_filter(model, &scratch(scratch_table, "\"b\""), filtered);
     let insert = format!(
-        "INSERT INTO {target} ({names}) SELECT {distinct}{s_cols} FROM {source}{order} \
+        "INSERT INTO {target} ({names}) SELECT {distinct}{s_cols} FROM {source}{filter}{order} \
          ON CONFLICT ({key}) DO NOTHING",
         target = model.qualified_name(),
         names = names(model.columns()),
@@ -282,7 +304,7 @@ pub(crate) fn scratch_citus(model: &Model, scratch_table: &str, repeats: bool) -
         source = scratch(scratch_table, "\"s\""),
         key = names(model.unique_key()),
     );
-    counted(&[], &insert)
+    counted(stored.as_slice(), &insert)
 }
 
 /// The COPY path's insert on Citus from the target's co-located staging

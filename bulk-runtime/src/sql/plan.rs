@@ -51,6 +51,12 @@ pub(crate) struct Plan {
     pub insert_citus: String,
     /// The same, for a batch without a repeated key (no `DISTINCT ON`).
     pub insert_citus_distinct_keys: String,
+    /// The COPY path's insert in Citus's dialect behind Citus's anti-join,
+    /// after the `ON CONFLICT` form alone failed on a row the table refused
+    /// (see `Form::Filtered`); see [`insert::scratch_citus`].
+    pub insert_citus_filtered: String,
+    /// The same, for a batch without a repeated key (no `DISTINCT ON`).
+    pub insert_citus_filtered_distinct_keys: String,
     /// `COPY` into the target's Citus staging table (see
     /// [`Model::citus_staging_sql`](crate::Model::citus_staging_sql)).
     pub copy_stage: String,
@@ -156,8 +162,10 @@ impl Plan {
             insert_plain: insert::scratch_plain(model, &scratch, true),
             insert_plain_distinct_keys: insert::scratch_plain(model, &scratch, false),
             insert: insert::scratch_on_conflict(model, &scratch),
-            insert_citus: insert::scratch_citus(model, &scratch, true),
-            insert_citus_distinct_keys: insert::scratch_citus(model, &scratch, false),
+            insert_citus: insert::scratch_citus(model, &scratch, true, false),
+            insert_citus_distinct_keys: insert::scratch_citus(model, &scratch, false, false),
+            insert_citus_filtered: insert::scratch_citus(model, &scratch, true, true),
+            insert_citus_filtered_distinct_keys: insert::scratch_citus(model, &scratch, false, true),
             clear: format!("DELETE FROM pg_temp.{}", quote_ident(&scratch)),
             insert_staged: insert::staged_citus(model, true, false, true),
             insert_staged_distinct_keys: insert::staged_citus(model, false, false, true),
@@ -392,7 +400,7 @@ mod tests {
             r#"ORDER BY "s"."tweet", "s"."re""tweeter", "s"."__bulk_ord" ON CONFLICT ("tweet", "re""tweeter") DO NOTHING RETURNING 1) SELECT count(*) FROM "__bulk_ins""#,
         );
         let shape = KeyShape { dialect: Dialect::Citus, ..KeyShape::default() };
-        let sql = arrays_citus(&MODEL, false, &shape);
+        let sql = arrays_citus(&MODEL, false, &shape, false);
         assert!(sql.starts_with(r#"WITH "__bulk_src" AS (SELECT DISTINCT ON (u."tweet", u."re""tweeter") u."__bulk_ord", u."tweet", u."re""tweeter", u."author" FROM unnest($1::bigint[]"#), "{sql}");
         at(
             &sql,
@@ -401,7 +409,7 @@ mod tests {
                 crate::sql::fragments::on_conflict_guard(&MODEL, Compared::As(&shape))
             ),
         );
-        let sql = arrays_citus(&MODEL, true, &shape);
+        let sql = arrays_citus(&MODEL, true, &shape, false);
         assert!(sql.starts_with(r#"WITH "__bulk_ins" AS (INSERT INTO "my schema"."re""tweet" ("tweet", "re""tweeter", "author") SELECT u."tweet", u."re""tweeter", CASE WHEN "#), "{sql}");
         at(&sql, r#"THEN u."author" END FROM unnest($1::bigint[], $2::bigint[], $3::text[])"#);
         let sql = plan.insert_citus_distinct_keys.as_str();
@@ -427,8 +435,8 @@ mod tests {
         for sql in [
             plan.insert_citus.clone(),
             plan.insert_citus_distinct_keys.clone(),
-            arrays_citus(&MODEL, false, &shape),
-            arrays_citus(&MODEL, true, &shape),
+            arrays_citus(&MODEL, false, &shape, false),
+            arrays_citus(&MODEL, true, &shape, false),
             values,
         ] {
             // (The guard's `NOT EXISTS` reads Citus's metadata, not the table.)
@@ -437,6 +445,44 @@ mod tests {
                 "no anti-join, no key guard: {sql}"
             );
         }
+    }
+
+    #[test]
+    fn the_citus_dialect_filters_stored_keys_through_a_materialized_join_not_a_correlated_subquery() {
+        use crate::api::Keep;
+        use crate::sql::variants::{Returned, Source, returning, returning_filtered};
+        use crate::sql::{Dialect, arrays_citus};
+        let plan = Plan::new(&MODEL);
+        let shape = KeyShape { dialect: Dialect::Citus, ..KeyShape::default() };
+        let stored = r#""__bulk_stored" AS MATERIALIZED (SELECT "t"."tweet", "t"."re""tweeter" FROM "my schema"."re""tweet" AS "t" JOIN (SELECT "b"."tweet", "b"."re""tweeter" FROM "#;
+        let on = r#") AS "b" ON "t"."tweet" = "b"."tweet" AND "t"."re""tweeter" = "b"."re""tweeter")"#;
+        let filter = r#" WHERE NOT EXISTS (SELECT 1 FROM "__bulk_stored" AS "x" WHERE "x"."tweet" = "s"."tweet" AND "x"."re""tweeter" = "s"."re""tweeter")"#;
+        let from_src = format!(r#"{stored}"__bulk_src" AS "b"{on}"#);
+        let from_scratch = format!(r#"{stored}pg_temp.{} AS "b"{on}"#, quote_ident(&plan.scratch));
+        let positions = Returned::Positions;
+        for (sql, cte) in [
+            (plan.insert_citus_filtered.clone(), &from_scratch),
+            (plan.insert_citus_filtered_distinct_keys.clone(), &from_scratch),
+            (arrays_citus(&MODEL, false, &shape, true), &from_src),
+            (arrays_citus(&MODEL, true, &shape, true), &from_src),
+            (returning_filtered(&MODEL, Source::Arrays(&shape), positions), &from_src),
+            (returning_filtered(&MODEL, Source::Scratch(Dialect::Citus), positions), &from_src),
+        ] {
+            at(&sql, cte);
+            at(&sql, filter);
+            // The target is read only in the CTE, never correlated with the batch.
+            assert_eq!(sql.matches(r#"FROM "my schema"."re""tweet""#).count(), 1, "{sql}");
+        }
+        // Without a refused row, no filter; on plain PostgreSQL, the anti-join.
+        for sql in [
+            plan.insert_citus.clone(),
+            arrays_citus(&MODEL, false, &shape, false),
+            returning(&MODEL, Source::Arrays(&shape), Keep::First, positions),
+        ] {
+            assert!(!sql.contains("__bulk_stored"), "{sql}");
+        }
+        let postgres = returning_filtered(&MODEL, Source::Arrays(&KeyShape::default()), positions);
+        assert_eq!(postgres, returning(&MODEL, Source::Arrays(&KeyShape::default()), Keep::First, positions));
     }
 
     #[test]

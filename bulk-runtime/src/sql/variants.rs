@@ -50,6 +50,16 @@ pub(crate) enum Source<'a> {
     Scratch(Dialect),
 }
 
+impl Source<'_> {
+    /// Whether the statement is in Citus's dialect.
+    fn is_citus(self) -> bool {
+        match self {
+            Source::Arrays(shape) => shape.dialect.is_citus(),
+            Source::Scratch(dialect) => dialect.is_citus(),
+        }
+    }
+}
+
 /// What the returning insert sends back for each inserted row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Returned {
@@ -121,15 +131,19 @@ fn src_cte(model: &'static Model, from: Source<'_>, keep: Keep, mask: bool) -> S
     }
 }
 
-/// Whether the insert from `from` drops the keys already stored first, by
-/// the plain call's anti-join (on plain PostgreSQL; Citus refuses it, and
-/// there `ON CONFLICT` alone skips them): then no row of a key stored
+/// The condition that keeps the row `alias` out of the insert from `from`
+/// when its key is already stored, if the insert has one: on plain
+/// PostgreSQL the plain call's anti-join; on Citus, which refuses it, none
+/// (`ON CONFLICT` alone skips stored keys), but with `filtered` (after that
+/// form failed on a row the table refused, see `Form::Filtered`) Citus's
+/// anti-join ([`fragments::stored_cte`]). With it no row of a key stored
 /// before the statement reaches the table's triggers, and [`keys_kept`]
 /// knows that such a row was not stored under another key.
-fn drops_stored(from: Source<'_>) -> bool {
-    match from {
-        Source::Arrays(shape) => !shape.dialect.is_citus(),
-        Source::Scratch(dialect) => !dialect.is_citus(),
+fn drops_stored(model: &Model, from: Source<'_>, filtered: bool, alias: &str) -> Option<String> {
+    match (from.is_citus(), filtered) {
+        (false, _) => Some(not_stored(model, alias)),
+        (true, true) => Some(fragments::not_in_stored(model, alias)),
+        (true, false) => None,
     }
 }
 
@@ -138,7 +152,7 @@ fn drops_stored(from: Source<'_>) -> bool {
 /// batch's row under the key's own equality, and read as the model's types
 /// only when delivered), and the id when asked. Keys already stored are
 /// dropped first by the anti-join of the plain call (see [`drops_stored`]).
-fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String {
+fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool, filtered: bool) -> String {
     let target = model.qualified_name();
     let cols = names(model.columns());
     let key = names(model.unique_key());
@@ -146,9 +160,8 @@ fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String 
         "\"__bulk_ins\" AS (INSERT INTO {target} ({cols}) SELECT {} FROM \"__bulk_src\" AS \"s\"",
         values(model, from)
     );
-    // (Citus refuses the anti-join: there `ON CONFLICT` alone skips stored keys.)
-    if drops_stored(from) {
-        let _ = write!(sql, " WHERE {}", not_stored(model, "\"s\""));
+    if let Some(unstored) = drops_stored(model, from, filtered, "\"s\"") {
+        let _ = write!(sql, " WHERE {unstored}");
     }
     // The key, then the other columns (for `keys_kept`'s whole-row check).
     let is_key = |c: &Column| model.unique_key().any(|k| std::ptr::eq(k, c));
@@ -183,13 +196,24 @@ fn insert_cte(model: &'static Model, from: Source<'_>, with_id: bool) -> String 
 /// to one (one kept row per key, one insert per key), so the number of rows
 /// returned is the number inserted.
 pub(crate) fn returning(model: &'static Model, from: Source<'_>, keep: Keep, returned: Returned) -> String {
+    returning_as(model, from, keep, returned, false)
+}
+
+/// [`returning`] in Citus's dialect behind Citus's anti-join
+/// ([`fragments::stored_cte`] of `"__bulk_src"`), after it failed on a row
+/// the table refused (see `Form::Filtered`): the rows of stored keys never
+/// reach the table. (In PostgreSQL's dialect, the same as [`returning`].)
+pub(crate) fn returning_filtered(model: &'static Model, from: Source<'_>, returned: Returned) -> String {
+    returning_as(model, from, Keep::First, returned, true)
+}
+
+fn returning_as(model: &'static Model, from: Source<'_>, keep: Keep, returned: Returned, filtered: bool) -> String {
     let with_id = matches!(returned, Returned::Keys { with_id: true }) && model.id_column().is_some();
-    let mut sql = format!(
-        "WITH {}, {} SELECT \"s\".{}",
-        src_cte(model, from, keep, false),
-        insert_cte(model, from, with_id),
-        q(ORD)
-    );
+    let src = src_cte(model, from, keep, false);
+    let filtered = filtered && from.is_citus();
+    let stored =
+        if filtered { format!(", {}", fragments::stored_cte(model, "\"__bulk_src\" AS \"b\"")) } else { String::new() };
+    let mut sql = format!("WITH {src}{stored}, {} SELECT \"s\".{}", insert_cte(model, from, with_id, filtered), q(ORD));
     if let Returned::Keys { .. } = returned {
         if with_id {
             let _ = write!(sql, ", \"i\".{}", q(ID));
@@ -204,7 +228,7 @@ pub(crate) fn returning(model: &'static Model, from: Source<'_>, keep: Keep, ret
         sql,
         " FROM \"__bulk_ins\" AS \"i\" JOIN \"__bulk_src\" AS \"s\" ON {} WHERE {}",
         key_match(model, "\"i\"", "\"s\""),
-        keys_kept(model, drops_stored(from))
+        keys_kept(model, drops_stored(model, from, filtered, "\"s4\""))
     );
     if let Returned::Keys { .. } = returned {
         let _ = write!(sql, " ORDER BY \"s\".{}", q(ORD));
@@ -236,12 +260,12 @@ pub(crate) const KEY_CHANGED: &str = "bulk_runtime: the table changed the key of
 /// values stored under another key. (A kept row whose key was inserted too
 /// is its own row: rounding can make two new rows' values equal.) With
 /// `dropped_stored` (the insert's anti-join dropped the keys stored before
-/// the statement, see [`drops_stored`]), nor may the other row's key be one
+/// the statement, see [`drops_stored`]: `unstored`, of the row `"s4"`), nor may the other row's key be one
 /// stored before the statement (its row never reached the table: a new
 /// row that a trigger or rounding made equal to the offered row of a
 /// stored key is its own row too). The second test runs only when the
 /// first fails.
-fn keys_kept(model: &Model, dropped_stored: bool) -> String {
+fn keys_kept(model: &Model, unstored: Option<String>) -> String {
     // JSON compares as jsonb (`json` has no equality). An array compares
     // only with an array of its own type, and the inserted row holds the
     // table's (`varchar(10)[]`, `citext[]`) where the batch holds the
@@ -285,7 +309,7 @@ fn keys_kept(model: &Model, dropped_stored: bool) -> String {
         s3 = row("s3"),
         s4 = row("s4"),
         ord = q(ORD),
-        unstored = if dropped_stored { format!(" AND {}", not_stored(model, "\"s4\"")) } else { String::new() },
+        unstored = unstored.map(|u| format!(" AND {u}")).unwrap_or_default(),
     )
 }
 
@@ -298,10 +322,10 @@ pub(crate) fn upsert_insert_from_scratch(model: &'static Model, keep: Keep, dial
         "WITH {}, {}, \"__bulk_del\" AS (DELETE FROM pg_temp.{} AS \"x\" USING \"__bulk_ins\" AS \"i\" WHERE {}) \
          SELECT (SELECT count(*) FROM \"__bulk_ins\"), (SELECT count(*) FROM \"__bulk_src\") WHERE {}",
         src_cte(model, Source::Scratch(dialect), keep, false),
-        insert_cte(model, Source::Scratch(dialect), false),
+        insert_cte(model, Source::Scratch(dialect), false, false),
         q(&plan(model).scratch),
         key_match(model, "\"x\"", "\"i\""),
-        keys_kept(model, drops_stored(Source::Scratch(dialect))),
+        keys_kept(model, drops_stored(model, Source::Scratch(dialect), false, "\"s4\"")),
     )
 }
 
@@ -476,17 +500,17 @@ mod tests {
         );
         at(&sql, r#"ON "i"."tweet" = "s"."tweet" AND "i"."re""tweeter" = "s"."re""tweeter" WHERE CASE WHEN "#);
         // Every inserted row must match a kept row, or the statement fails.
-        at(&sql, &format!("{} ORDER BY \"s\".\"__bulk_ord\"", keys_kept(&MODEL, true)));
+        at(&sql, &format!("{} ORDER BY \"s\".\"__bulk_ord\"", keys_kept(&MODEL, Some(not_stored(&MODEL, "\"s4\"")))));
         assert!(src < arrays && arrays < first && first < insert && insert < order && order < ret && ret < select);
         // Keys already stored are dropped by the anti-join before the
         // insert (its rows never reach the table), and `keys_kept` knows it.
         at(&sql, r#"FROM "__bulk_src" AS "s" WHERE NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "#);
         assert!(
-            keys_kept(&MODEL, true).contains(
+            keys_kept(&MODEL, Some(not_stored(&MODEL, "\"s4\""))).contains(
                 r#"NOT EXISTS (SELECT 1 FROM "my schema"."re""tweet" AS "t" WHERE "t"."tweet" = "s4"."tweet""#
             )
         );
-        assert!(!keys_kept(&MODEL, false).contains("NOT EXISTS"));
+        assert!(!keys_kept(&MODEL, None).contains("NOT EXISTS"));
         assert!(!sql.to_uppercase().contains("LOCK"), "{sql}");
 
         let sql = returning(&MODEL, Source::Scratch(Dialect::Postgres), Keep::First, Returned::Positions);
