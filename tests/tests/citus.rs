@@ -5285,3 +5285,184 @@ async fn refused_rows_of_stored_keys_are_skipped_on_a_reference_table() {
 async fn refused_rows_of_stored_keys_are_skipped_on_a_reference_table_in_a_transaction() {
     refused_rows_of_stored_keys(REF, On::Transaction).await;
 }
+
+/// A stored key's row that the table refuses, offered under another
+/// spelling of the key (a case-insensitive collation, `citext` on the
+/// `search_path`): skipped
+/// like any row of a stored key by the plain call and `returning_keys`, on
+/// every path and placement; Citus's anti-join finds it stored under the
+/// table's comparison.
+async fn refused_rows_of_stored_keys_spelt_otherwise(placement: Placement) {
+    let member = |shard: i64, email: &str, name: &str| Member { shard, email: email.into(), name: name.into() };
+    for (kind, column) in [("collation", "email text COLLATE case_insensitive"), ("citext", "email public.citext")] {
+        let db = CitusDb::new(&format!("refused_spelt_{kind}_{}", placement.name())).await;
+        let admin = db.connect().await;
+        let citext = admin.batch_execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public").await;
+        if let Err(e) = citext {
+            // Another test may create it at the same moment.
+            let there = admin.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'citext'", &[]).await.unwrap();
+            assert!(there.is_some(), "{e:?}");
+        }
+        create_member(&admin, column, placement).await;
+        if let Placement::Staged(_) = placement {
+            admin.batch_execute(&Member::model().citus_staging_sql()).await.expect("the staging table");
+        }
+        admin.batch_execute("ALTER TABLE member ADD CHECK (name <> 'bad')").await.expect("add the check");
+        let mut client = db.connect().await;
+        // `citext`'s `=` visible to the statements (see the README's
+        // `citext` outside the `search_path`).
+        let schema: String = client.query_one("SELECT current_schema()::text", &[]).await.unwrap().get(0);
+        let path = format!("SET search_path TO {}, public", bulk_runtime::quote_ident(&schema));
+        client.batch_execute(&path).await.expect("search_path");
+        let mut rows = 0;
+        for (step, pad) in [0, MEDIUM, LONG].into_iter().enumerate() {
+            for keys in [false, true] {
+                let what = format!("{kind}, {} rows, returning_keys {keys}", pad + 2);
+                let step = format!("{step}{keys}");
+                let stored = format!("ann{step}@example.org");
+                admin.execute("INSERT INTO member VALUES (7, $1, 'stored')", &[&stored]).await.expect("store");
+                rows += 1;
+                let filler = (0..pad).map(|i| member(i as i64 % 50, &format!("filler{step}.{i}@x"), "filler"));
+                let batch: Vec<Member> =
+                    [member(7, &stored.to_uppercase(), "bad"), member(7, &format!("bob{step}@x"), "new")]
+                        .into_iter()
+                        .chain(filler)
+                        .collect();
+                let inserted = if keys {
+                    let r = Member::bulk(&mut client).returning_keys().run(&batch).await;
+                    let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let got: Vec<usize> = r.returned.iter().map(|k| k.index).collect();
+                    assert_eq!(got, (1..batch.len()).collect::<Vec<_>>(), "{what}");
+                    (r.inserted, r.skipped)
+                } else {
+                    let r = Member::bulk_create_new(&mut client, &batch).await;
+                    let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+                    (r.inserted, r.skipped)
+                };
+                assert_eq!(inserted, (1 + pad as u64, 1), "{what}");
+                rows += 1 + pad as i64;
+                assert_eq!(count(&admin, "member").await, rows, "{what}");
+                let name: String = admin
+                    .query_one("SELECT name FROM member WHERE shard = 7 AND email = $1::text", &[&stored])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(name, "stored", "{what}");
+            }
+        }
+        drop(client);
+        db.drop().await;
+    }
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_spelt_otherwise_on_a_distributed_table() {
+    refused_rows_of_stored_keys_spelt_otherwise(Placement::Distributed("shard")).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_spelt_otherwise_with_a_staging_table() {
+    refused_rows_of_stored_keys_spelt_otherwise(Placement::Staged("shard")).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_keys_spelt_otherwise_on_a_reference_table() {
+    refused_rows_of_stored_keys_spelt_otherwise(REF).await;
+}
+
+/// [`Refusable`] with an integer key, which the client orders: on Citus its
+/// plain call sends `VALUES` statements (grouped by shard from
+/// `CITUS_GROUPED_FROM` rows), which fail on a stored key's refused row too.
+#[derive(BulkCreateNew, Debug, Clone)]
+#[bulk(table = "rfi", unique(k), id = false)]
+struct RefusableInt {
+    k: i64,
+    #[bulk(sql_type = "varchar(5)")]
+    w: String,
+}
+
+/// Rows of stored keys that the table would refuse, with an integer key:
+/// the plain call and `returning_keys` skip them on the short path's
+/// `VALUES` statements, grouped or not, and on the COPY path, on every
+/// placement, with exact counts; a new key's refused row fails the call,
+/// nothing written.
+async fn refused_rows_of_stored_integer_keys(placement: Placement) {
+    let db = CitusDb::new(&format!("refusable_int_{}", placement.name())).await;
+    let mut client = db.connect().await;
+    client
+        .batch_execute("CREATE TABLE rfi (k bigint PRIMARY KEY, w varchar(5) NOT NULL CHECK (w <> 'bad'))")
+        .await
+        .expect("create rfi");
+    placement.place::<RefusableInt>(&client, "rfi").await;
+    let admin = db.connect().await;
+    let (mut from, mut rows) = (0i64, 0i64);
+    let grouped = bulk_runtime::__test_hooks::CITUS_GROUPED_FROM + 10;
+    for keys in [false, true] {
+        for len in [10, 700, grouped, LONG] {
+            for refused_new in [false, true] {
+                let what =
+                    format!("{}, {len} rows, returning_keys {keys}, a new key refused {refused_new}", placement.name());
+                let stored: Vec<i64> = (from..from + len as i64).filter(|k| k % 3 == 1).collect();
+                let values: Vec<String> = stored.iter().map(|k| format!("({k}, 's')")).collect();
+                admin.batch_execute(&format!("INSERT INTO rfi VALUES {}", values.join(", "))).await.expect("store");
+                rows += stored.len() as i64;
+                let mut batch: Vec<RefusableInt> = (from..from + len as i64)
+                    .map(|k| {
+                        let w = match (k % 3 == 1, k % 2) {
+                            (true, 0) => "toolong",
+                            (true, _) => "bad",
+                            _ => "n",
+                        };
+                        RefusableInt { k, w: w.into() }
+                    })
+                    .collect();
+                if refused_new {
+                    let last = batch.iter_mut().rev().find(|r| r.k % 3 != 1).expect("a new key");
+                    last.w = "bad".into();
+                }
+                let new = (len - stored.len()) as u64;
+                let got = if keys {
+                    RefusableInt::bulk(&mut client).returning_keys().run(&batch).await.map(|r| {
+                        assert_eq!(r.returned.len() as u64, r.inserted, "{what}");
+                        (r.inserted, r.skipped)
+                    })
+                } else {
+                    RefusableInt::bulk_create_new(&mut client, &batch).await.map(|r| (r.inserted, r.skipped))
+                };
+                match (refused_new, got) {
+                    (false, Ok(counts)) => {
+                        assert_eq!(counts, (new, stored.len() as u64), "{what}");
+                        rows += new as i64;
+                    }
+                    (false, Err(e)) => panic!("{what}: {e:?}"),
+                    (true, Ok(counts)) => panic!("{what}: the refused row went through: {counts:?}"),
+                    (true, Err(e)) => {
+                        let code = e.sqlstate().map_or("", |s| s.code());
+                        assert!(["22001", "23514"].contains(&code), "{what}: {e}");
+                    }
+                }
+                assert_eq!(count(&admin, "rfi").await, rows, "{what}");
+                let changed: i64 =
+                    admin.query_one("SELECT count(*) FROM rfi WHERE w NOT IN ('s', 'n')", &[]).await.unwrap().get(0);
+                assert_eq!(changed, 0, "{what}: a refused value or a stored row changed");
+                from += len as i64;
+            }
+        }
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_integer_keys_on_a_distributed_table() {
+    refused_rows_of_stored_integer_keys(Placement::Distributed("k")).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_integer_keys_with_a_staging_table() {
+    refused_rows_of_stored_integer_keys(Placement::Staged("k")).await;
+}
+
+#[tokio::test]
+async fn refused_rows_of_stored_integer_keys_on_a_reference_table() {
+    refused_rows_of_stored_integer_keys(REF).await;
+}

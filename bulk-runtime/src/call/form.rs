@@ -215,7 +215,7 @@ impl Form {
     /// may be the table's refusal of a row whose key is stored, which the
     /// anti-join would have kept from the table: a value a column's type
     /// or type modifier refuses (class 22, but for the guards' own
-    /// refusals, whose messages start with `bulk_runtime:`), a `CHECK`
+    /// refusals, whose messages hold `bulk_runtime:`), a `CHECK`
     /// constraint (23514), an error a `BEFORE INSERT` trigger raised (class
     /// P0). PostgreSQL forms each row, and runs its `BEFORE` triggers and
     /// checks, before `ON CONFLICT` looks for its key. Nothing was written.
@@ -228,7 +228,7 @@ impl Form {
         let Some(code) = error.sqlstate() else { return false };
         let class = &code.code()[..2];
         let refused = matches!(class, "22" | "P0") || code == &SqlState::CHECK_VIOLATION;
-        refused && !error.db_error().is_some_and(|db| db.message().starts_with("bulk_runtime:"))
+        refused && !error.db_error().is_some_and(|db| db.message().contains("bulk_runtime:"))
     }
 
     /// The label of the plain call's short-batch statement in this form.

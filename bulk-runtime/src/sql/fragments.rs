@@ -80,7 +80,10 @@ pub(crate) const STORED: &str = "__bulk_stored";
 
 /// Citus's anti-join, as a CTE (`"__bulk_stored"`): the keys of the batch
 /// `batch` (a relation aliased `"b"`: the `"__bulk_src"` CTE, or the
-/// session's scratch table) that the target holds, `MATERIALIZED`. Citus
+/// session's scratch table) that the target holds, `MATERIALIZED`, as the
+/// batch spells them (so that [`not_in_stored`] finds each row of such a
+/// key by its own value, whatever collation the coordinator compares
+/// them under, where the join compared them as the table does). Citus
 /// refuses a batch correlated with a distributed table (see
 /// `notes/citus.md`, §0), but runs this join on each shard, next to its
 /// rows, with the batch's keys as an intermediate result (a subquery, so
@@ -91,9 +94,8 @@ pub(crate) const STORED: &str = "__bulk_stored";
 /// `Form::Filtered`): it sends every key of the batch to every shard.
 pub(crate) fn stored_cte(model: &Model, batch: &str) -> String {
     format!(
-        "{stored} AS MATERIALIZED (SELECT {t_key} FROM {target} AS \"t\" JOIN (SELECT {b_key} FROM {batch}) AS \"b\" ON {on})",
+        "{stored} AS MATERIALIZED (SELECT {b_key} FROM {target} AS \"t\" JOIN (SELECT {b_key} FROM {batch}) AS \"b\" ON {on})",
         stored = q(STORED),
-        t_key = cols("\"t\"", model.unique_key()),
         target = model.qualified_name(),
         b_key = cols("\"b\"", model.unique_key()),
         on = key_match(model, "\"t\"", "\"b\""),

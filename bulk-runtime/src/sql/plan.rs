@@ -454,7 +454,7 @@ mod tests {
         use crate::sql::{Dialect, arrays_citus};
         let plan = Plan::new(&MODEL);
         let shape = KeyShape { dialect: Dialect::Citus, ..KeyShape::default() };
-        let stored = r#""__bulk_stored" AS MATERIALIZED (SELECT "t"."tweet", "t"."re""tweeter" FROM "my schema"."re""tweet" AS "t" JOIN (SELECT "b"."tweet", "b"."re""tweeter" FROM "#;
+        let stored = r#""__bulk_stored" AS MATERIALIZED (SELECT "b"."tweet", "b"."re""tweeter" FROM "my schema"."re""tweet" AS "t" JOIN (SELECT "b"."tweet", "b"."re""tweeter" FROM "#;
         let on = r#") AS "b" ON "t"."tweet" = "b"."tweet" AND "t"."re""tweeter" = "b"."re""tweeter")"#;
         let filter = r#" WHERE NOT EXISTS (SELECT 1 FROM "__bulk_stored" AS "x" WHERE "x"."tweet" = "s"."tweet" AND "x"."re""tweeter" = "s"."re""tweeter")"#;
         let from_src = format!(r#"{stored}"__bulk_src" AS "b"{on}"#);
