@@ -1765,6 +1765,21 @@ async fn create_member(admin: &Client, column: &str, placement: Placement) {
     }
 }
 
+/// A test's schema (named after `test` and `placement`) with `citext` in
+/// `public` and the table of [`create_member`]; and a connection to it.
+async fn member_db(test: &str, column: &str, placement: Placement) -> (CitusDb, Client) {
+    let db = CitusDb::new(&format!("{test}_{}", placement.name())).await;
+    let admin = db.connect().await;
+    let citext = admin.batch_execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public").await;
+    if let Err(e) = citext {
+        // Another test may create it at the same moment.
+        let there = admin.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'citext'", &[]).await.unwrap();
+        assert!(there.is_some(), "{e:?}");
+    }
+    create_member(&admin, column, placement).await;
+    (db, admin)
+}
+
 /// A text key column whose equal keys differ in bytes (a case-insensitive
 /// ICU collation, `citext`), in a distributed table (by a `bigint` column of
 /// the key) and a reference table: on every path (short, medium, the COPY
@@ -1775,15 +1790,7 @@ async fn equal_text_keys(placement: Placement) {
     let member = |shard: i64, email: &str, name: &str| Member { shard, email: email.into(), name: name.into() };
     let big = bulk_runtime::__test_hooks::CITUS_VALUES_ROWS + 100;
     for (kind, column) in [("collation", "email text COLLATE case_insensitive"), ("citext", "email public.citext")] {
-        let db = CitusDb::new(&format!("text_keys_{kind}_{}", placement.name())).await;
-        let admin = db.connect().await;
-        let citext = admin.batch_execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public").await;
-        if let Err(e) = citext {
-            // Another test may create it at the same moment.
-            let there = admin.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'citext'", &[]).await.unwrap();
-            assert!(there.is_some(), "{e:?}");
-        }
-        create_member(&admin, column, placement).await;
+        let (db, admin) = member_db(&format!("text_keys_{kind}"), column, placement).await;
         let mut client = db.connect().await;
         let mut rows_stored = 0u64;
         for (step, pad) in [0, MEDIUM, big, 3, LONG].into_iter().enumerate() {
@@ -5295,15 +5302,7 @@ async fn refused_rows_of_stored_keys_are_skipped_on_a_reference_table_in_a_trans
 async fn refused_rows_of_stored_keys_spelt_otherwise(placement: Placement) {
     let member = |shard: i64, email: &str, name: &str| Member { shard, email: email.into(), name: name.into() };
     for (kind, column) in [("collation", "email text COLLATE case_insensitive"), ("citext", "email public.citext")] {
-        let db = CitusDb::new(&format!("refused_spelt_{kind}_{}", placement.name())).await;
-        let admin = db.connect().await;
-        let citext = admin.batch_execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public").await;
-        if let Err(e) = citext {
-            // Another test may create it at the same moment.
-            let there = admin.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'citext'", &[]).await.unwrap();
-            assert!(there.is_some(), "{e:?}");
-        }
-        create_member(&admin, column, placement).await;
+        let (db, admin) = member_db(&format!("refused_spelt_{kind}"), column, placement).await;
         if let Placement::Staged(_) = placement {
             admin.batch_execute(&Member::model().citus_staging_sql()).await.expect("the staging table");
         }
@@ -5465,4 +5464,38 @@ async fn refused_rows_of_stored_integer_keys_with_a_staging_table() {
 #[tokio::test]
 async fn refused_rows_of_stored_integer_keys_on_a_reference_table() {
     refused_rows_of_stored_integer_keys(REF).await;
+}
+
+/// On a connection whose last check found its table on Citus, each call
+/// kind's first statement is prepared once, in Citus's dialect, alongside
+/// the check (not first in PostgreSQL's dialect, then again once the check
+/// told), and runs with exact counts.
+#[tokio::test]
+async fn a_new_statement_is_prepared_once_in_citus_s_dialect() {
+    let (db, admin) = setup("prepared_once", DIST, 50, On::Client).await;
+    let recorder = bulk_tests::recorder::SqlRecorder::start_in_front_of(bulk_tests::citus::coordinator_address()).await;
+    let mut client = db.connect_through(&recorder).await;
+    // The connection's first call checks the table (and finds it on Citus).
+    Retweet::bulk_create_new(&mut client, [rt(-1, -1, 0)]).await.unwrap();
+    let upsert = || Upsert::set([Retweet::columns().original_author]);
+    for (kind, inserts) in [("plain", 1), ("keys", 1), ("skipped", 1), ("upsert", 2)] {
+        let rows: Vec<Retweet> = (0..50).map(|k| rt(kind.len() as i64, k, 1)).collect();
+        let before = recorder.statements().len();
+        let inserted = match kind {
+            "plain" => Retweet::bulk_create_new(&mut client, &rows).await.map(|r| r.inserted),
+            "keys" => Retweet::bulk(&mut client).returning_keys().run(&rows).await.map(|r| r.inserted),
+            "skipped" => Retweet::bulk(&mut client).returning_skipped().run(&rows).await.map(|r| r.inserted),
+            _ => Retweet::bulk(&mut client).upsert(upsert()).run(&[rt(-1, -1, 2)]).await.map(|r| r.updated),
+        };
+        assert_eq!(inserted.unwrap_or_else(|e| panic!("{kind}: {e}")), if kind == "upsert" { 1 } else { 50 });
+        let sent: Vec<String> = recorder.statements().into_iter().skip(before).collect();
+        let prepared: Vec<&String> = sent.iter().filter(|s| s.contains("INSERT INTO")).collect();
+        assert_eq!(prepared.len(), inserts, "{kind}: each statement prepared once: {prepared:#?}");
+        for sql in prepared {
+            // (Citus's statements never hold the anti-join.)
+            assert!(!sql.contains("WHERE NOT EXISTS"), "{kind}: a statement in PostgreSQL's dialect: {sql}");
+        }
+    }
+    assert_eq!(count(&admin, "rt").await, 1 + 3 * 50);
+    db.drop().await;
 }

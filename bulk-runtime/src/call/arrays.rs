@@ -368,7 +368,11 @@ impl Statements<'_> {
         };
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let guess_id = wants_id && model.id_column().is_some();
-        let guess = build(guess_id, &KeyShape::default());
+        // (In the dialect the connection's last check found: on Citus, a
+        // guess in PostgreSQL's would be prepared, then built and prepared
+        // again once the check told.)
+        let guessed = KeyShape { dialect: self.dialect, ..KeyShape::default() };
+        let guess = build(guess_id, &guessed);
         // Only a guess that prepares on every table the check accepts goes
         // out with the check: a failed prepare would abort the call's
         // transaction, and the statement built after the check would then
@@ -400,7 +404,8 @@ impl Statements<'_> {
         // name of this process's sure to be its own on the backend (see
         // `statements`), and the statement is prepared now.
         let prepare = prepare || (after_check && statements::direct(client) == Some(true));
-        let (sql, statement) = if shape.is_default() && with_id == guess_id && prepare_guess == prepare {
+        let guess_fits = shape.is_plain() && !shape.catalog_guard && shape.dialect == guessed.dialect;
+        let (sql, statement) = if guess_fits && with_id == guess_id && prepare_guess == prepare {
             (guess, statement)
         } else {
             let sql = build(with_id, &shape);
