@@ -302,37 +302,29 @@ pub(crate) async fn insert(
             let returned =
                 if matches!(call.kind, Kind::Keys) { Returned::Keys { with_id } } else { Returned::Positions };
             let from = Source::Scratch(dialect);
-            if !dialect.is_citus() {
-                set_work_mem(tx, model, sent, nested).await?;
-                let sql = variants::returning(model, from, Keep::First, returned);
-                let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
-                Report::counts(offered, deliver(model, rows, offered, call.receiver).await?)
-            } else {
-                // On Citus the insert is `ON CONFLICT` alone, in a savepoint:
-                // after it failed on a row the table refused (of a stored
-                // key, perhaps; nothing written), back to it, and the insert
-                // behind Citus's anti-join (see `Form::after_refused`), from
-                // the same scratch rows.
-                let savepoint = format!("SAVEPOINT {PLAIN_SAVEPOINT}");
-                let setup = work_mem_sql(sent, nested).map_or(savepoint.clone(), |sql| format!("{sql}; {savepoint}"));
-                tx.batch_execute(&setup).await.map_err(Error::at_step(model, Step::Insert))?;
-                let sql = variants::returning(model, from, Keep::First, returned);
-                let result = match tx.query_typed_raw(&sql, none()).await.map_err(fail) {
-                    Ok(rows) => deliver(model, rows, offered, call.receiver).await,
-                    Err(e) => Err(e),
-                };
-                let inserted = match result {
-                    Err(e) if Form::row_refused(&e) => {
-                        let again = format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}");
-                        tx.batch_execute(&again).await.map_err(Error::at_step(model, Step::Insert))?;
-                        let sql = variants::returning_filtered(model, from, returned);
-                        let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
-                        deliver(model, rows, offered, call.receiver).await?
-                    }
-                    result => result?,
-                };
-                Report::counts(offered, inserted)
+            // On Citus the insert is `ON CONFLICT` alone, in a savepoint:
+            // after it failed on a row the table refused (of a stored key,
+            // perhaps; nothing written), back to it, and the insert behind
+            // Citus's anti-join (see `Form::after_refused`), from the same
+            // scratch rows.
+            let savepoint = dialect.is_citus().then(|| format!("SAVEPOINT {PLAIN_SAVEPOINT}"));
+            let setup: Vec<String> = work_mem_sql(sent, nested).into_iter().chain(savepoint).collect();
+            if !setup.is_empty() {
+                tx.batch_execute(&setup.join("; ")).await.map_err(Error::at_step(model, Step::Insert))?;
             }
+            let mut returning = async |sql: String| {
+                let rows = tx.query_typed_raw(&sql, none()).await.map_err(fail)?;
+                deliver(model, rows, offered, &mut *call.receiver).await
+            };
+            let inserted = match returning(variants::returning(model, from, Keep::First, returned)).await {
+                Err(e) if dialect.is_citus() && Form::row_refused(&e) => {
+                    let again = format!("ROLLBACK TO SAVEPOINT {PLAIN_SAVEPOINT}");
+                    tx.batch_execute(&again).await.map_err(Error::at_step(model, Step::Insert))?;
+                    returning(variants::returning_filtered(model, from, returned)).await?
+                }
+                result => result?,
+            };
+            Report::counts(offered, inserted)
         }
         // On Citus the first statement cannot also delete from the scratch
         // table (see `variants::upsert_forget_inserted`): it returns the
@@ -390,16 +382,16 @@ async fn set_work_mem(tx: &Client, model: &'static Model, sent: &Sent, nested: b
     }
 }
 
-/// The savepoint around the plain form of the COPY path's insert (from a
-/// Citus staging table, around each form).
+/// The savepoint around the plain form of the COPY path's insert (on Citus,
+/// around each form, and around the returning calls' insert).
 const PLAIN_SAVEPOINT: &str = "bulk_create_new_plain";
 
 /// The plain call's insert from the scratch table: the plain form first,
 /// inside a savepoint; on `unique_violation` (a key another writer stored
 /// meanwhile) back to the savepoint, and the `ON CONFLICT` form on the same
-/// scratch rows (see [`Form`]); from a Citus staging table, after the `ON
-/// CONFLICT` form failed on a row the table refused, back to the savepoint
-/// again and the filtered form ([`Form::Filtered`]). One round trip, two
+/// scratch rows (see [`Form`]); on Citus, after the `ON CONFLICT` form
+/// failed on a row the table refused, back to the savepoint again and the
+/// filtered form ([`Form::Filtered`]). One round trip, two
 /// after a conflict; with
 /// `and_commit` outside a caller's transaction, the commit goes in the same
 /// request, so once it is sent the call completes even if its future is
@@ -435,9 +427,9 @@ async fn insert_new(
     let staged = dialect == Dialect::CitusStaged;
     let stage_guard = staged.then_some(plan.stage_guard.as_str());
     // The plain form runs in a savepoint (a conflict rolls back to it);
-    // from the staging table every form does (so does a refused row: see
-    // `Form::after_refused` below), the savepoint kept until the insert
-    // succeeded.
+    // on Citus every form does (so does a refused row: see
+    // `Form::after_refused` below), from the staging table the savepoint
+    // kept until the insert succeeded.
     let savepoint = form == Form::Plain || dialect.is_citus();
     if savepoint {
         request.push(&format!("SAVEPOINT {PLAIN_SAVEPOINT}"));

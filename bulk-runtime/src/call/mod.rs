@@ -328,13 +328,13 @@ async fn short_arrays<C: Connection + ?Sized>(
     values_max: Option<usize>,
     call: &mut Call<'_>,
 ) -> Result<Report, Error> {
-    // On Citus, a longer batch as a few `VALUES` statements, one per run of
-    // shard ids (see `shards`).
     // After a row the table refused (of a stored key, perhaps), on Citus:
     // one statement from the arrays, behind Citus's anti-join (see
     // `Form::after_refused`).
     let mut filtered = false;
     let mut values_max = values_max;
+    // On Citus, a longer batch as a few `VALUES` statements, one per run of
+    // shard ids (see `shards`).
     if let Some(max) = values_max
         && call.ledger.is_none()
         && offered >= shards::GROUPED_FROM as u64
